@@ -1,0 +1,521 @@
+// Per-row measures: one term-and-reduce kernel specialised per measure and
+// input form with override constants. Appended to common.wgsl.
+//
+// Every row is reduced into a `State`. For probabilities (and log-probabilities
+// taken as given) the state holds plain sums: sa = Σ w, u = Σ w ln p, v = Σ w ln q,
+// sb = Σ q, t = Σ JS terms, with w = p. For logits (and log-probabilities being
+// renormalised) it is the online log-sum-exp form, relative to running maxima so
+// that lse and Σ softmax(a)·a are never formed: w = e^(a - ma), sa = Σ w,
+// u = Σ w (a - ma), sb = Σ e^(b - mb), v = Σ w (b - mb). States merge
+// associatively, so a row is read once whatever the plan: threads, then a tree in
+// workgroup memory, then (long rows) partial states merged by `merge_main`.
+//
+// Keep in sync with src/cpu/kernel.rs, the CPU twin of this file.
+
+// 0 entropy, 1 cross-entropy, 2 KL, 3 JS, 4 row normalisers (first pass of the
+// two-pass plan), 5 negative log-likelihood of class targets.
+override MEASURE: u32 = 0u;
+// 0 probs, 1 log-probs, 2 logits, 3 class targets (NLL: p is the smoothed one-hot).
+override P_FORM: u32 = 0u;
+override Q_FORM: u32 = 0u;
+override HAS_Q: bool = true;
+// Online (running-max) accumulation of p / q: logits, or log-probs being
+// renormalised in one pass. Never set together with NORMALIZED.
+override P_ONLINE: bool = false;
+override Q_ONLINE: bool = false;
+// Second pass of the two-pass plan: inputs are divided by the row normalisers
+// that the first pass left at partials[norm_at + row].
+override NORMALIZED: bool = false;
+// Normalization::Renormalize: log-probabilities above 0 are then allowed.
+override RENORM: bool = false;
+// Check row sums against 1 (Normalization::Validate).
+override CHECK_SUMS: bool = false;
+
+const M_ENTROPY: u32 = 0u;
+const M_CROSS: u32 = 1u;
+const M_KL: u32 = 2u;
+const M_JS: u32 = 3u;
+const M_SUMS: u32 = 4u;
+const M_NLL: u32 = 5u;
+
+const F_PROBS: u32 = 0u;
+const F_LOGPROBS: u32 = 1u;
+const F_LOGITS: u32 = 2u;
+const F_TARGETS: u32 = 3u;
+
+const FL_Q_ZERO_HIT: u32 = 1u; // a term with p > 0 and q = 0: the value is +inf
+const FL_P_SEEN: u32 = 2u;     // the online p state holds an element
+const FL_Q_SEEN: u32 = 4u;     // the online q state holds an element
+
+// Keep in sync with src/gpu/params.rs `RowParams`.
+struct Params {
+    rows: u32,            // rows of the call
+    cols: u32,            // columns of the call
+    row0: u32,            // first row of this chunk
+    col0: u32,            // first column of this chunk
+    chunk_rows: u32,
+    chunk_cols: u32,
+    threads_per_row: u32, // T: a power of two; WG / T rows per workgroup
+    blocks_per_row: u32,  // column blocks per row in the whole call (partials stride)
+    chunk_blocks: u32,    // column blocks per row in this chunk
+    item_count: u32,      // workgroups with work in this dispatch
+    p_lead: u32,          // element index of (row0, col0) in p's binding
+    q_lead: u32,
+    p_stride: u32,        // elements between rows of p (0: one broadcast row)
+    q_stride: u32,
+    norm_at: u32,         // partials index of row 0's normaliser state
+    tolerance: f32,
+    inv_ln_base: f32,
+    ignore_bits: u32,     // NLL: target value to ignore (as u32 bits)
+    has_ignore: u32,
+    smoothing: f32,       // NLL label smoothing
+    weights_at: u32,      // NLL: index of class weights in the targets binding; 0xffffffff: none
+    inf_bits: u32,        // +inf and NaN as bits: WGSL has no literal for them
+    nan_bits: u32,
+    _pad: u32,
+}
+
+struct State {
+    ma: f32,
+    sa: f32,
+    u: f32,
+    mb: f32,
+    sb: f32,
+    v: f32,
+    t: f32,
+    key: u32,
+    flags: u32,
+}
+
+// Keep in sync with src/record.rs `Record`.
+struct Record {
+    value: f32,
+    aux_p: f32,
+    aux_q: f32,
+    status: u32,
+}
+
+@group(0) @binding(0) var<storage, read> p_buf: array<u32>;
+@group(0) @binding(1) var<storage, read> q_buf: array<u32>;
+@group(0) @binding(2) var<storage, read_write> partials: array<State>;
+@group(0) @binding(3) var<storage, read_write> records: array<Record>;
+@group(0) @binding(4) var<uniform> params: Params;
+
+var<workgroup> shared_states: array<State, WG>;
+
+fn empty_state() -> State {
+    return State(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, KEY_NONE, 0u);
+}
+
+// Rescales an online p state to the maximum m (>= st.ma when seen).
+fn rescale_p(st: ptr<function, State>, m: f32) {
+    let seen = ((*st).flags & FL_P_SEEN) != 0u;
+    let scale = select(0.0, exp((*st).ma - m), seen);
+    let shift = select(0.0, m - (*st).ma, seen);
+    (*st).sa = (*st).sa * scale;
+    (*st).u = (*st).u * scale - shift * (*st).sa;
+    (*st).v = (*st).v * scale;
+    (*st).ma = m;
+}
+
+// Rescales an online q state to the maximum m: sb scales, v loses shift * sa.
+fn rescale_q(st: ptr<function, State>, m: f32) {
+    let seen = ((*st).flags & FL_Q_SEEN) != 0u;
+    let scale = select(0.0, exp((*st).mb - m), seen);
+    let shift = select(0.0, m - (*st).mb, seen);
+    (*st).sb = (*st).sb * scale;
+    (*st).v = (*st).v - shift * (*st).sa;
+    (*st).mb = m;
+}
+
+fn merge(a_in: State, b_in: State) -> State {
+    var a = a_in;
+    var b = b_in;
+    if (P_ONLINE) {
+        let a_seen = (a.flags & FL_P_SEEN) != 0u;
+        let b_seen = (b.flags & FL_P_SEEN) != 0u;
+        let m = select(select(a.ma, b.ma, b_seen), select(a.ma, max(a.ma, b.ma), b_seen), a_seen);
+        rescale_p(&a, m);
+        rescale_p(&b, m);
+    }
+    if (Q_ONLINE) {
+        let a_seen = (a.flags & FL_Q_SEEN) != 0u;
+        let b_seen = (b.flags & FL_Q_SEEN) != 0u;
+        let m = select(select(a.mb, b.mb, b_seen), select(a.mb, max(a.mb, b.mb), b_seen), a_seen);
+        rescale_q(&a, m);
+        rescale_q(&b, m);
+    }
+    return State(a.ma, a.sa + b.sa, a.u + b.u, a.mb, a.sb + b.sb, a.v + b.v, a.t + b.t,
+                 min(a.key, b.key), a.flags | b.flags);
+}
+
+// Normaliser of one operand for the second pass: for probabilities the row sum
+// (divide), for log forms the pair (max, ln s) (subtract both, never their sum).
+struct Norm {
+    m: f32,
+    ls: f32,
+    s: f32,
+}
+
+fn norm_p(n: State) -> Norm {
+    return Norm(n.ma, log(max(n.sa, 1.0)), n.sa);
+}
+
+fn norm_q(n: State) -> Norm {
+    return Norm(n.mb, log(max(n.sb, 1.0)), n.sb);
+}
+
+// One element of one operand as the terms need it.
+struct Elem {
+    zero: bool, // probability 0: the term vanishes whatever the other side is
+    w: f32,     // the weight (p itself, or e^(x - m) in the online form)
+    l: f32,     // ln p (relative to the running max in the online form)
+}
+
+// Classifies a raw value of form `form`; returns a status code or ST_OK.
+fn check_value(b: u32, form: u32, is_p: bool) -> u32 {
+    let base = select(ST_Q_NAN, ST_P_NAN, is_p);
+    if (is_nan_bits(b)) {
+        return base;
+    }
+    if (form == F_PROBS) {
+        if (is_inf_bits(b)) {
+            return base + 2u;
+        }
+        if ((b & SIGN_BIT) != 0u && !is_zero_bits(b)) {
+            return base + 1u;
+        }
+        return ST_OK;
+    }
+    // log-probs and logits: +inf is an error, -inf is probability 0
+    if (b == POS_INF_BITS) {
+        return base + 2u;
+    }
+    // log-probabilities above 0 are an error unless the row is being renormalised
+    if (form == F_LOGPROBS && !RENORM && (b & SIGN_BIT) == 0u && !is_zero_bits(b)) {
+        return base + 3u;
+    }
+    return ST_OK;
+}
+
+// An element in the plain (non-online) form, normalised in the second pass.
+fn plain_elem(b: u32, form: u32, n: Norm) -> Elem {
+    if (form == F_PROBS) {
+        var x = bitcast<f32>(b);
+        if (NORMALIZED) {
+            x = x / n.s;
+        }
+        let xb = bitcast<u32>(x);
+        let zero = is_zero_bits(xb);
+        return Elem(zero, select(x, 0.0, zero), select(ln_bits(xb), 0.0, zero));
+    }
+    // log-probs (as given) or any log form in the second pass
+    let zero = b == NEG_INF_BITS;
+    var l = bitcast<f32>(select(b, 0u, zero));
+    if (NORMALIZED) {
+        l = (l - n.m) - n.ls;
+    }
+    return Elem(zero, select(exp(l), 0.0, zero), select(l, 0.0, zero));
+}
+
+fn nll_weight(col: u32, target: u32, ignored: bool) -> f32 {
+    if (ignored) {
+        return 0.0;
+    }
+    var wc = 1.0;
+    var wt = 1.0;
+    if (params.weights_at != 0xffffffffu) {
+        wc = bitcast<f32>(p_buf[params.weights_at + col]);
+        wt = bitcast<f32>(p_buf[params.weights_at + min(target, params.cols - 1u)]);
+    }
+    let eps = params.smoothing;
+    return wc * eps / f32(params.cols) + select(0.0, (1.0 - eps) * wt, col == target);
+}
+
+struct RowCtx {
+    row: u32,
+    target: u32,
+    ignored: bool,
+    np: Norm,
+    nq: Norm,
+}
+
+fn row_ctx(row: u32) -> RowCtx {
+    var c: RowCtx;
+    c.row = row;
+    c.target = 0u;
+    c.ignored = false;
+    if (P_FORM == F_TARGETS) {
+        c.target = p_buf[row];
+        c.ignored = params.has_ignore != 0u && c.target == params.ignore_bits;
+    }
+    c.np = Norm(0.0, 0.0, 1.0);
+    c.nq = Norm(0.0, 0.0, 1.0);
+    if (NORMALIZED) {
+        let n = partials[params.norm_at + row];
+        c.np = norm_p(n);
+        c.nq = norm_q(n);
+    }
+    return c;
+}
+
+// Adds the element at column `col` of row `ctx.row` to the state.
+fn accumulate(st: ptr<function, State>, ctx: RowCtx, col: u32, pi: u32, qi: u32) {
+    // ---- p side
+    var pe = Elem(true, 0.0, 0.0);
+    if (P_FORM == F_TARGETS) {
+        let w = nll_weight(col, ctx.target, ctx.ignored);
+        pe = Elem(w == 0.0, w, 0.0);
+    } else {
+        let pb = p_buf[pi];
+        let code = check_value(pb, P_FORM, true);
+        if (code != ST_OK) {
+            (*st).key = min((*st).key, status_key(col, code));
+            return;
+        }
+        if (P_ONLINE) {
+            let masked = pb == NEG_INF_BITS;
+            if (!masked) {
+                let x = bitcast<f32>(pb);
+                let seen = ((*st).flags & FL_P_SEEN) != 0u;
+                rescale_p(st, select(x, max((*st).ma, x), seen));
+                (*st).flags = (*st).flags | FL_P_SEEN;
+                let l = x - (*st).ma;
+                pe = Elem(false, exp(l), l);
+            }
+        } else {
+            pe = plain_elem(pb, P_FORM, ctx.np);
+        }
+    }
+    // ---- q side
+    if (!HAS_Q) {
+        if (!pe.zero) {
+            (*st).sa = (*st).sa + pe.w;
+            (*st).u = (*st).u + pe.w * pe.l;
+        }
+        return;
+    }
+    let qb = q_buf[qi];
+    let qcode = check_value(qb, Q_FORM, false);
+    if (qcode != ST_OK) {
+        (*st).key = min((*st).key, status_key(col, qcode));
+        return;
+    }
+    var qe: Elem;
+    if (Q_ONLINE) {
+        let masked = qb == NEG_INF_BITS;
+        qe = Elem(true, 0.0, 0.0);
+        if (!masked) {
+            let y = bitcast<f32>(qb);
+            let seen = ((*st).flags & FL_Q_SEEN) != 0u;
+            rescale_q(st, select(y, max((*st).mb, y), seen));
+            (*st).flags = (*st).flags | FL_Q_SEEN;
+            let l = y - (*st).mb;
+            qe = Elem(false, exp(l), l);
+        }
+    } else {
+        qe = plain_elem(qb, Q_FORM, ctx.nq);
+    }
+    (*st).sb = (*st).sb + qe.w;
+    if (MEASURE == M_SUMS) {
+        (*st).sa = (*st).sa + pe.w;
+        return;
+    }
+    if (MEASURE == M_JS) {
+        (*st).sa = (*st).sa + pe.w;
+        // ½ p ln(2p / (p + q)) + ½ q ln(2q / (p + q)); never infinite. A sum that
+        // is subnormal (or flushed) leaves a term below 1e-36: dropped.
+        let s = pe.w + qe.w;
+        if ((bitcast<u32>(s) & EXP_MASK) != 0u) {
+            let tp = select(0.5 * pe.w * ln_bits(bitcast<u32>(2.0 * pe.w / s)), 0.0, pe.zero);
+            let tq = select(0.5 * qe.w * ln_bits(bitcast<u32>(2.0 * qe.w / s)), 0.0, qe.zero);
+            (*st).t = (*st).t + tp + tq;
+        }
+        return;
+    }
+    if (!pe.zero) {
+        (*st).sa = (*st).sa + pe.w;
+        (*st).u = (*st).u + pe.w * pe.l;
+        if (qe.zero) {
+            (*st).flags = (*st).flags | FL_Q_ZERO_HIT;
+        } else {
+            (*st).v = (*st).v + pe.w * qe.l;
+        }
+    }
+}
+
+// Turns a row's state into its record (or, in the first pass, its normaliser).
+fn finalize(row: u32, st: State) {
+    var key = st.key;
+    if (P_FORM == F_TARGETS) {
+        let t = p_buf[row];
+        let ignored = params.has_ignore != 0u && t == params.ignore_bits;
+        if (!ignored && t >= params.cols) {
+            key = min(key, status_key(0u, ST_TARGET));
+        }
+    }
+    let p_online = P_ONLINE;
+    let q_online = Q_ONLINE;
+    let row_key = status_key(COL_NONE, 0u);
+    if (MEASURE == M_SUMS) {
+        // First pass: probabilities need a normal, finite sum; log forms an element.
+        if (P_FORM != F_TARGETS) {
+            if (p_online) {
+                if ((st.flags & FL_P_SEEN) == 0u) {
+                    key = min(key, row_key | ST_P_ALL_MASKED);
+                }
+            } else if ((bitcast<u32>(st.sa) & EXP_MASK) == 0u || is_inf_bits(bitcast<u32>(st.sa))) {
+                key = min(key, row_key | ST_P_ZERO_SUM);
+            }
+        }
+        if (HAS_Q) {
+            if (q_online) {
+                if ((st.flags & FL_Q_SEEN) == 0u) {
+                    key = min(key, row_key | ST_Q_ALL_MASKED);
+                }
+            } else if ((bitcast<u32>(st.sb) & EXP_MASK) == 0u || is_inf_bits(bitcast<u32>(st.sb))) {
+                key = min(key, row_key | ST_Q_ZERO_SUM);
+            }
+        }
+        partials[params.norm_at + row] = st;
+        let status = select(key, ST_OK, key == KEY_NONE);
+        records[row] = Record(0.0, st.sa, st.sb, status);
+        return;
+    }
+    // Online operands must have seen an element (a row of all -inf is an error).
+    if (p_online && P_FORM != F_TARGETS && (st.flags & FL_P_SEEN) == 0u) {
+        key = min(key, row_key | ST_P_ALL_MASKED);
+    }
+    if (HAS_Q && q_online && (st.flags & FL_Q_SEEN) == 0u) {
+        key = min(key, row_key | ST_Q_ALL_MASKED);
+    }
+    if (CHECK_SUMS) {
+        if (P_FORM != F_TARGETS && !p_online && abs(st.sa - 1.0) > params.tolerance) {
+            key = min(key, row_key | ST_P_SUM);
+        }
+        if (HAS_Q && !q_online && abs(st.sb - 1.0) > params.tolerance) {
+            key = min(key, row_key | ST_Q_SUM);
+        }
+    }
+    var status = select(key, ST_OK, key == KEY_NONE);
+    if (NORMALIZED) {
+        // a problem found by the first pass wins
+        let first = records[row].status;
+        status = select(status, first, first != ST_OK);
+    }
+    let lb = select(0.0, log(max(st.sb, 1.0)), q_online);
+    let la = select(0.0, log(max(st.sa, 1.0)), p_online);
+    let inv_sa = select(1.0, 1.0 / max(st.sa, 1.0), p_online);
+    var value = 0.0;
+    var aux_p = select(st.sa, st.ma + la, p_online);
+    let aux_q = select(st.sb, st.mb + lb, q_online);
+    if (MEASURE == M_ENTROPY) {
+        value = select(-st.u, la - st.u * inv_sa, p_online);
+    } else if (MEASURE == M_CROSS || MEASURE == M_NLL) {
+        value = select(-st.v + st.sa * lb, -st.v * inv_sa + lb, p_online);
+    } else if (MEASURE == M_KL) {
+        value = select(st.u - st.v + st.sa * lb, (st.u - st.v) * inv_sa - la + lb, p_online);
+    } else if (MEASURE == M_JS) {
+        value = st.t;
+    }
+    if (MEASURE == M_NLL) {
+        // the row's weight in the batch mean: w_t, 0 when ignored
+        let t = p_buf[row];
+        let ignored = params.has_ignore != 0u && t == params.ignore_bits;
+        var wt = 1.0;
+        if (params.weights_at != 0xffffffffu) {
+            wt = bitcast<f32>(p_buf[params.weights_at + min(t, params.cols - 1u)]);
+        }
+        aux_p = select(wt, 0.0, ignored);
+    }
+    let hit = (st.flags & FL_Q_ZERO_HIT) != 0u && MEASURE != M_ENTROPY && MEASURE != M_JS;
+    value = select(value * params.inv_ln_base, bitcast<f32>(params.inf_bits), hit);
+    value = select(value, bitcast<f32>(params.nan_bits), status != ST_OK);
+    records[row] = Record(value, aux_p, aux_q, status);
+}
+
+// Term pass. Workgroup i of the dispatch (2-D grid, linearised) takes item i of
+// the chunk: WG / T rows for one column block, or one block of one long row.
+@compute @workgroup_size(256)
+fn rows_main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let item = wid.x + wid.y * nwg.x;
+    if (item >= params.item_count) {
+        return;
+    }
+    let tpr = params.threads_per_row;
+    let rows_per_group = WG / tpr;
+    let group = item / params.chunk_blocks;
+    let blk = item % params.chunk_blocks;
+    let seg = lid / tpr;
+    let lane = lid % tpr;
+    let r_local = group * rows_per_group + seg;
+    let row = params.row0 + r_local;
+    let active = r_local < params.chunk_rows;
+
+    var st = empty_state();
+    if (active) {
+        let ctx = row_ctx(row);
+        let span = tpr * EPT;
+        let c_begin = blk * span;
+        let c_end = min(c_begin + span, params.chunk_cols);
+        let p_row = params.p_lead + r_local * params.p_stride;
+        let q_row = params.q_lead + r_local * params.q_stride;
+        for (var k = 0u; k < EPT; k = k + 1u) {
+            let c = c_begin + lane + k * tpr;
+            if (c < c_end) {
+                accumulate(&st, ctx, params.col0 + c, p_row + c, q_row + c);
+            }
+        }
+    }
+    shared_states[lid] = st;
+    workgroupBarrier();
+    for (var stride = tpr / 2u; stride > 0u; stride = stride / 2u) {
+        if (lane < stride) {
+            shared_states[lid] = merge(shared_states[lid], shared_states[lid + stride]);
+        }
+        workgroupBarrier();
+    }
+    if (active && lane == 0u) {
+        let total = shared_states[lid];
+        if (params.blocks_per_row == 1u) {
+            finalize(row, total);
+        } else {
+            let gblk = params.col0 / (tpr * EPT) + blk;
+            partials[row * params.blocks_per_row + gblk] = total;
+        }
+    }
+}
+
+// Merge pass for long rows: workgroup i merges the partial states of row row0 + i.
+@compute @workgroup_size(256)
+fn merge_main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let item = wid.x + wid.y * nwg.x;
+    if (item >= params.item_count) {
+        return;
+    }
+    let row = params.row0 + item;
+    let nb = params.blocks_per_row;
+    var st = empty_state();
+    for (var b = lid; b < nb; b = b + WG) {
+        st = merge(st, partials[row * nb + b]);
+    }
+    shared_states[lid] = st;
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride = stride / 2u) {
+        if (lid < stride) {
+            shared_states[lid] = merge(shared_states[lid], shared_states[lid + stride]);
+        }
+        workgroupBarrier();
+    }
+    if (lid == 0u) {
+        finalize(row, shared_states[0]);
+    }
+}

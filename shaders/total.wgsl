@@ -1,0 +1,107 @@
+// Batch reduction (Reduction::Sum and Mean): per-row records -> one record, by a
+// tree in workgroup memory, level after level. Appended to common.wgsl.
+//
+// A row with a bad status is left out of the sum and the first such row is kept;
+// +inf rows are counted (not added: WGSL may assume finite math) and make the
+// total +inf. Keep in sync with src/record.rs `reduce_records`.
+
+// Keep in sync with src/gpu/params.rs `TotalParams`.
+struct Params {
+    count: u32,     // inputs of this level
+    from_rows: u32, // 1: inputs are per-row records; 0: totals of the level below
+    last: u32,      // 1: this level has one workgroup and writes the final record
+    mean: u32,      // 1: divide by the weight
+    weighted: u32,  // 1: a row's weight is its record's aux_p (NLL); else 1
+    rows_base: u32, // row number of input 0 (first level)
+    inf_bits: u32,
+    nan_bits: u32,
+}
+
+struct Record {
+    value: f32,
+    aux_p: f32,
+    aux_q: f32,
+    status: u32,
+}
+
+struct Total {
+    sum: f32,
+    weight: f32,
+    infs: u32,
+    bad_row: u32,
+    status: u32,
+}
+
+@group(0) @binding(0) var<storage, read> rows_in: array<Record>;
+@group(0) @binding(1) var<storage, read> totals_in: array<Total>;
+@group(0) @binding(2) var<storage, read_write> totals_out: array<Total>;
+@group(0) @binding(3) var<storage, read_write> out: array<Record>;
+@group(0) @binding(4) var<uniform> params: Params;
+
+var<workgroup> shared_totals: array<Total, WG>;
+
+fn merge_totals(a: Total, b: Total) -> Total {
+    // keep the first bad row (the tree does not visit ranges in row order)
+    let a_bad = a.status != ST_OK;
+    let take_b = b.status != ST_OK && (!a_bad || b.bad_row < a.bad_row);
+    return Total(a.sum + b.sum, a.weight + b.weight, a.infs + b.infs,
+                 select(a.bad_row, b.bad_row, take_b), select(a.status, b.status, take_b));
+}
+
+fn load(i: u32) -> Total {
+    if (params.from_rows == 0u) {
+        return totals_in[i];
+    }
+    let r = rows_in[i];
+    let bad = r.status != ST_OK;
+    let inf = !bad && bitcast<u32>(r.value) == params.inf_bits;
+    // NLL records hold w_t * l already (the class weight is applied per element)
+    let w = select(1.0, r.aux_p, params.weighted != 0u);
+    let v = select(r.value, 0.0, bad || inf);
+    return Total(v, select(w, 0.0, bad), select(0u, 1u, inf), params.rows_base + i, r.status);
+}
+
+@compute @workgroup_size(256)
+fn total_main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let group = wid.x + wid.y * nwg.x;
+    let span = WG * EPT;
+    let begin = group * span;
+    if (begin >= params.count) {
+        return;
+    }
+    let end = min(begin + span, params.count);
+    var t = Total(0.0, 0.0, 0u, 0u, ST_OK);
+    let first = begin + lid * EPT;
+    for (var k = 0u; k < EPT; k = k + 1u) {
+        let i = first + k;
+        if (i < end) {
+            t = merge_totals(t, load(i));
+        }
+    }
+    shared_totals[lid] = t;
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride = stride / 2u) {
+        if (lid < stride) {
+            shared_totals[lid] = merge_totals(shared_totals[lid], shared_totals[lid + stride]);
+        }
+        workgroupBarrier();
+    }
+    if (lid != 0u) {
+        return;
+    }
+    let r = shared_totals[0];
+    if (params.last == 0u) {
+        totals_out[group] = r;
+        return;
+    }
+    var value = select(r.sum, r.sum / r.weight, params.mean != 0u);
+    // a mean over no counted row (every target ignored) is NaN, as PyTorch's
+    value = select(value, bitcast<f32>(params.nan_bits), params.mean != 0u && r.weight == 0.0);
+    value = select(value, bitcast<f32>(params.inf_bits), r.infs != 0u);
+    value = select(value, bitcast<f32>(params.nan_bits), r.status != ST_OK);
+    out[0] = Record(value, r.weight, bitcast<f32>(r.bad_row), r.status);
+}

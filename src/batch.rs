@@ -1,0 +1,231 @@
+//! Host-side inputs: a batch of distributions (row-major rows × cols) and class targets.
+
+use std::borrow::Cow;
+
+use crate::error::{Arg, BadValue, Error, Result};
+use crate::measure::Form;
+
+/// The values of a batch: f32, or f64 converted to f32 with checks.
+#[derive(Clone, Copy, Debug)]
+pub enum Values<'a> {
+    /// f32 values, used as they are.
+    F32(&'a [f32]),
+    /// f64 values, converted to f32. A non-zero probability that becomes 0, or
+    /// a finite value that becomes ±inf, is an error naming row and column.
+    F64(&'a [f64]),
+}
+
+impl<'a> From<&'a [f32]> for Values<'a> {
+    fn from(v: &'a [f32]) -> Self {
+        Values::F32(v)
+    }
+}
+impl<'a> From<&'a Vec<f32>> for Values<'a> {
+    fn from(v: &'a Vec<f32>) -> Self {
+        Values::F32(v)
+    }
+}
+impl<'a, const N: usize> From<&'a [f32; N]> for Values<'a> {
+    fn from(v: &'a [f32; N]) -> Self {
+        Values::F32(v)
+    }
+}
+impl<'a> From<&'a [f64]> for Values<'a> {
+    fn from(v: &'a [f64]) -> Self {
+        Values::F64(v)
+    }
+}
+impl<'a> From<&'a Vec<f64>> for Values<'a> {
+    fn from(v: &'a Vec<f64>) -> Self {
+        Values::F64(v)
+    }
+}
+impl<'a, const N: usize> From<&'a [f64; N]> for Values<'a> {
+    fn from(v: &'a [f64; N]) -> Self {
+        Values::F64(v)
+    }
+}
+
+impl Values<'_> {
+    /// Number of values.
+    pub fn len(&self) -> usize {
+        match self {
+            Values::F32(v) => v.len(),
+            Values::F64(v) => v.len(),
+        }
+    }
+    /// Whether there are no values.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A batch of `rows` distributions over `cols` outcomes, row-major and contiguous.
+///
+/// ```
+/// use kullback::{Batch, Form};
+/// let p = [0.5f32, 0.5, 0.25, 0.75];
+/// let batch = Batch::new(&p, 2, 2);              // probabilities
+/// let logits = [1.0f32, -2.0, 0.5];
+/// let l = Batch::new(&logits, 1, 3).form(Form::Logits);
+/// # let _ = (batch, l);
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct Batch<'a> {
+    /// The values, row-major.
+    pub values: Values<'a>,
+    /// Number of distributions.
+    pub rows: usize,
+    /// Outcomes per distribution.
+    pub cols: usize,
+    /// How the values are given.
+    pub form: Form,
+}
+
+impl<'a> Batch<'a> {
+    /// A batch of probabilities; see [`Batch::form`] for other forms.
+    pub fn new(values: impl Into<Values<'a>>, rows: usize, cols: usize) -> Self {
+        Batch {
+            values: values.into(),
+            rows,
+            cols,
+            form: Form::Probs,
+        }
+    }
+
+    /// One distribution (a single row).
+    pub fn row(values: impl Into<Values<'a>>) -> Self {
+        let values = values.into();
+        let cols = values.len();
+        Batch {
+            values,
+            rows: 1,
+            cols,
+            form: Form::Probs,
+        }
+    }
+
+    /// Sets the form of the values.
+    pub fn form(mut self, form: Form) -> Self {
+        self.form = form;
+        self
+    }
+
+    /// Checks the shape and returns the values as f32 (borrowed when already f32).
+    pub(crate) fn to_f32(&self, arg: Arg) -> Result<Cow<'a, [f32]>> {
+        if self.rows == 0 || self.cols == 0 {
+            return Err(Error::Empty {
+                arg,
+                rows: self.rows,
+                cols: self.cols,
+            });
+        }
+        let expected = self.rows.checked_mul(self.cols).ok_or_else(|| {
+            Error::TooLarge(format!("{arg}: {} x {} overflows", self.rows, self.cols))
+        })?;
+        if self.values.len() != expected {
+            return Err(Error::Length {
+                arg,
+                len: self.values.len(),
+                rows: self.rows,
+                cols: self.cols,
+                expected,
+            });
+        }
+        match self.values {
+            Values::F32(v) => Ok(Cow::Borrowed(v)),
+            Values::F64(v) => convert_f64(v, self.cols, self.form, arg).map(Cow::Owned),
+        }
+    }
+}
+
+/// f64 → f32 without silent changes: a non-zero probability that becomes 0 and
+/// a finite value that becomes ±inf are errors (NaN and inf pass through to the
+/// ordinary checks, which name them).
+pub(crate) fn convert_f64(v: &[f64], cols: usize, form: Form, arg: Arg) -> Result<Vec<f32>> {
+    let mut out = Vec::with_capacity(v.len());
+    for (i, &x) in v.iter().enumerate() {
+        let y = x as f32;
+        let what = if x.is_finite() && y.is_infinite() {
+            Some(BadValue::Overflow)
+        } else if form == Form::Probs && x != 0.0 && y == 0.0 {
+            Some(BadValue::Underflow)
+        } else {
+            None
+        };
+        if let Some(what) = what {
+            return Err(Error::BadValue {
+                arg,
+                row: i / cols,
+                col: Some(i % cols),
+                what,
+            });
+        }
+        out.push(y);
+    }
+    Ok(out)
+}
+
+/// Class targets of a negative log-likelihood, one per row.
+#[derive(Clone, Copy, Debug)]
+pub enum Targets<'a> {
+    /// i32 class indices.
+    I32(&'a [i32]),
+    /// i64 class indices (PyTorch's default).
+    I64(&'a [i64]),
+    /// u32 class indices.
+    U32(&'a [u32]),
+}
+
+impl<'a> From<&'a [i32]> for Targets<'a> {
+    fn from(v: &'a [i32]) -> Self {
+        Targets::I32(v)
+    }
+}
+impl<'a> From<&'a [i64]> for Targets<'a> {
+    fn from(v: &'a [i64]) -> Self {
+        Targets::I64(v)
+    }
+}
+impl<'a> From<&'a [u32]> for Targets<'a> {
+    fn from(v: &'a [u32]) -> Self {
+        Targets::U32(v)
+    }
+}
+impl<'a> From<&'a Vec<i32>> for Targets<'a> {
+    fn from(v: &'a Vec<i32>) -> Self {
+        Targets::I32(v)
+    }
+}
+impl<'a> From<&'a Vec<i64>> for Targets<'a> {
+    fn from(v: &'a Vec<i64>) -> Self {
+        Targets::I64(v)
+    }
+}
+impl<'a> From<&'a Vec<u32>> for Targets<'a> {
+    fn from(v: &'a Vec<u32>) -> Self {
+        Targets::U32(v)
+    }
+}
+
+impl Targets<'_> {
+    /// Number of targets.
+    pub fn len(&self) -> usize {
+        match self {
+            Targets::I32(v) => v.len(),
+            Targets::I64(v) => v.len(),
+            Targets::U32(v) => v.len(),
+        }
+    }
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub(crate) fn to_i64(self) -> Vec<i64> {
+        match self {
+            Targets::I32(v) => v.iter().map(|&t| t as i64).collect(),
+            Targets::I64(v) => v.to_vec(),
+            Targets::U32(v) => v.iter().map(|&t| t as i64).collect(),
+        }
+    }
+}

@@ -1,0 +1,328 @@
+//! [`Context`]: backend choice and the public calls.
+
+use std::sync::Arc;
+
+use crate::batch::{Batch, Targets};
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::job::{Job, Kind};
+use crate::measure::{Measure, NllOptions, Options, Reduction};
+use crate::record::{self, Record};
+
+/// Which backend evaluates a call.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// A hardware GPU adapter (discrete, integrated or virtual) when there is one,
+    /// else the CPU. Software adapters (llvmpipe/lavapipe) are slower than the
+    /// native CPU path and are not picked. `KULLBACK_BACKEND=auto|gpu|cpu`
+    /// replaces `Auto` (and only `Auto`).
+    #[default]
+    Auto,
+    /// Any GPU adapter, software ones included; an error when there is none.
+    Gpu,
+    /// The CPU path; never touches wgpu.
+    Cpu,
+}
+
+impl Backend {
+    /// Parses `auto`, `gpu` or `cpu`.
+    pub fn parse(s: &str) -> Option<Backend> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Some(Backend::Auto),
+            "gpu" => Some(Backend::Gpu),
+            "cpu" => Some(Backend::Cpu),
+            _ => None,
+        }
+    }
+
+    /// `Auto` replaced by `KULLBACK_BACKEND` when that is set; explicit choices stay.
+    pub fn resolve_env(self) -> Result<Backend> {
+        if self != Backend::Auto {
+            return Ok(self);
+        }
+        match std::env::var("KULLBACK_BACKEND") {
+            Ok(v) if !v.trim().is_empty() => Backend::parse(&v).ok_or_else(|| {
+                Error::InvalidOption(format!("KULLBACK_BACKEND={v}: expected auto, gpu or cpu"))
+            }),
+            _ => Ok(Backend::Auto),
+        }
+    }
+}
+
+/// The backend that ran a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Ran {
+    /// The WGSL kernels on a GPU adapter.
+    Gpu,
+    /// The CPU kernels.
+    Cpu,
+}
+
+impl Ran {
+    /// `"gpu"` or `"cpu"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Ran::Gpu => "gpu",
+            Ran::Cpu => "cpu",
+        }
+    }
+}
+
+/// The result of a call.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Output {
+    /// One value per row (`Reduction::None`), or one value (sum, mean).
+    pub values: Vec<f32>,
+    /// Rows evaluated (for a negative log-likelihood with one row of `q`, the number of targets).
+    pub rows: usize,
+    /// Columns.
+    pub cols: usize,
+    /// The reduction applied.
+    pub reduction: Reduction,
+    /// Rows counted by the reduction: `rows`, or Σ wₜ over the rows not ignored
+    /// for a negative log-likelihood.
+    pub counted: f64,
+    /// For a negative log-likelihood with `Reduction::Mean`: exp(mean in nats),
+    /// the same number as base^(mean in that base).
+    pub perplexity: Option<f64>,
+    /// The backend that ran.
+    pub backend: Ran,
+    /// The GPU adapter's name when the GPU ran.
+    pub adapter: Option<String>,
+}
+
+/// Options of a [`Context`].
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct ContextOptions {
+    /// Which backend to use.
+    pub backend: Backend,
+    /// Caps the bytes of one storage binding below the device's limit, so that
+    /// inputs are split into chunks sooner (used to test the chunked path on
+    /// small data). `None`: the device's limit.
+    pub max_binding_bytes: Option<u64>,
+}
+
+impl ContextOptions {
+    /// Sets the backend.
+    pub fn backend(mut self, backend: Backend) -> Self {
+        self.backend = backend;
+        self
+    }
+    /// Caps the bytes of one storage binding.
+    pub fn max_binding_bytes(mut self, bytes: u64) -> Self {
+        self.max_binding_bytes = Some(bytes);
+        self
+    }
+}
+
+/// Evaluates measures on the backend chosen at creation. Cheap to share:
+/// `Send + Sync`, and pipelines are built once per device.
+#[derive(Clone, Debug)]
+pub struct Context {
+    gpu: Option<Arc<Gpu>>,
+}
+
+impl Context {
+    /// A context with the default options (`Backend::Auto`, or `KULLBACK_BACKEND`).
+    pub fn new() -> Result<Context> {
+        Context::with_options(ContextOptions::default())
+    }
+
+    /// A context on the backend `backend` (see [`Backend`]).
+    pub fn with_backend(backend: Backend) -> Result<Context> {
+        Context::with_options(ContextOptions::default().backend(backend))
+    }
+
+    /// A context with explicit options.
+    pub fn with_options(opts: ContextOptions) -> Result<Context> {
+        let gpu = match opts.backend.resolve_env()? {
+            Backend::Cpu => None,
+            Backend::Gpu => Some(Arc::new(Gpu::create(true, opts.max_binding_bytes)?)),
+            Backend::Auto => match Gpu::create(false, opts.max_binding_bytes) {
+                Ok(g) => Some(Arc::new(g)),
+                Err(e) => {
+                    log::info!("kullback: no hardware GPU adapter ({e}); using the CPU");
+                    None
+                }
+            },
+        };
+        Ok(Context { gpu })
+    }
+
+    /// A context that runs every call on the caller's device and queue.
+    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Result<Context> {
+        Context::from_device_with_options(device, queue, ContextOptions::default())
+    }
+
+    /// [`Context::from_device`] with options (only `max_binding_bytes` applies).
+    pub fn from_device_with_options(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        opts: ContextOptions,
+    ) -> Result<Context> {
+        Ok(Context {
+            gpu: Some(Arc::new(Gpu::from_device(
+                device,
+                queue,
+                None,
+                opts.max_binding_bytes,
+            )?)),
+        })
+    }
+
+    /// The backend this context runs on.
+    pub fn backend(&self) -> Ran {
+        if self.gpu.is_some() {
+            Ran::Gpu
+        } else {
+            Ran::Cpu
+        }
+    }
+
+    /// The GPU adapter's name, when this context runs on a GPU.
+    pub fn adapter_name(&self) -> Option<&str> {
+        self.gpu.as_ref().map(|g| g.adapter_name())
+    }
+
+    pub(crate) fn gpu(&self) -> Option<&Arc<Gpu>> {
+        self.gpu.as_ref()
+    }
+
+    /// Evaluates `measure` for each row of `p` (and `q`). A `p` or `q` with one
+    /// row is compared with every row of the other.
+    pub fn evaluate(
+        &self,
+        measure: Measure,
+        p: &Batch<'_>,
+        q: Option<&Batch<'_>>,
+        opts: &Options,
+    ) -> Result<Output> {
+        let job = Job::measure(measure, p, q, opts)?;
+        self.run(&job)
+    }
+
+    /// Entropy H(p) = -Σ p ln p of each row.
+    pub fn entropy(&self, p: &Batch<'_>, opts: &Options) -> Result<Output> {
+        self.evaluate(Measure::Entropy, p, None, opts)
+    }
+
+    /// Cross-entropy H(p, q) = -Σ p ln q of each row pair.
+    pub fn cross_entropy(&self, p: &Batch<'_>, q: &Batch<'_>, opts: &Options) -> Result<Output> {
+        self.evaluate(Measure::CrossEntropy, p, Some(q), opts)
+    }
+
+    /// Kullback-Leibler divergence D(P‖Q) = Σ p ln(p / q) of each row pair.
+    pub fn kl(&self, p: &Batch<'_>, q: &Batch<'_>, opts: &Options) -> Result<Output> {
+        self.evaluate(Measure::Kl, p, Some(q), opts)
+    }
+
+    /// Jensen-Shannon divergence of each row pair (≤ ln 2 nats).
+    pub fn js(&self, p: &Batch<'_>, q: &Batch<'_>, opts: &Options) -> Result<Output> {
+        self.evaluate(Measure::Js, p, Some(q), opts)
+    }
+
+    /// Negative log-likelihood -log q[t] of class targets (cross-entropy with
+    /// one-hot targets). A `q` with one row is shared by every target.
+    pub fn nll<'t>(
+        &self,
+        q: &Batch<'_>,
+        targets: impl Into<Targets<'t>>,
+        opts: &NllOptions<'_>,
+    ) -> Result<Output> {
+        let job = Job::nll(q, targets.into(), opts)?;
+        self.run(&job)
+    }
+
+    fn run(&self, job: &Job<'_>) -> Result<Output> {
+        let (records, backend, adapter) = match &self.gpu {
+            Some(g) => (g.run(job)?, Ran::Gpu, Some(g.adapter_name().to_string())),
+            None => (run_cpu(job)?, Ran::Cpu, None),
+        };
+        finish(job, records, backend, adapter)
+    }
+}
+
+/// What a backend returns: per-row records, or the batch record.
+pub(crate) enum Records {
+    Rows(Vec<Record>),
+    Total(Record),
+    /// A reduction met a bad row: its number and its own record, for the error.
+    BadRow(usize, Record),
+}
+
+fn run_cpu(job: &Job<'_>) -> Result<Records> {
+    let rows = crate::cpu::run(job)?;
+    if job.reduction == Reduction::None {
+        return Ok(Records::Rows(rows));
+    }
+    if let Some(e) = record::first_error(&rows, 0, &job.decode_ctx()) {
+        return Err(e);
+    }
+    Ok(Records::Total(record::reduce_records(
+        &rows,
+        job.reduction == Reduction::Mean,
+        job.kind == Kind::Nll,
+    )))
+}
+
+fn finish(
+    job: &Job<'_>,
+    records: Records,
+    backend: Ran,
+    adapter: Option<String>,
+) -> Result<Output> {
+    let ctx = job.decode_ctx();
+    let (values, counted) = match records {
+        Records::Rows(r) => {
+            if let Some(e) = record::first_error(&r, 0, &ctx) {
+                return Err(e);
+            }
+            let counted = if job.kind == Kind::Nll {
+                r.iter().map(|x| x.aux_p as f64).sum()
+            } else {
+                job.rows as f64
+            };
+            (r.iter().map(|x| x.value).collect(), counted)
+        }
+        Records::Total(t) => {
+            if t.status != 0 {
+                return Err(record::decode(t.aux_q.to_bits() as usize, &t, &ctx));
+            }
+            (vec![t.value], t.aux_p as f64)
+        }
+        Records::BadRow(row, r) => return Err(record::decode(row, &r, &ctx)),
+    };
+    let perplexity = (job.kind == Kind::Nll && job.reduction == Reduction::Mean)
+        .then(|| (values[0] as f64 * job.ln_base).exp());
+    Ok(Output {
+        values,
+        rows: job.rows,
+        cols: job.cols,
+        reduction: job.reduction,
+        counted,
+        perplexity,
+        backend,
+        adapter,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Context>();
+        check::<Output>();
+    }
+
+    #[test]
+    fn backend_parse() {
+        assert_eq!(Backend::parse("GPU"), Some(Backend::Gpu));
+        assert_eq!(Backend::parse("cpu"), Some(Backend::Cpu));
+        assert_eq!(Backend::parse("auto"), Some(Backend::Auto));
+        assert_eq!(Backend::parse("tpu"), None);
+    }
+}

@@ -1,0 +1,188 @@
+//! The crate's one error type.
+
+use std::fmt;
+
+/// Which argument of a call a problem was found in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Arg {
+    /// The first distribution `p` (the "true" or teacher distribution).
+    P,
+    /// The second distribution `q` (the model or student distribution).
+    Q,
+    /// The class targets of a negative log-likelihood.
+    Targets,
+    /// The class weights of a negative log-likelihood.
+    Weights,
+}
+
+impl fmt::Display for Arg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Arg::P => "p",
+            Arg::Q => "q",
+            Arg::Targets => "targets",
+            Arg::Weights => "weights",
+        })
+    }
+}
+
+/// What is wrong with one input value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BadValue {
+    /// The value is NaN.
+    Nan,
+    /// A probability below zero.
+    Negative,
+    /// An infinite probability, a log-probability or logit of +inf.
+    Infinite,
+    /// A log-probability above zero (a probability above one).
+    PositiveLog,
+    /// A non-zero f64 probability that underflows to 0 in f32.
+    Underflow,
+    /// A finite f64 value that overflows to ±inf in f32.
+    Overflow,
+}
+
+impl fmt::Display for BadValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BadValue::Nan => "NaN",
+            BadValue::Negative => "a negative probability",
+            BadValue::Infinite => "an infinite value",
+            BadValue::PositiveLog => "a log-probability above 0",
+            BadValue::Underflow => "a non-zero f64 value that underflows to 0 in f32",
+            BadValue::Overflow => "a finite f64 value that overflows in f32",
+        })
+    }
+}
+
+/// Everything that can go wrong in this crate.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A batch has zero rows or zero columns.
+    #[error("{arg} is empty: {rows} rows x {cols} columns (both must be at least 1)")]
+    Empty {
+        /// The argument.
+        arg: Arg,
+        /// Its rows.
+        rows: usize,
+        /// Its columns.
+        cols: usize,
+    },
+    /// A slice's length is not rows × cols.
+    #[error("{arg} holds {len} values, but its shape {rows} x {cols} needs {expected}")]
+    Length {
+        /// The argument.
+        arg: Arg,
+        /// The slice's length.
+        len: usize,
+        /// The stated rows.
+        rows: usize,
+        /// The stated columns.
+        cols: usize,
+        /// rows × cols.
+        expected: usize,
+    },
+    /// Two arguments' shapes cannot be paired.
+    #[error(
+        "shape mismatch: p is {p_rows} x {p_cols}, q is {q_rows} x {q_cols} \
+         (same shape, or one of them a single row with the same columns)"
+    )]
+    ShapeMismatch {
+        /// Rows of p (or of the targets for a negative log-likelihood).
+        p_rows: usize,
+        /// Columns of p (or 1 for the targets).
+        p_cols: usize,
+        /// Rows of q.
+        q_rows: usize,
+        /// Columns of q.
+        q_cols: usize,
+    },
+    /// An input value that is not allowed (NaN, a negative probability, ...).
+    #[error("{arg} row {row}{}: {what}", column_text(.col))]
+    BadValue {
+        /// The argument.
+        arg: Arg,
+        /// The row (0-based).
+        row: usize,
+        /// The column (0-based); `None` where the device did not keep it.
+        col: Option<usize>,
+        /// What is wrong.
+        what: BadValue,
+    },
+    /// A row whose probabilities do not sum to 1 within the tolerance.
+    #[error(
+        "{arg} row {row} sums to {sum} (probabilities must sum to 1 within {tolerance}; \
+         choose Normalization::Renormalize to divide each row by its sum)"
+    )]
+    NotNormalized {
+        /// The argument.
+        arg: Arg,
+        /// The row.
+        row: usize,
+        /// Its sum (Σ p, or Σ exp(lp) for log-probabilities).
+        sum: f32,
+        /// The tolerance in force.
+        tolerance: f32,
+    },
+    /// A row that cannot be renormalised: its sum is 0, subnormal or overflows,
+    /// or all of its logits are -inf.
+    #[error("{arg} row {row} cannot be normalised: {why}")]
+    CannotNormalize {
+        /// The argument.
+        arg: Arg,
+        /// The row.
+        row: usize,
+        /// Why not.
+        why: &'static str,
+    },
+    /// A class target outside `[0, classes)` that is not the ignore index.
+    #[error("targets row {row}: class {target} is outside [0, {classes})")]
+    TargetOutOfRange {
+        /// The row.
+        row: usize,
+        /// The target as given.
+        target: i64,
+        /// The number of classes (columns of q).
+        classes: usize,
+    },
+    /// An option that is out of its domain (a log base of 1, a negative tolerance, ...).
+    #[error("invalid option: {0}")]
+    InvalidOption(String),
+    /// A combination this crate does not evaluate.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// The GPU backend was asked for but no adapter exists.
+    #[error(
+        "no GPU adapter found (wgpu: {0}); install a Vulkan driver, e.g. `apt-get install mesa-vulkan-drivers`, or use Backend::Cpu"
+    )]
+    NoAdapter(String),
+    /// wgpu could not create a device.
+    #[error("could not create a GPU device: {0}")]
+    RequestDevice(#[from] wgpu::RequestDeviceError),
+    /// The batch does not fit the device even when split into chunks.
+    #[error("too large for this device: {0}")]
+    TooLarge(String),
+    /// A caller's GPU buffer that does not fit the call (usage, size, offset, aliasing).
+    #[error("GPU buffer {name}: {problem}")]
+    Buffer {
+        /// Which buffer.
+        name: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The device reported an error while running our work.
+    #[error("GPU error: {0}")]
+    Device(String),
+    /// A CPU worker thread failed.
+    #[error("CPU backend error: {0}")]
+    Cpu(String),
+}
+
+fn column_text(col: &Option<usize>) -> String {
+    col.map_or(String::new(), |c| format!(", column {c}"))
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

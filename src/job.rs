@@ -1,0 +1,284 @@
+//! One call, checked and lowered into what both backends execute.
+
+use std::borrow::Cow;
+
+use crate::batch::{Batch, Targets};
+use crate::error::{Arg, Error, Result};
+use crate::measure::{Form, Measure, NllOptions, Normalization, Options, Reduction};
+
+/// What a job computes per row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Kind {
+    Entropy,
+    Cross,
+    Kl,
+    Js,
+    Nll,
+}
+
+impl Kind {
+    pub(crate) fn from_measure(m: Measure) -> Kind {
+        match m {
+            Measure::Entropy => Kind::Entropy,
+            Measure::CrossEntropy => Kind::Cross,
+            Measure::Kl => Kind::Kl,
+            Measure::Js => Kind::Js,
+        }
+    }
+}
+
+/// One distribution argument: `rows` is the job's rows, or 1 for a row
+/// compared with every row of the other argument.
+#[derive(Clone, Debug)]
+pub(crate) struct Operand<'a> {
+    pub data: Cow<'a, [f32]>,
+    pub rows: usize,
+    pub form: Form,
+}
+
+impl Operand<'_> {
+    /// Row `r` of the job (the broadcast row for a one-row operand).
+    pub(crate) fn row(&self, r: usize, cols: usize) -> &[f32] {
+        let r = if self.rows == 1 { 0 } else { r };
+        &self.data[r * cols..(r + 1) * cols]
+    }
+}
+
+/// The target value the kernels treat as "ignored".
+pub(crate) const IGNORED: u32 = u32::MAX;
+
+/// Negative log-likelihood data: p is the (smoothed, weighted) one-hot of the target.
+#[derive(Clone, Debug)]
+pub(crate) struct NllData {
+    /// Targets in [0, cols), or [`IGNORED`].
+    pub targets: Vec<u32>,
+    /// The targets as given, for error messages.
+    pub given: Vec<i64>,
+    pub weights: Option<Vec<f32>>,
+    pub smoothing: f32,
+}
+
+impl NllData {
+    /// Weight of class `c` (1 without weights).
+    pub(crate) fn weight(&self, c: usize) -> f32 {
+        self.weights.as_ref().map_or(1.0, |w| w[c])
+    }
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct Job<'a> {
+    pub kind: Kind,
+    pub rows: usize,
+    pub cols: usize,
+    pub p: Option<Operand<'a>>,
+    pub q: Option<Operand<'a>>,
+    pub nll: Option<NllData>,
+    pub normalization: Normalization,
+    pub tolerance: f32,
+    /// ln(base): results are divided by it.
+    pub ln_base: f64,
+    pub reduction: Reduction,
+}
+
+fn online(form: Form, norm: Normalization) -> bool {
+    form == Form::Logits || (form == Form::LogProbs && norm == Normalization::Renormalize)
+}
+
+impl<'a> Job<'a> {
+    pub(crate) fn measure(
+        measure: Measure,
+        p: &Batch<'a>,
+        q: Option<&Batch<'a>>,
+        opts: &Options,
+    ) -> Result<Self> {
+        let ln_base = opts.check()?;
+        let kind = Kind::from_measure(measure);
+        let pd = p.to_f32(Arg::P)?;
+        let (rows, qop) = match (measure.needs_q(), q) {
+            (false, _) => (p.rows, None),
+            (true, None) => {
+                return Err(Error::InvalidOption(format!("{} needs q", measure.name())));
+            }
+            (true, Some(q)) => {
+                let qd = q.to_f32(Arg::Q)?;
+                let ok = p.cols == q.cols && (p.rows == q.rows || p.rows == 1 || q.rows == 1);
+                if !ok {
+                    return Err(Error::ShapeMismatch {
+                        p_rows: p.rows,
+                        p_cols: p.cols,
+                        q_rows: q.rows,
+                        q_cols: q.cols,
+                    });
+                }
+                let rows = p.rows.max(q.rows);
+                (
+                    rows,
+                    Some(Operand {
+                        data: qd,
+                        rows: q.rows,
+                        form: q.form,
+                    }),
+                )
+            }
+        };
+        check_u32(rows, p.cols)?;
+        Ok(Job {
+            kind,
+            rows,
+            cols: p.cols,
+            p: Some(Operand {
+                data: pd,
+                rows: p.rows,
+                form: p.form,
+            }),
+            q: qop,
+            nll: None,
+            normalization: opts.normalization,
+            tolerance: opts.tolerance,
+            ln_base,
+            reduction: opts.reduction,
+        })
+    }
+
+    pub(crate) fn nll(q: &Batch<'a>, targets: Targets<'_>, opts: &NllOptions<'_>) -> Result<Self> {
+        let ln_base = opts.common.check()?;
+        let qd = q.to_f32(Arg::Q)?;
+        let classes = q.cols;
+        if targets.is_empty() {
+            return Err(Error::Empty {
+                arg: Arg::Targets,
+                rows: 0,
+                cols: 1,
+            });
+        }
+        if q.rows != 1 && targets.len() != q.rows {
+            return Err(Error::ShapeMismatch {
+                p_rows: targets.len(),
+                p_cols: 1,
+                q_rows: q.rows,
+                q_cols: q.cols,
+            });
+        }
+        let eps = opts.label_smoothing;
+        if !(0.0..=1.0).contains(&eps) {
+            return Err(Error::InvalidOption(format!(
+                "label smoothing must be in [0, 1], got {eps}"
+            )));
+        }
+        let weights = match opts.weights {
+            None => None,
+            Some(w) => {
+                if w.len() != classes {
+                    return Err(Error::Length {
+                        arg: Arg::Weights,
+                        len: w.len(),
+                        rows: 1,
+                        cols: classes,
+                        expected: classes,
+                    });
+                }
+                if let Some(c) = w.iter().position(|x| !(x.is_finite() && *x >= 0.0)) {
+                    return Err(Error::BadValue {
+                        arg: Arg::Weights,
+                        row: 0,
+                        col: Some(c),
+                        what: if w[c].is_nan() {
+                            crate::error::BadValue::Nan
+                        } else if w[c] < 0.0 {
+                            crate::error::BadValue::Negative
+                        } else {
+                            crate::error::BadValue::Infinite
+                        },
+                    });
+                }
+                Some(w.to_vec())
+            }
+        };
+        let given = targets.to_i64();
+        let mut t32 = Vec::with_capacity(given.len());
+        for (row, &t) in given.iter().enumerate() {
+            if opts.ignore_index == Some(t) {
+                t32.push(IGNORED);
+            } else if t >= 0 && (t as u64) < classes as u64 {
+                t32.push(t as u32);
+            } else {
+                return Err(Error::TargetOutOfRange {
+                    row,
+                    target: t,
+                    classes,
+                });
+            }
+        }
+        let rows = given.len();
+        check_u32(rows, classes)?;
+        Ok(Job {
+            kind: Kind::Nll,
+            rows,
+            cols: classes,
+            p: None,
+            q: Some(Operand {
+                data: qd,
+                rows: q.rows,
+                form: q.form,
+            }),
+            nll: Some(NllData {
+                targets: t32,
+                given,
+                weights,
+                smoothing: eps,
+            }),
+            normalization: opts.common.normalization,
+            tolerance: opts.common.tolerance,
+            ln_base,
+            reduction: opts.common.reduction,
+        })
+    }
+
+    /// p is accumulated in the online (running max) form in a single pass.
+    pub(crate) fn p_online(&self) -> bool {
+        self.p
+            .as_ref()
+            .is_some_and(|p| online(p.form, self.normalization))
+    }
+
+    /// q is accumulated in the online (running max) form in a single pass.
+    pub(crate) fn q_online(&self) -> bool {
+        self.q
+            .as_ref()
+            .is_some_and(|q| online(q.form, self.normalization))
+    }
+
+    /// Whether the row normalisers are computed in a first pass: probabilities
+    /// being renormalised (divide first: the one-pass correction cancels), and
+    /// Jensen-Shannon of any log form (its mixture needs both normalised rows).
+    pub(crate) fn two_pass(&self) -> bool {
+        let renorm_probs = self.normalization == Normalization::Renormalize
+            && [&self.p, &self.q]
+                .iter()
+                .any(|o| o.as_ref().is_some_and(|o| o.form == Form::Probs));
+        renorm_probs || (self.kind == Kind::Js && (self.p_online() || self.q_online()))
+    }
+
+    /// Whether row sums are checked against 1.
+    pub(crate) fn check_sums(&self) -> bool {
+        self.normalization == Normalization::Validate
+    }
+
+    pub(crate) fn decode_ctx(&self) -> crate::record::DecodeCtx<'_> {
+        crate::record::DecodeCtx {
+            tolerance: self.tolerance,
+            classes: self.cols,
+            targets: self.nll.as_ref().map(|n| n.given.as_slice()),
+        }
+    }
+}
+
+/// Row and column counts must fit the kernels' u32 indices.
+fn check_u32(rows: usize, cols: usize) -> Result<()> {
+    if rows > u32::MAX as usize / 2 || cols > u32::MAX as usize / 2 {
+        return Err(Error::TooLarge(format!(
+            "{rows} rows x {cols} columns: each must be below 2^31"
+        )));
+    }
+    Ok(())
+}

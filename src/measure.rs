@@ -1,0 +1,249 @@
+//! What is computed: measures, input forms, reductions, log bases, normalisation policy.
+//!
+//! Both backends implement the same description; see the crate docs for the
+//! convention table and `shaders/rows.wgsl` / `src/cpu/kernel.rs` for the two
+//! implementations of the per-row state machine.
+
+use crate::error::{Error, Result};
+
+/// A measure over pairs of distributions (or one distribution, for entropy).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Measure {
+    /// Entropy H(p) = -Σ p ln p of each row of `p`.
+    Entropy,
+    /// Cross-entropy H(p, q) = -Σ p ln q.
+    CrossEntropy,
+    /// Kullback-Leibler divergence D(P‖Q) = Σ p ln(p / q).
+    Kl,
+    /// Jensen-Shannon divergence ½ D(P‖M) + ½ D(Q‖M), M = ½ (P + Q).
+    Js,
+}
+
+impl Measure {
+    /// The name used by the CLI and in JSON output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Measure::Entropy => "entropy",
+            Measure::CrossEntropy => "cross-entropy",
+            Measure::Kl => "kl",
+            Measure::Js => "js",
+        }
+    }
+
+    /// Whether the measure reads a second distribution `q`.
+    pub fn needs_q(self) -> bool {
+        !matches!(self, Measure::Entropy)
+    }
+}
+
+/// How the values of one argument are given.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Form {
+    /// Probabilities: finite, ≥ 0; a zero is a probability whose bits are zero.
+    #[default]
+    Probs,
+    /// Natural-log probabilities: ≤ 0 or -inf (probability 0).
+    LogProbs,
+    /// Unnormalised logits: finite, or -inf for a masked class; turned into
+    /// log-probabilities by a stable log-sum-exp.
+    Logits,
+}
+
+impl Form {
+    pub(crate) fn code(self) -> u32 {
+        match self {
+            Form::Probs => 0,
+            Form::LogProbs => 1,
+            Form::Logits => 2,
+        }
+    }
+}
+
+/// How per-row values are combined over the batch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Reduction {
+    /// One value per row.
+    #[default]
+    None,
+    /// The sum of the per-row values.
+    Sum,
+    /// The mean of the per-row values over the rows counted (for a negative
+    /// log-likelihood: Σ wₜ·lᵢ / Σ wₜ over the rows not ignored).
+    Mean,
+}
+
+impl Reduction {
+    /// The name used by the CLI and in JSON output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Reduction::None => "none",
+            Reduction::Sum => "sum",
+            Reduction::Mean => "mean",
+        }
+    }
+}
+
+/// The base of the logarithm the results are expressed in.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum Base {
+    /// Natural log: nats.
+    #[default]
+    E,
+    /// Base 2: bits.
+    Two,
+    /// Base 10: hartleys.
+    Ten,
+    /// Any base > 0 other than 1.
+    Custom(f64),
+}
+
+impl Base {
+    /// ln(base), after checking the base is > 0, finite and ≠ 1.
+    pub fn ln(self) -> Result<f64> {
+        let b = match self {
+            Base::E => return Ok(1.0),
+            Base::Two => 2.0,
+            Base::Ten => 10.0,
+            Base::Custom(b) => b,
+        };
+        if !(b.is_finite() && b > 0.0 && b != 1.0) {
+            return Err(Error::InvalidOption(format!(
+                "log base must be finite, > 0 and != 1, got {b}"
+            )));
+        }
+        Ok(b.ln())
+    }
+}
+
+/// What to do with row sums.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Normalization {
+    /// Check that each row sums to 1 (Σ p, or Σ exp(lp) for log-probabilities)
+    /// within [`Options::tolerance`]; a row that does not is an error.
+    #[default]
+    Validate,
+    /// Divide each row by its sum (subtract its log-sum-exp for log-probabilities),
+    /// as `scipy.stats.entropy` does. A row summing to 0 (or a subnormal) is an error.
+    Renormalize,
+    /// Use the values as given: terms are summed with no check and no scaling.
+    AsGiven,
+}
+
+/// The default tolerance on |Σ p − 1| under [`Normalization::Validate`].
+///
+/// f32 rows of a million entries that were normalised in f32 drift by up to
+/// about 1e-4 from 1, so the default is generous; tighten it if you need to.
+pub const DEFAULT_TOLERANCE: f32 = 1e-3;
+
+/// Options shared by every measure.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct Options {
+    /// How per-row values are combined.
+    pub reduction: Reduction,
+    /// Log base of the results.
+    pub base: Base,
+    /// Row-sum policy.
+    pub normalization: Normalization,
+    /// Tolerance on |sum − 1| under [`Normalization::Validate`].
+    pub tolerance: f32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            reduction: Reduction::None,
+            base: Base::E,
+            normalization: Normalization::Validate,
+            tolerance: DEFAULT_TOLERANCE,
+        }
+    }
+}
+
+impl Options {
+    /// Sets the reduction.
+    pub fn reduction(mut self, reduction: Reduction) -> Self {
+        self.reduction = reduction;
+        self
+    }
+    /// Sets the log base.
+    pub fn base(mut self, base: Base) -> Self {
+        self.base = base;
+        self
+    }
+    /// Sets the normalisation policy.
+    pub fn normalization(mut self, normalization: Normalization) -> Self {
+        self.normalization = normalization;
+        self
+    }
+    /// Sets the tolerance on row sums.
+    pub fn tolerance(mut self, tolerance: f32) -> Self {
+        self.tolerance = tolerance;
+        self
+    }
+
+    pub(crate) fn check(&self) -> Result<f64> {
+        if !(self.tolerance.is_finite() && self.tolerance >= 0.0) {
+            return Err(Error::InvalidOption(format!(
+                "tolerance must be finite and >= 0, got {}",
+                self.tolerance
+            )));
+        }
+        self.base.ln()
+    }
+}
+
+/// Options of the negative log-likelihood of class targets.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct NllOptions<'a> {
+    /// Reduction, base, normalisation of `q` and tolerance.
+    pub common: Options,
+    /// A target equal to this is ignored: its row's value is 0 and it is not
+    /// counted in the mean (PyTorch's `ignore_index`).
+    pub ignore_index: Option<i64>,
+    /// Per-class weights (length = classes, finite and ≥ 0): row i's loss is
+    /// scaled by `weights[t_i]` and the mean is Σ w·l / Σ w (PyTorch's).
+    pub weights: Option<&'a [f32]>,
+    /// Label smoothing ε in [0, 1]: the target distribution is
+    /// (1 − ε)·onehot(t) + ε / C, as PyTorch's `F.cross_entropy`.
+    pub label_smoothing: f32,
+}
+
+impl<'a> NllOptions<'a> {
+    /// Sets the common options.
+    pub fn common(mut self, common: Options) -> Self {
+        self.common = common;
+        self
+    }
+    /// Sets the reduction.
+    pub fn reduction(mut self, reduction: Reduction) -> Self {
+        self.common.reduction = reduction;
+        self
+    }
+    /// Sets the log base.
+    pub fn base(mut self, base: Base) -> Self {
+        self.common.base = base;
+        self
+    }
+    /// Sets the normalisation of `q`.
+    pub fn normalization(mut self, normalization: Normalization) -> Self {
+        self.common.normalization = normalization;
+        self
+    }
+    /// Sets the ignore index.
+    pub fn ignore_index(mut self, ignore_index: i64) -> Self {
+        self.ignore_index = Some(ignore_index);
+        self
+    }
+    /// Sets the class weights.
+    pub fn weights(mut self, weights: &'a [f32]) -> Self {
+        self.weights = Some(weights);
+        self
+    }
+    /// Sets the label smoothing.
+    pub fn label_smoothing(mut self, label_smoothing: f32) -> Self {
+        self.label_smoothing = label_smoothing;
+        self
+    }
+}
