@@ -218,7 +218,7 @@ fn plain_elem(b: u32, form: u32, n: Norm) -> Elem {
     return Elem(zero, select(exp(l), 0.0, zero), select(l, 0.0, zero));
 }
 
-fn nll_weight(col: u32, target: u32, ignored: bool) -> f32 {
+fn nll_weight(col: u32, tgt: u32, ignored: bool) -> f32 {
     if (ignored) {
         return 0.0;
     }
@@ -226,15 +226,15 @@ fn nll_weight(col: u32, target: u32, ignored: bool) -> f32 {
     var wt = 1.0;
     if (params.weights_at != 0xffffffffu) {
         wc = bitcast<f32>(p_buf[params.weights_at + col]);
-        wt = bitcast<f32>(p_buf[params.weights_at + min(target, params.cols - 1u)]);
+        wt = bitcast<f32>(p_buf[params.weights_at + min(tgt, params.cols - 1u)]);
     }
     let eps = params.smoothing;
-    return wc * eps / f32(params.cols) + select(0.0, (1.0 - eps) * wt, col == target);
+    return wc * eps / f32(params.cols) + select(0.0, (1.0 - eps) * wt, col == tgt);
 }
 
 struct RowCtx {
     row: u32,
-    target: u32,
+    tgt: u32,
     ignored: bool,
     np: Norm,
     nq: Norm,
@@ -243,11 +243,11 @@ struct RowCtx {
 fn row_ctx(row: u32) -> RowCtx {
     var c: RowCtx;
     c.row = row;
-    c.target = 0u;
+    c.tgt = 0u;
     c.ignored = false;
     if (P_FORM == F_TARGETS) {
-        c.target = p_buf[row];
-        c.ignored = params.has_ignore != 0u && c.target == params.ignore_bits;
+        c.tgt = p_buf[row];
+        c.ignored = params.has_ignore != 0u && c.tgt == params.ignore_bits;
     }
     c.np = Norm(0.0, 0.0, 1.0);
     c.nq = Norm(0.0, 0.0, 1.0);
@@ -264,7 +264,7 @@ fn accumulate(st: ptr<function, State>, ctx: RowCtx, col: u32, pi: u32, qi: u32)
     // ---- p side
     var pe = Elem(true, 0.0, 0.0);
     if (P_FORM == F_TARGETS) {
-        let w = nll_weight(col, ctx.target, ctx.ignored);
+        let w = nll_weight(col, ctx.tgt, ctx.ignored);
         pe = Elem(w == 0.0, w, 0.0);
     } else {
         let pb = p_buf[pi];
@@ -454,10 +454,10 @@ fn rows_main(
     let lane = lid % tpr;
     let r_local = group * rows_per_group + seg;
     let row = params.row0 + r_local;
-    let active = r_local < params.chunk_rows;
+    let in_range = r_local < params.chunk_rows;
 
     var st = empty_state();
-    if (active) {
+    if (in_range) {
         let ctx = row_ctx(row);
         let span = tpr * EPT;
         let c_begin = blk * span;
@@ -479,7 +479,7 @@ fn rows_main(
         }
         workgroupBarrier();
     }
-    if (active && lane == 0u) {
+    if (in_range && lane == 0u) {
         let total = shared_states[lid];
         if (params.blocks_per_row == 1u) {
             finalize(row, total);

@@ -165,7 +165,6 @@ impl Context {
             gpu: Some(Arc::new(Gpu::from_device(
                 device,
                 queue,
-                None,
                 opts.max_binding_bytes,
             )?)),
         })

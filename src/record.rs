@@ -32,24 +32,24 @@ pub const RECORD_SIZE: u64 = std::mem::size_of::<Record>() as u64;
 /// The code in the low 8 bits of a status word. Keep in sync with `shaders/common.wgsl`.
 #[allow(missing_docs, reason = "the names say what each code is")]
 pub(crate) mod code {
-    pub const OK: u32 = 0;
-    pub const P_NAN: u32 = 1;
-    pub const P_NEGATIVE: u32 = 2;
-    pub const P_INFINITE: u32 = 3;
-    pub const P_POSITIVE_LOG: u32 = 4;
-    pub const Q_NAN: u32 = 5;
-    pub const Q_NEGATIVE: u32 = 6;
-    pub const Q_INFINITE: u32 = 7;
-    pub const Q_POSITIVE_LOG: u32 = 8;
-    pub const TARGET: u32 = 9;
-    pub const P_SUM: u32 = 16;
-    pub const Q_SUM: u32 = 17;
-    pub const P_ZERO_SUM: u32 = 18;
-    pub const Q_ZERO_SUM: u32 = 19;
-    pub const P_ALL_MASKED: u32 = 20;
-    pub const Q_ALL_MASKED: u32 = 21;
+    pub(crate) const OK: u32 = 0;
+    pub(crate) const P_NAN: u32 = 1;
+    pub(crate) const P_NEGATIVE: u32 = 2;
+    pub(crate) const P_INFINITE: u32 = 3;
+    pub(crate) const P_POSITIVE_LOG: u32 = 4;
+    pub(crate) const Q_NAN: u32 = 5;
+    pub(crate) const Q_NEGATIVE: u32 = 6;
+    pub(crate) const Q_INFINITE: u32 = 7;
+    pub(crate) const Q_POSITIVE_LOG: u32 = 8;
+    pub(crate) const TARGET: u32 = 9;
+    pub(crate) const P_SUM: u32 = 16;
+    pub(crate) const Q_SUM: u32 = 17;
+    pub(crate) const P_ZERO_SUM: u32 = 18;
+    pub(crate) const Q_ZERO_SUM: u32 = 19;
+    pub(crate) const P_ALL_MASKED: u32 = 20;
+    pub(crate) const Q_ALL_MASKED: u32 = 21;
     /// Column field of row-level problems.
-    pub const COL_NONE: u32 = 0xff_ffff;
+    pub(crate) const COL_NONE: u32 = 0xff_ffff;
 }
 
 /// Builds a status word; columns beyond 2^24 − 2 are stored as "unknown".

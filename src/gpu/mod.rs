@@ -1,36 +1,262 @@
-//! The GPU backend.
+//! The GPU backend: device, cached pipelines, planning, recording and readback.
+
+mod device;
+mod encode;
+mod params;
+mod pipelines;
+mod plan;
+mod readback;
+
+use std::sync::Arc;
 
 use crate::context::Records;
 use crate::error::{Error, Result};
-use crate::job::Job;
+use crate::job::{IGNORED, Job};
+use crate::measure::Reduction;
+use crate::record::{RECORD_SIZE, Record};
+
+pub(crate) use encode::{GpuShape, Operands};
+pub(crate) use pipelines::Pipelines;
 
 /// A device, its queue and the pipelines built on it.
 #[derive(Debug)]
 pub(crate) struct Gpu {
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
     adapter_name: String,
+    pub(crate) hardware: bool,
+    pub(crate) limits: wgpu::Limits,
+    /// Bytes of one input binding (the device's limit, or the caller's cap).
+    pub(crate) cap: u64,
+    pub(crate) pipelines: Arc<Pipelines>,
 }
 
 impl Gpu {
+    /// Picks an adapter (software ones only if `allow_software`) and makes a device.
     pub(crate) fn create(allow_software: bool, cap: Option<u64>) -> Result<Gpu> {
-        let _ = (allow_software, cap);
-        Err(Error::NoAdapter("not written yet".into()))
+        let adapter = device::pick_adapter(allow_software)?;
+        let info = adapter.get_info();
+        let (device, queue) = device::request_device(&adapter)?;
+        let mut g = Gpu::from_device(device, queue, cap)?;
+        g.adapter_name = info.name;
+        g.hardware = device::is_hardware(info.device_type);
+        Ok(g)
     }
-    pub(crate) fn from_device(
-        device: wgpu::Device,
-        queue: wgpu::Queue,
-        name: Option<String>,
-        cap: Option<u64>,
-    ) -> Result<Gpu> {
-        let _ = (device, queue, cap);
+
+    /// Wraps the caller's device.
+    pub(crate) fn from_device(device: wgpu::Device, queue: wgpu::Queue, cap: Option<u64>) -> Result<Gpu> {
+        let limits = device.limits();
+        if limits.max_storage_buffers_per_shader_stage < 4 {
+            return Err(Error::Unsupported(format!(
+                "the device allows {} storage buffers per shader stage; kullback needs 4",
+                limits.max_storage_buffers_per_shader_stage
+            )));
+        }
+        let device_cap = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
+        let cap = match cap {
+            Some(c) if c < plan::MIN_CAP_BYTES => {
+                return Err(Error::InvalidOption(format!(
+                    "max_binding_bytes must be at least {} (one block plus alignment), got {c}",
+                    plan::MIN_CAP_BYTES
+                )));
+            }
+            Some(c) => c.min(device_cap),
+            None => device_cap,
+        };
+        let info = device.adapter_info();
+        let pipelines = Arc::new(Pipelines::new(&device));
         Ok(Gpu {
-            adapter_name: name.unwrap_or_default(),
+            adapter_name: info.name,
+            hardware: device::is_hardware(info.device_type),
+            device,
+            queue,
+            limits,
+            cap,
+            pipelines,
         })
     }
+
     pub(crate) fn adapter_name(&self) -> &str {
         &self.adapter_name
     }
+
+    fn upload(&self, label: &'static str, bytes: &[u8]) -> Result<wgpu::Buffer> {
+        let size = (bytes.len() as u64).max(4);
+        if size > self.limits.max_buffer_size {
+            return Err(Error::TooLarge(format!(
+                "{label}: {size} bytes exceed the device's largest buffer ({} bytes)",
+                self.limits.max_buffer_size
+            )));
+        }
+        let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        if !bytes.is_empty() {
+            self.queue.write_buffer(&buf, 0, bytes);
+        }
+        Ok(buf)
+    }
+
+    /// The host path: upload, record, submit once, read back only the results.
     pub(crate) fn run(&self, job: &Job<'_>) -> Result<Records> {
-        let _ = job;
-        Err(Error::Unsupported("GPU backend not written yet".into()))
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let result = self.run_inner(job);
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::Device(e.to_string()));
+        }
+        result
+    }
+
+    fn run_inner(&self, job: &Job<'_>) -> Result<Records> {
+        let shape = GpuShape::from_job(job);
+        let (p_buf, q_buf) = match &job.nll {
+            Some(n) => {
+                let mut words: Vec<u32> = n.targets.clone();
+                if let Some(w) = &n.weights {
+                    words.extend(w.iter().map(|x| x.to_bits()));
+                }
+                debug_assert!(words.iter().take(job.rows).all(|&t| t == IGNORED || (t as usize) < job.cols));
+                let q = job.q.as_ref().map(|q| bytemuck::cast_slice::<f32, u8>(&q.data));
+                (
+                    self.upload("kullback.targets", bytemuck::cast_slice(&words))?,
+                    self.upload("kullback.q", q.unwrap_or(&[]))?,
+                )
+            }
+            None => {
+                let p = job.p.as_ref().map(|p| bytemuck::cast_slice::<f32, u8>(&p.data));
+                let p = self.upload("kullback.p", p.unwrap_or(&[]))?;
+                let q = match &job.q {
+                    Some(q) => self.upload("kullback.q", bytemuck::cast_slice(&q.data))?,
+                    // entropy: q is never read; bind p twice (both read-only)
+                    None => p.clone(),
+                };
+                (p, q)
+            }
+        };
+        let rows_bytes = job.rows as u64 * RECORD_SIZE;
+        let records = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("kullback.records"),
+            size: rows_bytes,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let total = (job.reduction != Reduction::None).then(|| {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("kullback.total"),
+                size: RECORD_SIZE,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            })
+        });
+        let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("kullback"),
+        });
+        let ops = Operands {
+            p: &p_buf,
+            p_offset: 0,
+            q: &q_buf,
+            q_offset: 0,
+        };
+        encode::encode(self, &mut enc, &shape, &ops, (&records, 0), total.as_ref().map(|t| (t, 0)))?;
+        match &total {
+            None => {
+                let r: Vec<Record> = readback::read(self, enc, &records, 0, rows_bytes)?;
+                Ok(Records::Rows(r))
+            }
+            Some(t) => {
+                let r: Vec<Record> = readback::read(self, enc, t, 0, RECORD_SIZE)?;
+                let rec = r[0];
+                if rec.status == 0 {
+                    return Ok(Records::Total(rec));
+                }
+                // the error names the row: fetch that row's own record
+                let row = rec.aux_q.to_bits() as u64;
+                let enc = self.device.create_command_encoder(&Default::default());
+                let r: Vec<Record> = readback::read(self, enc, &records, row * RECORD_SIZE, RECORD_SIZE)?;
+                Ok(Records::BadRow(row as usize, r[0]))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Backend, Batch, Context, Form, Measure, Options, Reduction};
+
+    fn gpu() -> Option<Context> {
+        match Context::with_backend(Backend::Gpu) {
+            Ok(c) => Some(c),
+            Err(e) if std::env::var("KULLBACK_REQUIRE_GPU").as_deref() != Ok("1") => {
+                eprintln!("skipping: {e}");
+                None
+            }
+            Err(e) => panic!("KULLBACK_REQUIRE_GPU=1 but {e}"),
+        }
+    }
+
+    fn kl64(p: &[f32], q: &[f32]) -> f64 {
+        p.iter()
+            .zip(q)
+            .map(|(&a, &b)| if a == 0.0 { 0.0 } else { a as f64 * ((a as f64).ln() - (b as f64).ln()) })
+            .sum()
+    }
+
+    fn dist(rows: usize, cols: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        let mut v: Vec<f32> = (0..rows * cols)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s % 1000) as f32 / 1000.0 + 0.001
+            })
+            .collect();
+        for r in v.chunks_mut(cols) {
+            let t: f64 = r.iter().map(|&x| x as f64).sum();
+            r.iter_mut().for_each(|x| *x = (*x as f64 / t) as f32);
+        }
+        v
+    }
+
+    #[test]
+    fn smoke_kl_shapes() {
+        let Some(ctx) = gpu() else { return };
+        for &(rows, cols) in &[(5usize, 1usize), (6, 255), (6, 257), (3, 5000), (2, 100_003)] {
+            let p = dist(rows, cols, 1);
+            let q = dist(rows, cols, 2);
+            let out = ctx
+                .kl(&Batch::new(&p, rows, cols), &Batch::new(&q, rows, cols), &Options::default())
+                .unwrap();
+            for r in 0..rows {
+                let e = kl64(&p[r * cols..(r + 1) * cols], &q[r * cols..(r + 1) * cols]);
+                let g = out.values[r] as f64;
+                assert!((g - e).abs() <= 2e-6 + 2e-5 * e.abs(), "{rows}x{cols} row {r}: {g} vs {e}");
+            }
+            let s = ctx
+                .evaluate(
+                    Measure::Kl,
+                    &Batch::new(&p, rows, cols),
+                    Some(&Batch::new(&q, rows, cols)),
+                    &Options::default().reduction(Reduction::Mean),
+                )
+                .unwrap();
+            let e: f64 = (0..rows).map(|r| kl64(&p[r * cols..(r + 1) * cols], &q[r * cols..(r + 1) * cols])).sum::<f64>()
+                / rows as f64;
+            assert!((s.values[0] as f64 - e).abs() <= 2e-6 + 2e-5 * e, "mean {} vs {e}", s.values[0]);
+        }
+    }
+
+    #[test]
+    fn smoke_logits_entropy() {
+        let Some(ctx) = gpu() else { return };
+        let a: Vec<f32> = (0..3000).map(|i| 3000.0 + ((i * 37) % 101) as f32 * 0.37).collect();
+        let m = a.iter().cloned().fold(f32::MIN, f32::max) as f64;
+        let s: f64 = a.iter().map(|&x| (x as f64 - m).exp()).sum();
+        let h: f64 = -a.iter().map(|&x| { let lp = x as f64 - m - s.ln(); lp.exp() * lp }).sum::<f64>();
+        let out = ctx.entropy(&Batch::new(&a, 1, 3000).form(Form::Logits), &Options::default()).unwrap();
+        assert!((out.values[0] as f64 - h).abs() <= 2e-6 + 2e-5 * h, "{} vs {h}", out.values[0]);
     }
 }

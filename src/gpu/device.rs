@@ -1,0 +1,69 @@
+//! Adapter choice and device creation.
+
+use crate::error::{Error, Result};
+
+/// Whether an adapter is real hardware (discrete, integrated or virtual GPU),
+/// as opposed to a software rasteriser such as llvmpipe/lavapipe.
+pub(crate) fn is_hardware(t: wgpu::DeviceType) -> bool {
+    matches!(
+        t,
+        wgpu::DeviceType::DiscreteGpu | wgpu::DeviceType::IntegratedGpu | wgpu::DeviceType::VirtualGpu
+    )
+}
+
+fn rank(t: wgpu::DeviceType) -> u32 {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    }
+}
+
+/// The best adapter: hardware first; a software one only if `allow_software`.
+pub(crate) fn pick_adapter(allow_software: bool) -> Result<wgpu::Adapter> {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    if std::env::var_os("WGPU_BACKEND").is_none() {
+        // Vulkan, Metal, DX12: GL adds probing noise and no compute path we need
+        desc.backends = wgpu::Backends::PRIMARY;
+    }
+    let backends = desc.backends;
+    let instance = wgpu::Instance::new(desc);
+    let mut adapters = pollster::block_on(instance.enumerate_adapters(backends));
+    // Compute needs storage buffers in compute shaders: skip adapters without them (GL ES 3.0).
+    adapters.retain(|a| a.limits().max_storage_buffers_per_shader_stage >= 4);
+    adapters.sort_by_key(|a| {
+        let info = a.get_info();
+        // Vulkan first among equals: the best-tested path
+        (rank(info.device_type), info.backend != wgpu::Backend::Vulkan)
+    });
+    let names: Vec<String> = adapters
+        .iter()
+        .map(|a| {
+            let i = a.get_info();
+            format!("{} ({:?}, {:?})", i.name, i.device_type, i.backend)
+        })
+        .collect();
+    adapters
+        .into_iter()
+        .find(|a| allow_software || is_hardware(a.get_info().device_type))
+        .ok_or_else(|| {
+            Error::NoAdapter(if names.is_empty() {
+                "no adapter at all".into()
+            } else {
+                format!("only software adapters: {}", names.join(", "))
+            })
+        })
+}
+
+/// A device with the adapter's own limits (large bindings) and no optional features.
+pub(crate) fn request_device(adapter: &wgpu::Adapter) -> Result<(wgpu::Device, wgpu::Queue)> {
+    let desc = wgpu::DeviceDescriptor {
+        label: Some("kullback"),
+        required_features: wgpu::Features::empty(),
+        required_limits: adapter.limits(),
+        ..Default::default()
+    };
+    Ok(pollster::block_on(adapter.request_device(&desc))?)
+}

@@ -1,0 +1,143 @@
+//! Shader modules, bind-group layouts and pipelines: built once per device and
+//! cached (pipelines on first use, keyed by their override constants).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// The WGSL sources: one prelude joined to each kernel file.
+const ROWS_WGSL: &str = concat!(include_str!("../../shaders/common.wgsl"), include_str!("../../shaders/rows.wgsl"));
+const TOTAL_WGSL: &str = concat!(include_str!("../../shaders/common.wgsl"), include_str!("../../shaders/total.wgsl"));
+
+/// Override constants of the rows kernel (see the top of shaders/rows.wgsl).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct RowKey {
+    pub merge: bool,
+    pub measure: u32,
+    pub p_form: u32,
+    pub q_form: u32,
+    pub has_q: bool,
+    pub p_online: bool,
+    pub q_online: bool,
+    pub normalized: bool,
+    pub renorm: bool,
+    pub check_sums: bool,
+}
+
+/// Everything built on one device.
+#[derive(Debug)]
+pub(crate) struct Pipelines {
+    rows_module: wgpu::ShaderModule,
+    rows_layout: wgpu::PipelineLayout,
+    pub(crate) rows_bgl: wgpu::BindGroupLayout,
+    pub(crate) total_bgl: wgpu::BindGroupLayout,
+    pub(crate) total: wgpu::ComputePipeline,
+    cache: Mutex<HashMap<RowKey, Arc<wgpu::ComputePipeline>>>,
+}
+
+fn storage(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
+    wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Storage { read_only },
+            has_dynamic_offset: false,
+            min_binding_size: None,
+        },
+        count: None,
+    }
+}
+
+fn uniform(binding: u32) -> wgpu::BindGroupLayoutEntry {
+    wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Uniform,
+            has_dynamic_offset: true,
+            min_binding_size: None,
+        },
+        count: None,
+    }
+}
+
+impl Pipelines {
+    pub(crate) fn new(device: &wgpu::Device) -> Pipelines {
+        let rows_module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("kullback.rows"),
+            source: wgpu::ShaderSource::Wgsl(ROWS_WGSL.into()),
+        });
+        let total_module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("kullback.total"),
+            source: wgpu::ShaderSource::Wgsl(TOTAL_WGSL.into()),
+        });
+        // p, q, partial states, records, params: four storage buffers, the
+        // budget of Limits::downlevel_defaults()
+        let rows_bgl = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("kullback.rows"),
+            entries: &[storage(0, true), storage(1, true), storage(2, false), storage(3, false), uniform(4)],
+        });
+        let total_bgl = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("kullback.total"),
+            entries: &[storage(0, true), storage(1, true), storage(2, false), storage(3, false), uniform(4)],
+        });
+        let rows_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some("kullback.rows"),
+            bind_group_layouts: &[Some(&rows_bgl)],
+            immediate_size: 0,
+        });
+        let total_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some("kullback.total"),
+            bind_group_layouts: &[Some(&total_bgl)],
+            immediate_size: 0,
+        });
+        let total = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some("kullback.total"),
+            layout: Some(&total_layout),
+            module: &total_module,
+            entry_point: Some("total_main"),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        Pipelines {
+            rows_module,
+            rows_layout,
+            rows_bgl,
+            total_bgl,
+            total,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The rows pipeline for `key`, built on first use.
+    pub(crate) fn rows(&self, device: &wgpu::Device, key: RowKey) -> Arc<wgpu::ComputePipeline> {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = cache.get(&key) {
+            return p.clone();
+        }
+        let b = |x: bool| if x { 1.0 } else { 0.0 };
+        let constants = [
+            ("MEASURE", key.measure as f64),
+            ("P_FORM", key.p_form as f64),
+            ("Q_FORM", key.q_form as f64),
+            ("HAS_Q", b(key.has_q)),
+            ("P_ONLINE", b(key.p_online)),
+            ("Q_ONLINE", b(key.q_online)),
+            ("NORMALIZED", b(key.normalized)),
+            ("RENORM", b(key.renorm)),
+            ("CHECK_SUMS", b(key.check_sums)),
+        ];
+        let pipeline = Arc::new(device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(if key.merge { "kullback.rows.merge" } else { "kullback.rows" }),
+            layout: Some(&self.rows_layout),
+            module: &self.rows_module,
+            entry_point: Some(if key.merge { "merge_main" } else { "rows_main" }),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants: &constants,
+                zero_initialize_workgroup_memory: false,
+            },
+            cache: None,
+        }));
+        cache.insert(key, pipeline.clone());
+        pipeline
+    }
+}
