@@ -7,7 +7,9 @@ use crate::error::{Error, Result};
 pub(crate) fn is_hardware(t: wgpu::DeviceType) -> bool {
     matches!(
         t,
-        wgpu::DeviceType::DiscreteGpu | wgpu::DeviceType::IntegratedGpu | wgpu::DeviceType::VirtualGpu
+        wgpu::DeviceType::DiscreteGpu
+            | wgpu::DeviceType::IntegratedGpu
+            | wgpu::DeviceType::VirtualGpu
     )
 }
 
@@ -36,7 +38,10 @@ pub(crate) fn pick_adapter(allow_software: bool) -> Result<wgpu::Adapter> {
     adapters.sort_by_key(|a| {
         let info = a.get_info();
         // Vulkan first among equals: the best-tested path
-        (rank(info.device_type), info.backend != wgpu::Backend::Vulkan)
+        (
+            rank(info.device_type),
+            info.backend != wgpu::Backend::Vulkan,
+        )
     });
     let names: Vec<String> = adapters
         .iter()

@@ -58,7 +58,10 @@ impl GpuShape {
             p_online: job.p_online(),
             q_online: job.q_online(),
             two_pass: job.two_pass(),
-            has_ignore: job.nll.as_ref().is_some_and(|n| n.targets.contains(&IGNORED)),
+            has_ignore: job
+                .nll
+                .as_ref()
+                .is_some_and(|n| n.targets.contains(&IGNORED)),
             has_weights: job.nll.as_ref().is_some_and(|n| n.weights.is_some()),
             smoothing: job.nll.as_ref().map_or(0.0, |n| n.smoothing),
         }
@@ -84,8 +87,20 @@ impl GpuShape {
             q_form: self.q_form.map_or(0, Form::code),
             has_q: self.q_form.is_some(),
             // a log form is online in the first pass of two, plain in the second
-            p_online: if second { false } else if sums { self.p_form.is_some_and(|f| f != Form::Probs) } else { self.p_online },
-            q_online: if second { false } else if sums { self.q_form.is_some_and(|f| f != Form::Probs) } else { self.q_online },
+            p_online: if second {
+                false
+            } else if sums {
+                self.p_form.is_some_and(|f| f != Form::Probs)
+            } else {
+                self.p_online
+            },
+            q_online: if second {
+                false
+            } else if sums {
+                self.q_form.is_some_and(|f| f != Form::Probs)
+            } else {
+                self.q_online
+            },
             normalized: second,
             renorm: self.normalization == Normalization::Renormalize,
             check_sums: self.normalization == Normalization::Validate,
@@ -136,7 +151,10 @@ pub(crate) fn encode(
     let norm_at = s.rows as u64 * if bpr > 1 { bpr as u64 } else { 0 };
     let partial_bytes = (norm_at + if s.two_pass { s.rows as u64 } else { 0 }).max(1) * STATE_SIZE;
     let records_bytes = s.rows as u64 * RECORD_SIZE;
-    for (what, bytes) in [("partial states", partial_bytes), ("per-row records", records_bytes)] {
+    for (what, bytes) in [
+        ("partial states", partial_bytes),
+        ("per-row records", records_bytes),
+    ] {
         if bytes > max_binding {
             return Err(Error::TooLarge(format!(
                 "{what} need {bytes} bytes in one binding; the device allows {max_binding}: split the batch"
@@ -151,7 +169,11 @@ pub(crate) fn encode(
     });
 
     let nll = s.kind == Kind::Nll;
-    let p_stride = if nll || s.p_rows == 1 { 0 } else { s.cols as u64 };
+    let p_stride = if nll || s.p_rows == 1 {
+        0
+    } else {
+        s.cols as u64
+    };
     let q_stride = if s.q_rows == 1 { 0 } else { s.cols as u64 };
     let base = RowParams {
         rows: s.rows,
@@ -192,7 +214,12 @@ pub(crate) fn encode(
             (ops.p_offset + r.offset_elems * 4, r.size_elems * 4, r.lead)
         };
         let rq = plan::range(c, q_stride, align_elems);
-        groups_spec.push((p_off, p_size, ops.q_offset + rq.offset_elems * 4, rq.size_elems * 4));
+        groups_spec.push((
+            p_off,
+            p_size,
+            ops.q_offset + rq.offset_elems * 4,
+            rq.size_elems * 4,
+        ));
         chunk_params.push(RowParams {
             row0: c.row0,
             col0: c.col0,
@@ -271,11 +298,26 @@ pub(crate) fn encode(
                 label: Some("kullback.rows"),
                 layout: &gpu.pipelines.rows_bgl,
                 entries: &[
-                    wgpu::BindGroupEntry { binding: 0, resource: binding(ops.p, po, ps) },
-                    wgpu::BindGroupEntry { binding: 1, resource: binding(ops.q, qo, qs) },
-                    wgpu::BindGroupEntry { binding: 2, resource: binding(&partials, 0, partial_bytes) },
-                    wgpu::BindGroupEntry { binding: 3, resource: binding(rows_out.0, rows_out.1, records_bytes) },
-                    wgpu::BindGroupEntry { binding: 4, resource: binding(&params, 0, row_param_size) },
+                    wgpu::BindGroupEntry {
+                        binding: 0,
+                        resource: binding(ops.p, po, ps),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 1,
+                        resource: binding(ops.q, qo, qs),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 2,
+                        resource: binding(&partials, 0, partial_bytes),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 3,
+                        resource: binding(rows_out.0, rows_out.1, records_bytes),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 4,
+                        resource: binding(&params, 0, row_param_size),
+                    },
                 ],
             })
         })
@@ -297,16 +339,35 @@ pub(crate) fn encode(
         }
         let total_param_size = std::mem::size_of::<TotalParams>() as u64;
         for level in 0..levels {
-            let (src, dst) = if level % 2 == 0 { (&scratch[1], &scratch[0]) } else { (&scratch[0], &scratch[1]) };
+            let (src, dst) = if level % 2 == 0 {
+                (&scratch[1], &scratch[0])
+            } else {
+                (&scratch[0], &scratch[1])
+            };
             total_groups.push(device.create_bind_group(&wgpu::BindGroupDescriptor {
                 label: Some("kullback.total"),
                 layout: &gpu.pipelines.total_bgl,
                 entries: &[
-                    wgpu::BindGroupEntry { binding: 0, resource: binding(rows_out.0, rows_out.1, records_bytes) },
-                    wgpu::BindGroupEntry { binding: 1, resource: binding(src, 0, src.size()) },
-                    wgpu::BindGroupEntry { binding: 2, resource: binding(dst, 0, dst.size()) },
-                    wgpu::BindGroupEntry { binding: 3, resource: binding(out.0, out.1, RECORD_SIZE) },
-                    wgpu::BindGroupEntry { binding: 4, resource: binding(&params, 0, total_param_size) },
+                    wgpu::BindGroupEntry {
+                        binding: 0,
+                        resource: binding(rows_out.0, rows_out.1, records_bytes),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 1,
+                        resource: binding(src, 0, src.size()),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 2,
+                        resource: binding(dst, 0, dst.size()),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 3,
+                        resource: binding(out.0, out.1, RECORD_SIZE),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 4,
+                        resource: binding(&params, 0, total_param_size),
+                    },
                 ],
             }));
         }

@@ -44,7 +44,11 @@ impl Gpu {
     }
 
     /// Wraps the caller's device.
-    pub(crate) fn from_device(device: wgpu::Device, queue: wgpu::Queue, cap: Option<u64>) -> Result<Gpu> {
+    pub(crate) fn from_device(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        cap: Option<u64>,
+    ) -> Result<Gpu> {
         let limits = device.limits();
         if limits.max_storage_buffers_per_shader_stage < 4 {
             return Err(Error::Unsupported(format!(
@@ -52,7 +56,9 @@ impl Gpu {
                 limits.max_storage_buffers_per_shader_stage
             )));
         }
-        let device_cap = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
+        let device_cap = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size);
         let cap = match cap {
             Some(c) if c < plan::MIN_CAP_BYTES => {
                 return Err(Error::InvalidOption(format!(
@@ -118,15 +124,26 @@ impl Gpu {
                 if let Some(w) = &n.weights {
                     words.extend(w.iter().map(|x| x.to_bits()));
                 }
-                debug_assert!(words.iter().take(job.rows).all(|&t| t == IGNORED || (t as usize) < job.cols));
-                let q = job.q.as_ref().map(|q| bytemuck::cast_slice::<f32, u8>(&q.data));
+                debug_assert!(
+                    words
+                        .iter()
+                        .take(job.rows)
+                        .all(|&t| t == IGNORED || (t as usize) < job.cols)
+                );
+                let q = job
+                    .q
+                    .as_ref()
+                    .map(|q| bytemuck::cast_slice::<f32, u8>(&q.data));
                 (
                     self.upload("kullback.targets", bytemuck::cast_slice(&words))?,
                     self.upload("kullback.q", q.unwrap_or(&[]))?,
                 )
             }
             None => {
-                let p = job.p.as_ref().map(|p| bytemuck::cast_slice::<f32, u8>(&p.data));
+                let p = job
+                    .p
+                    .as_ref()
+                    .map(|p| bytemuck::cast_slice::<f32, u8>(&p.data));
                 let p = self.upload("kullback.p", p.unwrap_or(&[]))?;
                 let q = match &job.q {
                     Some(q) => self.upload("kullback.q", bytemuck::cast_slice(&q.data))?,
@@ -151,16 +168,25 @@ impl Gpu {
                 mapped_at_creation: false,
             })
         });
-        let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
-            label: Some("kullback"),
-        });
+        let mut enc = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("kullback"),
+            });
         let ops = Operands {
             p: &p_buf,
             p_offset: 0,
             q: &q_buf,
             q_offset: 0,
         };
-        encode::encode(self, &mut enc, &shape, &ops, (&records, 0), total.as_ref().map(|t| (t, 0)))?;
+        encode::encode(
+            self,
+            &mut enc,
+            &shape,
+            &ops,
+            (&records, 0),
+            total.as_ref().map(|t| (t, 0)),
+        )?;
         match &total {
             None => {
                 let r: Vec<Record> = readback::read(self, enc, &records, 0, rows_bytes)?;
@@ -175,7 +201,8 @@ impl Gpu {
                 // the error names the row: fetch that row's own record
                 let row = rec.aux_q.to_bits() as u64;
                 let enc = self.device.create_command_encoder(&Default::default());
-                let r: Vec<Record> = readback::read(self, enc, &records, row * RECORD_SIZE, RECORD_SIZE)?;
+                let r: Vec<Record> =
+                    readback::read(self, enc, &records, row * RECORD_SIZE, RECORD_SIZE)?;
                 Ok(Records::BadRow(row as usize, r[0]))
             }
         }
@@ -200,7 +227,13 @@ mod tests {
     fn kl64(p: &[f32], q: &[f32]) -> f64 {
         p.iter()
             .zip(q)
-            .map(|(&a, &b)| if a == 0.0 { 0.0 } else { a as f64 * ((a as f64).ln() - (b as f64).ln()) })
+            .map(|(&a, &b)| {
+                if a == 0.0 {
+                    0.0
+                } else {
+                    a as f64 * ((a as f64).ln() - (b as f64).ln())
+                }
+            })
             .sum()
     }
 
@@ -224,16 +257,29 @@ mod tests {
     #[test]
     fn smoke_kl_shapes() {
         let Some(ctx) = gpu() else { return };
-        for &(rows, cols) in &[(5usize, 1usize), (6, 255), (6, 257), (3, 5000), (2, 100_003)] {
+        for &(rows, cols) in &[
+            (5usize, 1usize),
+            (6, 255),
+            (6, 257),
+            (3, 5000),
+            (2, 100_003),
+        ] {
             let p = dist(rows, cols, 1);
             let q = dist(rows, cols, 2);
             let out = ctx
-                .kl(&Batch::new(&p, rows, cols), &Batch::new(&q, rows, cols), &Options::default())
+                .kl(
+                    &Batch::new(&p, rows, cols),
+                    &Batch::new(&q, rows, cols),
+                    &Options::default(),
+                )
                 .unwrap();
             for r in 0..rows {
                 let e = kl64(&p[r * cols..(r + 1) * cols], &q[r * cols..(r + 1) * cols]);
                 let g = out.values[r] as f64;
-                assert!((g - e).abs() <= 2e-6 + 2e-5 * e.abs(), "{rows}x{cols} row {r}: {g} vs {e}");
+                assert!(
+                    (g - e).abs() <= 2e-6 + 2e-5 * e.abs(),
+                    "{rows}x{cols} row {r}: {g} vs {e}"
+                );
             }
             let s = ctx
                 .evaluate(
@@ -243,20 +289,147 @@ mod tests {
                     &Options::default().reduction(Reduction::Mean),
                 )
                 .unwrap();
-            let e: f64 = (0..rows).map(|r| kl64(&p[r * cols..(r + 1) * cols], &q[r * cols..(r + 1) * cols])).sum::<f64>()
+            let e: f64 = (0..rows)
+                .map(|r| kl64(&p[r * cols..(r + 1) * cols], &q[r * cols..(r + 1) * cols]))
+                .sum::<f64>()
                 / rows as f64;
-            assert!((s.values[0] as f64 - e).abs() <= 2e-6 + 2e-5 * e, "mean {} vs {e}", s.values[0]);
+            assert!(
+                (s.values[0] as f64 - e).abs() <= 2e-6 + 2e-5 * e,
+                "mean {} vs {e}",
+                s.values[0]
+            );
         }
     }
 
     #[test]
     fn smoke_logits_entropy() {
         let Some(ctx) = gpu() else { return };
-        let a: Vec<f32> = (0..3000).map(|i| 3000.0 + ((i * 37) % 101) as f32 * 0.37).collect();
+        let a: Vec<f32> = (0..3000)
+            .map(|i| 3000.0 + ((i * 37) % 101) as f32 * 0.37)
+            .collect();
         let m = a.iter().cloned().fold(f32::MIN, f32::max) as f64;
         let s: f64 = a.iter().map(|&x| (x as f64 - m).exp()).sum();
-        let h: f64 = -a.iter().map(|&x| { let lp = x as f64 - m - s.ln(); lp.exp() * lp }).sum::<f64>();
-        let out = ctx.entropy(&Batch::new(&a, 1, 3000).form(Form::Logits), &Options::default()).unwrap();
-        assert!((out.values[0] as f64 - h).abs() <= 2e-6 + 2e-5 * h, "{} vs {h}", out.values[0]);
+        let h: f64 = -a
+            .iter()
+            .map(|&x| {
+                let lp = x as f64 - m - s.ln();
+                lp.exp() * lp
+            })
+            .sum::<f64>();
+        let out = ctx
+            .entropy(
+                &Batch::new(&a, 1, 3000).form(Form::Logits),
+                &Options::default(),
+            )
+            .unwrap();
+        assert!(
+            (out.values[0] as f64 - h).abs() <= 2e-6 + 2e-5 * h,
+            "{} vs {h}",
+            out.values[0]
+        );
+    }
+}
+
+#[cfg(test)]
+mod chunk_tests {
+    use crate::{
+        Backend, Batch, Context, ContextOptions, Form, NllOptions, Normalization, Options,
+        Reduction,
+    };
+
+    fn capped(cap: u64) -> Option<Context> {
+        Context::with_options(
+            ContextOptions::default()
+                .backend(Backend::Gpu)
+                .max_binding_bytes(cap),
+        )
+        .ok()
+    }
+
+    #[test]
+    fn chunked_equals_unchunked() {
+        let (Some(small), Some(full)) = (capped(16 * 1024), capped(1 << 30)) else {
+            return;
+        };
+        for &(rows, cols) in &[(70_001usize, 5usize), (3, 5000), (40, 300), (2, 1)] {
+            let n = rows * cols;
+            let p: Vec<f32> = (0..n).map(|i| ((i * 7919) % 97 + 1) as f32).collect();
+            let q: Vec<f32> = (0..n).map(|i| ((i * 104_729) % 89 + 1) as f32).collect();
+            let o = Options::default().normalization(Normalization::Renormalize);
+            let a = small
+                .kl(&Batch::new(&p, rows, cols), &Batch::new(&q, rows, cols), &o)
+                .unwrap();
+            let b = full
+                .kl(&Batch::new(&p, rows, cols), &Batch::new(&q, rows, cols), &o)
+                .unwrap();
+            assert_eq!(a.values.len(), rows);
+            for (i, (x, y)) in a.values.iter().zip(&b.values).enumerate() {
+                assert!(
+                    (x - y).abs() <= 1e-6 + 1e-5 * y.abs(),
+                    "{rows}x{cols} row {i}: {x} vs {y}"
+                );
+            }
+            let m = small
+                .kl(
+                    &Batch::new(&p, rows, cols),
+                    &Batch::new(&q, rows, cols),
+                    &o.reduction(Reduction::Sum),
+                )
+                .unwrap();
+            let e: f64 = b.values.iter().map(|&v| v as f64).sum();
+            assert!(
+                (m.values[0] as f64 - e).abs() <= 1e-5 * e.abs() + 1e-5,
+                "sum {} vs {e}",
+                m.values[0]
+            );
+        }
+    }
+
+    #[test]
+    fn nll_logits_with_ignore() {
+        let Some(ctx) = capped(1 << 30) else { return };
+        let (rows, cols) = (4usize, 3000usize);
+        let q: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 31) % 1000) as f32 * 0.01 - 5.0)
+            .collect();
+        let t: Vec<i64> = vec![3, -100, 2999, 0];
+        let out = ctx
+            .nll(
+                &Batch::new(&q, rows, cols).form(Form::Logits),
+                &t,
+                &NllOptions::default().ignore_index(-100),
+            )
+            .unwrap();
+        for r in 0..rows {
+            let row = &q[r * cols..(r + 1) * cols];
+            let m = row.iter().cloned().fold(f32::MIN, f32::max) as f64;
+            let lse = m + row.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln();
+            let e = if t[r] < 0 {
+                0.0
+            } else {
+                lse - row[t[r] as usize] as f64
+            };
+            assert!(
+                (out.values[r] as f64 - e).abs() <= 2e-6 + 2e-5 * e.abs(),
+                "row {r}: {} vs {e}",
+                out.values[r]
+            );
+        }
+        let mean = ctx
+            .nll(
+                &Batch::new(&q, rows, cols).form(Form::Logits),
+                &t,
+                &NllOptions::default()
+                    .ignore_index(-100)
+                    .reduction(Reduction::Mean),
+            )
+            .unwrap();
+        let e = (out.values[0] + out.values[2] + out.values[3]) / 3.0;
+        assert!(
+            (mean.values[0] - e).abs() < 1e-5,
+            "{} vs {e}",
+            mean.values[0]
+        );
+        assert_eq!(mean.counted, 3.0);
     }
 }

@@ -5,8 +5,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 /// The WGSL sources: one prelude joined to each kernel file.
-const ROWS_WGSL: &str = concat!(include_str!("../../shaders/common.wgsl"), include_str!("../../shaders/rows.wgsl"));
-const TOTAL_WGSL: &str = concat!(include_str!("../../shaders/common.wgsl"), include_str!("../../shaders/total.wgsl"));
+const ROWS_WGSL: &str = concat!(
+    include_str!("../../shaders/common.wgsl"),
+    include_str!("../../shaders/rows.wgsl")
+);
+const TOTAL_WGSL: &str = concat!(
+    include_str!("../../shaders/common.wgsl"),
+    include_str!("../../shaders/total.wgsl")
+);
 
 /// Override constants of the rows kernel (see the top of shaders/rows.wgsl).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -74,11 +80,23 @@ impl Pipelines {
         // budget of Limits::downlevel_defaults()
         let rows_bgl = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
             label: Some("kullback.rows"),
-            entries: &[storage(0, true), storage(1, true), storage(2, false), storage(3, false), uniform(4)],
+            entries: &[
+                storage(0, true),
+                storage(1, true),
+                storage(2, false),
+                storage(3, false),
+                uniform(4),
+            ],
         });
         let total_bgl = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
             label: Some("kullback.total"),
-            entries: &[storage(0, true), storage(1, true), storage(2, false), storage(3, false), uniform(4)],
+            entries: &[
+                storage(0, true),
+                storage(1, true),
+                storage(2, false),
+                storage(3, false),
+                uniform(4),
+            ],
         });
         let rows_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
             label: Some("kullback.rows"),
@@ -126,17 +144,23 @@ impl Pipelines {
             ("RENORM", b(key.renorm)),
             ("CHECK_SUMS", b(key.check_sums)),
         ];
-        let pipeline = Arc::new(device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(if key.merge { "kullback.rows.merge" } else { "kullback.rows" }),
-            layout: Some(&self.rows_layout),
-            module: &self.rows_module,
-            entry_point: Some(if key.merge { "merge_main" } else { "rows_main" }),
-            compilation_options: wgpu::PipelineCompilationOptions {
-                constants: &constants,
-                zero_initialize_workgroup_memory: false,
-            },
-            cache: None,
-        }));
+        let pipeline = Arc::new(
+            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(if key.merge {
+                    "kullback.rows.merge"
+                } else {
+                    "kullback.rows"
+                }),
+                layout: Some(&self.rows_layout),
+                module: &self.rows_module,
+                entry_point: Some(if key.merge { "merge_main" } else { "rows_main" }),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: &constants,
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: None,
+            }),
+        );
         cache.insert(key, pipeline.clone());
         pipeline
     }

@@ -65,7 +65,11 @@ pub(crate) fn chunks(rows: u32, cols: u32, layout: Layout, cap_elems: u64) -> Ve
         let per = (cap_elems / cols as u64).min(rows as u64) as u32;
         // keep row groups whole so that no workgroup straddles two chunks
         let rpg = layout.rows_per_group();
-        let per = if per >= rpg { per / rpg * rpg } else { per.max(1) };
+        let per = if per >= rpg {
+            per / rpg * rpg
+        } else {
+            per.max(1)
+        };
         let mut r = 0;
         while r < rows {
             let n = per.min(rows - r);
@@ -141,8 +145,20 @@ mod tests {
         assert_eq!(Layout::new(5).threads_per_row, 1);
         assert_eq!(Layout::new(16).threads_per_row, 2);
         assert_eq!(Layout::new(257).threads_per_row, 64);
-        assert_eq!(Layout::new(2048), Layout { threads_per_row: 256, blocks_per_row: 1 });
-        assert_eq!(Layout::new(2049), Layout { threads_per_row: 256, blocks_per_row: 2 });
+        assert_eq!(
+            Layout::new(2048),
+            Layout {
+                threads_per_row: 256,
+                blocks_per_row: 1
+            }
+        );
+        assert_eq!(
+            Layout::new(2049),
+            Layout {
+                threads_per_row: 256,
+                blocks_per_row: 2
+            }
+        );
         assert_eq!(Layout::new(1_000_003).blocks_per_row, 489);
     }
 
