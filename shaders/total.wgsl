@@ -1,5 +1,6 @@
-// Batch reduction (Reduction::Sum and Mean): per-row records -> one record, by a
-// tree in workgroup memory, level after level. Appended to common.wgsl.
+// Batch reduction (Reduction::Sum and Mean): per-row records -> two records (the
+// total, and a copy of the first bad row's record), by a tree in workgroup
+// memory, level after level. Appended to common.wgsl.
 //
 // A row with a bad status is left out of the sum and the first such row is kept;
 // +inf rows are counted (not added: WGSL may assume finite math) and make the
@@ -30,6 +31,9 @@ struct Total {
     infs: u32,
     bad_row: u32,
     status: u32,
+    // the first bad row's own sums, so that its error can be decoded exactly
+    bad_aux_p: f32,
+    bad_aux_q: f32,
 }
 
 @group(0) @binding(0) var<storage, read> rows_in: array<Record>;
@@ -45,7 +49,8 @@ fn merge_totals(a: Total, b: Total) -> Total {
     let a_bad = a.status != ST_OK;
     let take_b = b.status != ST_OK && (!a_bad || b.bad_row < a.bad_row);
     return Total(a.sum + b.sum, a.weight + b.weight, a.infs + b.infs,
-                 select(a.bad_row, b.bad_row, take_b), select(a.status, b.status, take_b));
+                 select(a.bad_row, b.bad_row, take_b), select(a.status, b.status, take_b),
+                 select(a.bad_aux_p, b.bad_aux_p, take_b), select(a.bad_aux_q, b.bad_aux_q, take_b));
 }
 
 fn load(i: u32) -> Total {
@@ -58,7 +63,8 @@ fn load(i: u32) -> Total {
     // NLL records hold w_t * l already (the class weight is applied per element)
     let w = select(1.0, r.aux_p, params.weighted != 0u);
     let v = select(r.value, 0.0, bad || inf);
-    return Total(v, select(w, 0.0, bad), select(0u, 1u, inf), params.rows_base + i, r.status);
+    return Total(v, select(w, 0.0, bad), select(0u, 1u, inf), params.rows_base + i, r.status,
+                 r.aux_p, r.aux_q);
 }
 
 @compute @workgroup_size(256)
@@ -74,7 +80,7 @@ fn total_main(
         return;
     }
     let end = min(begin + span, params.count);
-    var t = Total(0.0, 0.0, 0u, 0u, ST_OK);
+    var t = Total(0.0, 0.0, 0u, 0u, ST_OK, 0.0, 0.0);
     let first = begin + lid * EPT;
     for (var k = 0u; k < EPT; k = k + 1u) {
         let i = first + k;
@@ -104,4 +110,5 @@ fn total_main(
     value = select(value, bitcast<f32>(params.inf_bits), r.infs != 0u);
     value = select(value, bitcast<f32>(params.nan_bits), r.status != ST_OK);
     out[0] = Record(value, r.weight, bitcast<f32>(r.bad_row), r.status);
+    out[1] = Record(bitcast<f32>(params.nan_bits), r.bad_aux_p, r.bad_aux_q, r.status);
 }

@@ -108,6 +108,10 @@ impl GpuShape {
     }
 }
 
+/// Bytes of the output of a sum or mean: the batch record, then a copy of the
+/// first bad row's record (all zero but the status when every row is good).
+pub(crate) const TOTAL_OUTPUT_SIZE: u64 = 2 * RECORD_SIZE;
+
 /// The input buffers and the byte offsets where the batch starts in them.
 /// For a negative log-likelihood `p` holds the targets (u32, `IGNORED` for an
 /// ignored row) followed by the class weights (f32), if any.

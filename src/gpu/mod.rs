@@ -11,11 +11,11 @@ use std::sync::Arc;
 
 use crate::context::Records;
 use crate::error::{Error, Result};
-use crate::job::{IGNORED, Job};
+use crate::job::Job;
 use crate::measure::Reduction;
 use crate::record::{RECORD_SIZE, Record};
 
-pub(crate) use encode::{GpuShape, Operands};
+pub(crate) use encode::{GpuShape, Operands, TOTAL_OUTPUT_SIZE};
 pub(crate) use pipelines::Pipelines;
 
 /// A device, its queue and the pipelines built on it.
@@ -108,15 +108,21 @@ impl Gpu {
 
     /// The host path: upload, record, submit once, read back only the results.
     pub(crate) fn run(&self, job: &Job<'_>) -> Result<Records> {
+        self.submit(job)?.wait(self)
+    }
+
+    /// Uploads and submits `job`; the results are read when the returned
+    /// [`Pending`] is waited for or awaited.
+    pub(crate) fn submit(&self, job: &Job<'_>) -> Result<Pending> {
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let result = self.run_inner(job);
+        let result = self.submit_inner(job);
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::Device(e.to_string()));
         }
         result
     }
 
-    fn run_inner(&self, job: &Job<'_>) -> Result<Records> {
+    fn submit_inner(&self, job: &Job<'_>) -> Result<Pending> {
         let shape = GpuShape::from_job(job);
         let (p_buf, q_buf) = match &job.nll {
             Some(n) => {
@@ -124,26 +130,14 @@ impl Gpu {
                 if let Some(w) = &n.weights {
                     words.extend(w.iter().map(|x| x.to_bits()));
                 }
-                debug_assert!(
-                    words
-                        .iter()
-                        .take(job.rows)
-                        .all(|&t| t == IGNORED || (t as usize) < job.cols)
-                );
-                let q = job
-                    .q
-                    .as_ref()
-                    .map(|q| bytemuck::cast_slice::<f32, u8>(&q.data));
+                let q = job.q.as_ref().map(|q| bytemuck::cast_slice::<f32, u8>(&q.data));
                 (
                     self.upload("kullback.targets", bytemuck::cast_slice(&words))?,
                     self.upload("kullback.q", q.unwrap_or(&[]))?,
                 )
             }
             None => {
-                let p = job
-                    .p
-                    .as_ref()
-                    .map(|p| bytemuck::cast_slice::<f32, u8>(&p.data));
+                let p = job.p.as_ref().map(|p| bytemuck::cast_slice::<f32, u8>(&p.data));
                 let p = self.upload("kullback.p", p.unwrap_or(&[]))?;
                 let q = match &job.q {
                     Some(q) => self.upload("kullback.q", bytemuck::cast_slice(&q.data))?,
@@ -163,49 +157,68 @@ impl Gpu {
         let total = (job.reduction != Reduction::None).then(|| {
             self.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("kullback.total"),
-                size: RECORD_SIZE,
+                size: TOTAL_OUTPUT_SIZE,
                 usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
                 mapped_at_creation: false,
             })
         });
-        let mut enc = self
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("kullback"),
-            });
+        let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("kullback"),
+        });
         let ops = Operands {
             p: &p_buf,
             p_offset: 0,
             q: &q_buf,
             q_offset: 0,
         };
-        encode::encode(
-            self,
-            &mut enc,
-            &shape,
-            &ops,
-            (&records, 0),
-            total.as_ref().map(|t| (t, 0)),
-        )?;
-        match &total {
-            None => {
-                let r: Vec<Record> = readback::read(self, enc, &records, 0, rows_bytes)?;
-                Ok(Records::Rows(r))
-            }
-            Some(t) => {
-                let r: Vec<Record> = readback::read(self, enc, t, 0, RECORD_SIZE)?;
-                let rec = r[0];
-                if rec.status == 0 {
-                    return Ok(Records::Total(rec));
-                }
-                // the error names the row: fetch that row's own record
-                let row = rec.aux_q.to_bits() as u64;
-                let enc = self.device.create_command_encoder(&Default::default());
-                let r: Vec<Record> =
-                    readback::read(self, enc, &records, row * RECORD_SIZE, RECORD_SIZE)?;
-                Ok(Records::BadRow(row as usize, r[0]))
-            }
+        encode::encode(self, &mut enc, &shape, &ops, (&records, 0), total.as_ref().map(|t| (t, 0)))?;
+        Ok(match &total {
+            None => Pending {
+                read: readback::start(self, enc, &records, 0, rows_bytes),
+                total: false,
+            },
+            Some(t) => Pending {
+                read: readback::start(self, enc, t, 0, TOTAL_OUTPUT_SIZE),
+                total: true,
+            },
+        })
+    }
+}
+
+/// A submitted job whose results are on their way back.
+pub(crate) struct Pending {
+    read: readback::Reading,
+    total: bool,
+}
+
+impl Pending {
+    fn records(total: bool, r: Vec<Record>) -> Records {
+        if !total {
+            return Records::Rows(r);
         }
+        if r[0].status == 0 {
+            Records::Total(r[0])
+        } else {
+            Records::BadRow(r[0].aux_q.to_bits() as usize, r[1])
+        }
+    }
+
+    /// Blocks until the results are back.
+    pub(crate) fn wait(self, gpu: &Gpu) -> Result<Records> {
+        gpu.device
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(self.read.index.clone()),
+                timeout: None,
+            })
+            .map_err(|e| Error::Device(format!("waiting for the GPU: {e}")))?;
+        let r = pollster::block_on(self.read.finish())?;
+        Ok(Pending::records(self.total, r))
+    }
+
+    /// Resolves once someone has polled the device past the submission.
+    pub(crate) async fn resolve(self) -> Result<Records> {
+        let r = self.read.finish().await?;
+        Ok(Pending::records(self.total, r))
     }
 }
 

@@ -2,17 +2,18 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
+use crate::record::Record;
+
+/// A copy into a mappable buffer, submitted, with its map request made.
+pub(crate) struct Reading {
+    pub(crate) index: wgpu::SubmissionIndex,
+    staging: wgpu::Buffer,
+    rx: futures_intrusive::channel::shared::OneshotReceiver<Result<(), wgpu::BufferAsyncError>>,
+}
 
 /// Finishes `enc` with a copy of `size` bytes of `src` at `offset` into a
-/// mappable buffer, submits it (the call's one submission), waits and returns
-/// the bytes as `T`s.
-pub(crate) fn read<T: bytemuck::Pod>(
-    gpu: &Gpu,
-    mut enc: wgpu::CommandEncoder,
-    src: &wgpu::Buffer,
-    offset: u64,
-    size: u64,
-) -> Result<Vec<T>> {
+/// mappable buffer, submits it (the call's one submission) and asks for the map.
+pub(crate) fn start(gpu: &Gpu, mut enc: wgpu::CommandEncoder, src: &wgpu::Buffer, offset: u64, size: u64) -> Reading {
     let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("kullback.readback"),
         size,
@@ -21,28 +22,34 @@ pub(crate) fn read<T: bytemuck::Pod>(
     });
     enc.copy_buffer_to_buffer(src, offset, &staging, 0, size);
     let index = gpu.queue.submit([enc.finish()]);
-    let slice = staging.slice(..);
     let (tx, rx) = futures_intrusive::channel::shared::oneshot_channel();
-    slice.map_async(wgpu::MapMode::Read, move |r| {
+    staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
         let _ = tx.send(r);
     });
-    gpu.device
-        .poll(wgpu::PollType::Wait {
-            submission_index: Some(index),
-            timeout: None,
-        })
-        .map_err(|e| Error::Device(format!("waiting for the GPU: {e}")))?;
-    match pollster::block_on(rx.receive()) {
-        Some(Ok(())) => {}
-        Some(Err(e)) => return Err(Error::Device(format!("mapping the results: {e}"))),
-        None => return Err(Error::Device("the map callback was dropped".into())),
+    Reading {
+        index,
+        staging,
+        rx,
     }
-    let out = {
-        let view = slice
-            .get_mapped_range()
-            .map_err(|e| Error::Device(format!("reading the results: {e}")))?;
-        bytemuck::cast_slice::<u8, T>(&view).to_vec()
-    };
-    staging.unmap();
-    Ok(out)
+}
+
+impl Reading {
+    /// Waits for the map callback (someone must poll the device) and copies the records out.
+    pub(crate) async fn finish(self) -> Result<Vec<Record>> {
+        let staging = self.staging;
+        match self.rx.receive().await {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(Error::Device(format!("mapping the results: {e}"))),
+            None => return Err(Error::Device("the map callback was dropped".into())),
+        }
+        let out = {
+            let view = staging
+                .slice(..)
+                .get_mapped_range()
+                .map_err(|e| Error::Device(format!("reading the results: {e}")))?;
+            bytemuck::cast_slice::<u8, Record>(&view).to_vec()
+        };
+        staging.unmap();
+        Ok(out)
+    }
 }
