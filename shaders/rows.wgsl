@@ -427,6 +427,8 @@ fn finalize(row: u32, st: State) {
             wt = bitcast<f32>(p_buf[params.weights_at + min(t, params.cols - 1u)]);
         }
         aux_p = select(wt, 0.0, ignored);
+        // an out-of-range target is reported with its value
+        aux_p = select(aux_p, bitcast<f32>(t), (key & 0xffu) == ST_TARGET);
     }
     let hit = (st.flags & FL_Q_ZERO_HIT) != 0u && MEASURE != M_ENTROPY && MEASURE != M_JS;
     value = select(value * params.inv_ln_base, bitcast<f32>(params.inf_bits), hit);

@@ -4,7 +4,10 @@ use std::sync::Arc;
 
 use crate::batch::{Batch, Targets};
 use crate::error::{Error, Result};
-use crate::gpu::Gpu;
+use crate::gpu::{Gpu, Operands};
+use crate::resident::{self, GpuBatch, GpuOutput, GpuTargets};
+#[allow(unused_imports, reason = "named in the docs")]
+use crate::resident::{decode_output, output_bytes};
 use crate::job::{Job, Kind};
 use crate::measure::{Measure, NllOptions, Options, Reduction};
 use crate::record::{self, Record};
@@ -184,9 +187,6 @@ impl Context {
         self.gpu.as_ref().map(|g| g.adapter_name())
     }
 
-    pub(crate) fn gpu(&self) -> Option<&Arc<Gpu>> {
-        self.gpu.as_ref()
-    }
 
     /// Evaluates `measure` for each row of `p` (and `q`). A `p` or `q` with one
     /// row is compared with every row of the other.
@@ -233,12 +233,161 @@ impl Context {
         self.run(&job)
     }
 
+    /// Records `measure` over batches in the caller's GPU buffers into the
+    /// caller's `encoder`; the caller submits. The output (per-row [`Record`]s,
+    /// or two records for a sum or mean: see [`output_bytes`]) is written to
+    /// `out`; read it back and pass it to [`decode_output`] to get the values
+    /// or the error the host path would return. Nothing is submitted, waited
+    /// for or read back here. Everything wgpu would reject (usages, sizes,
+    /// offsets, an output that is also an input) is an [`Error`] before
+    /// anything is recorded.
+    pub fn encode(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        measure: Measure,
+        p: &GpuBatch<'_>,
+        q: Option<&GpuBatch<'_>>,
+        opts: &Options,
+        out: &GpuOutput<'_>,
+    ) -> Result<()> {
+        let gpu = self.gpu_or_err()?;
+        let shape = resident::measure_shape(measure, p, q, opts)?;
+        let q = q.unwrap_or(p);
+        let ops = Operands {
+            p: p.buffer,
+            p_offset: p.offset,
+            q: q.buffer,
+            q_offset: q.offset,
+        };
+        let p_bytes = p.rows as u64 * p.cols as u64 * 4;
+        let q_bytes = q.rows as u64 * q.cols as u64 * 4;
+        resident::check_io(&gpu.limits, &shape, &ops, p_bytes, q_bytes, out)?;
+        gpu.encode_resident(encoder, &shape, &ops, (out.buffer, out.offset), None)
+    }
+
+    /// [`Context::encode`] for the negative log-likelihood of class targets in a
+    /// caller's buffer (i32 or u32). Class weights come from `opts.weights` (a
+    /// host slice, uploaded with the work); `opts.ignore_index` must fit an i32.
+    pub fn encode_nll(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        q: &GpuBatch<'_>,
+        targets: &GpuTargets<'_>,
+        opts: &NllOptions<'_>,
+        out: &GpuOutput<'_>,
+    ) -> Result<()> {
+        let gpu = self.gpu_or_err()?;
+        let shape = resident::nll_shape(q, targets, opts)?;
+        let ops = Operands {
+            p: targets.buffer,
+            p_offset: 0,
+            q: q.buffer,
+            q_offset: q.offset,
+        };
+        let q_bytes = q.rows as u64 * q.cols as u64 * 4;
+        resident::check_io(&gpu.limits, &shape, &ops, 0, q_bytes, out)?;
+        if out.buffer == targets.buffer {
+            return Err(Error::Buffer {
+                name: "output",
+                problem: "is also the targets buffer; use a buffer of its own".into(),
+            });
+        }
+        gpu.encode_resident(encoder, &shape, &ops, (out.buffer, out.offset), Some((targets, opts.weights)))
+    }
+
+    /// Like [`Context::evaluate`], but returns a future that resolves when the
+    /// results are mapped, without blocking the caller's thread. The work is
+    /// uploaded and submitted before this returns. wgpu delivers map callbacks
+    /// only while the device is polled: call [`Context::poll`] (or
+    /// `device.poll` on your own device) from your event loop until the future
+    /// resolves. On the CPU backend the work is done here and the future is
+    /// ready at once.
+    pub fn evaluate_async(
+        &self,
+        measure: Measure,
+        p: &Batch<'_>,
+        q: Option<&Batch<'_>>,
+        opts: &Options,
+    ) -> impl Future<Output = Result<Output>> + Send + 'static {
+        let started = Job::measure(measure, p, q, opts).and_then(|job| self.start(&job));
+        async move {
+            match started? {
+                Started::Done(out) => Ok(out),
+                Started::Gpu(pending, meta, adapter) => {
+                    let recs = pending.resolve().await?;
+                    finish(&meta, recs, Ran::Gpu, Some(adapter))
+                }
+            }
+        }
+    }
+
+    /// Polls the device of a GPU context: `wait` blocks until submitted work is
+    /// done, otherwise it only runs the callbacks that are ready. Returns
+    /// whether the queue is empty. A no-op on the CPU backend.
+    pub fn poll(&self, wait: bool) -> Result<bool> {
+        let Some(g) = &self.gpu else { return Ok(true) };
+        let kind = if wait {
+            wgpu::PollType::Wait {
+                submission_index: None,
+                timeout: None,
+            }
+        } else {
+            wgpu::PollType::Poll
+        };
+        g.device
+            .poll(kind)
+            .map(|s| s.is_queue_empty())
+            .map_err(|e| Error::Device(format!("polling: {e}")))
+    }
+
+    fn gpu_or_err(&self) -> Result<&Gpu> {
+        self.gpu
+            .as_deref()
+            .ok_or_else(|| Error::Unsupported("GPU-resident batches need a GPU context".into()))
+    }
+
+    fn start(&self, job: &Job<'_>) -> Result<Started> {
+        let meta = Meta::of(job);
+        match &self.gpu {
+            Some(g) => Ok(Started::Gpu(g.submit(job)?, meta, g.adapter_name().to_string())),
+            None => Ok(Started::Done(finish(&meta, run_cpu(job)?, Ran::Cpu, None)?)),
+        }
+    }
+
     fn run(&self, job: &Job<'_>) -> Result<Output> {
         let (records, backend, adapter) = match &self.gpu {
             Some(g) => (g.run(job)?, Ran::Gpu, Some(g.adapter_name().to_string())),
             None => (run_cpu(job)?, Ran::Cpu, None),
         };
-        finish(job, records, backend, adapter)
+        finish(&Meta::of(job), records, backend, adapter)
+    }
+}
+
+enum Started {
+    Done(Output),
+    Gpu(crate::gpu::Pending, Meta, String),
+}
+
+/// What turning records into an [`Output`] needs of a job.
+struct Meta {
+    kind: Kind,
+    rows: usize,
+    cols: usize,
+    reduction: Reduction,
+    ln_base: f64,
+    ctx: record::DecodeCtx,
+}
+
+impl Meta {
+    fn of(job: &Job<'_>) -> Meta {
+        Meta {
+            kind: job.kind,
+            rows: job.rows,
+            cols: job.cols,
+            reduction: job.reduction,
+            ln_base: job.ln_base,
+            ctx: job.decode_ctx(),
+        }
     }
 }
 
@@ -265,13 +414,8 @@ fn run_cpu(job: &Job<'_>) -> Result<Records> {
     )))
 }
 
-fn finish(
-    job: &Job<'_>,
-    records: Records,
-    backend: Ran,
-    adapter: Option<String>,
-) -> Result<Output> {
-    let ctx = job.decode_ctx();
+fn finish(job: &Meta, records: Records, backend: Ran, adapter: Option<String>) -> Result<Output> {
+    let ctx = job.ctx;
     let (values, counted) = match records {
         Records::Rows(r) => {
             if let Some(e) = record::first_error(&r, 0, &ctx) {

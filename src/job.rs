@@ -52,8 +52,6 @@ pub(crate) const IGNORED: u32 = u32::MAX;
 pub(crate) struct NllData {
     /// Targets in [0, cols), or [`IGNORED`].
     pub targets: Vec<u32>,
-    /// The targets as given, for error messages.
-    pub given: Vec<i64>,
     pub weights: Option<Vec<f32>>,
     pub smoothing: f32,
 }
@@ -80,8 +78,19 @@ pub(crate) struct Job<'a> {
     pub reduction: Reduction,
 }
 
-fn online(form: Form, norm: Normalization) -> bool {
+/// Whether an operand of `form` is accumulated in the online (running max)
+/// form in a single pass: logits, and log-probabilities being renormalised.
+pub(crate) fn online(form: Form, norm: Normalization) -> bool {
     form == Form::Logits || (form == Form::LogProbs && norm == Normalization::Renormalize)
+}
+
+/// Whether the row normalisers are computed in a first pass: probabilities
+/// being renormalised (divide first: the one-pass correction cancels), and
+/// Jensen-Shannon of any online form (its mixture needs both normalised rows).
+pub(crate) fn two_pass(kind: Kind, p: Option<Form>, q: Option<Form>, norm: Normalization) -> bool {
+    let renorm_probs = norm == Normalization::Renormalize && (p == Some(Form::Probs) || q == Some(Form::Probs));
+    let any_online = [p, q].iter().any(|f| f.is_some_and(|f| online(f, norm)));
+    renorm_probs || (kind == Kind::Js && any_online)
 }
 
 impl<'a> Job<'a> {
@@ -195,6 +204,7 @@ impl<'a> Job<'a> {
             }
         };
         let given = targets.to_i64();
+        let rows = given.len();
         let mut t32 = Vec::with_capacity(given.len());
         for (row, &t) in given.iter().enumerate() {
             if opts.ignore_index == Some(t) {
@@ -209,7 +219,6 @@ impl<'a> Job<'a> {
                 });
             }
         }
-        let rows = given.len();
         check_u32(rows, classes)?;
         Ok(Job {
             kind: Kind::Nll,
@@ -223,7 +232,6 @@ impl<'a> Job<'a> {
             }),
             nll: Some(NllData {
                 targets: t32,
-                given,
                 weights,
                 smoothing: eps,
             }),
@@ -248,27 +256,20 @@ impl<'a> Job<'a> {
             .is_some_and(|q| online(q.form, self.normalization))
     }
 
-    /// Whether the row normalisers are computed in a first pass: probabilities
-    /// being renormalised (divide first: the one-pass correction cancels), and
-    /// Jensen-Shannon of any log form (its mixture needs both normalised rows).
+    /// See [`two_pass`].
     pub(crate) fn two_pass(&self) -> bool {
-        let renorm_probs = self.normalization == Normalization::Renormalize
-            && [&self.p, &self.q]
-                .iter()
-                .any(|o| o.as_ref().is_some_and(|o| o.form == Form::Probs));
-        renorm_probs || (self.kind == Kind::Js && (self.p_online() || self.q_online()))
+        two_pass(
+            self.kind,
+            self.p.as_ref().map(|p| p.form),
+            self.q.as_ref().map(|q| q.form),
+            self.normalization,
+        )
     }
 
-    /// Whether row sums are checked against 1.
-    pub(crate) fn check_sums(&self) -> bool {
-        self.normalization == Normalization::Validate
-    }
-
-    pub(crate) fn decode_ctx(&self) -> crate::record::DecodeCtx<'_> {
+    pub(crate) fn decode_ctx(&self) -> crate::record::DecodeCtx {
         crate::record::DecodeCtx {
             tolerance: self.tolerance,
             classes: self.cols,
-            targets: self.nll.as_ref().map(|n| n.given.as_slice()),
         }
     }
 }

@@ -19,6 +19,7 @@ mod gpu;
 mod job;
 mod measure;
 mod record;
+mod resident;
 
 pub use batch::{Batch, Targets, Values};
 pub use context::{Backend, Context, ContextOptions, Output, Ran};
@@ -27,3 +28,4 @@ pub use measure::{
     Base, DEFAULT_TOLERANCE, Form, Measure, NllOptions, Normalization, Options, Reduction,
 };
 pub use record::{RECORD_SIZE, Record, Status};
+pub use resident::{GpuBatch, GpuOutput, GpuTargets, decode_output, output_bytes};

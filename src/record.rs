@@ -10,7 +10,7 @@ use crate::error::{Arg, BadValue, Error};
 /// | field | per-row record | batch record (sum, mean) |
 /// |---|---|---|
 /// | `value` | the measure in the chosen base; +inf where a term is infinite; NaN when `status` ≠ 0 | the sum or mean; NaN when `status` ≠ 0 or a mean over no counted row |
-/// | `aux_p` | Σ p (probabilities, log-probabilities taken as given), the row's log-sum-exp (logits, renormalised log-probabilities), or the row's weight wₜ (0 when ignored) for a negative log-likelihood | the number of rows counted (Σ wₜ for a negative log-likelihood) |
+/// | `aux_p` | Σ p (probabilities, log-probabilities taken as given), the row's log-sum-exp (logits, renormalised log-probabilities), or the row's weight wₜ (0 when ignored) for a negative log-likelihood (the target's bits as i32 when it is out of range) | the number of rows counted (Σ wₜ for a negative log-likelihood) |
 /// | `aux_q` | the same for `q` | the first bad row, as `f32::from_bits` |
 /// | `status` | [`Status`] word: 0 when the row is good | the first bad row's status |
 #[repr(C)]
@@ -79,15 +79,13 @@ impl Status {
 
 /// What the decoder needs besides the record.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct DecodeCtx<'a> {
+pub(crate) struct DecodeCtx {
     pub tolerance: f32,
     pub classes: usize,
-    /// The targets as the caller gave them, when the host has them.
-    pub targets: Option<&'a [i64]>,
 }
 
 /// Turns a bad row's record into the error the host path returns.
-pub(crate) fn decode(row: usize, rec: &Record, ctx: &DecodeCtx<'_>) -> Error {
+pub(crate) fn decode(row: usize, rec: &Record, ctx: &DecodeCtx) -> Error {
     let st = Status(rec.status);
     let col = st.column();
     let bad = |arg, what| Error::BadValue {
@@ -107,7 +105,8 @@ pub(crate) fn decode(row: usize, rec: &Record, ctx: &DecodeCtx<'_>) -> Error {
         code::Q_POSITIVE_LOG => bad(Arg::Q, BadValue::PositiveLog),
         code::TARGET => Error::TargetOutOfRange {
             row,
-            target: ctx.targets.and_then(|t| t.get(row).copied()).unwrap_or(-1),
+            // the kernel leaves the target's bits in aux_p (as i32)
+            target: rec.aux_p.to_bits() as i32 as i64,
             classes: ctx.classes,
         },
         code::P_SUM => Error::NotNormalized {
@@ -145,7 +144,7 @@ pub(crate) fn decode(row: usize, rec: &Record, ctx: &DecodeCtx<'_>) -> Error {
 }
 
 /// The first bad row of a batch of records, decoded.
-pub(crate) fn first_error(records: &[Record], row0: usize, ctx: &DecodeCtx<'_>) -> Option<Error> {
+pub(crate) fn first_error(records: &[Record], row0: usize, ctx: &DecodeCtx) -> Option<Error> {
     records
         .iter()
         .position(|r| r.status != 0)

@@ -35,7 +35,8 @@ pub(crate) struct GpuShape {
     pub p_online: bool,
     pub q_online: bool,
     pub two_pass: bool,
-    /// NLL: an ignore index is in use (ignored targets hold `IGNORED`).
+    /// NLL: the target value that marks an ignored row, and whether there is one.
+    pub ignore_bits: u32,
     pub has_ignore: bool,
     pub has_weights: bool,
     pub smoothing: f32,
@@ -58,6 +59,7 @@ impl GpuShape {
             p_online: job.p_online(),
             q_online: job.q_online(),
             two_pass: job.two_pass(),
+            ignore_bits: IGNORED,
             has_ignore: job
                 .nll
                 .as_ref()
@@ -189,7 +191,7 @@ pub(crate) fn encode(
         norm_at: norm_at as u32,
         tolerance: s.tolerance,
         inv_ln_base: (1.0 / s.ln_base) as f32,
-        ignore_bits: IGNORED,
+        ignore_bits: s.ignore_bits,
         has_ignore: s.has_ignore as u32,
         smoothing: s.smoothing,
         weights_at: if s.has_weights { s.rows } else { u32::MAX },

@@ -185,6 +185,50 @@ impl Gpu {
     }
 }
 
+impl Gpu {
+    /// The GPU-resident path: records `shape` over the caller's buffers into
+    /// the caller's encoder. `nll_targets`: the caller's targets, copied next
+    /// to the class weights in a buffer of ours.
+    pub(crate) fn encode_resident(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        shape: &GpuShape,
+        ops: &Operands<'_>,
+        out: (&wgpu::Buffer, u64),
+        nll: Option<(&crate::resident::GpuTargets<'_>, Option<&[f32]>)>,
+    ) -> Result<()> {
+        let holder;
+        let mut ops = Operands { ..*ops };
+        if let Some((t, weights)) = nll {
+            let t_bytes = t.len as u64 * 4;
+            crate::resident::check_buffer("targets", t.buffer, t.offset, t_bytes, wgpu::BufferUsages::COPY_SRC, 4)?;
+            let w_bytes = weights.map_or(0, |w| w.len() as u64 * 4);
+            holder = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("kullback.targets"),
+                size: t_bytes + w_bytes,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            if let Some(w) = weights {
+                self.queue.write_buffer(&holder, t_bytes, bytemuck::cast_slice(w));
+            }
+            enc.copy_buffer_to_buffer(t.buffer, t.offset, &holder, 0, t_bytes);
+            ops.p = &holder;
+            ops.p_offset = 0;
+        }
+        if shape.reduction == Reduction::None {
+            return encode::encode(self, enc, shape, &ops, out, None);
+        }
+        let records = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("kullback.records"),
+            size: shape.rows as u64 * RECORD_SIZE,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        encode::encode(self, enc, shape, &ops, (&records, 0), Some(out))
+    }
+}
+
 /// A submitted job whose results are on their way back.
 pub(crate) struct Pending {
     read: readback::Reading,

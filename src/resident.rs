@@ -1,0 +1,300 @@
+//! The GPU-resident path: batches that live in the caller's buffers, work
+//! recorded into the caller's encoder, outputs left in the caller's buffer.
+//!
+//! Everything the device would reject is checked here, before anything is
+//! recorded: wgpu reports most encoding errors only at the caller's
+//! `CommandEncoder::finish`, where no error scope of ours can catch them.
+
+use crate::error::{Arg, Error, Result};
+use crate::gpu::{GpuShape, Operands, TOTAL_OUTPUT_SIZE};
+use crate::job::{self, IGNORED, Kind};
+use crate::measure::{Form, Measure, NllOptions, Options, Reduction};
+use crate::record::{self, DecodeCtx, RECORD_SIZE, Record};
+
+/// A batch of `rows` × `cols` f32 values (row-major) at byte `offset` of a
+/// caller's buffer (usage `STORAGE`, offset a multiple of the device's
+/// `min_storage_buffer_offset_alignment`).
+#[derive(Clone, Copy, Debug)]
+pub struct GpuBatch<'a> {
+    /// The buffer.
+    pub buffer: &'a wgpu::Buffer,
+    /// Byte offset of the first value.
+    pub offset: u64,
+    /// Number of distributions.
+    pub rows: usize,
+    /// Outcomes per distribution.
+    pub cols: usize,
+    /// How the values are given.
+    pub form: Form,
+}
+
+impl<'a> GpuBatch<'a> {
+    /// Probabilities at offset 0 of `buffer`.
+    pub fn new(buffer: &'a wgpu::Buffer, rows: usize, cols: usize) -> Self {
+        GpuBatch {
+            buffer,
+            offset: 0,
+            rows,
+            cols,
+            form: Form::Probs,
+        }
+    }
+    /// Sets the byte offset.
+    pub fn offset(mut self, offset: u64) -> Self {
+        self.offset = offset;
+        self
+    }
+    /// Sets the form.
+    pub fn form(mut self, form: Form) -> Self {
+        self.form = form;
+        self
+    }
+}
+
+/// Class targets (i32 or u32, 4 bytes each) at byte `offset` of a caller's
+/// buffer (usage `COPY_SRC`, offset a multiple of 4): they are copied next to
+/// the class weights in a buffer of ours, inside the caller's encoder.
+#[derive(Clone, Copy, Debug)]
+pub struct GpuTargets<'a> {
+    /// The buffer.
+    pub buffer: &'a wgpu::Buffer,
+    /// Byte offset of the first target.
+    pub offset: u64,
+    /// Number of targets.
+    pub len: usize,
+}
+
+/// Where the output goes: byte `offset` (aligned like a storage binding) of a
+/// caller's buffer with usage `STORAGE`. See [`output_bytes`] for its size and
+/// [`Record`] for its layout.
+#[derive(Clone, Copy, Debug)]
+pub struct GpuOutput<'a> {
+    /// The buffer.
+    pub buffer: &'a wgpu::Buffer,
+    /// Byte offset.
+    pub offset: u64,
+}
+
+/// Bytes of the output of a call over `rows` rows: one [`Record`] per row, or
+/// for a sum or mean two records (the batch record, then a copy of the first
+/// bad row's record).
+pub fn output_bytes(rows: usize, reduction: Reduction) -> u64 {
+    match reduction {
+        Reduction::None => rows as u64 * RECORD_SIZE,
+        Reduction::Sum | Reduction::Mean => TOTAL_OUTPUT_SIZE,
+    }
+}
+
+/// Turns an output read back from the GPU-resident path into the values, or
+/// into the same [`Error`] the host path returns for the same input.
+/// `opts.tolerance` and `cols` only shape the error message.
+pub fn decode_output(records: &[Record], reduction: Reduction, opts: &Options, cols: usize) -> Result<Vec<f32>> {
+    let ctx = DecodeCtx {
+        tolerance: opts.tolerance,
+        classes: cols,
+    };
+    match reduction {
+        Reduction::None => match record::first_error(records, 0, &ctx) {
+            Some(e) => Err(e),
+            None => Ok(records.iter().map(|r| r.value).collect()),
+        },
+        Reduction::Sum | Reduction::Mean => {
+            let [total, bad, ..] = records else {
+                return Err(Error::InvalidOption(format!(
+                    "a {} output has 2 records, got {}",
+                    reduction.name(),
+                    records.len()
+                )));
+            };
+            if total.status != 0 {
+                return Err(record::decode(total.aux_q.to_bits() as usize, bad, &ctx));
+            }
+            Ok(vec![total.value])
+        }
+    }
+}
+
+pub(crate) fn check_buffer(
+    name: &'static str,
+    buffer: &wgpu::Buffer,
+    offset: u64,
+    bytes: u64,
+    usage: wgpu::BufferUsages,
+    align: u64,
+) -> Result<()> {
+    let problem = if !buffer.usage().contains(usage) {
+        Some(format!("needs usage {usage:?}, has {:?}", buffer.usage()))
+    } else if offset % align != 0 {
+        Some(format!("offset {offset} is not a multiple of {align}"))
+    } else if offset.checked_add(bytes).is_none_or(|end| end > buffer.size()) {
+        Some(format!(
+            "{bytes} bytes at offset {offset} do not fit its {} bytes",
+            buffer.size()
+        ))
+    } else {
+        None
+    };
+    match problem {
+        Some(problem) => Err(Error::Buffer { name, problem }),
+        None => Ok(()),
+    }
+}
+
+fn check_shape(arg: Arg, b: &GpuBatch<'_>) -> Result<u64> {
+    if b.rows == 0 || b.cols == 0 {
+        return Err(Error::Empty {
+            arg,
+            rows: b.rows,
+            cols: b.cols,
+        });
+    }
+    if b.rows > u32::MAX as usize / 2 || b.cols > u32::MAX as usize / 2 {
+        return Err(Error::TooLarge(format!("{arg}: {} x {}", b.rows, b.cols)));
+    }
+    Ok(b.rows as u64 * b.cols as u64 * 4)
+}
+
+/// The shape of a GPU-resident measure, checked.
+pub(crate) fn measure_shape(
+    measure: Measure,
+    p: &GpuBatch<'_>,
+    q: Option<&GpuBatch<'_>>,
+    opts: &Options,
+) -> Result<GpuShape> {
+    let ln_base = opts.check()?;
+    check_shape(Arg::P, p)?;
+    let kind = Kind::from_measure(measure);
+    let q = match (measure.needs_q(), q) {
+        (false, _) => None,
+        (true, None) => return Err(Error::InvalidOption(format!("{} needs q", measure.name()))),
+        (true, Some(q)) => {
+            check_shape(Arg::Q, q)?;
+            if !(p.cols == q.cols && (p.rows == q.rows || p.rows == 1 || q.rows == 1)) {
+                return Err(Error::ShapeMismatch {
+                    p_rows: p.rows,
+                    p_cols: p.cols,
+                    q_rows: q.rows,
+                    q_cols: q.cols,
+                });
+            }
+            Some(q)
+        }
+    };
+    let norm = opts.normalization;
+    let (pf, qf) = (Some(p.form), q.map(|q| q.form));
+    Ok(GpuShape {
+        kind,
+        rows: p.rows.max(q.map_or(0, |q| q.rows)) as u32,
+        cols: p.cols as u32,
+        p_form: pf,
+        q_form: qf,
+        p_rows: p.rows as u32,
+        q_rows: q.map_or(p.rows, |q| q.rows) as u32,
+        normalization: norm,
+        tolerance: opts.tolerance,
+        ln_base,
+        reduction: opts.reduction,
+        p_online: job::online(p.form, norm),
+        q_online: qf.is_some_and(|f| job::online(f, norm)),
+        two_pass: job::two_pass(kind, pf, qf, norm),
+        ignore_bits: IGNORED,
+        has_ignore: false,
+        has_weights: false,
+        smoothing: 0.0,
+    })
+}
+
+/// The shape of a GPU-resident negative log-likelihood, checked.
+pub(crate) fn nll_shape(q: &GpuBatch<'_>, targets: &GpuTargets<'_>, opts: &NllOptions<'_>) -> Result<GpuShape> {
+    let ln_base = opts.common.check()?;
+    check_shape(Arg::Q, q)?;
+    if targets.len == 0 {
+        return Err(Error::Empty {
+            arg: Arg::Targets,
+            rows: 0,
+            cols: 1,
+        });
+    }
+    if q.rows != 1 && targets.len != q.rows {
+        return Err(Error::ShapeMismatch {
+            p_rows: targets.len,
+            p_cols: 1,
+            q_rows: q.rows,
+            q_cols: q.cols,
+        });
+    }
+    let eps = opts.label_smoothing;
+    if !(0.0..=1.0).contains(&eps) {
+        return Err(Error::InvalidOption(format!("label smoothing must be in [0, 1], got {eps}")));
+    }
+    let ignore_bits = match opts.ignore_index {
+        None => IGNORED,
+        Some(i) => i32::try_from(i)
+            .map_err(|_| Error::InvalidOption(format!("ignore index {i} does not fit the i32 targets of the GPU path")))?
+            as u32,
+    };
+    if let Some(w) = opts.weights {
+        if w.len() != q.cols {
+            return Err(Error::Length {
+                arg: Arg::Weights,
+                len: w.len(),
+                rows: 1,
+                cols: q.cols,
+                expected: q.cols,
+            });
+        }
+    }
+    let norm = opts.common.normalization;
+    Ok(GpuShape {
+        kind: Kind::Nll,
+        rows: targets.len as u32,
+        cols: q.cols as u32,
+        p_form: None,
+        q_form: Some(q.form),
+        p_rows: targets.len as u32,
+        q_rows: q.rows as u32,
+        normalization: norm,
+        tolerance: opts.common.tolerance,
+        ln_base,
+        reduction: opts.common.reduction,
+        p_online: false,
+        q_online: job::online(q.form, norm),
+        two_pass: job::two_pass(Kind::Nll, None, Some(q.form), norm),
+        ignore_bits,
+        has_ignore: opts.ignore_index.is_some(),
+        has_weights: opts.weights.is_some(),
+        smoothing: eps,
+    })
+}
+
+/// Checks the operands and the output against the shape and the device, and
+/// that the output aliases no input.
+pub(crate) fn check_io(
+    limits: &wgpu::Limits,
+    s: &GpuShape,
+    ops: &Operands<'_>,
+    p_bytes: u64,
+    q_bytes: u64,
+    out: &GpuOutput<'_>,
+) -> Result<()> {
+    let align = limits.min_storage_buffer_offset_alignment.max(4) as u64;
+    let storage = wgpu::BufferUsages::STORAGE;
+    if s.kind != Kind::Nll {
+        check_buffer("p", ops.p, ops.p_offset, p_bytes, storage, align)?;
+    }
+    if s.q_form.is_some() {
+        check_buffer("q", ops.q, ops.q_offset, q_bytes, storage, align)?;
+    }
+    let out_bytes = output_bytes(s.rows as usize, s.reduction);
+    check_buffer("output", out.buffer, out.offset, out_bytes, storage, align)?;
+    // wgpu tracks usage per buffer, not per range: a read-only and a
+    // read-write binding of one buffer conflict even on disjoint ranges
+    let aliases = (s.kind != Kind::Nll && out.buffer == ops.p) || (s.q_form.is_some() && out.buffer == ops.q);
+    if aliases {
+        return Err(Error::Buffer {
+            name: "output",
+            problem: "is also an input buffer; use a buffer of its own".into(),
+        });
+    }
+    Ok(())
+}
