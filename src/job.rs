@@ -266,6 +266,11 @@ impl<'a> Job<'a> {
         )
     }
 
+    /// Whether row sums are checked against 1.
+    pub(crate) fn check_sums(&self) -> bool {
+        self.normalization == Normalization::Validate
+    }
+
     pub(crate) fn decode_ctx(&self) -> crate::record::DecodeCtx {
         crate::record::DecodeCtx {
             tolerance: self.tolerance,
