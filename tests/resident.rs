@@ -1,0 +1,391 @@
+//! The GPU-resident path (batches in the caller's buffers, work recorded into
+//! the caller's encoder) against the host path, on devices made with
+//! `Limits::downlevel_defaults()` and `Limits::default()`.
+
+use kullback::wgpu::{self, util::DeviceExt};
+use kullback::{
+    Arg, BadValue, Batch, Context, Error, Form, GpuBatch, GpuOutput, GpuTargets, Measure, NllOptions, Normalization,
+    Options, RECORD_SIZE, Record, Reduction, decode_output, output_bytes,
+};
+
+/// A device on any adapter with exactly `limits`; None (skip) without an
+/// adapter unless KULLBACK_REQUIRE_GPU=1.
+fn device(limits: wgpu::Limits) -> Option<(wgpu::Device, wgpu::Queue)> {
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::PRIMARY));
+    let Some(adapter) = adapters.into_iter().next() else {
+        assert!(
+            std::env::var("KULLBACK_REQUIRE_GPU").as_deref() != Ok("1"),
+            "KULLBACK_REQUIRE_GPU=1 but no GPU adapter"
+        );
+        eprintln!("skipping: no GPU adapter");
+        return None;
+    };
+    let desc = wgpu::DeviceDescriptor {
+        label: Some("test"),
+        required_limits: limits,
+        ..Default::default()
+    };
+    Some(pollster::block_on(adapter.request_device(&desc)).expect("device"))
+}
+
+fn xorshift(seed: u64) -> impl FnMut() -> f32 {
+    let mut s = seed.max(1);
+    move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        ((s >> 40) as f32) / (1u64 << 24) as f32
+    }
+}
+
+fn probs(rows: usize, cols: usize, seed: u64) -> Vec<f32> {
+    let mut r = xorshift(seed);
+    let mut v: Vec<f32> = (0..rows * cols).map(|_| r() + 1e-3).collect();
+    for row in v.chunks_mut(cols) {
+        let s: f32 = row.iter().sum();
+        row.iter_mut().for_each(|x| *x /= s);
+    }
+    v
+}
+
+fn storage(device: &wgpu::Device, data: &[f32]) -> wgpu::Buffer {
+    device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some("input"),
+        contents: bytemuck::cast_slice(data),
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+    })
+}
+
+fn out_buffer(device: &wgpu::Device, bytes: u64) -> wgpu::Buffer {
+    device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("output"),
+        size: bytes,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    })
+}
+
+fn read_records(device: &wgpu::Device, queue: &wgpu::Queue, src: &wgpu::Buffer, offset: u64, bytes: u64) -> Vec<Record> {
+    let staging = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("staging"),
+        size: bytes,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut enc = device.create_command_encoder(&Default::default());
+    enc.copy_buffer_to_buffer(src, offset, &staging, 0, bytes);
+    queue.submit([enc.finish()]);
+    staging.slice(..).map_async(wgpu::MapMode::Read, |r| r.expect("map"));
+    device
+        .poll(wgpu::PollType::Wait {
+            submission_index: None,
+            timeout: None,
+        })
+        .expect("poll");
+    let v = bytemuck::cast_slice::<u8, Record>(&staging.slice(..).get_mapped_range().expect("view")).to_vec();
+    v
+}
+
+/// Encodes one measure and returns its decoded output.
+fn encoded(
+    ctx: &Context,
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    measure: Measure,
+    p: &GpuBatch<'_>,
+    q: Option<&GpuBatch<'_>>,
+    opts: &Options,
+) -> kullback::Result<Vec<f32>> {
+    let rows = p.rows.max(q.map_or(0, |q| q.rows));
+    let bytes = output_bytes(rows, opts.reduction);
+    let out = out_buffer(device, bytes);
+    let mut enc = device.create_command_encoder(&Default::default());
+    ctx.encode(&mut enc, measure, p, q, opts, &GpuOutput { buffer: &out, offset: 0 })?;
+    queue.submit([enc.finish()]);
+    let recs = read_records(device, queue, &out, 0, bytes);
+    decode_output(&recs, opts.reduction, opts, p.cols)
+}
+
+#[test]
+fn encode_equals_host_bit_for_bit_on_downlevel_device() {
+    let Some((device, queue)) = device(wgpu::Limits::downlevel_defaults()) else { return };
+    let ctx = Context::from_device(device.clone(), queue.clone()).expect("context");
+    let (rows, cols) = (37, 3001);
+    let p = probs(rows, cols, 1);
+    let q = probs(rows, cols, 2);
+    let logits: Vec<f32> = {
+        let mut r = xorshift(3);
+        (0..rows * cols).map(|_| 40.0 * r() - 20.0).collect()
+    };
+    let (pb, qb, lb) = (storage(&device, &p), storage(&device, &q), storage(&device, &logits));
+    for measure in [Measure::Entropy, Measure::CrossEntropy, Measure::Kl, Measure::Js] {
+        for reduction in [Reduction::None, Reduction::Sum, Reduction::Mean] {
+            let opts = Options::default().reduction(reduction);
+            let host = ctx
+                .evaluate(measure, &Batch::new(&p, rows, cols), Some(&Batch::new(&q, rows, cols)), &opts)
+                .expect("host");
+            let gp = GpuBatch::new(&pb, rows, cols);
+            let gq = GpuBatch::new(&qb, rows, cols);
+            let dev = encoded(&ctx, &device, &queue, measure, &gp, Some(&gq), &opts).expect("encode");
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&host.values), bits(&dev), "{measure:?} {reduction:?}");
+        }
+        // logits against probabilities, one reference row against many
+        let opts = Options::default();
+        let host = ctx
+            .evaluate(
+                measure,
+                &Batch::new(&logits, rows, cols).form(Form::Logits),
+                Some(&Batch::new(&q[..cols], 1, cols)),
+                &opts,
+            )
+            .expect("host logits");
+        let gp = GpuBatch::new(&lb, rows, cols).form(Form::Logits);
+        let gq = GpuBatch::new(&qb, 1, cols);
+        let dev = encoded(&ctx, &device, &queue, measure, &gp, Some(&gq), &opts).expect("encode logits");
+        assert_eq!(host.values, dev, "{measure:?} logits vs one row");
+    }
+    // negative log-likelihood from logits, with an ignored row and weights
+    let targets: Vec<i32> = (0..rows as i32).map(|i| if i == 5 { -100 } else { (i * 97) % cols as i32 }).collect();
+    let weights: Vec<f32> = (0..cols).map(|c| 0.5 + (c % 3) as f32).collect();
+    let tb = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some("targets"),
+        contents: bytemuck::cast_slice(&targets),
+        usage: wgpu::BufferUsages::COPY_SRC,
+    });
+    for reduction in [Reduction::None, Reduction::Mean] {
+        let opts = NllOptions::default()
+            .ignore_index(-100)
+            .weights(&weights)
+            .label_smoothing(0.1)
+            .reduction(reduction);
+        let host = ctx
+            .nll(&Batch::new(&logits, rows, cols).form(Form::Logits), &targets, &opts)
+            .expect("host nll");
+        let bytes = output_bytes(rows, reduction);
+        let out = out_buffer(&device, bytes);
+        let mut enc = device.create_command_encoder(&Default::default());
+        ctx.encode_nll(
+            &mut enc,
+            &GpuBatch::new(&lb, rows, cols).form(Form::Logits),
+            &GpuTargets {
+                buffer: &tb,
+                offset: 0,
+                len: rows,
+            },
+            &opts,
+            &GpuOutput { buffer: &out, offset: 0 },
+        )
+        .expect("encode nll");
+        queue.submit([enc.finish()]);
+        let recs = read_records(&device, &queue, &out, 0, bytes);
+        let dev = decode_output(&recs, reduction, &opts.common, cols).expect("decode nll");
+        assert_eq!(host.values, dev, "nll {reduction:?}");
+    }
+}
+
+#[test]
+fn two_batches_in_one_encoder_before_one_submit() {
+    let Some((device, queue)) = device(wgpu::Limits::downlevel_defaults()) else { return };
+    let ctx = Context::from_device(device.clone(), queue.clone()).expect("context");
+    let (a_rows, a_cols, b_rows, b_cols) = (3, 5000, 70, 17);
+    let (pa, qa, pb, qb) = (probs(a_rows, a_cols, 4), probs(a_rows, a_cols, 5), probs(b_rows, b_cols, 6), probs(b_rows, b_cols, 7));
+    let bufs: Vec<wgpu::Buffer> = [&pa, &qa, &pb, &qb].iter().map(|d| storage(&device, d)).collect();
+    let align = device.limits().min_storage_buffer_offset_alignment as u64;
+    let b_at = (a_rows as u64 * RECORD_SIZE).div_ceil(align) * align;
+    let out = out_buffer(&device, b_at + b_rows as u64 * RECORD_SIZE);
+    let opts = Options::default();
+    let mut enc = device.create_command_encoder(&Default::default());
+    ctx.encode(
+        &mut enc,
+        Measure::Kl,
+        &GpuBatch::new(&bufs[0], a_rows, a_cols),
+        Some(&GpuBatch::new(&bufs[1], a_rows, a_cols)),
+        &opts,
+        &GpuOutput { buffer: &out, offset: 0 },
+    )
+    .expect("a");
+    ctx.encode(
+        &mut enc,
+        Measure::CrossEntropy,
+        &GpuBatch::new(&bufs[2], b_rows, b_cols),
+        Some(&GpuBatch::new(&bufs[3], b_rows, b_cols)),
+        &opts,
+        &GpuOutput { buffer: &out, offset: b_at },
+    )
+    .expect("b");
+    queue.submit([enc.finish()]);
+    let ra = decode_output(&read_records(&device, &queue, &out, 0, a_rows as u64 * RECORD_SIZE), Reduction::None, &opts, a_cols).expect("a out");
+    let rb = decode_output(&read_records(&device, &queue, &out, b_at, b_rows as u64 * RECORD_SIZE), Reduction::None, &opts, b_cols).expect("b out");
+    let ha = ctx.kl(&Batch::new(&pa, a_rows, a_cols), &Batch::new(&qa, a_rows, a_cols), &opts).expect("host a");
+    let hb = ctx.cross_entropy(&Batch::new(&pb, b_rows, b_cols), &Batch::new(&qb, b_rows, b_cols), &opts).expect("host b");
+    assert_eq!(ha.values, ra);
+    assert_eq!(hb.values, rb);
+    // and against an f64 reference, so that both cannot be wrong together
+    for r in 0..b_rows {
+        let e: f64 = (0..b_cols).map(|c| -(pb[r * b_cols + c] as f64) * (qb[r * b_cols + c] as f64).ln()).sum();
+        assert!((rb[r] as f64 - e).abs() <= 2e-6 + 2e-5 * e.abs(), "row {r}: {} vs {e}", rb[r]);
+    }
+}
+
+#[test]
+fn bad_buffers_are_errors_not_panics() {
+    let Some((device, queue)) = device(wgpu::Limits::downlevel_defaults()) else { return };
+    let ctx = Context::from_device(device.clone(), queue).expect("context");
+    let p = probs(4, 64, 8);
+    let pb = storage(&device, &p);
+    let opts = Options::default();
+    let out = out_buffer(&device, output_bytes(4, Reduction::None));
+    let mut enc = device.create_command_encoder(&Default::default());
+    let gp = GpuBatch::new(&pb, 4, 64);
+    // the output is an input
+    let e = ctx.encode(&mut enc, Measure::Kl, &gp, Some(&gp), &opts, &GpuOutput { buffer: &pb, offset: 0 });
+    assert!(matches!(e, Err(Error::Buffer { name: "output", .. })), "{e:?}");
+    // too small
+    let e = ctx.encode(&mut enc, Measure::Entropy, &GpuBatch::new(&pb, 5, 64), None, &opts, &GpuOutput { buffer: &out, offset: 0 });
+    assert!(matches!(e, Err(Error::Buffer { name: "p", .. })), "{e:?}");
+    // misaligned offset
+    let e = ctx.encode(&mut enc, Measure::Entropy, &GpuBatch::new(&pb, 1, 8).offset(4), None, &opts, &GpuOutput { buffer: &out, offset: 0 });
+    assert!(matches!(e, Err(Error::Buffer { name: "p", .. })), "{e:?}");
+    // missing usage
+    let plain = device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 1024,
+        usage: wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let e = ctx.encode(&mut enc, Measure::Entropy, &gp, None, &opts, &GpuOutput { buffer: &plain, offset: 0 });
+    assert!(matches!(e, Err(Error::Buffer { name: "output", .. })), "{e:?}");
+    let e = ctx.encode(&mut enc, Measure::Entropy, &GpuBatch::new(&plain, 4, 64), None, &opts, &GpuOutput { buffer: &out, offset: 0 });
+    assert!(matches!(e, Err(Error::Buffer { name: "p", .. })), "{e:?}");
+    // output too small for the rows
+    let small = out_buffer(&device, 16);
+    let e = ctx.encode(&mut enc, Measure::Entropy, &gp, None, &opts, &GpuOutput { buffer: &small, offset: 0 });
+    assert!(matches!(e, Err(Error::Buffer { name: "output", .. })), "{e:?}");
+    // shape mismatch and bad options
+    let e = ctx.encode(&mut enc, Measure::Kl, &gp, Some(&GpuBatch::new(&pb, 2, 128)), &opts, &GpuOutput { buffer: &out, offset: 0 });
+    assert!(matches!(e, Err(Error::ShapeMismatch { .. })), "{e:?}");
+    let e = ctx.encode(&mut enc, Measure::Entropy, &gp, None, &opts.base(kullback::Base::Custom(1.0)), &GpuOutput { buffer: &out, offset: 0 });
+    assert!(matches!(e, Err(Error::InvalidOption(_))), "{e:?}");
+    // nothing bad was recorded: the encoder still finishes
+    let _ = enc.finish();
+}
+
+#[test]
+fn bad_values_decode_to_the_host_error() {
+    let Some((device, queue)) = device(wgpu::Limits::downlevel_defaults()) else { return };
+    let ctx = Context::from_device(device.clone(), queue.clone()).expect("context");
+    let (rows, cols) = (6, 300);
+    let q = probs(rows, cols, 9);
+    let cases: Vec<(Vec<f32>, Normalization)> = {
+        let mut nan = probs(rows, cols, 10);
+        nan[3 * cols + 17] = f32::NAN;
+        let mut neg = probs(rows, cols, 11);
+        neg[2 * cols + 5] = -0.25;
+        let mut unnorm = probs(rows, cols, 12);
+        unnorm[4 * cols..5 * cols].iter_mut().for_each(|x| *x *= 2.0);
+        let zero_row = {
+            let mut z = probs(rows, cols, 13);
+            z[cols..2 * cols].iter_mut().for_each(|x| *x = 0.0);
+            z
+        };
+        vec![
+            (nan, Normalization::Validate),
+            (neg, Normalization::Validate),
+            (unnorm, Normalization::Validate),
+            (zero_row, Normalization::Renormalize),
+        ]
+    };
+    let qb = storage(&device, &q);
+    for (p, norm) in cases {
+        let pb = storage(&device, &p);
+        for reduction in [Reduction::None, Reduction::Mean] {
+            let opts = Options::default().normalization(norm).reduction(reduction);
+            let host = ctx
+                .kl(&Batch::new(&p, rows, cols), &Batch::new(&q, rows, cols), &opts)
+                .expect_err("host must fail");
+            let dev = encoded(&ctx, &device, &queue, Measure::Kl, &GpuBatch::new(&pb, rows, cols), Some(&GpuBatch::new(&qb, rows, cols)), &opts)
+                .expect_err("decode must fail");
+            assert_eq!(host.to_string(), dev.to_string(), "{norm:?} {reduction:?}");
+        }
+    }
+    // the NaN case names argument, row and column
+    let mut nan = probs(rows, cols, 10);
+    nan[3 * cols + 17] = f32::NAN;
+    let pb = storage(&device, &nan);
+    let e = encoded(&ctx, &device, &queue, Measure::Entropy, &GpuBatch::new(&pb, rows, cols), None, &Options::default()).expect_err("nan");
+    assert!(
+        matches!(e, Error::BadValue { arg: Arg::P, row: 3, col: Some(17), what: BadValue::Nan }),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn default_limits_device_chunks_an_input_beyond_its_binding_limit() {
+    let Some((device, queue)) = device(wgpu::Limits::default()) else { return };
+    let limit = device.limits().max_storage_buffer_binding_size;
+    let ctx = Context::from_device(device.clone(), queue.clone()).expect("context");
+    // 2 rows whose bytes together exceed one binding
+    let cols = (limit / 4 / 2 + 4099) as usize;
+    let rows = 2;
+    let v = 1.0 / cols as f32;
+    let p = vec![v; rows * cols];
+    let pb = storage(&device, &p);
+    let out = encoded(&ctx, &device, &queue, Measure::Entropy, &GpuBatch::new(&pb, rows, cols), None, &Options::default().normalization(Normalization::AsGiven))
+        .expect("entropy");
+    let e = -(cols as f64) * (v as f64) * (v as f64).ln();
+    for x in out {
+        assert!((x as f64 - e).abs() <= 2e-6 + 2e-5 * e, "{x} vs {e}");
+    }
+}
+
+#[test]
+fn two_threads_share_one_context() {
+    let Some((device, queue)) = device(wgpu::Limits::downlevel_defaults()) else { return };
+    let ctx = Context::from_device(device, queue).expect("context");
+    let p = probs(50, 700, 14);
+    let q = probs(50, 700, 15);
+    let want = ctx.kl(&Batch::new(&p, 50, 700), &Batch::new(&q, 50, 700), &Options::default()).expect("kl");
+    std::thread::scope(|s| {
+        let hs: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| {
+                    (0..5)
+                        .map(|_| ctx.kl(&Batch::new(&p, 50, 700), &Batch::new(&q, 50, 700), &Options::default()).expect("kl"))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for h in hs {
+            for got in h.join().expect("thread") {
+                assert_eq!(got.values, want.values);
+            }
+        }
+    });
+}
+
+#[test]
+fn async_resolves_with_polling_only() {
+    let Some((device, queue)) = device(wgpu::Limits::downlevel_defaults()) else { return };
+    let ctx = Context::from_device(device, queue).expect("context");
+    let p = probs(8, 1000, 16);
+    let q = probs(8, 1000, 17);
+    let opts = Options::default();
+    let mut fut = std::pin::pin!(ctx.evaluate_async(Measure::Kl, &Batch::new(&p, 8, 1000), Some(&Batch::new(&q, 8, 1000)), &opts));
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    let mut polls = 0;
+    let got = loop {
+        if let std::task::Poll::Ready(r) = fut.as_mut().poll(&mut cx) {
+            break r.expect("async kl");
+        }
+        // the documented poll: non-blocking here
+        ctx.poll(false).expect("poll");
+        polls += 1;
+        assert!(polls < 1_000_000, "never resolved");
+        std::thread::yield_now();
+    };
+    let want = ctx.kl(&Batch::new(&p, 8, 1000), &Batch::new(&q, 8, 1000), &opts).expect("kl");
+    assert_eq!(got.values, want.values);
+}
