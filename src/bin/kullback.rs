@@ -1,1 +1,583 @@
-fn main() {}
+//! `kullback`: entropy, cross-entropy, KL, Jensen-Shannon and negative
+//! log-likelihood of distributions stored in `.npy` files.
+//!
+//! ```text
+//! kullback entropy       --p P.npy [--p-form F]
+//! kullback cross-entropy --p P.npy --q Q.npy [--p-form F] [--q-form F]
+//! kullback kl            --p P.npy --q Q.npy [--p-form F] [--q-form F]
+//! kullback js            --p P.npy --q Q.npy [--p-form F] [--q-form F]
+//! kullback nll           --q Q.npy --targets T.npy [--q-form F] [--ignore-index K]
+//!                        [--weights W.npy] [--label-smoothing E]
+//! common: [--reduction none|sum|mean] [--base e|2|10|B] [--normalize]
+//!         [--backend auto|gpu|cpu] [--out OUT.npy]
+//! ```
+//!
+//! Prints one JSON object on stdout. Bad input: exit status 1, nothing on
+//! stdout, and `error: FILE: problem` as the last line of stderr.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use kullback::{
+    Arg, Backend, Base, Batch, Context, Error, Form, Measure, NllOptions, Normalization, Options,
+    Output, Reduction, Targets, Values,
+};
+use npyz::{DType, NpyFile, Order, TypeChar, WriterBuilder};
+use serde_json::{Map, Value};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kullback",
+    version,
+    about = "Entropy, cross-entropy, KL, Jensen-Shannon and NLL of distributions in .npy files",
+    long_about = "Entropy, cross-entropy, KL, Jensen-Shannon and NLL of distributions in .npy files.\n\n\
+        Inputs: .npy float32 or float64, 2-D [rows, cols] in C order (one distribution per row) \
+        or 1-D (one distribution); targets: 1-D int32, int64 or uint32. Prints one JSON object: \
+        {\"measure\", \"backend\", \"adapter\", \"rows\", \"cols\", \"reduction\", \"values\"} \
+        (+ \"perplexity\" for nll with --reduction mean); non-finite values are the strings \
+        \"inf\", \"-inf\", \"nan\". KULLBACK_BACKEND=auto|gpu|cpu applies when --backend is auto."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Entropy H(p) = -Σ p log p of each row of p.
+    Entropy(EntropyArgs),
+    /// Cross-entropy H(p, q) = -Σ p log q of each row pair.
+    CrossEntropy(PairArgs),
+    /// Kullback-Leibler divergence D(P‖Q) = Σ p log(p / q) of each row pair.
+    Kl(PairArgs),
+    /// Jensen-Shannon divergence ½ D(P‖M) + ½ D(Q‖M), M = ½ (P + Q).
+    Js(PairArgs),
+    /// Negative log-likelihood -log q[t] of class targets t.
+    Nll(NllArgs),
+}
+
+#[derive(Args, Debug)]
+struct EntropyArgs {
+    /// p: .npy, [rows, cols] or [cols].
+    #[arg(long, value_name = "P.npy")]
+    p: PathBuf,
+    /// How p is given.
+    #[arg(long, value_enum, default_value_t = FormArg::Probs)]
+    p_form: FormArg,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args, Debug)]
+struct PairArgs {
+    /// p: .npy, [rows, cols] or [cols]; one row is compared with every row of q.
+    #[arg(long, value_name = "P.npy")]
+    p: PathBuf,
+    /// q: .npy, [rows, cols] or [cols]; one row is compared with every row of p.
+    #[arg(long, value_name = "Q.npy")]
+    q: PathBuf,
+    /// How p is given.
+    #[arg(long, value_enum, default_value_t = FormArg::Probs)]
+    p_form: FormArg,
+    /// How q is given.
+    #[arg(long, value_enum, default_value_t = FormArg::Probs)]
+    q_form: FormArg,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args, Debug)]
+struct NllArgs {
+    /// q: .npy, [rows, classes] or [classes] (one row shared by every target).
+    #[arg(long, value_name = "Q.npy")]
+    q: PathBuf,
+    /// Class targets: 1-D .npy of int32, int64 or uint32, one per row of q.
+    #[arg(long, value_name = "T.npy")]
+    targets: PathBuf,
+    /// How q is given.
+    #[arg(long, value_enum, default_value_t = FormArg::Probs)]
+    q_form: FormArg,
+    /// Targets equal to K are ignored: value 0, not counted in the mean.
+    #[arg(long, value_name = "K", allow_negative_numbers = true)]
+    ignore_index: Option<i64>,
+    /// Class weights: 1-D .npy of float32 or float64, one per class.
+    #[arg(long, value_name = "W.npy")]
+    weights: Option<PathBuf>,
+    /// Label smoothing ε in [0, 1].
+    #[arg(long, value_name = "E", default_value_t = 0.0)]
+    label_smoothing: f32,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args, Debug)]
+struct Common {
+    /// How per-row values are combined.
+    #[arg(long, value_enum, default_value_t = ReductionArg::None)]
+    reduction: ReductionArg,
+    /// Log base of the results: e, 2, 10 or any number > 0 other than 1.
+    #[arg(long, value_name = "BASE", default_value = "e", value_parser = parse_base)]
+    base: Base,
+    /// Divide each row by its sum instead of requiring it to sum to 1.
+    #[arg(long)]
+    normalize: bool,
+    /// Backend; `auto` lets KULLBACK_BACKEND choose, else a hardware GPU or the CPU.
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+    backend: BackendArg,
+    /// Write the values to OUT.npy (1-D float32) and leave them out of the JSON.
+    #[arg(long, value_name = "OUT.npy")]
+    out: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum FormArg {
+    Probs,
+    LogProbs,
+    Logits,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ReductionArg {
+    None,
+    Sum,
+    Mean,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum BackendArg {
+    Auto,
+    Gpu,
+    Cpu,
+}
+
+fn parse_base(s: &str) -> Result<Base, String> {
+    match s {
+        "e" => Ok(Base::E),
+        "2" => Ok(Base::Two),
+        "10" => Ok(Base::Ten),
+        _ => match s.parse::<f64>() {
+            Ok(b) if b.is_finite() && b > 0.0 && b != 1.0 => Ok(Base::Custom(b)),
+            _ => Err("expected e, 2, 10 or a finite number > 0 other than 1".into()),
+        },
+    }
+}
+
+impl From<FormArg> for Form {
+    fn from(f: FormArg) -> Form {
+        match f {
+            FormArg::Probs => Form::Probs,
+            FormArg::LogProbs => Form::LogProbs,
+            FormArg::Logits => Form::Logits,
+        }
+    }
+}
+
+impl Common {
+    fn options(&self) -> Options {
+        Options::default()
+            .reduction(match self.reduction {
+                ReductionArg::None => Reduction::None,
+                ReductionArg::Sum => Reduction::Sum,
+                ReductionArg::Mean => Reduction::Mean,
+            })
+            .base(self.base)
+            .normalization(if self.normalize {
+                Normalization::Renormalize
+            } else {
+                Normalization::Validate
+            })
+    }
+
+    fn context(&self) -> Result<Context, String> {
+        let backend = match self.backend {
+            BackendArg::Auto => Backend::Auto,
+            BackendArg::Gpu => Backend::Gpu,
+            BackendArg::Cpu => Backend::Cpu,
+        };
+        Context::with_backend(backend).map_err(|e| e.to_string())
+    }
+}
+
+fn main() -> ExitCode {
+    env_logger::init();
+    let cli = Cli::parse();
+    match run(&cli.command) {
+        Ok(json) => {
+            println!("{json}");
+            ExitCode::SUCCESS
+        }
+        Err(msg) => {
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Parses nothing, prints nothing: load -> evaluate -> the JSON text.
+fn run(command: &Command) -> Result<String, String> {
+    let (name, files, common, output) = match command {
+        Command::Entropy(a) => {
+            let files = Files {
+                p: Some(&a.p),
+                ..Files::default()
+            };
+            let p = Matrix::load(&a.p)?;
+            let ctx = a.common.context()?;
+            let out = ctx.entropy(&p.batch(a.p_form), &a.common.options());
+            ("entropy", files, &a.common, out)
+        }
+        Command::CrossEntropy(a) => pair(Measure::CrossEntropy, a)?,
+        Command::Kl(a) => pair(Measure::Kl, a)?,
+        Command::Js(a) => pair(Measure::Js, a)?,
+        Command::Nll(a) => {
+            let files = Files {
+                q: Some(&a.q),
+                targets: Some(&a.targets),
+                weights: a.weights.as_deref(),
+                ..Files::default()
+            };
+            let q = Matrix::load(&a.q)?;
+            let targets = TargetVec::load(&a.targets)?;
+            let weights = match &a.weights {
+                Some(path) => Some(load_weights(path)?),
+                None => None,
+            };
+            let mut opts = NllOptions::default()
+                .common(a.common.options())
+                .label_smoothing(a.label_smoothing);
+            if let Some(k) = a.ignore_index {
+                opts = opts.ignore_index(k);
+            }
+            if let Some(w) = &weights {
+                opts = opts.weights(w);
+            }
+            let ctx = a.common.context()?;
+            let out = ctx.nll(&q.batch(a.q_form), targets.as_targets(), &opts);
+            ("nll", files, &a.common, out)
+        }
+    };
+    let output = output.map_err(|e| files.explain(&e))?;
+    if let Some(path) = &common.out {
+        write_values(path, &output.values)?;
+    }
+    Ok(to_json(name, &output, common.out.is_none()).to_string())
+}
+
+type Evaluated<'a> = (
+    &'static str,
+    Files<'a>,
+    &'a Common,
+    kullback::Result<Output>,
+);
+
+fn pair(measure: Measure, a: &PairArgs) -> Result<Evaluated<'_>, String> {
+    let files = Files {
+        p: Some(&a.p),
+        q: Some(&a.q),
+        ..Files::default()
+    };
+    let p = Matrix::load(&a.p)?;
+    let q = Matrix::load(&a.q)?;
+    let ctx = a.common.context()?;
+    let out = ctx.evaluate(
+        measure,
+        &p.batch(a.p_form),
+        Some(&q.batch(a.q_form)),
+        &a.common.options(),
+    );
+    Ok((measure.name(), files, &a.common, out))
+}
+
+/// The files behind each argument, to name them in error messages.
+#[derive(Default)]
+struct Files<'a> {
+    p: Option<&'a Path>,
+    q: Option<&'a Path>,
+    targets: Option<&'a Path>,
+    weights: Option<&'a Path>,
+}
+
+impl Files<'_> {
+    fn name(&self, arg: Arg) -> String {
+        let path = match arg {
+            Arg::P => self.p,
+            Arg::Q => self.q,
+            Arg::Targets => self.targets,
+            Arg::Weights => self.weights,
+        };
+        path.map_or_else(|| arg.to_string(), |p| p.display().to_string())
+    }
+
+    /// The library's error as one line that starts with the file(s) concerned.
+    fn explain(&self, e: &Error) -> String {
+        match e {
+            Error::BadValue { arg, .. }
+            | Error::Empty { arg, .. }
+            | Error::Length { arg, .. }
+            | Error::CannotNormalize { arg, .. } => format!("{}: {e}", self.name(*arg)),
+            Error::NotNormalized {
+                arg,
+                row,
+                sum,
+                tolerance,
+            } => format!(
+                "{}: {arg} row {row} sums to {sum}, not 1 within {tolerance} \
+                 (pass --normalize to divide each row by its sum)",
+                self.name(*arg)
+            ),
+            Error::TargetOutOfRange { .. } => format!("{}: {e}", self.name(Arg::Targets)),
+            Error::ShapeMismatch {
+                p_rows,
+                q_rows,
+                q_cols,
+                ..
+            } if self.targets.is_some() => format!(
+                "{}: {p_rows} targets, but {} has {q_rows} rows of {q_cols} classes \
+                 (one target per row of q, or q a single row)",
+                self.name(Arg::Targets),
+                self.name(Arg::Q)
+            ),
+            Error::ShapeMismatch { .. } => {
+                format!("{}, {}: {e}", self.name(Arg::P), self.name(Arg::Q))
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
+/// Floats from a .npy file, as a rows × cols batch.
+struct Matrix {
+    values: FloatVec,
+    rows: usize,
+    cols: usize,
+}
+
+enum FloatVec {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+}
+
+impl Matrix {
+    /// Reads a 1-D or 2-D C-order float32/float64 array.
+    fn load(path: &Path) -> Result<Matrix, String> {
+        let npy = open_npy(path)?;
+        let shape = npy.shape().to_vec();
+        let (rows, cols) = match shape[..] {
+            [n] => (1, n),
+            [r, c] => (r, c),
+            _ => {
+                return Err(format!(
+                    "{}: a {}-D array of shape {shape:?}; expected 2-D [rows, cols] or 1-D [cols]",
+                    path.display(),
+                    shape.len()
+                ));
+            }
+        };
+        if shape.len() == 2 && npy.order() == Order::Fortran {
+            return Err(format!(
+                "{}: stored in Fortran (column-major) order; save it in C order \
+                 (numpy.ascontiguousarray)",
+                path.display()
+            ));
+        }
+        let values = match float_size(&npy.dtype()) {
+            Some(4) => FloatVec::F32(read_all(path, npy)?),
+            Some(8) => FloatVec::F64(read_all(path, npy)?),
+            _ => {
+                return Err(format!(
+                    "{}: unsupported dtype {}; expected float32 or float64",
+                    path.display(),
+                    dtype_name(&npy.dtype())
+                ));
+            }
+        };
+        Ok(Matrix {
+            values,
+            rows: to_usize(path, rows)?,
+            cols: to_usize(path, cols)?,
+        })
+    }
+
+    fn batch(&self, form: FormArg) -> Batch<'_> {
+        let values = match &self.values {
+            FloatVec::F32(v) => Values::F32(v),
+            FloatVec::F64(v) => Values::F64(v),
+        };
+        Batch::new(values, self.rows, self.cols).form(form.into())
+    }
+}
+
+enum TargetVec {
+    I32(Vec<i32>),
+    I64(Vec<i64>),
+    U32(Vec<u32>),
+}
+
+impl TargetVec {
+    fn load(path: &Path) -> Result<TargetVec, String> {
+        let npy = open_npy(path)?;
+        check_1d(path, npy.shape(), "targets")?;
+        let dtype = npy.dtype();
+        match &dtype {
+            DType::Plain(t) if t.size_field() == 4 && t.type_char() == TypeChar::Int => {
+                Ok(TargetVec::I32(read_all(path, npy)?))
+            }
+            DType::Plain(t) if t.size_field() == 8 && t.type_char() == TypeChar::Int => {
+                Ok(TargetVec::I64(read_all(path, npy)?))
+            }
+            DType::Plain(t) if t.size_field() == 4 && t.type_char() == TypeChar::Uint => {
+                Ok(TargetVec::U32(read_all(path, npy)?))
+            }
+            _ => Err(format!(
+                "{}: unsupported dtype {} for targets; expected int32, int64 or uint32",
+                path.display(),
+                dtype_name(&dtype)
+            )),
+        }
+    }
+
+    fn as_targets(&self) -> Targets<'_> {
+        match self {
+            TargetVec::I32(v) => Targets::I32(v),
+            TargetVec::I64(v) => Targets::I64(v),
+            TargetVec::U32(v) => Targets::U32(v),
+        }
+    }
+}
+
+/// Class weights: 1-D float32 or float64 (converted to f32).
+fn load_weights(path: &Path) -> Result<Vec<f32>, String> {
+    let npy = open_npy(path)?;
+    check_1d(path, npy.shape(), "weights")?;
+    match float_size(&npy.dtype()) {
+        Some(4) => read_all(path, npy),
+        Some(8) => Ok(read_all::<f64>(path, npy)?
+            .into_iter()
+            .map(|w| w as f32)
+            .collect()),
+        _ => Err(format!(
+            "{}: unsupported dtype {} for weights; expected float32 or float64",
+            path.display(),
+            dtype_name(&npy.dtype())
+        )),
+    }
+}
+
+fn open_npy(path: &Path) -> Result<NpyFile<BufReader<File>>, String> {
+    let file = File::open(path).map_err(|e| format!("{}: cannot open: {e}", path.display()))?;
+    let file_len = file.metadata().map(|m| m.len()).ok();
+    let npy = NpyFile::new(BufReader::new(file))
+        .map_err(|e| format!("{}: not a readable .npy file: {e}", path.display()))?;
+    if npy.uses_pickled_array() {
+        return Err(format!(
+            "{}: holds Python objects (pickled); expected a numeric array",
+            path.display()
+        ));
+    }
+    // The header's shape must fit in the file before anything is allocated for it.
+    let item = match npy.dtype() {
+        DType::Plain(t) => t.num_bytes().unwrap_or(0) as u64,
+        _ => 0,
+    };
+    if let (Some(file_len), Some(need)) = (file_len, npy.len().checked_mul(item)) {
+        if need > file_len {
+            return Err(format!(
+                "{}: shape {:?} needs {need} bytes of data, but the file holds {file_len} bytes",
+                path.display(),
+                npy.shape()
+            ));
+        }
+    }
+    Ok(npy)
+}
+
+fn read_all<T: npyz::Deserialize>(
+    path: &Path,
+    npy: NpyFile<BufReader<File>>,
+) -> Result<Vec<T>, String> {
+    npy.into_vec::<T>()
+        .map_err(|e| format!("{}: cannot read the data: {e}", path.display()))
+}
+
+fn check_1d(path: &Path, shape: &[u64], what: &str) -> Result<(), String> {
+    if shape.len() == 1 {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}: a {}-D array of shape {shape:?}; {what} must be 1-D",
+            path.display(),
+            shape.len()
+        ))
+    }
+}
+
+fn float_size(dtype: &DType) -> Option<u64> {
+    match dtype {
+        DType::Plain(t) if t.type_char() == TypeChar::Float => Some(t.size_field()),
+        _ => None,
+    }
+}
+
+fn dtype_name(dtype: &DType) -> String {
+    match dtype {
+        DType::Plain(t) => t.to_string(),
+        _ => "(a structured dtype)".into(),
+    }
+}
+
+fn to_usize(path: &Path, n: u64) -> Result<usize, String> {
+    usize::try_from(n).map_err(|_| format!("{}: dimension {n} is too large", path.display()))
+}
+
+fn write_values(path: &Path, values: &[f32]) -> Result<(), String> {
+    let fail = |e: std::io::Error| format!("{}: cannot write: {e}", path.display());
+    let file = File::create(path).map_err(fail)?;
+    let mut writer = npyz::WriteOptions::new()
+        .default_dtype()
+        .shape(&[values.len() as u64])
+        .writer(BufWriter::new(file))
+        .begin_nd()
+        .map_err(fail)?;
+    writer.extend(values.iter().copied()).map_err(fail)?;
+    writer.finish().map_err(fail)
+}
+
+/// A finite value as a JSON number (the shortest decimal that reads back as the
+/// same f32), a non-finite one as "inf", "-inf" or "nan".
+fn number(x: f64, shortest: String) -> Value {
+    if x.is_nan() {
+        Value::from("nan")
+    } else if x.is_infinite() {
+        Value::from(if x > 0.0 { "inf" } else { "-inf" })
+    } else {
+        shortest
+            .parse::<f64>()
+            .ok()
+            .and_then(serde_json::Number::from_f64)
+            .map_or(Value::Null, Value::Number)
+    }
+}
+
+fn to_json(measure: &str, out: &Output, with_values: bool) -> Value {
+    let mut m = Map::new();
+    m.insert("measure".into(), measure.into());
+    m.insert("backend".into(), out.backend.name().into());
+    m.insert(
+        "adapter".into(),
+        out.adapter.clone().map_or(Value::Null, Value::String),
+    );
+    m.insert("rows".into(), out.rows.into());
+    m.insert("cols".into(), out.cols.into());
+    m.insert("reduction".into(), out.reduction.name().into());
+    if with_values {
+        let values = out.values.iter().map(|&v| number(v as f64, v.to_string()));
+        m.insert("values".into(), Value::Array(values.collect()));
+    }
+    if let Some(ppl) = out.perplexity {
+        m.insert("perplexity".into(), number(ppl, ppl.to_string()));
+    }
+    Value::Object(m)
+}
