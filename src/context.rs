@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use crate::batch::{Batch, Targets};
+use crate::cost::{AdapterClass, CostModel, Work, prefer_gpu};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Operands};
 use crate::resident::{self, GpuBatch, GpuOutput, GpuTargets};
@@ -104,6 +105,8 @@ pub struct ContextOptions {
     /// inputs are split into chunks sooner (used to test the chunked path on
     /// small data). `None`: the device's limit.
     pub max_binding_bytes: Option<u64>,
+    /// Constants of the cost model `Backend::Auto` places calls with.
+    pub cost_model: CostModel,
 }
 
 impl ContextOptions {
@@ -117,6 +120,11 @@ impl ContextOptions {
         self.max_binding_bytes = Some(bytes);
         self
     }
+    /// Sets the cost model of `Backend::Auto`.
+    pub fn cost_model(mut self, model: CostModel) -> Self {
+        self.cost_model = model;
+        self
+    }
 }
 
 /// Evaluates measures on the backend chosen at creation. Cheap to share:
@@ -124,6 +132,8 @@ impl ContextOptions {
 #[derive(Clone, Debug)]
 pub struct Context {
     gpu: Option<Arc<Gpu>>,
+    /// `Backend::Auto` with a hardware adapter: each call is placed by the cost model.
+    auto: Option<(AdapterClass, CostModel)>,
 }
 
 impl Context {
@@ -139,18 +149,23 @@ impl Context {
 
     /// A context with explicit options.
     pub fn with_options(opts: ContextOptions) -> Result<Context> {
-        let gpu = match opts.backend.resolve_env()? {
-            Backend::Cpu => None,
-            Backend::Gpu => Some(Arc::new(Gpu::create(true, opts.max_binding_bytes)?)),
+        Ok(match opts.backend.resolve_env()? {
+            Backend::Cpu => Context { gpu: None, auto: None },
+            Backend::Gpu => Context {
+                gpu: Some(Arc::new(Gpu::create(true, opts.max_binding_bytes)?)),
+                auto: None,
+            },
             Backend::Auto => match Gpu::create(false, opts.max_binding_bytes) {
-                Ok(g) => Some(Arc::new(g)),
+                Ok(g) => Context {
+                    auto: Some((g.class, opts.cost_model)),
+                    gpu: Some(Arc::new(g)),
+                },
                 Err(e) => {
                     log::info!("kullback: no hardware GPU adapter ({e}); using the CPU");
-                    None
+                    Context { gpu: None, auto: None }
                 }
             },
-        };
-        Ok(Context { gpu })
+        })
     }
 
     /// A context that runs every call on the caller's device and queue.
@@ -165,15 +180,13 @@ impl Context {
         opts: ContextOptions,
     ) -> Result<Context> {
         Ok(Context {
-            gpu: Some(Arc::new(Gpu::from_device(
-                device,
-                queue,
-                opts.max_binding_bytes,
-            )?)),
+            gpu: Some(Arc::new(Gpu::from_device(device, queue, opts.max_binding_bytes)?)),
+            auto: None,
         })
     }
 
-    /// The backend this context runs on.
+    /// The backend this context runs on (with `Backend::Auto` and a hardware
+    /// GPU, each call may still run on the CPU: see [`Context::placement`]).
     pub fn backend(&self) -> Ran {
         if self.gpu.is_some() {
             Ran::Gpu
@@ -346,16 +359,45 @@ impl Context {
             .ok_or_else(|| Error::Unsupported("GPU-resident batches need a GPU context".into()))
     }
 
+    /// Where a call over `rows` rows reading `bytes` bytes of input would run:
+    /// the cost model's choice under `Backend::Auto` with a hardware GPU, the
+    /// context's backend otherwise.
+    pub fn placement(&self, bytes: u64, rows: u64, logits: bool) -> Ran {
+        match (&self.gpu, self.auto) {
+            (None, _) => Ran::Cpu,
+            (Some(_), None) => Ran::Gpu,
+            (Some(_), Some((class, model))) => {
+                let work = Work {
+                    bytes,
+                    rows,
+                    logits,
+                    threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+                };
+                if prefer_gpu(class, &work, &model) { Ran::Gpu } else { Ran::Cpu }
+            }
+        }
+    }
+
+    /// The GPU for this job, or None for the CPU.
+    fn place(&self, job: &Job<'_>) -> Option<&Gpu> {
+        let bytes: u64 = [&job.p, &job.q].iter().filter_map(|o| o.as_ref()).map(|o| o.data.len() as u64 * 4).sum();
+        let logits = job.p_online() || job.q_online();
+        match self.placement(bytes, job.rows as u64, logits) {
+            Ran::Gpu => self.gpu.as_deref(),
+            Ran::Cpu => None,
+        }
+    }
+
     fn start(&self, job: &Job<'_>) -> Result<Started> {
         let meta = Meta::of(job);
-        match &self.gpu {
+        match self.place(job) {
             Some(g) => Ok(Started::Gpu(g.submit(job)?, meta, g.adapter_name().to_string())),
             None => Ok(Started::Done(finish(&meta, run_cpu(job)?, Ran::Cpu, None)?)),
         }
     }
 
     fn run(&self, job: &Job<'_>) -> Result<Output> {
-        let (records, backend, adapter) = match &self.gpu {
+        let (records, backend, adapter) = match self.place(job) {
             Some(g) => (g.run(job)?, Ran::Gpu, Some(g.adapter_name().to_string())),
             None => (run_cpu(job)?, Ran::Cpu, None),
         };

@@ -13,6 +13,7 @@ pub use wgpu;
 
 mod batch;
 mod context;
+pub mod cost;
 mod cpu;
 mod error;
 mod gpu;

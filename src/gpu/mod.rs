@@ -24,7 +24,7 @@ pub(crate) struct Gpu {
     pub(crate) device: wgpu::Device,
     pub(crate) queue: wgpu::Queue,
     adapter_name: String,
-    pub(crate) hardware: bool,
+    pub(crate) class: crate::cost::AdapterClass,
     pub(crate) limits: wgpu::Limits,
     /// Bytes of one input binding (the device's limit, or the caller's cap).
     pub(crate) cap: u64,
@@ -39,7 +39,7 @@ impl Gpu {
         let (device, queue) = device::request_device(&adapter)?;
         let mut g = Gpu::from_device(device, queue, cap)?;
         g.adapter_name = info.name;
-        g.hardware = device::is_hardware(info.device_type);
+        g.class = crate::cost::AdapterClass::of(info.device_type);
         Ok(g)
     }
 
@@ -73,7 +73,7 @@ impl Gpu {
         let pipelines = Arc::new(Pipelines::new(&device));
         Ok(Gpu {
             adapter_name: info.name,
-            hardware: device::is_hardware(info.device_type),
+            class: crate::cost::AdapterClass::of(info.device_type),
             device,
             queue,
             limits,
