@@ -693,8 +693,8 @@ fn input_forms() {
     for r in 0..4 {
         let x: Vec<f64> = lq.row(r).iter().map(|&v| v as f64).collect();
         let c = lse(&x);
-        for j in 0..100 {
-            lq.data[r * 100 + j] = (x[j] - c) as f32;
+        for (out, v) in lq.data[r * 100..(r + 1) * 100].iter_mut().zip(&x) {
+            *out = (v - c) as f32;
         }
     }
     let mut masked = a.clone();
