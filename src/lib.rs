@@ -5,7 +5,149 @@
 //! distributions: WGSL compute shaders through wgpu, with a CPU backend that
 //! gives the same answers when no GPU is present.
 //!
-//! (Crate docs are completed in a later commit.)
+//! ## Quick start (host slices)
+//!
+//! ```
+//! use kullback::{Backend, Batch, Context, Options, Reduction};
+//!
+//! # fn main() -> kullback::Result<()> {
+//! let p = [0.5f32, 0.5, 0.0, 0.9, 0.1, 0.0];   // 2 rows x 3 columns
+//! let q = [0.25f32, 0.25, 0.5, 0.5, 0.25, 0.25];
+//! let ctx = Context::with_backend(Backend::Cpu)?; // or Context::new(): a GPU when there is one
+//! let kl = ctx.kl(&Batch::new(&p, 2, 3), &Batch::new(&q, 2, 3), &Options::default())?;
+//! assert_eq!(kl.values.len(), 2);                 // one value per row, in nats
+//! let mean = ctx.kl(
+//!     &Batch::new(&p, 2, 3),
+//!     &Batch::new(&q, 2, 3),
+//!     &Options::default().reduction(Reduction::Mean),
+//! )?;
+//! println!("{} on {} ({:?})", mean.values[0], mean.backend.name(), mean.adapter);
+//! # Ok(()) }
+//! ```
+//!
+//! Other input forms ([`Form::LogProbs`], [`Form::Logits`]) are set per
+//! argument with [`Batch::form`]; class targets go through [`Context::nll`].
+//! A `p` or `q` with a single row is compared with every row of the other.
+//!
+//! ## Conventions (identical on the GPU and the CPU)
+//!
+//! Per-element terms, natural log; results are divided by ln(base) at the end
+//! ([`Base`]: e, 2, 10 or any base > 0, ≠ 1).
+//!
+//! | measure | term for (p, q) | p = 0 | p > 0, q = 0 |
+//! |---|---|---|---|
+//! | entropy H(p) | −p ln p | 0 | – |
+//! | cross-entropy H(p, q) | −p ln q | 0 (whatever q is, even ln q = −inf) | +inf |
+//! | KL D(P‖Q) | p (ln p − ln q) | 0 (whatever q is) | +inf |
+//! | Jensen-Shannon | ½ KL(P‖M) + ½ KL(Q‖M), M = ½(P + Q) | per the KL rule | finite (≤ ln 2 nats) |
+//! | negative log-likelihood of class t | −ln q_t | – | +inf when q_t = 0 |
+//!
+//! * No silent epsilon clamping: a value that is mathematically +inf is +inf.
+//! * "p = 0" means a probability whose bits are zero, a log-probability of
+//!   −inf, or a logit of −inf (a masked class). Zeros are decided from the
+//!   bits, never by `x == 0.0`: GPUs may flush subnormals, and a subnormal
+//!   probability (1e-40) is a valid, non-zero input whose log is taken exactly
+//!   from its bits (WGSL's `log` is not accurate there).
+//! * Bad input is an [`Error`] naming the argument, row and column: NaN,
+//!   negative or infinite probabilities, +inf logits or log-probabilities, a
+//!   log-probability above 0 (except under `Renormalize`), a row of all −inf,
+//!   an f64 value that would change in f32 (a non-zero probability that
+//!   underflows, a finite value that overflows), a class target out of range.
+//! * Row sums ([`Normalization`]): `Validate` (default) checks |Σp − 1| ≤
+//!   [`Options::tolerance`] (default [`DEFAULT_TOLERANCE`]; Σ exp(lp) for
+//!   log-probabilities); `Renormalize` divides each row by its sum first (as
+//!   `scipy.stats.entropy`), or subtracts the row's log-sum-exp for log forms;
+//!   `AsGiven` sums the terms of the values as they are. Logits are always
+//!   normalised, by a numerically stable online log-sum-exp kept relative to
+//!   the row maxima (logits of magnitude 10⁴ are fine).
+//! * Reductions ([`Reduction`]): `None` (one value per row), `Sum`, `Mean` (the
+//!   mean of per-distribution values — PyTorch's `batchmean`, not its `mean`).
+//!   For the negative log-likelihood, a row whose target is the ignore index
+//!   has value 0 and is not counted; with class weights the mean is
+//!   Σ wₜ·lᵢ / Σ wₜ (PyTorch's). A mean over zero counted rows (every target
+//!   ignored) is NaN, as in PyTorch. [`Output::perplexity`] is exp(mean in nats).
+//!
+//! ## Accuracy and determinism
+//!
+//! Results agree with a float64 computation from the same f32 inputs within
+//! abs 2e-6 + rel 2e-5 on both backends. The GPU accumulates in f32 by tree
+//! (pairwise) reductions in workgroup memory; the CPU accumulates short f32
+//! blocks into f64. No float atomics: the same input on the same backend and
+//! device gives bit-identical output, every run.
+//!
+//! ## Backends
+//!
+//! [`Backend::Auto`] (the default) uses a hardware GPU adapter when there is
+//! one, and then places each call by a cost model ([`cost`]): a small batch
+//! costs more to upload and launch than to compute on the CPU. Software
+//! adapters (llvmpipe/lavapipe) are never chosen by `Auto`: they are slower
+//! than the native CPU path. [`Backend::Gpu`] takes any adapter, software ones
+//! included (this is how CI runs the shaders without a GPU); [`Backend::Cpu`]
+//! never touches wgpu. The environment variable `KULLBACK_BACKEND=auto|gpu|cpu`
+//! replaces `Auto`, never an explicit choice. Every [`Output`] says which
+//! backend ran and the adapter's name.
+//!
+//! ## Embedding in a wgpu application
+//!
+//! An application that owns its `wgpu::Device` and keeps its distributions in
+//! its own buffers makes a context on that device with [`Context::from_device`]
+//! (every call then runs there) and records the work into its own encoder:
+//!
+//! ```no_run
+//! use kullback::wgpu;
+//! use kullback::{Context, GpuBatch, GpuOutput, Measure, Options, Reduction, Record, decode_output, output_bytes};
+//!
+//! # fn demo(device: wgpu::Device, queue: wgpu::Queue, p: wgpu::Buffer, q: wgpu::Buffer) -> kullback::Result<()> {
+//! let (rows, cols) = (512, 4096);
+//! let ctx = Context::from_device(device.clone(), queue.clone())?; // build once, keep
+//! let out = device.create_buffer(&wgpu::BufferDescriptor {
+//!     label: Some("kl"),
+//!     size: output_bytes(rows, Reduction::None),            // one 16-byte Record per row
+//!     usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+//!     mapped_at_creation: false,
+//! });
+//! let mut encoder = device.create_command_encoder(&Default::default());
+//! // ... the app's own passes that write p and q ...
+//! ctx.encode(
+//!     &mut encoder,
+//!     Measure::Kl,
+//!     &GpuBatch::new(&p, rows, cols),
+//!     Some(&GpuBatch::new(&q, rows, cols)),
+//!     &Options::default(),
+//!     &GpuOutput { buffer: &out, offset: 0 },
+//! )?;
+//! // ... the app's own passes that read `out` ...
+//! queue.submit([encoder.finish()]);                         // the caller submits
+//! // later, if the app wants the values on the host: copy `out` to a MAP_READ
+//! // buffer, map it, poll the device, then
+//! # let records: Vec<Record> = vec![];
+//! let values = decode_output(&records, Reduction::None, &Options::default(), cols)?;
+//! # let _ = values; Ok(()) }
+//! ```
+//!
+//! What the caller is responsible for:
+//! * **Submission**: `encode` only records; nothing runs until the caller
+//!   submits the encoder. Several calls may be recorded into one encoder.
+//! * **Buffer usages and placement**: inputs need `STORAGE` and offsets that
+//!   are multiples of the device's `min_storage_buffer_offset_alignment`; the
+//!   output needs `STORAGE` (plus `COPY_SRC` to read it back) and must not be
+//!   an input buffer (wgpu tracks usage per buffer, not per range); class
+//!   targets ([`GpuTargets`], i32 or u32) need `COPY_SRC`. Violations are
+//!   [`Error::Buffer`] before anything is recorded.
+//! * **Bad values**: the library never sees the data on this path, so each
+//!   output [`Record`] carries a status word; a bad row's value is NaN.
+//!   [`decode_output`] turns a read-back output into the values or into the
+//!   same [`Error`] the host path returns for the same input.
+//! * **Polling**: wgpu runs map callbacks only while the device is polled.
+//!   [`Context::evaluate_async`] returns a future that resolves when the
+//!   results are mapped; poll with [`Context::poll`] (or `device.poll`) from
+//!   your event loop until it does. The blocking calls poll for you.
+//!
+//! The kernels bind at most four storage buffers and use no optional features,
+//! so they run on devices made with `Limits::downlevel_defaults()`; inputs
+//! larger than one storage binding are split into chunks. `Context` is
+//! `Send + Sync` and cheap to clone; clones share the device and pipelines
+//! (built once per context, on first use).
 
 #![warn(missing_docs)]
 
