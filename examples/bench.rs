@@ -1,0 +1,479 @@
+//! Throughput benchmark: medians of timed runs, elements/s, GB/s of input read,
+//! and (CPU) the ratio to the read bandwidth measured in the same run.
+//!
+//! ```text
+//! cargo run --release --example bench -- --measure kl --rows 4096 --cols 4096 --backend cpu [--repeat 7] [--json]
+//! cargo run --release --example bench -- --peers-protocol --backend cpu    # driven by ../shared/peers/peers.py --external
+//! ```
+//! Measures: kl, cross-entropy, entropy, nll-logits (peers.py's names kl, ce,
+//! entropy, ce_logits are accepted too). `--backend gpu` also reports the
+//! device time of the GPU-resident path (timestamp queries where the adapter
+//! has them, else wall time of submit-and-wait with the data already on the
+//! GPU) beside the end-to-end time with upload and readback.
+
+use std::time::Instant;
+
+use kullback::wgpu;
+use kullback::{Backend, Batch, Context, Form, GpuBatch, GpuOutput, GpuTargets, Measure, NllOptions, Options, output_bytes};
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Which {
+    Kl,
+    Ce,
+    Entropy,
+    NllLogits,
+}
+
+impl Which {
+    fn parse(s: &str) -> Option<Which> {
+        Some(match s {
+            "kl" => Which::Kl,
+            "cross-entropy" | "ce" => Which::Ce,
+            "entropy" => Which::Entropy,
+            "nll-logits" | "ce_logits" => Which::NllLogits,
+            _ => return None,
+        })
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Which::Kl => "kl",
+            Which::Ce => "cross-entropy",
+            Which::Entropy => "entropy",
+            Which::NllLogits => "nll-logits",
+        }
+    }
+    /// Input streams the kernel reads side by side.
+    fn streams(self) -> usize {
+        match self {
+            Which::Kl | Which::Ce => 2,
+            _ => 1,
+        }
+    }
+    fn measure(self) -> Option<Measure> {
+        match self {
+            Which::Kl => Some(Measure::Kl),
+            Which::Ce => Some(Measure::CrossEntropy),
+            Which::Entropy => Some(Measure::Entropy),
+            Which::NllLogits => None,
+        }
+    }
+}
+
+struct Args {
+    which: Which,
+    rows: usize,
+    cols: usize,
+    backend: Backend,
+    repeat: usize,
+    warmup: usize,
+    json: bool,
+    peers: bool,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        which: Which::Kl,
+        rows: 4096,
+        cols: 4096,
+        backend: Backend::Auto,
+        repeat: 7,
+        warmup: 2,
+        json: false,
+        peers: false,
+    };
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    let value = |i: usize| argv.get(i + 1).cloned().ok_or_else(|| format!("{} needs a value", argv[i]));
+    while i < argv.len() {
+        match argv[i].as_str() {
+            "--measure" => {
+                let v = value(i)?;
+                a.which = Which::parse(&v).ok_or(format!("unknown measure {v}"))?;
+                i += 1;
+            }
+            "--rows" => {
+                a.rows = value(i)?.parse().map_err(|e| format!("--rows: {e}"))?;
+                i += 1;
+            }
+            "--cols" => {
+                a.cols = value(i)?.parse().map_err(|e| format!("--cols: {e}"))?;
+                i += 1;
+            }
+            "--backend" => {
+                let v = value(i)?;
+                a.backend = Backend::parse(&v).ok_or(format!("unknown backend {v}"))?;
+                i += 1;
+            }
+            "--repeat" => {
+                a.repeat = value(i)?.parse().map_err(|e| format!("--repeat: {e}"))?;
+                i += 1;
+            }
+            "--warmup" => {
+                a.warmup = value(i)?.parse().map_err(|e| format!("--warmup: {e}"))?;
+                i += 1;
+            }
+            "--json" => a.json = true,
+            "--peers-protocol" => a.peers = true,
+            other => return Err(format!("unknown argument {other}")),
+        }
+        i += 1;
+    }
+    if a.peers {
+        let env = |k: &str| std::env::var(k).map_err(|_| format!("--peers-protocol needs {k}"));
+        a.which = Which::parse(&env("PEERS_MEASURE")?).ok_or("unknown PEERS_MEASURE")?;
+        a.rows = env("PEERS_ROWS")?.parse().map_err(|e| format!("PEERS_ROWS: {e}"))?;
+        a.cols = env("PEERS_COLS")?.parse().map_err(|e| format!("PEERS_COLS: {e}"))?;
+        a.repeat = env("PEERS_REPEAT")?.parse().map_err(|e| format!("PEERS_REPEAT: {e}"))?;
+        a.warmup = env("PEERS_WARMUP")?.parse().map_err(|e| format!("PEERS_WARMUP: {e}"))?;
+        a.json = true;
+    }
+    a.repeat = a.repeat.max(1);
+    Ok(a)
+}
+
+/// The inputs: (p, q) distributions, or (logits, targets).
+struct Data {
+    p: Vec<f32>,
+    q: Vec<f32>,
+    targets: Vec<i64>,
+}
+
+fn xorshift(seed: u64) -> impl FnMut() -> f32 {
+    let mut s = seed;
+    move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        ((s >> 40) as f32 + 0.5) / (1u64 << 24) as f32
+    }
+}
+
+fn make_data(w: Which, rows: usize, cols: usize) -> Data {
+    let n = rows * cols;
+    let mut r = xorshift(0x9e37_79b9_7f4a_7c15);
+    let dist = |r: &mut dyn FnMut() -> f32| {
+        let mut v: Vec<f32> = (0..n).map(|_| r()).collect();
+        for row in v.chunks_mut(cols) {
+            let s: f64 = row.iter().map(|&x| x as f64).sum();
+            let inv = (1.0 / s) as f32;
+            row.iter_mut().for_each(|x| *x *= inv);
+        }
+        v
+    };
+    match w {
+        Which::NllLogits => Data {
+            p: (0..n).map(|_| 4.0 * r() - 2.0).collect(),
+            q: Vec::new(),
+            targets: (0..rows).map(|_| ((r() * cols as f32) as i64).min(cols as i64 - 1)).collect(),
+        },
+        _ => Data {
+            p: dist(&mut r),
+            q: if w.streams() == 2 { dist(&mut r) } else { Vec::new() },
+            targets: Vec::new(),
+        },
+    }
+}
+
+fn read_f32(path: &std::path::Path) -> Result<Vec<f32>, String> {
+    let b = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+}
+
+fn peers_data(w: Which) -> Result<Data, String> {
+    let dir = std::path::PathBuf::from(std::env::var("PEERS_DIR").map_err(|_| "PEERS_DIR unset")?);
+    Ok(match w {
+        Which::NllLogits => {
+            let t = std::fs::read(dir.join("targets.i64")).map_err(|e| format!("targets.i64: {e}"))?;
+            Data {
+                p: read_f32(&dir.join("logits.f32"))?,
+                q: Vec::new(),
+                targets: t.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect(),
+            }
+        }
+        _ => Data {
+            p: read_f32(&dir.join("p.f32"))?,
+            q: if w.streams() == 2 { read_f32(&dir.join("q.f32"))? } else { Vec::new() },
+            targets: Vec::new(),
+        },
+    })
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 { v[n / 2] } else { 0.5 * (v[n / 2 - 1] + v[n / 2]) }
+}
+
+/// Read bandwidth of this machine, bytes/s: every core, 64 f32 accumulators
+/// per thread (16 SSE or AVX vectors: independent chains, so the loop is bound
+/// by memory, not by add latency), 1 GiB read per pass (far beyond the
+/// caches), `streams` buffers read side by side, median of 7 passes.
+fn read_bandwidth(streams: usize) -> f64 {
+    const ACC: usize = 64;
+    let total = 1usize << 30;
+    let n = total / 4 / streams / ACC * ACC;
+    let bufs: Vec<Vec<f32>> = (0..streams).map(|s| vec![1.0 + s as f32; n]).collect();
+    let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+    let per = n.div_ceil(threads).div_ceil(ACC) * ACC;
+    let mut rates = Vec::new();
+    let mut sink = 0.0f32;
+    for _ in 0..7 {
+        let t0 = Instant::now();
+        let sums: Vec<f32> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..threads)
+                .map(|t| {
+                    let bufs = &bufs;
+                    s.spawn(move || {
+                        let (lo, hi) = ((t * per).min(n), ((t + 1) * per).min(n));
+                        let mut acc = [0.0f32; ACC];
+                        if streams == 1 {
+                            for c in bufs[0][lo..hi].chunks_exact(ACC) {
+                                for j in 0..ACC {
+                                    acc[j] += c[j];
+                                }
+                            }
+                        } else {
+                            for (a, b) in bufs[0][lo..hi].chunks_exact(ACC).zip(bufs[1][lo..hi].chunks_exact(ACC)) {
+                                for j in 0..ACC {
+                                    acc[j] += a[j] + b[j];
+                                }
+                            }
+                        }
+                        acc.iter().sum::<f32>()
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().expect("probe thread")).collect()
+        });
+        let dt = t0.elapsed().as_secs_f64();
+        sink += sums.iter().sum::<f32>();
+        rates.push((n * streams * 4) as f64 / dt);
+    }
+    std::hint::black_box(sink);
+    median(&mut rates)
+}
+
+fn json_str(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+fn main() {
+    let a = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = run(&a) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    let (rows, cols, w) = (a.rows, a.cols, a.which);
+    let data = if a.peers { peers_data(w)? } else { make_data(w, rows, cols) };
+    let elems = rows * cols;
+    let bytes = (elems * 4 * w.streams() + data.targets.len() * 8) as f64;
+    let ctx = Context::with_backend(a.backend)?;
+    let opts = Options::default();
+    let nll_opts = NllOptions::default();
+    let eval = || -> kullback::Result<kullback::Output> {
+        match w.measure() {
+            Some(m) => {
+                let p = Batch::new(&data.p, rows, cols);
+                let q = Batch::new(&data.q, rows, cols);
+                ctx.evaluate(m, &p, if w.streams() == 2 { Some(&q) } else { None }, &opts)
+            }
+            None => ctx.nll(&Batch::new(&data.p, rows, cols).form(Form::Logits), &data.targets, &nll_opts),
+        }
+    };
+    for _ in 0..a.warmup {
+        eval()?;
+    }
+    let mut times = Vec::new();
+    let mut last = None;
+    for _ in 0..a.repeat {
+        let t0 = Instant::now();
+        let out = eval()?;
+        times.push(t0.elapsed().as_secs_f64());
+        last = Some(out);
+    }
+    let out = last.expect("at least one run");
+    let min = times.iter().cloned().fold(f64::INFINITY, f64::min);
+    let med = median(&mut times);
+    if a.peers {
+        let path = std::env::var("PEERS_OUT")?;
+        let b: Vec<u8> = out.values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        std::fs::write(path, b)?;
+    }
+    let backend = out.backend.name();
+    let adapter = out.adapter.clone();
+    let mut fields = vec![
+        ("measure", json_str(w.name())),
+        ("rows", rows.to_string()),
+        ("cols", cols.to_string()),
+        ("backend", json_str(backend)),
+        ("adapter", adapter.as_deref().map_or("null".into(), json_str)),
+        ("impl", json_str(&format!("kullback {} ({backend})", env!("CARGO_PKG_VERSION")))),
+        ("version", json_str(env!("CARGO_PKG_VERSION"))),
+        ("threads", std::thread::available_parallelism().map_or(1, |t| t.get()).to_string()),
+        ("median_s", format!("{med:.6e}")),
+        ("min_s", format!("{min:.6e}")),
+        ("elem_per_s", format!("{:.6e}", elems as f64 / med)),
+        ("gbps", format!("{:.3}", bytes / med / 1e9)),
+    ];
+    if !a.json {
+        println!(
+            "{} {rows} x {cols} on {backend}{}: median {:.3} ms, min {:.3} ms, {:.3} G elements/s, {:.2} GB/s of input",
+            w.name(),
+            adapter.as_deref().map_or(String::new(), |n| format!(" ({n})")),
+            med * 1e3,
+            min * 1e3,
+            elems as f64 / med / 1e9,
+            bytes / med / 1e9
+        );
+    }
+    if out.backend == kullback::Ran::Cpu {
+        let bw = read_bandwidth(w.streams());
+        fields.push(("bw_gbps", format!("{:.3}", bw / 1e9)));
+        fields.push(("bw_streams", w.streams().to_string()));
+        fields.push(("bw_ratio", format!("{:.3}", bytes / med / bw)));
+        if !a.json {
+            println!(
+                "read bandwidth ({} stream{}, same run): {:.2} GB/s; this measure reached {:.0}% of it",
+                w.streams(),
+                if w.streams() == 1 { "" } else { "s" },
+                bw / 1e9,
+                100.0 * bytes / med / bw
+            );
+        }
+    } else if let Some((dev_med, how)) = device_time(a, &data)? {
+        fields.push(("kernel_median_s", format!("{dev_med:.6e}")));
+        fields.push(("kernel_gbps", format!("{:.3}", bytes / dev_med / 1e9)));
+        fields.push(("kernel_timing", json_str(how)));
+        if !a.json {
+            println!(
+                "device time ({how}), data already on the GPU: median {:.3} ms, {:.2} GB/s; end-to-end above includes upload and readback",
+                dev_med * 1e3,
+                bytes / dev_med / 1e9
+            );
+        }
+    }
+    if a.json || a.peers {
+        let body: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\": {v}")).collect();
+        println!("{{{}}}", body.join(", "));
+    }
+    Ok(())
+}
+
+/// Device time of the GPU-resident path on a device of our own (so that
+/// timestamp queries can be enabled where the adapter has them).
+fn device_time(a: &Args, data: &Data) -> Result<Option<(f64, &'static str)>, Box<dyn std::error::Error>> {
+    use wgpu::util::DeviceExt;
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let Ok(adapter) = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
+        power_preference: wgpu::PowerPreference::HighPerformance,
+        ..Default::default()
+    })) else {
+        return Ok(None);
+    };
+    let want = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
+    let stamps = adapter.features().contains(want);
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        label: Some("bench"),
+        required_features: if stamps { want } else { wgpu::Features::empty() },
+        required_limits: adapter.limits(),
+        ..Default::default()
+    }))?;
+    let ctx = Context::from_device(device.clone(), queue.clone())?;
+    let (rows, cols, w) = (a.rows, a.cols, a.which);
+    let upload = |v: &[f32], usage| {
+        device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: None,
+            contents: bytemuck::cast_slice(if v.is_empty() { &[0.0f32] } else { v }),
+            usage,
+        })
+    };
+    let p = upload(&data.p, wgpu::BufferUsages::STORAGE);
+    let q = upload(&data.q, wgpu::BufferUsages::STORAGE);
+    let t32: Vec<i32> = data.targets.iter().map(|&t| t as i32).collect();
+    let t = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: None,
+        contents: bytemuck::cast_slice(if t32.is_empty() { &[0i32] } else { &t32 }),
+        usage: wgpu::BufferUsages::COPY_SRC,
+    });
+    let out = device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: output_bytes(rows, kullback::Reduction::None),
+        usage: wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    });
+    let qs = stamps.then(|| {
+        device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: None,
+            ty: wgpu::QueryType::Timestamp,
+            count: 2,
+        })
+    });
+    let resolve = device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 16,
+        usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    });
+    let readq = device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 16,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut times = Vec::new();
+    for i in 0..a.warmup + a.repeat {
+        let mut enc = device.create_command_encoder(&Default::default());
+        if let Some(qs) = &qs {
+            enc.write_timestamp(qs, 0);
+        }
+        let o = GpuOutput { buffer: &out, offset: 0 };
+        match w.measure() {
+            Some(m) => {
+                let gp = GpuBatch::new(&p, rows, cols);
+                let gq = GpuBatch::new(&q, rows, cols);
+                ctx.encode(&mut enc, m, &gp, if w.streams() == 2 { Some(&gq) } else { None }, &Options::default(), &o)?
+            }
+            None => ctx.encode_nll(
+                &mut enc,
+                &GpuBatch::new(&p, rows, cols).form(Form::Logits),
+                &GpuTargets { buffer: &t, offset: 0, len: rows },
+                &NllOptions::default(),
+                &o,
+            )?,
+        }
+        if let Some(qs) = &qs {
+            enc.write_timestamp(qs, 1);
+            enc.resolve_query_set(qs, 0..2, &resolve, 0);
+            enc.copy_buffer_to_buffer(&resolve, 0, &readq, 0, 16);
+        }
+        let t0 = Instant::now();
+        queue.submit([enc.finish()]);
+        device.poll(wgpu::PollType::Wait { submission_index: None, timeout: None })?;
+        let wall = t0.elapsed().as_secs_f64();
+        let dt = if qs.is_some() {
+            readq.slice(..).map_async(wgpu::MapMode::Read, |r| r.expect("map"));
+            device.poll(wgpu::PollType::Wait { submission_index: None, timeout: None })?;
+            let ts: Vec<u64> = bytemuck::cast_slice(&readq.slice(..).get_mapped_range()?).to_vec();
+            readq.unmap();
+            (ts[1] - ts[0]) as f64 * queue.get_timestamp_period() as f64 * 1e-9
+        } else {
+            wall
+        };
+        if i >= a.warmup {
+            times.push(dt);
+        }
+    }
+    Ok(Some((
+        median(&mut times),
+        if stamps { "timestamp queries" } else { "wall time of submit and wait" },
+    )))
+}
