@@ -209,10 +209,10 @@ pub fn assert_output(
 }
 
 /// Panics with every failure in `failures` (one per line) when there is any.
-pub fn report(what: &str, checked: usize, failures: &[String]) {
+pub fn report(what: &str, failures: &[String]) {
     if !failures.is_empty() {
         panic!(
-            "{what}: {} of {checked} checks failed:\n{}",
+            "{what}: {} failures:\n{}",
             failures.len(),
             failures.join("\n")
         );
@@ -665,3 +665,126 @@ pub const MEASURES: [Measure; 4] = [
 pub const FORMS: [Form; 3] = [Form::Probs, Form::LogProbs, Form::Logits];
 /// All reductions.
 pub const REDUCTIONS: [Reduction; 3] = [Reduction::None, Reduction::Sum, Reduction::Mean];
+
+// ------------------------------------------------------------------ calls
+
+/// Evaluates `measure` on `ctx` from [`Input`]s.
+pub fn eval(
+    ctx: &Context,
+    measure: Measure,
+    p: Input<'_>,
+    q: Option<Input<'_>>,
+    cols: usize,
+    opts: &kullback::Options,
+) -> kullback::Result<Output> {
+    let pb = kullback::Batch::new(p.data, p.rows, cols).form(p.form);
+    let qb = q.map(|q| kullback::Batch::new(q.data, q.rows, cols).form(q.form));
+    ctx.evaluate(measure, &pb, qb.as_ref(), opts)
+}
+
+/// Runs `measure` on `bk` under each of `reductions` and compares it with the
+/// f64 reference; failures are appended, labelled.
+#[allow(clippy::too_many_arguments, reason = "one call's full description")]
+pub fn check_measure(
+    failures: &mut Vec<String>,
+    bk: &Bk,
+    label: &str,
+    measure: Measure,
+    p: Input<'_>,
+    q: Option<Input<'_>>,
+    cols: usize,
+    norm: Normalization,
+    base: Base,
+    reductions: &[Reduction],
+) {
+    let q = if measure == Measure::Entropy { None } else { q };
+    let expected = ref_measure(measure, p, q, cols, norm, base);
+    for &reduction in reductions {
+        let opts = kullback::Options::default()
+            .reduction(reduction)
+            .normalization(norm)
+            .base(base);
+        let what = format!(
+            "{label} {measure:?} p {:?}{} [{}, {reduction:?}]",
+            p.form,
+            q.map_or(String::new(), |q| format!(" q {:?}", q.form)),
+            bk.name
+        );
+        match eval(&bk.ctx, measure, p, q, cols, &opts) {
+            Err(e) => failures.push(format!("{what}: error {e}")),
+            Ok(out) => {
+                let n = expected.len() as f64;
+                if let Err(e) = check_output(&out, &expected, n, reduction, ABS_TOL, REL_TOL) {
+                    failures.push(format!("{what}: {e}"));
+                }
+                if out.backend != bk.ctx.backend() {
+                    failures.push(format!("{what}: ran on {:?}", out.backend));
+                }
+            }
+        }
+    }
+}
+
+/// Options of [`check_nll`] beyond q and the targets.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NllCase<'a> {
+    /// Ignore index.
+    pub ignore: Option<i64>,
+    /// Class weights.
+    pub weights: Option<&'a [f32]>,
+    /// Label smoothing.
+    pub eps: f32,
+    /// Tolerance (abs, rel); `None`: the crate's.
+    pub tol: Option<(f64, f64)>,
+}
+
+/// Runs a negative log-likelihood on `bk` under each of `reductions` and
+/// compares it with the f64 reference; failures are appended, labelled.
+#[allow(clippy::too_many_arguments, reason = "one call's full description")]
+pub fn check_nll(
+    failures: &mut Vec<String>,
+    bk: &Bk,
+    label: &str,
+    q: Input<'_>,
+    cols: usize,
+    targets: &[i64],
+    case: NllCase<'_>,
+    norm: Normalization,
+    base: Base,
+    reductions: &[Reduction],
+) {
+    let (expected, counted) = ref_nll(
+        q,
+        cols,
+        targets,
+        case.ignore,
+        case.weights,
+        case.eps as f64,
+        norm,
+        base,
+    );
+    let (abs, rel) = case.tol.unwrap_or((ABS_TOL, REL_TOL));
+    for &reduction in reductions {
+        let mut opts = kullback::NllOptions::default()
+            .reduction(reduction)
+            .normalization(norm)
+            .base(base)
+            .label_smoothing(case.eps);
+        if let Some(i) = case.ignore {
+            opts = opts.ignore_index(i);
+        }
+        if let Some(w) = case.weights {
+            opts = opts.weights(w);
+        }
+        let what = format!("{label} nll q {:?} [{}, {reduction:?}]", q.form, bk.name);
+        let qb = kullback::Batch::new(q.data, q.rows, cols).form(q.form);
+        match bk.ctx.nll(&qb, targets, &opts) {
+            Err(e) => failures.push(format!("{what}: error {e}")),
+            Ok(out) => {
+                if let Err(e) = check_output(&out, &expected, counted, reduction, abs, rel) {
+                    failures.push(format!("{what}: {e}"));
+                }
+            }
+        }
+    }
+}
