@@ -271,8 +271,12 @@ fn random_logits(seed: u64, rows: usize, cols: usize, scale: f64) -> Mat {
 /// p and q, 6 × 257, with zeros, a one-hot row, a uniform row and subnormals.
 fn special_pair() -> (Mat, Mat) {
     let cols = 257;
-    let mut p = random_probs(1, 6, cols, |r, c| r == 1 && c % 3 == 0);
-    let mut q = random_probs(2, 6, cols, |r, c| r == 1 && c % 6 == 0);
+    let mut p = random_probs(1, 6, cols, |r, c| {
+        (r == 1 && c % 3 == 0) || (r == 4 && c < 5) || (r == 5 && c == 0)
+    });
+    let mut q = random_probs(2, 6, cols, |r, c| {
+        (r == 1 && c % 6 == 0) || (r == 4 && (3..8).contains(&c)) || (r == 5 && c == 1)
+    });
     for c in 0..cols {
         p.data[2 * cols + c] = if c == 100 { 1.0 } else { 0.0 };
         p.data[3 * cols + c] = 1.0 / cols as f32;
@@ -313,15 +317,17 @@ fn lse(x: &[f64]) -> f64 {
     m + x.iter().map(|v| (v - m).exp()).sum::<f64>().ln()
 }
 
-/// (probabilities, natural logs) of one row, as the conventions define them.
-fn dist(row: &[f32], form: F, normalize: bool) -> (Vec<f64>, Vec<f64>) {
+/// (probabilities, natural logs, support) of one row, as the conventions define
+/// them: p = 0 is a probability of 0, or a log-probability or logit of -inf (a
+/// finite logit far below the maximum is a p > 0 even where exp underflows).
+fn dist(row: &[f32], form: F, normalize: bool) -> (Vec<f64>, Vec<f64>, Vec<bool>) {
     let x: Vec<f64> = row.iter().map(|&v| v as f64).collect();
     match form {
         F::Probs => {
             let s = if normalize { x.iter().sum() } else { 1.0 };
             let p: Vec<f64> = x.iter().map(|v| v / s).collect();
             let lp = p.iter().map(|v| v.ln()).collect();
-            (p, lp)
+            (p, lp, x.iter().map(|&v| v != 0.0).collect())
         }
         F::LogProbs | F::Logits => {
             let c = if form == F::Logits || normalize {
@@ -330,7 +336,8 @@ fn dist(row: &[f32], form: F, normalize: bool) -> (Vec<f64>, Vec<f64>) {
                 0.0
             };
             let lp: Vec<f64> = x.iter().map(|v| v - c).collect();
-            (lp.iter().map(|v| v.exp()).collect(), lp)
+            let support = x.iter().map(|&v| v != f64::NEG_INFINITY).collect();
+            (lp.iter().map(|v| v.exp()).collect(), lp, support)
         }
     }
 }
@@ -340,10 +347,22 @@ fn reference(measure: &str, p: (&Mat, F), q: Option<(&Mat, F)>, normalize: bool)
     let rows = q.map_or(p.0.rows, |q| p.0.rows.max(q.0.rows));
     (0..rows)
         .map(|i| {
-            let (pp, lp) = dist(p.0.row(i), p.1, normalize);
-            let (qq, lq) = q.map_or((vec![], vec![]), |q| dist(q.0.row(i), q.1, normalize));
+            let (pp, lp, sp) = dist(p.0.row(i), p.1, normalize);
+            let (qq, lq, _) = q.map_or((vec![], vec![], vec![]), |q| {
+                dist(q.0.row(i), q.1, normalize)
+            });
+            // Σ over the support of p; p > 0 against q = 0 is +inf.
             let sum = |f: &dyn Fn(usize) -> f64| -> f64 {
-                (0..pp.len()).filter(|&c| pp[c] > 0.0).map(f).sum()
+                (0..pp.len())
+                    .filter(|&c| sp[c])
+                    .map(|c| {
+                        if !lq.is_empty() && lq[c] == f64::NEG_INFINITY {
+                            f64::INFINITY
+                        } else {
+                            f(c)
+                        }
+                    })
+                    .sum()
             };
             match measure {
                 "entropy" => sum(&|c| -pp[c] * lp[c]),
@@ -399,7 +418,7 @@ fn nll_reference(
             if ignore == Some(t) {
                 return (0.0, 0.0);
             }
-            let (_, lq) = dist(q.row(i), form, false);
+            let (_, lq, _) = dist(q.row(i), form, false);
             let w = weights.map_or(1.0, |w| w[t as usize] as f64);
             let smooth: f64 = if eps > 0.0 {
                 lq.iter().map(|l| -l).sum::<f64>() / c
@@ -651,19 +670,20 @@ fn js_is_bounded_by_ln2_and_finite() {
     let tmp = Tmp::new("js");
     // Disjoint supports: JS = ln 2 (1 bit); identical rows: 0.
     let p = Mat {
-        data: vec![0.5, 0.5, 0.0, 0.0, 0.25, 0.75, 1.0, 0.0],
-        rows: 2,
+        data: vec![0.5, 0.5, 0.0, 0.0, 0.25, 0.75, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0],
+        rows: 3,
         cols: 4,
     };
     let q = Mat {
-        data: vec![0.0, 0.0, 0.5, 0.5, 0.25, 0.75, 0.0, 1.0],
-        rows: 2,
+        data: vec![0.0, 0.0, 0.5, 0.5, 0.25, 0.75, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0],
+        rows: 3,
         cols: 4,
     };
     let (pf, qf) = (tmp.mat("P.npy", &p), tmp.mat("Q.npy", &q));
     for b in backends() {
         let v = json(&["js", "--p", &pf, "--q", &qf], b);
-        check(&v, &[std::f64::consts::LN_2, 0.0], &format!("js on {b}"));
+        let ln2 = std::f64::consts::LN_2;
+        check(&v, &[ln2, 0.0, ln2], &format!("js on {b}"));
         let v = json(
             &[
                 "js",
@@ -678,7 +698,7 @@ fn js_is_bounded_by_ln2_and_finite() {
             ],
             b,
         );
-        check(&v, &[1.0], &format!("js bits on {b}"));
+        check(&v, &[2.0], &format!("js bits on {b}"));
     }
 }
 
