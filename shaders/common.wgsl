@@ -6,7 +6,7 @@
 const LN2: f32 = 0.6931471805599453;
 const WG: u32 = 256u;
 // Elements each thread reads per block: a block covers WG * EPT columns.
-const EPT: u32 = 8u;
+const EPT: u32 = 32u;
 
 const ABS_MASK: u32 = 0x7fffffffu;
 const EXP_MASK: u32 = 0x7f800000u;
@@ -60,6 +60,7 @@ fn is_inf_bits(b: u32) -> bool {
 // and the mantissa as f32 is a normal number, so this touches only normal values.
 fn ln_bits(b: u32) -> f32 {
     let sub = (b & EXP_MASK) == 0u;
-    let ls = log(f32(b & MANT_MASK)) - 149.0 * LN2;
-    return select(log(bitcast<f32>(b)), ls, sub);
+    // one log either way: of x itself, or of its mantissa as a normal number
+    let x = select(bitcast<f32>(b), f32(b & MANT_MASK), sub);
+    return log(x) + select(0.0, -149.0 * LN2, sub);
 }

@@ -3,10 +3,11 @@
 //
 // Every row is reduced into a `State`. For probabilities (and log-probabilities
 // taken as given) the state holds plain sums: sa = Σ w, u = Σ w ln p, v = Σ w ln q,
-// sb = Σ q, t = Σ JS terms, with w = p. For logits (and log-probabilities being
+// sb = Σ q, t = Σ w (ln p - ln q) for KL (one sum, so that the logs cancel
+// per element) or Σ JS terms, with w = p. For logits (and log-probabilities being
 // renormalised) it is the online log-sum-exp form, relative to running maxima so
 // that lse and Σ softmax(a)·a are never formed: w = e^(a - ma), sa = Σ w,
-// u = Σ w (a - ma), sb = Σ e^(b - mb), v = Σ w (b - mb). States merge
+// u = Σ w (a - ma), sb = Σ e^(b - mb), v = Σ w (b - mb), t = u - v (KL). States merge
 // associatively, so a row is read once whatever the plan: threads, then a tree in
 // workgroup memory, then (long rows) partial states merged by `merge_main`.
 //
@@ -115,6 +116,9 @@ fn rescale_p(st: ptr<function, State>, m: f32) {
     (*st).sa = (*st).sa * scale;
     (*st).u = (*st).u * scale - shift * (*st).sa;
     (*st).v = (*st).v * scale;
+    if (MEASURE == M_KL) {
+        (*st).t = (*st).t * scale - shift * (*st).sa;
+    }
     (*st).ma = m;
 }
 
@@ -125,6 +129,9 @@ fn rescale_q(st: ptr<function, State>, m: f32) {
     let shift = select(0.0, m - (*st).mb, seen);
     (*st).sb = (*st).sb * scale;
     (*st).v = (*st).v - shift * (*st).sa;
+    if (MEASURE == M_KL) {
+        (*st).t = (*st).t + shift * (*st).sa;
+    }
     (*st).mb = m;
 }
 
@@ -340,6 +347,9 @@ fn accumulate(st: ptr<function, State>, ctx: RowCtx, col: u32, pi: u32, qi: u32)
             (*st).flags = (*st).flags | FL_Q_ZERO_HIT;
         } else {
             (*st).v = (*st).v + pe.w * qe.l;
+            if (MEASURE == M_KL) {
+                (*st).t = (*st).t + pe.w * (pe.l - qe.l);
+            }
         }
     }
 }
@@ -414,7 +424,7 @@ fn finalize(row: u32, st: State) {
     } else if (MEASURE == M_CROSS || MEASURE == M_NLL) {
         value = select(-st.v + st.sa * lb, -st.v * inv_sa + lb, p_online);
     } else if (MEASURE == M_KL) {
-        value = select(st.u - st.v + st.sa * lb, (st.u - st.v) * inv_sa - la + lb, p_online);
+        value = select(st.t + st.sa * lb, st.t * inv_sa - la + lb, p_online);
     } else if (MEASURE == M_JS) {
         value = st.t;
     }
@@ -434,6 +444,33 @@ fn finalize(row: u32, st: State) {
     value = select(value * params.inv_ln_base, bitcast<f32>(params.inf_bits), hit);
     value = select(value, bitcast<f32>(params.nan_bits), status != ST_OK);
     records[row] = Record(value, aux_p, aux_q, status);
+}
+
+// Pairwise sum of shared_states[base + k * first .. ] for k < n / first, in
+// place, by one thread: the levels of a binary tree from stride `first` up.
+fn tree_levels(base: u32, first: u32, n: u32) {
+    for (var stride = first; stride < n; stride = stride * 2u) {
+        for (var i = 0u; i + stride < n; i = i + 2u * stride) {
+            shared_states[base + i] = merge(shared_states[base + i], shared_states[base + i + stride]);
+        }
+    }
+}
+
+// Binary-tree reduction of each segment of n (a power of two) states; the
+// segment's total lands in its first slot, visible to its lane 0. Two barriers
+// instead of log2(n): lanes 0, 8, 16, .. take the first three levels over their
+// own 8 slots, then lane 0 the rest. Same tree, same sums, same bits as a
+// level-by-level reduction; barriers are costly (lavapipe runs them as
+// coroutine switches).
+fn tree_reduce(lid: u32, lane: u32, n: u32) {
+    let g = min(n, 8u);
+    if (lane % g == 0u) {
+        tree_levels(lid, 1u, g);
+    }
+    workgroupBarrier();
+    if (lane == 0u) {
+        tree_levels(lid, g, n);
+    }
 }
 
 // Term pass. Workgroup i of the dispatch (2-D grid, linearised) takes item i of
@@ -475,12 +512,7 @@ fn rows_main(
     }
     shared_states[lid] = st;
     workgroupBarrier();
-    for (var stride = tpr / 2u; stride > 0u; stride = stride / 2u) {
-        if (lane < stride) {
-            shared_states[lid] = merge(shared_states[lid], shared_states[lid + stride]);
-        }
-        workgroupBarrier();
-    }
+    tree_reduce(lid, lane, tpr);
     if (in_range && lane == 0u) {
         let total = shared_states[lid];
         if (params.blocks_per_row == 1u) {
@@ -511,12 +543,7 @@ fn merge_main(
     }
     shared_states[lid] = st;
     workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride = stride / 2u) {
-        if (lid < stride) {
-            shared_states[lid] = merge(shared_states[lid], shared_states[lid + stride]);
-        }
-        workgroupBarrier();
-    }
+    tree_reduce(lid, lid, WG);
     if (lid == 0u) {
         finalize(row, shared_states[0]);
     }

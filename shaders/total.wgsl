@@ -67,6 +67,14 @@ fn load(i: u32) -> Total {
                  r.aux_p, r.aux_q);
 }
 
+fn tree_levels(base: u32, first: u32, n: u32) {
+    for (var stride = first; stride < n; stride = stride * 2u) {
+        for (var i = 0u; i + stride < n; i = i + 2u * stride) {
+            shared_totals[base + i] = merge_totals(shared_totals[base + i], shared_totals[base + i + stride]);
+        }
+    }
+}
+
 @compute @workgroup_size(256)
 fn total_main(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -90,11 +98,13 @@ fn total_main(
     }
     shared_totals[lid] = t;
     workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride = stride / 2u) {
-        if (lid < stride) {
-            shared_totals[lid] = merge_totals(shared_totals[lid], shared_totals[lid + stride]);
-        }
-        workgroupBarrier();
+    // a binary tree in two barriers (see tree_reduce in rows.wgsl)
+    if (lid % 8u == 0u) {
+        tree_levels(lid, 1u, 8u);
+    }
+    workgroupBarrier();
+    if (lid == 0u) {
+        tree_levels(0u, 8u, WG);
     }
     if (lid != 0u) {
         return;

@@ -103,7 +103,7 @@ pub struct ContextOptions {
     pub backend: Backend,
     /// Caps the bytes of one storage binding below the device's limit, so that
     /// inputs are split into chunks sooner (used to test the chunked path on
-    /// small data). `None`: the device's limit.
+    /// small data; at least 64 KiB). `None`: the device's limit.
     pub max_binding_bytes: Option<u64>,
     /// Constants of the cost model `Backend::Auto` places calls with.
     pub cost_model: CostModel,

@@ -4,11 +4,11 @@
 /// Threads per workgroup (`WG` in shaders/common.wgsl).
 pub(crate) const WG: u32 = 256;
 /// Elements per thread per block (`EPT` in shaders/common.wgsl).
-pub(crate) const EPT: u32 = 8;
+pub(crate) const EPT: u32 = 32;
 /// Columns one workgroup covers on a long row.
 pub(crate) const BLOCK: u32 = WG * EPT;
 /// The smallest binding cap we plan with: one block plus alignment slack.
-pub(crate) const MIN_CAP_BYTES: u64 = 16 * 1024;
+pub(crate) const MIN_CAP_BYTES: u64 = 64 * 1024;
 
 /// How rows are spread over workgroups.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,23 +143,24 @@ mod tests {
     fn layout_short_and_long_rows() {
         assert_eq!(Layout::new(1).threads_per_row, 1);
         assert_eq!(Layout::new(5).threads_per_row, 1);
-        assert_eq!(Layout::new(16).threads_per_row, 2);
-        assert_eq!(Layout::new(257).threads_per_row, 64);
+        assert_eq!(Layout::new(16).threads_per_row, 1);
+        assert_eq!(Layout::new(100).threads_per_row, 4);
+        assert_eq!(Layout::new(257).threads_per_row, 16);
         assert_eq!(
-            Layout::new(2048),
+            Layout::new(8192),
             Layout {
                 threads_per_row: 256,
                 blocks_per_row: 1
             }
         );
         assert_eq!(
-            Layout::new(2049),
+            Layout::new(8193),
             Layout {
                 threads_per_row: 256,
                 blocks_per_row: 2
             }
         );
-        assert_eq!(Layout::new(1_000_003).blocks_per_row, 489);
+        assert_eq!(Layout::new(1_000_003).blocks_per_row, 123);
     }
 
     #[test]
@@ -168,7 +169,7 @@ mod tests {
             (70_001u32, 5u32, 1u64 << 30),
             (70_001, 5, 4096),
             (3, 1_000_003, 1 << 30),
-            (3, 1_000_003, 5000),
+            (3, 1_000_003, 20_000),
             (7, 3000, 3000),
             (1, 1, 4096),
         ] {
