@@ -464,6 +464,75 @@ fn entropy_json_shape_and_values() {
 }
 
 #[test]
+fn keys_in_documented_order() {
+    let tmp = Tmp::new("order");
+    let pf = tmp.save("P.npy", &[2], &[0.5f32, 0.5]);
+    let r = run(&["entropy", "--p", &pf, "--backend", "cpu"]);
+    assert!(r.ok, "{}", r.stderr);
+    let order = [
+        "measure",
+        "backend",
+        "adapter",
+        "rows",
+        "cols",
+        "reduction",
+        "values",
+    ];
+    let at: Vec<usize> = order
+        .iter()
+        .map(|k| r.stdout.find(&format!("\"{k}\":")).expect(k))
+        .collect();
+    assert!(at.windows(2).all(|w| w[0] < w[1]), "{}", r.stdout);
+    assert_eq!(r.stdout.lines().count(), 1, "one line: {}", r.stdout);
+}
+
+#[test]
+fn shapes_from_the_acceptance_list() {
+    let tmp = Tmp::new("shapes");
+    for (i, &(rows, cols)) in [
+        (5, 1),
+        (6, 255),
+        (6, 256),
+        (6, 257),
+        (3, 1_000_003),
+        (70_001, 5),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let seed = 200 + 2 * i as u64;
+        let p = random_probs(seed, rows, cols, |r, c| (r + c) % 4 == 1 && cols > 1);
+        let q = random_probs(seed + 1, rows, cols, |_, _| false);
+        let (pf, qf) = (
+            tmp.mat(&format!("P{i}.npy"), &p),
+            tmp.mat(&format!("Q{i}.npy"), &q),
+        );
+        for m in ["entropy", "cross-entropy", "kl"] {
+            let q_arg = (m != "entropy").then_some((&q, F::Probs));
+            let per_row = reference(m, (&p, F::Probs), q_arg, false);
+            for b in backends() {
+                for red in ["none", "mean"] {
+                    let mut args = vec![m, "--p", &pf, "--reduction", red];
+                    if m != "entropy" {
+                        args.extend(["--q", &qf]);
+                    }
+                    let v = json(&args, b);
+                    assert_eq!(
+                        (v["rows"].as_u64(), v["cols"].as_u64()),
+                        (Some(rows as u64), Some(cols as u64))
+                    );
+                    check(
+                        &v,
+                        &reduce(&per_row, red),
+                        &format!("{m} {rows}x{cols} {red} on {b}"),
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn cross_entropy_and_kl_match_reference() {
     let tmp = Tmp::new("pair");
     let (p, q) = special_pair();

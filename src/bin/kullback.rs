@@ -26,7 +26,7 @@ use kullback::{
     Output, Reduction, Targets, Values,
 };
 use npyz::{DType, NpyFile, Order, TypeChar, WriterBuilder};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -263,7 +263,7 @@ fn run(command: &Command) -> Result<String, String> {
     if let Some(path) = &common.out {
         write_values(path, &output.values)?;
     }
-    Ok(to_json(name, &output, common.out.is_none()).to_string())
+    Ok(to_json(name, &output, common.out.is_none()))
 }
 
 type Evaluated<'a> = (
@@ -561,23 +561,27 @@ fn number(x: f64, shortest: String) -> Value {
     }
 }
 
-fn to_json(measure: &str, out: &Output, with_values: bool) -> Value {
-    let mut m = Map::new();
-    m.insert("measure".into(), measure.into());
-    m.insert("backend".into(), out.backend.name().into());
-    m.insert(
-        "adapter".into(),
-        out.adapter.clone().map_or(Value::Null, Value::String),
-    );
-    m.insert("rows".into(), out.rows.into());
-    m.insert("cols".into(), out.cols.into());
-    m.insert("reduction".into(), out.reduction.name().into());
+/// The JSON object, its keys in the documented order (serde_json's `Map`
+/// would sort them).
+fn to_json(measure: &str, out: &Output, with_values: bool) -> String {
+    let mut fields: Vec<(&str, Value)> = vec![
+        ("measure", measure.into()),
+        ("backend", out.backend.name().into()),
+        ("adapter", out.adapter.clone().into()),
+        ("rows", out.rows.into()),
+        ("cols", out.cols.into()),
+        ("reduction", out.reduction.name().into()),
+    ];
     if with_values {
         let values = out.values.iter().map(|&v| number(v as f64, v.to_string()));
-        m.insert("values".into(), Value::Array(values.collect()));
+        fields.push(("values", Value::Array(values.collect())));
     }
     if let Some(ppl) = out.perplexity {
-        m.insert("perplexity".into(), number(ppl, ppl.to_string()));
+        fields.push(("perplexity", number(ppl, ppl.to_string())));
     }
-    Value::Object(m)
+    let body: Vec<String> = fields
+        .iter()
+        .map(|(k, v)| format!("{}:{v}", Value::from(*k)))
+        .collect();
+    format!("{{{}}}", body.join(","))
 }
