@@ -1,13 +1,90 @@
 //! The CPU backend: kernels that mirror `shaders/rows.wgsl`.
+//!
+//! - [`kernel`]: the per-row state machine, the CPU twin of the shader
+//!   (state, merge, element rules, finalize);
+//! - [`block`]: the vectorised loop over one block of columns, compiled for
+//!   the baseline, AVX2 + FMA and AVX-512 and chosen at run time;
+//! - [`ln`]: the branch-free f32 log (exact for subnormals) and exp it uses;
+//! - [`plan`]: the job lowered into passes, decoders and a fixed block
+//!   structure, so that results are bit-identical whatever the thread count;
+//! - [`threads`]: scoped workers.
+//!
+//! Threads share rows when there are many, and the super-blocks of each row
+//! when there are few long ones; either way a row's state is the same left
+//! fold of the same block states.
+
+mod block;
+mod kernel;
+mod ln;
+mod plan;
+#[cfg(test)]
+mod tests;
+mod threads;
+
+use block::Isa;
+use kernel::State;
+use plan::{Pass, Plan, RowNorm};
 
 use crate::error::Result;
 use crate::job::Job;
 use crate::record::Record;
 
+/// Elements per worker below which fewer threads are started.
+const MIN_WORK: usize = 1 << 15;
+/// Super-block states held at once when threads share rows.
+const MAX_SCRATCH: usize = 1 << 14;
+
 /// Per-row records of `job`, with the same values and status words as the GPU path.
 pub(crate) fn run(job: &Job<'_>) -> Result<Vec<Record>> {
-    let _ = job;
-    Err(crate::error::Error::Unsupported(
-        "CPU backend not written yet".into(),
-    ))
+    Ok(run_with(job, threads::available(), Isa::detect()))
+}
+
+/// [`run`] on `threads` workers with the kernels built for `isa`.
+fn run_with(job: &Job<'_>, threads: usize, isa: Isa) -> Vec<Record> {
+    let plan = Plan::new(job, isa);
+    let rows = plan.rows;
+    let mut out = vec![Record::default(); rows];
+    let work = rows.saturating_mul(plan.cols);
+    let threads = threads.min(work / MIN_WORK).max(1);
+    let supers = plan.supers();
+    if threads == 1 || supers <= 1 || rows >= 4 * threads {
+        threads::split_mut(&mut out, threads, |r0, recs| {
+            for (k, rec) in recs.iter_mut().enumerate() {
+                *rec = plan.row(r0 + k);
+            }
+        });
+        return out;
+    }
+    // Few long rows: threads share the super-blocks of a group of rows.
+    let group = (MAX_SCRATCH / supers).clamp(1, rows);
+    let mut scratch = vec![State::EMPTY; group * supers];
+    let mut norms = vec![RowNorm::IDENTITY; group];
+    let ident = vec![RowNorm::IDENTITY; group];
+    let mut g0 = 0;
+    while g0 < rows {
+        let g = group.min(rows - g0);
+        let states = &mut scratch[..g * supers];
+        let pass_states = |pass: Pass, norms: &[RowNorm], states: &mut [State]| {
+            threads::split_mut(states, threads, |i0, part| {
+                for (k, st) in part.iter_mut().enumerate() {
+                    let (r, sb) = ((i0 + k) / supers, (i0 + k) % supers);
+                    *st = plan.super_state(pass, g0 + r, sb, &norms[r]);
+                }
+            });
+        };
+        if plan.two_pass {
+            pass_states(Pass::Sums, &ident[..g], states);
+            for (r, n) in norms[..g].iter_mut().enumerate() {
+                let st = plan.fold(Pass::Sums, &states[r * supers..(r + 1) * supers]);
+                *n = plan.normalisers(&st);
+            }
+        }
+        pass_states(Pass::Terms, &norms[..g], states);
+        for r in 0..g {
+            let st = plan.fold(Pass::Terms, &states[r * supers..(r + 1) * supers]);
+            out[g0 + r] = plan.finalize(g0 + r, &st, &norms[r]);
+        }
+        g0 += g;
+    }
+    out
 }

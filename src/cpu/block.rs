@@ -1,0 +1,583 @@
+//! The hot loop: one block of columns of one row into a [`State`].
+//!
+//! Columns are read `L` at a time into fixed-size arrays; a cheap vectorised
+//! "any bad bits in this chunk" test sends the rare chunk with a NaN, a
+//! negative probability or an infinity to a scalar path that records the
+//! first bad column, while every other chunk runs through straight-line,
+//! select-only code that LLVM vectorises. The f32 lanes are flushed into the
+//! f64 state every `SUB` columns (at most `SUB / L` terms per lane).
+//!
+//! Each kernel is compiled three times: for the baseline target, and with
+//! `avx2,fma` and `avx512f` enabled (chosen at run time, [`Isa::detect`]).
+//! The generic code is `#[inline(always)]`, so the `#[target_feature]`
+//! wrappers get their own vector code.
+
+use super::kernel::{
+    Elem, KEY_NONE, Lanes, State, Target, accumulate, bad_log, bad_probs, check_log, check_probs,
+    log_elem, measure, probs_elem, status_key, target_elem,
+};
+use super::ln::{Arith, POS_INF_BITS, Plain};
+use crate::record::code;
+
+/// Lanes of the chunk loop.
+const L: usize = 16;
+/// Columns summed in f32 lanes before a flush into the f64 state.
+const SUB: usize = 512;
+/// Columns of one block: the unit whose state is computed in one call, fixed
+/// so that results do not depend on how rows are split over threads.
+pub(super) const BLOCK: usize = 4096;
+
+/// Instruction set a kernel was compiled for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Isa {
+    /// The target's baseline (SSE2 on x86-64).
+    Base,
+    /// AVX2 and FMA.
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    /// AVX-512F (with AVX2 and FMA).
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+impl Isa {
+    /// The best instruction set this machine has.
+    pub(super) fn detect() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+            if avx2 && is_x86_feature_detected!("avx512f") {
+                return Isa::Avx512;
+            }
+            if avx2 {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Base
+    }
+
+    /// Every instruction set this machine can run (for tests).
+    #[cfg(test)]
+    pub(super) fn available() -> Vec<Isa> {
+        let mut v = vec![Isa::Base];
+        #[cfg(target_arch = "x86_64")]
+        {
+            let best = Isa::detect();
+            if best != Isa::Base {
+                v.push(Isa::Avx2);
+            }
+            if best == Isa::Avx512 {
+                v.push(Isa::Avx512);
+            }
+        }
+        v
+    }
+}
+
+/// Runtime parameters of one operand's decoder in one block.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Dec {
+    /// Probabilities: the row sum to divide by (`ProbsDiv`).
+    pub s: f32,
+    /// Log forms: subtract `m` then `ls`.
+    pub m: f32,
+    pub ls: f32,
+    /// Log forms: values above 0 are allowed (logits, renormalised log-probs).
+    pub pos_ok: bool,
+    /// Log forms: online, relative to the block's maximum (found first).
+    pub online: bool,
+    /// NLL targets.
+    pub target: Target,
+}
+
+/// Which decoder a kernel is compiled with for one operand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum DecKind {
+    /// No operand (q of entropy; p of the NLL fast path).
+    None,
+    /// Probabilities as given.
+    Probs,
+    /// Probabilities divided by the row sum.
+    ProbsDiv,
+    /// Log-probabilities or logits (as given, normalised, or online).
+    Log,
+    /// NLL targets without class weights.
+    Targets,
+    /// NLL targets with class weights (the p slice holds the weights).
+    TargetsWeighted,
+}
+
+/// One operand's element decoder, monomorphised per [`DecKind`].
+trait Decode: Copy {
+    /// Reads its slice.
+    const READS: bool;
+    /// Its values can be bad.
+    const CHECKS: bool;
+    /// Can be online (relative to the block maximum).
+    const ONLINE: bool = false;
+    fn new(d: &Dec) -> Self;
+    fn is_bad(&self, b: u32) -> bool;
+    /// 0, or 1 NaN, 2 negative, 3 infinite, 4 positive log.
+    fn code(&self, b: u32) -> u32;
+    fn elem<A: Arith>(&self, x: f32, col: u32) -> Elem;
+    fn set_max(&mut self, _m: f32) {}
+}
+
+#[derive(Clone, Copy)]
+struct NoneD;
+impl Decode for NoneD {
+    const READS: bool = false;
+    const CHECKS: bool = false;
+    fn new(_: &Dec) -> Self {
+        NoneD
+    }
+    #[inline(always)]
+    fn is_bad(&self, _: u32) -> bool {
+        false
+    }
+    #[inline(always)]
+    fn code(&self, _: u32) -> u32 {
+        0
+    }
+    #[inline(always)]
+    fn elem<A: Arith>(&self, _: f32, _: u32) -> Elem {
+        Elem {
+            zero: true,
+            w: 0.0,
+            hi: 0.0,
+            lo: 0.0,
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct ProbsD;
+impl Decode for ProbsD {
+    const READS: bool = true;
+    const CHECKS: bool = true;
+    fn new(_: &Dec) -> Self {
+        ProbsD
+    }
+    #[inline(always)]
+    fn is_bad(&self, b: u32) -> bool {
+        bad_probs(b)
+    }
+    #[inline(always)]
+    fn code(&self, b: u32) -> u32 {
+        check_probs(b)
+    }
+    #[inline(always)]
+    fn elem<A: Arith>(&self, x: f32, _: u32) -> Elem {
+        probs_elem::<A>(x)
+    }
+}
+
+#[derive(Clone, Copy)]
+struct ProbsDivD {
+    s: f32,
+}
+impl Decode for ProbsDivD {
+    const READS: bool = true;
+    const CHECKS: bool = true;
+    fn new(d: &Dec) -> Self {
+        ProbsDivD { s: d.s }
+    }
+    #[inline(always)]
+    fn is_bad(&self, b: u32) -> bool {
+        bad_probs(b)
+    }
+    #[inline(always)]
+    fn code(&self, b: u32) -> u32 {
+        check_probs(b)
+    }
+    #[inline(always)]
+    fn elem<A: Arith>(&self, x: f32, _: u32) -> Elem {
+        // divide first: zeros are decided after the division
+        probs_elem::<A>(x / self.s)
+    }
+}
+
+#[derive(Clone, Copy)]
+struct LogD {
+    m: f32,
+    ls: f32,
+    pos_ok: bool,
+}
+impl Decode for LogD {
+    const READS: bool = true;
+    const CHECKS: bool = true;
+    const ONLINE: bool = true;
+    fn new(d: &Dec) -> Self {
+        LogD {
+            m: d.m,
+            ls: d.ls,
+            pos_ok: d.pos_ok,
+        }
+    }
+    #[inline(always)]
+    fn is_bad(&self, b: u32) -> bool {
+        bad_log(b, self.pos_ok)
+    }
+    #[inline(always)]
+    fn code(&self, b: u32) -> u32 {
+        check_log(b, self.pos_ok)
+    }
+    #[inline(always)]
+    fn elem<A: Arith>(&self, x: f32, _: u32) -> Elem {
+        log_elem::<A>(x, self.m, self.ls)
+    }
+    fn set_max(&mut self, m: f32) {
+        self.m = m;
+        self.ls = 0.0;
+    }
+}
+
+#[derive(Clone, Copy)]
+struct TargetsD<const W: bool> {
+    t: Target,
+}
+impl<const W: bool> Decode for TargetsD<W> {
+    const READS: bool = W;
+    const CHECKS: bool = false;
+    fn new(d: &Dec) -> Self {
+        TargetsD { t: d.target }
+    }
+    #[inline(always)]
+    fn is_bad(&self, _: u32) -> bool {
+        false
+    }
+    #[inline(always)]
+    fn code(&self, _: u32) -> u32 {
+        0
+    }
+    #[inline(always)]
+    fn elem<A: Arith>(&self, x: f32, col: u32) -> Elem {
+        target_elem(if W { x } else { 1.0 }, col, &self.t)
+    }
+}
+
+/// The data of one block: `p` and `q` hold the block's columns (empty when
+/// the decoder reads nothing; for weighted targets `p` holds the class
+/// weights), `col0` is the row column of their first element.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct BlockIo<'a> {
+    pub p: &'a [f32],
+    pub q: &'a [f32],
+    pub len: usize,
+    pub col0: usize,
+    /// NLL fast path: (column in the block, w_t) of a target term to add.
+    pub target: Option<(usize, f32)>,
+}
+
+/// A compiled kernel. Safety: only call one that [`pick`] returned for this
+/// machine's [`Isa`] (it may use instructions the baseline lacks).
+pub(super) type BlockFn = unsafe fn(&Dec, &Dec, &BlockIo<'_>) -> State;
+
+/// Maximum of the finite and -inf values (NaN and +inf are skipped: they are
+/// reported as bad values), -inf when there is none.
+#[inline(always)]
+fn block_max(x: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; L];
+    let mut chunks = x.chunks_exact(L);
+    for c in &mut chunks {
+        for i in 0..L {
+            let b = c[i].to_bits();
+            let skip = (b & 0x7fff_ffff) >= POS_INF_BITS;
+            let v = if skip { f32::NEG_INFINITY } else { c[i] };
+            lanes[i] = if v > lanes[i] { v } else { lanes[i] };
+        }
+    }
+    for (i, &v) in chunks.remainder().iter().enumerate() {
+        let skip = (v.to_bits() & 0x7fff_ffff) >= POS_INF_BITS;
+        if !skip && v > lanes[i] {
+            lanes[i] = v;
+        }
+    }
+    lanes
+        .iter()
+        .fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a })
+}
+
+const ZEROS: [f32; L] = [0.0; L];
+
+/// The scalar path for `n` lanes of a chunk that holds a bad value (or is the
+/// short last chunk): the shader's `accumulate` element by element.
+#[inline(always)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the inlined body of the chunk loop"
+)]
+fn slow<const M: u8, A: Arith, P: Decode, Q: Decode>(
+    pd: &P,
+    qd: &Q,
+    pc: &[f32],
+    qc: &[f32],
+    n: usize,
+    col: usize,
+    acc: &mut Lanes<L>,
+    key: &mut u32,
+) {
+    for i in 0..n {
+        let px = if P::READS { pc[i] } else { 0.0 };
+        let qx = if Q::READS { qc[i] } else { 0.0 };
+        let c = pd.code(px.to_bits());
+        if c != 0 {
+            *key = (*key).min(status_key(col + i, code::P_NAN - 1 + c));
+            continue;
+        }
+        let c = qd.code(qx.to_bits());
+        if c != 0 {
+            *key = (*key).min(status_key(col + i, code::Q_NAN - 1 + c));
+            continue;
+        }
+        let pe = pd.elem::<A>(px, (col + i) as u32);
+        let qe = qd.elem::<A>(qx, (col + i) as u32);
+        accumulate::<M, L, A>(acc, i, pe, qe);
+    }
+}
+
+/// One block into a state.
+#[inline(always)]
+fn block_impl<const M: u8, A: Arith, P: Decode, Q: Decode>(
+    dp: &Dec,
+    dq: &Dec,
+    io: &BlockIo<'_>,
+) -> State {
+    use super::kernel::{FL_P_SEEN, FL_Q_SEEN, FL_Q_ZERO_HIT};
+    let mut pd = P::new(dp);
+    let mut qd = Q::new(dq);
+    let mut st = State::EMPTY;
+    // online operands: relative to the block's maximum, found first
+    if P::ONLINE && dp.online {
+        let m = block_max(&io.p[..io.len]);
+        pd.set_max(m);
+        st.ma = m as f64;
+        if m > f32::NEG_INFINITY {
+            st.flags |= FL_P_SEEN;
+        }
+    }
+    if Q::ONLINE && dq.online {
+        let m = block_max(&io.q[..io.len]);
+        qd.set_max(m);
+        st.mb = m as f64;
+        if m > f32::NEG_INFINITY {
+            st.flags |= FL_Q_SEEN;
+        }
+    }
+    let mut acc = Lanes::<L>::ZERO;
+    let mut key = KEY_NONE;
+    let n = io.len;
+    let mut c0 = 0;
+    while c0 < n {
+        let c1 = (c0 + SUB).min(n);
+        let mut c = c0;
+        while c + L <= c1 {
+            let pc: &[f32; L] = if P::READS {
+                io.p[c..c + L].try_into().unwrap_or(&ZEROS)
+            } else {
+                &ZEROS
+            };
+            let qc: &[f32; L] = if Q::READS {
+                io.q[c..c + L].try_into().unwrap_or(&ZEROS)
+            } else {
+                &ZEROS
+            };
+            let mut bad = 0u32;
+            if P::CHECKS {
+                for x in pc {
+                    bad |= pd.is_bad(x.to_bits()) as u32;
+                }
+            }
+            if Q::CHECKS {
+                for x in qc {
+                    bad |= qd.is_bad(x.to_bits()) as u32;
+                }
+            }
+            let col = io.col0 + c;
+            if bad == 0 {
+                for i in 0..L {
+                    let pe = pd.elem::<A>(pc[i], (col + i) as u32);
+                    let qe = qd.elem::<A>(qc[i], (col + i) as u32);
+                    accumulate::<M, L, A>(&mut acc, i, pe, qe);
+                }
+            } else {
+                slow::<M, A, P, Q>(&pd, &qd, pc, qc, L, col, &mut acc, &mut key);
+            }
+            c += L;
+        }
+        if c < c1 {
+            let k = c1 - c;
+            let pc = if P::READS { &io.p[c..c1] } else { &ZEROS[..k] };
+            let qc = if Q::READS { &io.q[c..c1] } else { &ZEROS[..k] };
+            slow::<M, A, P, Q>(&pd, &qd, pc, qc, k, io.col0 + c, &mut acc, &mut key);
+        }
+        acc.flush::<M>(&mut st);
+        c0 = c1;
+    }
+    // NLL fast path: the one term of an unsmoothed target
+    if let Some((i, w)) = io.target {
+        let qx = io.q[i];
+        if qd.code(qx.to_bits()) == 0 && w != 0.0 {
+            let qe = qd.elem::<A>(qx, (io.col0 + i) as u32);
+            st.sa += w as f64;
+            if qe.zero {
+                st.flags |= FL_Q_ZERO_HIT;
+            } else {
+                st.v += (w * (qe.hi + qe.lo)) as f64;
+            }
+        }
+    }
+    st.key = key;
+    st
+}
+
+/// Baseline build of a kernel.
+///
+/// # Safety
+/// None beyond the [`BlockFn`] contract (this one runs anywhere).
+unsafe fn block_base<const M: u8, P: Decode, Q: Decode>(
+    dp: &Dec,
+    dq: &Dec,
+    io: &BlockIo<'_>,
+) -> State {
+    block_impl::<M, Plain, P, Q>(dp, dq, io)
+}
+
+/// AVX2 + FMA build of a kernel.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn block_avx2<const M: u8, P: Decode, Q: Decode>(
+    dp: &Dec,
+    dq: &Dec,
+    io: &BlockIo<'_>,
+) -> State {
+    block_impl::<M, super::ln::Fused, P, Q>(dp, dq, io)
+}
+
+/// AVX-512F build of a kernel.
+///
+/// # Safety
+/// The CPU must have AVX-512F, AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn block_avx512<const M: u8, P: Decode, Q: Decode>(
+    dp: &Dec,
+    dq: &Dec,
+    io: &BlockIo<'_>,
+) -> State {
+    block_impl::<M, super::ln::Fused, P, Q>(dp, dq, io)
+}
+
+fn build<const M: u8, P: Decode, Q: Decode>(isa: Isa) -> BlockFn {
+    match isa {
+        Isa::Base => block_base::<M, P, Q>,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => block_avx2::<M, P, Q>,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => block_avx512::<M, P, Q>,
+    }
+}
+
+fn with_q<const M: u8, P: Decode>(q: DecKind, isa: Isa) -> Option<BlockFn> {
+    Some(match q {
+        DecKind::None => build::<M, P, NoneD>(isa),
+        DecKind::Probs => build::<M, P, ProbsD>(isa),
+        DecKind::ProbsDiv => build::<M, P, ProbsDivD>(isa),
+        DecKind::Log => build::<M, P, LogD>(isa),
+        DecKind::Targets | DecKind::TargetsWeighted => return None,
+    })
+}
+
+/// Pairs of decoders that a pass of measure `M` can meet (the others are not
+/// compiled).
+fn with_pq<const M: u8>(p: DecKind, q: DecKind, isa: Isa) -> Option<BlockFn> {
+    use DecKind as K;
+    let q_none = q == K::None;
+    let two = !q_none && !matches!(p, K::None | K::Targets | K::TargetsWeighted);
+    match (M, p) {
+        (measure::ENTROPY, K::Probs) if q_none => with_q::<M, ProbsD>(q, isa),
+        (measure::ENTROPY, K::ProbsDiv) if q_none => with_q::<M, ProbsDivD>(q, isa),
+        (measure::ENTROPY, K::Log) if q_none => with_q::<M, LogD>(q, isa),
+        (measure::CROSS | measure::KL | measure::JS, K::Probs) if two => {
+            with_q::<M, ProbsD>(q, isa)
+        }
+        (measure::CROSS | measure::KL | measure::JS, K::ProbsDiv) if two => {
+            with_q::<M, ProbsDivD>(q, isa)
+        }
+        (measure::CROSS | measure::KL | measure::JS, K::Log) if two => with_q::<M, LogD>(q, isa),
+        (measure::CROSS, K::Targets) if !q_none => with_q::<M, TargetsD<false>>(q, isa),
+        (measure::CROSS, K::TargetsWeighted) if !q_none => with_q::<M, TargetsD<true>>(q, isa),
+        // first passes, and the NLL fast path (p None, q as in its term pass)
+        (measure::SUMS, K::None) if !q_none => with_q::<M, NoneD>(q, isa),
+        (measure::SUMS, K::Probs) if matches!(q, K::None | K::Probs | K::Log) => {
+            with_q::<M, ProbsD>(q, isa)
+        }
+        (measure::SUMS, K::Log) if matches!(q, K::None | K::Probs | K::Log) => {
+            with_q::<M, LogD>(q, isa)
+        }
+        _ => None,
+    }
+}
+
+/// The kernel of measure `m` (a [`measure`] constant) for the decoders `p`
+/// and `q`, compiled for `isa`; `None` for a combination no plan uses.
+pub(super) fn pick(m: u8, p: DecKind, q: DecKind, isa: Isa) -> Option<BlockFn> {
+    match m {
+        measure::ENTROPY => with_pq::<{ measure::ENTROPY }>(p, q, isa),
+        measure::CROSS => with_pq::<{ measure::CROSS }>(p, q, isa),
+        measure::KL => with_pq::<{ measure::KL }>(p, q, isa),
+        measure::JS => with_pq::<{ measure::JS }>(p, q, isa),
+        measure::SUMS => with_pq::<{ measure::SUMS }>(p, q, isa),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::ln::NEG_INF_BITS;
+    use super::*;
+
+    #[test]
+    fn bad_checks_agree_with_codes() {
+        let mut vals: Vec<u32> = vec![
+            0,
+            0x8000_0000,
+            1,
+            0x8000_0001,
+            0x3f80_0000,
+            0xbf80_0000,
+            POS_INF_BITS,
+            NEG_INF_BITS,
+            0x7fc0_0000,
+            0xffc0_0000,
+            0x7f80_0001,
+            0xff80_0001,
+            0x7f7f_ffff,
+            0xff7f_ffff,
+        ];
+        let mut s = 99u32;
+        for _ in 0..10_000 {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            vals.push(s);
+        }
+        for b in vals {
+            assert_eq!(bad_probs(b), check_probs(b) != 0, "{b:#x}");
+            for pos_ok in [false, true] {
+                assert_eq!(bad_log(b, pos_ok), check_log(b, pos_ok) != 0, "{b:#x}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_isa_picks() {
+        for isa in Isa::available() {
+            assert!(pick(measure::KL, DecKind::Probs, DecKind::Probs, isa).is_some());
+            assert!(pick(measure::KL, DecKind::Targets, DecKind::Probs, isa).is_none());
+        }
+    }
+}

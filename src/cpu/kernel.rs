@@ -1,0 +1,532 @@
+//! The per-row state machine: the CPU twin of `shaders/rows.wgsl`.
+//!
+//! Same state, same element rules, same finalize formulas; the names follow
+//! the shader so the two read side by side. Differences, all for accuracy on
+//! long rows:
+//! - states are merged and finalized in f64 (the lanes of [`super::block`] sum
+//!   short runs in f32 and flush into these f64 fields);
+//! - KL accumulates `d = Σ w (l_p − l_q)` per element instead of `u − v` at
+//!   the end (`u` and `v` are each about the entropy, their difference can be
+//!   tiny); the logs of probabilities are taken in two parts so that
+//!   `l_p − l_q` keeps its accuracy ([`super::ln::ln_hilo`]);
+//! - an online (running-max) operand is kept relative to the maximum of each
+//!   block of columns ([`super::block`] finds it first) instead of rescaling
+//!   per element; blocks then merge with the shader's `merge`.
+
+use super::ln::{ABS_MASK, Arith, EXP_MASK, NEG_INF_BITS, POS_INF_BITS, exp, ln_hilo};
+use crate::record::code;
+
+/// "No problem yet" while reducing; mapped to `code::OK` at the end.
+pub(super) const KEY_NONE: u32 = u32::MAX;
+
+/// A term with p > 0 and q = 0: the value is +inf.
+pub(super) const FL_Q_ZERO_HIT: u32 = 1;
+/// The online p state holds an element.
+pub(super) const FL_P_SEEN: u32 = 2;
+/// The online q state holds an element.
+pub(super) const FL_Q_SEEN: u32 = 4;
+
+/// What a pass accumulates (the shader's `MEASURE`; NLL accumulates as cross-entropy).
+pub(super) mod measure {
+    pub(crate) const ENTROPY: u8 = 0;
+    pub(crate) const CROSS: u8 = 1;
+    pub(crate) const KL: u8 = 2;
+    pub(crate) const JS: u8 = 3;
+    /// Row normalisers: the first pass of the two-pass plan.
+    pub(crate) const SUMS: u8 = 4;
+}
+
+/// `status_key` of the shader: `(min(col, COL_NONE) << 8) | code`.
+#[inline(always)]
+pub(super) fn status_key(col: usize, code: u32) -> u32 {
+    crate::record::status_word(col, code)
+}
+
+/// A row's (or a block's) reduction state. For plain operands `sa = Σ w`,
+/// `u = Σ w ln p`, `v = Σ w ln q`, `d = Σ w (ln p − ln q)`, `sb = Σ q`,
+/// `t = Σ` JS terms with w = p. For an online operand the sums are relative to
+/// the running maximum (`ma` for p, `mb` for q): w = e^(a − ma), `l_p = a − ma`,
+/// `l_q = b − mb`, `sb = Σ e^(b − mb)`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) struct State {
+    pub ma: f64,
+    pub sa: f64,
+    pub u: f64,
+    pub mb: f64,
+    pub sb: f64,
+    pub v: f64,
+    pub d: f64,
+    pub t: f64,
+    pub key: u32,
+    pub flags: u32,
+}
+
+impl State {
+    pub(super) const EMPTY: State = State {
+        ma: 0.0,
+        sa: 0.0,
+        u: 0.0,
+        mb: 0.0,
+        sb: 0.0,
+        v: 0.0,
+        d: 0.0,
+        t: 0.0,
+        key: KEY_NONE,
+        flags: 0,
+    };
+}
+
+/// Rescales an online p state to the maximum m (≥ st.ma when seen).
+fn rescale_p(st: &mut State, m: f64) {
+    let seen = (st.flags & FL_P_SEEN) != 0;
+    let scale = if seen { (st.ma - m).exp() } else { 0.0 };
+    let shift = if seen { m - st.ma } else { 0.0 };
+    st.sa *= scale;
+    st.u = st.u * scale - shift * st.sa;
+    st.v *= scale;
+    st.d = st.d * scale - shift * st.sa;
+    st.ma = m;
+}
+
+/// Rescales an online q state to the maximum m: sb scales, v loses shift · sa.
+fn rescale_q(st: &mut State, m: f64) {
+    let seen = (st.flags & FL_Q_SEEN) != 0;
+    let scale = if seen { (st.mb - m).exp() } else { 0.0 };
+    let shift = if seen { m - st.mb } else { 0.0 };
+    st.sb *= scale;
+    st.v -= shift * st.sa;
+    st.d += shift * st.sa;
+    st.mb = m;
+}
+
+/// Merges two states; `p_online` / `q_online` say which operands are kept
+/// relative to a running maximum.
+pub(super) fn merge(a_in: &State, b_in: &State, p_online: bool, q_online: bool) -> State {
+    let mut a = *a_in;
+    let mut b = *b_in;
+    if p_online {
+        let a_seen = (a.flags & FL_P_SEEN) != 0;
+        let b_seen = (b.flags & FL_P_SEEN) != 0;
+        let m = match (a_seen, b_seen) {
+            (true, true) => a.ma.max(b.ma),
+            (true, false) => a.ma,
+            (false, _) => b.ma,
+        };
+        rescale_p(&mut a, m);
+        rescale_p(&mut b, m);
+    }
+    if q_online {
+        let a_seen = (a.flags & FL_Q_SEEN) != 0;
+        let b_seen = (b.flags & FL_Q_SEEN) != 0;
+        let m = match (a_seen, b_seen) {
+            (true, true) => a.mb.max(b.mb),
+            (true, false) => a.mb,
+            (false, _) => b.mb,
+        };
+        rescale_q(&mut a, m);
+        rescale_q(&mut b, m);
+    }
+    State {
+        ma: a.ma,
+        sa: a.sa + b.sa,
+        u: a.u + b.u,
+        mb: a.mb,
+        sb: a.sb + b.sb,
+        v: a.v + b.v,
+        d: a.d + b.d,
+        t: a.t + b.t,
+        key: a.key.min(b.key),
+        flags: a.flags | b.flags,
+    }
+}
+
+/// Normaliser of one operand for the second pass: for probabilities the row
+/// sum `s` (divide), for log forms the pair (`m`, `ls` = ln s) (subtract both,
+/// never their sum). The identity is (0, 0, 1).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) struct Norm {
+    pub m: f32,
+    pub ls: f32,
+    pub s: f32,
+}
+
+impl Norm {
+    pub(super) const IDENTITY: Norm = Norm {
+        m: 0.0,
+        ls: 0.0,
+        s: 1.0,
+    };
+}
+
+/// One element of one operand as the terms need it: `zero` (probability 0:
+/// the term vanishes whatever the other side is), the weight `w` (p itself,
+/// or e^l in a log form) and ln p = `hi + lo`.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Elem {
+    pub zero: bool,
+    pub w: f32,
+    pub hi: f32,
+    pub lo: f32,
+}
+
+/// The shader's `check_value` without the P/Q base: 0 when good, else
+/// 1 NaN, 2 negative, 3 infinite, 4 positive log-probability (add the base
+/// `code::P_NAN - 1` or `code::Q_NAN - 1`).
+#[inline(always)]
+pub(super) fn check_probs(b: u32) -> u32 {
+    if (b & ABS_MASK) > POS_INF_BITS {
+        1
+    } else if (b & ABS_MASK) == POS_INF_BITS {
+        3
+    } else if (b >> 31) != 0 && (b & ABS_MASK) != 0 {
+        2
+    } else {
+        0
+    }
+}
+
+/// `check_value` for log-probabilities and logits: -inf is probability 0;
+/// values above 0 are bad unless `pos_ok` (logits, renormalised log-probs).
+#[inline(always)]
+pub(super) fn check_log(b: u32, pos_ok: bool) -> u32 {
+    if (b & ABS_MASK) > POS_INF_BITS {
+        1
+    } else if b == POS_INF_BITS {
+        3
+    } else if !pos_ok && (b >> 31) == 0 && b != 0 {
+        4
+    } else {
+        0
+    }
+}
+
+/// Vectorisable "is this probability bad": anything but +finite, ±0.
+#[inline(always)]
+pub(super) fn bad_probs(b: u32) -> bool {
+    b >= POS_INF_BITS && b != 0x8000_0000
+}
+
+/// Vectorisable "is this log value bad": NaN, +inf, or > 0 unless `pos_ok`.
+#[inline(always)]
+pub(super) fn bad_log(b: u32, pos_ok: bool) -> bool {
+    let nan = (b & ABS_MASK) > POS_INF_BITS;
+    let positive = b.wrapping_sub(1) < POS_INF_BITS; // (0, +inf]
+    nan | (b == POS_INF_BITS) | (positive & !pos_ok)
+}
+
+/// A probability (already divided by its normaliser, if any): the shader's
+/// `plain_elem` for `F_PROBS`.
+#[inline(always)]
+pub(super) fn probs_elem<A: Arith>(x: f32) -> Elem {
+    let zero = (x.to_bits() & ABS_MASK) == 0;
+    let (hi, lo) = ln_hilo::<A>(x);
+    Elem {
+        zero,
+        w: if zero { 0.0 } else { x },
+        hi: if zero { 0.0 } else { hi },
+        lo: if zero { 0.0 } else { lo },
+    }
+}
+
+/// A log-probability (as given: `n` the identity) or a log value normalised by
+/// `(m, ls)`, or an online value relative to the block maximum `m` (`ls` 0):
+/// the shader's `plain_elem` for log forms and the online branch of `accumulate`.
+#[inline(always)]
+pub(super) fn log_elem<A: Arith>(x: f32, m: f32, ls: f32) -> Elem {
+    let zero = x.to_bits() == NEG_INF_BITS;
+    let l = (x - m) - ls;
+    let w = exp::<A>(l);
+    Elem {
+        zero,
+        w: if zero { 0.0 } else { w },
+        hi: if zero { 0.0 } else { l },
+        lo: 0.0,
+    }
+}
+
+/// NLL: p is the smoothed, weighted one-hot of the target (the shader's
+/// `nll_weight`); `wc` the class weight of `col` (1 without weights).
+#[inline(always)]
+pub(super) fn target_elem(wc: f32, col: u32, t: &Target) -> Elem {
+    let w = wc * t.eps / t.classes + if col == t.target { t.tw } else { 0.0 };
+    let w = if t.ignored { 0.0 } else { w };
+    Elem {
+        zero: w == 0.0,
+        w,
+        hi: 0.0,
+        lo: 0.0,
+    }
+}
+
+/// The target of one NLL row.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Target {
+    pub target: u32,
+    pub ignored: bool,
+    /// Label smoothing ε.
+    pub eps: f32,
+    /// Number of classes, as f32.
+    pub classes: f32,
+    /// (1 − ε) · w_t: the one-hot part of p at the target.
+    pub tw: f32,
+}
+
+/// f32 lanes of the terms (`L` columns at a time); flushed into a [`State`]
+/// every few chunks. `hit` is a per-lane "p > 0 met q = 0".
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Lanes<const L: usize> {
+    pub sa: [f32; L],
+    pub u: [f32; L],
+    pub sb: [f32; L],
+    pub v: [f32; L],
+    pub d: [f32; L],
+    pub t: [f32; L],
+    pub hit: [u32; L],
+}
+
+impl<const L: usize> Lanes<L> {
+    pub(super) const ZERO: Self = Lanes {
+        sa: [0.0; L],
+        u: [0.0; L],
+        sb: [0.0; L],
+        v: [0.0; L],
+        d: [0.0; L],
+        t: [0.0; L],
+        hit: [0; L],
+    };
+
+    /// Adds the lanes (in lane order, in f64) into `st` and clears them.
+    #[inline(always)]
+    pub(super) fn flush<const M: u8>(&mut self, st: &mut State) {
+        fn sum<const L: usize>(x: &[f32; L]) -> f64 {
+            x.iter().fold(0.0f64, |a, &b| a + b as f64)
+        }
+        st.sa += sum(&self.sa);
+        st.sb += sum(&self.sb);
+        if M == measure::ENTROPY {
+            st.u += sum(&self.u);
+        }
+        if M == measure::CROSS {
+            st.v += sum(&self.v);
+        }
+        if M == measure::KL {
+            st.d += sum(&self.d);
+        }
+        if M == measure::JS {
+            st.t += sum(&self.t);
+        }
+        if M == measure::CROSS || M == measure::KL {
+            let hit = self.hit.iter().fold(0, |a, &b| a | b);
+            if hit != 0 {
+                st.flags |= FL_Q_ZERO_HIT;
+            }
+        }
+        *self = Self::ZERO;
+    }
+}
+
+/// Adds a good element pair to lane `i`: the shader's `accumulate` after the
+/// value checks. Branch-free (every `if` is a select) so that loops over the
+/// lanes vectorise.
+#[inline(always)]
+pub(super) fn accumulate<const M: u8, const L: usize, A: Arith>(
+    acc: &mut Lanes<L>,
+    i: usize,
+    pe: Elem,
+    qe: Elem,
+) {
+    let pw = if pe.zero { 0.0 } else { pe.w };
+    match M {
+        measure::ENTROPY => {
+            acc.sa[i] += pw;
+            let t = pe.w * (pe.hi + pe.lo);
+            acc.u[i] += if pe.zero { 0.0 } else { t };
+        }
+        measure::SUMS => {
+            acc.sa[i] += pe.w;
+            acc.sb[i] += qe.w;
+        }
+        measure::CROSS => {
+            acc.sb[i] += qe.w;
+            acc.sa[i] += pw;
+            let t = pe.w * (qe.hi + qe.lo);
+            acc.v[i] += if pe.zero | qe.zero { 0.0 } else { t };
+            acc.hit[i] |= (!pe.zero & qe.zero) as u32;
+        }
+        measure::KL => {
+            acc.sb[i] += qe.w;
+            acc.sa[i] += pw;
+            let t = pe.w * ((pe.hi - qe.hi) + (pe.lo - qe.lo));
+            acc.d[i] += if pe.zero | qe.zero { 0.0 } else { t };
+            acc.hit[i] |= (!pe.zero & qe.zero) as u32;
+        }
+        measure::JS => {
+            acc.sa[i] += pe.w;
+            acc.sb[i] += qe.w;
+            // ½ p ln(2p / (p + q)) + ½ q ln(2q / (p + q)); never infinite. A sum
+            // that is subnormal leaves a term below 1e-36: dropped. A weight
+            // that is 0 (an exp that underflowed, or a ratio that did) counts
+            // as a zero: its term is 0, not 0 · (-inf).
+            let s = pe.w + qe.w;
+            let rp = 2.0 * pe.w / s;
+            let rq = 2.0 * qe.w / s;
+            let (hp, lp) = ln_hilo::<A>(rp);
+            let (hq, lq) = ln_hilo::<A>(rq);
+            let tp = 0.5 * pe.w * (hp + lp);
+            let tq = 0.5 * qe.w * (hq + lq);
+            let pz = pe.zero | ((rp.to_bits() & ABS_MASK) == 0);
+            let qz = qe.zero | ((rq.to_bits() & ABS_MASK) == 0);
+            let tp = if pz { 0.0 } else { tp };
+            let tq = if qz { 0.0 } else { tq };
+            let normal = (s.to_bits() & EXP_MASK) != 0;
+            acc.t[i] += if normal { tp + tq } else { 0.0 };
+        }
+        _ => {}
+    }
+}
+
+/// One operand's role in a row, for [`finalize`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Side {
+    /// The operand is read (q of entropy and p of NLL are not).
+    pub present: bool,
+    /// Accumulated relative to a running maximum in this (single) pass.
+    pub online: bool,
+    /// Divided by (or shifted by) a first-pass normaliser.
+    pub normalized: bool,
+    /// Its row sum is checked against 1.
+    pub check_sum: bool,
+}
+
+/// What finalize needs of a row besides its state.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct RowEnd {
+    pub kind: crate::job::Kind,
+    pub p: Side,
+    pub q: Side,
+    pub tolerance: f32,
+    pub ln_base: f64,
+    /// Status of the first pass (0 when good or in a one-pass plan).
+    pub first: u32,
+    /// aux of a normalised operand: its sum or log-sum-exp from the first pass.
+    pub aux_p: f32,
+    pub aux_q: f32,
+    /// NLL: the row's weight w_t (0 when ignored).
+    pub nll_weight: Option<f32>,
+}
+
+/// Turns a row's state into its record: the shader's `finalize` (term passes).
+pub(super) fn finalize(st: &State, e: &RowEnd) -> crate::record::Record {
+    use crate::job::Kind;
+    let mut key = st.key;
+    let row_key = |c: u32| status_key(code::COL_NONE as usize, c);
+    // online operands must have seen an element (a row of all -inf is an error)
+    if e.p.present && e.p.online && (st.flags & FL_P_SEEN) == 0 {
+        key = key.min(row_key(code::P_ALL_MASKED));
+    }
+    if e.q.present && e.q.online && (st.flags & FL_Q_SEEN) == 0 {
+        key = key.min(row_key(code::Q_ALL_MASKED));
+    }
+    if e.p.check_sum && ((st.sa as f32) - 1.0).abs() > e.tolerance {
+        key = key.min(row_key(code::P_SUM));
+    }
+    if e.q.check_sum && ((st.sb as f32) - 1.0).abs() > e.tolerance {
+        key = key.min(row_key(code::Q_SUM));
+    }
+    let mut status = if key == KEY_NONE { code::OK } else { key };
+    if e.first != code::OK {
+        // a problem found by the first pass wins
+        status = e.first;
+    }
+    let (p_online, q_online) = (e.p.online, e.q.online);
+    let lb = if q_online { st.sb.max(1.0).ln() } else { 0.0 };
+    let la = if p_online { st.sa.max(1.0).ln() } else { 0.0 };
+    let inv_sa = if p_online { 1.0 / st.sa.max(1.0) } else { 1.0 };
+    let mut aux_p = if p_online { st.ma + la } else { st.sa } as f32;
+    let mut aux_q = if q_online { st.mb + lb } else { st.sb } as f32;
+    if e.p.normalized {
+        aux_p = e.aux_p;
+    }
+    if e.q.normalized {
+        aux_q = e.aux_q;
+    }
+    let value = match e.kind {
+        Kind::Entropy => {
+            if p_online {
+                la - st.u * inv_sa
+            } else {
+                -st.u
+            }
+        }
+        Kind::Cross | Kind::Nll => {
+            if p_online {
+                -st.v * inv_sa + lb
+            } else {
+                -st.v + st.sa * lb
+            }
+        }
+        Kind::Kl => {
+            if p_online {
+                st.d * inv_sa - la + lb
+            } else {
+                st.d + st.sa * lb
+            }
+        }
+        Kind::Js => st.t,
+    };
+    if let Some(w) = e.nll_weight {
+        aux_p = w;
+    }
+    let hit = (st.flags & FL_Q_ZERO_HIT) != 0 && !matches!(e.kind, Kind::Entropy | Kind::Js);
+    let mut value = if hit {
+        f32::INFINITY
+    } else {
+        (value / e.ln_base) as f32
+    };
+    if status != code::OK {
+        value = f32::NAN;
+    }
+    crate::record::Record {
+        value,
+        aux_p,
+        aux_q,
+        status,
+    }
+}
+
+/// The first pass's finalize for one operand: its normaliser, the status it
+/// raises (0 when good) and its aux value (sum, or log-sum-exp).
+pub(super) fn normaliser(
+    log_form: bool,
+    seen: bool,
+    m: f64,
+    s: f64,
+    zero_code: u32,
+    masked_code: u32,
+) -> (Norm, u32, f32) {
+    let row_key = |c: u32| status_key(code::COL_NONE as usize, c);
+    if log_form {
+        let ls = s.max(1.0).ln();
+        let n = Norm {
+            m: m as f32,
+            ls: ls as f32,
+            s: s as f32,
+        };
+        let key = if seen { KEY_NONE } else { row_key(masked_code) };
+        (n, key, (m + ls) as f32)
+    } else {
+        let sf = s as f32;
+        let b = sf.to_bits();
+        let bad = (b & EXP_MASK) == 0 || (b & ABS_MASK) == POS_INF_BITS;
+        let key = if bad { row_key(zero_code) } else { KEY_NONE };
+        (
+            Norm {
+                m: 0.0,
+                ls: 0.0,
+                s: sf,
+            },
+            key,
+            sf,
+        )
+    }
+}

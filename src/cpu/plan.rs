@@ -1,0 +1,379 @@
+//! A [`Job`] lowered for the CPU: which kernels each pass runs, each row's
+//! decoders, and the fixed block structure that makes results independent of
+//! the thread count.
+//!
+//! A row is cut into blocks of [`BLOCK`] columns and blocks into super-blocks
+//! of [`SUPER`] columns. A super-block's state is the left fold of its blocks'
+//! states and a row's state the left fold of its super-blocks' states, whoever
+//! computes them: threads share rows, or (few long rows) super-blocks.
+//!
+//! The two-pass plan (`Job::two_pass`): the first pass reduces each row to its
+//! normalisers (Σ for probabilities, (max, ln s) for log forms) and the second
+//! computes the terms on normalised values: p / S (divide first), or
+//! (x − m) − ln s. Only operands being normalised are divided: the others (a
+//! probability row under `Validate` next to logits, in Jensen-Shannon) are used
+//! as given and their sum is checked.
+
+use super::block::{BLOCK, BlockFn, BlockIo, Dec, DecKind, Isa, pick};
+use super::kernel::{self, Norm, RowEnd, Side, State, Target, measure};
+use crate::job::{Job, Kind};
+use crate::measure::{Form, Normalization};
+use crate::record::{Record, code};
+
+/// Columns of a super-block: the unit of work when threads share a row.
+pub(super) const SUPER: usize = 16 * BLOCK;
+
+/// Which pass a state is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Pass {
+    /// Row normalisers.
+    Sums,
+    /// Terms (the only pass of the one-pass plan).
+    Terms,
+}
+
+/// One operand's plan.
+#[derive(Clone, Copy, Debug)]
+struct OpPlan {
+    form: Form,
+    side: Side,
+    /// Values above 0 allowed in a log form.
+    pos_ok: bool,
+}
+
+/// First-pass result of a row: normalisers, status and aux values.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct RowNorm {
+    p: Norm,
+    q: Norm,
+    status: u32,
+    aux_p: f32,
+    aux_q: f32,
+}
+
+impl RowNorm {
+    pub(super) const IDENTITY: RowNorm = RowNorm {
+        p: Norm::IDENTITY,
+        q: Norm::IDENTITY,
+        status: code::OK,
+        aux_p: 0.0,
+        aux_q: 0.0,
+    };
+}
+
+pub(super) struct Plan<'j> {
+    job: &'j Job<'j>,
+    pub(super) rows: usize,
+    pub(super) cols: usize,
+    pub(super) two_pass: bool,
+    p: OpPlan,
+    q: OpPlan,
+    /// First-pass kernel (two-pass plan).
+    sums_fn: Option<BlockFn>,
+    /// Term kernel.
+    terms_fn: BlockFn,
+    terms_p: DecKind,
+    /// NLL rows without smoothing (or ignored): the sums of q plus one term.
+    nll_fast_fn: Option<BlockFn>,
+}
+
+fn log_form(f: Form) -> bool {
+    f != Form::Probs
+}
+
+impl<'j> Plan<'j> {
+    pub(super) fn new(job: &'j Job<'j>, isa: Isa) -> Plan<'j> {
+        let renorm = job.normalization == Normalization::Renormalize;
+        let two_pass = job.two_pass();
+        let op = |o: &Option<crate::job::Operand<'_>>, online: bool| -> OpPlan {
+            match o {
+                None => OpPlan {
+                    form: Form::Probs,
+                    side: Side::default(),
+                    pos_ok: false,
+                },
+                Some(o) => {
+                    let normalized = two_pass && (online || (o.form == Form::Probs && renorm));
+                    OpPlan {
+                        form: o.form,
+                        side: Side {
+                            present: true,
+                            online: online && !two_pass,
+                            normalized,
+                            check_sum: job.check_sums() && !online && !normalized,
+                        },
+                        pos_ok: o.form == Form::Logits || (o.form == Form::LogProbs && renorm),
+                    }
+                }
+            }
+        };
+        let p = op(&job.p, job.p_online());
+        let q = op(&job.q, job.q_online());
+        let sums_kind = |o: &OpPlan| match (o.side.present, log_form(o.form)) {
+            (false, _) => DecKind::None,
+            (true, false) => DecKind::Probs,
+            (true, true) => DecKind::Log,
+        };
+        let terms_kind = |o: &OpPlan| match (o.side.present, log_form(o.form)) {
+            (false, _) => DecKind::None,
+            (true, false) if o.side.normalized => DecKind::ProbsDiv,
+            (true, false) => DecKind::Probs,
+            (true, true) => DecKind::Log,
+        };
+        let (sums_p, sums_q) = (sums_kind(&p), sums_kind(&q));
+        let sums_fn = two_pass.then(|| pick(measure::SUMS, sums_p, sums_q, isa));
+        let m = match job.kind {
+            Kind::Entropy => measure::ENTROPY,
+            Kind::Cross | Kind::Nll => measure::CROSS,
+            Kind::Kl => measure::KL,
+            Kind::Js => measure::JS,
+        };
+        let terms_p = match &job.nll {
+            Some(n) if n.weights.is_some() => DecKind::TargetsWeighted,
+            Some(_) => DecKind::Targets,
+            None => terms_kind(&p),
+        };
+        let terms_q = terms_kind(&q);
+        let nll_fast_fn = job
+            .nll
+            .as_ref()
+            .map(|_| pick(measure::SUMS, DecKind::None, terms_q, isa));
+        let fail = || unreachable!("no kernel for {:?} {terms_p:?} x {terms_q:?}", job.kind);
+        Plan {
+            job,
+            rows: job.rows,
+            cols: job.cols,
+            two_pass,
+            p,
+            q,
+            sums_fn: sums_fn.map(|f| f.unwrap_or_else(fail)),
+            terms_fn: pick(m, terms_p, terms_q, isa).unwrap_or_else(fail),
+            terms_p,
+            nll_fast_fn: nll_fast_fn.map(|f| f.unwrap_or_else(fail)),
+        }
+    }
+
+    /// Super-blocks per row.
+    pub(super) fn supers(&self) -> usize {
+        self.cols.div_ceil(SUPER)
+    }
+
+    fn pass_log(&self, o: &OpPlan) -> bool {
+        o.side.present && log_form(o.form)
+    }
+
+    /// Whether p / q states of `pass` are relative to running maxima.
+    fn online(&self, pass: Pass) -> (bool, bool) {
+        match pass {
+            Pass::Sums => (self.pass_log(&self.p), self.pass_log(&self.q)),
+            Pass::Terms => (self.p.side.online, self.q.side.online),
+        }
+    }
+
+    fn nll_row(&self, row: usize) -> Option<(Target, f32)> {
+        let n = self.job.nll.as_ref()?;
+        let t = n.targets[row];
+        let ignored = t == crate::job::IGNORED;
+        let wt = if ignored { 0.0 } else { n.weight(t as usize) };
+        let target = Target {
+            target: t,
+            ignored,
+            eps: n.smoothing,
+            classes: self.cols as f32,
+            tw: (1.0 - n.smoothing) * wt,
+        };
+        Some((target, wt))
+    }
+
+    fn dec(&self, o: &OpPlan, pass: Pass, n: &Norm) -> Dec {
+        let mut d = Dec {
+            s: 1.0,
+            pos_ok: o.pos_ok,
+            ..Dec::default()
+        };
+        match pass {
+            Pass::Sums => d.online = log_form(o.form),
+            Pass::Terms => {
+                d.online = o.side.online;
+                if o.side.normalized {
+                    d.s = n.s;
+                    d.m = n.m;
+                    d.ls = n.ls;
+                }
+            }
+        }
+        d
+    }
+
+    /// State of columns `c0..c1` (one block) of `row`.
+    fn block(&self, pass: Pass, row: usize, c0: usize, c1: usize, norm: &RowNorm) -> State {
+        let cols = self.cols;
+        fn slice<'a>(
+            o: &'a Option<crate::job::Operand<'_>>,
+            row: usize,
+            cols: usize,
+            c: (usize, usize),
+        ) -> &'a [f32] {
+            o.as_ref().map_or(&[][..], |o| &o.row(row, cols)[c.0..c.1])
+        }
+        let mut io = BlockIo {
+            p: slice(&self.job.p, row, cols, (c0, c1)),
+            q: slice(&self.job.q, row, cols, (c0, c1)),
+            len: c1 - c0,
+            col0: c0,
+            target: None,
+        };
+        let mut dp = self.dec(&self.p, pass, &norm.p);
+        let dq = self.dec(&self.q, pass, &norm.q);
+        let f = match pass {
+            Pass::Sums => self.sums_fn,
+            Pass::Terms => match self.nll_row(row) {
+                None => Some(self.terms_fn),
+                Some((t, _)) => {
+                    if t.ignored || t.eps == 0.0 {
+                        let tc = t.target as usize;
+                        if !t.ignored && (c0..c1).contains(&tc) {
+                            io.target = Some((tc - c0, t.tw));
+                        }
+                        self.nll_fast_fn
+                    } else {
+                        dp.target = t;
+                        if self.terms_p == DecKind::TargetsWeighted {
+                            io.p = self
+                                .job
+                                .nll
+                                .as_ref()
+                                .and_then(|n| n.weights.as_deref())
+                                .map_or(&[][..], |w| &w[c0..c1]);
+                        }
+                        Some(self.terms_fn)
+                    }
+                }
+            },
+        };
+        let Some(f) = f else {
+            return State::EMPTY;
+        };
+        // SAFETY: `f` was picked for this machine's instruction set.
+        unsafe { f(&dp, &dq, &io) }
+    }
+
+    /// State of super-block `sb` of `row`: the left fold of its blocks.
+    pub(super) fn super_state(&self, pass: Pass, row: usize, sb: usize, norm: &RowNorm) -> State {
+        if pass == Pass::Terms && norm.status != code::OK {
+            return State::EMPTY;
+        }
+        let (po, qo) = self.online(pass);
+        let c_end = ((sb + 1) * SUPER).min(self.cols);
+        let mut st = State::EMPTY;
+        let mut c0 = sb * SUPER;
+        while c0 < c_end {
+            let c1 = (c0 + BLOCK).min(c_end);
+            let b = self.block(pass, row, c0, c1, norm);
+            st = kernel::merge(&st, &b, po, qo);
+            c0 = c1;
+        }
+        st
+    }
+
+    /// Left fold of super-block states.
+    pub(super) fn fold(&self, pass: Pass, states: &[State]) -> State {
+        let (po, qo) = self.online(pass);
+        states
+            .iter()
+            .fold(State::EMPTY, |a, b| kernel::merge(&a, b, po, qo))
+    }
+
+    /// State of a whole row in `pass`.
+    fn row_state(&self, pass: Pass, row: usize, norm: &RowNorm) -> State {
+        let (po, qo) = self.online(pass);
+        (0..self.supers()).fold(State::EMPTY, |a, sb| {
+            kernel::merge(&a, &self.super_state(pass, row, sb, norm), po, qo)
+        })
+    }
+
+    /// The first pass's finalize: normalisers and status of a row.
+    pub(super) fn normalisers(&self, st: &State) -> RowNorm {
+        let mut out = RowNorm::IDENTITY;
+        let mut key = st.key;
+        if self.p.side.present {
+            let (n, k, aux) = kernel::normaliser(
+                log_form(self.p.form),
+                st.flags & kernel::FL_P_SEEN != 0,
+                st.ma,
+                st.sa,
+                code::P_ZERO_SUM,
+                code::P_ALL_MASKED,
+            );
+            if self.p.side.normalized {
+                out.p = n;
+                out.aux_p = aux;
+                key = key.min(k);
+            }
+        }
+        if self.q.side.present {
+            let (n, k, aux) = kernel::normaliser(
+                log_form(self.q.form),
+                st.flags & kernel::FL_Q_SEEN != 0,
+                st.mb,
+                st.sb,
+                code::Q_ZERO_SUM,
+                code::Q_ALL_MASKED,
+            );
+            if self.q.side.normalized {
+                out.q = n;
+                out.aux_q = aux;
+                key = key.min(k);
+            }
+        }
+        out.status = if key == kernel::KEY_NONE {
+            code::OK
+        } else {
+            key
+        };
+        out
+    }
+
+    /// The record of a row from its term state.
+    pub(super) fn finalize(&self, row: usize, st: &State, norm: &RowNorm) -> Record {
+        if norm.status != code::OK {
+            return Record {
+                value: f32::NAN,
+                aux_p: if self.p.side.normalized {
+                    norm.aux_p
+                } else {
+                    0.0
+                },
+                aux_q: if self.q.side.normalized {
+                    norm.aux_q
+                } else {
+                    0.0
+                },
+                status: norm.status,
+            };
+        }
+        let end = RowEnd {
+            kind: self.job.kind,
+            p: self.p.side,
+            q: self.q.side,
+            tolerance: self.job.tolerance,
+            ln_base: self.job.ln_base,
+            first: norm.status,
+            aux_p: norm.aux_p,
+            aux_q: norm.aux_q,
+            nll_weight: self.nll_row(row).map(|(_, wt)| wt),
+        };
+        kernel::finalize(st, &end)
+    }
+
+    /// A whole row, on the calling thread.
+    pub(super) fn row(&self, row: usize) -> Record {
+        let norm = if self.two_pass {
+            self.normalisers(&self.row_state(Pass::Sums, row, &RowNorm::IDENTITY))
+        } else {
+            RowNorm::IDENTITY
+        };
+        let st = self.row_state(Pass::Terms, row, &norm);
+        self.finalize(row, &st, &norm)
+    }
+}

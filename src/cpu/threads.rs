@@ -1,0 +1,54 @@
+//! Scoped worker threads over contiguous parts of an output slice.
+
+/// Number of workers: the machine's available parallelism.
+pub(super) fn available() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Calls `f(first_index, part)` on `threads` contiguous, nearly equal parts of
+/// `out`, one per thread (the first on the calling thread). Which thread
+/// computes an element never changes what is computed for it.
+pub(super) fn split_mut<T: Send>(
+    out: &mut [T],
+    threads: usize,
+    f: impl Fn(usize, &mut [T]) + Sync,
+) {
+    let n = out.len();
+    let threads = threads.clamp(1, n.max(1));
+    if threads == 1 {
+        f(0, out);
+        return;
+    }
+    let per = n.div_ceil(threads);
+    std::thread::scope(|s| {
+        let f = &f;
+        let mut parts = out.chunks_mut(per).enumerate();
+        let first = parts.next();
+        for (k, part) in parts {
+            s.spawn(move || f(k * per, part));
+        }
+        if let Some((_, part)) = first {
+            f(0, part);
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_element_once() {
+        for threads in 1..6 {
+            for n in [0usize, 1, 2, 5, 17] {
+                let mut v = vec![0usize; n];
+                split_mut(&mut v, threads, |i0, part| {
+                    for (k, x) in part.iter_mut().enumerate() {
+                        *x += i0 + k + 1;
+                    }
+                });
+                assert!(v.iter().enumerate().all(|(i, &x)| x == i + 1));
+            }
+        }
+    }
+}
