@@ -334,8 +334,11 @@ fn accumulate(st: ptr<function, State>, ctx: RowCtx, col: u32, pi: u32, qi: u32)
         // is subnormal (or flushed) leaves a term below 1e-36: dropped.
         let s = pe.w + qe.w;
         if ((bitcast<u32>(s) & EXP_MASK) != 0u) {
-            let tp = select(0.5 * pe.w * ln_bits(bitcast<u32>(2.0 * pe.w / s)), 0.0, pe.zero);
-            let tq = select(0.5 * qe.w * ln_bits(bitcast<u32>(2.0 * qe.w / s)), 0.0, qe.zero);
+            // a weight that underflowed to 0 (a very negative logit) is 0 too
+            let rp = bitcast<u32>(2.0 * pe.w / s);
+            let rq = bitcast<u32>(2.0 * qe.w / s);
+            let tp = select(0.5 * pe.w * ln_bits(rp), 0.0, pe.zero || is_zero_bits(rp));
+            let tq = select(0.5 * qe.w * ln_bits(rq), 0.0, qe.zero || is_zero_bits(rq));
             (*st).t = (*st).t + tp + tq;
         }
         return;

@@ -307,6 +307,7 @@ fn bad_values_decode_to_the_host_error() {
                 .expect_err("host must fail");
             let dev = encoded(&ctx, &device, &queue, Measure::Kl, &GpuBatch::new(&pb, rows, cols), Some(&GpuBatch::new(&qb, rows, cols)), &opts)
                 .expect_err("decode must fail");
+            assert!(!matches!(host, Error::Device(_)), "{host}");
             assert_eq!(host.to_string(), dev.to_string(), "{norm:?} {reduction:?}");
         }
     }

@@ -368,7 +368,7 @@ pub(crate) fn encode(
                     },
                     wgpu::BindGroupEntry {
                         binding: 3,
-                        resource: binding(out.0, out.1, RECORD_SIZE),
+                        resource: binding(out.0, out.1, TOTAL_OUTPUT_SIZE),
                     },
                     wgpu::BindGroupEntry {
                         binding: 4,
