@@ -208,6 +208,22 @@ impl<'a> From<&'a Vec<u32>> for Targets<'a> {
     }
 }
 
+impl<'a, const N: usize> From<&'a [i32; N]> for Targets<'a> {
+    fn from(v: &'a [i32; N]) -> Self {
+        Targets::I32(v)
+    }
+}
+impl<'a, const N: usize> From<&'a [i64; N]> for Targets<'a> {
+    fn from(v: &'a [i64; N]) -> Self {
+        Targets::I64(v)
+    }
+}
+impl<'a, const N: usize> From<&'a [u32; N]> for Targets<'a> {
+    fn from(v: &'a [u32; N]) -> Self {
+        Targets::U32(v)
+    }
+}
+
 impl Targets<'_> {
     /// Number of targets.
     pub fn len(&self) -> usize {
