@@ -13,8 +13,8 @@ fn bits(out: &Output) -> Vec<u32> {
 #[test]
 fn two_runs_are_bit_identical() {
     let mut rng = Rng::new(11);
-    // Multi-block rows (> 2048 columns), many rows, and a one-row batch of 300,001.
-    let shapes = [(64, 3001), (2000, 17), (1, 300_001)];
+    // Multi-block rows (> 2048 columns), many rows, and a one-row batch of 100,003.
+    let shapes = [(64, 3001), (2000, 17), (1, 100_003)];
     let mut f = Vec::new();
     let mut compared = 0usize;
     for (rows, cols) in shapes {
@@ -32,7 +32,12 @@ fn two_runs_are_bit_identical() {
             for bk in &bks {
                 let mut outs = Vec::new();
                 for reduction in REDUCTIONS {
-                    for norm in [Normalization::Validate, Normalization::Renormalize] {
+                    let norms: &[Normalization] = if form == Form::Logits {
+                        &[Normalization::Validate]
+                    } else {
+                        &[Normalization::Validate, Normalization::Renormalize]
+                    };
+                    for &norm in norms {
                         let o = Options::default()
                             .reduction(reduction)
                             .normalization(norm)

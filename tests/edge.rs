@@ -382,6 +382,45 @@ fn subnormal_probabilities() {
         o.normalization(Normalization::Renormalize),
         &expect,
     );
+    // Log forms whose probabilities are subnormal in f32: exp(-92) = 1.1e-40.
+    let pp = [0.5f32, 0.5];
+    let lq = [-92.0f32, 0.0];
+    let want = ref_measure(
+        Measure::Js,
+        Input::new(&pp, 1, Form::Probs),
+        Some(Input::new(&lq, 1, Form::LogProbs)),
+        2,
+        Normalization::Validate,
+        Base::E,
+    );
+    value(
+        &mut f,
+        "JS with q log-prob -92 (subnormal probability)",
+        Measure::Js,
+        (&pp, Form::Probs),
+        Some((&lq, Form::LogProbs)),
+        2,
+        o,
+        &want,
+    );
+    let want = ref_measure(
+        Measure::Kl,
+        Input::new(&pp, 1, Form::Probs),
+        Some(Input::new(&lq, 1, Form::LogProbs)),
+        2,
+        Normalization::Validate,
+        Base::E,
+    );
+    value(
+        &mut f,
+        "KL with q log-prob -92",
+        Measure::Kl,
+        (&pp, Form::Probs),
+        Some((&lq, Form::LogProbs)),
+        2,
+        o,
+        &want,
+    );
     // f64 input: 1e-40 is representable (subnormal) in f32 and accepted.
     for bk in all() {
         let p64 = [1e-40f64, 1.0];

@@ -101,7 +101,7 @@ fn check_properties(rows: usize, cols: usize, mut p: Vec<f32>, mut q: Vec<f32>, 
                 assert!((c - hh - k).abs() <= tol, "CE != H + KL {at}");
             }
             assert!(
-                j >= -ABS_TOL && j <= LN2 + ABS_TOL + REL_TOL * LN2,
+                (-ABS_TOL..=LN2 + ABS_TOL + REL_TOL * LN2).contains(&j),
                 "JS outside [0, ln 2] {at}"
             );
             assert!(

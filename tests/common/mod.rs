@@ -377,8 +377,8 @@ pub fn log_sum_exp(x: &[f64]) -> f64 {
     m + x.iter().map(|&v| (v - m).exp()).sum::<f64>().ln()
 }
 
-/// One row's (p, ln p) in f64 per form and normalisation. p = 0 exactly where
-/// the input is a zero probability, a -inf log-probability or a -inf logit.
+/// One row's (p, ln p) in f64 per form and normalisation. ln p = -inf exactly
+/// where the input is a zero probability, a -inf log-probability or a -inf logit.
 pub fn ref_dist(x: &[f32], form: Form, norm: Normalization) -> (Vec<f64>, Vec<f64>) {
     let x: Vec<f64> = x.iter().map(|&v| v as f64).collect();
     match form {
@@ -423,8 +423,11 @@ fn sum_f64(x: &[f64]) -> f64 {
     s + c
 }
 
-fn zero(p: f64, lp: f64) -> bool {
-    p == 0.0 || lp == f64::NEG_INFINITY
+/// p = 0 exactly where ln p = -inf: a zero probability, a -inf log-probability
+/// or logit. A finite logit far below the row maximum is p > 0 even where
+/// exp(ln p) underflows in f64 (over a q of 0 it still gives +inf).
+fn zero(_p: f64, lp: f64) -> bool {
+    lp == f64::NEG_INFINITY
 }
 
 /// The per-row values of `measure` in base `base` (nats / ln base), in f64,

@@ -84,30 +84,34 @@ def dist(x32, form, norm):
 
 
 def per_row(measure, p32, pf, q32, qf, norm):
-    """Per-row values in nats."""
+    """Per-row values in nats. p = 0 exactly where ln p = -inf (a zero probability,
+    a -inf log-probability or logit); a finite logit far below the row maximum is
+    p > 0 even where exp(ln p) underflows in float64."""
     p, lp = dist(p32, pf, norm)
+    pz = lp == -np.inf
     if measure == "entropy":
         if pf == "probs":
             return entr(p).sum(axis=1)
-        return np.where(p > 0, -p * lp, 0.0).sum(axis=1)
+        return np.where(pz, 0.0, -p * lp).sum(axis=1)
     q, lq = dist(q32, qf, norm)
-    p, lp, q, lq = np.broadcast_arrays(p, lp, q, lq)
+    p, lp, q, lq, pz = np.broadcast_arrays(p, lp, q, lq, pz)
+    qz = lq == -np.inf
     both = pf == "probs" and qf == "probs"
     if measure == "cross_entropy":
         if both:
             return -xlogy(p, q).sum(axis=1)
-        return np.where(p > 0, -p * lq, 0.0).sum(axis=1)
+        return np.where(pz, 0.0, np.where(qz, np.inf, -p * lq)).sum(axis=1)
     if measure == "kl":
         if both:
             return rel_entr(p, q).sum(axis=1)
-        return np.where(p > 0, p * (lp - lq), 0.0).sum(axis=1)
+        return np.where(pz, 0.0, np.where(qz, np.inf, p * (lp - lq))).sum(axis=1)
     if measure == "js":
         if both:
             m = 0.5 * (p + q)
             return 0.5 * rel_entr(p, m).sum(axis=1) + 0.5 * rel_entr(q, m).sum(axis=1)
         lm = np.logaddexp(lp, lq) - math.log(2.0)
-        a = np.where(p > 0, p * (lp - lm), 0.0).sum(axis=1)
-        b = np.where(q > 0, q * (lq - lm), 0.0).sum(axis=1)
+        a = np.where(pz, 0.0, p * (lp - lm)).sum(axis=1)
+        b = np.where(qz, 0.0, q * (lq - lm)).sum(axis=1)
         return 0.5 * a + 0.5 * b
     raise ValueError(measure)
 
@@ -389,6 +393,14 @@ add_measure("logits_masked_q_kl", "kl", la_32, f32(lb_inf), pf="logits", qf="log
 add_measure("probs_vs_logits_kl", "kl", rand_probs(8, 64, zero_frac=0.2), lb_32, qf="logits")
 add_measure("logits_vs_logprobs_ce", "cross_entropy", la_32, log_probs_of(lb), pf="logits", qf="log_probs",
             base="2")
+
+# A finite logit far below the row maximum is p > 0 even where exp underflows
+# (in f32 and in f64): over a masked q class, KL and CE are +inf; JS stays finite.
+ua = f32([[0, -2000, 1], [0, -100, 1], [5, 5, -3000]])
+ub = f32([[0, -np.inf, 1], [0, -np.inf, 1], [5, 5, -np.inf]])
+for m in MEASURES2:
+    add_measure(f"logits_underflow_{m}", m, ua, ub, pf="logits", qf="logits",
+                note="finite logits far below the maximum over masked q classes")
 
 # Jensen-Shannon on rows with zeros.
 jp, jq = rand_probs(10, 12, zero_frac=0.4), rand_probs(10, 12, zero_frac=0.4)
