@@ -14,7 +14,10 @@
 use std::time::Instant;
 
 use kullback::wgpu;
-use kullback::{Backend, Batch, Context, Form, GpuBatch, GpuOutput, GpuTargets, Measure, NllOptions, Options, output_bytes};
+use kullback::{
+    Backend, Batch, Context, Form, GpuBatch, GpuOutput, GpuTargets, Measure, NllOptions, Options,
+    output_bytes,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Which {
@@ -83,7 +86,11 @@ fn parse_args() -> Result<Args, String> {
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
-    let value = |i: usize| argv.get(i + 1).cloned().ok_or_else(|| format!("{} needs a value", argv[i]));
+    let value = |i: usize| {
+        argv.get(i + 1)
+            .cloned()
+            .ok_or_else(|| format!("{} needs a value", argv[i]))
+    };
     while i < argv.len() {
         match argv[i].as_str() {
             "--measure" => {
@@ -121,10 +128,18 @@ fn parse_args() -> Result<Args, String> {
     if a.peers {
         let env = |k: &str| std::env::var(k).map_err(|_| format!("--peers-protocol needs {k}"));
         a.which = Which::parse(&env("PEERS_MEASURE")?).ok_or("unknown PEERS_MEASURE")?;
-        a.rows = env("PEERS_ROWS")?.parse().map_err(|e| format!("PEERS_ROWS: {e}"))?;
-        a.cols = env("PEERS_COLS")?.parse().map_err(|e| format!("PEERS_COLS: {e}"))?;
-        a.repeat = env("PEERS_REPEAT")?.parse().map_err(|e| format!("PEERS_REPEAT: {e}"))?;
-        a.warmup = env("PEERS_WARMUP")?.parse().map_err(|e| format!("PEERS_WARMUP: {e}"))?;
+        a.rows = env("PEERS_ROWS")?
+            .parse()
+            .map_err(|e| format!("PEERS_ROWS: {e}"))?;
+        a.cols = env("PEERS_COLS")?
+            .parse()
+            .map_err(|e| format!("PEERS_COLS: {e}"))?;
+        a.repeat = env("PEERS_REPEAT")?
+            .parse()
+            .map_err(|e| format!("PEERS_REPEAT: {e}"))?;
+        a.warmup = env("PEERS_WARMUP")?
+            .parse()
+            .map_err(|e| format!("PEERS_WARMUP: {e}"))?;
         a.json = true;
     }
     a.repeat = a.repeat.max(1);
@@ -164,11 +179,17 @@ fn make_data(w: Which, rows: usize, cols: usize) -> Data {
         Which::NllLogits => Data {
             p: (0..n).map(|_| 4.0 * r() - 2.0).collect(),
             q: Vec::new(),
-            targets: (0..rows).map(|_| ((r() * cols as f32) as i64).min(cols as i64 - 1)).collect(),
+            targets: (0..rows)
+                .map(|_| ((r() * cols as f32) as i64).min(cols as i64 - 1))
+                .collect(),
         },
         _ => Data {
             p: dist(&mut r),
-            q: if w.streams() == 2 { dist(&mut r) } else { Vec::new() },
+            q: if w.streams() == 2 {
+                dist(&mut r)
+            } else {
+                Vec::new()
+            },
             targets: Vec::new(),
         },
     }
@@ -176,23 +197,33 @@ fn make_data(w: Which, rows: usize, cols: usize) -> Data {
 
 fn read_f32(path: &std::path::Path) -> Result<Vec<f32>, String> {
     let b = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+    Ok(b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect())
 }
 
 fn peers_data(w: Which) -> Result<Data, String> {
     let dir = std::path::PathBuf::from(std::env::var("PEERS_DIR").map_err(|_| "PEERS_DIR unset")?);
     Ok(match w {
         Which::NllLogits => {
-            let t = std::fs::read(dir.join("targets.i64")).map_err(|e| format!("targets.i64: {e}"))?;
+            let t =
+                std::fs::read(dir.join("targets.i64")).map_err(|e| format!("targets.i64: {e}"))?;
             Data {
                 p: read_f32(&dir.join("logits.f32"))?,
                 q: Vec::new(),
-                targets: t.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect(),
+                targets: t
+                    .chunks_exact(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+                    .collect(),
             }
         }
         _ => Data {
             p: read_f32(&dir.join("p.f32"))?,
-            q: if w.streams() == 2 { read_f32(&dir.join("q.f32"))? } else { Vec::new() },
+            q: if w.streams() == 2 {
+                read_f32(&dir.join("q.f32"))?
+            } else {
+                Vec::new()
+            },
             targets: Vec::new(),
         },
     })
@@ -201,7 +232,11 @@ fn peers_data(w: Which) -> Result<Data, String> {
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { 0.5 * (v[n / 2 - 1] + v[n / 2]) }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
 }
 
 /// Read bandwidth of this machine, bytes/s: every core, 64 f32 accumulators
@@ -233,7 +268,10 @@ fn read_bandwidth(streams: usize) -> f64 {
                                 }
                             }
                         } else {
-                            for (a, b) in bufs[0][lo..hi].chunks_exact(ACC).zip(bufs[1][lo..hi].chunks_exact(ACC)) {
+                            for (a, b) in bufs[0][lo..hi]
+                                .chunks_exact(ACC)
+                                .zip(bufs[1][lo..hi].chunks_exact(ACC))
+                            {
                                 for j in 0..ACC {
                                     acc[j] += a[j] + b[j];
                                 }
@@ -243,7 +281,9 @@ fn read_bandwidth(streams: usize) -> f64 {
                     })
                 })
                 .collect();
-            hs.into_iter().map(|h| h.join().expect("probe thread")).collect()
+            hs.into_iter()
+                .map(|h| h.join().expect("probe thread"))
+                .collect()
         });
         let dt = t0.elapsed().as_secs_f64();
         sink += sums.iter().sum::<f32>();
@@ -273,7 +313,11 @@ fn main() {
 
 fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let (rows, cols, w) = (a.rows, a.cols, a.which);
-    let data = if a.peers { peers_data(w)? } else { make_data(w, rows, cols) };
+    let data = if a.peers {
+        peers_data(w)?
+    } else {
+        make_data(w, rows, cols)
+    };
     let elems = rows * cols;
     let bytes = (elems * 4 * w.streams() + data.targets.len() * 8) as f64;
     let ctx = Context::with_backend(a.backend)?;
@@ -286,7 +330,11 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
                 let q = Batch::new(&data.q, rows, cols);
                 ctx.evaluate(m, &p, if w.streams() == 2 { Some(&q) } else { None }, &opts)
             }
-            None => ctx.nll(&Batch::new(&data.p, rows, cols).form(Form::Logits), &data.targets, &nll_opts),
+            None => ctx.nll(
+                &Batch::new(&data.p, rows, cols).form(Form::Logits),
+                &data.targets,
+                &nll_opts,
+            ),
         }
     };
     for _ in 0..a.warmup {
@@ -315,10 +363,24 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
         ("rows", rows.to_string()),
         ("cols", cols.to_string()),
         ("backend", json_str(backend)),
-        ("adapter", adapter.as_deref().map_or("null".into(), json_str)),
-        ("impl", json_str(&format!("kullback {} ({backend})", env!("CARGO_PKG_VERSION")))),
+        (
+            "adapter",
+            adapter.as_deref().map_or("null".into(), json_str),
+        ),
+        (
+            "impl",
+            json_str(&format!(
+                "kullback {} ({backend})",
+                env!("CARGO_PKG_VERSION")
+            )),
+        ),
         ("version", json_str(env!("CARGO_PKG_VERSION"))),
-        ("threads", std::thread::available_parallelism().map_or(1, |t| t.get()).to_string()),
+        (
+            "threads",
+            std::thread::available_parallelism()
+                .map_or(1, |t| t.get())
+                .to_string(),
+        ),
         ("median_s", format!("{med:.6e}")),
         ("min_s", format!("{min:.6e}")),
         ("elem_per_s", format!("{:.6e}", elems as f64 / med)),
@@ -328,7 +390,9 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
         println!(
             "{} {rows} x {cols} on {backend}{}: median {:.3} ms, min {:.3} ms, {:.3} G elements/s, {:.2} GB/s of input",
             w.name(),
-            adapter.as_deref().map_or(String::new(), |n| format!(" ({n})")),
+            adapter
+                .as_deref()
+                .map_or(String::new(), |n| format!(" ({n})")),
             med * 1e3,
             min * 1e3,
             elems as f64 / med / 1e9,
@@ -362,7 +426,10 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     if a.json || a.peers {
-        let body: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\": {v}")).collect();
+        let body: Vec<String> = fields
+            .iter()
+            .map(|(k, v)| format!("\"{k}\": {v}"))
+            .collect();
         println!("{{{}}}", body.join(", "));
     }
     Ok(())
@@ -370,9 +437,13 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
 
 /// Device time of the GPU-resident path on a device of our own (so that
 /// timestamp queries can be enabled where the adapter has them).
-fn device_time(a: &Args, data: &Data) -> Result<Option<(f64, &'static str)>, Box<dyn std::error::Error>> {
+fn device_time(
+    a: &Args,
+    data: &Data,
+) -> Result<Option<(f64, &'static str)>, Box<dyn std::error::Error>> {
     use wgpu::util::DeviceExt;
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
     let Ok(adapter) = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
         power_preference: wgpu::PowerPreference::HighPerformance,
         ..Default::default()
@@ -383,7 +454,11 @@ fn device_time(a: &Args, data: &Data) -> Result<Option<(f64, &'static str)>, Box
     let stamps = adapter.features().contains(want);
     let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
         label: Some("bench"),
-        required_features: if stamps { want } else { wgpu::Features::empty() },
+        required_features: if stamps {
+            want
+        } else {
+            wgpu::Features::empty()
+        },
         required_limits: adapter.limits(),
         ..Default::default()
     }))?;
@@ -435,17 +510,31 @@ fn device_time(a: &Args, data: &Data) -> Result<Option<(f64, &'static str)>, Box
         if let Some(qs) = &qs {
             enc.write_timestamp(qs, 0);
         }
-        let o = GpuOutput { buffer: &out, offset: 0 };
+        let o = GpuOutput {
+            buffer: &out,
+            offset: 0,
+        };
         match w.measure() {
             Some(m) => {
                 let gp = GpuBatch::new(&p, rows, cols);
                 let gq = GpuBatch::new(&q, rows, cols);
-                ctx.encode(&mut enc, m, &gp, if w.streams() == 2 { Some(&gq) } else { None }, &Options::default(), &o)?
+                ctx.encode(
+                    &mut enc,
+                    m,
+                    &gp,
+                    if w.streams() == 2 { Some(&gq) } else { None },
+                    &Options::default(),
+                    &o,
+                )?
             }
             None => ctx.encode_nll(
                 &mut enc,
                 &GpuBatch::new(&p, rows, cols).form(Form::Logits),
-                &GpuTargets { buffer: &t, offset: 0, len: rows },
+                &GpuTargets {
+                    buffer: &t,
+                    offset: 0,
+                    len: rows,
+                },
                 &NllOptions::default(),
                 &o,
             )?,
@@ -457,11 +546,19 @@ fn device_time(a: &Args, data: &Data) -> Result<Option<(f64, &'static str)>, Box
         }
         let t0 = Instant::now();
         queue.submit([enc.finish()]);
-        device.poll(wgpu::PollType::Wait { submission_index: None, timeout: None })?;
+        device.poll(wgpu::PollType::Wait {
+            submission_index: None,
+            timeout: None,
+        })?;
         let wall = t0.elapsed().as_secs_f64();
         let dt = if qs.is_some() {
-            readq.slice(..).map_async(wgpu::MapMode::Read, |r| r.expect("map"));
-            device.poll(wgpu::PollType::Wait { submission_index: None, timeout: None })?;
+            readq
+                .slice(..)
+                .map_async(wgpu::MapMode::Read, |r| r.expect("map"));
+            device.poll(wgpu::PollType::Wait {
+                submission_index: None,
+                timeout: None,
+            })?;
             let ts: Vec<u64> = bytemuck::cast_slice(&readq.slice(..).get_mapped_range()?).to_vec();
             readq.unmap();
             (ts[1] - ts[0]) as f64 * queue.get_timestamp_period() as f64 * 1e-9
@@ -474,6 +571,10 @@ fn device_time(a: &Args, data: &Data) -> Result<Option<(f64, &'static str)>, Box
     }
     Ok(Some((
         median(&mut times),
-        if stamps { "timestamp queries" } else { "wall time of submit and wait" },
+        if stamps {
+            "timestamp queries"
+        } else {
+            "wall time of submit and wait"
+        },
     )))
 }

@@ -14,7 +14,10 @@
 use std::process::ExitCode;
 
 use kullback::wgpu::{self, util::DeviceExt};
-use kullback::{Batch, Context, GpuBatch, GpuOutput, Measure, Options, Record, Reduction, decode_output, output_bytes};
+use kullback::{
+    Batch, Context, GpuBatch, GpuOutput, Measure, Options, Record, Reduction, decode_output,
+    output_bytes,
+};
 
 /// The app's own shaders: a row-wise softmax, and a counter over kullback's
 /// output records (value, aux_p, aux_q, status: see `kullback::Record`).
@@ -75,7 +78,8 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
     let cols = arg("--cols", 4096);
 
     // ---- the app's device: any adapter, the portable downlevel limits
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
     let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
         power_preference: wgpu::PowerPreference::HighPerformance,
         ..Default::default()
@@ -112,7 +116,12 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
             mapped_at_creation: false,
         })
     };
-    let (lp, lq, pp, pq) = (storage_in(&logits_p), storage_in(&logits_q), probs_buf(), probs_buf());
+    let (lp, lq, pp, pq) = (
+        storage_in(&logits_p),
+        storage_in(&logits_q),
+        probs_buf(),
+        probs_buf(),
+    );
     let threshold = 2.0f32;
     let dims = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
         label: Some("app.dims"),
@@ -139,9 +148,18 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
             label: None,
             layout: &pl.get_bind_group_layout(0),
             entries: &[
-                wgpu::BindGroupEntry { binding: 0, resource: a.as_entire_binding() },
-                wgpu::BindGroupEntry { binding: 1, resource: b.as_entire_binding() },
-                wgpu::BindGroupEntry { binding: 2, resource: dims.as_entire_binding() },
+                wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: a.as_entire_binding(),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 1,
+                    resource: b.as_entire_binding(),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 2,
+                    resource: dims.as_entire_binding(),
+                },
             ],
         })
     };
@@ -179,7 +197,10 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
         &GpuBatch::new(&pp, rows, cols),
         Some(&GpuBatch::new(&pq, rows, cols)),
         &opts,
-        &GpuOutput { buffer: &out, offset: 0 },
+        &GpuOutput {
+            buffer: &out,
+            offset: 0,
+        },
     )?;
     {
         let mut pass = enc.begin_compute_pass(&Default::default());
@@ -198,16 +219,25 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
         })
     };
     let bytes = (rows * cols * 4) as u64;
-    let (s_out, s_count, s_p, s_q) = (staging(out_bytes), staging(4), staging(bytes), staging(bytes));
+    let (s_out, s_count, s_p, s_q) = (
+        staging(out_bytes),
+        staging(4),
+        staging(bytes),
+        staging(bytes),
+    );
     enc.copy_buffer_to_buffer(&out, 0, &s_out, 0, out_bytes);
     enc.copy_buffer_to_buffer(&counter, 0, &s_count, 0, 4);
     enc.copy_buffer_to_buffer(&pp, 0, &s_p, 0, bytes);
     enc.copy_buffer_to_buffer(&pq, 0, &s_q, 0, bytes);
     queue.submit([enc.finish()]);
     for b in [&s_out, &s_count, &s_p, &s_q] {
-        b.slice(..).map_async(wgpu::MapMode::Read, |r| r.expect("map"));
+        b.slice(..)
+            .map_async(wgpu::MapMode::Read, |r| r.expect("map"));
     }
-    device.poll(wgpu::PollType::Wait { submission_index: None, timeout: None })?;
+    device.poll(wgpu::PollType::Wait {
+        submission_index: None,
+        timeout: None,
+    })?;
     let read = |b: &wgpu::Buffer| b.slice(..).get_mapped_range().map(|v| v.to_vec());
     let records: Vec<Record> = bytemuck::cast_slice(&read(&s_out)?).to_vec();
     let count = bytemuck::cast_slice::<u8, u32>(&read(&s_count)?)[0];
@@ -215,17 +245,34 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
     let q: Vec<f32> = bytemuck::cast_slice(&read(&s_q)?).to_vec();
 
     let resident = decode_output(&records, Reduction::None, &opts, cols)?;
-    println!("adapter: {} ({:?}, {:?})", info.name, info.device_type, info.backend);
-    println!("batch: {rows} x {cols}; KL of the first rows: {:?}", &resident[..resident.len().min(4)]);
+    println!(
+        "adapter: {} ({:?}, {:?})",
+        info.name, info.device_type, info.backend
+    );
+    println!(
+        "batch: {rows} x {cols}; KL of the first rows: {:?}",
+        &resident[..resident.len().min(4)]
+    );
     println!("rows with KL > {threshold} (counted by the app's own pass): {count}");
 
     // ---- the same batch through the host API
-    let host = ctx.kl(&Batch::new(&p, rows, cols), &Batch::new(&q, rows, cols), &opts)?;
+    let host = ctx.kl(
+        &Batch::new(&p, rows, cols),
+        &Batch::new(&q, rows, cols),
+        &opts,
+    )?;
     let same = host.values.len() == resident.len()
-        && host.values.iter().zip(&resident).all(|(a, b)| a.to_bits() == b.to_bits());
+        && host
+            .values
+            .iter()
+            .zip(&resident)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
     let expected_count = resident.iter().filter(|&&v| v > threshold).count() as u32;
     if same && count == expected_count {
-        println!("agreement: GPU-resident values equal the host path bit for bit ({rows} rows) on {}", info.name);
+        println!(
+            "agreement: GPU-resident values equal the host path bit for bit ({rows} rows) on {}",
+            info.name
+        );
         Ok(true)
     } else {
         println!(

@@ -112,7 +112,7 @@ impl<'a> Batch<'a> {
     }
 
     /// Checks the shape and returns the values as f32 (borrowed when already f32).
-    pub(crate) fn to_f32(&self, arg: Arg) -> Result<Cow<'a, [f32]>> {
+    pub(crate) fn to_f32(self, arg: Arg) -> Result<Cow<'a, [f32]>> {
         if self.rows == 0 || self.cols == 0 {
             return Err(Error::Empty {
                 arg,

@@ -6,12 +6,12 @@ use crate::batch::{Batch, Targets};
 use crate::cost::{AdapterClass, CostModel, Work, prefer_gpu};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Operands};
-use crate::resident::{self, GpuBatch, GpuOutput, GpuTargets};
-#[allow(unused_imports, reason = "named in the docs")]
-use crate::resident::{decode_output, output_bytes};
 use crate::job::{Job, Kind};
 use crate::measure::{Measure, NllOptions, Options, Reduction};
 use crate::record::{self, Record};
+use crate::resident::{self, GpuBatch, GpuOutput, GpuTargets};
+#[allow(unused_imports, reason = "named in the docs")]
+use crate::resident::{decode_output, output_bytes};
 
 /// Which backend evaluates a call.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -150,7 +150,10 @@ impl Context {
     /// A context with explicit options.
     pub fn with_options(opts: ContextOptions) -> Result<Context> {
         Ok(match opts.backend.resolve_env()? {
-            Backend::Cpu => Context { gpu: None, auto: None },
+            Backend::Cpu => Context {
+                gpu: None,
+                auto: None,
+            },
             Backend::Gpu => Context {
                 gpu: Some(Arc::new(Gpu::create(true, opts.max_binding_bytes)?)),
                 auto: None,
@@ -162,7 +165,10 @@ impl Context {
                 },
                 Err(e) => {
                     log::info!("kullback: no hardware GPU adapter ({e}); using the CPU");
-                    Context { gpu: None, auto: None }
+                    Context {
+                        gpu: None,
+                        auto: None,
+                    }
                 }
             },
         })
@@ -180,7 +186,11 @@ impl Context {
         opts: ContextOptions,
     ) -> Result<Context> {
         Ok(Context {
-            gpu: Some(Arc::new(Gpu::from_device(device, queue, opts.max_binding_bytes)?)),
+            gpu: Some(Arc::new(Gpu::from_device(
+                device,
+                queue,
+                opts.max_binding_bytes,
+            )?)),
             auto: None,
         })
     }
@@ -199,7 +209,6 @@ impl Context {
     pub fn adapter_name(&self) -> Option<&str> {
         self.gpu.as_ref().map(|g| g.adapter_name())
     }
-
 
     /// Evaluates `measure` for each row of `p` (and `q`). A `p` or `q` with one
     /// row is compared with every row of the other.
@@ -305,7 +314,13 @@ impl Context {
                 problem: "is also the targets buffer; use a buffer of its own".into(),
             });
         }
-        gpu.encode_resident(encoder, &shape, &ops, (out.buffer, out.offset), Some((targets, opts.weights)))
+        gpu.encode_resident(
+            encoder,
+            &shape,
+            &ops,
+            (out.buffer, out.offset),
+            Some((targets, opts.weights)),
+        )
     }
 
     /// Like [`Context::evaluate`], but returns a future that resolves when the
@@ -373,14 +388,22 @@ impl Context {
                     logits,
                     threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
                 };
-                if prefer_gpu(class, &work, &model) { Ran::Gpu } else { Ran::Cpu }
+                if prefer_gpu(class, &work, &model) {
+                    Ran::Gpu
+                } else {
+                    Ran::Cpu
+                }
             }
         }
     }
 
     /// The GPU for this job, or None for the CPU.
     fn place(&self, job: &Job<'_>) -> Option<&Gpu> {
-        let bytes: u64 = [&job.p, &job.q].iter().filter_map(|o| o.as_ref()).map(|o| o.data.len() as u64 * 4).sum();
+        let bytes: u64 = [&job.p, &job.q]
+            .iter()
+            .filter_map(|o| o.as_ref())
+            .map(|o| o.data.len() as u64 * 4)
+            .sum();
         let logits = job.p_online() || job.q_online();
         match self.placement(bytes, job.rows as u64, logits) {
             Ran::Gpu => self.gpu.as_deref(),
@@ -391,7 +414,11 @@ impl Context {
     fn start(&self, job: &Job<'_>) -> Result<Started> {
         let meta = Meta::of(job);
         match self.place(job) {
-            Some(g) => Ok(Started::Gpu(g.submit(job)?, meta, g.adapter_name().to_string())),
+            Some(g) => Ok(Started::Gpu(
+                g.submit(job)?,
+                meta,
+                g.adapter_name().to_string(),
+            )),
             None => Ok(Started::Done(finish(&meta, run_cpu(job)?, Ran::Cpu, None)?)),
         }
     }

@@ -20,7 +20,9 @@ impl AdapterClass {
     pub(crate) fn of(t: wgpu::DeviceType) -> AdapterClass {
         match t {
             wgpu::DeviceType::DiscreteGpu => AdapterClass::Discrete,
-            wgpu::DeviceType::IntegratedGpu | wgpu::DeviceType::VirtualGpu => AdapterClass::Integrated,
+            wgpu::DeviceType::IntegratedGpu | wgpu::DeviceType::VirtualGpu => {
+                AdapterClass::Integrated
+            }
             wgpu::DeviceType::Cpu | wgpu::DeviceType::Other => AdapterClass::Software,
         }
     }
@@ -92,7 +94,11 @@ pub fn gpu_seconds(adapter: AdapterClass, w: &Work, m: &CostModel) -> Option<f64
 
 /// Predicted seconds on the CPU.
 pub fn cpu_seconds(w: &Work, m: &CostModel) -> f64 {
-    let per_thread = if w.logits { m.cpu_thread_logits } else { m.cpu_thread };
+    let per_thread = if w.logits {
+        m.cpu_thread_logits
+    } else {
+        m.cpu_thread
+    };
     let rate = (per_thread * w.threads.max(1) as f64).min(m.cpu_memory);
     m.cpu_fixed_s + w.bytes as f64 / rate
 }
@@ -136,22 +142,42 @@ mod tests {
     fn large_work_goes_to_a_discrete_gpu_when_the_cpu_is_compute_bound() {
         let m = CostModel::default();
         // 2 cores on logits: 6 GB/s of terms, below PCIe
-        assert!(prefer_gpu(AdapterClass::Discrete, &work(4096, 65536, 1, true, 2), &m));
-        assert!(prefer_gpu(AdapterClass::Discrete, &work(16384, 16384, 2, false, 1), &m));
+        assert!(prefer_gpu(
+            AdapterClass::Discrete,
+            &work(4096, 65536, 1, true, 2),
+            &m
+        ));
+        assert!(prefer_gpu(
+            AdapterClass::Discrete,
+            &work(16384, 16384, 2, false, 1),
+            &m
+        ));
     }
 
     #[test]
     fn a_cpu_at_memory_speed_beats_copying_over_pcie() {
         let m = CostModel::default();
         // 16 cores reach host memory bandwidth (20 GB/s) > PCIe (12 GB/s)
-        assert!(!prefer_gpu(AdapterClass::Discrete, &work(16384, 16384, 2, false, 16), &m));
+        assert!(!prefer_gpu(
+            AdapterClass::Discrete,
+            &work(16384, 16384, 2, false, 16),
+            &m
+        ));
     }
 
     #[test]
     fn integrated_gpu_and_break_even() {
         let m = CostModel::default();
-        assert!(prefer_gpu(AdapterClass::Integrated, &work(4096, 65536, 1, true, 1), &m));
-        assert!(!prefer_gpu(AdapterClass::Integrated, &work(64, 1000, 2, false, 2), &m));
+        assert!(prefer_gpu(
+            AdapterClass::Integrated,
+            &work(4096, 65536, 1, true, 1),
+            &m
+        ));
+        assert!(!prefer_gpu(
+            AdapterClass::Integrated,
+            &work(64, 1000, 2, false, 2),
+            &m
+        ));
         // the fixed latency decides at the break-even point
         let w = work(256, 1024, 2, false, 2);
         let g = gpu_seconds(AdapterClass::Discrete, &w, &m).unwrap();

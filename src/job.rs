@@ -88,7 +88,8 @@ pub(crate) fn online(form: Form, norm: Normalization) -> bool {
 /// being renormalised (divide first: the one-pass correction cancels), and
 /// Jensen-Shannon of any online form (its mixture needs both normalised rows).
 pub(crate) fn two_pass(kind: Kind, p: Option<Form>, q: Option<Form>, norm: Normalization) -> bool {
-    let renorm_probs = norm == Normalization::Renormalize && (p == Some(Form::Probs) || q == Some(Form::Probs));
+    let renorm_probs =
+        norm == Normalization::Renormalize && (p == Some(Form::Probs) || q == Some(Form::Probs));
     let any_online = [p, q].iter().any(|f| f.is_some_and(|f| online(f, norm)));
     renorm_probs || (kind == Kind::Js && any_online)
 }

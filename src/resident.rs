@@ -88,7 +88,12 @@ pub fn output_bytes(rows: usize, reduction: Reduction) -> u64 {
 /// Turns an output read back from the GPU-resident path into the values, or
 /// into the same [`Error`] the host path returns for the same input.
 /// `opts.tolerance` and `cols` only shape the error message.
-pub fn decode_output(records: &[Record], reduction: Reduction, opts: &Options, cols: usize) -> Result<Vec<f32>> {
+pub fn decode_output(
+    records: &[Record],
+    reduction: Reduction,
+    opts: &Options,
+    cols: usize,
+) -> Result<Vec<f32>> {
     let ctx = DecodeCtx {
         tolerance: opts.tolerance,
         classes: cols,
@@ -124,9 +129,12 @@ pub(crate) fn check_buffer(
 ) -> Result<()> {
     let problem = if !buffer.usage().contains(usage) {
         Some(format!("needs usage {usage:?}, has {:?}", buffer.usage()))
-    } else if offset % align != 0 {
+    } else if !offset.is_multiple_of(align) {
         Some(format!("offset {offset} is not a multiple of {align}"))
-    } else if offset.checked_add(bytes).is_none_or(|end| end > buffer.size()) {
+    } else if offset
+        .checked_add(bytes)
+        .is_none_or(|end| end > buffer.size())
+    {
         Some(format!(
             "{bytes} bytes at offset {offset} do not fit its {} bytes",
             buffer.size()
@@ -205,7 +213,11 @@ pub(crate) fn measure_shape(
 }
 
 /// The shape of a GPU-resident negative log-likelihood, checked.
-pub(crate) fn nll_shape(q: &GpuBatch<'_>, targets: &GpuTargets<'_>, opts: &NllOptions<'_>) -> Result<GpuShape> {
+pub(crate) fn nll_shape(
+    q: &GpuBatch<'_>,
+    targets: &GpuTargets<'_>,
+    opts: &NllOptions<'_>,
+) -> Result<GpuShape> {
     let ln_base = opts.common.check()?;
     check_shape(Arg::Q, q)?;
     if targets.len == 0 {
@@ -225,13 +237,17 @@ pub(crate) fn nll_shape(q: &GpuBatch<'_>, targets: &GpuTargets<'_>, opts: &NllOp
     }
     let eps = opts.label_smoothing;
     if !(0.0..=1.0).contains(&eps) {
-        return Err(Error::InvalidOption(format!("label smoothing must be in [0, 1], got {eps}")));
+        return Err(Error::InvalidOption(format!(
+            "label smoothing must be in [0, 1], got {eps}"
+        )));
     }
     let ignore_bits = match opts.ignore_index {
         None => IGNORED,
-        Some(i) => i32::try_from(i)
-            .map_err(|_| Error::InvalidOption(format!("ignore index {i} does not fit the i32 targets of the GPU path")))?
-            as u32,
+        Some(i) => i32::try_from(i).map_err(|_| {
+            Error::InvalidOption(format!(
+                "ignore index {i} does not fit the i32 targets of the GPU path"
+            ))
+        })? as u32,
     };
     if let Some(w) = opts.weights {
         if w.len() != q.cols {
@@ -289,7 +305,8 @@ pub(crate) fn check_io(
     check_buffer("output", out.buffer, out.offset, out_bytes, storage, align)?;
     // wgpu tracks usage per buffer, not per range: a read-only and a
     // read-write binding of one buffer conflict even on disjoint ranges
-    let aliases = (s.kind != Kind::Nll && out.buffer == ops.p) || (s.q_form.is_some() && out.buffer == ops.q);
+    let aliases =
+        (s.kind != Kind::Nll && out.buffer == ops.p) || (s.q_form.is_some() && out.buffer == ops.q);
     if aliases {
         return Err(Error::Buffer {
             name: "output",

@@ -4,14 +4,16 @@
 
 use kullback::wgpu::{self, util::DeviceExt};
 use kullback::{
-    Arg, BadValue, Batch, Context, Error, Form, GpuBatch, GpuOutput, GpuTargets, Measure, NllOptions, Normalization,
-    Options, RECORD_SIZE, Record, Reduction, decode_output, output_bytes,
+    Arg, BadValue, Batch, Context, Error, Form, GpuBatch, GpuOutput, GpuTargets, Measure,
+    NllOptions, Normalization, Options, RECORD_SIZE, Record, Reduction, decode_output,
+    output_bytes,
 };
 
 /// A device on any adapter with exactly `limits`; None (skip) without an
 /// adapter unless KULLBACK_REQUIRE_GPU=1.
 fn device(limits: wgpu::Limits) -> Option<(wgpu::Device, wgpu::Queue)> {
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
     let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::PRIMARY));
     let Some(adapter) = adapters.into_iter().next() else {
         assert!(
@@ -66,7 +68,13 @@ fn out_buffer(device: &wgpu::Device, bytes: u64) -> wgpu::Buffer {
     })
 }
 
-fn read_records(device: &wgpu::Device, queue: &wgpu::Queue, src: &wgpu::Buffer, offset: u64, bytes: u64) -> Vec<Record> {
+fn read_records(
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    src: &wgpu::Buffer,
+    offset: u64,
+    bytes: u64,
+) -> Vec<Record> {
     let staging = device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("staging"),
         size: bytes,
@@ -76,15 +84,17 @@ fn read_records(device: &wgpu::Device, queue: &wgpu::Queue, src: &wgpu::Buffer, 
     let mut enc = device.create_command_encoder(&Default::default());
     enc.copy_buffer_to_buffer(src, offset, &staging, 0, bytes);
     queue.submit([enc.finish()]);
-    staging.slice(..).map_async(wgpu::MapMode::Read, |r| r.expect("map"));
+    staging
+        .slice(..)
+        .map_async(wgpu::MapMode::Read, |r| r.expect("map"));
     device
         .poll(wgpu::PollType::Wait {
             submission_index: None,
             timeout: None,
         })
         .expect("poll");
-    let v = bytemuck::cast_slice::<u8, Record>(&staging.slice(..).get_mapped_range().expect("view")).to_vec();
-    v
+    bytemuck::cast_slice::<u8, Record>(&staging.slice(..).get_mapped_range().expect("view"))
+        .to_vec()
 }
 
 /// Encodes one measure and returns its decoded output.
@@ -101,7 +111,17 @@ fn encoded(
     let bytes = output_bytes(rows, opts.reduction);
     let out = out_buffer(device, bytes);
     let mut enc = device.create_command_encoder(&Default::default());
-    ctx.encode(&mut enc, measure, p, q, opts, &GpuOutput { buffer: &out, offset: 0 })?;
+    ctx.encode(
+        &mut enc,
+        measure,
+        p,
+        q,
+        opts,
+        &GpuOutput {
+            buffer: &out,
+            offset: 0,
+        },
+    )?;
     queue.submit([enc.finish()]);
     let recs = read_records(device, queue, &out, 0, bytes);
     decode_output(&recs, opts.reduction, opts, p.cols)
@@ -109,7 +129,9 @@ fn encoded(
 
 #[test]
 fn encode_equals_host_bit_for_bit_on_downlevel_device() {
-    let Some((device, queue)) = device(wgpu::Limits::downlevel_defaults()) else { return };
+    let Some((device, queue)) = device(wgpu::Limits::downlevel_defaults()) else {
+        return;
+    };
     let ctx = Context::from_device(device.clone(), queue.clone()).expect("context");
     let (rows, cols) = (37, 3001);
     let p = probs(rows, cols, 1);
@@ -118,16 +140,31 @@ fn encode_equals_host_bit_for_bit_on_downlevel_device() {
         let mut r = xorshift(3);
         (0..rows * cols).map(|_| 40.0 * r() - 20.0).collect()
     };
-    let (pb, qb, lb) = (storage(&device, &p), storage(&device, &q), storage(&device, &logits));
-    for measure in [Measure::Entropy, Measure::CrossEntropy, Measure::Kl, Measure::Js] {
+    let (pb, qb, lb) = (
+        storage(&device, &p),
+        storage(&device, &q),
+        storage(&device, &logits),
+    );
+    for measure in [
+        Measure::Entropy,
+        Measure::CrossEntropy,
+        Measure::Kl,
+        Measure::Js,
+    ] {
         for reduction in [Reduction::None, Reduction::Sum, Reduction::Mean] {
             let opts = Options::default().reduction(reduction);
             let host = ctx
-                .evaluate(measure, &Batch::new(&p, rows, cols), Some(&Batch::new(&q, rows, cols)), &opts)
+                .evaluate(
+                    measure,
+                    &Batch::new(&p, rows, cols),
+                    Some(&Batch::new(&q, rows, cols)),
+                    &opts,
+                )
                 .expect("host");
             let gp = GpuBatch::new(&pb, rows, cols);
             let gq = GpuBatch::new(&qb, rows, cols);
-            let dev = encoded(&ctx, &device, &queue, measure, &gp, Some(&gq), &opts).expect("encode");
+            let dev =
+                encoded(&ctx, &device, &queue, measure, &gp, Some(&gq), &opts).expect("encode");
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&host.values), bits(&dev), "{measure:?} {reduction:?}");
         }
@@ -143,11 +180,14 @@ fn encode_equals_host_bit_for_bit_on_downlevel_device() {
             .expect("host logits");
         let gp = GpuBatch::new(&lb, rows, cols).form(Form::Logits);
         let gq = GpuBatch::new(&qb, 1, cols);
-        let dev = encoded(&ctx, &device, &queue, measure, &gp, Some(&gq), &opts).expect("encode logits");
+        let dev =
+            encoded(&ctx, &device, &queue, measure, &gp, Some(&gq), &opts).expect("encode logits");
         assert_eq!(host.values, dev, "{measure:?} logits vs one row");
     }
     // negative log-likelihood from logits, with an ignored row and weights
-    let targets: Vec<i32> = (0..rows as i32).map(|i| if i == 5 { -100 } else { (i * 97) % cols as i32 }).collect();
+    let targets: Vec<i32> = (0..rows as i32)
+        .map(|i| if i == 5 { -100 } else { (i * 97) % cols as i32 })
+        .collect();
     let weights: Vec<f32> = (0..cols).map(|c| 0.5 + (c % 3) as f32).collect();
     let tb = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
         label: Some("targets"),
@@ -161,7 +201,11 @@ fn encode_equals_host_bit_for_bit_on_downlevel_device() {
             .label_smoothing(0.1)
             .reduction(reduction);
         let host = ctx
-            .nll(&Batch::new(&logits, rows, cols).form(Form::Logits), &targets, &opts)
+            .nll(
+                &Batch::new(&logits, rows, cols).form(Form::Logits),
+                &targets,
+                &opts,
+            )
             .expect("host nll");
         let bytes = output_bytes(rows, reduction);
         let out = out_buffer(&device, bytes);
@@ -175,7 +219,10 @@ fn encode_equals_host_bit_for_bit_on_downlevel_device() {
                 len: rows,
             },
             &opts,
-            &GpuOutput { buffer: &out, offset: 0 },
+            &GpuOutput {
+                buffer: &out,
+                offset: 0,
+            },
         )
         .expect("encode nll");
         queue.submit([enc.finish()]);
@@ -187,11 +234,21 @@ fn encode_equals_host_bit_for_bit_on_downlevel_device() {
 
 #[test]
 fn two_batches_in_one_encoder_before_one_submit() {
-    let Some((device, queue)) = device(wgpu::Limits::downlevel_defaults()) else { return };
+    let Some((device, queue)) = device(wgpu::Limits::downlevel_defaults()) else {
+        return;
+    };
     let ctx = Context::from_device(device.clone(), queue.clone()).expect("context");
     let (a_rows, a_cols, b_rows, b_cols) = (3, 5000, 70, 17);
-    let (pa, qa, pb, qb) = (probs(a_rows, a_cols, 4), probs(a_rows, a_cols, 5), probs(b_rows, b_cols, 6), probs(b_rows, b_cols, 7));
-    let bufs: Vec<wgpu::Buffer> = [&pa, &qa, &pb, &qb].iter().map(|d| storage(&device, d)).collect();
+    let (pa, qa, pb, qb) = (
+        probs(a_rows, a_cols, 4),
+        probs(a_rows, a_cols, 5),
+        probs(b_rows, b_cols, 6),
+        probs(b_rows, b_cols, 7),
+    );
+    let bufs: Vec<wgpu::Buffer> = [&pa, &qa, &pb, &qb]
+        .iter()
+        .map(|d| storage(&device, d))
+        .collect();
     let align = device.limits().min_storage_buffer_offset_alignment as u64;
     let b_at = (a_rows as u64 * RECORD_SIZE).div_ceil(align) * align;
     let out = out_buffer(&device, b_at + b_rows as u64 * RECORD_SIZE);
@@ -203,7 +260,10 @@ fn two_batches_in_one_encoder_before_one_submit() {
         &GpuBatch::new(&bufs[0], a_rows, a_cols),
         Some(&GpuBatch::new(&bufs[1], a_rows, a_cols)),
         &opts,
-        &GpuOutput { buffer: &out, offset: 0 },
+        &GpuOutput {
+            buffer: &out,
+            offset: 0,
+        },
     )
     .expect("a");
     ctx.encode(
@@ -212,26 +272,61 @@ fn two_batches_in_one_encoder_before_one_submit() {
         &GpuBatch::new(&bufs[2], b_rows, b_cols),
         Some(&GpuBatch::new(&bufs[3], b_rows, b_cols)),
         &opts,
-        &GpuOutput { buffer: &out, offset: b_at },
+        &GpuOutput {
+            buffer: &out,
+            offset: b_at,
+        },
     )
     .expect("b");
     queue.submit([enc.finish()]);
-    let ra = decode_output(&read_records(&device, &queue, &out, 0, a_rows as u64 * RECORD_SIZE), Reduction::None, &opts, a_cols).expect("a out");
-    let rb = decode_output(&read_records(&device, &queue, &out, b_at, b_rows as u64 * RECORD_SIZE), Reduction::None, &opts, b_cols).expect("b out");
-    let ha = ctx.kl(&Batch::new(&pa, a_rows, a_cols), &Batch::new(&qa, a_rows, a_cols), &opts).expect("host a");
-    let hb = ctx.cross_entropy(&Batch::new(&pb, b_rows, b_cols), &Batch::new(&qb, b_rows, b_cols), &opts).expect("host b");
+    let ra = decode_output(
+        &read_records(&device, &queue, &out, 0, a_rows as u64 * RECORD_SIZE),
+        Reduction::None,
+        &opts,
+        a_cols,
+    )
+    .expect("a out");
+    let rb = decode_output(
+        &read_records(&device, &queue, &out, b_at, b_rows as u64 * RECORD_SIZE),
+        Reduction::None,
+        &opts,
+        b_cols,
+    )
+    .expect("b out");
+    let ha = ctx
+        .kl(
+            &Batch::new(&pa, a_rows, a_cols),
+            &Batch::new(&qa, a_rows, a_cols),
+            &opts,
+        )
+        .expect("host a");
+    let hb = ctx
+        .cross_entropy(
+            &Batch::new(&pb, b_rows, b_cols),
+            &Batch::new(&qb, b_rows, b_cols),
+            &opts,
+        )
+        .expect("host b");
     assert_eq!(ha.values, ra);
     assert_eq!(hb.values, rb);
     // and against an f64 reference, so that both cannot be wrong together
     for r in 0..b_rows {
-        let e: f64 = (0..b_cols).map(|c| -(pb[r * b_cols + c] as f64) * (qb[r * b_cols + c] as f64).ln()).sum();
-        assert!((rb[r] as f64 - e).abs() <= 2e-6 + 2e-5 * e.abs(), "row {r}: {} vs {e}", rb[r]);
+        let e: f64 = (0..b_cols)
+            .map(|c| -(pb[r * b_cols + c] as f64) * (qb[r * b_cols + c] as f64).ln())
+            .sum();
+        assert!(
+            (rb[r] as f64 - e).abs() <= 2e-6 + 2e-5 * e.abs(),
+            "row {r}: {} vs {e}",
+            rb[r]
+        );
     }
 }
 
 #[test]
 fn bad_buffers_are_errors_not_panics() {
-    let Some((device, queue)) = device(wgpu::Limits::downlevel_defaults()) else { return };
+    let Some((device, queue)) = device(wgpu::Limits::downlevel_defaults()) else {
+        return;
+    };
     let ctx = Context::from_device(device.clone(), queue).expect("context");
     let p = probs(4, 64, 8);
     let pb = storage(&device, &p);
@@ -240,13 +335,46 @@ fn bad_buffers_are_errors_not_panics() {
     let mut enc = device.create_command_encoder(&Default::default());
     let gp = GpuBatch::new(&pb, 4, 64);
     // the output is an input
-    let e = ctx.encode(&mut enc, Measure::Kl, &gp, Some(&gp), &opts, &GpuOutput { buffer: &pb, offset: 0 });
-    assert!(matches!(e, Err(Error::Buffer { name: "output", .. })), "{e:?}");
+    let e = ctx.encode(
+        &mut enc,
+        Measure::Kl,
+        &gp,
+        Some(&gp),
+        &opts,
+        &GpuOutput {
+            buffer: &pb,
+            offset: 0,
+        },
+    );
+    assert!(
+        matches!(e, Err(Error::Buffer { name: "output", .. })),
+        "{e:?}"
+    );
     // too small
-    let e = ctx.encode(&mut enc, Measure::Entropy, &GpuBatch::new(&pb, 5, 64), None, &opts, &GpuOutput { buffer: &out, offset: 0 });
+    let e = ctx.encode(
+        &mut enc,
+        Measure::Entropy,
+        &GpuBatch::new(&pb, 5, 64),
+        None,
+        &opts,
+        &GpuOutput {
+            buffer: &out,
+            offset: 0,
+        },
+    );
     assert!(matches!(e, Err(Error::Buffer { name: "p", .. })), "{e:?}");
     // misaligned offset
-    let e = ctx.encode(&mut enc, Measure::Entropy, &GpuBatch::new(&pb, 1, 8).offset(4), None, &opts, &GpuOutput { buffer: &out, offset: 0 });
+    let e = ctx.encode(
+        &mut enc,
+        Measure::Entropy,
+        &GpuBatch::new(&pb, 1, 8).offset(4),
+        None,
+        &opts,
+        &GpuOutput {
+            buffer: &out,
+            offset: 0,
+        },
+    );
     assert!(matches!(e, Err(Error::Buffer { name: "p", .. })), "{e:?}");
     // missing usage
     let plain = device.create_buffer(&wgpu::BufferDescriptor {
@@ -255,18 +383,74 @@ fn bad_buffers_are_errors_not_panics() {
         usage: wgpu::BufferUsages::COPY_DST,
         mapped_at_creation: false,
     });
-    let e = ctx.encode(&mut enc, Measure::Entropy, &gp, None, &opts, &GpuOutput { buffer: &plain, offset: 0 });
-    assert!(matches!(e, Err(Error::Buffer { name: "output", .. })), "{e:?}");
-    let e = ctx.encode(&mut enc, Measure::Entropy, &GpuBatch::new(&plain, 4, 64), None, &opts, &GpuOutput { buffer: &out, offset: 0 });
+    let e = ctx.encode(
+        &mut enc,
+        Measure::Entropy,
+        &gp,
+        None,
+        &opts,
+        &GpuOutput {
+            buffer: &plain,
+            offset: 0,
+        },
+    );
+    assert!(
+        matches!(e, Err(Error::Buffer { name: "output", .. })),
+        "{e:?}"
+    );
+    let e = ctx.encode(
+        &mut enc,
+        Measure::Entropy,
+        &GpuBatch::new(&plain, 4, 64),
+        None,
+        &opts,
+        &GpuOutput {
+            buffer: &out,
+            offset: 0,
+        },
+    );
     assert!(matches!(e, Err(Error::Buffer { name: "p", .. })), "{e:?}");
     // output too small for the rows
     let small = out_buffer(&device, 16);
-    let e = ctx.encode(&mut enc, Measure::Entropy, &gp, None, &opts, &GpuOutput { buffer: &small, offset: 0 });
-    assert!(matches!(e, Err(Error::Buffer { name: "output", .. })), "{e:?}");
+    let e = ctx.encode(
+        &mut enc,
+        Measure::Entropy,
+        &gp,
+        None,
+        &opts,
+        &GpuOutput {
+            buffer: &small,
+            offset: 0,
+        },
+    );
+    assert!(
+        matches!(e, Err(Error::Buffer { name: "output", .. })),
+        "{e:?}"
+    );
     // shape mismatch and bad options
-    let e = ctx.encode(&mut enc, Measure::Kl, &gp, Some(&GpuBatch::new(&pb, 2, 128)), &opts, &GpuOutput { buffer: &out, offset: 0 });
+    let e = ctx.encode(
+        &mut enc,
+        Measure::Kl,
+        &gp,
+        Some(&GpuBatch::new(&pb, 2, 128)),
+        &opts,
+        &GpuOutput {
+            buffer: &out,
+            offset: 0,
+        },
+    );
     assert!(matches!(e, Err(Error::ShapeMismatch { .. })), "{e:?}");
-    let e = ctx.encode(&mut enc, Measure::Entropy, &gp, None, &opts.base(kullback::Base::Custom(1.0)), &GpuOutput { buffer: &out, offset: 0 });
+    let e = ctx.encode(
+        &mut enc,
+        Measure::Entropy,
+        &gp,
+        None,
+        &opts.base(kullback::Base::Custom(1.0)),
+        &GpuOutput {
+            buffer: &out,
+            offset: 0,
+        },
+    );
     assert!(matches!(e, Err(Error::InvalidOption(_))), "{e:?}");
     // nothing bad was recorded: the encoder still finishes
     let _ = enc.finish();
@@ -274,7 +458,9 @@ fn bad_buffers_are_errors_not_panics() {
 
 #[test]
 fn bad_values_decode_to_the_host_error() {
-    let Some((device, queue)) = device(wgpu::Limits::downlevel_defaults()) else { return };
+    let Some((device, queue)) = device(wgpu::Limits::downlevel_defaults()) else {
+        return;
+    };
     let ctx = Context::from_device(device.clone(), queue.clone()).expect("context");
     let (rows, cols) = (6, 300);
     let q = probs(rows, cols, 9);
@@ -284,7 +470,9 @@ fn bad_values_decode_to_the_host_error() {
         let mut neg = probs(rows, cols, 11);
         neg[2 * cols + 5] = -0.25;
         let mut unnorm = probs(rows, cols, 12);
-        unnorm[4 * cols..5 * cols].iter_mut().for_each(|x| *x *= 2.0);
+        unnorm[4 * cols..5 * cols]
+            .iter_mut()
+            .for_each(|x| *x *= 2.0);
         let zero_row = {
             let mut z = probs(rows, cols, 13);
             z[cols..2 * cols].iter_mut().for_each(|x| *x = 0.0);
@@ -303,10 +491,22 @@ fn bad_values_decode_to_the_host_error() {
         for reduction in [Reduction::None, Reduction::Mean] {
             let opts = Options::default().normalization(norm).reduction(reduction);
             let host = ctx
-                .kl(&Batch::new(&p, rows, cols), &Batch::new(&q, rows, cols), &opts)
+                .kl(
+                    &Batch::new(&p, rows, cols),
+                    &Batch::new(&q, rows, cols),
+                    &opts,
+                )
                 .expect_err("host must fail");
-            let dev = encoded(&ctx, &device, &queue, Measure::Kl, &GpuBatch::new(&pb, rows, cols), Some(&GpuBatch::new(&qb, rows, cols)), &opts)
-                .expect_err("decode must fail");
+            let dev = encoded(
+                &ctx,
+                &device,
+                &queue,
+                Measure::Kl,
+                &GpuBatch::new(&pb, rows, cols),
+                Some(&GpuBatch::new(&qb, rows, cols)),
+                &opts,
+            )
+            .expect_err("decode must fail");
             assert!(!matches!(host, Error::Device(_)), "{host}");
             assert_eq!(host.to_string(), dev.to_string(), "{norm:?} {reduction:?}");
         }
@@ -315,16 +515,35 @@ fn bad_values_decode_to_the_host_error() {
     let mut nan = probs(rows, cols, 10);
     nan[3 * cols + 17] = f32::NAN;
     let pb = storage(&device, &nan);
-    let e = encoded(&ctx, &device, &queue, Measure::Entropy, &GpuBatch::new(&pb, rows, cols), None, &Options::default()).expect_err("nan");
+    let e = encoded(
+        &ctx,
+        &device,
+        &queue,
+        Measure::Entropy,
+        &GpuBatch::new(&pb, rows, cols),
+        None,
+        &Options::default(),
+    )
+    .expect_err("nan");
     assert!(
-        matches!(e, Error::BadValue { arg: Arg::P, row: 3, col: Some(17), what: BadValue::Nan }),
+        matches!(
+            e,
+            Error::BadValue {
+                arg: Arg::P,
+                row: 3,
+                col: Some(17),
+                what: BadValue::Nan
+            }
+        ),
         "{e:?}"
     );
 }
 
 #[test]
 fn default_limits_device_chunks_an_input_beyond_its_binding_limit() {
-    let Some((device, queue)) = device(wgpu::Limits::default()) else { return };
+    let Some((device, queue)) = device(wgpu::Limits::default()) else {
+        return;
+    };
     let limit = device.limits().max_storage_buffer_binding_size;
     let ctx = Context::from_device(device.clone(), queue.clone()).expect("context");
     // 2 rows whose bytes together exceed one binding
@@ -333,8 +552,16 @@ fn default_limits_device_chunks_an_input_beyond_its_binding_limit() {
     let v = 1.0 / cols as f32;
     let p = vec![v; rows * cols];
     let pb = storage(&device, &p);
-    let out = encoded(&ctx, &device, &queue, Measure::Entropy, &GpuBatch::new(&pb, rows, cols), None, &Options::default().normalization(Normalization::AsGiven))
-        .expect("entropy");
+    let out = encoded(
+        &ctx,
+        &device,
+        &queue,
+        Measure::Entropy,
+        &GpuBatch::new(&pb, rows, cols),
+        None,
+        &Options::default().normalization(Normalization::AsGiven),
+    )
+    .expect("entropy");
     let e = -(cols as f64) * (v as f64) * (v as f64).ln();
     for x in out {
         assert!((x as f64 - e).abs() <= 2e-6 + 2e-5 * e, "{x} vs {e}");
@@ -343,17 +570,32 @@ fn default_limits_device_chunks_an_input_beyond_its_binding_limit() {
 
 #[test]
 fn two_threads_share_one_context() {
-    let Some((device, queue)) = device(wgpu::Limits::downlevel_defaults()) else { return };
+    let Some((device, queue)) = device(wgpu::Limits::downlevel_defaults()) else {
+        return;
+    };
     let ctx = Context::from_device(device, queue).expect("context");
     let p = probs(50, 700, 14);
     let q = probs(50, 700, 15);
-    let want = ctx.kl(&Batch::new(&p, 50, 700), &Batch::new(&q, 50, 700), &Options::default()).expect("kl");
+    let want = ctx
+        .kl(
+            &Batch::new(&p, 50, 700),
+            &Batch::new(&q, 50, 700),
+            &Options::default(),
+        )
+        .expect("kl");
     std::thread::scope(|s| {
         let hs: Vec<_> = (0..2)
             .map(|_| {
                 s.spawn(|| {
                     (0..5)
-                        .map(|_| ctx.kl(&Batch::new(&p, 50, 700), &Batch::new(&q, 50, 700), &Options::default()).expect("kl"))
+                        .map(|_| {
+                            ctx.kl(
+                                &Batch::new(&p, 50, 700),
+                                &Batch::new(&q, 50, 700),
+                                &Options::default(),
+                            )
+                            .expect("kl")
+                        })
                         .collect::<Vec<_>>()
                 })
             })
@@ -368,12 +610,19 @@ fn two_threads_share_one_context() {
 
 #[test]
 fn async_resolves_with_polling_only() {
-    let Some((device, queue)) = device(wgpu::Limits::downlevel_defaults()) else { return };
+    let Some((device, queue)) = device(wgpu::Limits::downlevel_defaults()) else {
+        return;
+    };
     let ctx = Context::from_device(device, queue).expect("context");
     let p = probs(8, 1000, 16);
     let q = probs(8, 1000, 17);
     let opts = Options::default();
-    let mut fut = std::pin::pin!(ctx.evaluate_async(Measure::Kl, &Batch::new(&p, 8, 1000), Some(&Batch::new(&q, 8, 1000)), &opts));
+    let mut fut = std::pin::pin!(ctx.evaluate_async(
+        Measure::Kl,
+        &Batch::new(&p, 8, 1000),
+        Some(&Batch::new(&q, 8, 1000)),
+        &opts
+    ));
     let waker = std::task::Waker::noop();
     let mut cx = std::task::Context::from_waker(waker);
     let mut polls = 0;
@@ -387,6 +636,8 @@ fn async_resolves_with_polling_only() {
         assert!(polls < 1_000_000, "never resolved");
         std::thread::yield_now();
     };
-    let want = ctx.kl(&Batch::new(&p, 8, 1000), &Batch::new(&q, 8, 1000), &opts).expect("kl");
+    let want = ctx
+        .kl(&Batch::new(&p, 8, 1000), &Batch::new(&q, 8, 1000), &opts)
+        .expect("kl");
     assert_eq!(got.values, want.values);
 }

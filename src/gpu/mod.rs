@@ -130,14 +130,20 @@ impl Gpu {
                 if let Some(w) = &n.weights {
                     words.extend(w.iter().map(|x| x.to_bits()));
                 }
-                let q = job.q.as_ref().map(|q| bytemuck::cast_slice::<f32, u8>(&q.data));
+                let q = job
+                    .q
+                    .as_ref()
+                    .map(|q| bytemuck::cast_slice::<f32, u8>(&q.data));
                 (
                     self.upload("kullback.targets", bytemuck::cast_slice(&words))?,
                     self.upload("kullback.q", q.unwrap_or(&[]))?,
                 )
             }
             None => {
-                let p = job.p.as_ref().map(|p| bytemuck::cast_slice::<f32, u8>(&p.data));
+                let p = job
+                    .p
+                    .as_ref()
+                    .map(|p| bytemuck::cast_slice::<f32, u8>(&p.data));
                 let p = self.upload("kullback.p", p.unwrap_or(&[]))?;
                 let q = match &job.q {
                     Some(q) => self.upload("kullback.q", bytemuck::cast_slice(&q.data))?,
@@ -162,16 +168,25 @@ impl Gpu {
                 mapped_at_creation: false,
             })
         });
-        let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
-            label: Some("kullback"),
-        });
+        let mut enc = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("kullback"),
+            });
         let ops = Operands {
             p: &p_buf,
             p_offset: 0,
             q: &q_buf,
             q_offset: 0,
         };
-        encode::encode(self, &mut enc, &shape, &ops, (&records, 0), total.as_ref().map(|t| (t, 0)))?;
+        encode::encode(
+            self,
+            &mut enc,
+            &shape,
+            &ops,
+            (&records, 0),
+            total.as_ref().map(|t| (t, 0)),
+        )?;
         Ok(match &total {
             None => Pending {
                 read: readback::start(self, enc, &records, 0, rows_bytes),
@@ -201,7 +216,14 @@ impl Gpu {
         let mut ops = Operands { ..*ops };
         if let Some((t, weights)) = nll {
             let t_bytes = t.len as u64 * 4;
-            crate::resident::check_buffer("targets", t.buffer, t.offset, t_bytes, wgpu::BufferUsages::COPY_SRC, 4)?;
+            crate::resident::check_buffer(
+                "targets",
+                t.buffer,
+                t.offset,
+                t_bytes,
+                wgpu::BufferUsages::COPY_SRC,
+                4,
+            )?;
             let w_bytes = weights.map_or(0, |w| w.len() as u64 * 4);
             holder = self.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("kullback.targets"),
@@ -210,7 +232,8 @@ impl Gpu {
                 mapped_at_creation: false,
             });
             if let Some(w) = weights {
-                self.queue.write_buffer(&holder, t_bytes, bytemuck::cast_slice(w));
+                self.queue
+                    .write_buffer(&holder, t_bytes, bytemuck::cast_slice(w));
             }
             enc.copy_buffer_to_buffer(t.buffer, t.offset, &holder, 0, t_bytes);
             ops.p = &holder;

@@ -13,7 +13,13 @@ pub(crate) struct Reading {
 
 /// Finishes `enc` with a copy of `size` bytes of `src` at `offset` into a
 /// mappable buffer, submits it (the call's one submission) and asks for the map.
-pub(crate) fn start(gpu: &Gpu, mut enc: wgpu::CommandEncoder, src: &wgpu::Buffer, offset: u64, size: u64) -> Reading {
+pub(crate) fn start(
+    gpu: &Gpu,
+    mut enc: wgpu::CommandEncoder,
+    src: &wgpu::Buffer,
+    offset: u64,
+    size: u64,
+) -> Reading {
     let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("kullback.readback"),
         size,
@@ -26,11 +32,7 @@ pub(crate) fn start(gpu: &Gpu, mut enc: wgpu::CommandEncoder, src: &wgpu::Buffer
     staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
         let _ = tx.send(r);
     });
-    Reading {
-        index,
-        staging,
-        rx,
-    }
+    Reading { index, staging, rx }
 }
 
 impl Reading {
