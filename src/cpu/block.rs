@@ -19,8 +19,11 @@ use super::kernel::{
 use super::ln::{Arith, POS_INF_BITS, Plain};
 use crate::record::code;
 
-/// Lanes of the chunk loop.
-const L: usize = 16;
+/// Lanes of the chunk loop: two vector registers' worth (LLVM's loop
+/// vectoriser leaves a loop of exactly one vector of trips scalar).
+const L_NARROW: usize = 16;
+/// Lanes with AVX-512.
+const L_WIDE: usize = 32;
 /// Columns summed in f32 lanes before a flush into the f64 state.
 const SUB: usize = 512;
 /// Columns of one block: the unit whose state is computed in one call, fixed
@@ -276,7 +279,7 @@ pub(super) type BlockFn = unsafe fn(&Dec, &Dec, &BlockIo<'_>) -> State;
 /// Maximum of the finite and -inf values (NaN and +inf are skipped: they are
 /// reported as bad values), -inf when there is none.
 #[inline(always)]
-fn block_max(x: &[f32]) -> f32 {
+fn block_max<const L: usize>(x: &[f32]) -> f32 {
     let mut lanes = [f32::NEG_INFINITY; L];
     let mut chunks = x.chunks_exact(L);
     for c in &mut chunks {
@@ -298,8 +301,6 @@ fn block_max(x: &[f32]) -> f32 {
         .fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a })
 }
 
-const ZEROS: [f32; L] = [0.0; L];
-
 /// The scalar path for `n` lanes of a chunk that holds a bad value (or is the
 /// short last chunk): the shader's `accumulate` element by element.
 #[inline(always)]
@@ -307,7 +308,7 @@ const ZEROS: [f32; L] = [0.0; L];
     clippy::too_many_arguments,
     reason = "the inlined body of the chunk loop"
 )]
-fn slow<const M: u8, A: Arith, P: Decode, Q: Decode>(
+fn slow<const M: u8, const L: usize, A: Arith, P: Decode, Q: Decode>(
     pd: &P,
     qd: &Q,
     pc: &[f32],
@@ -338,18 +339,19 @@ fn slow<const M: u8, A: Arith, P: Decode, Q: Decode>(
 
 /// One block into a state.
 #[inline(always)]
-fn block_impl<const M: u8, A: Arith, P: Decode, Q: Decode>(
+fn block_impl<const M: u8, const L: usize, A: Arith, P: Decode, Q: Decode>(
     dp: &Dec,
     dq: &Dec,
     io: &BlockIo<'_>,
 ) -> State {
     use super::kernel::{FL_P_SEEN, FL_Q_SEEN, FL_Q_ZERO_HIT};
+    let zeros = [0.0f32; L];
     let mut pd = P::new(dp);
     let mut qd = Q::new(dq);
     let mut st = State::EMPTY;
     // online operands: relative to the block's maximum, found first
     if P::ONLINE && dp.online {
-        let m = block_max(&io.p[..io.len]);
+        let m = block_max::<L>(&io.p[..io.len]);
         pd.set_max(m);
         st.ma = m as f64;
         if m > f32::NEG_INFINITY {
@@ -357,7 +359,7 @@ fn block_impl<const M: u8, A: Arith, P: Decode, Q: Decode>(
         }
     }
     if Q::ONLINE && dq.online {
-        let m = block_max(&io.q[..io.len]);
+        let m = block_max::<L>(&io.q[..io.len]);
         qd.set_max(m);
         st.mb = m as f64;
         if m > f32::NEG_INFINITY {
@@ -373,14 +375,14 @@ fn block_impl<const M: u8, A: Arith, P: Decode, Q: Decode>(
         let mut c = c0;
         while c + L <= c1 {
             let pc: &[f32; L] = if P::READS {
-                io.p[c..c + L].try_into().unwrap_or(&ZEROS)
+                io.p[c..c + L].try_into().unwrap_or(&zeros)
             } else {
-                &ZEROS
+                &zeros
             };
             let qc: &[f32; L] = if Q::READS {
-                io.q[c..c + L].try_into().unwrap_or(&ZEROS)
+                io.q[c..c + L].try_into().unwrap_or(&zeros)
             } else {
-                &ZEROS
+                &zeros
             };
             let mut bad = 0u32;
             if P::CHECKS {
@@ -401,15 +403,15 @@ fn block_impl<const M: u8, A: Arith, P: Decode, Q: Decode>(
                     accumulate::<M, L, A>(&mut acc, i, pe, qe);
                 }
             } else {
-                slow::<M, A, P, Q>(&pd, &qd, pc, qc, L, col, &mut acc, &mut key);
+                slow::<M, L, A, P, Q>(&pd, &qd, pc, qc, L, col, &mut acc, &mut key);
             }
             c += L;
         }
         if c < c1 {
             let k = c1 - c;
-            let pc = if P::READS { &io.p[c..c1] } else { &ZEROS[..k] };
-            let qc = if Q::READS { &io.q[c..c1] } else { &ZEROS[..k] };
-            slow::<M, A, P, Q>(&pd, &qd, pc, qc, k, io.col0 + c, &mut acc, &mut key);
+            let pc = if P::READS { &io.p[c..c1] } else { &zeros[..k] };
+            let qc = if Q::READS { &io.q[c..c1] } else { &zeros[..k] };
+            slow::<M, L, A, P, Q>(&pd, &qd, pc, qc, k, io.col0 + c, &mut acc, &mut key);
         }
         acc.flush::<M>(&mut st);
         c0 = c1;
@@ -440,7 +442,7 @@ unsafe fn block_base<const M: u8, P: Decode, Q: Decode>(
     dq: &Dec,
     io: &BlockIo<'_>,
 ) -> State {
-    block_impl::<M, Plain, P, Q>(dp, dq, io)
+    block_impl::<M, L_NARROW, Plain, P, Q>(dp, dq, io)
 }
 
 /// AVX2 + FMA build of a kernel.
@@ -454,7 +456,7 @@ unsafe fn block_avx2<const M: u8, P: Decode, Q: Decode>(
     dq: &Dec,
     io: &BlockIo<'_>,
 ) -> State {
-    block_impl::<M, super::ln::Fused, P, Q>(dp, dq, io)
+    block_impl::<M, L_NARROW, super::ln::Fused, P, Q>(dp, dq, io)
 }
 
 /// AVX-512F build of a kernel.
@@ -468,7 +470,7 @@ unsafe fn block_avx512<const M: u8, P: Decode, Q: Decode>(
     dq: &Dec,
     io: &BlockIo<'_>,
 ) -> State {
-    block_impl::<M, super::ln::Fused, P, Q>(dp, dq, io)
+    block_impl::<M, L_WIDE, super::ln::Fused, P, Q>(dp, dq, io)
 }
 
 fn build<const M: u8, P: Decode, Q: Decode>(isa: Isa) -> BlockFn {

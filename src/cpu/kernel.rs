@@ -218,14 +218,11 @@ pub(super) fn bad_log(b: u32, pos_ok: bool) -> bool {
 /// `plain_elem` for `F_PROBS`.
 #[inline(always)]
 pub(super) fn probs_elem<A: Arith>(x: f32) -> Elem {
+    // w = ±0 for a zero, and its hi, lo are finite garbage that `accumulate`
+    // selects away
     let zero = (x.to_bits() & ABS_MASK) == 0;
     let (hi, lo) = ln_hilo::<A>(x);
-    Elem {
-        zero,
-        w: if zero { 0.0 } else { x },
-        hi: if zero { 0.0 } else { hi },
-        lo: if zero { 0.0 } else { lo },
-    }
+    Elem { zero, w: x, hi, lo }
 }
 
 /// A log-probability (as given: `n` the identity) or a log value normalised by
@@ -335,10 +332,10 @@ pub(super) fn accumulate<const M: u8, const L: usize, A: Arith>(
     pe: Elem,
     qe: Elem,
 ) {
-    let pw = if pe.zero { 0.0 } else { pe.w };
+    // every decoder gives w = ±0 for a zero, so sums need no select
     match M {
         measure::ENTROPY => {
-            acc.sa[i] += pw;
+            acc.sa[i] += pe.w;
             let t = pe.w * (pe.hi + pe.lo);
             acc.u[i] += if pe.zero { 0.0 } else { t };
         }
@@ -348,14 +345,14 @@ pub(super) fn accumulate<const M: u8, const L: usize, A: Arith>(
         }
         measure::CROSS => {
             acc.sb[i] += qe.w;
-            acc.sa[i] += pw;
+            acc.sa[i] += pe.w;
             let t = pe.w * (qe.hi + qe.lo);
             acc.v[i] += if pe.zero | qe.zero { 0.0 } else { t };
             acc.hit[i] |= (!pe.zero & qe.zero) as u32;
         }
         measure::KL => {
             acc.sb[i] += qe.w;
-            acc.sa[i] += pw;
+            acc.sa[i] += pe.w;
             let t = pe.w * ((pe.hi - qe.hi) + (pe.lo - qe.lo));
             acc.d[i] += if pe.zero | qe.zero { 0.0 } else { t };
             acc.hit[i] |= (!pe.zero & qe.zero) as u32;

@@ -978,3 +978,93 @@ fn deterministic_across_threads_and_runs() {
         }
     }
 }
+
+/// Throughput in release mode:
+/// `cargo test --release --lib cpu::tests::throughput -- --ignored --nocapture`.
+#[test]
+#[ignore = "a timing, not a test"]
+fn throughput() {
+    let mut rng = Rng::new(10);
+    let (rows, cols) = (4096usize, 4096usize);
+    let p = probs(&mut rng, rows, cols, 0.0);
+    let q = probs(&mut rng, rows, cols, 0.0);
+    let l = logits(&mut rng, rows * cols, 2.0, 0.0);
+    let threads = super::threads::available();
+    let cases: [(&str, Measure, Form, &[f32], Normalization); 7] = [
+        (
+            "kl probs",
+            Measure::Kl,
+            Form::Probs,
+            &p,
+            Normalization::Validate,
+        ),
+        (
+            "entropy probs",
+            Measure::Entropy,
+            Form::Probs,
+            &p,
+            Normalization::Validate,
+        ),
+        (
+            "cross probs",
+            Measure::CrossEntropy,
+            Form::Probs,
+            &p,
+            Normalization::Validate,
+        ),
+        (
+            "js probs",
+            Measure::Js,
+            Form::Probs,
+            &p,
+            Normalization::Validate,
+        ),
+        (
+            "kl probs renorm",
+            Measure::Kl,
+            Form::Probs,
+            &p,
+            Normalization::Renormalize,
+        ),
+        (
+            "kl logits",
+            Measure::Kl,
+            Form::Logits,
+            &l,
+            Normalization::Validate,
+        ),
+        (
+            "js logits",
+            Measure::Js,
+            Form::Logits,
+            &l,
+            Normalization::Validate,
+        ),
+    ];
+    let only = std::env::var("KULLBACK_BENCH").ok();
+    for (name, m, form, pd, norm) in cases {
+        if only.as_ref().is_some_and(|o| o != name) {
+            continue;
+        }
+        let pb = Batch::new(pd, rows, cols).form(form);
+        let qb = Batch::new(&q, rows, cols);
+        let opts = Options::default().normalization(norm);
+        let job = Job::measure(m, &pb, m.needs_q().then_some(&qb), &opts).expect("job");
+        for isa in Isa::available() {
+            for t in [1, threads] {
+                let _ = run_with(&job, t, isa);
+                let n = 3;
+                let start = std::time::Instant::now();
+                for _ in 0..n {
+                    std::hint::black_box(run_with(&job, t, isa));
+                }
+                let s = start.elapsed().as_secs_f64() / n as f64;
+                eprintln!(
+                    "{name:16} {isa:?} {t} threads: {:.3} ms, {:.2} G elements/s",
+                    s * 1e3,
+                    (rows * cols) as f64 / s / 1e9
+                );
+            }
+        }
+    }
+}
