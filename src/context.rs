@@ -131,7 +131,7 @@ impl ContextOptions {
 /// `Send + Sync`, and pipelines are built once per device.
 #[derive(Clone, Debug)]
 pub struct Context {
-    gpu: Option<Arc<Gpu>>,
+    pub(crate) gpu: Option<Arc<Gpu>>,
     /// `Backend::Auto` with a hardware adapter: each call is placed by the cost model.
     auto: Option<(AdapterClass, CostModel)>,
 }

@@ -70,7 +70,7 @@ impl Gpu {
             None => device_cap,
         };
         let info = device.adapter_info();
-        let pipelines = Arc::new(Pipelines::new(&device));
+        let pipelines = Pipelines::for_device(&device)?;
         Ok(Gpu {
             adapter_name: info.name,
             class: crate::cost::AdapterClass::of(info.device_type),
@@ -379,6 +379,14 @@ mod tests {
                 s.values[0]
             );
         }
+    }
+
+    #[test]
+    fn clones_of_a_context_share_device_and_pipelines() {
+        let Some(ctx) = gpu() else { return };
+        let other = ctx.clone();
+        let (a, b) = (ctx.gpu.as_ref().expect("gpu"), other.gpu.as_ref().expect("gpu"));
+        assert!(std::sync::Arc::ptr_eq(&a.pipelines, &b.pipelines));
     }
 
     #[test]

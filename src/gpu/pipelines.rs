@@ -4,6 +4,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use crate::error::{Error, Result};
+
+
 /// The WGSL sources: one prelude joined to each kernel file.
 const ROWS_WGSL: &str = concat!(
     include_str!("../../shaders/common.wgsl"),
@@ -67,7 +70,21 @@ fn uniform(binding: u32) -> wgpu::BindGroupLayoutEntry {
 }
 
 impl Pipelines {
-    pub(crate) fn new(device: &wgpu::Device) -> Pipelines {
+    /// The pipelines of `device`: built once per context; clones of a
+    /// context share them. (A registry keyed by `wgpu::Device` is not safe:
+    /// its equality compares ids that repeat across wgpu instances.)
+    pub(crate) fn for_device(device: &wgpu::Device) -> Result<Arc<Pipelines>> {
+        // our shaders failing validation is our bug: report it, never panic in
+        // the caller's uncaptured-error handler
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let p = Arc::new(Pipelines::new(device));
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::Device(format!("building kullback's pipelines: {e}")));
+        }
+        Ok(p)
+    }
+
+    fn new(device: &wgpu::Device) -> Pipelines {
         let rows_module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some("kullback.rows"),
             source: wgpu::ShaderSource::Wgsl(ROWS_WGSL.into()),
@@ -126,7 +143,8 @@ impl Pipelines {
         }
     }
 
-    /// The rows pipeline for `key`, built on first use.
+    /// The rows pipeline for `key`, built on first use (in the caller's error
+    /// scope, if any: the host path has one).
     pub(crate) fn rows(&self, device: &wgpu::Device, key: RowKey) -> Arc<wgpu::ComputePipeline> {
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(p) = cache.get(&key) {
