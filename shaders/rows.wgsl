@@ -27,6 +27,11 @@ override Q_ONLINE: bool = false;
 // Second pass of the two-pass plan: inputs are divided by the row normalisers
 // that the first pass left at partials[norm_at + row].
 override NORMALIZED: bool = false;
+// Which operands the two-pass plan normalises (set in both passes): logits,
+// renormalised log-probabilities, renormalised probabilities. The others are
+// used as given and checked as usual, even next to one that is normalised.
+override P_NORM: bool = false;
+override Q_NORM: bool = false;
 // Normalization::Renormalize: log-probabilities above 0 are then allowed.
 override RENORM: bool = false;
 // Check row sums against 1 (Normalization::Validate).
@@ -205,11 +210,12 @@ fn check_value(b: u32, form: u32, is_p: bool) -> u32 {
     return ST_OK;
 }
 
-// An element in the plain (non-online) form, normalised in the second pass.
-fn plain_elem(b: u32, form: u32, n: Norm) -> Elem {
+// An element in the plain (non-online) form; `norm`: divided by the row
+// normaliser `n` (second pass).
+fn plain_elem(b: u32, form: u32, n: Norm, norm: bool) -> Elem {
     if (form == F_PROBS) {
         var x = bitcast<f32>(b);
-        if (NORMALIZED) {
+        if (norm) {
             x = x / n.s;
         }
         let xb = bitcast<u32>(x);
@@ -219,7 +225,7 @@ fn plain_elem(b: u32, form: u32, n: Norm) -> Elem {
     // log-probs (as given) or any log form in the second pass
     let zero = b == NEG_INF_BITS;
     var l = bitcast<f32>(select(b, 0u, zero));
-    if (NORMALIZED) {
+    if (norm) {
         l = (l - n.m) - n.ls;
     }
     return Elem(zero, select(exp(l), 0.0, zero), select(l, 0.0, zero));
@@ -291,7 +297,7 @@ fn accumulate(st: ptr<function, State>, ctx: RowCtx, col: u32, pi: u32, qi: u32)
                 pe = Elem(false, exp(l), l);
             }
         } else {
-            pe = plain_elem(pb, P_FORM, ctx.np);
+            pe = plain_elem(pb, P_FORM, ctx.np, NORMALIZED && P_NORM);
         }
     }
     // ---- q side
@@ -321,7 +327,7 @@ fn accumulate(st: ptr<function, State>, ctx: RowCtx, col: u32, pi: u32, qi: u32)
             qe = Elem(false, exp(l), l);
         }
     } else {
-        qe = plain_elem(qb, Q_FORM, ctx.nq);
+        qe = plain_elem(qb, Q_FORM, ctx.nq, NORMALIZED && Q_NORM);
     }
     (*st).sb = (*st).sb + qe.w;
     if (MEASURE == M_SUMS) {
@@ -372,7 +378,7 @@ fn finalize(row: u32, st: State) {
     let row_key = status_key(COL_NONE, 0u);
     if (MEASURE == M_SUMS) {
         // First pass: probabilities need a normal, finite sum; log forms an element.
-        if (P_FORM != F_TARGETS) {
+        if (P_NORM) {
             if (p_online) {
                 if ((st.flags & FL_P_SEEN) == 0u) {
                     key = min(key, row_key | ST_P_ALL_MASKED);
@@ -381,7 +387,7 @@ fn finalize(row: u32, st: State) {
                 key = min(key, row_key | ST_P_ZERO_SUM);
             }
         }
-        if (HAS_Q) {
+        if (HAS_Q && Q_NORM) {
             if (q_online) {
                 if ((st.flags & FL_Q_SEEN) == 0u) {
                     key = min(key, row_key | ST_Q_ALL_MASKED);
@@ -392,7 +398,10 @@ fn finalize(row: u32, st: State) {
         }
         partials[params.norm_at + row] = st;
         let status = select(key, ST_OK, key == KEY_NONE);
-        records[row] = Record(0.0, st.sa, st.sb, status);
+        // the records keep what the caller gave: the sum, or the log-sum-exp
+        let first_p = select(st.sa, st.ma + log(max(st.sa, 1.0)), p_online);
+        let first_q = select(st.sb, st.mb + log(max(st.sb, 1.0)), q_online);
+        records[row] = Record(0.0, first_p, first_q, status);
         return;
     }
     // Online operands must have seen an element (a row of all -inf is an error).
@@ -403,25 +412,26 @@ fn finalize(row: u32, st: State) {
         key = min(key, row_key | ST_Q_ALL_MASKED);
     }
     if (CHECK_SUMS) {
-        if (P_FORM != F_TARGETS && !p_online && abs(st.sa - 1.0) > params.tolerance) {
+        if (P_FORM != F_TARGETS && !p_online && !P_NORM && abs(st.sa - 1.0) > params.tolerance) {
             key = min(key, row_key | ST_P_SUM);
         }
-        if (HAS_Q && !q_online && abs(st.sb - 1.0) > params.tolerance) {
+        if (HAS_Q && !q_online && !Q_NORM && abs(st.sb - 1.0) > params.tolerance) {
             key = min(key, row_key | ST_Q_SUM);
         }
     }
     var status = select(key, ST_OK, key == KEY_NONE);
+    var first = Record(0.0, 0.0, 0.0, ST_OK);
     if (NORMALIZED) {
         // a problem found by the first pass wins
-        let first = records[row].status;
-        status = select(status, first, first != ST_OK);
+        first = records[row];
+        status = select(status, first.status, first.status != ST_OK);
     }
     let lb = select(0.0, log(max(st.sb, 1.0)), q_online);
     let la = select(0.0, log(max(st.sa, 1.0)), p_online);
     let inv_sa = select(1.0, 1.0 / max(st.sa, 1.0), p_online);
     var value = 0.0;
-    var aux_p = select(st.sa, st.ma + la, p_online);
-    let aux_q = select(st.sb, st.mb + lb, q_online);
+    var aux_p = select(select(st.sa, st.ma + la, p_online), first.aux_p, NORMALIZED && P_NORM);
+    let aux_q = select(select(st.sb, st.mb + lb, q_online), first.aux_q, NORMALIZED && Q_NORM);
     if (MEASURE == M_ENTROPY) {
         value = select(-st.u, la - st.u * inv_sa, p_online);
     } else if (MEASURE == M_CROSS || MEASURE == M_NLL) {

@@ -5,14 +5,13 @@
 
 use std::num::NonZeroU64;
 
-use wgpu::util::DeviceExt;
-
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
+use crate::gpu::pool::Scratch;
 use crate::gpu::params::{RowParams, STATE_SIZE, Slots, TOTAL_SIZE, TotalParams};
 use crate::gpu::pipelines::RowKey;
 use crate::gpu::plan::{self, BLOCK, EPT, Layout, WG};
-use crate::job::{IGNORED, Job, Kind};
+use crate::job::{self, IGNORED, Job, Kind};
 use crate::measure::{Form, Normalization, Reduction};
 use crate::record::RECORD_SIZE;
 
@@ -79,8 +78,15 @@ impl GpuShape {
         }
     }
 
-    /// The pipeline key of the term pass (`sums`: the first of two passes).
+    /// Whether the two-pass plan normalises an operand of this form.
+    fn normalised(&self, form: Option<Form>) -> bool {
+        let renorm = self.normalization == Normalization::Renormalize;
+        self.two_pass && form.is_some_and(|f| job::online(f, self.normalization) || (f == Form::Probs && renorm))
+    }
+
+    /// The pipeline key of a pass (`sums`: the first of two passes).
     fn key(&self, sums: bool, merge: bool) -> RowKey {
+        let (p_norm, q_norm) = (self.normalised(self.p_form), self.normalised(self.q_form));
         let second = self.two_pass && !sums;
         RowKey {
             merge,
@@ -88,22 +94,12 @@ impl GpuShape {
             p_form: self.p_form.map_or(3, Form::code),
             q_form: self.q_form.map_or(0, Form::code),
             has_q: self.q_form.is_some(),
-            // a log form is online in the first pass of two, plain in the second
-            p_online: if second {
-                false
-            } else if sums {
-                self.p_form.is_some_and(|f| f != Form::Probs)
-            } else {
-                self.p_online
-            },
-            q_online: if second {
-                false
-            } else if sums {
-                self.q_form.is_some_and(|f| f != Form::Probs)
-            } else {
-                self.q_online
-            },
+            // a normalised log form is online in the first pass, plain in the second
+            p_online: if self.two_pass { sums && p_norm && self.p_form != Some(Form::Probs) } else { self.p_online },
+            q_online: if self.two_pass { sums && q_norm && self.q_form != Some(Form::Probs) } else { self.q_online },
             normalized: second,
+            p_norm,
+            q_norm,
             renorm: self.normalization == Normalization::Renormalize,
             check_sums: self.normalization == Normalization::Validate,
         }
@@ -136,6 +132,7 @@ fn binding(buffer: &wgpu::Buffer, offset: u64, size: u64) -> wgpu::BindingResour
 /// offset) and, for a sum or mean, the batch record into `total_out`.
 pub(crate) fn encode(
     gpu: &Gpu,
+    scratch: &mut Scratch,
     enc: &mut wgpu::CommandEncoder,
     s: &GpuShape,
     ops: &Operands<'_>,
@@ -167,12 +164,7 @@ pub(crate) fn encode(
             )));
         }
     }
-    let partials = device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("kullback.partials"),
-        size: partial_bytes,
-        usage: wgpu::BufferUsages::STORAGE,
-        mapped_at_creation: false,
-    });
+    let partials = scratch.buffer(device, "kullback.partials", partial_bytes, wgpu::BufferUsages::STORAGE);
 
     let nll = s.kind == Kind::Nll;
     let p_stride = if nll || s.p_rows == 1 {
@@ -291,11 +283,14 @@ pub(crate) fn encode(
         }
     }
 
-    let params = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-        label: Some("kullback.params"),
-        contents: slots.bytes(),
-        usage: wgpu::BufferUsages::UNIFORM,
-    });
+    let params = scratch.buffer(
+        device,
+        "kullback.params",
+        slots.bytes().len() as u64,
+        wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+    );
+    // lands before the next submission, which is the one that runs this work
+    gpu.queue.write_buffer(&params, 0, slots.bytes());
     let row_param_size = std::mem::size_of::<RowParams>() as u64;
     let bind_groups: Vec<wgpu::BindGroup> = groups_spec
         .iter()
@@ -330,25 +325,20 @@ pub(crate) fn encode(
         .collect();
 
     let mut total_groups = Vec::new();
-    let mut scratch = Vec::new();
+    let mut totals = Vec::new();
     if let Some(out) = total_out {
         let levels = total_steps.len();
         // ping-pong buffers for the levels above the first
         let first_groups = (s.rows as u64).div_ceil((WG * EPT) as u64).max(1);
         for name in ["kullback.totals.a", "kullback.totals.b"] {
-            scratch.push(device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some(name),
-                size: first_groups * TOTAL_SIZE,
-                usage: wgpu::BufferUsages::STORAGE,
-                mapped_at_creation: false,
-            }));
+            totals.push(scratch.buffer(device, name, first_groups * TOTAL_SIZE, wgpu::BufferUsages::STORAGE));
         }
         let total_param_size = std::mem::size_of::<TotalParams>() as u64;
         for level in 0..levels {
             let (src, dst) = if level % 2 == 0 {
-                (&scratch[1], &scratch[0])
+                (&totals[1], &totals[0])
             } else {
-                (&scratch[0], &scratch[1])
+                (&totals[0], &totals[1])
             };
             total_groups.push(device.create_bind_group(&wgpu::BindGroupDescriptor {
                 label: Some("kullback.total"),

@@ -5,6 +5,7 @@ mod encode;
 mod params;
 mod pipelines;
 mod plan;
+mod pool;
 mod readback;
 
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use std::sync::Arc;
 use crate::context::Records;
 use crate::error::{Error, Result};
 use crate::job::Job;
+use pool::{Pool, Scratch};
 use crate::measure::Reduction;
 use crate::record::{RECORD_SIZE, Record};
 
@@ -29,6 +31,8 @@ pub(crate) struct Gpu {
     /// Bytes of one input binding (the device's limit, or the caller's cap).
     pub(crate) cap: u64,
     pub(crate) pipelines: Arc<Pipelines>,
+    /// Buffers reused across host-path calls.
+    pool: Arc<Pool>,
 }
 
 impl Gpu {
@@ -79,6 +83,7 @@ impl Gpu {
             limits,
             cap,
             pipelines,
+            pool: Arc::default(),
         })
     }
 
@@ -86,7 +91,7 @@ impl Gpu {
         &self.adapter_name
     }
 
-    fn upload(&self, label: &'static str, bytes: &[u8]) -> Result<wgpu::Buffer> {
+    fn upload(&self, scratch: &mut Scratch, label: &'static str, bytes: &[u8]) -> Result<wgpu::Buffer> {
         let size = (bytes.len() as u64).max(4);
         if size > self.limits.max_buffer_size {
             return Err(Error::TooLarge(format!(
@@ -94,12 +99,8 @@ impl Gpu {
                 self.limits.max_buffer_size
             )));
         }
-        let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(label),
-            size,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+        let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
+        let buf = scratch.buffer(&self.device, label, size, usage);
         if !bytes.is_empty() {
             self.queue.write_buffer(&buf, 0, bytes);
         }
@@ -124,6 +125,8 @@ impl Gpu {
 
     fn submit_inner(&self, job: &Job<'_>) -> Result<Pending> {
         let shape = GpuShape::from_job(job);
+        let mut scratch = Scratch::pooled(&self.pool);
+        let sc = &mut scratch;
         let (p_buf, q_buf) = match &job.nll {
             Some(n) => {
                 let mut words: Vec<u32> = n.targets.clone();
@@ -135,8 +138,8 @@ impl Gpu {
                     .as_ref()
                     .map(|q| bytemuck::cast_slice::<f32, u8>(&q.data));
                 (
-                    self.upload("kullback.targets", bytemuck::cast_slice(&words))?,
-                    self.upload("kullback.q", q.unwrap_or(&[]))?,
+                    self.upload(sc, "kullback.targets", bytemuck::cast_slice(&words))?,
+                    self.upload(sc, "kullback.q", q.unwrap_or(&[]))?,
                 )
             }
             None => {
@@ -144,9 +147,9 @@ impl Gpu {
                     .p
                     .as_ref()
                     .map(|p| bytemuck::cast_slice::<f32, u8>(&p.data));
-                let p = self.upload("kullback.p", p.unwrap_or(&[]))?;
+                let p = self.upload(sc, "kullback.p", p.unwrap_or(&[]))?;
                 let q = match &job.q {
-                    Some(q) => self.upload("kullback.q", bytemuck::cast_slice(&q.data))?,
+                    Some(q) => self.upload(sc, "kullback.q", bytemuck::cast_slice(&q.data))?,
                     // entropy: q is never read; bind p twice (both read-only)
                     None => p.clone(),
                 };
@@ -154,20 +157,10 @@ impl Gpu {
             }
         };
         let rows_bytes = job.rows as u64 * RECORD_SIZE;
-        let records = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("kullback.records"),
-            size: rows_bytes,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-            mapped_at_creation: false,
-        });
-        let total = (job.reduction != Reduction::None).then(|| {
-            self.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("kullback.total"),
-                size: TOTAL_OUTPUT_SIZE,
-                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-                mapped_at_creation: false,
-            })
-        });
+        let out_usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
+        let records = sc.buffer(&self.device, "kullback.records", rows_bytes, out_usage);
+        let total = (job.reduction != Reduction::None)
+            .then(|| sc.buffer(&self.device, "kullback.total", TOTAL_OUTPUT_SIZE, out_usage));
         let mut enc = self
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -181,6 +174,7 @@ impl Gpu {
         };
         encode::encode(
             self,
+            sc,
             &mut enc,
             &shape,
             &ops,
@@ -189,12 +183,14 @@ impl Gpu {
         )?;
         Ok(match &total {
             None => Pending {
-                read: readback::start(self, enc, &records, 0, rows_bytes),
+                read: readback::start(self, sc, enc, &records, 0, rows_bytes),
                 total: false,
+                scratch,
             },
             Some(t) => Pending {
-                read: readback::start(self, enc, t, 0, TOTAL_OUTPUT_SIZE),
+                read: readback::start(self, sc, enc, t, 0, TOTAL_OUTPUT_SIZE),
                 total: true,
+                scratch,
             },
         })
     }
@@ -239,8 +235,9 @@ impl Gpu {
             ops.p = &holder;
             ops.p_offset = 0;
         }
+        let mut sc = Scratch::fresh();
         if shape.reduction == Reduction::None {
-            return encode::encode(self, enc, shape, &ops, out, None);
+            return encode::encode(self, &mut sc, enc, shape, &ops, out, None);
         }
         let records = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("kullback.records"),
@@ -248,7 +245,7 @@ impl Gpu {
             usage: wgpu::BufferUsages::STORAGE,
             mapped_at_creation: false,
         });
-        encode::encode(self, enc, shape, &ops, (&records, 0), Some(out))
+        encode::encode(self, &mut sc, enc, shape, &ops, (&records, 0), Some(out))
     }
 }
 
@@ -256,6 +253,8 @@ impl Gpu {
 pub(crate) struct Pending {
     read: readback::Reading,
     total: bool,
+    /// The call's buffers: back to the pool once the results are read.
+    scratch: Scratch,
 }
 
 impl Pending {
@@ -279,12 +278,14 @@ impl Pending {
             })
             .map_err(|e| Error::Device(format!("waiting for the GPU: {e}")))?;
         let r = pollster::block_on(self.read.finish())?;
+        drop(self.scratch);
         Ok(Pending::records(self.total, r))
     }
 
     /// Resolves once someone has polled the device past the submission.
     pub(crate) async fn resolve(self) -> Result<Records> {
         let r = self.read.finish().await?;
+        drop(self.scratch);
         Ok(Pending::records(self.total, r))
     }
 }
@@ -519,5 +520,31 @@ mod chunk_tests {
             mean.values[0]
         );
         assert_eq!(mean.counted, 3.0);
+    }
+}
+
+#[cfg(test)]
+mod plan_tests {
+    use crate::{Arg, Backend, Batch, Context, Error, Form, Measure, Options};
+
+    /// JS next to logits takes two passes; a probability row used as given is
+    /// still checked (it is not divided by its sum behind the caller's back).
+    #[test]
+    fn js_next_to_logits_still_validates_the_probabilities() {
+        let Ok(gpu) = Context::with_backend(Backend::Gpu) else { return };
+        let cpu = Context::with_backend(Backend::Cpu).expect("cpu");
+        let logits = [1.0f32, 2.0, 3.0, 0.5, 0.5, 0.5];
+        let q = [0.2f32, 0.3, 0.5, 0.4, 0.4, 0.4]; // row 1 sums to 1.2
+        for ctx in [&gpu, &cpu] {
+            let e = ctx
+                .evaluate(
+                    Measure::Js,
+                    &Batch::new(&logits, 2, 3).form(Form::Logits),
+                    Some(&Batch::new(&q, 2, 3)),
+                    &Options::default(),
+                )
+                .expect_err("row 1 of q is not normalised");
+            assert!(matches!(e, Error::NotNormalized { arg: Arg::Q, row: 1, .. }), "{e:?}");
+        }
     }
 }

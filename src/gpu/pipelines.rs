@@ -28,6 +28,8 @@ pub(crate) struct RowKey {
     pub p_online: bool,
     pub q_online: bool,
     pub normalized: bool,
+    pub p_norm: bool,
+    pub q_norm: bool,
     pub renorm: bool,
     pub check_sums: bool,
 }
@@ -159,6 +161,8 @@ impl Pipelines {
             ("P_ONLINE", b(key.p_online)),
             ("Q_ONLINE", b(key.q_online)),
             ("NORMALIZED", b(key.normalized)),
+            ("P_NORM", b(key.p_norm)),
+            ("Q_NORM", b(key.q_norm)),
             ("RENORM", b(key.renorm)),
             ("CHECK_SUMS", b(key.check_sums)),
         ];

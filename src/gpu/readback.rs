@@ -2,12 +2,14 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
+use crate::gpu::pool::Scratch;
 use crate::record::Record;
 
 /// A copy into a mappable buffer, submitted, with its map request made.
 pub(crate) struct Reading {
     pub(crate) index: wgpu::SubmissionIndex,
     staging: wgpu::Buffer,
+    size: u64,
     rx: futures_intrusive::channel::shared::OneshotReceiver<Result<(), wgpu::BufferAsyncError>>,
 }
 
@@ -15,24 +17,26 @@ pub(crate) struct Reading {
 /// mappable buffer, submits it (the call's one submission) and asks for the map.
 pub(crate) fn start(
     gpu: &Gpu,
+    scratch: &mut Scratch,
     mut enc: wgpu::CommandEncoder,
     src: &wgpu::Buffer,
     offset: u64,
     size: u64,
 ) -> Reading {
-    let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("kullback.readback"),
-        size,
-        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
+    let usage = wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST;
+    let staging = scratch.buffer(&gpu.device, "kullback.readback", size, usage);
     enc.copy_buffer_to_buffer(src, offset, &staging, 0, size);
     let index = gpu.queue.submit([enc.finish()]);
     let (tx, rx) = futures_intrusive::channel::shared::oneshot_channel();
-    staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+    staging.slice(..size).map_async(wgpu::MapMode::Read, move |r| {
         let _ = tx.send(r);
     });
-    Reading { index, staging, rx }
+    Reading {
+        index,
+        staging,
+        size,
+        rx,
+    }
 }
 
 impl Reading {
@@ -46,7 +50,7 @@ impl Reading {
         }
         let out = {
             let view = staging
-                .slice(..)
+                .slice(..self.size)
                 .get_mapped_range()
                 .map_err(|e| Error::Device(format!("reading the results: {e}")))?;
             bytemuck::cast_slice::<u8, Record>(&view).to_vec()
