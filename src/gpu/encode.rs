@@ -7,10 +7,10 @@ use std::num::NonZeroU64;
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::gpu::pool::Scratch;
 use crate::gpu::params::{RowParams, STATE_SIZE, Slots, TOTAL_SIZE, TotalParams};
 use crate::gpu::pipelines::RowKey;
 use crate::gpu::plan::{self, BLOCK, EPT, Layout, WG};
+use crate::gpu::pool::Scratch;
 use crate::job::{self, IGNORED, Job, Kind};
 use crate::measure::{Form, Normalization, Reduction};
 use crate::record::RECORD_SIZE;
@@ -81,7 +81,9 @@ impl GpuShape {
     /// Whether the two-pass plan normalises an operand of this form.
     fn normalised(&self, form: Option<Form>) -> bool {
         let renorm = self.normalization == Normalization::Renormalize;
-        self.two_pass && form.is_some_and(|f| job::online(f, self.normalization) || (f == Form::Probs && renorm))
+        self.two_pass
+            && form
+                .is_some_and(|f| job::online(f, self.normalization) || (f == Form::Probs && renorm))
     }
 
     /// The pipeline key of a pass (`sums`: the first of two passes).
@@ -95,8 +97,16 @@ impl GpuShape {
             q_form: self.q_form.map_or(0, Form::code),
             has_q: self.q_form.is_some(),
             // a normalised log form is online in the first pass, plain in the second
-            p_online: if self.two_pass { sums && p_norm && self.p_form != Some(Form::Probs) } else { self.p_online },
-            q_online: if self.two_pass { sums && q_norm && self.q_form != Some(Form::Probs) } else { self.q_online },
+            p_online: if self.two_pass {
+                sums && p_norm && self.p_form != Some(Form::Probs)
+            } else {
+                self.p_online
+            },
+            q_online: if self.two_pass {
+                sums && q_norm && self.q_form != Some(Form::Probs)
+            } else {
+                self.q_online
+            },
             normalized: second,
             p_norm,
             q_norm,
@@ -128,6 +138,28 @@ fn binding(buffer: &wgpu::Buffer, offset: u64, size: u64) -> wgpu::BindingResour
     })
 }
 
+/// Bytes of the scratch a job needs (partial states of long rows, then one
+/// normaliser state per row; per-row records), checked against one binding:
+/// the work is split into chunks by its inputs, not by these.
+pub(crate) fn scratch_sizes(gpu: &Gpu, s: &GpuShape) -> Result<(u64, u64, u64)> {
+    let bpr = Layout::new(s.cols).blocks_per_row;
+    let norm_at = s.rows as u64 * if bpr > 1 { bpr as u64 } else { 0 };
+    let partial_bytes = (norm_at + if s.two_pass { s.rows as u64 } else { 0 }).max(1) * STATE_SIZE;
+    let records_bytes = s.rows as u64 * RECORD_SIZE;
+    let max_binding = gpu.limits.max_storage_buffer_binding_size;
+    for (what, bytes) in [
+        ("partial states", partial_bytes),
+        ("per-row records", records_bytes),
+    ] {
+        if bytes > max_binding {
+            return Err(Error::TooLarge(format!(
+                "{what} need {bytes} bytes in one binding; the device allows {max_binding}: split the batch"
+            )));
+        }
+    }
+    Ok((norm_at, partial_bytes, records_bytes))
+}
+
 /// Records the job into `enc`: per-row records into `rows_out` (buffer, byte
 /// offset) and, for a sum or mean, the batch record into `total_out`.
 pub(crate) fn encode(
@@ -144,27 +176,18 @@ pub(crate) fn encode(
     let align = limits.min_storage_buffer_offset_alignment.max(4) as u64;
     let align_elems = align / 4;
     let max_dim = limits.max_compute_workgroups_per_dimension;
-    let max_binding = limits.max_storage_buffer_binding_size;
     let layout = Layout::new(s.cols);
     let bpr = layout.blocks_per_row;
     let cap_elems = (gpu.cap / 4).saturating_sub(align_elems).max(BLOCK as u64);
     let chunks = plan::chunks(s.rows, s.cols, layout, cap_elems);
 
-    // scratch: partial states of long rows, then one normaliser state per row
-    let norm_at = s.rows as u64 * if bpr > 1 { bpr as u64 } else { 0 };
-    let partial_bytes = (norm_at + if s.two_pass { s.rows as u64 } else { 0 }).max(1) * STATE_SIZE;
-    let records_bytes = s.rows as u64 * RECORD_SIZE;
-    for (what, bytes) in [
-        ("partial states", partial_bytes),
-        ("per-row records", records_bytes),
-    ] {
-        if bytes > max_binding {
-            return Err(Error::TooLarge(format!(
-                "{what} need {bytes} bytes in one binding; the device allows {max_binding}: split the batch"
-            )));
-        }
-    }
-    let partials = scratch.buffer(device, "kullback.partials", partial_bytes, wgpu::BufferUsages::STORAGE);
+    let (norm_at, partial_bytes, records_bytes) = scratch_sizes(gpu, s)?;
+    let partials = scratch.buffer(
+        device,
+        "kullback.partials",
+        partial_bytes,
+        wgpu::BufferUsages::STORAGE,
+    );
 
     let nll = s.kind == Kind::Nll;
     let p_stride = if nll || s.p_rows == 1 {
@@ -331,7 +354,12 @@ pub(crate) fn encode(
         // ping-pong buffers for the levels above the first
         let first_groups = (s.rows as u64).div_ceil((WG * EPT) as u64).max(1);
         for name in ["kullback.totals.a", "kullback.totals.b"] {
-            totals.push(scratch.buffer(device, name, first_groups * TOTAL_SIZE, wgpu::BufferUsages::STORAGE));
+            totals.push(scratch.buffer(
+                device,
+                name,
+                first_groups * TOTAL_SIZE,
+                wgpu::BufferUsages::STORAGE,
+            ));
         }
         let total_param_size = std::mem::size_of::<TotalParams>() as u64;
         for level in 0..levels {

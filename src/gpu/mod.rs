@@ -13,9 +13,9 @@ use std::sync::Arc;
 use crate::context::Records;
 use crate::error::{Error, Result};
 use crate::job::Job;
-use pool::{Pool, Scratch};
 use crate::measure::Reduction;
 use crate::record::{RECORD_SIZE, Record};
+use pool::{Pool, Scratch};
 
 pub(crate) use encode::{GpuShape, Operands, TOTAL_OUTPUT_SIZE};
 pub(crate) use pipelines::Pipelines;
@@ -91,7 +91,12 @@ impl Gpu {
         &self.adapter_name
     }
 
-    fn upload(&self, scratch: &mut Scratch, label: &'static str, bytes: &[u8]) -> Result<wgpu::Buffer> {
+    fn upload(
+        &self,
+        scratch: &mut Scratch,
+        label: &'static str,
+        bytes: &[u8],
+    ) -> Result<wgpu::Buffer> {
         let size = (bytes.len() as u64).max(4);
         if size > self.limits.max_buffer_size {
             return Err(Error::TooLarge(format!(
@@ -208,6 +213,8 @@ impl Gpu {
         out: (&wgpu::Buffer, u64),
         nll: Option<(&crate::resident::GpuTargets<'_>, Option<&[f32]>)>,
     ) -> Result<()> {
+        // everything that can fail is checked before the first command is recorded
+        encode::scratch_sizes(self, shape)?;
         let holder;
         let mut ops = Operands { ..*ops };
         if let Some((t, weights)) = nll {
@@ -386,7 +393,10 @@ mod tests {
     fn clones_of_a_context_share_device_and_pipelines() {
         let Some(ctx) = gpu() else { return };
         let other = ctx.clone();
-        let (a, b) = (ctx.gpu.as_ref().expect("gpu"), other.gpu.as_ref().expect("gpu"));
+        let (a, b) = (
+            ctx.gpu.as_ref().expect("gpu"),
+            other.gpu.as_ref().expect("gpu"),
+        );
         assert!(std::sync::Arc::ptr_eq(&a.pipelines, &b.pipelines));
     }
 
@@ -531,7 +541,9 @@ mod plan_tests {
     /// still checked (it is not divided by its sum behind the caller's back).
     #[test]
     fn js_next_to_logits_still_validates_the_probabilities() {
-        let Ok(gpu) = Context::with_backend(Backend::Gpu) else { return };
+        let Ok(gpu) = Context::with_backend(Backend::Gpu) else {
+            return;
+        };
         let cpu = Context::with_backend(Backend::Cpu).expect("cpu");
         let logits = [1.0f32, 2.0, 3.0, 0.5, 0.5, 0.5];
         let q = [0.2f32, 0.3, 0.5, 0.4, 0.4, 0.4]; // row 1 sums to 1.2
@@ -544,7 +556,17 @@ mod plan_tests {
                     &Options::default(),
                 )
                 .expect_err("row 1 of q is not normalised");
-            assert!(matches!(e, Error::NotNormalized { arg: Arg::Q, row: 1, .. }), "{e:?}");
+            assert!(
+                matches!(
+                    e,
+                    Error::NotNormalized {
+                        arg: Arg::Q,
+                        row: 1,
+                        ..
+                    }
+                ),
+                "{e:?}"
+            );
         }
     }
 }

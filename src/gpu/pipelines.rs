@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 
-
 /// The WGSL sources: one prelude joined to each kernel file.
 const ROWS_WGSL: &str = concat!(
     include_str!("../../shaders/common.wgsl"),

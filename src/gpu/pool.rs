@@ -26,7 +26,13 @@ fn class(size: u64) -> u64 {
 }
 
 impl Pool {
-    fn take(&self, device: &wgpu::Device, label: &'static str, size: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
+    fn take(
+        &self,
+        device: &wgpu::Device,
+        label: &'static str,
+        size: u64,
+        usage: wgpu::BufferUsages,
+    ) -> wgpu::Buffer {
         let size = class(size).min(device.limits().max_buffer_size.max(size));
         let key = (usage.bits(), size);
         let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
@@ -110,7 +116,18 @@ mod tests {
 
     #[test]
     fn size_classes_waste_at_most_an_eighth() {
-        for s in [1u64, 255, 256, 257, 1000, 4096, 4097, 1 << 20, (1 << 20) + 1, 134_217_728 + 5] {
+        for s in [
+            1u64,
+            255,
+            256,
+            257,
+            1000,
+            4096,
+            4097,
+            1 << 20,
+            (1 << 20) + 1,
+            134_217_728 + 5,
+        ] {
             let c = class(s);
             assert!(c >= s && c >= 256, "{s} -> {c}");
             assert!(c <= (s.max(256) as f64 * 1.126) as u64 + 1, "{s} -> {c}");

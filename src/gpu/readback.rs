@@ -28,9 +28,11 @@ pub(crate) fn start(
     enc.copy_buffer_to_buffer(src, offset, &staging, 0, size);
     let index = gpu.queue.submit([enc.finish()]);
     let (tx, rx) = futures_intrusive::channel::shared::oneshot_channel();
-    staging.slice(..size).map_async(wgpu::MapMode::Read, move |r| {
-        let _ = tx.send(r);
-    });
+    staging
+        .slice(..size)
+        .map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
     Reading {
         index,
         staging,
