@@ -118,17 +118,24 @@ trait Decode: Copy {
     const CHECKS: bool;
     /// Can be online (relative to the block maximum).
     const ONLINE: bool = false;
+    /// Which decoder this is (picks a hand-written loop where there is one).
+    const KIND: DecKind;
     fn new(d: &Dec) -> Self;
     fn is_bad(&self, b: u32) -> bool;
     /// 0, or 1 NaN, 2 negative, 3 infinite, 4 positive log.
     fn code(&self, b: u32) -> u32;
     fn elem<A: Arith>(&self, x: f32, col: u32) -> Elem;
     fn set_max(&mut self, _m: f32) {}
+    /// The maximum set by [`Decode::set_max`] (0 when none).
+    fn max(&self) -> f32 {
+        0.0
+    }
 }
 
 #[derive(Clone, Copy)]
 struct NoneD;
 impl Decode for NoneD {
+    const KIND: DecKind = DecKind::None;
     const READS: bool = false;
     const CHECKS: bool = false;
     fn new(_: &Dec) -> Self {
@@ -156,6 +163,7 @@ impl Decode for NoneD {
 #[derive(Clone, Copy)]
 struct ProbsD;
 impl Decode for ProbsD {
+    const KIND: DecKind = DecKind::Probs;
     const READS: bool = true;
     const CHECKS: bool = true;
     fn new(_: &Dec) -> Self {
@@ -180,6 +188,7 @@ struct ProbsDivD {
     s: f32,
 }
 impl Decode for ProbsDivD {
+    const KIND: DecKind = DecKind::ProbsDiv;
     const READS: bool = true;
     const CHECKS: bool = true;
     fn new(d: &Dec) -> Self {
@@ -207,6 +216,7 @@ struct LogD {
     pos_ok: bool,
 }
 impl Decode for LogD {
+    const KIND: DecKind = DecKind::Log;
     const READS: bool = true;
     const CHECKS: bool = true;
     const ONLINE: bool = true;
@@ -233,6 +243,9 @@ impl Decode for LogD {
         self.m = m;
         self.ls = 0.0;
     }
+    fn max(&self) -> f32 {
+        self.m
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -240,6 +253,11 @@ struct TargetsD<const W: bool> {
     t: Target,
 }
 impl<const W: bool> Decode for TargetsD<W> {
+    const KIND: DecKind = if W {
+        DecKind::TargetsWeighted
+    } else {
+        DecKind::Targets
+    };
     const READS: bool = W;
     const CHECKS: bool = false;
     fn new(d: &Dec) -> Self {
@@ -337,9 +355,58 @@ fn slow<const M: u8, const L: usize, A: Arith, P: Decode, Q: Decode>(
     }
 }
 
-/// One block into a state.
+/// The hand-written AVX2 loop of [`super::fast`] for `(M, P, Q)` over
+/// columns `c..c1` of the block: the columns it consumed (whole steps of
+/// ordinary values), or `None` where there is no such loop. `qm` is the
+/// block maximum of an online q.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn block_impl<const M: u8, const L: usize, A: Arith, P: Decode, Q: Decode>(
+unsafe fn fast_cols<const M: u8, P: Decode, Q: Decode>(
+    dq: &Dec,
+    io: &BlockIo<'_>,
+    qm: f32,
+    c: usize,
+    c1: usize,
+    st: &mut State,
+) -> Option<usize> {
+    use super::fast;
+    use DecKind as K;
+    // SAFETY (every call below): the caller guarantees AVX2 and FMA.
+    unsafe {
+        match (M, P::KIND, Q::KIND) {
+            (measure::KL, K::Probs, K::Probs) => Some(fast::kl(&io.p[c..c1], &io.q[c..c1], st)),
+            (measure::CROSS, K::Probs, K::Probs) => {
+                Some(fast::cross(&io.p[c..c1], &io.q[c..c1], st))
+            }
+            (measure::ENTROPY, K::Probs, K::None) => Some(fast::entropy(&io.p[c..c1], st)),
+            (measure::SUMS, K::None, K::Log) if dq.online => {
+                Some(fast::exp_sums(&io.q[c..c1], qm, dq.pos_ok, st))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Maximum of a block for an online operand, with the AVX2 loop when `FAST`.
+#[inline(always)]
+fn max_of<const L: usize, const FAST: bool>(x: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if FAST && !x.is_empty() {
+        // SAFETY: FAST kernels are only picked on machines with AVX2 and FMA.
+        if let Some(m) = unsafe { super::fast::max(x) } {
+            return m;
+        }
+    }
+    block_max::<L>(x)
+}
+
+/// One block into a state. `FAST`: the build has AVX2 and FMA, and uses the
+/// hand-written loops where there is one.
+#[inline(always)]
+fn block_impl<const M: u8, const L: usize, A: Arith, P: Decode, Q: Decode, const FAST: bool>(
     dp: &Dec,
     dq: &Dec,
     io: &BlockIo<'_>,
@@ -351,7 +418,7 @@ fn block_impl<const M: u8, const L: usize, A: Arith, P: Decode, Q: Decode>(
     let mut st = State::EMPTY;
     // online operands: relative to the block's maximum, found first
     if P::ONLINE && dp.online {
-        let m = block_max::<L>(&io.p[..io.len]);
+        let m = max_of::<L, FAST>(&io.p[..io.len]);
         pd.set_max(m);
         st.ma = m as f64;
         if m > f32::NEG_INFINITY {
@@ -359,7 +426,7 @@ fn block_impl<const M: u8, const L: usize, A: Arith, P: Decode, Q: Decode>(
         }
     }
     if Q::ONLINE && dq.online {
-        let m = block_max::<L>(&io.q[..io.len]);
+        let m = max_of::<L, FAST>(&io.q[..io.len]);
         qd.set_max(m);
         st.mb = m as f64;
         if m > f32::NEG_INFINITY {
@@ -373,6 +440,31 @@ fn block_impl<const M: u8, const L: usize, A: Arith, P: Decode, Q: Decode>(
     while c0 < n {
         let c1 = (c0 + SUB).min(n);
         let mut c = c0;
+        #[cfg(target_arch = "x86_64")]
+        if FAST {
+            // hand-written steps; a step with a special value goes through
+            // `slow`, and the loop resumes after it
+            let qm = qd.max();
+            // SAFETY: FAST kernels are only picked on machines with AVX2 and FMA.
+            while let Some(k) = unsafe { fast_cols::<M, P, Q>(dq, io, qm, c, c1, &mut st) } {
+                c += k;
+                if c + L > c1 {
+                    break;
+                }
+                let pc = if P::READS {
+                    &io.p[c..c + L]
+                } else {
+                    &zeros[..]
+                };
+                let qc = if Q::READS {
+                    &io.q[c..c + L]
+                } else {
+                    &zeros[..]
+                };
+                slow::<M, L, A, P, Q>(&pd, &qd, pc, qc, L, io.col0 + c, &mut acc, &mut key);
+                c += L;
+            }
+        }
         while c + L <= c1 {
             let pc: &[f32; L] = if P::READS {
                 io.p[c..c + L].try_into().unwrap_or(&zeros)
@@ -442,7 +534,7 @@ unsafe fn block_base<const M: u8, P: Decode, Q: Decode>(
     dq: &Dec,
     io: &BlockIo<'_>,
 ) -> State {
-    block_impl::<M, L_NARROW, Plain, P, Q>(dp, dq, io)
+    block_impl::<M, L_NARROW, Plain, P, Q, false>(dp, dq, io)
 }
 
 /// AVX2 + FMA build of a kernel.
@@ -456,7 +548,7 @@ unsafe fn block_avx2<const M: u8, P: Decode, Q: Decode>(
     dq: &Dec,
     io: &BlockIo<'_>,
 ) -> State {
-    block_impl::<M, L_NARROW, super::ln::Fused, P, Q>(dp, dq, io)
+    block_impl::<M, L_NARROW, super::ln::Fused, P, Q, true>(dp, dq, io)
 }
 
 /// AVX-512F build of a kernel.
@@ -470,7 +562,7 @@ unsafe fn block_avx512<const M: u8, P: Decode, Q: Decode>(
     dq: &Dec,
     io: &BlockIo<'_>,
 ) -> State {
-    block_impl::<M, L_WIDE, super::ln::Fused, P, Q>(dp, dq, io)
+    block_impl::<M, L_WIDE, super::ln::Fused, P, Q, true>(dp, dq, io)
 }
 
 fn build<const M: u8, P: Decode, Q: Decode>(isa: Isa) -> BlockFn {

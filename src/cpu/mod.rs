@@ -14,6 +14,8 @@
 //! fold of the same block states.
 
 mod block;
+#[cfg(target_arch = "x86_64")]
+mod fast;
 mod kernel;
 mod ln;
 mod plan;

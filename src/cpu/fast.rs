@@ -1,0 +1,332 @@
+//! Hand-written AVX2 + FMA loops for the common cases: probabilities ×
+//! probabilities KL and cross-entropy, the entropy of probabilities, and the
+//! sums of exponentials of an online log operand (the NLL from logits, and
+//! every first pass of a log form).
+//!
+//! Each function runs over whole steps of [`STEP`] columns (two 8-lane
+//! vectors) of one segment of a block while every value in the step is an
+//! ordinary one (a positive normal probability; a finite log value, and not
+//! positive unless allowed), and returns the number of columns it consumed:
+//! the caller ([`super::block`]) sends the step that stopped it (a zero, a
+//! subnormal or a bad value) to its scalar path, which decides the exact rule
+//! and status word, and calls again after it. The f32 lanes run over at most
+//! one segment (`SUB` columns, 32 terms per lane) and are added into the f64
+//! state, in lane order, before returning.
+//!
+//! The log is the Cephes `logf` of [`super::ln`] without its special cases
+//! (they never reach it): the exponent k and the mantissa m in
+//! [√½, √2) come from one integer subtraction of the bits of √½, and
+//! ln x = k·LN2_HI + (k·LN2_LO + ln m), with k·LN2_HI exact. KL forms
+//! ln p − ln q as (k_p − k_q)·LN2_HI + ((k_p − k_q)·LN2_LO + (ln m_p − ln m_q)),
+//! so that close distributions lose nothing to cancellation.
+
+use std::arch::x86_64::{
+    __m256, __m256i, _mm256_add_epi32, _mm256_add_ps, _mm256_and_si256, _mm256_castps_si256,
+    _mm256_castsi256_ps, _mm256_cmpgt_epi32, _mm256_cvtepi32_ps, _mm256_fmadd_ps, _mm256_fnmadd_ps,
+    _mm256_loadu_si256, _mm256_max_ps, _mm256_mul_ps, _mm256_or_si256, _mm256_set1_epi32,
+    _mm256_set1_ps, _mm256_setzero_ps, _mm256_setzero_si256, _mm256_slli_epi32, _mm256_srai_epi32,
+    _mm256_storeu_ps, _mm256_sub_epi32, _mm256_sub_ps, _mm256_testz_si256,
+};
+
+use super::kernel::State;
+use super::ln::{LN2_HI, LN2_LO};
+
+/// Columns per step: two vectors of 8 lanes.
+pub(super) const STEP: usize = 16;
+
+/// Loads 8 values from `x[i..i + 8]` as their bits.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn load(x: &[f32], i: usize) -> __m256i {
+    let s = &x[i..i + 8];
+    // SAFETY: `s` holds 8 f32 (checked by the slice above); the load is unaligned.
+    unsafe { _mm256_loadu_si256(s.as_ptr().cast()) }
+}
+
+/// All lanes set where the probability is not a positive normal number (zero,
+/// subnormal, negative, infinite or NaN): (b + 0x7f80_0000) wraps the normal
+/// range onto the lowest signed integers.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn special_prob(b: __m256i) -> __m256i {
+    let t = _mm256_add_epi32(b, _mm256_set1_epi32(0x7f80_0000));
+    _mm256_cmpgt_epi32(t, _mm256_set1_epi32(-0x0100_0001))
+}
+
+/// All lanes set where a log value is not finite, or is positive while
+/// `pos_max` is 0 (with `pos_max` = i32::MAX positive values are allowed).
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn special_log(b: __m256i, pos_max: __m256i) -> __m256i {
+    let abs = _mm256_and_si256(b, _mm256_set1_epi32(0x7fff_ffff));
+    let inf = _mm256_cmpgt_epi32(abs, _mm256_set1_epi32(0x7f7f_ffff));
+    _mm256_or_si256(inf, _mm256_cmpgt_epi32(b, pos_max))
+}
+
+/// Whether any lane of `m` is set.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn any(m: __m256i) -> bool {
+    _mm256_testz_si256(m, m) == 0
+}
+
+/// ln x = k·ln 2 + a for the bits `b` of a positive normal x: returns (k, a)
+/// with a = ln m, m in [√½, √2) (Cephes `logf` polynomial).
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn ln_core(b: __m256i) -> (__m256i, __m256) {
+    let ix = _mm256_sub_epi32(b, _mm256_set1_epi32(0x3f35_04f3));
+    let k = _mm256_srai_epi32::<23>(ix);
+    let mb = _mm256_sub_epi32(
+        b,
+        _mm256_and_si256(ix, _mm256_set1_epi32(0xff80_0000_u32 as i32)),
+    );
+    let r = _mm256_sub_ps(_mm256_castsi256_ps(mb), _mm256_set1_ps(1.0));
+    let z = _mm256_mul_ps(r, r);
+    let c = |v: f32| _mm256_set1_ps(v);
+    let mut y = c(7.037_683_6e-2);
+    y = _mm256_fmadd_ps(y, r, c(-1.151_461e-1));
+    y = _mm256_fmadd_ps(y, r, c(1.167_699_9e-1));
+    y = _mm256_fmadd_ps(y, r, c(-1.242_014_1e-1));
+    y = _mm256_fmadd_ps(y, r, c(1.424_932_3e-1));
+    y = _mm256_fmadd_ps(y, r, c(-1.666_805_8e-1));
+    y = _mm256_fmadd_ps(y, r, c(2.000_071_5e-1));
+    y = _mm256_fmadd_ps(y, r, c(-2.499_999_4e-1));
+    y = _mm256_fmadd_ps(y, r, c(3.333_333e-1));
+    y = _mm256_mul_ps(y, _mm256_mul_ps(r, z));
+    y = _mm256_fnmadd_ps(c(0.5), z, y);
+    (k, _mm256_add_ps(r, y))
+}
+
+/// ln x for the bits of a positive normal x.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn ln(b: __m256i) -> __m256 {
+    let (k, a) = ln_core(b);
+    let k = _mm256_cvtepi32_ps(k);
+    let lo = _mm256_fmadd_ps(k, _mm256_set1_ps(LN2_LO), a);
+    _mm256_fmadd_ps(k, _mm256_set1_ps(LN2_HI), lo)
+}
+
+/// ln p − ln q for the bits of positive normal p and q.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn ln_ratio(bp: __m256i, bq: __m256i) -> __m256 {
+    let (kp, ap) = ln_core(bp);
+    let (kq, aq) = ln_core(bq);
+    let k = _mm256_cvtepi32_ps(_mm256_sub_epi32(kp, kq));
+    let lo = _mm256_fmadd_ps(k, _mm256_set1_ps(LN2_LO), _mm256_sub_ps(ap, aq));
+    _mm256_fmadd_ps(k, _mm256_set1_ps(LN2_HI), lo)
+}
+
+/// e^l for l ≤ 0 (values below −87 give e^−87 ≈ 1.6e-38 instead: nothing
+/// beside the 1 of the maximum); Cephes `expf` polynomial.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn exp_neg(l: __m256) -> __m256 {
+    let c = |v: f32| _mm256_set1_ps(v);
+    let l = _mm256_max_ps(l, c(-87.0));
+    // 1.5·2^23: adding it rounds to an integer held in the low mantissa bits
+    let t = _mm256_fmadd_ps(l, c(std::f32::consts::LOG2_E), c(12_582_912.0));
+    let n = _mm256_sub_ps(t, c(12_582_912.0));
+    let r = _mm256_fnmadd_ps(n, c(LN2_HI), l);
+    let r = _mm256_fnmadd_ps(n, c(LN2_LO), r);
+    let z = _mm256_mul_ps(r, r);
+    let mut y = c(1.987_569_1e-4);
+    y = _mm256_fmadd_ps(y, r, c(1.398_199_9e-3));
+    y = _mm256_fmadd_ps(y, r, c(8.333_452e-3));
+    y = _mm256_fmadd_ps(y, r, c(4.166_579_6e-2));
+    y = _mm256_fmadd_ps(y, r, c(1.666_666_5e-1));
+    y = _mm256_fmadd_ps(y, r, c(0.5));
+    y = _mm256_add_ps(_mm256_fmadd_ps(y, z, r), c(1.0));
+    // the low bits of t hold n in [-126, 0]: 2^n = (n + 127) << 23
+    let s = _mm256_add_epi32(
+        _mm256_slli_epi32::<23>(_mm256_castps_si256(t)),
+        _mm256_set1_epi32(127 << 23),
+    );
+    _mm256_mul_ps(y, _mm256_castsi256_ps(s))
+}
+
+/// Adds the lanes of `a` then `b` to `acc` in f64, in lane order.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn flush(acc: &mut f64, a: __m256, b: __m256) {
+    let mut x = [0.0f32; 16];
+    let (lo, hi) = x.split_at_mut(8);
+    // SAFETY: each half holds 8 f32; the stores are unaligned.
+    unsafe {
+        _mm256_storeu_ps(lo.as_mut_ptr(), a);
+        _mm256_storeu_ps(hi.as_mut_ptr(), b);
+    }
+    *acc += x.iter().fold(0.0f64, |s, &v| s + v as f64);
+}
+
+/// KL terms of probabilities: `sa += Σ p`, `sb += Σ q`, `d += Σ p (ln p − ln q)`.
+#[target_feature(enable = "avx2,fma")]
+pub(super) fn kl(p: &[f32], q: &[f32], st: &mut State) -> usize {
+    let n = p.len().min(q.len());
+    let (mut sa0, mut sa1, mut sb0, mut sb1, mut d0, mut d1) = (
+        _mm256_setzero_ps(),
+        _mm256_setzero_ps(),
+        _mm256_setzero_ps(),
+        _mm256_setzero_ps(),
+        _mm256_setzero_ps(),
+        _mm256_setzero_ps(),
+    );
+    let mut c = 0;
+    while c + STEP <= n {
+        let (p0, p1, q0, q1) = (load(p, c), load(p, c + 8), load(q, c), load(q, c + 8));
+        let s = _mm256_or_si256(
+            _mm256_or_si256(special_prob(p0), special_prob(p1)),
+            _mm256_or_si256(special_prob(q0), special_prob(q1)),
+        );
+        if any(s) {
+            break;
+        }
+        let (pf0, pf1) = (_mm256_castsi256_ps(p0), _mm256_castsi256_ps(p1));
+        d0 = _mm256_fmadd_ps(pf0, ln_ratio(p0, q0), d0);
+        d1 = _mm256_fmadd_ps(pf1, ln_ratio(p1, q1), d1);
+        sa0 = _mm256_add_ps(sa0, pf0);
+        sa1 = _mm256_add_ps(sa1, pf1);
+        sb0 = _mm256_add_ps(sb0, _mm256_castsi256_ps(q0));
+        sb1 = _mm256_add_ps(sb1, _mm256_castsi256_ps(q1));
+        c += STEP;
+    }
+    flush(&mut st.sa, sa0, sa1);
+    flush(&mut st.sb, sb0, sb1);
+    flush(&mut st.d, d0, d1);
+    c
+}
+
+/// Cross-entropy terms of probabilities: `sa += Σ p`, `sb += Σ q`,
+/// `v += Σ p ln q`.
+#[target_feature(enable = "avx2,fma")]
+pub(super) fn cross(p: &[f32], q: &[f32], st: &mut State) -> usize {
+    let n = p.len().min(q.len());
+    let (mut sa0, mut sa1, mut sb0, mut sb1, mut v0, mut v1) = (
+        _mm256_setzero_ps(),
+        _mm256_setzero_ps(),
+        _mm256_setzero_ps(),
+        _mm256_setzero_ps(),
+        _mm256_setzero_ps(),
+        _mm256_setzero_ps(),
+    );
+    let mut c = 0;
+    while c + STEP <= n {
+        let (p0, p1, q0, q1) = (load(p, c), load(p, c + 8), load(q, c), load(q, c + 8));
+        let s = _mm256_or_si256(
+            _mm256_or_si256(special_prob(p0), special_prob(p1)),
+            _mm256_or_si256(special_prob(q0), special_prob(q1)),
+        );
+        if any(s) {
+            break;
+        }
+        let (pf0, pf1) = (_mm256_castsi256_ps(p0), _mm256_castsi256_ps(p1));
+        v0 = _mm256_fmadd_ps(pf0, ln(q0), v0);
+        v1 = _mm256_fmadd_ps(pf1, ln(q1), v1);
+        sa0 = _mm256_add_ps(sa0, pf0);
+        sa1 = _mm256_add_ps(sa1, pf1);
+        sb0 = _mm256_add_ps(sb0, _mm256_castsi256_ps(q0));
+        sb1 = _mm256_add_ps(sb1, _mm256_castsi256_ps(q1));
+        c += STEP;
+    }
+    flush(&mut st.sa, sa0, sa1);
+    flush(&mut st.sb, sb0, sb1);
+    flush(&mut st.v, v0, v1);
+    c
+}
+
+/// Entropy terms of probabilities: `sa += Σ p`, `u += Σ p ln p`.
+#[target_feature(enable = "avx2,fma")]
+pub(super) fn entropy(p: &[f32], st: &mut State) -> usize {
+    let n = p.len();
+    let (mut sa0, mut sa1, mut u0, mut u1) = (
+        _mm256_setzero_ps(),
+        _mm256_setzero_ps(),
+        _mm256_setzero_ps(),
+        _mm256_setzero_ps(),
+    );
+    let mut c = 0;
+    while c + STEP <= n {
+        let (p0, p1) = (load(p, c), load(p, c + 8));
+        if any(_mm256_or_si256(special_prob(p0), special_prob(p1))) {
+            break;
+        }
+        let (pf0, pf1) = (_mm256_castsi256_ps(p0), _mm256_castsi256_ps(p1));
+        u0 = _mm256_fmadd_ps(pf0, ln(p0), u0);
+        u1 = _mm256_fmadd_ps(pf1, ln(p1), u1);
+        sa0 = _mm256_add_ps(sa0, pf0);
+        sa1 = _mm256_add_ps(sa1, pf1);
+        c += STEP;
+    }
+    flush(&mut st.sa, sa0, sa1);
+    flush(&mut st.u, u0, u1);
+    c
+}
+
+/// Sums of an online log operand relative to the block maximum `m`:
+/// `sb += Σ e^(x − m)`. Positive values stop it unless `pos_ok`.
+#[target_feature(enable = "avx2,fma")]
+pub(super) fn exp_sums(x: &[f32], m: f32, pos_ok: bool, st: &mut State) -> usize {
+    let n = x.len();
+    let pos_max = _mm256_set1_epi32(if pos_ok { i32::MAX } else { 0 });
+    let mv = _mm256_set1_ps(m);
+    let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut c = 0;
+    while c + STEP <= n {
+        let (x0, x1) = (load(x, c), load(x, c + 8));
+        if any(_mm256_or_si256(
+            special_log(x0, pos_max),
+            special_log(x1, pos_max),
+        )) {
+            break;
+        }
+        let l0 = _mm256_sub_ps(_mm256_castsi256_ps(x0), mv);
+        let l1 = _mm256_sub_ps(_mm256_castsi256_ps(x1), mv);
+        s0 = _mm256_add_ps(s0, exp_neg(l0));
+        s1 = _mm256_add_ps(s1, exp_neg(l1));
+        c += STEP;
+    }
+    flush(&mut st.sb, s0, s1);
+    c
+}
+
+/// The maximum of `x`, or `None` when `x` holds a value that is not finite
+/// (the caller's scalar maximum then skips NaN and +inf and counts -inf).
+#[target_feature(enable = "avx2,fma")]
+pub(super) fn max(x: &[f32]) -> Option<f32> {
+    let n = x.len();
+    let never = _mm256_set1_epi32(i32::MAX);
+    let lowest = _mm256_set1_ps(f32::MIN);
+    let (mut m0, mut m1) = (lowest, lowest);
+    let mut bad = _mm256_setzero_si256();
+    let mut c = 0;
+    while c + STEP <= n {
+        let (x0, x1) = (load(x, c), load(x, c + 8));
+        bad = _mm256_or_si256(
+            bad,
+            _mm256_or_si256(special_log(x0, never), special_log(x1, never)),
+        );
+        m0 = _mm256_max_ps(m0, _mm256_castsi256_ps(x0));
+        m1 = _mm256_max_ps(m1, _mm256_castsi256_ps(x1));
+        c += STEP;
+    }
+    if any(bad) {
+        return None;
+    }
+    let mut lanes = [0.0f32; 16];
+    let (lo, hi) = lanes.split_at_mut(8);
+    // SAFETY: each half holds 8 f32; the stores are unaligned.
+    unsafe {
+        _mm256_storeu_ps(lo.as_mut_ptr(), m0);
+        _mm256_storeu_ps(hi.as_mut_ptr(), m1);
+    }
+    let mut m = lanes.iter().fold(f32::MIN, |a, &b| a.max(b));
+    for &v in &x[c..] {
+        if !v.is_finite() {
+            return None;
+        }
+        m = m.max(v);
+    }
+    Some(m)
+}
