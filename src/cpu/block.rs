@@ -440,6 +440,8 @@ fn block_impl<const M: u8, const L: usize, A: Arith, P: Decode, Q: Decode, const
     while c0 < n {
         let c1 = (c0 + SUB).min(n);
         let mut c = c0;
+        // the lanes of `acc` hold something to flush
+        let mut slow_used = !FAST;
         #[cfg(target_arch = "x86_64")]
         if FAST {
             // hand-written steps; a step with a special value goes through
@@ -451,6 +453,7 @@ fn block_impl<const M: u8, const L: usize, A: Arith, P: Decode, Q: Decode, const
                 if c + L > c1 {
                     break;
                 }
+                slow_used = true;
                 let pc = if P::READS {
                     &io.p[c..c + L]
                 } else {
@@ -466,6 +469,7 @@ fn block_impl<const M: u8, const L: usize, A: Arith, P: Decode, Q: Decode, const
             }
         }
         while c + L <= c1 {
+            slow_used = true;
             let pc: &[f32; L] = if P::READS {
                 io.p[c..c + L].try_into().unwrap_or(&zeros)
             } else {
@@ -504,8 +508,11 @@ fn block_impl<const M: u8, const L: usize, A: Arith, P: Decode, Q: Decode, const
             let pc = if P::READS { &io.p[c..c1] } else { &zeros[..k] };
             let qc = if Q::READS { &io.q[c..c1] } else { &zeros[..k] };
             slow::<M, L, A, P, Q>(&pd, &qd, pc, qc, k, io.col0 + c, &mut acc, &mut key);
+            slow_used = true;
         }
-        acc.flush::<M>(&mut st);
+        if slow_used {
+            acc.flush::<M>(&mut st);
+        }
         c0 = c1;
     }
     // NLL fast path: the one term of an unsmoothed target
