@@ -287,6 +287,15 @@ impl<'j> Plan<'j> {
     /// State of a whole row in `pass`.
     fn row_state(&self, pass: Pass, row: usize, norm: &RowNorm) -> State {
         let (po, qo) = self.online(pass);
+        if self.cols <= BLOCK {
+            // one block: the folds below reduce to this one merge (merging
+            // with the empty state twice gives the same bits as once)
+            if pass == Pass::Terms && norm.status != code::OK {
+                return State::EMPTY;
+            }
+            let b = self.block(pass, row, 0, self.cols, norm);
+            return kernel::merge(&State::EMPTY, &b, po, qo);
+        }
         (0..self.supers()).fold(State::EMPTY, |a, sb| {
             kernel::merge(&a, &self.super_state(pass, row, sb, norm), po, qo)
         })
