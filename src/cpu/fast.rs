@@ -22,13 +22,14 @@
 //! so that close distributions lose nothing to cancellation.
 
 use std::arch::x86_64::{
-    __m256, __m256i, _mm_add_pd, _mm_add_sd, _mm_cvtsd_f64, _mm_unpackhi_pd, _mm256_add_epi32,
-    _mm256_add_pd, _mm256_add_ps, _mm256_and_si256, _mm256_castpd256_pd128, _mm256_castps_si256,
-    _mm256_castps256_ps128, _mm256_castsi256_ps, _mm256_cmpgt_epi32, _mm256_cvtepi32_ps,
-    _mm256_cvtps_pd, _mm256_div_ps, _mm256_extractf128_pd, _mm256_extractf128_ps, _mm256_fmadd_ps,
-    _mm256_fnmadd_ps, _mm256_loadu_si256, _mm256_max_ps, _mm256_mul_ps, _mm256_or_si256,
-    _mm256_set1_epi32, _mm256_set1_ps, _mm256_setzero_ps, _mm256_setzero_si256, _mm256_slli_epi32,
-    _mm256_srai_epi32, _mm256_storeu_ps, _mm256_sub_epi32, _mm256_sub_ps, _mm256_testz_si256,
+    __m256, __m256i, _MM_HINT_T0, _mm_add_pd, _mm_add_sd, _mm_cvtsd_f64, _mm_prefetch,
+    _mm_unpackhi_pd, _mm256_add_epi32, _mm256_add_pd, _mm256_add_ps, _mm256_and_si256,
+    _mm256_castpd256_pd128, _mm256_castps_si256, _mm256_castps256_ps128, _mm256_castsi256_ps,
+    _mm256_cmpgt_epi32, _mm256_cvtepi32_ps, _mm256_cvtps_pd, _mm256_div_ps, _mm256_extractf128_pd,
+    _mm256_extractf128_ps, _mm256_fmadd_ps, _mm256_fnmadd_ps, _mm256_loadu_si256, _mm256_max_ps,
+    _mm256_mul_ps, _mm256_or_si256, _mm256_set1_epi32, _mm256_set1_ps, _mm256_setzero_ps,
+    _mm256_setzero_si256, _mm256_slli_epi32, _mm256_srai_epi32, _mm256_storeu_ps, _mm256_sub_epi32,
+    _mm256_sub_ps, _mm256_testz_si256,
 };
 
 use super::kernel::State;
@@ -45,6 +46,18 @@ fn load(x: &[f32], i: usize) -> __m256i {
     // SAFETY: `s` holds 8 f32 (checked by the slice above); the load is unaligned.
     unsafe { _mm256_loadu_si256(s.as_ptr().cast()) }
 }
+
+/// Asks for the cache line `PREFETCH` bytes after `x` (a hint: an address
+/// past the end of the data is harmless).
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn prefetch(x: &[f32]) {
+    let p = x.as_ptr().wrapping_byte_add(PREFETCH).cast::<i8>();
+    _mm_prefetch::<_MM_HINT_T0>(p);
+}
+
+/// Bytes ahead of the loads to prefetch.
+const PREFETCH: usize = 1024;
 
 /// All lanes set where the probability is not a positive normal number (zero,
 /// subnormal, negative, infinite or NaN): (b + 0x7f80_0000) wraps the normal
@@ -166,6 +179,8 @@ pub(super) fn kl(p: &[f32], q: &[f32], st: &mut State) -> usize {
     );
     let mut c = 0;
     for (pc, qc) in p[..n].chunks_exact(STEP).zip(q[..n].chunks_exact(STEP)) {
+        prefetch(pc);
+        prefetch(qc);
         let (p0, p1, q0, q1) = (load(pc, 0), load(pc, 8), load(qc, 0), load(qc, 8));
         let (pf0, pf1) = (_mm256_castsi256_ps(p0), _mm256_castsi256_ps(p1));
         let (qf0, qf1) = (_mm256_castsi256_ps(q0), _mm256_castsi256_ps(q1));
@@ -209,6 +224,8 @@ pub(super) fn cross(p: &[f32], q: &[f32], st: &mut State) -> usize {
     );
     let mut c = 0;
     for (pc, qc) in p[..n].chunks_exact(STEP).zip(q[..n].chunks_exact(STEP)) {
+        prefetch(pc);
+        prefetch(qc);
         let (p0, p1, q0, q1) = (load(pc, 0), load(pc, 8), load(qc, 0), load(qc, 8));
         let s = _mm256_or_si256(
             _mm256_or_si256(special_prob(p0), special_prob(p1)),
@@ -244,6 +261,7 @@ pub(super) fn entropy(p: &[f32], st: &mut State) -> usize {
     );
     let mut c = 0;
     for pc in p.chunks_exact(STEP) {
+        prefetch(pc);
         let (p0, p1) = (load(pc, 0), load(pc, 8));
         if any(_mm256_or_si256(special_prob(p0), special_prob(p1))) {
             break;
@@ -270,6 +288,7 @@ pub(super) fn exp_sums(x: &[f32], m: f32, pos_ok: bool, st: &mut State) -> usize
     let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
     let mut c = 0;
     for xc in x.chunks_exact(STEP) {
+        prefetch(xc);
         let (x0, x1) = (load(xc, 0), load(xc, 8));
         if any(_mm256_or_si256(
             special_log(x0, pos_max),
@@ -298,6 +317,7 @@ pub(super) fn max(x: &[f32]) -> Option<f32> {
     let mut bad = _mm256_setzero_si256();
     let mut c = 0;
     for xc in x.chunks_exact(STEP) {
+        prefetch(xc);
         let (x0, x1) = (load(xc, 0), load(xc, 8));
         bad = _mm256_or_si256(
             bad,
