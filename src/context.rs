@@ -10,8 +10,6 @@ use crate::job::{Job, Kind};
 use crate::measure::{Measure, NllOptions, Options, Reduction};
 use crate::record::{self, Record};
 use crate::resident::{self, GpuBatch, GpuOutput, GpuTargets};
-#[allow(unused_imports, reason = "named in the docs")]
-use crate::resident::{decode_output, output_bytes};
 
 /// Which backend evaluates a call.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -257,8 +255,8 @@ impl Context {
 
     /// Records `measure` over batches in the caller's GPU buffers into the
     /// caller's `encoder`; the caller submits. The output (per-row [`Record`]s,
-    /// or two records for a sum or mean: see [`output_bytes`]) is written to
-    /// `out`; read it back and pass it to [`decode_output`] to get the values
+    /// or two records for a sum or mean: see [`output_bytes`](crate::output_bytes)) is written to
+    /// `out`; read it back and pass it to [`decode_output`](crate::decode_output) to get the values
     /// or the error the host path would return. Nothing is submitted, waited
     /// for or read back here. Everything wgpu would reject (usages, sizes,
     /// offsets, an output that is also an input) is an [`Error`] before
