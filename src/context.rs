@@ -241,7 +241,7 @@ impl Context {
         self.evaluate(Measure::Js, p, Some(q), opts)
     }
 
-    /// Negative log-likelihood -log q[t] of class targets (cross-entropy with
+    /// Negative log-likelihood -log q_t of class targets (cross-entropy with
     /// one-hot targets). A `q` with one row is shared by every target.
     pub fn nll<'t>(
         &self,
