@@ -411,11 +411,32 @@ fn block_impl<const M: u8, const L: usize, A: Arith, P: Decode, Q: Decode, const
     dq: &Dec,
     io: &BlockIo<'_>,
 ) -> State {
-    use super::kernel::{FL_P_SEEN, FL_Q_SEEN, FL_Q_ZERO_HIT};
+    use super::kernel::{FL_P_SEEN, FL_Q_SEEN};
     let zeros = [0.0f32; L];
     let mut pd = P::new(dp);
     let mut qd = Q::new(dq);
     let mut st = State::EMPTY;
+    // NLL from logits (and every sums pass of one online log operand): the
+    // maximum and the exp sums in one hand-written call; a block with a
+    // special value takes the general path below
+    #[cfg(target_arch = "x86_64")]
+    if FAST
+        && M == measure::SUMS
+        && P::KIND == DecKind::None
+        && Q::KIND == DecKind::Log
+        && dq.online
+        && io.len > 0
+    {
+        // SAFETY: FAST kernels are only picked on machines with AVX2 and FMA.
+        if let Some((m, s)) = unsafe { super::fast::lse(&io.q[..io.len], dq.pos_ok, SUB) } {
+            qd.set_max(m);
+            st.mb = m as f64;
+            st.sb = s;
+            st.flags |= FL_Q_SEEN;
+            add_target::<A, Q>(&qd, io, &mut st);
+            return st;
+        }
+    }
     // online operands: relative to the block's maximum, found first
     if P::ONLINE && dp.online {
         let m = max_of::<L, FAST>(&io.p[..io.len]);
@@ -515,7 +536,15 @@ fn block_impl<const M: u8, const L: usize, A: Arith, P: Decode, Q: Decode, const
         }
         c0 = c1;
     }
-    // NLL fast path: the one term of an unsmoothed target
+    add_target::<A, Q>(&qd, io, &mut st);
+    st.key = key;
+    st
+}
+
+/// NLL fast path: the one term of an unsmoothed target, if it is in this block.
+#[inline(always)]
+fn add_target<A: Arith, Q: Decode>(qd: &Q, io: &BlockIo<'_>, st: &mut State) {
+    use super::kernel::FL_Q_ZERO_HIT;
     if let Some((i, w)) = io.target {
         let qx = io.q[i];
         if qd.code(qx.to_bits()) == 0 && w != 0.0 {
@@ -528,8 +557,6 @@ fn block_impl<const M: u8, const L: usize, A: Arith, P: Decode, Q: Decode, const
             }
         }
     }
-    st.key = key;
-    st
 }
 
 /// Baseline build of a kernel.

@@ -23,13 +23,13 @@
 
 use std::arch::x86_64::{
     __m256, __m256i, _MM_HINT_T0, _mm_add_pd, _mm_add_sd, _mm_cvtsd_f64, _mm_prefetch,
-    _mm_unpackhi_pd, _mm256_add_epi32, _mm256_add_pd, _mm256_add_ps, _mm256_and_si256,
-    _mm256_castpd256_pd128, _mm256_castps_si256, _mm256_castps256_ps128, _mm256_castsi256_ps,
-    _mm256_cmpgt_epi32, _mm256_cvtepi32_ps, _mm256_cvtps_pd, _mm256_div_ps, _mm256_extractf128_pd,
-    _mm256_extractf128_ps, _mm256_fmadd_ps, _mm256_fnmadd_ps, _mm256_loadu_si256, _mm256_max_ps,
-    _mm256_mul_ps, _mm256_or_si256, _mm256_set1_epi32, _mm256_set1_ps, _mm256_setzero_ps,
-    _mm256_setzero_si256, _mm256_slli_epi32, _mm256_srai_epi32, _mm256_storeu_ps, _mm256_sub_epi32,
-    _mm256_sub_ps, _mm256_testz_si256,
+    _mm_unpackhi_pd, _mm256_add_epi32, _mm256_add_pd, _mm256_add_ps, _mm256_and_ps,
+    _mm256_and_si256, _mm256_castpd256_pd128, _mm256_castps_si256, _mm256_castps256_ps128,
+    _mm256_castsi256_ps, _mm256_cmpgt_epi32, _mm256_cvtepi32_ps, _mm256_cvtps_pd, _mm256_div_ps,
+    _mm256_extractf128_pd, _mm256_extractf128_ps, _mm256_fmadd_ps, _mm256_fnmadd_ps,
+    _mm256_loadu_si256, _mm256_max_ps, _mm256_mul_ps, _mm256_or_si256, _mm256_set1_epi32,
+    _mm256_set1_ps, _mm256_setr_epi32, _mm256_setzero_ps, _mm256_setzero_si256, _mm256_slli_epi32,
+    _mm256_srai_epi32, _mm256_storeu_ps, _mm256_sub_epi32, _mm256_sub_ps, _mm256_testz_si256,
 };
 
 use super::kernel::State;
@@ -53,6 +53,15 @@ fn load(x: &[f32], i: usize) -> __m256i {
 #[inline]
 fn prefetch(x: &[f32]) {
     let p = x.as_ptr().wrapping_byte_add(PREFETCH).cast::<i8>();
+    _mm_prefetch::<_MM_HINT_T0>(p);
+}
+
+/// Asks for the cache line `n` values after `x` (a hint: an address past the
+/// end of the data is harmless).
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn prefetch_next(x: &[f32], n: usize) {
+    let p = x.as_ptr().wrapping_add(n).cast::<i8>();
     _mm_prefetch::<_MM_HINT_T0>(p);
 }
 
@@ -345,4 +354,87 @@ pub(super) fn max(x: &[f32]) -> Option<f32> {
         m = m.max(v);
     }
     Some(m)
+}
+
+/// One block of an online log operand (the NLL from logits) in two sweeps
+/// over data that stays in L1: the vector maximum `m`, then `Σ e^(x − m)`
+/// (f32 lanes flushed into f64 every `SUB` columns). `None` when the block
+/// holds a value that is not finite (a -inf, NaN or +inf), or a positive
+/// value while `!pos_ok`: the caller's general path then decides its rules
+/// and status. `x` must not be empty.
+#[target_feature(enable = "avx2,fma")]
+#[inline(never)]
+pub(super) fn lse(x: &[f32], pos_ok: bool, sub: usize) -> Option<(f32, f64)> {
+    let lowest = _mm256_set1_ps(f32::MIN);
+    let never = _mm256_set1_epi32(i32::MAX);
+    let (mut m0, mut m1, mut m2, mut m3) = (lowest, lowest, lowest, lowest);
+    let mut bad = _mm256_setzero_si256();
+    let body = x.len() - x.len() % 32;
+    for xc in x[..body].chunks_exact(32) {
+        prefetch(xc);
+        let (a, b, c, d) = (load(xc, 0), load(xc, 8), load(xc, 16), load(xc, 24));
+        bad = _mm256_or_si256(
+            bad,
+            _mm256_or_si256(
+                _mm256_or_si256(special_log(a, never), special_log(b, never)),
+                _mm256_or_si256(special_log(c, never), special_log(d, never)),
+            ),
+        );
+        m0 = _mm256_max_ps(m0, _mm256_castsi256_ps(a));
+        m1 = _mm256_max_ps(m1, _mm256_castsi256_ps(b));
+        m2 = _mm256_max_ps(m2, _mm256_castsi256_ps(c));
+        m3 = _mm256_max_ps(m3, _mm256_castsi256_ps(d));
+    }
+    if any(bad) {
+        return None;
+    }
+    let mut lanes = [0.0f32; 8];
+    let mv = _mm256_max_ps(_mm256_max_ps(m0, m1), _mm256_max_ps(m2, m3));
+    // SAFETY: `lanes` holds 8 f32; the store is unaligned.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), mv) };
+    let mut m = lanes.iter().fold(f32::MIN, |a, &b| a.max(b));
+    for &v in &x[body..] {
+        if !v.is_finite() {
+            return None;
+        }
+        m = m.max(v);
+    }
+    if !pos_ok && m > 0.0 {
+        return None;
+    }
+    let mv = _mm256_set1_ps(m);
+    let mut s = 0.0f64;
+    let mut tail = [f32::MIN; 16];
+    for seg in x.chunks(sub) {
+        let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut steps = seg.chunks_exact(STEP);
+        for xc in &mut steps {
+            // the next block (this thread's next columns, or a hint past
+            // the data) comes in while this one computes
+            prefetch_next(xc, x.len());
+            let l0 = _mm256_sub_ps(_mm256_castsi256_ps(load(xc, 0)), mv);
+            let l1 = _mm256_sub_ps(_mm256_castsi256_ps(load(xc, 8)), mv);
+            s0 = _mm256_add_ps(s0, exp_neg(l0));
+            s1 = _mm256_add_ps(s1, exp_neg(l1));
+        }
+        let rest = steps.remainder();
+        if !rest.is_empty() {
+            // padding of f32::MIN gives e^-87 ≈ 1.6e-38 per lane: masked away
+            tail[..rest.len()].copy_from_slice(rest);
+            tail[rest.len()..].fill(f32::MIN);
+            let e0 = exp_neg(_mm256_sub_ps(_mm256_castsi256_ps(load(&tail, 0)), mv));
+            let e1 = exp_neg(_mm256_sub_ps(_mm256_castsi256_ps(load(&tail, 8)), mv));
+            let keep = |i: i32| {
+                let idx = _mm256_setr_epi32(i, i + 1, i + 2, i + 3, i + 4, i + 5, i + 6, i + 7);
+                _mm256_castsi256_ps(_mm256_cmpgt_epi32(
+                    _mm256_set1_epi32(rest.len() as i32),
+                    idx,
+                ))
+            };
+            s0 = _mm256_add_ps(s0, _mm256_and_ps(e0, keep(0)));
+            s1 = _mm256_add_ps(s1, _mm256_and_ps(e1, keep(8)));
+        }
+        flush(&mut s, s0, s1);
+    }
+    Some((m, s))
 }
