@@ -25,7 +25,7 @@ const L_NARROW: usize = 16;
 /// Lanes with AVX-512.
 const L_WIDE: usize = 32;
 /// Columns summed in f32 lanes before a flush into the f64 state.
-const SUB: usize = 512;
+pub(super) const SUB: usize = 512;
 /// Columns of one block: the unit whose state is computed in one call, fixed
 /// so that results do not depend on how rows are split over threads.
 pub(super) const BLOCK: usize = 4096;

@@ -32,6 +32,8 @@ use std::arch::x86_64::{
     _mm256_srai_epi32, _mm256_storeu_ps, _mm256_sub_epi32, _mm256_sub_ps, _mm256_testz_si256,
 };
 
+use std::arch::x86_64::{_mm256_blendv_epi8, _mm256_maskload_epi32};
+
 use super::kernel::State;
 use super::ln::{LN2_HI, LN2_LO};
 
@@ -437,4 +439,117 @@ pub(super) fn lse(x: &[f32], pos_ok: bool, sub: usize) -> Option<(f32, f64)> {
         flush(&mut s, s0, s1);
     }
     Some((m, s))
+}
+
+/// Loads `x[i..i + 8]`, or the fewer than 8 values left with 1.0 in the
+/// lanes past the end, as bits, with the mask of the real lanes.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn load_part(x: &[f32], i: usize) -> (__m256i, __m256i) {
+    if i + 8 <= x.len() {
+        return (load(x, i), _mm256_set1_epi32(-1));
+    }
+    let n = x.len().saturating_sub(i) as i32;
+    let idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), idx);
+    let p = x.as_ptr().wrapping_add(i.min(x.len())).cast::<i32>();
+    // SAFETY: the masked load reads only the lanes set in `mask`, the
+    // `n` values x[i..] (none when n is 0).
+    let v = unsafe { _mm256_maskload_epi32(p, mask) };
+    let one = _mm256_set1_epi32(0x3f80_0000);
+    (_mm256_blendv_epi8(one, v, mask), mask)
+}
+
+/// Horizontal sum of the 8 lanes in f64, in a fixed order.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn hsum(v: __m256) -> f64 {
+    let lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
+    let hi = _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(v));
+    let s = _mm256_add_pd(lo, hi);
+    let s = _mm_add_pd(_mm256_castpd256_pd128(s), _mm256_extractf128_pd::<1>(s));
+    _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)))
+}
+
+/// Which terms a short row accumulates.
+const ROW_ENTROPY: u8 = 0;
+const ROW_CROSS: u8 = 1;
+const ROW_KL: u8 = 2;
+
+/// The state of one short row (at most `SUB` columns: 64 terms per lane) of
+/// probabilities in one call, 8 columns at a time, the last vector padded
+/// with 1.0 (ln 1 = 0: its terms are 0; the sums are masked). `None` when a
+/// value (or a KL ratio) is not a positive normal number: the caller's
+/// general path decides the rules and status words of that row.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn row_impl<const K: u8>(p: &[f32], q: &[f32]) -> Option<State> {
+    let n = p.len();
+    let (mut sa, mut sb, mut acc) = (
+        _mm256_setzero_ps(),
+        _mm256_setzero_ps(),
+        _mm256_setzero_ps(),
+    );
+    let mut bad = _mm256_setzero_si256();
+    let mut i = 0;
+    while i < n {
+        let (pb, m) = load_part(p, i);
+        let pf = _mm256_castsi256_ps(pb);
+        bad = _mm256_or_si256(bad, special_prob(pb));
+        sa = _mm256_add_ps(sa, _mm256_and_ps(pf, _mm256_castsi256_ps(m)));
+        if K == ROW_ENTROPY {
+            acc = _mm256_fmadd_ps(pf, ln(pb), acc);
+        } else {
+            let (qb, _) = load_part(q, i);
+            let qf = _mm256_castsi256_ps(qb);
+            bad = _mm256_or_si256(bad, special_prob(qb));
+            sb = _mm256_add_ps(sb, _mm256_and_ps(qf, _mm256_castsi256_ps(m)));
+            if K == ROW_KL {
+                let r = _mm256_castps_si256(_mm256_div_ps(pf, qf));
+                bad = _mm256_or_si256(bad, special_prob(r));
+                acc = _mm256_fmadd_ps(pf, ln(r), acc);
+            } else {
+                acc = _mm256_fmadd_ps(pf, ln(qb), acc);
+            }
+        }
+        i += 8;
+    }
+    if any(bad) {
+        return None;
+    }
+    let mut st = State::EMPTY;
+    st.sa = hsum(sa);
+    match K {
+        ROW_ENTROPY => st.u = hsum(acc),
+        ROW_CROSS => {
+            st.sb = hsum(sb);
+            st.v = hsum(acc);
+        }
+        _ => {
+            st.sb = hsum(sb);
+            st.d = hsum(acc);
+        }
+    }
+    Some(st)
+}
+
+/// A short row's KL state ([`row_impl`]).
+#[target_feature(enable = "avx2,fma")]
+#[inline(never)]
+pub(super) fn kl_row(p: &[f32], q: &[f32]) -> Option<State> {
+    row_impl::<ROW_KL>(p, q)
+}
+
+/// A short row's cross-entropy state ([`row_impl`]).
+#[target_feature(enable = "avx2,fma")]
+#[inline(never)]
+pub(super) fn cross_row(p: &[f32], q: &[f32]) -> Option<State> {
+    row_impl::<ROW_CROSS>(p, q)
+}
+
+/// A short row's entropy state ([`row_impl`]; `q` is not read).
+#[target_feature(enable = "avx2,fma")]
+#[inline(never)]
+pub(super) fn entropy_row(p: &[f32], q: &[f32]) -> Option<State> {
+    row_impl::<ROW_ENTROPY>(p, q)
 }

@@ -50,11 +50,7 @@ fn run_with(job: &Job<'_>, threads: usize, isa: Isa) -> Vec<Record> {
     let threads = threads.min(work / MIN_WORK).max(1);
     let supers = plan.supers();
     if threads == 1 || supers <= 1 || rows >= 4 * threads {
-        threads::split_mut(&mut out, threads, |r0, recs| {
-            for (k, rec) in recs.iter_mut().enumerate() {
-                *rec = plan.row(r0 + k);
-            }
-        });
+        threads::split_mut(&mut out, threads, |r0, recs| plan.rows_into(r0, recs));
         return out;
     }
     // Few long rows: threads share the super-blocks of a group of rows.

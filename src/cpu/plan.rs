@@ -14,7 +14,7 @@
 //! probability row under `Validate` next to logits, in Jensen-Shannon) are used
 //! as given and their sum is checked.
 
-use super::block::{BLOCK, BlockFn, BlockIo, Dec, DecKind, Isa, pick};
+use super::block::{BLOCK, BlockFn, BlockIo, Dec, DecKind, Isa, SUB, pick};
 use super::kernel::{self, Norm, RowEnd, Side, State, Target, measure};
 use crate::job::{Job, Kind};
 use crate::measure::{Form, Normalization};
@@ -75,6 +75,38 @@ pub(super) struct Plan<'j> {
     terms_p: DecKind,
     /// NLL rows without smoothing (or ignored): the sums of q plus one term.
     nll_fast_fn: Option<BlockFn>,
+    /// Short rows of probabilities: a whole row's state in one call.
+    short_fn: Option<ShortFn>,
+}
+
+/// A whole short row's state, or `None` when it holds a value the general
+/// path must decide. Safety: only one [`short_kernel`] returned.
+type ShortFn = unsafe fn(&[f32], &[f32]) -> Option<State>;
+
+/// The one-call kernel for rows of at most `SUB` columns of probabilities
+/// as given (one pass, no NLL), where this machine has one.
+fn short_kernel(
+    job: &Job<'_>,
+    isa: Isa,
+    p: DecKind,
+    q: DecKind,
+    two_pass: bool,
+) -> Option<ShortFn> {
+    if isa == Isa::Base || two_pass || job.nll.is_some() || job.cols > SUB || p != DecKind::Probs {
+        return None;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        use super::fast;
+        match (job.kind, q) {
+            (Kind::Kl, DecKind::Probs) => Some(fast::kl_row),
+            (Kind::Cross, DecKind::Probs) => Some(fast::cross_row),
+            (Kind::Entropy, DecKind::None) => Some(fast::entropy_row),
+            _ => None,
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    None
 }
 
 fn log_form(f: Form) -> bool {
@@ -138,6 +170,7 @@ impl<'j> Plan<'j> {
             .nll
             .as_ref()
             .map(|_| pick(measure::SUMS, DecKind::None, terms_q, isa));
+        let short_fn = short_kernel(job, isa, terms_p, terms_q, two_pass);
         let fail = || unreachable!("no kernel for {:?} {terms_p:?} x {terms_q:?}", job.kind);
         Plan {
             job,
@@ -150,6 +183,7 @@ impl<'j> Plan<'j> {
             terms_fn: pick(m, terms_p, terms_q, isa).unwrap_or_else(fail),
             terms_p,
             nll_fast_fn: nll_fast_fn.map(|f| f.unwrap_or_else(fail)),
+            short_fn,
         }
     }
 
@@ -373,6 +407,31 @@ impl<'j> Plan<'j> {
             nll_weight: self.nll_row(row).map(|(_, wt)| wt),
         };
         kernel::finalize(st, &end)
+    }
+
+    /// Rows `r0..r0 + out.len()`, on the calling thread: short rows of
+    /// probabilities one call each, every other row (or one holding a value
+    /// the general path must decide) through [`Plan::row`].
+    pub(super) fn rows_into(&self, r0: usize, out: &mut [Record]) {
+        let Some(f) = self.short_fn else {
+            for (k, rec) in out.iter_mut().enumerate() {
+                *rec = self.row(r0 + k);
+            }
+            return;
+        };
+        let cols = self.cols;
+        fn row_of<'a>(o: &'a Option<crate::job::Operand<'_>>, r: usize, cols: usize) -> &'a [f32] {
+            o.as_ref().map_or(&[][..], |o| o.row(r, cols))
+        }
+        for (k, rec) in out.iter_mut().enumerate() {
+            let r = r0 + k;
+            let (p, q) = (row_of(&self.job.p, r, cols), row_of(&self.job.q, r, cols));
+            // SAFETY: `f` was picked for this machine's instruction set.
+            *rec = match unsafe { f(p, q) } {
+                Some(st) => self.finalize(r, &st, &RowNorm::IDENTITY),
+                None => self.row(r),
+            };
+        }
     }
 
     /// A whole row, on the calling thread.
