@@ -41,11 +41,31 @@ pub(crate) fn run(job: &Job<'_>) -> Result<Vec<Record>> {
     Ok(run_with(job, threads::available(), Isa::detect()))
 }
 
+/// `n` default records from zeroed memory (fresh pages from the allocator
+/// need no pass of writes before the workers fill them).
+fn zeroed_records(n: usize) -> Vec<Record> {
+    let Ok(layout) = std::alloc::Layout::array::<Record>(n) else {
+        return vec![Record::default(); n];
+    };
+    if layout.size() == 0 {
+        return vec![Record::default(); n];
+    }
+    // SAFETY: the layout has a non-zero size.
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<Record>();
+    if ptr.is_null() {
+        std::alloc::handle_alloc_error(layout);
+    }
+    // SAFETY: `ptr` was allocated by the global allocator with the layout of
+    // `n` records (as `Vec` would), and all-zero bytes are a valid `Record`
+    // (it is `bytemuck::Zeroable`, and zero is its default).
+    unsafe { Vec::from_raw_parts(ptr, n, n) }
+}
+
 /// [`run`] on `threads` workers with the kernels built for `isa`.
 fn run_with(job: &Job<'_>, threads: usize, isa: Isa) -> Vec<Record> {
     let plan = Plan::new(job, isa);
     let rows = plan.rows;
-    let mut out = vec![Record::default(); rows];
+    let mut out = zeroed_records(rows);
     let work = rows.saturating_mul(plan.cols);
     let threads = threads.min(work / MIN_WORK).max(1);
     let supers = plan.supers();

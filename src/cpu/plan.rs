@@ -409,6 +409,44 @@ impl<'j> Plan<'j> {
         kernel::finalize(st, &end)
     }
 
+    /// [`kernel::finalize`] for a row state from a short-row kernel (one pass,
+    /// probabilities as given, no NLL, no bad value, no zero): the same
+    /// record, without the branches that cannot apply.
+    #[inline(always)]
+    fn finalize_short(&self, st: &State) -> Record {
+        let row_key = |c: u32| kernel::status_key(code::COL_NONE as usize, c);
+        let tol = self.job.tolerance;
+        let mut key = kernel::KEY_NONE;
+        if self.p.side.check_sum && ((st.sa as f32) - 1.0).abs() > tol {
+            key = key.min(row_key(code::P_SUM));
+        }
+        if self.q.side.check_sum && ((st.sb as f32) - 1.0).abs() > tol {
+            key = key.min(row_key(code::Q_SUM));
+        }
+        let status = if key == kernel::KEY_NONE {
+            code::OK
+        } else {
+            key
+        };
+        // as finalize: lb = 0 for operands that are not online
+        let value = match self.job.kind {
+            Kind::Entropy => -st.u,
+            Kind::Kl => st.d + st.sa * 0.0,
+            _ => -st.v + st.sa * 0.0,
+        };
+        let value = if status == code::OK {
+            (value / self.job.ln_base) as f32
+        } else {
+            f32::NAN
+        };
+        Record {
+            value,
+            aux_p: st.sa as f32,
+            aux_q: st.sb as f32,
+            status,
+        }
+    }
+
     /// Rows `r0..r0 + out.len()`, on the calling thread: short rows of
     /// probabilities one call each, every other row (or one holding a value
     /// the general path must decide) through [`Plan::row`].
@@ -428,7 +466,7 @@ impl<'j> Plan<'j> {
             let (p, q) = (row_of(&self.job.p, r, cols), row_of(&self.job.q, r, cols));
             // SAFETY: `f` was picked for this machine's instruction set.
             *rec = match unsafe { f(p, q) } {
-                Some(st) => self.finalize(r, &st, &RowNorm::IDENTITY),
+                Some(st) => self.finalize_short(&st),
                 None => self.row(r),
             };
         }

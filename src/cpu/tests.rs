@@ -1068,3 +1068,52 @@ fn throughput() {
         }
     }
 }
+
+/// Short rows of probabilities (the one-call row kernels where the machine
+/// has them): every width up to past a vector, zeros, rows whose sum fails
+/// the check, broadcast rows; statuses and aux values as on the baseline
+/// kernels (aux values within f32 rounding), values within the bound of the f64 reference.
+#[test]
+fn short_rows_match_the_general_path() {
+    let mut rng = Rng::new(77);
+    for cols in (1usize..=34).chain([100, 511, 512, 513]) {
+        let rows = 9;
+        for zeros in [0.0, 0.2] {
+            let mut p = probs(&mut rng, rows, cols, zeros);
+            let q = probs(&mut rng, rows, cols, zeros);
+            // row 3 sums to 1.5: a P_SUM status under Validate
+            for x in &mut p[3 * cols..4 * cols] {
+                *x *= 1.5;
+            }
+            for m in [Measure::Entropy, Measure::CrossEntropy, Measure::Kl] {
+                for q_rows in [rows, 1] {
+                    let pb = Batch::new(&p, rows, cols);
+                    let qb = Batch::new(&q[..q_rows * cols], q_rows, cols);
+                    let opts = Options::default();
+                    let job = Job::measure(m, &pb, m.needs_q().then_some(&qb), &opts).expect("job");
+                    let base = run_with(&job, 1, Isa::Base);
+                    for recs in run_all(&job) {
+                        for (r, (rec, b)) in recs.iter().zip(&base).enumerate() {
+                            let what = format!("{m:?} {cols} cols row {r} q_rows {q_rows}");
+                            assert_eq!(rec.status, b.status, "{what}");
+                            // row sums: the same within f32 rounding (other order)
+                            assert!((rec.aux_p as f64 - b.aux_p as f64).abs() <= 1e-6, "{what}");
+                            if rec.status != 0 {
+                                assert!(rec.value.is_nan(), "{what}");
+                                continue;
+                            }
+                            let pr = &p[r * cols..][..cols];
+                            let qr = &q[(if q_rows == 1 { 0 } else { r }) * cols..][..cols];
+                            let (pp, lp) = ref_dist(Form::Probs, pr, false);
+                            let (qq, lq) = ref_dist(Form::Probs, qr, false);
+                            let want =
+                                ref_value(m, (&pp, &lp), m.needs_q().then_some((&qq[..], &lq[..])));
+                            assert!(close(rec.value, want), "{what}: {} vs {want}", rec.value);
+                            assert!((rec.aux_q as f64 - b.aux_q as f64).abs() <= 1e-6, "{what}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
