@@ -533,23 +533,69 @@ fn row_impl<const K: u8>(p: &[f32], q: &[f32]) -> Option<State> {
     Some(st)
 }
 
-/// A short row's KL state ([`row_impl`]).
+/// Short rows `k = 0, 1, ..` of `p` and `q` (row k at `k * stride`, a stride
+/// of 0 for a broadcast row; `cols` columns, at most `SUB`): the state of
+/// each into `out[k]`, until `out` is full or a row holds a value the
+/// general path must decide. Returns the number of rows done.
 #[target_feature(enable = "avx2,fma")]
-#[inline(never)]
-pub(super) fn kl_row(p: &[f32], q: &[f32]) -> Option<State> {
-    row_impl::<ROW_KL>(p, q)
+#[inline]
+fn rows_impl<const K: u8>(
+    p: &[f32],
+    q: &[f32],
+    cols: usize,
+    strides: (usize, usize),
+    out: &mut [State],
+) -> usize {
+    for (k, st) in out.iter_mut().enumerate() {
+        let pr = &p[k * strides.0..][..cols];
+        let qr = if K == ROW_ENTROPY {
+            &[][..]
+        } else {
+            &q[k * strides.1..][..cols]
+        };
+        match row_impl::<K>(pr, qr) {
+            Some(s) => *st = s,
+            None => return k,
+        }
+    }
+    out.len()
 }
 
-/// A short row's cross-entropy state ([`row_impl`]).
+/// Short rows' KL states ([`rows_impl`]).
 #[target_feature(enable = "avx2,fma")]
 #[inline(never)]
-pub(super) fn cross_row(p: &[f32], q: &[f32]) -> Option<State> {
-    row_impl::<ROW_CROSS>(p, q)
+pub(super) fn kl_rows(
+    p: &[f32],
+    q: &[f32],
+    cols: usize,
+    strides: (usize, usize),
+    out: &mut [State],
+) -> usize {
+    rows_impl::<ROW_KL>(p, q, cols, strides, out)
 }
 
-/// A short row's entropy state ([`row_impl`]; `q` is not read).
+/// Short rows' cross-entropy states ([`rows_impl`]).
 #[target_feature(enable = "avx2,fma")]
 #[inline(never)]
-pub(super) fn entropy_row(p: &[f32], q: &[f32]) -> Option<State> {
-    row_impl::<ROW_ENTROPY>(p, q)
+pub(super) fn cross_rows(
+    p: &[f32],
+    q: &[f32],
+    cols: usize,
+    strides: (usize, usize),
+    out: &mut [State],
+) -> usize {
+    rows_impl::<ROW_CROSS>(p, q, cols, strides, out)
+}
+
+/// Short rows' entropy states ([`rows_impl`]; `q` is not read).
+#[target_feature(enable = "avx2,fma")]
+#[inline(never)]
+pub(super) fn entropy_rows(
+    p: &[f32],
+    q: &[f32],
+    cols: usize,
+    strides: (usize, usize),
+    out: &mut [State],
+) -> usize {
+    rows_impl::<ROW_ENTROPY>(p, q, cols, strides, out)
 }

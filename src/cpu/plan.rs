@@ -79,9 +79,10 @@ pub(super) struct Plan<'j> {
     short_fn: Option<ShortFn>,
 }
 
-/// A whole short row's state, or `None` when it holds a value the general
-/// path must decide. Safety: only one [`short_kernel`] returned.
-type ShortFn = unsafe fn(&[f32], &[f32]) -> Option<State>;
+/// The states of a run of short rows (see `fast::kl_rows`): the number of
+/// rows done before one that holds a value the general path must decide.
+/// Safety: only one [`short_kernel`] returned.
+type ShortFn = unsafe fn(&[f32], &[f32], usize, (usize, usize), &mut [State]) -> usize;
 
 /// The one-call kernel for rows of at most `SUB` columns of probabilities
 /// as given (one pass, no NLL), where this machine has one.
@@ -99,9 +100,9 @@ fn short_kernel(
     {
         use super::fast;
         match (job.kind, q) {
-            (Kind::Kl, DecKind::Probs) => Some(fast::kl_row),
-            (Kind::Cross, DecKind::Probs) => Some(fast::cross_row),
-            (Kind::Entropy, DecKind::None) => Some(fast::entropy_row),
+            (Kind::Kl, DecKind::Probs) => Some(fast::kl_rows),
+            (Kind::Cross, DecKind::Probs) => Some(fast::cross_rows),
+            (Kind::Entropy, DecKind::None) => Some(fast::entropy_rows),
             _ => None,
         }
     }
@@ -458,17 +459,36 @@ impl<'j> Plan<'j> {
             return;
         };
         let cols = self.cols;
-        fn row_of<'a>(o: &'a Option<crate::job::Operand<'_>>, r: usize, cols: usize) -> &'a [f32] {
-            o.as_ref().map_or(&[][..], |o| o.row(r, cols))
+        // (data from row r0, stride): a broadcast row has stride 0
+        fn from<'a>(
+            o: &'a Option<crate::job::Operand<'_>>,
+            r0: usize,
+            cols: usize,
+        ) -> (&'a [f32], usize) {
+            match o {
+                None => (&[][..], 0),
+                Some(o) if o.rows == 1 => (&o.data[..cols], 0),
+                Some(o) => (&o.data[r0 * cols..], cols),
+            }
         }
-        for (k, rec) in out.iter_mut().enumerate() {
-            let r = r0 + k;
-            let (p, q) = (row_of(&self.job.p, r, cols), row_of(&self.job.q, r, cols));
+        const BATCH: usize = 64;
+        let mut states = [State::EMPTY; BATCH];
+        let mut k = 0;
+        while k < out.len() {
+            let n = BATCH.min(out.len() - k);
+            let (p, sp) = from(&self.job.p, r0 + k, cols);
+            let (q, sq) = from(&self.job.q, r0 + k, cols);
             // SAFETY: `f` was picked for this machine's instruction set.
-            *rec = match unsafe { f(p, q) } {
-                Some(st) => self.finalize_short(&st),
-                None => self.row(r),
-            };
+            let done = unsafe { f(p, q, cols, (sp, sq), &mut states[..n]) };
+            for (rec, st) in out[k..k + done].iter_mut().zip(&states[..done]) {
+                *rec = self.finalize_short(st);
+            }
+            k += done;
+            if done < n {
+                // a row with a zero or a bad value: the general path
+                out[k] = self.row(r0 + k);
+                k += 1;
+            }
         }
     }
 
