@@ -13,6 +13,13 @@
 //! one segment (`SUB` columns, 32 terms per lane) and are added into the f64
 //! state, in lane order, before returning.
 //!
+//! Two kinds of call take more than a segment: [`lse`], a whole block of an
+//! online log operand (the NLL from logits: its maximum, then its exp sums
+//! while the next block is prefetched), and the short-row kernels
+//! ([`kl_rows`], [`cross_rows`], [`entropy_rows`]: whole rows of at most
+//! `SUB` columns, a run of rows per call). Both return "not done" for data
+//! with a special value, which the general path then takes whole.
+//!
 //! The log has no special cases (they never reach it): the exponent k and the
 //! mantissa m in [√½, √2) come from one integer subtraction of the bits of
 //! √½, ln m is a polynomial of degree 8 with r + r²·Q(r) (error < 1.3e-7,

@@ -9,6 +9,9 @@
 //!   structure, so that results are bit-identical whatever the thread count;
 //! - [`threads`]: scoped workers.
 //!
+//! Rows of at most `SUB` columns of probabilities go through one-call row
+//! kernels ([`plan::Plan::rows_into`]) instead of the block machinery.
+//!
 //! Threads share rows when there are many, and the super-blocks of each row
 //! when there are few long ones; either way a row's state is the same left
 //! fold of the same block states.
