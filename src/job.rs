@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 
 use crate::batch::{Batch, Targets};
-use crate::error::{Arg, Error, Result};
+use crate::error::{Arg, BadValue, Error, Result};
 use crate::measure::{Form, Measure, NllOptions, Normalization, Options, Reduction};
 
 /// What a job computes per row.
@@ -111,16 +111,7 @@ impl<'a> Job<'a> {
             }
             (true, Some(q)) => {
                 let qd = q.to_f32(Arg::Q)?;
-                let ok = p.cols == q.cols && (p.rows == q.rows || p.rows == 1 || q.rows == 1);
-                if !ok {
-                    return Err(Error::ShapeMismatch {
-                        p_rows: p.rows,
-                        p_cols: p.cols,
-                        q_rows: q.rows,
-                        q_cols: q.cols,
-                    });
-                }
-                let rows = p.rows.max(q.rows);
+                let rows = paired_rows((p.rows, p.cols), (q.rows, q.cols))?;
                 (
                     rows,
                     Some(Operand {
@@ -154,56 +145,9 @@ impl<'a> Job<'a> {
         let ln_base = opts.common.check()?;
         let qd = q.to_f32(Arg::Q)?;
         let classes = q.cols;
-        if targets.is_empty() {
-            return Err(Error::Empty {
-                arg: Arg::Targets,
-                rows: 0,
-                cols: 1,
-            });
-        }
-        if q.rows != 1 && targets.len() != q.rows {
-            return Err(Error::ShapeMismatch {
-                p_rows: targets.len(),
-                p_cols: 1,
-                q_rows: q.rows,
-                q_cols: q.cols,
-            });
-        }
+        check_nll(targets.len(), (q.rows, q.cols), opts)?;
+        let weights = opts.weights.map(<[f32]>::to_vec);
         let eps = opts.label_smoothing;
-        if !(0.0..=1.0).contains(&eps) {
-            return Err(Error::InvalidOption(format!(
-                "label smoothing must be in [0, 1], got {eps}"
-            )));
-        }
-        let weights = match opts.weights {
-            None => None,
-            Some(w) => {
-                if w.len() != classes {
-                    return Err(Error::Length {
-                        arg: Arg::Weights,
-                        len: w.len(),
-                        rows: 1,
-                        cols: classes,
-                        expected: classes,
-                    });
-                }
-                if let Some(c) = w.iter().position(|x| !(x.is_finite() && *x >= 0.0)) {
-                    return Err(Error::BadValue {
-                        arg: Arg::Weights,
-                        row: 0,
-                        col: Some(c),
-                        what: if w[c].is_nan() {
-                            crate::error::BadValue::Nan
-                        } else if w[c] < 0.0 {
-                            crate::error::BadValue::Negative
-                        } else {
-                            crate::error::BadValue::Infinite
-                        },
-                    });
-                }
-                Some(w.to_vec())
-            }
-        };
         let given = targets.to_i64();
         let rows = given.len();
         let mut t32 = Vec::with_capacity(given.len());
@@ -280,8 +224,75 @@ impl<'a> Job<'a> {
     }
 }
 
+/// The rows of a call pairing p and q: the same shape, or one of them a
+/// single row compared with every row of the other.
+pub(crate) fn paired_rows(p: (usize, usize), q: (usize, usize)) -> Result<usize> {
+    if p.1 == q.1 && (p.0 == q.0 || p.0 == 1 || q.0 == 1) {
+        return Ok(p.0.max(q.0));
+    }
+    Err(Error::ShapeMismatch {
+        p_rows: p.0,
+        p_cols: p.1,
+        q_rows: q.0,
+        q_cols: q.1,
+    })
+}
+
+/// The checks of a negative log-likelihood shared by the host and GPU-resident
+/// paths: targets against the rows of q, label smoothing, class weights.
+pub(crate) fn check_nll(targets: usize, q: (usize, usize), opts: &NllOptions<'_>) -> Result<()> {
+    if targets == 0 {
+        return Err(Error::Empty {
+            arg: Arg::Targets,
+            rows: 0,
+            cols: 1,
+        });
+    }
+    if q.0 != 1 && targets != q.0 {
+        return Err(Error::ShapeMismatch {
+            p_rows: targets,
+            p_cols: 1,
+            q_rows: q.0,
+            q_cols: q.1,
+        });
+    }
+    let eps = opts.label_smoothing;
+    if !(0.0..=1.0).contains(&eps) {
+        return Err(Error::InvalidOption(format!(
+            "label smoothing must be in [0, 1], got {eps}"
+        )));
+    }
+    if let Some(w) = opts.weights {
+        if w.len() != q.1 {
+            return Err(Error::Length {
+                arg: Arg::Weights,
+                len: w.len(),
+                rows: 1,
+                cols: q.1,
+                expected: q.1,
+            });
+        }
+        if let Some(c) = w.iter().position(|x| !(x.is_finite() && *x >= 0.0)) {
+            let what = if w[c].is_nan() {
+                BadValue::Nan
+            } else if w[c] < 0.0 {
+                BadValue::Negative
+            } else {
+                BadValue::Infinite
+            };
+            return Err(Error::BadValue {
+                arg: Arg::Weights,
+                row: 0,
+                col: Some(c),
+                what,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Row and column counts must fit the kernels' u32 indices.
-fn check_u32(rows: usize, cols: usize) -> Result<()> {
+pub(crate) fn check_u32(rows: usize, cols: usize) -> Result<()> {
     if rows > u32::MAX as usize / 2 || cols > u32::MAX as usize / 2 {
         return Err(Error::TooLarge(format!(
             "{rows} rows x {cols} columns: each must be below 2^31"

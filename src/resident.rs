@@ -156,9 +156,7 @@ fn check_shape(arg: Arg, b: &GpuBatch<'_>) -> Result<u64> {
             cols: b.cols,
         });
     }
-    if b.rows > u32::MAX as usize / 2 || b.cols > u32::MAX as usize / 2 {
-        return Err(Error::TooLarge(format!("{arg}: {} x {}", b.rows, b.cols)));
-    }
+    job::check_u32(b.rows, b.cols)?;
     Ok(b.rows as u64 * b.cols as u64 * 4)
 }
 
@@ -172,27 +170,22 @@ pub(crate) fn measure_shape(
     let ln_base = opts.check()?;
     check_shape(Arg::P, p)?;
     let kind = Kind::from_measure(measure);
-    let q = match (measure.needs_q(), q) {
-        (false, _) => None,
+    let (rows, q) = match (measure.needs_q(), q) {
+        (false, _) => (p.rows, None),
         (true, None) => return Err(Error::InvalidOption(format!("{} needs q", measure.name()))),
         (true, Some(q)) => {
             check_shape(Arg::Q, q)?;
-            if !(p.cols == q.cols && (p.rows == q.rows || p.rows == 1 || q.rows == 1)) {
-                return Err(Error::ShapeMismatch {
-                    p_rows: p.rows,
-                    p_cols: p.cols,
-                    q_rows: q.rows,
-                    q_cols: q.cols,
-                });
-            }
-            Some(q)
+            (
+                job::paired_rows((p.rows, p.cols), (q.rows, q.cols))?,
+                Some(q),
+            )
         }
     };
     let norm = opts.normalization;
     let (pf, qf) = (Some(p.form), q.map(|q| q.form));
     Ok(GpuShape {
         kind,
-        rows: p.rows.max(q.map_or(0, |q| q.rows)) as u32,
+        rows: rows as u32,
         cols: p.cols as u32,
         p_form: pf,
         q_form: qf,
@@ -220,27 +213,9 @@ pub(crate) fn nll_shape(
 ) -> Result<GpuShape> {
     let ln_base = opts.common.check()?;
     check_shape(Arg::Q, q)?;
-    if targets.len == 0 {
-        return Err(Error::Empty {
-            arg: Arg::Targets,
-            rows: 0,
-            cols: 1,
-        });
-    }
-    if q.rows != 1 && targets.len != q.rows {
-        return Err(Error::ShapeMismatch {
-            p_rows: targets.len,
-            p_cols: 1,
-            q_rows: q.rows,
-            q_cols: q.cols,
-        });
-    }
+    job::check_nll(targets.len, (q.rows, q.cols), opts)?;
+    job::check_u32(targets.len, q.cols)?;
     let eps = opts.label_smoothing;
-    if !(0.0..=1.0).contains(&eps) {
-        return Err(Error::InvalidOption(format!(
-            "label smoothing must be in [0, 1], got {eps}"
-        )));
-    }
     let ignore_bits = match opts.ignore_index {
         None => IGNORED,
         Some(i) => i32::try_from(i).map_err(|_| {
@@ -249,17 +224,6 @@ pub(crate) fn nll_shape(
             ))
         })? as u32,
     };
-    if let Some(w) = opts.weights {
-        if w.len() != q.cols {
-            return Err(Error::Length {
-                arg: Arg::Weights,
-                len: w.len(),
-                rows: 1,
-                cols: q.cols,
-                expected: q.cols,
-            });
-        }
-    }
     let norm = opts.common.normalization;
     Ok(GpuShape {
         kind: Kind::Nll,
