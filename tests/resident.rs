@@ -452,6 +452,61 @@ fn bad_buffers_are_errors_not_panics() {
         },
     );
     assert!(matches!(e, Err(Error::InvalidOption(_))), "{e:?}");
+    // NLL: bad class weights and targets without COPY_SRC
+    let t = device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 16,
+        usage: wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    });
+    let targets = GpuTargets {
+        buffer: &t,
+        offset: 0,
+        len: 4,
+    };
+    let mut w = vec![1.0f32; 64];
+    w[7] = f32::NAN;
+    let e = ctx.encode_nll(
+        &mut enc,
+        &gp,
+        &targets,
+        &NllOptions::default().weights(&w),
+        &GpuOutput {
+            buffer: &out,
+            offset: 0,
+        },
+    );
+    assert!(
+        matches!(
+            e,
+            Err(Error::BadValue {
+                arg: Arg::Weights,
+                col: Some(7),
+                ..
+            })
+        ),
+        "{e:?}"
+    );
+    let e = ctx.encode_nll(
+        &mut enc,
+        &gp,
+        &targets,
+        &NllOptions::default(),
+        &GpuOutput {
+            buffer: &out,
+            offset: 0,
+        },
+    );
+    assert!(
+        matches!(
+            e,
+            Err(Error::Buffer {
+                name: "targets",
+                ..
+            })
+        ),
+        "{e:?}"
+    );
     // nothing bad was recorded: the encoder still finishes
     let _ = enc.finish();
 }
