@@ -18,7 +18,10 @@
 //! while the next block is prefetched), and the short-row kernels
 //! ([`kl_rows`], [`cross_rows`], [`entropy_rows`]: whole rows of at most
 //! `SUB` columns, a run of rows per call). Both return "not done" for data
-//! with a special value, which the general path then takes whole.
+//! with a special value, which the general path then takes whole. The
+//! short-row kernels sum the lanes of 8 rows side by side in f32 (one
+//! transpose-and-add tree, the same order for every row: see [`sum8`]),
+//! with the loop unrolled for rows of 8, 16 or 32 columns.
 //!
 //! The log has no special cases (they never reach it): the exponent k and the
 //! mantissa m in [√½, √2) come from one integer subtraction of the bits of
@@ -39,7 +42,10 @@ use std::arch::x86_64::{
     _mm256_srai_epi32, _mm256_storeu_ps, _mm256_sub_epi32, _mm256_sub_ps, _mm256_testz_si256,
 };
 
-use std::arch::x86_64::{_mm256_blendv_epi8, _mm256_maskload_epi32};
+use std::arch::x86_64::{
+    _mm256_blendv_epi8, _mm256_hadd_ps, _mm256_maskload_epi32, _mm256_permute2f128_ps,
+    _mm256_storeu_pd,
+};
 
 use super::kernel::State;
 use super::ln::{LN2_HI, LN2_LO};
@@ -467,30 +473,25 @@ fn load_part(x: &[f32], i: usize) -> (__m256i, __m256i) {
     (_mm256_blendv_epi8(one, v, mask), mask)
 }
 
-/// Horizontal sum of the 8 lanes in f64, in a fixed order.
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-fn hsum(v: __m256) -> f64 {
-    let lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
-    let hi = _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(v));
-    let s = _mm256_add_pd(lo, hi);
-    let s = _mm_add_pd(_mm256_castpd256_pd128(s), _mm256_extractf128_pd::<1>(s));
-    _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)))
-}
-
 /// Which terms a short row accumulates.
 const ROW_ENTROPY: u8 = 0;
 const ROW_CROSS: u8 = 1;
 const ROW_KL: u8 = 2;
 
-/// The state of one short row (at most `SUB` columns: 64 terms per lane) of
-/// probabilities in one call, 8 columns at a time, the last vector padded
-/// with 1.0 (ln 1 = 0: its terms are 0; the sums are masked). `None` when a
-/// value (or a KL ratio) is not a positive normal number: the caller's
-/// general path decides the rules and status words of that row.
+/// The lane vectors of one short row (at most `SUB` columns: 64 terms per
+/// lane) of probabilities, 8 columns at a time, the last vector padded with
+/// 1.0 (ln 1 = 0: its terms are 0; the sums are masked): (Σ p, Σ q, terms).
+/// `None` when a value (or a KL ratio) is not a positive normal number: the
+/// caller's general path decides the rules and status words of that row.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-fn row_impl<const K: u8>(p: &[f32], q: &[f32]) -> Option<State> {
+fn row_lanes<const K: u8, const V: usize>(
+    p: &[f32],
+    q: &[f32],
+) -> Option<(__m256, __m256, __m256)> {
+    if V > 0 {
+        return row_full::<K, V>(p, q);
+    }
     let n = p.len();
     let (mut sa, mut sb, mut acc) = (
         _mm256_setzero_ps(),
@@ -524,26 +525,110 @@ fn row_impl<const K: u8>(p: &[f32], q: &[f32]) -> Option<State> {
     if any(bad) {
         return None;
     }
-    let mut st = State::EMPTY;
-    st.sa = hsum(sa);
-    match K {
-        ROW_ENTROPY => st.u = hsum(acc),
-        ROW_CROSS => {
-            st.sb = hsum(sb);
-            st.v = hsum(acc);
-        }
-        _ => {
-            st.sb = hsum(sb);
-            st.d = hsum(acc);
+    Some((sa, sb, acc))
+}
+
+/// [`row_lanes`] for rows of exactly `V` vectors (8·V columns): no padding
+/// and no masks, the loop unrolled.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn row_full<const K: u8, const V: usize>(p: &[f32], q: &[f32]) -> Option<(__m256, __m256, __m256)> {
+    let p = &p[..8 * V];
+    let q = if K == ROW_ENTROPY { q } else { &q[..8 * V] };
+    let (mut sa, mut sb, mut acc) = (
+        _mm256_setzero_ps(),
+        _mm256_setzero_ps(),
+        _mm256_setzero_ps(),
+    );
+    let mut bad = _mm256_setzero_si256();
+    for v in 0..V {
+        let pb = load(p, 8 * v);
+        let pf = _mm256_castsi256_ps(pb);
+        bad = _mm256_or_si256(bad, special_prob(pb));
+        sa = _mm256_add_ps(sa, pf);
+        if K == ROW_ENTROPY {
+            acc = _mm256_fmadd_ps(pf, ln(pb), acc);
+        } else {
+            let qb = load(q, 8 * v);
+            let qf = _mm256_castsi256_ps(qb);
+            bad = _mm256_or_si256(bad, special_prob(qb));
+            sb = _mm256_add_ps(sb, qf);
+            if K == ROW_KL {
+                let r = _mm256_castps_si256(_mm256_div_ps(pf, qf));
+                bad = _mm256_or_si256(bad, special_prob(r));
+                acc = _mm256_fmadd_ps(pf, ln(r), acc);
+            } else {
+                acc = _mm256_fmadd_ps(pf, ln(qb), acc);
+            }
         }
     }
-    Some(st)
+    if any(bad) {
+        return None;
+    }
+    Some((sa, sb, acc))
+}
+
+/// The lane sums of 8 rows' vectors side by side: lane i of the result is
+/// ((x0 + x1) + (x2 + x3)) + ((x4 + x5) + (x6 + x7)) of `v[i]`, the same
+/// order in every lane, so that a row's sum does not depend on its place in
+/// the group (nor on which rows share it).
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn sum8(v: &[__m256; 8]) -> [f64; 8] {
+    let h01 = _mm256_hadd_ps(v[0], v[1]);
+    let h23 = _mm256_hadd_ps(v[2], v[3]);
+    let h45 = _mm256_hadd_ps(v[4], v[5]);
+    let h67 = _mm256_hadd_ps(v[6], v[7]);
+    // lanes 0..4: rows 0..4 (low halves), 4..8: the same rows (high halves)
+    let a = _mm256_hadd_ps(h01, h23);
+    let b = _mm256_hadd_ps(h45, h67);
+    let lo = _mm256_permute2f128_ps::<0x20>(a, b);
+    let hi = _mm256_permute2f128_ps::<0x31>(a, b);
+    let s = _mm256_add_ps(lo, hi);
+    let mut out = [0.0f64; 8];
+    let (o0, o1) = out.split_at_mut(4);
+    // SAFETY: each half holds 4 f64; the stores are unaligned.
+    unsafe {
+        _mm256_storeu_pd(o0.as_mut_ptr(), _mm256_cvtps_pd(_mm256_castps256_ps128(s)));
+        _mm256_storeu_pd(
+            o1.as_mut_ptr(),
+            _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(s)),
+        );
+    }
+    out
+}
+
+/// Writes the sums of the rows of a group of 8 into the states `out` (at
+/// most 8; the lane vectors past `out.len()` are zero and unused): only the
+/// fields the measure accumulates, the others are left as they are.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn put8<const K: u8>(sa: &[__m256; 8], sb: &[__m256; 8], acc: &[__m256; 8], out: &mut [State]) {
+    let a = sum8(sa);
+    let t = sum8(acc);
+    let b = if K == ROW_ENTROPY { [0.0; 8] } else { sum8(sb) };
+    for (j, st) in out.iter_mut().enumerate() {
+        st.sa = a[j];
+        match K {
+            ROW_ENTROPY => st.u = t[j],
+            ROW_CROSS => {
+                st.sb = b[j];
+                st.v = t[j];
+            }
+            _ => {
+                st.sb = b[j];
+                st.d = t[j];
+            }
+        }
+    }
 }
 
 /// Short rows `k = 0, 1, ..` of `p` and `q` (row k at `k * stride`, a stride
 /// of 0 for a broadcast row; `cols` columns, at most `SUB`): the state of
-/// each into `out[k]`, until `out` is full or a row holds a value the
-/// general path must decide. Returns the number of rows done.
+/// each into `out[k]` (which must hold [`State::EMPTY`] on entry: only the
+/// fields of the measure's sums are written), until `out` is full or a row holds a value the
+/// general path must decide. Returns the number of rows done. The lanes of
+/// 8 rows at a time are summed side by side ([`sum8`]).
 #[target_feature(enable = "avx2,fma")]
 #[inline]
 fn rows_impl<const K: u8>(
@@ -553,17 +638,53 @@ fn rows_impl<const K: u8>(
     strides: (usize, usize),
     out: &mut [State],
 ) -> usize {
-    for (k, st) in out.iter_mut().enumerate() {
-        let pr = &p[k * strides.0..][..cols];
-        let qr = if K == ROW_ENTROPY {
-            &[][..]
-        } else {
-            &q[k * strides.1..][..cols]
-        };
-        match row_impl::<K>(pr, qr) {
-            Some(s) => *st = s,
-            None => return k,
+    match cols {
+        8 => rows_run::<K, 1>(p, q, cols, strides, out),
+        16 => rows_run::<K, 2>(p, q, cols, strides, out),
+        32 => rows_run::<K, 4>(p, q, cols, strides, out),
+        _ => rows_run::<K, 0>(p, q, cols, strides, out),
+    }
+}
+
+/// [`rows_impl`] with rows of `V` whole vectors, or any width for `V` = 0.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn rows_run<const K: u8, const V: usize>(
+    p: &[f32],
+    q: &[f32],
+    cols: usize,
+    strides: (usize, usize),
+    out: &mut [State],
+) -> usize {
+    let z = _mm256_setzero_ps();
+    for (g, outg) in out.chunks_mut(8).enumerate() {
+        let (mut sa, mut sb, mut acc) = ([z; 8], [z; 8], [z; 8]);
+        for j in 0..outg.len() {
+            let k = g * 8 + j;
+            let pr = &p[k * strides.0..][..cols];
+            let qr = if K == ROW_ENTROPY {
+                &[][..]
+            } else {
+                &q[k * strides.1..][..cols]
+            };
+            // the rows `PREFETCH` bytes ahead come in while these compute
+            prefetch(pr);
+            if K != ROW_ENTROPY {
+                prefetch(qr);
+            }
+            match row_lanes::<K, V>(pr, qr) {
+                Some((a, b, t)) => {
+                    sa[j] = a;
+                    sb[j] = b;
+                    acc[j] = t;
+                }
+                None => {
+                    put8::<K>(&sa, &sb, &acc, &mut outg[..j]);
+                    return k;
+                }
+            }
         }
+        put8::<K>(&sa, &sb, &acc, outg);
     }
     out.len()
 }
