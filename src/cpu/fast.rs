@@ -21,7 +21,8 @@
 //! with a special value, which the general path then takes whole. The
 //! short-row kernels sum the lanes of 8 rows side by side in f32 (one
 //! transpose-and-add tree, the same order for every row: see [`sum8`]),
-//! with the loop unrolled for rows of 8, 16 or 32 columns.
+//! with the loop unrolled for rows of 8, 16, 32 or 64 columns; rows wider
+//! than 64 columns are summed one at a time in f64.
 //!
 //! The log has no special cases (they never reach it): the exponent k and the
 //! mantissa m in [√½, √2) come from one integer subtraction of the bits of
@@ -642,8 +643,59 @@ fn rows_impl<const K: u8>(
         8 => rows_run::<K, 1>(p, q, cols, strides, out),
         16 => rows_run::<K, 2>(p, q, cols, strides, out),
         32 => rows_run::<K, 4>(p, q, cols, strides, out),
-        _ => rows_run::<K, 0>(p, q, cols, strides, out),
+        64 => rows_run::<K, 8>(p, q, cols, strides, out),
+        c if c < 64 => rows_run::<K, 0>(p, q, cols, strides, out),
+        _ => rows_each::<K>(p, q, cols, strides, out),
     }
+}
+
+/// [`rows_impl`] one row at a time, each row's lanes added in f64
+/// ([`hsum`]): for rows wider than 64 columns, where the side-by-side sums
+/// gain nothing.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn rows_each<const K: u8>(
+    p: &[f32],
+    q: &[f32],
+    cols: usize,
+    strides: (usize, usize),
+    out: &mut [State],
+) -> usize {
+    for (k, st) in out.iter_mut().enumerate() {
+        let pr = &p[k * strides.0..][..cols];
+        let qr = if K == ROW_ENTROPY {
+            &[][..]
+        } else {
+            &q[k * strides.1..][..cols]
+        };
+        let Some((sa, sb, acc)) = row_lanes::<K, 0>(pr, qr) else {
+            return k;
+        };
+        st.sa = hsum(sa);
+        match K {
+            ROW_ENTROPY => st.u = hsum(acc),
+            ROW_CROSS => {
+                st.sb = hsum(sb);
+                st.v = hsum(acc);
+            }
+            _ => {
+                st.sb = hsum(sb);
+                st.d = hsum(acc);
+            }
+        }
+    }
+    out.len()
+}
+
+/// Horizontal sum of the 8 lanes in f64, in a fixed order.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn hsum(v: __m256) -> f64 {
+    let lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
+    let hi = _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(v));
+    let s = _mm256_add_pd(lo, hi);
+    let s = _mm_add_pd(_mm256_castpd256_pd128(s), _mm256_extractf128_pd::<1>(s));
+    _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)))
 }
 
 /// [`rows_impl`] with rows of `V` whole vectors, or any width for `V` = 0.
@@ -668,9 +720,13 @@ fn rows_run<const K: u8, const V: usize>(
                 &q[k * strides.1..][..cols]
             };
             // the rows `PREFETCH` bytes ahead come in while these compute
-            prefetch(pr);
-            if K != ROW_ENTROPY {
-                prefetch(qr);
+            // (rows of 64 columns or more do better on the hardware
+            // prefetcher alone)
+            if cols < 64 {
+                prefetch(pr);
+                if K != ROW_ENTROPY {
+                    prefetch(qr);
+                }
             }
             match row_lanes::<K, V>(pr, qr) {
                 Some((a, b, t)) => {
