@@ -1,15 +1,15 @@
 //! Adapter choice and device creation.
 
+use crate::cost::AdapterClass;
 use crate::error::{Error, Result};
 
 /// Whether an adapter is real hardware (discrete, integrated or virtual GPU),
-/// as opposed to a software rasteriser such as llvmpipe/lavapipe.
-pub(crate) fn is_hardware(t: wgpu::DeviceType) -> bool {
+/// as opposed to a software rasteriser such as llvmpipe/lavapipe: one
+/// classification, the cost model's.
+fn is_hardware(t: wgpu::DeviceType) -> bool {
     matches!(
-        t,
-        wgpu::DeviceType::DiscreteGpu
-            | wgpu::DeviceType::IntegratedGpu
-            | wgpu::DeviceType::VirtualGpu
+        AdapterClass::of(t),
+        AdapterClass::Discrete | AdapterClass::Integrated
     )
 }
 
