@@ -3,15 +3,17 @@
 //! sums of exponentials of an online log operand (the NLL from logits, and
 //! every first pass of a log form).
 //!
-//! Each function runs over whole steps of [`STEP`] columns (two 8-lane
-//! vectors) of one segment of a block while every value in the step is an
-//! ordinary one (a positive normal probability; a finite log value, and not
-//! positive unless allowed), and returns the number of columns it consumed:
-//! the caller ([`super::block`]) sends the step that stopped it (a zero, a
-//! subnormal or a bad value) to its scalar path, which decides the exact rule
-//! and status word, and calls again after it. The f32 lanes run over at most
-//! one segment (`SUB` columns, 32 terms per lane) and are added into the f64
-//! state, in lane order, before returning.
+//! KL, cross-entropy and entropy take one segment of a block (whole steps
+//! of [`STEP`] columns, at most `SUB`) per call. They first run the whole
+//! segment with no test inside the loop ([`segment`]: the bits of every value
+//! are folded into one running maximum that says at the end whether all were
+//! positive normal numbers); that is the path of ordinary data. A segment
+//! holding a special value (a zero, a subnormal or a bad value) is run again
+//! step by step, up to the step that holds it, which the caller
+//! ([`super::block`]) sends to its scalar path to decide the exact rule and
+//! status word, and calls again after it. [`exp_sums`] checks each step the
+//! same way. The f32 lanes run over at most one segment (64 terms per lane)
+//! and are added into the f64 state, in lane order, before returning.
 //!
 //! Two kinds of call take more than a segment: [`lse`], a whole block of an
 //! online log operand (the NLL from logits: its maximum, then its exp sums
@@ -26,21 +28,24 @@
 //!
 //! The log has no special cases (they never reach it): the exponent k and the
 //! mantissa m in [√½, √2) come from one integer subtraction of the bits of
-//! √½, ln m is a polynomial of degree 8 with r + r²·Q(r) (error < 1.3e-7,
-//! well inside the 2e-6 absolute bound once weighted by p), and
-//! ln x = k·LN2_HI + (k·LN2_LO + ln m), with k·LN2_HI exact. KL forms
-//! ln p − ln q as (k_p − k_q)·LN2_HI + ((k_p − k_q)·LN2_LO + (ln m_p − ln m_q)),
-//! so that close distributions lose nothing to cancellation.
+//! √½, ln m is a polynomial of degree 8, r + r²·Q(r) with Q by Estrin's
+//! scheme (error < 1.3e-7, well inside the 2e-6 absolute bound once weighted
+//! by p). The segment loops accumulate p·ln m and p·k apart and add
+//! ln 2 · Σ p·k in f64 (see [`ln_parts`]); the step-by-step loops use
+//! ln x = k·LN2_HI + (k·LN2_LO + ln m), with k·LN2_HI exact. KL takes the log
+//! of the ratio p / q, rounded once (within 6e-8 of ln p − ln q), so that
+//! close distributions lose nothing to cancellation.
 
 use std::arch::x86_64::{
     __m256, __m256i, _MM_HINT_T0, _mm_add_pd, _mm_add_sd, _mm_cvtsd_f64, _mm_prefetch,
     _mm_unpackhi_pd, _mm256_add_epi32, _mm256_add_pd, _mm256_add_ps, _mm256_and_ps,
     _mm256_and_si256, _mm256_castpd256_pd128, _mm256_castps_si256, _mm256_castps256_ps128,
-    _mm256_castsi256_ps, _mm256_cmpgt_epi32, _mm256_cvtepi32_ps, _mm256_cvtps_pd, _mm256_div_ps,
-    _mm256_extractf128_pd, _mm256_extractf128_ps, _mm256_fmadd_ps, _mm256_fnmadd_ps,
-    _mm256_loadu_si256, _mm256_max_ps, _mm256_mul_ps, _mm256_or_si256, _mm256_set1_epi32,
-    _mm256_set1_ps, _mm256_setr_epi32, _mm256_setzero_ps, _mm256_setzero_si256, _mm256_slli_epi32,
-    _mm256_srai_epi32, _mm256_storeu_ps, _mm256_sub_epi32, _mm256_sub_ps, _mm256_testz_si256,
+    _mm256_castsi256_ps, _mm256_cmpeq_epi32, _mm256_cmpgt_epi32, _mm256_cvtepi32_ps,
+    _mm256_cvtps_pd, _mm256_div_ps, _mm256_extractf128_pd, _mm256_extractf128_ps, _mm256_fmadd_ps,
+    _mm256_fnmadd_ps, _mm256_loadu_si256, _mm256_max_epu32, _mm256_max_ps, _mm256_movemask_epi8,
+    _mm256_mul_ps, _mm256_or_si256, _mm256_set1_epi32, _mm256_set1_ps, _mm256_setr_epi32,
+    _mm256_setzero_ps, _mm256_setzero_si256, _mm256_slli_epi32, _mm256_srai_epi32,
+    _mm256_storeu_ps, _mm256_sub_epi32, _mm256_sub_ps, _mm256_testz_si256,
 };
 
 use std::arch::x86_64::{
@@ -82,7 +87,7 @@ fn prefetch_next(x: &[f32], n: usize) {
 }
 
 /// Bytes ahead of the loads to prefetch.
-const PREFETCH: usize = 1024;
+const PREFETCH: usize = 2048;
 
 /// All lanes set where the probability is not a positive normal number (zero,
 /// subnormal, negative, infinite or NaN): (b + 0x7f80_0000) wraps the normal
@@ -119,20 +124,20 @@ fn any(m: __m256i) -> bool {
 fn ln_core(b: __m256i) -> (__m256i, __m256) {
     let ix = _mm256_sub_epi32(b, _mm256_set1_epi32(0x3f35_04f3));
     let k = _mm256_srai_epi32::<23>(ix);
-    let mb = _mm256_sub_epi32(
-        b,
-        _mm256_and_si256(ix, _mm256_set1_epi32(0xff80_0000_u32 as i32)),
-    );
+    // k << 23 rather than ix & 0xff80_0000: one constant fewer to hold
+    let mb = _mm256_sub_epi32(b, _mm256_slli_epi32::<23>(k));
     let r = _mm256_sub_ps(_mm256_castsi256_ps(mb), _mm256_set1_ps(1.0));
     let z = _mm256_mul_ps(r, r);
     let c = |v: f32| _mm256_set1_ps(v);
-    let mut y = c(-0.10188586);
-    y = _mm256_fmadd_ps(y, r, c(0.15984096));
-    y = _mm256_fmadd_ps(y, r, c(-0.17132387));
-    y = _mm256_fmadd_ps(y, r, c(0.19929057));
-    y = _mm256_fmadd_ps(y, r, c(-0.24982451));
-    y = _mm256_fmadd_ps(y, r, c(0.33334112));
-    y = _mm256_fmadd_ps(y, r, c(-0.5000009));
+    // Estrin's scheme: three short chains instead of one of six FMAs (the
+    // loop is bound by this latency, not by the number of operations)
+    let z2 = _mm256_mul_ps(z, z);
+    let a = _mm256_fmadd_ps(c(0.33334112), r, c(-0.5000009));
+    let b = _mm256_fmadd_ps(c(0.19929057), r, c(-0.24982451));
+    let d = _mm256_fmadd_ps(c(0.15984096), r, c(-0.17132387));
+    let hi = _mm256_fmadd_ps(c(-0.10188586), z, d);
+    let lo = _mm256_fmadd_ps(b, z, a);
+    let y = _mm256_fmadd_ps(hi, z2, lo);
     (k, _mm256_fmadd_ps(y, z, r))
 }
 
@@ -187,12 +192,12 @@ fn flush(acc: &mut f64, a: __m256, b: __m256) {
     *acc += _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
 }
 
-/// KL terms of probabilities: `sa += Σ p`, `sb += Σ q`, `d += Σ p ln(p / q)`.
-/// The ratio p / q (rounded once, so its log is within 6e-8 of ln p − ln q)
-/// must be a normal number too, else the step goes to the scalar path.
+/// [`kl`] step by step: stops at the first step holding a special value.
+/// The ratio p / q must be a normal number too, else the step goes to the
+/// scalar path.
 #[target_feature(enable = "avx2,fma")]
 #[inline(never)]
-pub(super) fn kl(p: &[f32], q: &[f32], st: &mut State) -> usize {
+fn kl_checked(p: &[f32], q: &[f32], st: &mut State) -> usize {
     let n = p.len().min(q.len());
     let (mut sa0, mut sa1, mut sb0, mut sb1, mut d0, mut d1) = (
         _mm256_setzero_ps(),
@@ -233,11 +238,10 @@ pub(super) fn kl(p: &[f32], q: &[f32], st: &mut State) -> usize {
     c
 }
 
-/// Cross-entropy terms of probabilities: `sa += Σ p`, `sb += Σ q`,
-/// `v += Σ p ln q`.
+/// [`cross`] step by step: stops at the first step holding a special value.
 #[target_feature(enable = "avx2,fma")]
 #[inline(never)]
-pub(super) fn cross(p: &[f32], q: &[f32], st: &mut State) -> usize {
+fn cross_checked(p: &[f32], q: &[f32], st: &mut State) -> usize {
     let n = p.len().min(q.len());
     let (mut sa0, mut sa1, mut sb0, mut sb1, mut v0, mut v1) = (
         _mm256_setzero_ps(),
@@ -274,10 +278,10 @@ pub(super) fn cross(p: &[f32], q: &[f32], st: &mut State) -> usize {
     c
 }
 
-/// Entropy terms of probabilities: `sa += Σ p`, `u += Σ p ln p`.
+/// [`entropy`] step by step: stops at the first step holding a special value.
 #[target_feature(enable = "avx2,fma")]
 #[inline(never)]
-pub(super) fn entropy(p: &[f32], st: &mut State) -> usize {
+fn entropy_checked(p: &[f32], st: &mut State) -> usize {
     let (mut sa0, mut sa1, mut u0, mut u1) = (
         _mm256_setzero_ps(),
         _mm256_setzero_ps(),
@@ -301,6 +305,148 @@ pub(super) fn entropy(p: &[f32], st: &mut State) -> usize {
     flush(&mut st.sa, sa0, sa1);
     flush(&mut st.u, u0, u1);
     c
+}
+
+/// Which terms a segment or short row accumulates.
+const ROW_ENTROPY: u8 = 0;
+const ROW_CROSS: u8 = 1;
+const ROW_KL: u8 = 2;
+
+/// Folds the bits `b` into `acc`, the running unsigned maximum of
+/// b − 0x0080_0000: every value seen was a positive normal number exactly
+/// when it stays at most 0x7eff_ffff (zeros, subnormals and negative values
+/// wrap above it, infinities and NaN land above it). One operation and no
+/// branch per vector: the hot loop checks nothing until the segment's end.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn track(acc: __m256i, b: __m256i) -> __m256i {
+    _mm256_max_epu32(acc, _mm256_sub_epi32(b, _mm256_set1_epi32(0x0080_0000)))
+}
+
+/// Whether every value folded by [`track`] was a positive normal number.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn all_normal(acc: __m256i) -> bool {
+    let top = _mm256_set1_epi32(0x7eff_ffff);
+    _mm256_movemask_epi8(_mm256_cmpeq_epi32(_mm256_max_epu32(acc, top), top)) == -1
+}
+
+/// ln x = k·ln 2 + a split in two f32 vectors (k as f32, a = ln m), so that
+/// a loop accumulates p·a and p·k apart and multiplies Σ p·k by ln 2 in f64
+/// once per segment: two FMAs per vector instead of three, and no f32 ln 2.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn ln_parts(b: __m256i) -> (__m256, __m256) {
+    let (k, a) = ln_core(b);
+    (_mm256_cvtepi32_ps(k), a)
+}
+
+/// One segment (whole [`STEP`]s, at most `SUB` columns) of probabilities
+/// with no check inside the loop: (Σ p, Σ q, Σ p·a, Σ p·k) of the terms
+/// p ln x = p·(a + k ln 2), x = p, q or p / q by `K`, or `None` when a value
+/// (or ratio) was not a positive normal number, and nothing is added.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn segment<const K: u8>(p: &[f32], q: &[f32]) -> Option<(f64, f64, f64, f64)> {
+    let n = if K == ROW_ENTROPY {
+        p.len()
+    } else {
+        p.len().min(q.len())
+    };
+    let n = n - n % STEP;
+    // one vector per iteration and one accumulator per sum (at most
+    // `SUB / 8` = 64 terms per lane): fewer live registers than two vectors
+    // per step (no spills), and the out-of-order core overlaps iterations
+    let z = _mm256_setzero_ps();
+    let (mut sa, mut sb, mut ta, mut tk) = (z, z, z, z);
+    let mut chk = _mm256_setzero_si256();
+    let q = if K == ROW_ENTROPY { p } else { q };
+    for (i, (pc, qc)) in p[..n]
+        .chunks_exact(8)
+        .zip(q[..n].chunks_exact(8))
+        .enumerate()
+    {
+        if i % 2 == 0 {
+            prefetch(pc);
+            if K != ROW_ENTROPY {
+                prefetch(qc);
+            }
+        }
+        let pb = load(pc, 0);
+        let pf = _mm256_castsi256_ps(pb);
+        chk = track(chk, pb);
+        sa = _mm256_add_ps(sa, pf);
+        let x = if K == ROW_ENTROPY {
+            pb
+        } else {
+            let qb = load(qc, 0);
+            let qf = _mm256_castsi256_ps(qb);
+            chk = track(chk, qb);
+            sb = _mm256_add_ps(sb, qf);
+            if K == ROW_KL {
+                let r = _mm256_castps_si256(_mm256_div_ps(pf, qf));
+                chk = track(chk, r);
+                r
+            } else {
+                qb
+            }
+        };
+        let (k, a) = ln_parts(x);
+        ta = _mm256_fmadd_ps(pf, a, ta);
+        tk = _mm256_fmadd_ps(pf, k, tk);
+    }
+    if !all_normal(chk) {
+        return None;
+    }
+    let fold = |v: __m256| {
+        let mut acc = 0.0;
+        flush(&mut acc, v, z);
+        acc
+    };
+    Some((fold(sa), fold(sb), fold(ta), fold(tk)))
+}
+
+/// KL terms of probabilities: `sa += Σ p`, `sb += Σ q`, `d += Σ p ln(p / q)`
+/// (the ratio rounded once, within 6e-8 of ln p − ln q, and a normal
+/// number). The whole segment in one unchecked loop when every value is
+/// ordinary, else step by step up to the first special one.
+#[target_feature(enable = "avx2,fma")]
+#[inline(never)]
+pub(super) fn kl(p: &[f32], q: &[f32], st: &mut State) -> usize {
+    let Some((sa, sb, a, k)) = segment::<ROW_KL>(p, q) else {
+        return kl_checked(p, q, st);
+    };
+    st.sa += sa;
+    st.sb += sb;
+    st.d += a + std::f64::consts::LN_2 * k;
+    p.len().min(q.len()) / STEP * STEP
+}
+
+/// Cross-entropy terms of probabilities: `sa += Σ p`, `sb += Σ q`,
+/// `v += Σ p ln q` ([`kl`]'s plan).
+#[target_feature(enable = "avx2,fma")]
+#[inline(never)]
+pub(super) fn cross(p: &[f32], q: &[f32], st: &mut State) -> usize {
+    let Some((sa, sb, a, k)) = segment::<ROW_CROSS>(p, q) else {
+        return cross_checked(p, q, st);
+    };
+    st.sa += sa;
+    st.sb += sb;
+    st.v += a + std::f64::consts::LN_2 * k;
+    p.len().min(q.len()) / STEP * STEP
+}
+
+/// Entropy terms of probabilities: `sa += Σ p`, `u += Σ p ln p` ([`kl`]'s
+/// plan).
+#[target_feature(enable = "avx2,fma")]
+#[inline(never)]
+pub(super) fn entropy(p: &[f32], st: &mut State) -> usize {
+    let Some((sa, _, a, k)) = segment::<ROW_ENTROPY>(p, &[]) else {
+        return entropy_checked(p, st);
+    };
+    st.sa += sa;
+    st.u += a + std::f64::consts::LN_2 * k;
+    p.len() / STEP * STEP
 }
 
 /// Sums of an online log operand relative to the block maximum `m`:
@@ -473,11 +619,6 @@ fn load_part(x: &[f32], i: usize) -> (__m256i, __m256i) {
     let one = _mm256_set1_epi32(0x3f80_0000);
     (_mm256_blendv_epi8(one, v, mask), mask)
 }
-
-/// Which terms a short row accumulates.
-const ROW_ENTROPY: u8 = 0;
-const ROW_CROSS: u8 = 1;
-const ROW_KL: u8 = 2;
 
 /// The lane vectors of one short row (at most `SUB` columns: 64 terms per
 /// lane) of probabilities, 8 columns at a time, the last vector padded with

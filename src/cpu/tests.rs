@@ -985,7 +985,17 @@ fn deterministic_across_threads_and_runs() {
 #[ignore = "a timing, not a test"]
 fn throughput() {
     let mut rng = Rng::new(10);
-    let (rows, cols) = (4096usize, 4096usize);
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let (rows, cols) = (
+        env("KULLBACK_BENCH_ROWS", 4096),
+        env("KULLBACK_BENCH_COLS", 4096),
+    );
+    let n = env("KULLBACK_BENCH_REPEAT", 3);
     let p = probs(&mut rng, rows, cols, 0.0);
     let q = probs(&mut rng, rows, cols, 0.0);
     let l = logits(&mut rng, rows * cols, 2.0, 0.0);
@@ -1053,7 +1063,6 @@ fn throughput() {
         for isa in Isa::available() {
             for t in [1, threads] {
                 let _ = run_with(&job, t, isa);
-                let n = 3;
                 let start = std::time::Instant::now();
                 for _ in 0..n {
                     std::hint::black_box(run_with(&job, t, isa));
