@@ -132,6 +132,8 @@ pub struct Context {
     pub(crate) gpu: Option<Arc<Gpu>>,
     /// `Backend::Auto` with a hardware adapter: each call is placed by the cost model.
     auto: Option<(AdapterClass, CostModel)>,
+    /// The CPU path's records buffer, kept between calls.
+    cpu: Arc<crate::cpu::Scratch>,
 }
 
 impl Context {
@@ -151,21 +153,25 @@ impl Context {
             Backend::Cpu => Context {
                 gpu: None,
                 auto: None,
+                cpu: Arc::default(),
             },
             Backend::Gpu => Context {
                 gpu: Some(Arc::new(Gpu::create(true, opts.max_binding_bytes)?)),
                 auto: None,
+                cpu: Arc::default(),
             },
             Backend::Auto => match Gpu::create(false, opts.max_binding_bytes) {
                 Ok(g) => Context {
                     auto: Some((g.class, opts.cost_model)),
                     gpu: Some(Arc::new(g)),
+                    cpu: Arc::default(),
                 },
                 Err(e) => {
                     log::info!("kullback: no hardware GPU adapter ({e}); using the CPU");
                     Context {
                         gpu: None,
                         auto: None,
+                        cpu: Arc::default(),
                     }
                 }
             },
@@ -190,6 +196,7 @@ impl Context {
                 opts.max_binding_bytes,
             )?)),
             auto: None,
+            cpu: Arc::default(),
         })
     }
 
@@ -417,16 +424,40 @@ impl Context {
                 meta,
                 g.adapter_name().to_string(),
             )),
-            None => Ok(Started::Done(finish(&meta, run_cpu(job)?, Ran::Cpu, None)?)),
+            None => Ok(Started::Done(self.run_cpu(job)?)),
         }
     }
 
     fn run(&self, job: &Job<'_>) -> Result<Output> {
-        let (records, backend, adapter) = match self.place(job) {
-            Some(g) => (g.run(job)?, Ran::Gpu, Some(g.adapter_name().to_string())),
-            None => (run_cpu(job)?, Ran::Cpu, None),
-        };
-        finish(&Meta::of(job), records, backend, adapter)
+        match self.place(job) {
+            Some(g) => finish(
+                &Meta::of(job),
+                g.run(job)?,
+                Ran::Gpu,
+                Some(g.adapter_name().to_string()),
+            ),
+            None => self.run_cpu(job),
+        }
+    }
+
+    /// `job` on the CPU, its records in the context's kept buffer.
+    fn run_cpu(&self, job: &Job<'_>) -> Result<Output> {
+        let meta = Meta::of(job);
+        self.cpu.with(|rows| {
+            crate::cpu::run_into(job, rows)?;
+            if job.reduction == Reduction::None {
+                return rows_output(&meta, rows, Ran::Cpu, None);
+            }
+            if let Some(e) = record::first_error(rows, 0, &job.decode_ctx()) {
+                return Err(e);
+            }
+            let total = record::reduce_records(
+                rows,
+                job.reduction == Reduction::Mean,
+                job.kind == Kind::Nll,
+            );
+            finish(&meta, Records::Total(total), Ran::Cpu, None)
+        })
     }
 }
 
@@ -466,35 +497,10 @@ pub(crate) enum Records {
     BadRow(usize, Record),
 }
 
-fn run_cpu(job: &Job<'_>) -> Result<Records> {
-    let rows = crate::cpu::run(job)?;
-    if job.reduction == Reduction::None {
-        return Ok(Records::Rows(rows));
-    }
-    if let Some(e) = record::first_error(&rows, 0, &job.decode_ctx()) {
-        return Err(e);
-    }
-    Ok(Records::Total(record::reduce_records(
-        &rows,
-        job.reduction == Reduction::Mean,
-        job.kind == Kind::Nll,
-    )))
-}
-
 fn finish(job: &Meta, records: Records, backend: Ran, adapter: Option<String>) -> Result<Output> {
     let ctx = job.ctx;
     let (values, counted) = match records {
-        Records::Rows(r) => {
-            if let Some(e) = record::first_error(&r, 0, &ctx) {
-                return Err(e);
-            }
-            let counted = if job.kind == Kind::Nll {
-                r.iter().map(|x| x.aux_p as f64).sum()
-            } else {
-                job.rows as f64
-            };
-            (r.iter().map(|x| x.value).collect(), counted)
-        }
+        Records::Rows(r) => return rows_output(job, &r, backend, adapter),
         Records::Total(t) => {
             if t.status != 0 {
                 return Err(record::decode(t.aux_q.to_bits() as usize, &t, &ctx));
@@ -503,6 +509,35 @@ fn finish(job: &Meta, records: Records, backend: Ran, adapter: Option<String>) -
         }
         Records::BadRow(row, r) => return Err(record::decode(row, &r, &ctx)),
     };
+    output(job, values, counted, backend, adapter)
+}
+
+/// The output of per-row records (the first bad row's error, if any).
+fn rows_output(job: &Meta, r: &[Record], backend: Ran, adapter: Option<String>) -> Result<Output> {
+    if let Some(e) = record::first_error(r, 0, &job.ctx) {
+        return Err(e);
+    }
+    let counted = if job.kind == Kind::Nll {
+        r.iter().map(|x| x.aux_p as f64).sum()
+    } else {
+        job.rows as f64
+    };
+    output(
+        job,
+        r.iter().map(|x| x.value).collect(),
+        counted,
+        backend,
+        adapter,
+    )
+}
+
+fn output(
+    job: &Meta,
+    values: Vec<f32>,
+    counted: f64,
+    backend: Ran,
+    adapter: Option<String>,
+) -> Result<Output> {
     let perplexity = (job.kind == Kind::Nll && job.reduction == Reduction::Mean)
         .then(|| (values[0] as f64 * job.ln_base).exp());
     Ok(Output {
@@ -526,6 +561,46 @@ mod tests {
         fn check<T: Send + Sync>() {}
         check::<Context>();
         check::<Output>();
+    }
+
+    /// The CPU records buffer kept between calls: growing, shrinking, an
+    /// error in between and calls from two threads at once give what a fresh
+    /// context gives, bit for bit.
+    #[test]
+    fn kept_records_buffer_changes_nothing() {
+        let dist = |rows: usize, cols: usize, seed: u32| -> Vec<f32> {
+            let mut v: Vec<f32> = (0..rows * cols)
+                .map(|i| 1.0 + ((i as u32).wrapping_mul(2_654_435_761) ^ seed) as f32 / 4e9)
+                .collect();
+            for r in v.chunks_mut(cols) {
+                let s: f32 = r.iter().sum();
+                r.iter_mut().for_each(|x| *x /= s);
+            }
+            v
+        };
+        let kept = Context::with_backend(Backend::Cpu).expect("cpu");
+        for (rows, cols) in [(300, 7), (20, 5000), (1000, 3), (1, 1), (300, 7)] {
+            let (p, q) = (dist(rows, cols, 1), dist(rows, cols, 2));
+            let (pb, qb) = (Batch::new(&p, rows, cols), Batch::new(&q, rows, cols));
+            let fresh = Context::with_backend(Backend::Cpu).expect("cpu");
+            let want = fresh.kl(&pb, &qb, &Options::default()).expect("kl");
+            let got = kept.kl(&pb, &qb, &Options::default()).expect("kl");
+            let bits = |o: &Output| o.values.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "{rows} x {cols}");
+            // a bad row in a call, then the same call again clean
+            let mut bad = p.clone();
+            bad[(rows - 1) * cols] = -1.0;
+            let e = kept.kl(&Batch::new(&bad, rows, cols), &qb, &Options::default());
+            assert!(e.is_err(), "{rows} x {cols}");
+            std::thread::scope(|s| {
+                for _ in 0..2 {
+                    s.spawn(|| {
+                        let got = kept.kl(&pb, &qb, &Options::default()).expect("kl");
+                        assert_eq!(bits(&got), bits(&want), "{rows} x {cols}");
+                    });
+                }
+            });
+        }
     }
 
     #[test]

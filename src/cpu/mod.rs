@@ -39,9 +39,46 @@ const MIN_WORK: usize = 1 << 15;
 /// Super-block states held at once when threads share rows.
 const MAX_SCRATCH: usize = 1 << 14;
 
-/// Per-row records of `job`, with the same values and status words as the GPU path.
-pub(crate) fn run(job: &Job<'_>) -> Result<Vec<Record>> {
-    Ok(run_with(job, threads::available(), Isa::detect()))
+/// Per-row records of `job`, with the same values and status words as the
+/// GPU path, written into `out` (resized to the row count; its memory is
+/// reused, so a caller that keeps it pays no allocation or page faults on
+/// the next call).
+pub(crate) fn run_into(job: &Job<'_>, out: &mut Vec<Record>) -> Result<()> {
+    fill(job, threads::available(), Isa::detect(), out);
+    Ok(())
+}
+
+/// Records buffers kept between calls by a context: calls take the buffer
+/// (concurrent calls find it empty and allocate their own, never wait) and
+/// give it back unless it holds more than [`KEEP_BYTES`].
+#[derive(Default)]
+pub(crate) struct Scratch(std::sync::Mutex<Vec<Record>>);
+
+impl std::fmt::Debug for Scratch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Scratch")
+    }
+}
+
+/// Largest records buffer a context keeps between calls (64 MiB: 4 M rows).
+const KEEP_BYTES: usize = 64 << 20;
+
+impl Scratch {
+    /// Runs `f` on the kept buffer (or a new one), then keeps it.
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&mut Vec<Record>) -> R) -> R {
+        let take = |m: &std::sync::Mutex<Vec<Record>>| match m.lock() {
+            Ok(mut g) => std::mem::take(&mut *g),
+            Err(p) => std::mem::take(&mut *p.into_inner()),
+        };
+        let mut v = take(&self.0);
+        let r = f(&mut v);
+        if v.capacity() * std::mem::size_of::<Record>() <= KEEP_BYTES {
+            if let Ok(mut g) = self.0.lock() {
+                *g = v;
+            }
+        }
+        r
+    }
 }
 
 /// `n` default records from zeroed memory (fresh pages from the allocator
@@ -64,17 +101,33 @@ fn zeroed_records(n: usize) -> Vec<Record> {
     unsafe { Vec::from_raw_parts(ptr, n, n) }
 }
 
-/// [`run`] on `threads` workers with the kernels built for `isa`.
+/// Records of `job` on `threads` workers with the kernels built for `isa`.
+#[cfg(test)]
 fn run_with(job: &Job<'_>, threads: usize, isa: Isa) -> Vec<Record> {
+    let mut out = Vec::new();
+    fill(job, threads, isa, &mut out);
+    out
+}
+
+/// [`run_into`] on `threads` workers with the kernels built for `isa`:
+/// every record of `out` is written.
+fn fill(job: &Job<'_>, threads: usize, isa: Isa, out: &mut Vec<Record>) {
     let plan = Plan::new(job, isa);
     let rows = plan.rows;
-    let mut out = zeroed_records(rows);
+    if out.is_empty() {
+        // fresh pages from the allocator need no pass of writes
+        *out = zeroed_records(rows);
+    } else {
+        // every record is overwritten below: only a longer tail is initialised
+        out.resize(rows, Record::default());
+    }
+    let out = &mut out[..];
     let work = rows.saturating_mul(plan.cols);
     let threads = threads.min(work / MIN_WORK).max(1);
     let supers = plan.supers();
     if threads == 1 || supers <= 1 || rows >= 4 * threads {
-        threads::split_mut(&mut out, threads, |r0, recs| plan.rows_into(r0, recs));
-        return out;
+        threads::split_mut(out, threads, |r0, recs| plan.rows_into(r0, recs));
+        return;
     }
     // Few long rows: threads share the super-blocks of a group of rows.
     let group = (MAX_SCRATCH / supers).clamp(1, rows);
@@ -107,5 +160,4 @@ fn run_with(job: &Job<'_>, threads: usize, isa: Isa) -> Vec<Record> {
         }
         g0 += g;
     }
-    out
 }
