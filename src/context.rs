@@ -514,21 +514,20 @@ fn finish(job: &Meta, records: Records, backend: Ran, adapter: Option<String>) -
 
 /// The output of per-row records (the first bad row's error, if any).
 fn rows_output(job: &Meta, r: &[Record], backend: Ran, adapter: Option<String>) -> Result<Output> {
-    if let Some(e) = record::first_error(r, 0, &job.ctx) {
-        return Err(e);
+    // one pass: values out, the first bad row's error as soon as it is met
+    let mut values = Vec::with_capacity(r.len());
+    for (i, x) in r.iter().enumerate() {
+        if x.status != 0 {
+            return Err(record::decode(i, x, &job.ctx));
+        }
+        values.push(x.value);
     }
     let counted = if job.kind == Kind::Nll {
         r.iter().map(|x| x.aux_p as f64).sum()
     } else {
         job.rows as f64
     };
-    output(
-        job,
-        r.iter().map(|x| x.value).collect(),
-        counted,
-        backend,
-        adapter,
-    )
+    output(job, values, counted, backend, adapter)
 }
 
 fn output(
