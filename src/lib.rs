@@ -87,6 +87,12 @@
 //! replaces `Auto`, never an explicit choice. Every [`Output`] says which
 //! backend ran and the adapter's name.
 //!
+//! The CPU backend runs AVX2 + FMA loops where the CPU has them (chosen at
+//! run time; a portable path elsewhere) on all cores, through rayon's
+//! persistent thread pool (a caller already inside rayon shares its
+//! workers). A context keeps the CPU path's per-row records buffer between
+//! calls (up to 64 MiB), so that a call allocates only its result.
+//!
 //! ## Embedding in a wgpu application
 //!
 //! An application that owns its `wgpu::Device` and keeps its distributions in
