@@ -1,8 +1,7 @@
 //! Host-side inputs: a batch of distributions (row-major rows × cols) and class targets.
 
-use std::borrow::Cow;
-
 use crate::error::{Arg, BadValue, Error, Result};
+use crate::job::Data;
 use crate::measure::Form;
 
 /// The values of a batch: f32, or f64 converted to f32 with checks.
@@ -12,6 +11,9 @@ pub enum Values<'a> {
     F32(&'a [f32]),
     /// f64 values, converted to f32. A non-zero probability that becomes 0, or
     /// a finite value that becomes ±inf, is an error naming row and column.
+    /// They are checked in one pass that only reads them, then converted where
+    /// they are read (a CPU block, a GPU upload chunk): never copied whole,
+    /// with the results of converting every value first.
     F64(&'a [f64]),
 }
 
@@ -111,8 +113,10 @@ impl<'a> Batch<'a> {
         self
     }
 
-    /// Checks the shape and returns the values as f32 (borrowed when already f32).
-    pub(crate) fn to_f32(self, arg: Arg) -> Result<Cow<'a, [f32]>> {
+    /// Checks the shape, and that f64 values convert to f32 without a silent
+    /// change, and returns the values (no copy: f64 values are converted
+    /// where they are read, block by block, exactly as `x as f32`).
+    pub(crate) fn checked(self, arg: Arg) -> Result<Data<'a>> {
         if self.rows == 0 || self.cols == 0 {
             return Err(Error::Empty {
                 arg,
@@ -133,37 +137,60 @@ impl<'a> Batch<'a> {
             });
         }
         match self.values {
-            Values::F32(v) => Ok(Cow::Borrowed(v)),
-            Values::F64(v) => convert_f64(v, self.cols, self.form, arg).map(Cow::Owned),
+            Values::F32(v) => Ok(Data::F32(v)),
+            Values::F64(v) => {
+                check_f64(v, self.cols, self.form, arg)?;
+                Ok(Data::F64(v))
+            }
         }
     }
 }
 
-/// f64 → f32 without silent changes: a non-zero probability that becomes 0 and
-/// a finite value that becomes ±inf are errors (NaN and inf pass through to the
-/// ordinary checks, which name them).
-pub(crate) fn convert_f64(v: &[f64], cols: usize, form: Form, arg: Arg) -> Result<Vec<f32>> {
-    let mut out = Vec::with_capacity(v.len());
-    for (i, &x) in v.iter().enumerate() {
-        let y = x as f32;
-        let what = if x.is_finite() && y.is_infinite() {
-            Some(BadValue::Overflow)
-        } else if form == Form::Probs && x != 0.0 && y == 0.0 {
-            Some(BadValue::Underflow)
-        } else {
-            None
-        };
-        if let Some(what) = what {
-            return Err(Error::BadValue {
-                arg,
-                row: i / cols,
-                col: Some(i % cols),
-                what,
-            });
-        }
-        out.push(y);
+/// What converting `x` to f32 would change silently: a finite value that
+/// becomes ±inf, or (probabilities) a non-zero value that becomes 0. NaN and
+/// inf pass through to the ordinary checks, which name them.
+#[inline(always)]
+fn changes(x: f64, probs: bool) -> Option<BadValue> {
+    let y = x as f32;
+    if x.is_finite() && y.is_infinite() {
+        Some(BadValue::Overflow)
+    } else if probs && x != 0.0 && y == 0.0 {
+        Some(BadValue::Underflow)
+    } else {
+        None
     }
-    Ok(out)
+}
+
+/// f64 → f32 without silent changes, checked without converting: the first
+/// value (row-major) that [`changes`] is an error naming its row and column.
+/// A branch-free test per chunk; only a chunk that holds such a value is
+/// searched element by element.
+pub(crate) fn check_f64(v: &[f64], cols: usize, form: Form, arg: Arg) -> Result<()> {
+    const CHUNK: usize = 1024;
+    let probs = form == Form::Probs;
+    for (k, chunk) in v.chunks(CHUNK).enumerate() {
+        let any = chunk.iter().fold(false, |a, &x| {
+            let y = x as f32;
+            let over = x.is_finite() & y.is_infinite();
+            let under = probs & (x != 0.0) & (y == 0.0);
+            a | over | under
+        });
+        if !any {
+            continue;
+        }
+        for (j, &x) in chunk.iter().enumerate() {
+            if let Some(what) = changes(x, probs) {
+                let i = k * CHUNK + j;
+                return Err(Error::BadValue {
+                    arg,
+                    row: i / cols,
+                    col: Some(i % cols),
+                    what,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Class targets of a negative log-likelihood, one per row.

@@ -1,6 +1,7 @@
 //! One call, checked and lowered into what both backends execute.
 
-use std::borrow::Cow;
+use std::mem::MaybeUninit;
+use std::ops::Range;
 
 use crate::batch::{Batch, Targets};
 use crate::error::{Arg, BadValue, Error, Result};
@@ -27,20 +28,78 @@ impl Kind {
     }
 }
 
+/// The caller's values, never copied whole: f32 as they are, or f64 (checked
+/// by `Batch::checked` to convert without a silent change) converted to f32
+/// where they are read, a block or an upload chunk at a time. Each element
+/// converts as `x as f32`, so the results are those of converting first.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Data<'a> {
+    F32(&'a [f32]),
+    F64(&'a [f64]),
+}
+
+impl<'a> Data<'a> {
+    /// Number of values.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Data::F32(v) => v.len(),
+            Data::F64(v) => v.len(),
+        }
+    }
+
+    /// Whether the values are f64 (read through a conversion buffer).
+    pub(crate) fn is_f64(&self) -> bool {
+        matches!(self, Data::F64(_))
+    }
+
+    /// Values `range` as f32: borrowed when they are f32, else converted into
+    /// the front of `buf` (at least `range.len()` long; it needs no
+    /// initialising, so a block's buffer costs nothing beyond the values).
+    #[inline]
+    pub(crate) fn f32s<'s>(
+        &'s self,
+        range: Range<usize>,
+        buf: &'s mut [MaybeUninit<f32>],
+    ) -> &'s [f32] {
+        match *self {
+            Data::F32(v) => &v[range],
+            Data::F64(v) => {
+                let src = &v[range];
+                let out = &mut buf[..src.len()];
+                for (d, &s) in out.iter_mut().zip(src) {
+                    d.write(s as f32);
+                }
+                // SAFETY: every element of `out` was written just above, and
+                // `MaybeUninit<f32>` has the layout of `f32`.
+                unsafe { &*(std::ptr::from_mut(out) as *const [f32]) }
+            }
+        }
+    }
+}
+
+/// `dst[i] = src[i] as f32` (the checked conversion; equal lengths).
+#[inline]
+pub(crate) fn convert(src: &[f64], dst: &mut [f32]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = s as f32;
+    }
+}
+
 /// One distribution argument: `rows` is the job's rows, or 1 for a row
 /// compared with every row of the other argument.
 #[derive(Clone, Debug)]
 pub(crate) struct Operand<'a> {
-    pub data: Cow<'a, [f32]>,
+    pub data: Data<'a>,
     pub rows: usize,
     pub form: Form,
 }
 
 impl Operand<'_> {
-    /// Row `r` of the job (the broadcast row for a one-row operand).
-    pub(crate) fn row(&self, r: usize, cols: usize) -> &[f32] {
+    /// The element range of row `r` of the job (the broadcast row for a
+    /// one-row operand).
+    pub(crate) fn row_range(&self, r: usize, cols: usize) -> Range<usize> {
         let r = if self.rows == 1 { 0 } else { r };
-        &self.data[r * cols..(r + 1) * cols]
+        r * cols..(r + 1) * cols
     }
 }
 
@@ -103,14 +162,14 @@ impl<'a> Job<'a> {
     ) -> Result<Self> {
         let ln_base = opts.check()?;
         let kind = Kind::from_measure(measure);
-        let pd = p.to_f32(Arg::P)?;
+        let pd = p.checked(Arg::P)?;
         let (rows, qop) = match (measure.needs_q(), q) {
             (false, _) => (p.rows, None),
             (true, None) => {
                 return Err(Error::InvalidOption(format!("{} needs q", measure.name())));
             }
             (true, Some(q)) => {
-                let qd = q.to_f32(Arg::Q)?;
+                let qd = q.checked(Arg::Q)?;
                 let rows = paired_rows((p.rows, p.cols), (q.rows, q.cols))?;
                 (
                     rows,
@@ -143,7 +202,7 @@ impl<'a> Job<'a> {
 
     pub(crate) fn nll(q: &Batch<'a>, targets: Targets<'_>, opts: &NllOptions<'_>) -> Result<Self> {
         let ln_base = opts.common.check()?;
-        let qd = q.to_f32(Arg::Q)?;
+        let qd = q.checked(Arg::Q)?;
         let classes = q.cols;
         check_nll(targets.len(), (q.rows, q.cols), opts)?;
         let weights = opts.weights.map(<[f32]>::to_vec);

@@ -14,9 +14,11 @@
 //! probability row under `Validate` next to logits, in Jensen-Shannon) are used
 //! as given and their sum is checked.
 
+use std::mem::MaybeUninit;
+
 use super::block::{BLOCK, BlockFn, BlockIo, Dec, DecKind, Isa, SUB, pick};
 use super::kernel::{self, Norm, RowEnd, Side, State, Target, measure};
-use crate::job::{Job, Kind};
+use crate::job::{Data, Job, Kind};
 use crate::measure::{Form, Normalization};
 use crate::record::{Record, code};
 
@@ -240,20 +242,54 @@ impl<'j> Plan<'j> {
         d
     }
 
-    /// State of columns `c0..c1` (one block) of `row`.
+    /// Whether an operand is f64 (converted a block at a time).
+    fn f64_input(&self) -> bool {
+        [&self.job.p, &self.job.q]
+            .iter()
+            .any(|o| o.as_ref().is_some_and(|o| o.data.is_f64()))
+    }
+
+    /// State of columns `c0..c1` (one block) of `row`. f64 operands are
+    /// converted into buffers of one block on this thread's stack.
     fn block(&self, pass: Pass, row: usize, c0: usize, c1: usize, norm: &RowNorm) -> State {
         let cols = self.cols;
-        fn slice<'a>(
-            o: &'a Option<crate::job::Operand<'_>>,
+        fn slice<'s>(
+            o: &'s Option<crate::job::Operand<'_>>,
             row: usize,
             cols: usize,
             c: (usize, usize),
-        ) -> &'a [f32] {
-            o.as_ref().map_or(&[][..], |o| &o.row(row, cols)[c.0..c.1])
+            buf: &'s mut [MaybeUninit<f32>],
+        ) -> &'s [f32] {
+            o.as_ref().map_or(&[][..], |o| {
+                let r = o.row_range(row, cols);
+                o.data.f32s(r.start + c.0..r.start + c.1, buf)
+            })
         }
+        if !self.f64_input() {
+            let p = slice(&self.job.p, row, cols, (c0, c1), &mut []);
+            let q = slice(&self.job.q, row, cols, (c0, c1), &mut []);
+            return self.block_io(pass, row, (c0, c1), norm, p, q);
+        }
+        let mut pb = [const { MaybeUninit::<f32>::uninit() }; BLOCK];
+        let mut qb = [const { MaybeUninit::<f32>::uninit() }; BLOCK];
+        let p = slice(&self.job.p, row, cols, (c0, c1), &mut pb);
+        let q = slice(&self.job.q, row, cols, (c0, c1), &mut qb);
+        self.block_io(pass, row, (c0, c1), norm, p, q)
+    }
+
+    /// [`Plan::block`] over the block's f32 columns `p` and `q`.
+    fn block_io(
+        &self,
+        pass: Pass,
+        row: usize,
+        (c0, c1): (usize, usize),
+        norm: &RowNorm,
+        p: &[f32],
+        q: &[f32],
+    ) -> State {
         let mut io = BlockIo {
-            p: slice(&self.job.p, row, cols, (c0, c1)),
-            q: slice(&self.job.q, row, cols, (c0, c1)),
+            p,
+            q,
             len: c1 - c0,
             col0: c0,
             target: None,
@@ -465,19 +501,64 @@ impl<'j> Plan<'j> {
             r0: usize,
             cols: usize,
         ) -> (&'a [f32], usize) {
+            match o.as_ref().map(|o| (o.rows, o.data)) {
+                Some((1, Data::F32(v))) => (&v[..cols], 0),
+                Some((_, Data::F32(v))) => (&v[r0 * cols..], cols),
+                _ => (&[][..], 0),
+            }
+        }
+        // f64 operands: rows `w.0..w.1` converted into `pb` / `qb` (a
+        // broadcast row once), at most BATCH rows at a time
+        fn fill(
+            o: &Option<crate::job::Operand<'_>>,
+            (w0, w1): (usize, usize),
+            cols: usize,
+            buf: &mut Vec<f32>,
+        ) {
+            let Some(o) = o else { return };
+            let Data::F64(v) = o.data else { return };
+            let range = if o.rows == 1 {
+                if !buf.is_empty() {
+                    return;
+                }
+                0..cols
+            } else {
+                w0 * cols..w1 * cols
+            };
+            buf.resize(range.len(), 0.0);
+            crate::job::convert(&v[range], buf);
+        }
+        fn view<'a>(
+            o: &'a Option<crate::job::Operand<'_>>,
+            (r, w0): (usize, usize),
+            cols: usize,
+            buf: &'a [f32],
+        ) -> (&'a [f32], usize) {
             match o {
-                None => (&[][..], 0),
-                Some(o) if o.rows == 1 => (&o.data[..cols], 0),
-                Some(o) => (&o.data[r0 * cols..], cols),
+                Some(o) if o.data.is_f64() && o.rows == 1 => (&buf[..cols], 0),
+                Some(o) if o.data.is_f64() => (&buf[(r - w0) * cols..], cols),
+                _ => from(o, r, cols),
             }
         }
         const BATCH: usize = 64;
+        let conv = self.f64_input();
+        let (mut pb, mut qb) = (Vec::new(), Vec::new());
+        let mut w = (0, 0);
         let mut states = [State::EMPTY; BATCH];
         let mut k = 0;
         while k < out.len() {
-            let n = BATCH.min(out.len() - k);
-            let (p, sp) = from(&self.job.p, r0 + k, cols);
-            let (q, sq) = from(&self.job.q, r0 + k, cols);
+            let r = r0 + k;
+            let mut n = BATCH.min(out.len() - k);
+            if conv {
+                if r >= w.1 {
+                    w = (r, r + n);
+                    fill(&self.job.p, w, cols, &mut pb);
+                    fill(&self.job.q, w, cols, &mut qb);
+                }
+                n = n.min(w.1 - r);
+            }
+            let (p, sp) = view(&self.job.p, (r, w.0), cols, &pb);
+            let (q, sq) = view(&self.job.q, (r, w.0), cols, &qb);
             // SAFETY: `f` was picked for this machine's instruction set.
             let done = unsafe { f(p, q, cols, (sp, sq), &mut states[..n]) };
             for (rec, st) in out[k..k + done].iter_mut().zip(&states[..done]) {
@@ -501,5 +582,148 @@ impl<'j> Plan<'j> {
         };
         let st = self.row_state(Pass::Terms, row, &norm);
         self.finalize(row, &st, &norm)
+    }
+}
+
+#[cfg(test)]
+mod f64_tests {
+    use super::super::{block::Isa, run_with};
+    use crate::job::Job;
+    use crate::record::Record;
+    use crate::{Batch, Form, Measure, NllOptions, Normalization, Options};
+
+    fn bits(r: &[Record]) -> Vec<[u32; 4]> {
+        r.iter()
+            .map(|r| {
+                [
+                    r.value.to_bits(),
+                    r.aux_p.to_bits(),
+                    r.aux_q.to_bits(),
+                    r.status,
+                ]
+            })
+            .collect()
+    }
+
+    /// f64 values of every kind: rows summing to about 1, zeros, tiny values,
+    /// a NaN and a negative (bad rows decided by the general path).
+    fn values(n: usize, cols: usize, seed: u64) -> Vec<f64> {
+        let mut s = seed | 1;
+        let mut v: Vec<f64> = (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                match s % 29 {
+                    0 => 0.0,
+                    1 => 1e-40,
+                    _ => (s >> 11) as f64 / (1u64 << 53) as f64 + 0.01,
+                }
+            })
+            .collect();
+        for r in v.chunks_mut(cols) {
+            let t: f64 = r.iter().sum();
+            r.iter_mut().for_each(|x| *x /= t);
+        }
+        if n > 3 * cols {
+            v[2 * cols + cols / 2] = f64::NAN;
+            v[3 * cols] = -0.5;
+        }
+        v
+    }
+
+    /// Per-block conversion on every instruction set and thread count gives
+    /// the records of the values converted first.
+    #[test]
+    fn f64_blocks_equal_f32_for_any_threads_and_isa() {
+        for &(rows, cols) in &[
+            (1usize, 1usize),
+            (300, 7),
+            (200, 512),
+            (4, 70_001),
+            (9, 4097),
+        ] {
+            let p = values(rows * cols, cols, 3);
+            let q = values(rows * cols, cols, 5);
+            let (p32, q32): (Vec<f32>, Vec<f32>) = (
+                p.iter().map(|&x| x as f32).collect(),
+                q.iter().map(|&x| x as f32).collect(),
+            );
+            for norm in [Normalization::Validate, Normalization::Renormalize] {
+                let o = Options::default().normalization(norm);
+                for m in [
+                    Measure::Entropy,
+                    Measure::CrossEntropy,
+                    Measure::Kl,
+                    Measure::Js,
+                ] {
+                    for (qrows, qf) in [
+                        (rows, Form::Probs),
+                        (1, Form::Probs),
+                        (rows, Form::LogProbs),
+                    ] {
+                        let qn = qrows * cols;
+                        let a = Job::measure(
+                            m,
+                            &Batch::new(&p, rows, cols),
+                            Some(&Batch::new(&q[..qn], qrows, cols).form(qf)),
+                            &o,
+                        );
+                        let b = Job::measure(
+                            m,
+                            &Batch::new(&p32, rows, cols),
+                            Some(&Batch::new(&q32[..qn], qrows, cols).form(qf)),
+                            &o,
+                        );
+                        let (a, b) = match (a, b) {
+                            (Ok(a), Ok(b)) => (a, b),
+                            (Err(a), Err(b)) => {
+                                assert_eq!(format!("{a:?}"), format!("{b:?}"));
+                                continue;
+                            }
+                            (a, b) => panic!("{a:?} vs {b:?}"),
+                        };
+                        for isa in Isa::available() {
+                            let want = bits(&run_with(&b, 1, isa));
+                            for t in [1, 2, 3, 8] {
+                                assert_eq!(
+                                    bits(&run_with(&a, t, isa)),
+                                    want,
+                                    "{rows}x{cols} {m:?} {norm:?} q {qrows} {qf:?} {isa:?} {t} threads"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+            let t: Vec<i64> = (0..rows as i64).map(|r| (r * 7) % cols as i64).collect();
+            let l: Vec<f64> = p.iter().map(|&x| x.ln() * 3.0).collect();
+            let l32: Vec<f32> = l.iter().map(|&x| x as f32).collect();
+            for eps in [0.0, 0.2] {
+                let o = NllOptions::default().label_smoothing(eps);
+                let a = Job::nll(
+                    &Batch::new(&l, rows, cols).form(Form::Logits),
+                    (&t).into(),
+                    &o,
+                )
+                .expect("nll");
+                let b = Job::nll(
+                    &Batch::new(&l32, rows, cols).form(Form::Logits),
+                    (&t).into(),
+                    &o,
+                )
+                .expect("nll");
+                for isa in Isa::available() {
+                    let want = bits(&run_with(&b, 1, isa));
+                    for th in [1, 2, 8] {
+                        assert_eq!(
+                            bits(&run_with(&a, th, isa)),
+                            want,
+                            "nll {rows}x{cols} {isa:?}"
+                        );
+                    }
+                }
+            }
+        }
     }
 }

@@ -12,13 +12,16 @@ use std::sync::Arc;
 
 use crate::context::Records;
 use crate::error::{Error, Result};
-use crate::job::Job;
+use crate::job::{Data, Job};
 use crate::measure::Reduction;
 use crate::record::{RECORD_SIZE, Record};
 use pool::{Pool, Scratch};
 
 pub(crate) use encode::{GpuShape, Operands, TOTAL_OUTPUT_SIZE};
 pub(crate) use pipelines::Pipelines;
+
+/// Values of f64 input converted per upload chunk (1 MiB of f32).
+const UPLOAD_CHUNK: usize = 1 << 18;
 
 /// A device, its queue and the pipelines built on it.
 #[derive(Debug)]
@@ -91,13 +94,14 @@ impl Gpu {
         &self.adapter_name
     }
 
-    fn upload(
+    /// A pooled input buffer of `bytes` bytes (at least 4).
+    fn input_buffer(
         &self,
         scratch: &mut Scratch,
         label: &'static str,
-        bytes: &[u8],
+        bytes: u64,
     ) -> Result<wgpu::Buffer> {
-        let size = (bytes.len() as u64).max(4);
+        let size = bytes.max(4);
         if size > self.limits.max_buffer_size {
             return Err(Error::TooLarge(format!(
                 "{label}: {size} bytes exceed the device's largest buffer ({} bytes)",
@@ -105,9 +109,44 @@ impl Gpu {
             )));
         }
         let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
-        let buf = scratch.buffer(&self.device, label, size, usage);
+        Ok(scratch.buffer(&self.device, label, size, usage))
+    }
+
+    fn upload(
+        &self,
+        scratch: &mut Scratch,
+        label: &'static str,
+        bytes: &[u8],
+    ) -> Result<wgpu::Buffer> {
+        let buf = self.input_buffer(scratch, label, bytes.len() as u64)?;
         if !bytes.is_empty() {
             self.queue.write_buffer(&buf, 0, bytes);
+        }
+        Ok(buf)
+    }
+
+    /// [`Gpu::upload`] of an operand's values: f32 as they are; f64 converted
+    /// a chunk of [`UPLOAD_CHUNK`] values at a time into one host buffer of
+    /// that size, each chunk written at its place (no f32 copy of the whole
+    /// input on the host; the queue stages the writes as it does for f32).
+    fn upload_data(
+        &self,
+        scratch: &mut Scratch,
+        label: &'static str,
+        data: Data<'_>,
+    ) -> Result<wgpu::Buffer> {
+        let v = match data {
+            Data::F32(v) => return self.upload(scratch, label, bytemuck::cast_slice(v)),
+            Data::F64(v) => v,
+        };
+        let buf = self.input_buffer(scratch, label, v.len() as u64 * 4)?;
+        let mut chunk = vec![0.0f32; UPLOAD_CHUNK.min(v.len())];
+        for (k, src) in v.chunks(UPLOAD_CHUNK).enumerate() {
+            let dst = &mut chunk[..src.len()];
+            crate::job::convert(src, dst);
+            let offset = (k * UPLOAD_CHUNK * 4) as u64;
+            self.queue
+                .write_buffer(&buf, offset, bytemuck::cast_slice::<f32, u8>(dst));
         }
         Ok(buf)
     }
@@ -138,23 +177,17 @@ impl Gpu {
                 if let Some(w) = &n.weights {
                     words.extend(w.iter().map(|x| x.to_bits()));
                 }
-                let q = job
-                    .q
-                    .as_ref()
-                    .map(|q| bytemuck::cast_slice::<f32, u8>(&q.data));
+                let q = job.q.as_ref().map_or(Data::F32(&[]), |q| q.data);
                 (
                     self.upload(sc, "kullback.targets", bytemuck::cast_slice(&words))?,
-                    self.upload(sc, "kullback.q", q.unwrap_or(&[]))?,
+                    self.upload_data(sc, "kullback.q", q)?,
                 )
             }
             None => {
-                let p = job
-                    .p
-                    .as_ref()
-                    .map(|p| bytemuck::cast_slice::<f32, u8>(&p.data));
-                let p = self.upload(sc, "kullback.p", p.unwrap_or(&[]))?;
+                let p = job.p.as_ref().map_or(Data::F32(&[]), |p| p.data);
+                let p = self.upload_data(sc, "kullback.p", p)?;
                 let q = match &job.q {
-                    Some(q) => self.upload(sc, "kullback.q", bytemuck::cast_slice(&q.data))?,
+                    Some(q) => self.upload_data(sc, "kullback.q", q.data)?,
                     // entropy: q is never read; bind p twice (both read-only)
                     None => p.clone(),
                 };
