@@ -587,23 +587,10 @@ impl<'j> Plan<'j> {
 
 #[cfg(test)]
 mod f64_tests {
+    use super::super::tests::bits;
     use super::super::{block::Isa, run_with};
     use crate::job::Job;
-    use crate::record::Record;
     use crate::{Batch, Form, Measure, NllOptions, Normalization, Options};
-
-    fn bits(r: &[Record]) -> Vec<[u32; 4]> {
-        r.iter()
-            .map(|r| {
-                [
-                    r.value.to_bits(),
-                    r.aux_p.to_bits(),
-                    r.aux_q.to_bits(),
-                    r.status,
-                ]
-            })
-            .collect()
-    }
 
     /// f64 values of every kind: rows summing to about 1, zeros, tiny values,
     /// a NaN and a negative (bad rows decided by the general path).

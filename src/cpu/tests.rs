@@ -177,7 +177,8 @@ fn run_all(job: &Job<'_>) -> Vec<Vec<Record>> {
     all
 }
 
-fn bits(r: &[Record]) -> Vec<[u32; 4]> {
+/// Every field of each record as bits (bit-for-bit comparisons).
+pub(super) fn bits(r: &[Record]) -> Vec<[u32; 4]> {
     r.iter()
         .map(|r| {
             [
