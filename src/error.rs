@@ -172,6 +172,15 @@ pub enum Error {
         /// What is wrong.
         problem: String,
     },
+    /// Memory could not be allocated: a host buffer sized by the input, or a
+    /// device buffer (wgpu reported that the device is out of memory).
+    #[error("out of memory: {what} needs {bytes} bytes, which could not be allocated")]
+    OutOfMemory {
+        /// What the memory was for, and where (host or device).
+        what: String,
+        /// The bytes asked for.
+        bytes: u64,
+    },
     /// The device reported an error while running our work.
     #[error("GPU error: {0}")]
     Device(String),
