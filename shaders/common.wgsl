@@ -14,6 +14,10 @@ const MANT_MASK: u32 = 0x007fffffu;
 const SIGN_BIT: u32 = 0x80000000u;
 const POS_INF_BITS: u32 = 0x7f800000u;
 const NEG_INF_BITS: u32 = 0xff800000u;
+// The largest finite f32.
+const F32_MAX: f32 = 0x1.fffffep+127f;
+// The smallest normal f32.
+const F32_MIN_POSITIVE: f32 = 0x1p-126f;
 
 // Status codes, keep in sync with src/record.rs. A status word is
 // (column << 8) | code; the smallest word is the first bad column.
@@ -63,4 +67,48 @@ fn ln_bits(b: u32) -> f32 {
     // one log either way: of x itself, or of its mantissa as a normal number
     let x = select(bitcast<f32>(b), f32(b & MANT_MASK), sub);
     return log(x) + select(0.0, -149.0 * LN2, sub);
+}
+
+// A finite x > 0 given by its bits as m * 2^k with m in [1, 2), subnormals
+// included, by integer operations only (no subnormal arithmetic: many GPUs flush
+// subnormals). A subnormal is mantissa * 2^-149, and the mantissa as f32 is normal.
+struct Pow2 {
+    m: f32,
+    k: i32,
+}
+
+fn split_pow2(b: u32) -> Pow2 {
+    let sub = (b & EXP_MASK) == 0u;
+    let n = select(b, bitcast<u32>(f32(b & MANT_MASK)), sub);
+    let k = i32((n >> 23u) & 0xffu) - 127 - select(0, 149, sub);
+    return Pow2(bitcast<f32>((n & MANT_MASK) | 0x3f800000u), k);
+}
+
+// 2^d for an integer d, built from its bits: exact for -126 <= d <= 127, 0
+// below (a value that far below its row's largest is negligible beside it), and
+// 2^127 above (only ever multiplied by 0).
+fn pow2(d: i32) -> f32 {
+    return select(bitcast<f32>(u32(clamp(d, -126, 127) + 127) << 23u), 0.0, d < -126);
+}
+
+// s * 2^k for s in [1, 2^32): +inf beyond the f32 range, 0 below the normal range.
+fn unscale(s: f32, k: i32) -> f32 {
+    let e = i32((bitcast<u32>(s) >> 23u) & 0xffu) - 127 + k;
+    let h = k / 2;
+    let v = s * pow2(h) * pow2(k - h);
+    return select(select(v, 0.0, e < -126), bitcast<f32>(POS_INF_BITS), e > 127);
+}
+
+// e^l for l <= 0, with the argument kept at or above -128 (where e^l is 0 in
+// f32 anyway): some implementations of `exp` give garbage far below (lavapipe's
+// turns -4e37 into an integer exponent that overflows).
+fn exp_neg(l: f32) -> f32 {
+    return exp(max(l, -128.0));
+}
+
+// +0.0 for either zero: the values written are the same bits on every device
+// (a compiler may drop a "+ 0.0", never an integer select).
+fn positive_zero(x: f32) -> f32 {
+    let b = bitcast<u32>(x);
+    return bitcast<f32>(select(b, 0u, (b & ABS_MASK) == 0u));
 }

@@ -53,6 +53,14 @@ const FL_Q_ZERO_HIT: u32 = 1u; // a term with p > 0 and q = 0: the value is +inf
 const FL_P_SEEN: u32 = 2u;     // the online p state holds an element
 const FL_Q_SEEN: u32 = 4u;     // the online q state holds an element
 
+// Probabilities being renormalised are summed in the first pass relative to a
+// power of two (the running largest exponent, kept in ma / mb): each element is
+// m * 2^(k - K), exact, so that sums of subnormal counts and sums beyond the f32
+// range are formed like any other (the result is the plain sum times 2^-K, bit
+// for bit, wherever the plain sum is in range).
+override P_SCALED: bool = MEASURE == M_SUMS && P_NORM && P_FORM == F_PROBS;
+override Q_SCALED: bool = MEASURE == M_SUMS && Q_NORM && Q_FORM == F_PROBS;
+
 // Keep in sync with src/gpu/params.rs `RowParams`.
 struct Params {
     rows: u32,            // rows of the call
@@ -76,7 +84,7 @@ struct Params {
     has_ignore: u32,
     smoothing: f32,       // NLL label smoothing
     weights_at: u32,      // NLL: index of class weights in the targets binding; 0xffffffff: none
-    inf_bits: u32,        // +inf and NaN as bits: WGSL has no literal for them
+    inf_bits: u32,        // +inf (-inf for a base below 1) and NaN as bits: WGSL has no literal for them
     nan_bits: u32,
     _pad: u32,
 }
@@ -113,11 +121,15 @@ fn empty_state() -> State {
     return State(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, KEY_NONE, 0u);
 }
 
-// Rescales an online p state to the maximum m (>= st.ma when seen).
+// Rescales an online p state to the maximum m (>= st.ma when seen). Weights of
+// elements more than 128 below m are 0 in f32: the state is then emptied, so that
+// no shift beyond the f32 range is formed (logit spreads may exceed f32::MAX).
 fn rescale_p(st: ptr<function, State>, m: f32) {
     let seen = ((*st).flags & FL_P_SEEN) != 0u;
-    let scale = select(0.0, exp((*st).ma - m), seen);
-    let shift = select(0.0, m - (*st).ma, seen);
+    let far = (*st).ma < m - 128.0;
+    let ma = max((*st).ma, m - 128.0);
+    let scale = select(0.0, select(exp(ma - m), 0.0, far), seen);
+    let shift = select(0.0, select(m - ma, 0.0, far), seen);
     (*st).sa = (*st).sa * scale;
     (*st).u = (*st).u * scale - shift * (*st).sa;
     (*st).v = (*st).v * scale;
@@ -128,16 +140,30 @@ fn rescale_p(st: ptr<function, State>, m: f32) {
 }
 
 // Rescales an online q state to the maximum m: sb scales, v loses shift * sa.
+// When m is more than f32::MAX above mb, the log-probabilities of the elements so
+// far do not fit f32 (see `Elem::far`: +inf where the weights of p are not
+// negligible), and no shift beyond the f32 range is formed.
 fn rescale_q(st: ptr<function, State>, m: f32) {
     let seen = ((*st).flags & FL_Q_SEEN) != 0u;
-    let scale = select(0.0, exp((*st).mb - m), seen);
-    let shift = select(0.0, m - (*st).mb, seen);
+    let far = seen && m > 0.0 && (*st).mb < m - F32_MAX;
+    // (arguments kept in range: the far case is selected away)
+    let scale = select(0.0, exp(max(select((*st).mb, m, far) - m, -128.0)), seen && !far);
+    let shift = select(0.0, m - max((*st).mb, m - F32_MAX), seen && !far);
     (*st).sb = (*st).sb * scale;
-    (*st).v = (*st).v - shift * (*st).sa;
+    (*st).v = select((*st).v - shift * (*st).sa, 0.0, far);
     if (MEASURE == M_KL) {
-        (*st).t = (*st).t + shift * (*st).sa;
+        (*st).t = select((*st).t + shift * (*st).sa, 0.0, far);
+    }
+    if (far && (*st).sa >= F32_MIN_POSITIVE) {
+        (*st).flags = (*st).flags | FL_Q_ZERO_HIT;
     }
     (*st).mb = m;
+}
+
+// Rescales a power-of-two-relative sum (P_SCALED / Q_SCALED) from exponent k to
+// K >= k: exact (a power of two), or 0 more than 126 octaves below.
+fn rescale_pow2(s: f32, k: f32, big_k: f32) -> f32 {
+    return s * pow2(i32(k) - i32(big_k));
 }
 
 fn merge(a_in: State, b_in: State) -> State {
@@ -157,12 +183,29 @@ fn merge(a_in: State, b_in: State) -> State {
         rescale_q(&a, m);
         rescale_q(&b, m);
     }
+    if (P_SCALED) {
+        let a_seen = (a.flags & FL_P_SEEN) != 0u;
+        let b_seen = (b.flags & FL_P_SEEN) != 0u;
+        let m = select(select(a.ma, b.ma, b_seen), select(a.ma, max(a.ma, b.ma), b_seen), a_seen);
+        a.sa = rescale_pow2(a.sa, a.ma, m);
+        b.sa = rescale_pow2(b.sa, b.ma, m);
+        a.ma = m;
+    }
+    if (Q_SCALED) {
+        let a_seen = (a.flags & FL_Q_SEEN) != 0u;
+        let b_seen = (b.flags & FL_Q_SEEN) != 0u;
+        let m = select(select(a.mb, b.mb, b_seen), select(a.mb, max(a.mb, b.mb), b_seen), a_seen);
+        a.sb = rescale_pow2(a.sb, a.mb, m);
+        b.sb = rescale_pow2(b.sb, b.mb, m);
+        a.mb = m;
+    }
     return State(a.ma, a.sa + b.sa, a.u + b.u, a.mb, a.sb + b.sb, a.v + b.v, a.t + b.t,
                  min(a.key, b.key), a.flags | b.flags);
 }
 
 // Normaliser of one operand for the second pass: for probabilities the row sum
-// (divide), for log forms the pair (max, ln s) (subtract both, never their sum).
+// relative to 2^m (divide the element relative to 2^m by it), for log forms the
+// pair (max, ln s) (subtract both, never their sum).
 struct Norm {
     m: f32,
     ls: f32,
@@ -182,6 +225,10 @@ struct Elem {
     zero: bool, // probability 0: the term vanishes whatever the other side is
     w: f32,     // the weight (p itself, or e^(x - m) in the online form)
     l: f32,     // ln p (relative to the running max in the online form)
+    // a log form more than f32::MAX below its maximum: ln p does not fit f32 (w
+    // and l are 0). As q under a p of normal weight the term is +inf, under a
+    // negligible one (below f32::MIN_POSITIVE) 0.
+    far: bool,
 }
 
 // Classifies a raw value of form `form`; returns a status code or ST_OK.
@@ -211,24 +258,35 @@ fn check_value(b: u32, form: u32, is_p: bool) -> u32 {
 }
 
 // An element in the plain (non-online) form; `norm`: divided by the row
-// normaliser `n` (second pass).
-fn plain_elem(b: u32, form: u32, n: Norm, norm: bool) -> Elem {
+// normaliser `n` (second pass). `is_p`: the operand is p (a log-probability
+// below -f32::MAX then has term 0; as q it counts as a zero probability).
+fn plain_elem(b: u32, form: u32, n: Norm, norm: bool, is_p: bool) -> Elem {
     if (form == F_PROBS) {
-        var x = bitcast<f32>(b);
-        if (norm) {
-            x = x / n.s;
+        if (!norm) {
+            let zero = is_zero_bits(b);
+            let x = bitcast<f32>(b);
+            return Elem(zero, select(x, 0.0, zero), select(ln_bits(b), 0.0, zero), false);
         }
+        // x / S as (m * 2^(k - K)) / S', with the zero decided from x's bits: a
+        // quotient that is subnormal (or flushed) keeps an exact log from the parts
+        let zero = is_zero_bits(b);
+        let d = split_pow2(b);
+        let dk = d.k - i32(n.m);
+        let x = d.m * pow2(dk) / n.s;
         let xb = bitcast<u32>(x);
-        let zero = is_zero_bits(xb);
-        return Elem(zero, select(x, 0.0, zero), select(ln_bits(xb), 0.0, zero));
+        let l = select(log(d.m / n.s) + f32(dk) * LN2, ln_bits(xb), (xb & EXP_MASK) != 0u);
+        return Elem(zero, select(x, 0.0, zero), select(l, 0.0, zero), false);
     }
     // log-probs (as given) or any log form in the second pass
     let zero = b == NEG_INF_BITS;
     var l = bitcast<f32>(select(b, 0u, zero));
     if (norm) {
+        if (n.m > 0.0 && l < n.m - F32_MAX) {
+            return Elem(false, 0.0, 0.0, !is_p);
+        }
         l = (l - n.m) - n.ls;
     }
-    return Elem(zero, select(exp(l), 0.0, zero), select(l, 0.0, zero));
+    return Elem(zero, select(exp_neg(l), 0.0, zero), select(l, 0.0, zero), false);
 }
 
 fn nll_weight(col: u32, tgt: u32, ignored: bool) -> f32 {
@@ -275,10 +333,10 @@ fn row_ctx(row: u32) -> RowCtx {
 // Adds the element at column `col` of row `ctx.row` to the state.
 fn accumulate(st: ptr<function, State>, ctx: RowCtx, col: u32, pi: u32, qi: u32) {
     // ---- p side
-    var pe = Elem(true, 0.0, 0.0);
+    var pe = Elem(true, 0.0, 0.0, false);
     if (P_FORM == F_TARGETS) {
         let w = nll_weight(col, ctx.tgt, ctx.ignored);
-        pe = Elem(w == 0.0, w, 0.0);
+        pe = Elem(w == 0.0, w, 0.0, false);
     } else {
         let pb = p_buf[pi];
         let code = check_value(pb, P_FORM, true);
@@ -293,11 +351,25 @@ fn accumulate(st: ptr<function, State>, ctx: RowCtx, col: u32, pi: u32, qi: u32)
                 let seen = ((*st).flags & FL_P_SEEN) != 0u;
                 rescale_p(st, select(x, max((*st).ma, x), seen));
                 (*st).flags = (*st).flags | FL_P_SEEN;
-                let l = x - (*st).ma;
-                pe = Elem(false, exp(l), l);
+                // far below the maximum the weight is 0 in f32 (and x - ma may
+                // not fit f32): term 0, but still p > 0 for the zero rules
+                let far = x < (*st).ma - 128.0;
+                let l = select(max(x, (*st).ma - 128.0) - (*st).ma, 0.0, far);
+                pe = Elem(false, select(exp(l), 0.0, far), l, false);
+            }
+        } else if (P_SCALED) {
+            pe = Elem(is_zero_bits(pb), 0.0, 0.0, false);
+            if (!pe.zero) {
+                let d = split_pow2(pb);
+                let seen = ((*st).flags & FL_P_SEEN) != 0u;
+                let k = select(f32(d.k), max((*st).ma, f32(d.k)), seen);
+                (*st).sa = rescale_pow2((*st).sa, (*st).ma, k);
+                (*st).ma = k;
+                (*st).flags = (*st).flags | FL_P_SEEN;
+                pe.w = d.m * pow2(d.k - i32(k));
             }
         } else {
-            pe = plain_elem(pb, P_FORM, ctx.np, NORMALIZED && P_NORM);
+            pe = plain_elem(pb, P_FORM, ctx.np, NORMALIZED && P_NORM, true);
         }
     }
     // ---- q side
@@ -317,17 +389,33 @@ fn accumulate(st: ptr<function, State>, ctx: RowCtx, col: u32, pi: u32, qi: u32)
     var qe: Elem;
     if (Q_ONLINE) {
         let masked = qb == NEG_INF_BITS;
-        qe = Elem(true, 0.0, 0.0);
+        qe = Elem(true, 0.0, 0.0, false);
         if (!masked) {
             let y = bitcast<f32>(qb);
             let seen = ((*st).flags & FL_Q_SEEN) != 0u;
             rescale_q(st, select(y, max((*st).mb, y), seen));
             (*st).flags = (*st).flags | FL_Q_SEEN;
-            let l = y - (*st).mb;
-            qe = Elem(false, exp(l), l);
+            // a log-probability below -f32::MAX does not fit f32: see `Elem::far`
+            if ((*st).mb > 0.0 && y < (*st).mb - F32_MAX) {
+                qe = Elem(false, 0.0, 0.0, true);
+            } else {
+                let l = y - (*st).mb;
+                qe = Elem(false, exp_neg(l), l, false);
+            }
+        }
+    } else if (Q_SCALED) {
+        qe = Elem(is_zero_bits(qb), 0.0, 0.0, false);
+        if (!qe.zero) {
+            let d = split_pow2(qb);
+            let seen = ((*st).flags & FL_Q_SEEN) != 0u;
+            let k = select(f32(d.k), max((*st).mb, f32(d.k)), seen);
+            (*st).sb = rescale_pow2((*st).sb, (*st).mb, k);
+            (*st).mb = k;
+            (*st).flags = (*st).flags | FL_Q_SEEN;
+            qe.w = d.m * pow2(d.k - i32(k));
         }
     } else {
-        qe = plain_elem(qb, Q_FORM, ctx.nq, NORMALIZED && Q_NORM);
+        qe = plain_elem(qb, Q_FORM, ctx.nq, NORMALIZED && Q_NORM, false);
     }
     (*st).sb = (*st).sb + qe.w;
     if (MEASURE == M_SUMS) {
@@ -352,9 +440,9 @@ fn accumulate(st: ptr<function, State>, ctx: RowCtx, col: u32, pi: u32, qi: u32)
     if (!pe.zero) {
         (*st).sa = (*st).sa + pe.w;
         (*st).u = (*st).u + pe.w * pe.l;
-        if (qe.zero) {
+        if (qe.zero || (qe.far && pe.w >= F32_MIN_POSITIVE)) {
             (*st).flags = (*st).flags | FL_Q_ZERO_HIT;
-        } else {
+        } else if (!qe.far) {
             (*st).v = (*st).v + pe.w * qe.l;
             if (MEASURE == M_KL) {
                 (*st).t = (*st).t + pe.w * (pe.l - qe.l);
@@ -378,29 +466,24 @@ fn finalize(row: u32, st: State) {
     let row_key = status_key(COL_NONE, 0u);
     if (MEASURE == M_SUMS) {
         // First pass: probabilities need a normal, finite sum; log forms an element.
-        if (P_NORM) {
-            if (p_online) {
-                if ((st.flags & FL_P_SEEN) == 0u) {
-                    key = min(key, row_key | ST_P_ALL_MASKED);
-                }
-            } else if ((bitcast<u32>(st.sa) & EXP_MASK) == 0u || is_inf_bits(bitcast<u32>(st.sa))) {
-                key = min(key, row_key | ST_P_ZERO_SUM);
-            }
+        // only a row with no non-zero element cannot be normalised
+        if (P_NORM && (st.flags & FL_P_SEEN) == 0u) {
+            key = min(key, row_key | select(ST_P_ZERO_SUM, ST_P_ALL_MASKED, p_online));
         }
-        if (HAS_Q && Q_NORM) {
-            if (q_online) {
-                if ((st.flags & FL_Q_SEEN) == 0u) {
-                    key = min(key, row_key | ST_Q_ALL_MASKED);
-                }
-            } else if ((bitcast<u32>(st.sb) & EXP_MASK) == 0u || is_inf_bits(bitcast<u32>(st.sb))) {
-                key = min(key, row_key | ST_Q_ZERO_SUM);
-            }
+        if (HAS_Q && Q_NORM && (st.flags & FL_Q_SEEN) == 0u) {
+            key = min(key, row_key | select(ST_Q_ZERO_SUM, ST_Q_ALL_MASKED, q_online));
         }
         partials[params.norm_at + row] = st;
         let status = select(key, ST_OK, key == KEY_NONE);
         // the records keep what the caller gave: the sum, or the log-sum-exp
-        let first_p = select(st.sa, st.ma + log(max(st.sa, 1.0)), p_online);
-        let first_q = select(st.sb, st.mb + log(max(st.sb, 1.0)), q_online);
+        var first_p = select(st.sa, st.ma + log(max(st.sa, 1.0)), p_online);
+        var first_q = select(st.sb, st.mb + log(max(st.sb, 1.0)), q_online);
+        if (P_SCALED) {
+            first_p = unscale(st.sa, i32(st.ma));
+        }
+        if (Q_SCALED) {
+            first_q = unscale(st.sb, i32(st.mb));
+        }
         records[row] = Record(0.0, first_p, first_q, status);
         return;
     }
@@ -454,7 +537,8 @@ fn finalize(row: u32, st: State) {
         aux_p = select(aux_p, bitcast<f32>(t), (key & 0xffu) == ST_TARGET);
     }
     let hit = (st.flags & FL_Q_ZERO_HIT) != 0u && MEASURE != M_ENTROPY && MEASURE != M_JS;
-    value = select(value * params.inv_ln_base, bitcast<f32>(params.inf_bits), hit);
+    // inf_bits: the infinity of the base's sign (-inf for a base below 1)
+    value = select(positive_zero(value * params.inv_ln_base), bitcast<f32>(params.inf_bits), hit);
     value = select(value, bitcast<f32>(params.nan_bits), status != ST_OK);
     records[row] = Record(value, aux_p, aux_q, status);
 }

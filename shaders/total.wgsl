@@ -3,8 +3,9 @@
 // memory, level after level. Appended to common.wgsl.
 //
 // A row with a bad status is left out of the sum and the first such row is kept;
-// +inf rows are counted (not added: WGSL may assume finite math) and make the
-// total +inf. Keep in sync with src/record.rs `reduce_records`.
+// infinite rows are counted by sign (not added: WGSL may assume finite math): +inf
+// rows make the total +inf, -inf rows (a log base below 1) -inf, both NaN. A mean
+// over no counted weight is NaN. Keep in sync with src/record.rs `reduce_records`.
 
 // Keep in sync with src/gpu/params.rs `TotalParams`.
 struct Params {
@@ -29,6 +30,7 @@ struct Total {
     sum: f32,
     weight: f32,
     infs: u32,
+    neg_infs: u32,
     bad_row: u32,
     status: u32,
     // the first bad row's own sums, so that its error can be decoded exactly
@@ -48,7 +50,7 @@ fn merge_totals(a: Total, b: Total) -> Total {
     // keep the first bad row (the tree does not visit ranges in row order)
     let a_bad = a.status != ST_OK;
     let take_b = b.status != ST_OK && (!a_bad || b.bad_row < a.bad_row);
-    return Total(a.sum + b.sum, a.weight + b.weight, a.infs + b.infs,
+    return Total(a.sum + b.sum, a.weight + b.weight, a.infs + b.infs, a.neg_infs + b.neg_infs,
                  select(a.bad_row, b.bad_row, take_b), select(a.status, b.status, take_b),
                  select(a.bad_aux_p, b.bad_aux_p, take_b), select(a.bad_aux_q, b.bad_aux_q, take_b));
 }
@@ -59,12 +61,14 @@ fn load(i: u32) -> Total {
     }
     let r = rows_in[i];
     let bad = r.status != ST_OK;
-    let inf = !bad && bitcast<u32>(r.value) == params.inf_bits;
+    let bits = bitcast<u32>(r.value);
+    let inf = !bad && bits == POS_INF_BITS;
+    let neg_inf = !bad && bits == NEG_INF_BITS;
     // NLL records hold w_t * l already (the class weight is applied per element)
     let w = select(1.0, r.aux_p, params.weighted != 0u);
-    let v = select(r.value, 0.0, bad || inf);
-    return Total(v, select(w, 0.0, bad), select(0u, 1u, inf), params.rows_base + i, r.status,
-                 r.aux_p, r.aux_q);
+    let v = select(r.value, 0.0, bad || inf || neg_inf);
+    return Total(v, select(w, 0.0, bad), select(0u, 1u, inf), select(0u, 1u, neg_inf),
+                 params.rows_base + i, r.status, r.aux_p, r.aux_q);
 }
 
 fn tree_levels(base: u32, first: u32, n: u32) {
@@ -88,7 +92,7 @@ fn total_main(
         return;
     }
     let end = min(begin + span, params.count);
-    var t = Total(0.0, 0.0, 0u, 0u, ST_OK, 0.0, 0.0);
+    var t = Total(0.0, 0.0, 0u, 0u, 0u, ST_OK, 0.0, 0.0);
     let first = begin + lid * EPT;
     for (var k = 0u; k < EPT; k = k + 1u) {
         let i = first + k;
@@ -114,10 +118,13 @@ fn total_main(
         totals_out[group] = r;
         return;
     }
-    var value = select(r.sum, r.sum / r.weight, params.mean != 0u);
-    // a mean over no counted row (every target ignored) is NaN, as PyTorch's
+    var value = positive_zero(select(r.sum, r.sum / r.weight, params.mean != 0u));
+    value = select(value, bitcast<f32>(POS_INF_BITS), r.infs != 0u);
+    value = select(value, bitcast<f32>(NEG_INF_BITS), r.neg_infs != 0u);
+    value = select(value, bitcast<f32>(params.nan_bits), r.infs != 0u && r.neg_infs != 0u);
+    // a mean over no counted weight (every target ignored, or weighted 0) is
+    // NaN, as PyTorch's, whatever the rows hold
     value = select(value, bitcast<f32>(params.nan_bits), params.mean != 0u && r.weight == 0.0);
-    value = select(value, bitcast<f32>(params.inf_bits), r.infs != 0u);
     value = select(value, bitcast<f32>(params.nan_bits), r.status != ST_OK);
     out[0] = Record(value, r.weight, bitcast<f32>(r.bad_row), r.status);
     out[1] = Record(bitcast<f32>(params.nan_bits), r.bad_aux_p, r.bad_aux_q, r.status);

@@ -126,8 +126,8 @@ pub enum Error {
         /// The tolerance in force.
         tolerance: f32,
     },
-    /// A row that cannot be renormalised: its sum is 0, subnormal or overflows,
-    /// or all of its logits are -inf.
+    /// A row that cannot be renormalised: every value is 0 (or -inf, for log
+    /// forms and logits).
     #[error("{arg} row {row} cannot be normalised: {why}")]
     CannotNormalize {
         /// The argument.

@@ -32,7 +32,8 @@
 //! ## Conventions (identical on the GPU and the CPU)
 //!
 //! Per-element terms, natural log; results are divided by ln(base) at the end
-//! ([`Base`]: e, 2, 10 or any base > 0, ≠ 1).
+//! ([`Base`]: e, 2, 10 or any base > 0, ≠ 1; a base below 1 makes ln(base) < 0,
+//! so +inf becomes −inf, per row and in sums and means, as SciPy gives).
 //!
 //! | measure | term for (p, q) | p = 0 | p > 0, q = 0 |
 //! |---|---|---|---|
@@ -57,9 +58,22 @@
 //!   [`Options::tolerance`] (default [`DEFAULT_TOLERANCE`]; Σ exp(lp) for
 //!   log-probabilities); `Renormalize` divides each row by its sum first (as
 //!   `scipy.stats.entropy`), or subtracts the row's log-sum-exp for log forms;
-//!   `AsGiven` sums the terms of the values as they are. Logits are always
-//!   normalised, by a numerically stable online log-sum-exp kept relative to
-//!   the row maxima (logits of magnitude 10⁴ are fine).
+//!   `AsGiven` sums the terms of the values as they are. Renormalised sums are
+//!   formed relative to a power of two (exact), so rows of subnormal counts
+//!   and rows whose f32 sum would overflow are normalised like any other: only
+//!   a row with no non-zero value cannot be. Logits are always normalised, by
+//!   a numerically stable online log-sum-exp kept relative to the row maxima
+//!   (logits of magnitude 10⁴ are fine).
+//! * The f32 range: a finite logit far below its row's maximum is a
+//!   probability that underflows to 0 in f32; its term is 0 (it is still
+//!   p > 0 for the zero rules), in every measure, so entropy, KL, JS and NLL
+//!   of rows whose logits span more than f32::MAX (`[3e38, -3e38, 0]`) are the
+//!   float64 values. What f32 cannot hold is a log-probability below
+//!   −f32::MAX, which only such a spread produces: as q under a p of normal
+//!   weight the cross-entropy or KL term is +inf (the true value may be a
+//!   finite number near f32::MAX), under a negligible p (below
+//!   `f32::MIN_POSITIVE`) 0.
+//! * A value that is zero is +0.0, never −0.0, on every backend.
 //! * Reductions ([`Reduction`]): `None` (one value per row), `Sum`, `Mean` (the
 //!   mean of per-distribution values — PyTorch's `batchmean`, not its `mean`).
 //!   For the negative log-likelihood, a row whose target is the ignore index

@@ -123,7 +123,9 @@ pub enum Normalization {
     #[default]
     Validate,
     /// Divide each row by its sum (subtract its log-sum-exp for log-probabilities),
-    /// as `scipy.stats.entropy` does. A row summing to 0 (or a subnormal) is an error.
+    /// as `scipy.stats.entropy` does. Sums are formed relative to a power of two,
+    /// so subnormal counts and counts whose f32 sum overflows are fine; only a
+    /// row with no non-zero value is an error.
     Renormalize,
     /// Use the values as given: terms are summed with no check and no scaling.
     AsGiven,

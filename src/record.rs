@@ -128,7 +128,7 @@ pub(crate) fn decode(row: usize, rec: &Record, ctx: &DecodeCtx) -> Error {
                 Arg::Q
             },
             row,
-            why: "its sum is 0, subnormal or not finite in f32",
+            why: "every value is 0",
         },
         code::P_ALL_MASKED | code::Q_ALL_MASKED => Error::CannotNormalize {
             arg: if st.code() == code::P_ALL_MASKED {
@@ -153,12 +153,13 @@ pub(crate) fn first_error(records: &[Record], row0: usize, ctx: &DecodeCtx) -> O
 
 /// The batch record of `Reduction::Sum` / `Mean` from per-row records, in f64
 /// (the CPU path; the GPU path has `shaders/total.wgsl`). Same rules: bad rows
-/// are left out and the first is kept, +inf rows make the total +inf, a mean
-/// over no counted row is NaN.
+/// are left out and the first is kept, +inf rows make the total +inf and -inf
+/// rows (a log base below 1) -inf (both: NaN), a mean over no counted weight is
+/// NaN.
 pub(crate) fn reduce_records(records: &[Record], mean: bool, weighted: bool) -> Record {
     let mut sum = 0.0f64;
     let mut weight = 0.0f64;
-    let mut inf = false;
+    let (mut inf, mut neg_inf) = (false, false);
     for (i, r) in records.iter().enumerate() {
         if r.status != 0 {
             return Record {
@@ -171,13 +172,24 @@ pub(crate) fn reduce_records(records: &[Record], mean: bool, weighted: bool) -> 
         weight += if weighted { r.aux_p as f64 } else { 1.0 };
         if r.value == f32::INFINITY {
             inf = true;
+        } else if r.value == f32::NEG_INFINITY {
+            neg_inf = true;
         } else {
             sum += r.value as f64;
         }
     }
     let mut value = if mean { sum / weight } else { sum };
-    if inf {
-        value = f64::INFINITY;
+    if value == 0.0 {
+        value = 0.0;
+    }
+    match (inf, neg_inf) {
+        (true, true) => value = f64::NAN,
+        (true, false) => value = f64::INFINITY,
+        (false, true) => value = f64::NEG_INFINITY,
+        (false, false) => {}
+    }
+    if mean && weight == 0.0 {
+        value = f64::NAN;
     }
     Record {
         value: value as f32,

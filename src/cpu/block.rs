@@ -14,7 +14,8 @@
 
 use super::kernel::{
     Elem, KEY_NONE, Lanes, State, Target, accumulate, bad_log, bad_probs, check_log, check_probs,
-    log_elem, measure, probs_elem, status_key, target_elem,
+    log_elem, measure, probs_div_elem, probs_elem, probs_pow2_elem, split_pow2, status_key,
+    target_elem,
 };
 use super::ln::{Arith, POS_INF_BITS, Plain};
 use crate::record::code;
@@ -80,9 +81,10 @@ impl Isa {
 /// Runtime parameters of one operand's decoder in one block.
 #[derive(Clone, Copy, Debug, Default)]
 pub(super) struct Dec {
-    /// Probabilities: the row sum to divide by (`ProbsDiv`).
+    /// Probabilities: the row sum to divide by (`ProbsDiv`), relative to 2^m.
     pub s: f32,
-    /// Log forms: subtract `m` then `ls`.
+    /// Log forms: subtract `m` then `ls`; probabilities divided by their sum:
+    /// the exponent K the sum is relative to.
     pub m: f32,
     pub ls: f32,
     /// Log forms: values above 0 are allowed (logits, renormalised log-probs).
@@ -102,6 +104,9 @@ pub(super) enum DecKind {
     Probs,
     /// Probabilities divided by the row sum.
     ProbsDiv,
+    /// Probabilities summed relative to a power of two (the first pass of
+    /// probabilities being renormalised).
+    ProbsPow2,
     /// Log-probabilities or logits (as given, normalised, or online).
     Log,
     /// NLL targets without class weights.
@@ -118,6 +123,8 @@ trait Decode: Copy {
     const CHECKS: bool;
     /// Can be online (relative to the block maximum).
     const ONLINE: bool = false;
+    /// Relative to 2^K, K the block's largest exponent ([`Decode::set_max`] takes K).
+    const POW2: bool = false;
     /// Which decoder this is (picks a hand-written loop where there is one).
     const KIND: DecKind;
     fn new(d: &Dec) -> Self;
@@ -156,6 +163,7 @@ impl Decode for NoneD {
             w: 0.0,
             hi: 0.0,
             lo: 0.0,
+            far: false,
         }
     }
 }
@@ -186,13 +194,14 @@ impl Decode for ProbsD {
 #[derive(Clone, Copy)]
 struct ProbsDivD {
     s: f32,
+    k: f32,
 }
 impl Decode for ProbsDivD {
     const KIND: DecKind = DecKind::ProbsDiv;
     const READS: bool = true;
     const CHECKS: bool = true;
     fn new(d: &Dec) -> Self {
-        ProbsDivD { s: d.s }
+        ProbsDivD { s: d.s, k: d.m }
     }
     #[inline(always)]
     fn is_bad(&self, b: u32) -> bool {
@@ -204,8 +213,39 @@ impl Decode for ProbsDivD {
     }
     #[inline(always)]
     fn elem<A: Arith>(&self, x: f32, _: u32) -> Elem {
-        // divide first: zeros are decided after the division
-        probs_elem::<A>(x / self.s)
+        probs_div_elem::<A>(x, self.k, self.s)
+    }
+}
+
+#[derive(Clone, Copy)]
+struct ProbsPow2D {
+    k: f32,
+}
+impl Decode for ProbsPow2D {
+    const KIND: DecKind = DecKind::ProbsPow2;
+    const READS: bool = true;
+    const CHECKS: bool = true;
+    const POW2: bool = true;
+    fn new(_: &Dec) -> Self {
+        ProbsPow2D { k: 0.0 }
+    }
+    #[inline(always)]
+    fn is_bad(&self, b: u32) -> bool {
+        bad_probs(b)
+    }
+    #[inline(always)]
+    fn code(&self, b: u32) -> u32 {
+        check_probs(b)
+    }
+    #[inline(always)]
+    fn elem<A: Arith>(&self, x: f32, _: u32) -> Elem {
+        probs_pow2_elem(x, self.k)
+    }
+    fn set_max(&mut self, k: f32) {
+        self.k = k;
+    }
+    fn max(&self) -> f32 {
+        self.k
     }
 }
 
@@ -317,6 +357,26 @@ fn block_max<const L: usize>(x: &[f32]) -> f32 {
     lanes
         .iter()
         .fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a })
+}
+
+/// The largest exponent k (x = m · 2^k, m in [1, 2)) of the positive finite
+/// values, `None` when there is none (bad values are reported elsewhere).
+#[inline(always)]
+fn block_pow2<const L: usize>(x: &[f32]) -> Option<i32> {
+    let mut lanes = [0u32; L];
+    let mut chunks = x.chunks_exact(L);
+    let keep = |b: u32| if b < POS_INF_BITS { b } else { 0 };
+    for c in &mut chunks {
+        for i in 0..L {
+            lanes[i] = lanes[i].max(keep(c[i].to_bits()));
+        }
+    }
+    for (i, &v) in chunks.remainder().iter().enumerate() {
+        lanes[i] = lanes[i].max(keep(v.to_bits()));
+    }
+    // positive floats order as their bits: the largest bits are the largest value
+    let b = lanes.iter().fold(0, |a, &b| a.max(b));
+    (b != 0).then(|| split_pow2(b).1)
 }
 
 /// The scalar path for `n` lanes of a chunk that holds a bad value (or is the
@@ -454,6 +514,21 @@ fn block_impl<const M: u8, const L: usize, A: Arith, P: Decode, Q: Decode, const
             st.flags |= FL_Q_SEEN;
         }
     }
+    // probabilities summed relative to 2^K: K of the block, found first
+    if P::POW2 {
+        if let Some(k) = block_pow2::<L>(&io.p[..io.len]) {
+            pd.set_max(k as f32);
+            st.ma = k as f64;
+            st.flags |= FL_P_SEEN;
+        }
+    }
+    if Q::POW2 {
+        if let Some(k) = block_pow2::<L>(&io.q[..io.len]) {
+            qd.set_max(k as f32);
+            st.mb = k as f64;
+            st.flags |= FL_Q_SEEN;
+        }
+    }
     let mut acc = Lanes::<L>::ZERO;
     let mut key = KEY_NONE;
     let n = io.len;
@@ -550,7 +625,7 @@ fn add_target<A: Arith, Q: Decode>(qd: &Q, io: &BlockIo<'_>, st: &mut State) {
         if qd.code(qx.to_bits()) == 0 && w != 0.0 {
             let qe = qd.elem::<A>(qx, (io.col0 + i) as u32);
             st.sa += w as f64;
-            if qe.zero {
+            if qe.zero | (qe.far & (w >= f32::MIN_POSITIVE)) {
                 st.flags |= FL_Q_ZERO_HIT;
             } else {
                 st.v += (w * (qe.hi + qe.lo)) as f64;
@@ -614,6 +689,7 @@ fn with_q<const M: u8, P: Decode>(q: DecKind, isa: Isa) -> Option<BlockFn> {
         DecKind::None => build::<M, P, NoneD>(isa),
         DecKind::Probs => build::<M, P, ProbsD>(isa),
         DecKind::ProbsDiv => build::<M, P, ProbsDivD>(isa),
+        DecKind::ProbsPow2 => build::<M, P, ProbsPow2D>(isa),
         DecKind::Log => build::<M, P, LogD>(isa),
         DecKind::Targets | DecKind::TargetsWeighted => return None,
     })
@@ -624,7 +700,8 @@ fn with_q<const M: u8, P: Decode>(q: DecKind, isa: Isa) -> Option<BlockFn> {
 fn with_pq<const M: u8>(p: DecKind, q: DecKind, isa: Isa) -> Option<BlockFn> {
     use DecKind as K;
     let q_none = q == K::None;
-    let two = !q_none && !matches!(p, K::None | K::Targets | K::TargetsWeighted);
+    let two = !q_none && !matches!(p, K::None | K::Targets | K::TargetsWeighted | K::ProbsPow2);
+    let sums_q = matches!(q, K::None | K::Probs | K::ProbsPow2 | K::Log);
     match (M, p) {
         (measure::ENTROPY, K::Probs) if q_none => with_q::<M, ProbsD>(q, isa),
         (measure::ENTROPY, K::ProbsDiv) if q_none => with_q::<M, ProbsDivD>(q, isa),
@@ -640,12 +717,9 @@ fn with_pq<const M: u8>(p: DecKind, q: DecKind, isa: Isa) -> Option<BlockFn> {
         (measure::CROSS, K::TargetsWeighted) if !q_none => with_q::<M, TargetsD<true>>(q, isa),
         // first passes, and the NLL fast path (p None, q as in its term pass)
         (measure::SUMS, K::None) if !q_none => with_q::<M, NoneD>(q, isa),
-        (measure::SUMS, K::Probs) if matches!(q, K::None | K::Probs | K::Log) => {
-            with_q::<M, ProbsD>(q, isa)
-        }
-        (measure::SUMS, K::Log) if matches!(q, K::None | K::Probs | K::Log) => {
-            with_q::<M, LogD>(q, isa)
-        }
+        (measure::SUMS, K::Probs) if sums_q => with_q::<M, ProbsD>(q, isa),
+        (measure::SUMS, K::ProbsPow2) if sums_q => with_q::<M, ProbsPow2D>(q, isa),
+        (measure::SUMS, K::Log) if sums_q => with_q::<M, LogD>(q, isa),
         _ => None,
     }
 }

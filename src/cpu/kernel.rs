@@ -13,7 +13,10 @@
 //!   block of columns ([`super::block`] finds it first) instead of rescaling
 //!   per element; blocks then merge with the shader's `merge`.
 
-use super::ln::{ABS_MASK, Arith, EXP_MASK, NEG_INF_BITS, POS_INF_BITS, exp, ln_hilo};
+use super::ln::{
+    ABS_MASK, Arith, EXP_MASK, LN2_HI, LN2_LO, MANT_MASK, NEG_INF_BITS, POS_INF_BITS, exp, ln_hilo,
+    ln_pos,
+};
 use crate::record::code;
 
 /// "No problem yet" while reducing; mapped to `code::OK` at the end.
@@ -89,21 +92,76 @@ fn rescale_p(st: &mut State, m: f64) {
 }
 
 /// Rescales an online q state to the maximum m: sb scales, v loses shift · sa.
+/// When m is more than f32::MAX above mb, the log-probabilities of the elements
+/// so far do not fit f32 (see [`Elem::far`]), as in the shader's `rescale_q`.
 fn rescale_q(st: &mut State, m: f64) {
     let seen = (st.flags & FL_Q_SEEN) != 0;
-    let scale = if seen { (st.mb - m).exp() } else { 0.0 };
     let shift = if seen { m - st.mb } else { 0.0 };
+    if shift > f32::MAX as f64 {
+        st.sb = 0.0;
+        st.v = 0.0;
+        st.d = 0.0;
+        if st.sa >= f32::MIN_POSITIVE as f64 {
+            st.flags |= FL_Q_ZERO_HIT;
+        }
+        st.mb = m;
+        return;
+    }
+    let scale = if seen { (st.mb - m).exp() } else { 0.0 };
     st.sb *= scale;
     st.v -= shift * st.sa;
     st.d += shift * st.sa;
     st.mb = m;
 }
 
-/// Merges two states; `p_online` / `q_online` say which operands are kept
-/// relative to a running maximum.
-pub(super) fn merge(a_in: &State, b_in: &State, p_online: bool, q_online: bool) -> State {
+/// How an operand's sums are kept in a state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Rel {
+    /// Plain sums.
+    Plain,
+    /// Relative to the running maximum `m` (e^(x − m)): logits and log forms
+    /// being normalised.
+    Online,
+    /// Relative to 2^K, K the running largest exponent (first pass of
+    /// probabilities being renormalised): exact scaling, so that sums of
+    /// subnormals and sums beyond the f32 range are formed like any other.
+    Pow2,
+}
+
+/// 2^d in f64 for an integer d ≥ −1022 (exact).
+fn pow2_f64(d: f64) -> f64 {
+    f64::from_bits(((d as i64 + 1023) as u64) << 52)
+}
+
+/// Merges two power-of-two-relative sums (`Rel::Pow2`) to the larger exponent.
+fn merge_pow2(
+    (ka, sa, a_seen): (f64, f64, bool),
+    (kb, sb, b_seen): (f64, f64, bool),
+) -> (f64, f64) {
+    let k = match (a_seen, b_seen) {
+        (true, true) => ka.max(kb),
+        (true, false) => ka,
+        (false, _) => kb,
+    };
+    let scale = |kx: f64, seen: bool| if seen { pow2_f64(kx - k) } else { 0.0 };
+    (k, sa * scale(ka, a_seen) + sb * scale(kb, b_seen))
+}
+
+/// Merges two states; `p` / `q` say how each operand's sums are kept.
+pub(super) fn merge(a_in: &State, b_in: &State, p: Rel, q: Rel) -> State {
     let mut a = *a_in;
     let mut b = *b_in;
+    if p == Rel::Pow2 {
+        let seen = |s: &State| (s.flags & FL_P_SEEN) != 0;
+        (a.ma, a.sa) = merge_pow2((a.ma, a.sa, seen(&a)), (b.ma, b.sa, seen(&b)));
+        b.sa = 0.0;
+    }
+    if q == Rel::Pow2 {
+        let seen = |s: &State| (s.flags & FL_Q_SEEN) != 0;
+        (a.mb, a.sb) = merge_pow2((a.mb, a.sb, seen(&a)), (b.mb, b.sb, seen(&b)));
+        b.sb = 0.0;
+    }
+    let (p_online, q_online) = (p == Rel::Online, q == Rel::Online);
     if p_online {
         let a_seen = (a.flags & FL_P_SEEN) != 0;
         let b_seen = (b.flags & FL_P_SEEN) != 0;
@@ -167,6 +225,11 @@ pub(super) struct Elem {
     pub w: f32,
     pub hi: f32,
     pub lo: f32,
+    /// A log form's value more than f32::MAX below its maximum: its log does
+    /// not fit f32. Its weight and log are 0 (term 0 as p); as q the term is
+    /// +inf under a p of normal weight and 0 under a negligible one (below
+    /// f32::MIN_POSITIVE), as in the shader.
+    pub far: bool,
 }
 
 /// The shader's `check_value` without the P/Q base: 0 when good, else
@@ -222,7 +285,77 @@ pub(super) fn probs_elem<A: Arith>(x: f32) -> Elem {
     // selects away
     let zero = (x.to_bits() & ABS_MASK) == 0;
     let (hi, lo) = ln_hilo::<A>(x);
-    Elem { zero, w: x, hi, lo }
+    Elem {
+        zero,
+        w: x,
+        hi,
+        lo,
+        far: false,
+    }
+}
+
+/// A finite x > 0 given by its bits as (m, k), x = m · 2^k with m in [1, 2),
+/// subnormals included, by integer operations only (no subnormal arithmetic:
+/// the same as the shader's `split_pow2`). Garbage for 0.
+#[inline(always)]
+pub(super) fn split_pow2(b: u32) -> (f32, i32) {
+    let sub = (b & EXP_MASK) == 0;
+    let n = if sub {
+        ((b & MANT_MASK) as f32).to_bits()
+    } else {
+        b
+    };
+    let k = ((n >> 23) & 0xff) as i32 - 127 - if sub { 149 } else { 0 };
+    (f32::from_bits((n & MANT_MASK) | 0x3f80_0000), k)
+}
+
+/// 2^d from its bits: exact for −126 ≤ d ≤ 127, 0 below (the shader's `pow2`).
+#[inline(always)]
+pub(super) fn pow2(d: i32) -> f32 {
+    let v = f32::from_bits(((d.clamp(-126, 127) + 127) as u32) << 23);
+    if d < -126 { 0.0 } else { v }
+}
+
+/// A probability relative to 2^`k_max` (first pass of the two-pass plan for
+/// probabilities being renormalised): m · 2^(k − K), exact.
+#[inline(always)]
+pub(super) fn probs_pow2_elem(x: f32, k_max: f32) -> Elem {
+    let b = x.to_bits();
+    let zero = (b & ABS_MASK) == 0;
+    let (m, k) = split_pow2(b);
+    let w = m * pow2(k - k_max as i32);
+    Elem {
+        zero,
+        w: if zero { 0.0 } else { w },
+        hi: 0.0,
+        lo: 0.0,
+        far: false,
+    }
+}
+
+/// A probability divided by its row sum, the sum given relative to 2^`k_max`
+/// (`s` = Σ x · 2^−K): (m · 2^(k − K)) / s, the same bits as x / Σ x wherever
+/// both are in range. The zero rule comes from x's bits; a quotient that is
+/// subnormal (or 0) keeps an exact log from the parts, ln(m / s) + (k − K) ln 2,
+/// as the shader's `plain_elem` does.
+#[inline(always)]
+pub(super) fn probs_div_elem<A: Arith>(x: f32, k_max: f32, s: f32) -> Elem {
+    let b = x.to_bits();
+    let zero = (b & ABS_MASK) == 0;
+    let (m, k) = split_pow2(b);
+    let dk = k - k_max as i32;
+    let y = m * pow2(dk) / s;
+    let normal = (y.to_bits() & EXP_MASK) != 0;
+    let (hi, lo) = ln_hilo::<A>(y);
+    let dkf = dk as f32;
+    let (h2, l2) = (dkf * LN2_HI, A::madd(dkf, LN2_LO, ln_pos::<A>(m / s)));
+    Elem {
+        zero,
+        w: if zero { 0.0 } else { y },
+        hi: if normal { hi } else { h2 },
+        lo: if normal { lo } else { l2 },
+        far: false,
+    }
 }
 
 /// A log-probability (as given: `n` the identity) or a log value normalised by
@@ -231,13 +364,17 @@ pub(super) fn probs_elem<A: Arith>(x: f32) -> Elem {
 #[inline(always)]
 pub(super) fn log_elem<A: Arith>(x: f32, m: f32, ls: f32) -> Elem {
     let zero = x.to_bits() == NEG_INF_BITS;
+    // x − m beyond the f32 range (logit spreads above f32::MAX): see `Elem::far`
+    let far = !zero & (m > 0.0) & (x < m - f32::MAX);
     let l = (x - m) - ls;
     let w = exp::<A>(l);
+    let off = zero | far;
     Elem {
         zero,
-        w: if zero { 0.0 } else { w },
-        hi: if zero { 0.0 } else { l },
+        w: if off { 0.0 } else { w },
+        hi: if off { 0.0 } else { l },
         lo: 0.0,
+        far,
     }
 }
 
@@ -252,6 +389,7 @@ pub(super) fn target_elem(wc: f32, col: u32, t: &Target) -> Elem {
         w,
         hi: 0.0,
         lo: 0.0,
+        far: false,
     }
 }
 
@@ -346,16 +484,18 @@ pub(super) fn accumulate<const M: u8, const L: usize, A: Arith>(
         measure::CROSS => {
             acc.sb[i] += qe.w;
             acc.sa[i] += pe.w;
+            let qz = qe.zero | (qe.far & (pe.w >= f32::MIN_POSITIVE));
             let t = pe.w * (qe.hi + qe.lo);
-            acc.v[i] += if pe.zero | qe.zero { 0.0 } else { t };
-            acc.hit[i] |= (!pe.zero & qe.zero) as u32;
+            acc.v[i] += if pe.zero | qz | qe.far { 0.0 } else { t };
+            acc.hit[i] |= (!pe.zero & qz) as u32;
         }
         measure::KL => {
             acc.sb[i] += qe.w;
             acc.sa[i] += pe.w;
+            let qz = qe.zero | (qe.far & (pe.w >= f32::MIN_POSITIVE));
             let t = pe.w * ((pe.hi - qe.hi) + (pe.lo - qe.lo));
-            acc.d[i] += if pe.zero | qe.zero { 0.0 } else { t };
-            acc.hit[i] |= (!pe.zero & qe.zero) as u32;
+            acc.d[i] += if pe.zero | qz | qe.far { 0.0 } else { t };
+            acc.hit[i] |= (!pe.zero & qz) as u32;
         }
         measure::JS => {
             acc.sa[i] += pe.w;
@@ -476,9 +616,9 @@ pub(super) fn finalize(st: &State, e: &RowEnd) -> crate::record::Record {
     }
     let hit = (st.flags & FL_Q_ZERO_HIT) != 0 && !matches!(e.kind, Kind::Entropy | Kind::Js);
     let mut value = if hit {
-        f32::INFINITY
+        signed_inf(e.ln_base)
     } else {
-        (value / e.ln_base) as f32
+        positive_zero((value / e.ln_base) as f32)
     };
     if status != code::OK {
         value = f32::NAN;
@@ -491,8 +631,24 @@ pub(super) fn finalize(st: &State, e: &RowEnd) -> crate::record::Record {
     }
 }
 
+/// The infinity of a value divided by ln(base): −inf for a base below 1.
+pub(super) fn signed_inf(ln_base: f64) -> f32 {
+    if ln_base < 0.0 {
+        f32::NEG_INFINITY
+    } else {
+        f32::INFINITY
+    }
+}
+
+/// +0.0 for either zero (the shader's `positive_zero`).
+#[inline(always)]
+pub(super) fn positive_zero(x: f32) -> f32 {
+    if x == 0.0 { 0.0 } else { x }
+}
+
 /// The first pass's finalize for one operand: its normaliser, the status it
-/// raises (0 when good) and its aux value (sum, or log-sum-exp).
+/// raises (0 when good) and its aux value (sum, or log-sum-exp). For
+/// probabilities `m` is the exponent K and `s` the sum relative to 2^K.
 pub(super) fn normaliser(
     log_form: bool,
     seen: bool,
@@ -512,18 +668,19 @@ pub(super) fn normaliser(
         let key = if seen { KEY_NONE } else { row_key(masked_code) };
         (n, key, (m + ls) as f32)
     } else {
-        let sf = s as f32;
-        let b = sf.to_bits();
-        let bad = (b & EXP_MASK) == 0 || (b & ABS_MASK) == POS_INF_BITS;
-        let key = if bad { row_key(zero_code) } else { KEY_NONE };
+        // only a row with no non-zero element cannot be normalised
+        let key = if seen { KEY_NONE } else { row_key(zero_code) };
+        // the caller's sum: +inf beyond f32, 0 below its normal range (as the shader)
+        let sum = (s * pow2_f64(m)) as f32;
+        let sum = if sum < f32::MIN_POSITIVE { 0.0 } else { sum };
         (
             Norm {
-                m: 0.0,
+                m: m as f32,
                 ls: 0.0,
-                s: sf,
+                s: s as f32,
             },
             key,
-            sf,
+            sum,
         )
     }
 }

@@ -17,7 +17,7 @@
 use std::mem::MaybeUninit;
 
 use super::block::{BLOCK, BlockFn, BlockIo, Dec, DecKind, Isa, SUB, pick};
-use super::kernel::{self, Norm, RowEnd, Side, State, Target, measure};
+use super::kernel::{self, Norm, Rel, RowEnd, Side, State, Target, measure};
 use crate::job::{Data, Job, Kind};
 use crate::measure::{Form, Normalization};
 use crate::record::{Record, code};
@@ -146,6 +146,7 @@ impl<'j> Plan<'j> {
         let q = op(&job.q, job.q_online());
         let sums_kind = |o: &OpPlan| match (o.side.present, log_form(o.form)) {
             (false, _) => DecKind::None,
+            (true, false) if o.side.normalized => DecKind::ProbsPow2,
             (true, false) => DecKind::Probs,
             (true, true) => DecKind::Log,
         };
@@ -199,12 +200,17 @@ impl<'j> Plan<'j> {
         o.side.present && log_form(o.form)
     }
 
-    /// Whether p / q states of `pass` are relative to running maxima.
-    fn online(&self, pass: Pass) -> (bool, bool) {
-        match pass {
-            Pass::Sums => (self.pass_log(&self.p), self.pass_log(&self.q)),
-            Pass::Terms => (self.p.side.online, self.q.side.online),
-        }
+    /// How the p / q sums of `pass` are kept: relative to running maxima
+    /// (online log forms), to powers of two (probabilities being renormalised,
+    /// first pass) or plain.
+    fn online(&self, pass: Pass) -> (Rel, Rel) {
+        let rel = |o: &OpPlan| match pass {
+            Pass::Sums if self.pass_log(o) => Rel::Online,
+            Pass::Sums if o.side.present && o.side.normalized => Rel::Pow2,
+            Pass::Terms if o.side.online => Rel::Online,
+            _ => Rel::Plain,
+        };
+        (rel(&self.p), rel(&self.q))
     }
 
     fn nll_row(&self, row: usize) -> Option<(Target, f32)> {
@@ -472,7 +478,7 @@ impl<'j> Plan<'j> {
             _ => -st.v + st.sa * 0.0,
         };
         let value = if status == code::OK {
-            (value / self.job.ln_base) as f32
+            kernel::positive_zero((value / self.job.ln_base) as f32)
         } else {
             f32::NAN
         };

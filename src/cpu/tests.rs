@@ -733,8 +733,9 @@ fn row_level_problems() {
         Normalization::AsGiven,
     );
     assert_eq!(r[0].status, 0);
-    // a zero row cannot be renormalised, nor a subnormal sum
-    for z in [[0.0f32, 0.0], [1e-40, 0.0]] {
+    // a zero row cannot be renormalised (a subnormal sum can: the hardening
+    // issue, item 10; tests/hardening_numerics.rs checks its values)
+    for z in [[0.0f32, 0.0], [-0.0, 0.0]] {
         let r = records(
             Measure::Kl,
             Batch::row(&z),
@@ -755,6 +756,15 @@ fn row_level_problems() {
             r[0].status,
             status_word(code::COL_NONE as usize, code::Q_ZERO_SUM)
         );
+    }
+    for tiny in [[1e-40f32, 0.0], [1e-45, 3e-45]] {
+        let r = records(
+            Measure::Kl,
+            Batch::row(&tiny),
+            Batch::row(&q),
+            Normalization::Renormalize,
+        );
+        assert_eq!(r[0].status, 0, "{tiny:?}");
     }
     // all -inf logits
     let m = [f32::NEG_INFINITY; 3];

@@ -210,7 +210,8 @@ pub(crate) fn encode(
         has_ignore: s.has_ignore as u32,
         smoothing: s.smoothing,
         weights_at: if s.has_weights { s.rows } else { u32::MAX },
-        inf_bits: f32::INFINITY.to_bits(),
+        // a base below 1 divides by ln(base) < 0: an infinite value is -inf
+        inf_bits: (f32::INFINITY * s.ln_base.signum() as f32).to_bits(),
         nan_bits: f32::NAN.to_bits(),
         ..Default::default()
     };

@@ -51,8 +51,8 @@ pub(crate) struct TotalParams {
 
 /// Size of a partial row state (`struct State` in rows.wgsl): 9 words.
 pub(crate) const STATE_SIZE: u64 = 36;
-/// Size of a batch-total state (`struct Total` in total.wgsl): 7 words.
-pub(crate) const TOTAL_SIZE: u64 = 28;
+/// Size of a batch-total state (`struct Total` in total.wgsl): 8 words.
+pub(crate) const TOTAL_SIZE: u64 = 32;
 
 /// Uniform slots, filled in recording order and uploaded once.
 #[derive(Default)]

@@ -394,10 +394,10 @@ pub fn ref_dist(x: &[f32], form: Form, norm: Normalization) -> (Vec<f64>, Vec<f6
         }
         Form::LogProbs | Form::Logits => {
             let lp: Vec<f64> = if form == Form::Logits || norm == Normalization::Renormalize {
-                let lse = log_sum_exp(&x);
-                // (x - m) - ln s, with x - m exact: never x - lse with lse formed in f32.
+                // (x - m) - ln s, with ln s = ln Σ e^(x - m) formed on its own:
+                // never lse - m (m + ln s loses ln s when |m| is large: 3.4e38).
                 let m = x.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                let ls = lse - m;
+                let ls = x.iter().map(|&v| (v - m).exp()).sum::<f64>().ln();
                 x.iter().map(|v| (v - m) - ls).collect()
             } else {
                 x
