@@ -530,11 +530,7 @@ fn device_time(
             None => ctx.encode_nll(
                 &mut enc,
                 &GpuBatch::new(&p, rows, cols).form(Form::Logits),
-                &GpuTargets {
-                    buffer: &t,
-                    offset: 0,
-                    len: rows,
-                },
+                &GpuTargets::i32(&t, rows),
                 &NllOptions::default(),
                 &o,
             )?,

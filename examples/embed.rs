@@ -20,10 +20,10 @@ use kullback::{
 };
 
 /// The app's own shaders: a row-wise softmax, and a counter over kullback's
-/// output records (value, aux_p, aux_q, status: see `kullback::Record`).
+/// output records (value, aux_p, aux_q, code, column, index: see `kullback::Record`).
 const APP_WGSL: &str = r#"
 struct Dims { rows: u32, cols: u32, threshold: f32, _pad: u32 }
-struct Record { value: f32, aux_p: f32, aux_q: f32, status: u32 }
+struct Record { value: f32, aux_p: f32, aux_q: f32, code: u32, column: u32, index: u32 }
 @group(0) @binding(0) var<storage, read> logits: array<f32>;
 @group(0) @binding(1) var<storage, read_write> probs: array<f32>;
 @group(0) @binding(2) var<uniform> dims: Dims;
@@ -48,7 +48,7 @@ fn softmax(@builtin(global_invocation_id) id: vec3<u32>) {
 fn count_above(@builtin(global_invocation_id) id: vec3<u32>) {
     if (id.x >= dims2.rows) { return; }
     let r = records[id.x];
-    if (r.status == 0u && r.value > dims2.threshold) { atomicAdd(&count[0], 1u); }
+    if (r.code == 0u && r.value > dims2.threshold) { atomicAdd(&count[0], 1u); }
 }
 "#;
 

@@ -19,8 +19,9 @@ const F32_MAX: f32 = 0x1.fffffep+127f;
 // The smallest normal f32.
 const F32_MIN_POSITIVE: f32 = 0x1p-126f;
 
-// Status codes, keep in sync with src/record.rs. A status word is
-// (column << 8) | code; the smallest word is the first bad column.
+// Status codes (a record's `code`), the same numbers as src/record.rs `code` (a
+// test there reads these lines). A problem is keyed (column, code): the smallest
+// key is the first bad column, and a row's problems (column COL_NONE) come last.
 const ST_OK: u32 = 0u;
 const ST_P_NAN: u32 = 1u;
 const ST_P_NEGATIVE: u32 = 2u;
@@ -31,19 +32,35 @@ const ST_Q_NEGATIVE: u32 = 6u;
 const ST_Q_INFINITE: u32 = 7u;
 const ST_Q_POSITIVE_LOG: u32 = 8u;
 const ST_TARGET: u32 = 9u;
+const ST_TARGET_NEGATIVE: u32 = 10u;
 const ST_P_SUM: u32 = 16u;
 const ST_Q_SUM: u32 = 17u;
 const ST_P_ZERO_SUM: u32 = 18u;
 const ST_Q_ZERO_SUM: u32 = 19u;
 const ST_P_ALL_MASKED: u32 = 20u;
 const ST_Q_ALL_MASKED: u32 = 21u;
-// "No problem yet" while reducing; mapped to ST_OK at the end.
-const KEY_NONE: u32 = 0xffffffffu;
-// Column field of row-level problems (and of columns beyond 2^24 - 2).
-const COL_NONE: u32 = 0xffffffu;
+// Column of row-level problems.
+const COL_NONE: u32 = 0xffffffffu;
+// "No problem yet" while reducing (a code above every code); ST_OK at the end.
+const CODE_NONE: u32 = 0xffffffffu;
 
-fn status_key(col: u32, code: u32) -> u32 {
-    return (min(col, COL_NONE) << 8u) | code;
+// A problem's key: vec2(column, code).
+fn key_none() -> vec2<u32> {
+    return vec2<u32>(COL_NONE, CODE_NONE);
+}
+
+// The smaller key: the first column, then the smaller code.
+fn key_min(a: vec2<u32>, b: vec2<u32>) -> vec2<u32> {
+    return select(a, b, b.x < a.x || (b.x == a.x && b.y < a.y));
+}
+
+// A key's code and column as a record holds them (ST_OK and 0 for none).
+fn key_code(k: vec2<u32>) -> u32 {
+    return select(k.y, ST_OK, k.y == CODE_NONE);
+}
+
+fn key_column(k: vec2<u32>) -> u32 {
+    return select(k.x, 0u, k.y == CODE_NONE);
 }
 
 fn is_zero_bits(b: u32) -> bool {

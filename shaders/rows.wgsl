@@ -86,10 +86,11 @@ struct Params {
     weights_at: u32,      // NLL: index of class weights in the targets binding; 0xffffffff: none
     inf_bits: u32,        // +inf (-inf for a base below 1) and NaN as bits: WGSL has no literal for them
     nan_bits: u32,
-    _pad: u32,
+    targets_signed: u32,  // NLL: 1 when the targets are i32 (a negative one is reported as such)
 }
 
 struct State {
+    key: vec2<u32>, // the first problem: (column, code); first for its alignment
     ma: f32,
     sa: f32,
     u: f32,
@@ -97,16 +98,17 @@ struct State {
     sb: f32,
     v: f32,
     t: f32,
-    key: u32,
     flags: u32,
 }
 
-// Keep in sync with src/record.rs `Record`.
+// src/record.rs `Record` (a test there compares the fields).
 struct Record {
     value: f32,
     aux_p: f32,
     aux_q: f32,
-    status: u32,
+    code: u32,
+    column: u32,
+    index: u32,
 }
 
 @group(0) @binding(0) var<storage, read> p_buf: array<u32>;
@@ -118,7 +120,7 @@ struct Record {
 var<workgroup> shared_states: array<State, WG>;
 
 fn empty_state() -> State {
-    return State(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, KEY_NONE, 0u);
+    return State(key_none(), 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0u);
 }
 
 // Rescales an online p state to the maximum m (>= st.ma when seen). Weights of
@@ -199,8 +201,8 @@ fn merge(a_in: State, b_in: State) -> State {
         b.sb = rescale_pow2(b.sb, b.mb, m);
         a.mb = m;
     }
-    return State(a.ma, a.sa + b.sa, a.u + b.u, a.mb, a.sb + b.sb, a.v + b.v, a.t + b.t,
-                 min(a.key, b.key), a.flags | b.flags);
+    return State(key_min(a.key, b.key), a.ma, a.sa + b.sa, a.u + b.u, a.mb, a.sb + b.sb,
+                 a.v + b.v, a.t + b.t, a.flags | b.flags);
 }
 
 // Normaliser of one operand for the second pass: for probabilities the row sum
@@ -341,7 +343,7 @@ fn accumulate(st: ptr<function, State>, ctx: RowCtx, col: u32, pi: u32, qi: u32)
         let pb = p_buf[pi];
         let code = check_value(pb, P_FORM, true);
         if (code != ST_OK) {
-            (*st).key = min((*st).key, status_key(col, code));
+            (*st).key = key_min((*st).key, vec2<u32>(col, code));
             return;
         }
         if (P_ONLINE) {
@@ -383,7 +385,7 @@ fn accumulate(st: ptr<function, State>, ctx: RowCtx, col: u32, pi: u32, qi: u32)
     let qb = q_buf[qi];
     let qcode = check_value(qb, Q_FORM, false);
     if (qcode != ST_OK) {
-        (*st).key = min((*st).key, status_key(col, qcode));
+        (*st).key = key_min((*st).key, vec2<u32>(col, qcode));
         return;
     }
     var qe: Elem;
@@ -454,27 +456,17 @@ fn accumulate(st: ptr<function, State>, ctx: RowCtx, col: u32, pi: u32, qi: u32)
 // Turns a row's state into its record (or, in the first pass, its normaliser).
 fn finalize(row: u32, st: State) {
     var key = st.key;
-    if (P_FORM == F_TARGETS) {
-        let t = p_buf[row];
-        let ignored = params.has_ignore != 0u && t == params.ignore_bits;
-        if (!ignored && t >= params.cols) {
-            key = min(key, status_key(0u, ST_TARGET));
-        }
-    }
     let p_online = P_ONLINE;
     let q_online = Q_ONLINE;
-    let row_key = status_key(COL_NONE, 0u);
     if (MEASURE == M_SUMS) {
-        // First pass: probabilities need a normal, finite sum; log forms an element.
-        // only a row with no non-zero element cannot be normalised
+        // First pass: only a row with no non-zero element cannot be normalised.
         if (P_NORM && (st.flags & FL_P_SEEN) == 0u) {
-            key = min(key, row_key | select(ST_P_ZERO_SUM, ST_P_ALL_MASKED, p_online));
+            key = key_min(key, vec2<u32>(COL_NONE, select(ST_P_ZERO_SUM, ST_P_ALL_MASKED, p_online)));
         }
         if (HAS_Q && Q_NORM && (st.flags & FL_Q_SEEN) == 0u) {
-            key = min(key, row_key | select(ST_Q_ZERO_SUM, ST_Q_ALL_MASKED, q_online));
+            key = key_min(key, vec2<u32>(COL_NONE, select(ST_Q_ZERO_SUM, ST_Q_ALL_MASKED, q_online)));
         }
         partials[params.norm_at + row] = st;
-        let status = select(key, ST_OK, key == KEY_NONE);
         // the records keep what the caller gave: the sum, or the log-sum-exp
         var first_p = select(st.sa, st.ma + log(max(st.sa, 1.0)), p_online);
         var first_q = select(st.sb, st.mb + log(max(st.sb, 1.0)), q_online);
@@ -484,31 +476,45 @@ fn finalize(row: u32, st: State) {
         if (Q_SCALED) {
             first_q = unscale(st.sb, i32(st.mb));
         }
-        records[row] = Record(0.0, first_p, first_q, status);
+        records[row] = Record(0.0, first_p, first_q, key_code(key), key_column(key), 0u);
         return;
     }
     // Online operands must have seen an element (a row of all -inf is an error).
     if (p_online && P_FORM != F_TARGETS && (st.flags & FL_P_SEEN) == 0u) {
-        key = min(key, row_key | ST_P_ALL_MASKED);
+        key = key_min(key, vec2<u32>(COL_NONE, ST_P_ALL_MASKED));
     }
     if (HAS_Q && q_online && (st.flags & FL_Q_SEEN) == 0u) {
-        key = min(key, row_key | ST_Q_ALL_MASKED);
+        key = key_min(key, vec2<u32>(COL_NONE, ST_Q_ALL_MASKED));
     }
     if (CHECK_SUMS) {
         if (P_FORM != F_TARGETS && !p_online && !P_NORM && abs(st.sa - 1.0) > params.tolerance) {
-            key = min(key, row_key | ST_P_SUM);
+            key = key_min(key, vec2<u32>(COL_NONE, ST_P_SUM));
         }
         if (HAS_Q && !q_online && !Q_NORM && abs(st.sb - 1.0) > params.tolerance) {
-            key = min(key, row_key | ST_Q_SUM);
+            key = key_min(key, vec2<u32>(COL_NONE, ST_Q_SUM));
         }
     }
-    var status = select(key, ST_OK, key == KEY_NONE);
-    var first = Record(0.0, 0.0, 0.0, ST_OK);
+    var first = Record(0.0, 0.0, 0.0, ST_OK, 0u, 0u);
     if (NORMALIZED) {
         // a problem found by the first pass wins
         first = records[row];
-        status = select(status, first.status, first.status != ST_OK);
+        if (first.code != ST_OK) {
+            key = vec2<u32>(first.column, first.code);
+        }
     }
+    var index = 0u;
+    if (P_FORM == F_TARGETS) {
+        // an out-of-range target wins over the values' problems, as on the host
+        // path (which checks targets first); its bits go to `index`
+        let t = p_buf[row];
+        let ignored = params.has_ignore != 0u && t == params.ignore_bits;
+        if (!ignored && t >= params.cols) {
+            let negative = params.targets_signed != 0u && (t & SIGN_BIT) != 0u;
+            key = vec2<u32>(COL_NONE, select(ST_TARGET, ST_TARGET_NEGATIVE, negative));
+            index = t;
+        }
+    }
+    let status = key_code(key);
     let lb = select(0.0, log(max(st.sb, 1.0)), q_online);
     let la = select(0.0, log(max(st.sa, 1.0)), p_online);
     let inv_sa = select(1.0, 1.0 / max(st.sa, 1.0), p_online);
@@ -533,14 +539,12 @@ fn finalize(row: u32, st: State) {
             wt = bitcast<f32>(p_buf[params.weights_at + min(t, params.cols - 1u)]);
         }
         aux_p = select(wt, 0.0, ignored);
-        // an out-of-range target is reported with its value
-        aux_p = select(aux_p, bitcast<f32>(t), (key & 0xffu) == ST_TARGET);
     }
     let hit = (st.flags & FL_Q_ZERO_HIT) != 0u && MEASURE != M_ENTROPY && MEASURE != M_JS;
     // inf_bits: the infinity of the base's sign (-inf for a base below 1)
     value = select(positive_zero(value * params.inv_ln_base), bitcast<f32>(params.inf_bits), hit);
     value = select(value, bitcast<f32>(params.nan_bits), status != ST_OK);
-    records[row] = Record(value, aux_p, aux_q, status);
+    records[row] = Record(value, aux_p, aux_q, status, key_column(key), index);
 }
 
 // Pairwise sum of shared_states[base + k * first .. ] for k < n / first, in

@@ -19,11 +19,14 @@ struct Params {
     nan_bits: u32,
 }
 
+// src/record.rs `Record` (a test there compares the fields).
 struct Record {
     value: f32,
     aux_p: f32,
     aux_q: f32,
-    status: u32,
+    code: u32,
+    column: u32,
+    index: u32,
 }
 
 struct Total {
@@ -32,8 +35,10 @@ struct Total {
     infs: u32,
     neg_infs: u32,
     bad_row: u32,
-    status: u32,
-    // the first bad row's own sums, so that its error can be decoded exactly
+    // the first bad row's own record, so that its error can be decoded exactly
+    code: u32,
+    column: u32,
+    index: u32,
     bad_aux_p: f32,
     bad_aux_q: f32,
 }
@@ -48,10 +53,11 @@ var<workgroup> shared_totals: array<Total, WG>;
 
 fn merge_totals(a: Total, b: Total) -> Total {
     // keep the first bad row (the tree does not visit ranges in row order)
-    let a_bad = a.status != ST_OK;
-    let take_b = b.status != ST_OK && (!a_bad || b.bad_row < a.bad_row);
+    let a_bad = a.code != ST_OK;
+    let take_b = b.code != ST_OK && (!a_bad || b.bad_row < a.bad_row);
     return Total(a.sum + b.sum, a.weight + b.weight, a.infs + b.infs, a.neg_infs + b.neg_infs,
-                 select(a.bad_row, b.bad_row, take_b), select(a.status, b.status, take_b),
+                 select(a.bad_row, b.bad_row, take_b), select(a.code, b.code, take_b),
+                 select(a.column, b.column, take_b), select(a.index, b.index, take_b),
                  select(a.bad_aux_p, b.bad_aux_p, take_b), select(a.bad_aux_q, b.bad_aux_q, take_b));
 }
 
@@ -60,7 +66,7 @@ fn load(i: u32) -> Total {
         return totals_in[i];
     }
     let r = rows_in[i];
-    let bad = r.status != ST_OK;
+    let bad = r.code != ST_OK;
     let bits = bitcast<u32>(r.value);
     let inf = !bad && bits == POS_INF_BITS;
     let neg_inf = !bad && bits == NEG_INF_BITS;
@@ -68,7 +74,7 @@ fn load(i: u32) -> Total {
     let w = select(1.0, r.aux_p, params.weighted != 0u);
     let v = select(r.value, 0.0, bad || inf || neg_inf);
     return Total(v, select(w, 0.0, bad), select(0u, 1u, inf), select(0u, 1u, neg_inf),
-                 params.rows_base + i, r.status, r.aux_p, r.aux_q);
+                 params.rows_base + i, r.code, r.column, r.index, r.aux_p, r.aux_q);
 }
 
 fn tree_levels(base: u32, first: u32, n: u32) {
@@ -92,7 +98,7 @@ fn total_main(
         return;
     }
     let end = min(begin + span, params.count);
-    var t = Total(0.0, 0.0, 0u, 0u, 0u, ST_OK, 0.0, 0.0);
+    var t = Total(0.0, 0.0, 0u, 0u, 0u, ST_OK, 0u, 0u, 0.0, 0.0);
     let first = begin + lid * EPT;
     for (var k = 0u; k < EPT; k = k + 1u) {
         let i = first + k;
@@ -125,7 +131,7 @@ fn total_main(
     // a mean over no counted weight (every target ignored, or weighted 0) is
     // NaN, as PyTorch's, whatever the rows hold
     value = select(value, bitcast<f32>(params.nan_bits), params.mean != 0u && r.weight == 0.0);
-    value = select(value, bitcast<f32>(params.nan_bits), r.status != ST_OK);
-    out[0] = Record(value, r.weight, bitcast<f32>(r.bad_row), r.status);
-    out[1] = Record(bitcast<f32>(params.nan_bits), r.bad_aux_p, r.bad_aux_q, r.status);
+    value = select(value, bitcast<f32>(params.nan_bits), r.code != ST_OK);
+    out[0] = Record(value, r.weight, 0.0, r.code, r.column, r.bad_row);
+    out[1] = Record(bitcast<f32>(params.nan_bits), r.bad_aux_p, r.bad_aux_q, r.code, r.column, r.index);
 }

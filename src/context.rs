@@ -502,8 +502,8 @@ fn finish(job: &Meta, records: Records, backend: Ran, adapter: Option<String>) -
     let (values, counted) = match records {
         Records::Rows(r) => return rows_output(job, &r, backend, adapter),
         Records::Total(t) => {
-            if t.status != 0 {
-                return Err(record::decode(t.aux_q.to_bits() as usize, &t, &ctx));
+            if !t.is_ok() {
+                return Err(record::decode(t.index as usize, &t, &ctx));
             }
             (vec![t.value], t.aux_p as f64)
         }
@@ -517,7 +517,7 @@ fn rows_output(job: &Meta, r: &[Record], backend: Ran, adapter: Option<String>) 
     // one pass: values out, the first bad row's error as soon as it is met
     let mut values = Vec::with_capacity(r.len());
     for (i, x) in r.iter().enumerate() {
-        if x.status != 0 {
+        if !x.is_ok() {
             return Err(record::decode(i, x, &job.ctx));
         }
         values.push(x.value);

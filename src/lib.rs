@@ -122,7 +122,7 @@
 //! let ctx = Context::from_device(device.clone(), queue.clone())?; // build once, keep
 //! let out = device.create_buffer(&wgpu::BufferDescriptor {
 //!     label: Some("kl"),
-//!     size: output_bytes(rows, Reduction::None),            // one 16-byte Record per row
+//!     size: output_bytes(rows, Reduction::None),            // one 24-byte Record per row
 //!     usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
 //!     mapped_at_creation: false,
 //! });
@@ -155,7 +155,8 @@
 //!   targets ([`GpuTargets`], i32 or u32) need `COPY_SRC`. Violations are
 //!   [`Error::Buffer`] before anything is recorded.
 //! * **Bad values**: the library never sees the data on this path, so each
-//!   output [`Record`] carries a status word; a bad row's value is NaN.
+//!   output [`Record`] carries a status (a code and the first bad column, and
+//!   for a bad target its value; u32 fields of their own); a bad row's value is NaN.
 //!   [`decode_output`] turns a read-back output into the values or into the
 //!   same [`Error`] the host path returns for the same input.
 //! * **Polling**: wgpu runs map callbacks only while the device is polled.

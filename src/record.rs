@@ -1,18 +1,22 @@
-//! The per-row output record both backends produce, its status word, and the
-//! decoding of a status into the crate's [`Error`].
+//! The per-row output record both backends produce, its status (a code and a
+//! column), and the decoding of a status into the crate's [`Error`].
 
 use crate::error::{Arg, BadValue, Error};
 
-/// One row's result, as the kernels write it (16 bytes, `#[repr(C)]`).
+/// One row's result, as the kernels write it (24 bytes, `#[repr(C)]`, the
+/// same on both backends and on the GPU-resident path).
 ///
-/// Keep in sync with `struct Record` in `shaders/rows.wgsl` and `shaders/total.wgsl`.
+/// Keep in sync with `struct Record` in `shaders/rows.wgsl` and
+/// `shaders/total.wgsl` (a test reads the shaders and compares).
 ///
 /// | field | per-row record | batch record (sum, mean) |
 /// |---|---|---|
-/// | `value` | the measure in the chosen base; +inf where a term is infinite; NaN when `status` ≠ 0 | the sum or mean; NaN when `status` ≠ 0 or a mean over no counted row |
-/// | `aux_p` | Σ p (probabilities, log-probabilities taken as given), the row's log-sum-exp (logits, renormalised log-probabilities), or the row's weight wₜ (0 when ignored) for a negative log-likelihood (the target's bits as i32 when it is out of range) | the number of rows counted (Σ wₜ for a negative log-likelihood) |
-/// | `aux_q` | the same for `q` | the first bad row, as `f32::from_bits` |
-/// | `status` | [`Status`] word: 0 when the row is good | the first bad row's status |
+/// | `value` | the measure in the chosen base; ±inf where a term is infinite; NaN when `code` ≠ 0 | the sum or mean; NaN when `code` ≠ 0 or a mean over no counted weight |
+/// | `aux_p` | Σ p (probabilities, log-probabilities taken as given), the row's log-sum-exp (logits, renormalised log-probabilities), or the row's weight wₜ (0 when ignored) for a negative log-likelihood | the number of rows counted (Σ wₜ for a negative log-likelihood) |
+/// | `aux_q` | the same for `q` | 0 |
+/// | `code` | the problem's code: 0 when the row is good (see [`Status`]) | the first bad row's code |
+/// | `column` | the first bad column, `u32::MAX` for a row's problem (a sum, a target) | the first bad row's column |
+/// | `index` | a negative log-likelihood's out-of-range target, its bits as the caller's i32 or u32 (0 otherwise) | the first bad row |
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Record {
@@ -22,14 +26,52 @@ pub struct Record {
     pub aux_p: f32,
     /// Row sum (or log-sum-exp) of `q`; see the table above.
     pub aux_q: f32,
-    /// Status word: `(column << 8) | code`, 0 when good. See [`Status`].
-    pub status: u32,
+    /// The problem's code, 0 when good. See [`Status`].
+    pub code: u32,
+    /// The first bad column, or `u32::MAX` for a problem of the whole row.
+    pub column: u32,
+    /// An out-of-range target (per-row record) or the first bad row (batch record).
+    pub index: u32,
+}
+
+impl Record {
+    /// Whether the row is good.
+    pub fn is_ok(&self) -> bool {
+        self.code == code::OK
+    }
+    /// The record's status: its code and column.
+    pub fn status(&self) -> Status {
+        Status {
+            code: self.code,
+            column: self.column,
+        }
+    }
+    /// A record with only the status of `key` set (NaN value).
+    pub(crate) fn from_key(key: u64) -> Record {
+        let (code, column) = key_parts(key);
+        Record {
+            value: f32::NAN,
+            code,
+            column,
+            ..Record::default()
+        }
+    }
+    /// The status as one number for tests: 0 when good, else its key.
+    #[cfg(test)]
+    pub(crate) fn word(&self) -> u64 {
+        if self.is_ok() {
+            0
+        } else {
+            status_key(self.column, self.code)
+        }
+    }
 }
 
 /// Size of a [`Record`] in bytes.
 pub const RECORD_SIZE: u64 = std::mem::size_of::<Record>() as u64;
 
-/// The code in the low 8 bits of a status word. Keep in sync with `shaders/common.wgsl`.
+/// The codes of [`Record::code`]. Keep in sync with `shaders/common.wgsl` (a
+/// test reads the shader's `ST_*` constants and compares).
 #[allow(missing_docs, reason = "the names say what each code is")]
 pub(crate) mod code {
     pub(crate) const OK: u32 = 0;
@@ -41,39 +83,67 @@ pub(crate) mod code {
     pub(crate) const Q_NEGATIVE: u32 = 6;
     pub(crate) const Q_INFINITE: u32 = 7;
     pub(crate) const Q_POSITIVE_LOG: u32 = 8;
+    /// A target outside [0, classes); the target's bits are in `index`.
     pub(crate) const TARGET: u32 = 9;
+    /// The same for a negative target of i32 targets.
+    pub(crate) const TARGET_NEGATIVE: u32 = 10;
     pub(crate) const P_SUM: u32 = 16;
     pub(crate) const Q_SUM: u32 = 17;
     pub(crate) const P_ZERO_SUM: u32 = 18;
     pub(crate) const Q_ZERO_SUM: u32 = 19;
     pub(crate) const P_ALL_MASKED: u32 = 20;
     pub(crate) const Q_ALL_MASKED: u32 = 21;
-    /// Column field of row-level problems.
-    pub(crate) const COL_NONE: u32 = 0xff_ffff;
+    /// Column of row-level problems.
+    pub(crate) const COL_NONE: u32 = u32::MAX;
 }
 
-/// Builds a status word; columns beyond 2^24 − 2 are stored as "unknown".
-pub(crate) fn status_word(col: usize, code: u32) -> u32 {
-    ((col.min(code::COL_NONE as usize) as u32) << 8) | code
+/// "No problem yet" while reducing: above every key.
+pub(crate) const KEY_NONE: u64 = u64::MAX;
+
+/// A problem as one ordered key, (column, code): the smallest is the first
+/// bad column (for one column the problem of p before that of q), and a row's
+/// problems (column `COL_NONE`) come after every column's. The shaders keep the
+/// same order with the two words side by side.
+#[inline(always)]
+pub(crate) fn status_key(col: u32, code: u32) -> u64 {
+    ((col as u64) << 8) | code as u64
 }
 
-/// A decoded status word.
+/// [`status_key`] of a `usize` column (tests).
+#[cfg(test)]
+pub(crate) fn status_word(col: usize, code: u32) -> u64 {
+    status_key(col as u32, code)
+}
+
+/// `(code, column)` of a key ([`code::OK`] for [`KEY_NONE`]).
+#[inline(always)]
+pub(crate) fn key_parts(key: u64) -> (u32, u32) {
+    if key == KEY_NONE {
+        (code::OK, 0)
+    } else {
+        ((key & 0xff) as u32, (key >> 8) as u32)
+    }
+}
+
+/// A row's status: a problem's code and column.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Status(pub u32);
+pub struct Status {
+    code: u32,
+    column: u32,
+}
 
 impl Status {
     /// Whether the row is good.
     pub fn is_ok(self) -> bool {
-        self.0 == 0
+        self.code == code::OK
     }
-    /// The problem's code (low 8 bits).
+    /// The problem's code (0 when good).
     pub fn code(self) -> u32 {
-        self.0 & 0xff
+        self.code
     }
-    /// The first bad column, where the problem is an element's and the column fits 24 bits.
+    /// The first bad column, where the problem is an element's.
     pub fn column(self) -> Option<usize> {
-        let c = self.0 >> 8;
-        (c != code::COL_NONE && !self.is_ok()).then_some(c as usize)
+        (self.column != code::COL_NONE && !self.is_ok()).then_some(self.column as usize)
     }
 }
 
@@ -86,7 +156,7 @@ pub(crate) struct DecodeCtx {
 
 /// Turns a bad row's record into the error the host path returns.
 pub(crate) fn decode(row: usize, rec: &Record, ctx: &DecodeCtx) -> Error {
-    let st = Status(rec.status);
+    let st = rec.status();
     let col = st.column();
     let bad = |arg, what| Error::BadValue {
         arg,
@@ -105,8 +175,12 @@ pub(crate) fn decode(row: usize, rec: &Record, ctx: &DecodeCtx) -> Error {
         code::Q_POSITIVE_LOG => bad(Arg::Q, BadValue::PositiveLog),
         code::TARGET => Error::TargetOutOfRange {
             row,
-            // the kernel leaves the target's bits in aux_p (as i32)
-            target: rec.aux_p.to_bits() as i32 as i64,
+            target: rec.index as i64,
+            classes: ctx.classes,
+        },
+        code::TARGET_NEGATIVE => Error::TargetOutOfRange {
+            row,
+            target: rec.index as i32 as i64,
             classes: ctx.classes,
         },
         code::P_SUM => Error::NotNormalized {
@@ -147,7 +221,7 @@ pub(crate) fn decode(row: usize, rec: &Record, ctx: &DecodeCtx) -> Error {
 pub(crate) fn first_error(records: &[Record], row0: usize, ctx: &DecodeCtx) -> Option<Error> {
     records
         .iter()
-        .position(|r| r.status != 0)
+        .position(|r| !r.is_ok())
         .map(|i| decode(row0 + i, &records[i], ctx))
 }
 
@@ -161,12 +235,14 @@ pub(crate) fn reduce_records(records: &[Record], mean: bool, weighted: bool) -> 
     let mut weight = 0.0f64;
     let (mut inf, mut neg_inf) = (false, false);
     for (i, r) in records.iter().enumerate() {
-        if r.status != 0 {
+        if !r.is_ok() {
             return Record {
                 value: f32::NAN,
                 aux_p: 0.0,
-                aux_q: f32::from_bits(i as u32),
-                status: r.status,
+                aux_q: 0.0,
+                code: r.code,
+                column: r.column,
+                index: i as u32,
             };
         }
         weight += if weighted { r.aux_p as f64 } else { 1.0 };
@@ -194,7 +270,115 @@ pub(crate) fn reduce_records(records: &[Record], mean: bool, weighted: bool) -> 
     Record {
         value: value as f32,
         aux_p: weight as f32,
-        aux_q: f32::from_bits(0),
-        status: 0,
+        aux_q: 0.0,
+        code: code::OK,
+        column: 0,
+        index: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const COMMON: &str = include_str!("../shaders/common.wgsl");
+
+    /// `const NAME: u32 = Nu;` lines of a WGSL source.
+    fn wgsl_u32(src: &str, name: &str) -> Option<u32> {
+        src.lines().find_map(|l| {
+            let rest = l.trim().strip_prefix("const ")?.strip_prefix(name)?;
+            let v = rest.strip_prefix(": u32 = ")?.trim_end_matches(';');
+            let v = v.trim_end_matches('u');
+            match v.strip_prefix("0x") {
+                Some(h) => u32::from_str_radix(h, 16).ok(),
+                None => v.parse().ok(),
+            }
+        })
+    }
+
+    /// The fields of `struct NAME { .. }` in a WGSL source, as "name: type".
+    fn wgsl_fields(src: &str, name: &str) -> Vec<String> {
+        let start = src
+            .find(&format!("struct {name} {{"))
+            .unwrap_or_else(|| panic!("struct {name}"));
+        let body = &src[start..];
+        let body = &body[body.find('{').unwrap_or(0) + 1..body.find('}').unwrap_or(0)];
+        body.lines()
+            .map(|l| {
+                l.split("//")
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .trim_end_matches(',')
+            })
+            .filter(|l| !l.is_empty())
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect()
+    }
+
+    #[test]
+    fn status_codes_equal_the_shaders() {
+        let codes = [
+            ("ST_OK", code::OK),
+            ("ST_P_NAN", code::P_NAN),
+            ("ST_P_NEGATIVE", code::P_NEGATIVE),
+            ("ST_P_INFINITE", code::P_INFINITE),
+            ("ST_P_POSITIVE_LOG", code::P_POSITIVE_LOG),
+            ("ST_Q_NAN", code::Q_NAN),
+            ("ST_Q_NEGATIVE", code::Q_NEGATIVE),
+            ("ST_Q_INFINITE", code::Q_INFINITE),
+            ("ST_Q_POSITIVE_LOG", code::Q_POSITIVE_LOG),
+            ("ST_TARGET", code::TARGET),
+            ("ST_TARGET_NEGATIVE", code::TARGET_NEGATIVE),
+            ("ST_P_SUM", code::P_SUM),
+            ("ST_Q_SUM", code::Q_SUM),
+            ("ST_P_ZERO_SUM", code::P_ZERO_SUM),
+            ("ST_Q_ZERO_SUM", code::Q_ZERO_SUM),
+            ("ST_P_ALL_MASKED", code::P_ALL_MASKED),
+            ("ST_Q_ALL_MASKED", code::Q_ALL_MASKED),
+            ("COL_NONE", code::COL_NONE),
+        ];
+        for (name, want) in codes {
+            assert_eq!(wgsl_u32(COMMON, name), Some(want), "{name}");
+        }
+        // every ST_ constant of the shader is in the table above
+        let n = COMMON
+            .lines()
+            .filter(|l| l.trim().starts_with("const ST_"))
+            .count();
+        assert_eq!(n, codes.len() - 1);
+    }
+
+    #[test]
+    fn record_layout_equals_the_shaders() {
+        let want = [
+            "value: f32",
+            "aux_p: f32",
+            "aux_q: f32",
+            "code: u32",
+            "column: u32",
+            "index: u32",
+        ];
+        for src in [
+            include_str!("../shaders/rows.wgsl"),
+            include_str!("../shaders/total.wgsl"),
+        ] {
+            assert_eq!(wgsl_fields(src, "Record"), want);
+        }
+        // the Rust struct: the same fields, 4 bytes each, in this order
+        assert_eq!(RECORD_SIZE, 4 * want.len() as u64);
+        let r = Record {
+            value: 1.0,
+            aux_p: 2.0,
+            aux_q: 3.0,
+            code: 4,
+            column: 5,
+            index: 6,
+        };
+        let words: &[u32] = bytemuck::cast_slice(std::slice::from_ref(&r));
+        assert_eq!(
+            words,
+            [1f32.to_bits(), 2f32.to_bits(), 3f32.to_bits(), 4, 5, 6]
+        );
     }
 }

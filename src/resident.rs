@@ -62,6 +62,35 @@ pub struct GpuTargets<'a> {
     pub offset: u64,
     /// Number of targets.
     pub len: usize,
+    /// i32 targets (`true`) or u32 (`false`): an out-of-range target is
+    /// reported with its value as the caller's type (-1, or 3000000000).
+    pub signed: bool,
+}
+
+impl<'a> GpuTargets<'a> {
+    /// `len` i32 targets at offset 0 of `buffer`.
+    pub fn i32(buffer: &'a wgpu::Buffer, len: usize) -> Self {
+        GpuTargets {
+            buffer,
+            offset: 0,
+            len,
+            signed: true,
+        }
+    }
+    /// `len` u32 targets at offset 0 of `buffer`.
+    pub fn u32(buffer: &'a wgpu::Buffer, len: usize) -> Self {
+        GpuTargets {
+            buffer,
+            offset: 0,
+            len,
+            signed: false,
+        }
+    }
+    /// Sets the byte offset.
+    pub fn offset(mut self, offset: u64) -> Self {
+        self.offset = offset;
+        self
+    }
 }
 
 /// Where the output goes: byte `offset` (aligned like a storage binding) of a
@@ -111,8 +140,8 @@ pub fn decode_output(
                     records.len()
                 )));
             };
-            if total.status != 0 {
-                return Err(record::decode(total.aux_q.to_bits() as usize, bad, &ctx));
+            if !total.is_ok() {
+                return Err(record::decode(total.index as usize, bad, &ctx));
             }
             Ok(vec![total.value])
         }
@@ -202,6 +231,7 @@ pub(crate) fn measure_shape(
         has_ignore: false,
         has_weights: false,
         smoothing: 0.0,
+        targets_signed: false,
     })
 }
 
@@ -244,6 +274,7 @@ pub(crate) fn nll_shape(
         has_ignore: opts.ignore_index.is_some(),
         has_weights: opts.weights.is_some(),
         smoothing: eps,
+        targets_signed: targets.signed,
     })
 }
 

@@ -213,11 +213,7 @@ fn encode_equals_host_bit_for_bit_on_downlevel_device() {
         ctx.encode_nll(
             &mut enc,
             &GpuBatch::new(&lb, rows, cols).form(Form::Logits),
-            &GpuTargets {
-                buffer: &tb,
-                offset: 0,
-                len: rows,
-            },
+            &GpuTargets::i32(&tb, rows),
             &opts,
             &GpuOutput {
                 buffer: &out,
@@ -459,11 +455,7 @@ fn bad_buffers_are_errors_not_panics() {
         usage: wgpu::BufferUsages::STORAGE,
         mapped_at_creation: false,
     });
-    let targets = GpuTargets {
-        buffer: &t,
-        offset: 0,
-        len: 4,
-    };
+    let targets = GpuTargets::i32(&t, 4);
     let mut w = vec![1.0f32; 64];
     w[7] = f32::NAN;
     let e = ctx.encode_nll(
@@ -695,4 +687,62 @@ fn async_resolves_with_polling_only() {
         .kl(&Batch::new(&p, 8, 1000), &Batch::new(&q, 8, 1000), &opts)
         .expect("kl");
     assert_eq!(got.values, want.values);
+}
+
+/// Integers travel in their own u32 fields of the record (hardening issue,
+/// item 9): an out-of-range u32 target of 3,000,000,000 is reported as that
+/// value (it was -1294967296), an i32 target of -5 as -5, on reads of the
+/// per-row output and of a sum's output.
+#[test]
+fn out_of_range_targets_keep_their_value() {
+    let Some((device, queue)) = device(wgpu::Limits::default()) else {
+        return;
+    };
+    let ctx = Context::from_device(device.clone(), queue.clone()).expect("context");
+    let (rows, cols) = (3usize, 4usize);
+    let q = probs(rows, cols, 9);
+    let qb = storage(&device, &q);
+    for (words, signed, want) in [
+        ([1u32, 3_000_000_000, 2], false, 3_000_000_000i64),
+        ([1u32, (-5i32) as u32, 2], true, -5),
+        ([1u32, 4, 2], true, 4),
+    ] {
+        let tb = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("targets"),
+            contents: bytemuck::cast_slice(&words),
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+        });
+        let targets = if signed {
+            GpuTargets::i32(&tb, rows)
+        } else {
+            GpuTargets::u32(&tb, rows)
+        };
+        for reduction in [Reduction::None, Reduction::Sum] {
+            let opts = NllOptions::default().reduction(reduction);
+            let bytes = output_bytes(rows, reduction);
+            let out = out_buffer(&device, bytes);
+            let mut enc = device.create_command_encoder(&Default::default());
+            ctx.encode_nll(
+                &mut enc,
+                &GpuBatch::new(&qb, rows, cols),
+                &targets,
+                &opts,
+                &GpuOutput {
+                    buffer: &out,
+                    offset: 0,
+                },
+            )
+            .expect("encode nll");
+            queue.submit([enc.finish()]);
+            let recs = read_records(&device, &queue, &out, 0, bytes);
+            let e = decode_output(&recs, reduction, &opts.common, cols).expect_err("bad target");
+            assert!(
+                matches!(
+                    e,
+                    Error::TargetOutOfRange { row: 1, target, classes: 4 } if target == want
+                ),
+                "{words:?} {reduction:?}: {e:?}"
+            );
+        }
+    }
 }

@@ -394,7 +394,7 @@ fn slow<const M: u8, const L: usize, A: Arith, P: Decode, Q: Decode>(
     n: usize,
     col: usize,
     acc: &mut Lanes<L>,
-    key: &mut u32,
+    key: &mut u64,
 ) {
     for i in 0..n {
         let px = if P::READS { pc[i] } else { 0.0 };

@@ -20,7 +20,7 @@ use super::ln::{
 use crate::record::code;
 
 /// "No problem yet" while reducing; mapped to `code::OK` at the end.
-pub(super) const KEY_NONE: u32 = u32::MAX;
+pub(super) use crate::record::KEY_NONE;
 
 /// A term with p > 0 and q = 0: the value is +inf.
 pub(super) const FL_Q_ZERO_HIT: u32 = 1;
@@ -39,10 +39,11 @@ pub(super) mod measure {
     pub(crate) const SUMS: u8 = 4;
 }
 
-/// `status_key` of the shader: `(min(col, COL_NONE) << 8) | code`.
+/// A problem's ordered key (see [`crate::record::status_key`]); columns fit
+/// u32 (the call's shape is checked).
 #[inline(always)]
-pub(super) fn status_key(col: usize, code: u32) -> u32 {
-    crate::record::status_word(col, code)
+pub(super) fn status_key(col: usize, code: u32) -> u64 {
+    crate::record::status_key(col as u32, code)
 }
 
 /// A row's (or a block's) reduction state. For plain operands `sa = Σ w`,
@@ -60,7 +61,8 @@ pub(super) struct State {
     pub v: f64,
     pub d: f64,
     pub t: f64,
-    pub key: u32,
+    /// The first problem's key ([`KEY_NONE`] when none).
+    pub key: u64,
     pub flags: u32,
 }
 
@@ -543,8 +545,8 @@ pub(super) struct RowEnd {
     pub q: Side,
     pub tolerance: f32,
     pub ln_base: f64,
-    /// Status of the first pass (0 when good or in a one-pass plan).
-    pub first: u32,
+    /// The first pass's problem ([`KEY_NONE`] when good or in a one-pass plan).
+    pub first: u64,
     /// aux of a normalised operand: its sum or log-sum-exp from the first pass.
     pub aux_p: f32,
     pub aux_q: f32,
@@ -570,11 +572,9 @@ pub(super) fn finalize(st: &State, e: &RowEnd) -> crate::record::Record {
     if e.q.check_sum && ((st.sb as f32) - 1.0).abs() > e.tolerance {
         key = key.min(row_key(code::Q_SUM));
     }
-    let mut status = if key == KEY_NONE { code::OK } else { key };
-    if e.first != code::OK {
-        // a problem found by the first pass wins
-        status = e.first;
-    }
+    // a problem found by the first pass wins
+    let key = if e.first != KEY_NONE { e.first } else { key };
+    let (status, column) = crate::record::key_parts(key);
     let (p_online, q_online) = (e.p.online, e.q.online);
     let lb = if q_online { st.sb.max(1.0).ln() } else { 0.0 };
     let la = if p_online { st.sa.max(1.0).ln() } else { 0.0 };
@@ -627,7 +627,9 @@ pub(super) fn finalize(st: &State, e: &RowEnd) -> crate::record::Record {
         value,
         aux_p,
         aux_q,
-        status,
+        code: status,
+        column,
+        index: 0,
     }
 }
 
@@ -656,7 +658,7 @@ pub(super) fn normaliser(
     s: f64,
     zero_code: u32,
     masked_code: u32,
-) -> (Norm, u32, f32) {
+) -> (Norm, u64, f32) {
     let row_key = |c: u32| status_key(code::COL_NONE as usize, c);
     if log_form {
         let ls = s.max(1.0).ln();

@@ -48,7 +48,8 @@ struct OpPlan {
 pub(super) struct RowNorm {
     p: Norm,
     q: Norm,
-    status: u32,
+    /// The first pass's problem ([`kernel::KEY_NONE`] when good).
+    key: u64,
     aux_p: f32,
     aux_q: f32,
 }
@@ -57,7 +58,7 @@ impl RowNorm {
     pub(super) const IDENTITY: RowNorm = RowNorm {
         p: Norm::IDENTITY,
         q: Norm::IDENTITY,
-        status: code::OK,
+        key: kernel::KEY_NONE,
         aux_p: 0.0,
         aux_q: 0.0,
     };
@@ -337,7 +338,7 @@ impl<'j> Plan<'j> {
 
     /// State of super-block `sb` of `row`: the left fold of its blocks.
     pub(super) fn super_state(&self, pass: Pass, row: usize, sb: usize, norm: &RowNorm) -> State {
-        if pass == Pass::Terms && norm.status != code::OK {
+        if pass == Pass::Terms && norm.key != kernel::KEY_NONE {
             return State::EMPTY;
         }
         let (po, qo) = self.online(pass);
@@ -367,7 +368,7 @@ impl<'j> Plan<'j> {
         if self.cols <= BLOCK {
             // one block: the folds below reduce to this one merge (merging
             // with the empty state twice gives the same bits as once)
-            if pass == Pass::Terms && norm.status != code::OK {
+            if pass == Pass::Terms && norm.key != kernel::KEY_NONE {
                 return State::EMPTY;
             }
             let b = self.block(pass, row, 0, self.cols, norm);
@@ -412,17 +413,13 @@ impl<'j> Plan<'j> {
                 key = key.min(k);
             }
         }
-        out.status = if key == kernel::KEY_NONE {
-            code::OK
-        } else {
-            key
-        };
+        out.key = key;
         out
     }
 
     /// The record of a row from its term state.
     pub(super) fn finalize(&self, row: usize, st: &State, norm: &RowNorm) -> Record {
-        if norm.status != code::OK {
+        if norm.key != kernel::KEY_NONE {
             return Record {
                 value: f32::NAN,
                 aux_p: if self.p.side.normalized {
@@ -435,7 +432,7 @@ impl<'j> Plan<'j> {
                 } else {
                     0.0
                 },
-                status: norm.status,
+                ..crate::record::Record::from_key(norm.key)
             };
         }
         let end = RowEnd {
@@ -444,7 +441,7 @@ impl<'j> Plan<'j> {
             q: self.q.side,
             tolerance: self.job.tolerance,
             ln_base: self.job.ln_base,
-            first: norm.status,
+            first: norm.key,
             aux_p: norm.aux_p,
             aux_q: norm.aux_q,
             nll_weight: self.nll_row(row).map(|(_, wt)| wt),
@@ -466,11 +463,7 @@ impl<'j> Plan<'j> {
         if self.q.side.check_sum && ((st.sb as f32) - 1.0).abs() > tol {
             key = key.min(row_key(code::Q_SUM));
         }
-        let status = if key == kernel::KEY_NONE {
-            code::OK
-        } else {
-            key
-        };
+        let (status, column) = crate::record::key_parts(key);
         // as finalize: lb = 0 for operands that are not online
         let value = match self.job.kind {
             Kind::Entropy => -st.u,
@@ -486,7 +479,9 @@ impl<'j> Plan<'j> {
             value,
             aux_p: st.sa as f32,
             aux_q: st.sb as f32,
-            status,
+            code: status,
+            column,
+            index: 0,
         }
     }
 

@@ -178,14 +178,16 @@ fn run_all(job: &Job<'_>) -> Vec<Vec<Record>> {
 }
 
 /// Every field of each record as bits (bit-for-bit comparisons).
-pub(super) fn bits(r: &[Record]) -> Vec<[u32; 4]> {
+pub(super) fn bits(r: &[Record]) -> Vec<[u32; 6]> {
     r.iter()
         .map(|r| {
             [
                 r.value.to_bits(),
                 r.aux_p.to_bits(),
                 r.aux_q.to_bits(),
-                r.status,
+                r.code,
+                r.column,
+                r.index,
             ]
         })
         .collect()
@@ -219,7 +221,8 @@ fn check_measure(
             let (qq, lq) = ref_dist(qf, qr, renorm);
             let want = ref_value(m, (&pp, &lp), m.needs_q().then_some((&qq[..], &lq[..])));
             assert_eq!(
-                rec.status, 0,
+                rec.word(),
+                0,
                 "{m:?} {pf:?}/{qf:?} {norm:?} row {r}: {rec:?}"
             );
             assert!(
@@ -462,7 +465,7 @@ fn records(m: Measure, p: Batch<'_>, q: Batch<'_>, norm: Normalization) -> Vec<R
     for other in all {
         // another instruction set: same status words, values within tolerance
         for (a, b) in first.iter().zip(&other) {
-            assert_eq!(a.status, b.status);
+            assert_eq!(a.word(), b.word());
             assert!(a.value.is_nan() && b.value.is_nan() || close(b.value, a.value as f64));
         }
     }
@@ -478,7 +481,7 @@ fn zero_rules() {
     for m in [Measure::CrossEntropy, Measure::Kl, Measure::Js] {
         let r = records(m, Batch::row(&p), Batch::row(&q), v);
         assert!(
-            r[0].value.is_finite() && r[0].status == 0,
+            r[0].value.is_finite() && r[0].word() == 0,
             "{m:?} {:?}",
             r[0]
         );
@@ -488,7 +491,7 @@ fn zero_rules() {
     for m in [Measure::CrossEntropy, Measure::Kl] {
         let r = records(m, Batch::row(&p), Batch::row(&q), v);
         assert_eq!(r[0].value, f32::INFINITY, "{m:?}");
-        assert_eq!(r[0].status, 0);
+        assert_eq!(r[0].word(), 0);
     }
     // log q = -inf and a masked logit are q = 0 too
     let lq = [f32::NEG_INFINITY, 0.0, f32::NEG_INFINITY];
@@ -614,7 +617,7 @@ fn bad_values_name_the_first_column() {
                 continue;
             }
             let r = records(m, Batch::row(&p), Batch::row(&q), v);
-            assert_eq!(r[0].status, status_word(col, c), "{m:?} col {col} {x}");
+            assert_eq!(r[0].word(), status_word(col, c), "{m:?} col {col} {x}");
             assert!(r[0].value.is_nan());
         }
     }
@@ -623,7 +626,7 @@ fn bad_values_name_the_first_column() {
     p[7] = -0.0;
     p[8] += 1.0 / cols as f32;
     let r = records(Measure::Kl, Batch::row(&p), Batch::row(&base), v);
-    assert_eq!(r[0].status, 0);
+    assert_eq!(r[0].word(), 0);
     // the smallest column wins, and p's code at a column shared with q
     let mut p = base.clone();
     let mut q = base.clone();
@@ -631,11 +634,11 @@ fn bad_values_name_the_first_column() {
     q[20] = -1.0;
     q[60] = f32::NAN;
     let r = records(Measure::Kl, Batch::row(&p), Batch::row(&q), v);
-    assert_eq!(r[0].status, status_word(20, code::Q_NEGATIVE));
+    assert_eq!(r[0].word(), status_word(20, code::Q_NEGATIVE));
     q[20] = base[20];
     q[50] = f32::NAN;
     let r = records(Measure::Kl, Batch::row(&p), Batch::row(&q), v);
-    assert_eq!(r[0].status, status_word(50, code::P_NAN));
+    assert_eq!(r[0].word(), status_word(50, code::P_NAN));
     // log forms: +inf and NaN are bad, -inf is not; log-probs above 0 are bad
     let mut lp = vec![(1.0 / cols as f32).ln(); cols];
     lp[9] = 0.5;
@@ -645,7 +648,7 @@ fn bad_values_name_the_first_column() {
         Batch::row(&base),
         v,
     );
-    assert_eq!(r[0].status, status_word(9, code::P_POSITIVE_LOG));
+    assert_eq!(r[0].word(), status_word(9, code::P_POSITIVE_LOG));
     let mut lg = vec![0.0f32; cols];
     lg[77] = f32::INFINITY;
     let r = records(
@@ -654,7 +657,7 @@ fn bad_values_name_the_first_column() {
         Batch::row(&lg).form(Form::Logits),
         v,
     );
-    assert_eq!(r[0].status, status_word(77, code::Q_INFINITE));
+    assert_eq!(r[0].word(), status_word(77, code::Q_INFINITE));
     lg[77] = f32::NAN;
     lg[78] = 1e30;
     let r = records(
@@ -663,7 +666,7 @@ fn bad_values_name_the_first_column() {
         Batch::row(&lg).form(Form::Logits),
         v,
     );
-    assert_eq!(r[0].status, status_word(77, code::Q_NAN));
+    assert_eq!(r[0].word(), status_word(77, code::Q_NAN));
     // bad values in the first pass of the two-pass plan, and in a long row
     let cols = 70_000;
     let mut p = vec![1.0f32; cols];
@@ -676,7 +679,7 @@ fn bad_values_name_the_first_column() {
         Batch::row(&q),
         Normalization::Renormalize,
     );
-    assert_eq!(r[0].status, status_word(65_537, code::P_NAN));
+    assert_eq!(r[0].word(), status_word(65_537, code::P_NAN));
 }
 
 #[test]
@@ -691,7 +694,7 @@ fn row_level_problems() {
         Normalization::Validate,
     );
     assert_eq!(
-        r[0].status,
+        r[0].word(),
         status_word(code::COL_NONE as usize, code::P_SUM)
     );
     assert!((r[0].aux_p - 1.1).abs() < 1e-6);
@@ -702,7 +705,7 @@ fn row_level_problems() {
         Normalization::Validate,
     );
     assert_eq!(
-        r[0].status,
+        r[0].word(),
         status_word(code::COL_NONE as usize, code::Q_SUM)
     );
     assert!((r[0].aux_q - 1.1).abs() < 1e-6);
@@ -715,7 +718,7 @@ fn row_level_problems() {
         Normalization::Validate,
     );
     assert_eq!(
-        r[0].status,
+        r[0].word(),
         status_word(code::COL_NONE as usize, code::P_SUM)
     );
     // within tolerance passes, and as given is not checked
@@ -725,14 +728,14 @@ fn row_level_problems() {
         Batch::row(&q),
         Normalization::Validate,
     );
-    assert_eq!(r[0].status, 0);
+    assert_eq!(r[0].word(), 0);
     let r = records(
         Measure::Kl,
         Batch::row(&p),
         Batch::row(&q),
         Normalization::AsGiven,
     );
-    assert_eq!(r[0].status, 0);
+    assert_eq!(r[0].word(), 0);
     // a zero row cannot be renormalised (a subnormal sum can: the hardening
     // issue, item 10; tests/hardening_numerics.rs checks its values)
     for z in [[0.0f32, 0.0], [-0.0, 0.0]] {
@@ -743,7 +746,7 @@ fn row_level_problems() {
             Normalization::Renormalize,
         );
         assert_eq!(
-            r[0].status,
+            r[0].word(),
             status_word(code::COL_NONE as usize, code::P_ZERO_SUM)
         );
         let r = records(
@@ -753,7 +756,7 @@ fn row_level_problems() {
             Normalization::Renormalize,
         );
         assert_eq!(
-            r[0].status,
+            r[0].word(),
             status_word(code::COL_NONE as usize, code::Q_ZERO_SUM)
         );
     }
@@ -764,7 +767,7 @@ fn row_level_problems() {
             Batch::row(&q),
             Normalization::Renormalize,
         );
-        assert_eq!(r[0].status, 0, "{tiny:?}");
+        assert_eq!(r[0].word(), 0, "{tiny:?}");
     }
     // all -inf logits
     let m = [f32::NEG_INFINITY; 3];
@@ -777,7 +780,7 @@ fn row_level_problems() {
             norm,
         );
         assert_eq!(
-            r[0].status,
+            r[0].word(),
             status_word(code::COL_NONE as usize, code::P_ALL_MASKED)
         );
         let r = records(
@@ -787,7 +790,7 @@ fn row_level_problems() {
             norm,
         );
         assert_eq!(
-            r[0].status,
+            r[0].word(),
             status_word(code::COL_NONE as usize, code::Q_ALL_MASKED)
         );
     }
@@ -798,7 +801,7 @@ fn row_level_problems() {
         Batch::row(&q),
         Normalization::Validate,
     );
-    assert_eq!(r[0].status, status_word(0, code::P_NAN));
+    assert_eq!(r[0].word(), status_word(0, code::P_NAN));
 }
 
 #[test]
@@ -814,7 +817,7 @@ fn js_validate_next_to_logits_checks_the_probabilities() {
         Normalization::Validate,
     );
     assert_eq!(
-        r[0].status,
+        r[0].word(),
         status_word(code::COL_NONE as usize, code::Q_SUM)
     );
     assert!((r[0].aux_q - 0.6).abs() < 1e-6);
@@ -923,7 +926,7 @@ fn nll_forms_ignore_weights_smoothing() {
                                     w,
                                     eps as f64,
                                 );
-                                assert_eq!(rec.status, 0, "{form:?} {norm:?} {eps} row {r}");
+                                assert_eq!(rec.word(), 0, "{form:?} {norm:?} {eps} row {r}");
                                 assert!(
                                     close(rec.value, want),
                                     "{form:?} {norm:?} eps {eps} w {} row {r} cols {cols}: {} vs {want}",
@@ -962,7 +965,7 @@ fn nll_zero_probability() {
     let qb = Batch::new(&q, 1, 2);
     let opts = NllOptions::default().ignore_index(-1);
     let job = Job::nll(&qb, Targets::from(&[-1i64][..]), &opts).expect("job");
-    assert_eq!(run_all(&job)[0][0].status, status_word(1, code::Q_NAN));
+    assert_eq!(run_all(&job)[0][0].word(), status_word(1, code::Q_NAN));
 }
 
 #[test]
@@ -1115,10 +1118,10 @@ fn short_rows_match_the_general_path() {
                     for recs in run_all(&job) {
                         for (r, (rec, b)) in recs.iter().zip(&base).enumerate() {
                             let what = format!("{m:?} {cols} cols row {r} q_rows {q_rows}");
-                            assert_eq!(rec.status, b.status, "{what}");
+                            assert_eq!(rec.word(), b.word(), "{what}");
                             // row sums: the same within f32 rounding (other order)
                             assert!((rec.aux_p as f64 - b.aux_p as f64).abs() <= 1e-6, "{what}");
-                            if rec.status != 0 {
+                            if rec.word() != 0 {
                                 assert!(rec.value.is_nan(), "{what}");
                                 continue;
                             }
@@ -1167,9 +1170,9 @@ fn short_rows_side_by_side() {
                 for recs in run_all(&job) {
                     for (r, (rec, b)) in recs.iter().zip(&base).enumerate() {
                         let what = format!("{m:?} {cols} cols row {r} q_rows {q_rows}");
-                        assert_eq!(rec.status, b.status, "{what}");
+                        assert_eq!(rec.word(), b.word(), "{what}");
                         assert!((rec.aux_p as f64 - b.aux_p as f64).abs() <= 1e-6, "{what}");
-                        if rec.status != 0 {
+                        if rec.word() != 0 {
                             assert!(rec.value.is_nan(), "{what}");
                             continue;
                         }

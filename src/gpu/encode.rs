@@ -39,6 +39,8 @@ pub(crate) struct GpuShape {
     pub has_ignore: bool,
     pub has_weights: bool,
     pub smoothing: f32,
+    /// NLL targets are i32 (GPU-resident path): a negative one is reported as such.
+    pub targets_signed: bool,
 }
 
 impl GpuShape {
@@ -65,6 +67,7 @@ impl GpuShape {
                 .is_some_and(|n| n.targets.contains(&IGNORED)),
             has_weights: job.nll.as_ref().is_some_and(|n| n.weights.is_some()),
             smoothing: job.nll.as_ref().map_or(0.0, |n| n.smoothing),
+            targets_signed: false,
         }
     }
 
@@ -213,6 +216,7 @@ pub(crate) fn encode(
         // a base below 1 divides by ln(base) < 0: an infinite value is -inf
         inf_bits: (f32::INFINITY * s.ln_base.signum() as f32).to_bits(),
         nan_bits: f32::NAN.to_bits(),
+        targets_signed: s.targets_signed as u32,
         ..Default::default()
     };
 

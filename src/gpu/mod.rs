@@ -302,10 +302,10 @@ impl Pending {
         if !total {
             return Records::Rows(r);
         }
-        if r[0].status == 0 {
+        if r[0].is_ok() {
             Records::Total(r[0])
         } else {
-            Records::BadRow(r[0].aux_q.to_bits() as usize, r[1])
+            Records::BadRow(r[0].index as usize, r[1])
         }
     }
 

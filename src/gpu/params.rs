@@ -32,7 +32,7 @@ pub(crate) struct RowParams {
     pub weights_at: u32,
     pub inf_bits: u32,
     pub nan_bits: u32,
-    pub _pad: u32,
+    pub targets_signed: u32,
 }
 
 /// Keep in sync with `struct Params` in `shaders/total.wgsl`.
@@ -49,10 +49,10 @@ pub(crate) struct TotalParams {
     pub nan_bits: u32,
 }
 
-/// Size of a partial row state (`struct State` in rows.wgsl): 9 words.
-pub(crate) const STATE_SIZE: u64 = 36;
-/// Size of a batch-total state (`struct Total` in total.wgsl): 8 words.
-pub(crate) const TOTAL_SIZE: u64 = 32;
+/// Size of a partial row state (`struct State` in rows.wgsl): 10 words.
+pub(crate) const STATE_SIZE: u64 = 40;
+/// Size of a batch-total state (`struct Total` in total.wgsl): 10 words.
+pub(crate) const TOTAL_SIZE: u64 = 40;
 
 /// Uniform slots, filled in recording order and uploaded once.
 #[derive(Default)]
