@@ -102,7 +102,9 @@
 //! backend ran and the adapter's name.
 //!
 //! The CPU backend runs AVX2 + FMA loops where the CPU has them (chosen at
-//! run time; a portable path elsewhere) on all cores, through rayon's
+//! run time; a portable path elsewhere; `KULLBACK_CPU_ISA=baseline|avx2|avx512`,
+//! read once per process, caps the choice: the same instruction set gives the
+//! same bits on every machine) on all cores, through rayon's
 //! persistent thread pool (a caller already inside rayon shares its
 //! workers). A context keeps the CPU path's per-row records buffer between
 //! calls (up to 64 MiB), so that a call allocates only its result.

@@ -45,6 +45,47 @@ pub(super) enum Isa {
 }
 
 impl Isa {
+    /// The instruction set the CPU backend runs: the best this machine has,
+    /// or at most the one `KULLBACK_CPU_ISA` names (`baseline`, `avx2`,
+    /// `avx512`), read once per process. Results are bit-identical on every
+    /// machine running the same instruction set, so naming one pins them.
+    pub(super) fn chosen() -> Isa {
+        static CHOSEN: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+        *CHOSEN.get_or_init(|| {
+            let best = Isa::detect();
+            let Ok(v) = std::env::var("KULLBACK_CPU_ISA") else {
+                return best;
+            };
+            let asked = match v.trim().to_ascii_lowercase().as_str() {
+                "baseline" | "base" => Isa::Base,
+                #[cfg(target_arch = "x86_64")]
+                "avx2" => Isa::Avx2,
+                #[cfg(target_arch = "x86_64")]
+                "avx512" => Isa::Avx512,
+                _ => {
+                    log::warn!("kullback: KULLBACK_CPU_ISA={v} is not baseline, avx2 or avx512; using {best:?}");
+                    return best;
+                }
+            };
+            if asked.rank() > best.rank() {
+                log::warn!("kullback: KULLBACK_CPU_ISA={v}, but this CPU has only {best:?}");
+                return best;
+            }
+            asked
+        })
+    }
+
+    /// Order of the instruction sets (each includes the ones below).
+    fn rank(self) -> u8 {
+        match self {
+            Isa::Base => 0,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => 1,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => 2,
+        }
+    }
+
     /// The best instruction set this machine has.
     pub(super) fn detect() -> Isa {
         #[cfg(target_arch = "x86_64")]

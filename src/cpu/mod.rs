@@ -44,7 +44,7 @@ const MAX_SCRATCH: usize = 1 << 14;
 /// reused, so a caller that keeps it pays no allocation or page faults on
 /// the next call).
 pub(crate) fn run_into(job: &Job<'_>, out: &mut Vec<Record>) -> Result<()> {
-    fill(job, threads::available(), Isa::detect(), out);
+    fill(job, threads::available(), Isa::chosen(), out);
     Ok(())
 }
 
