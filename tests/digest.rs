@@ -14,9 +14,7 @@
 mod common;
 
 use common::*;
-use kullback::{
-    Base, Batch, Context, Form, Measure, NllOptions, Normalization, Options, Reduction,
-};
+use kullback::{Base, Batch, Context, Form, Measure, NllOptions, Normalization, Options};
 
 /// Digests of today's bits. Re-pinned: (none yet).
 const CPU_AVX2: u64 = 0x85df_d5c9_cd05_5ca6;
