@@ -510,10 +510,7 @@ fn device_time(
         if let Some(qs) = &qs {
             enc.write_timestamp(qs, 0);
         }
-        let o = GpuOutput {
-            buffer: &out,
-            offset: 0,
-        };
+        let o = GpuOutput::new(&out);
         match w.measure() {
             Some(m) => {
                 let gp = GpuBatch::new(&p, rows, cols);

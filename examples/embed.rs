@@ -197,10 +197,7 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
         &GpuBatch::new(&pp, rows, cols),
         Some(&GpuBatch::new(&pq, rows, cols)),
         &opts,
-        &GpuOutput {
-            buffer: &out,
-            offset: 0,
-        },
+        &GpuOutput::new(&out),
     )?;
     {
         let mut pass = enc.begin_compute_pass(&Default::default());

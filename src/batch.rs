@@ -264,11 +264,12 @@ impl Targets<'_> {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    pub(crate) fn to_i64(self) -> Vec<i64> {
+    /// Target `i` as an i64.
+    pub(crate) fn get(&self, i: usize) -> i64 {
         match self {
-            Targets::I32(v) => v.iter().map(|&t| t as i64).collect(),
-            Targets::I64(v) => v.to_vec(),
-            Targets::U32(v) => v.iter().map(|&t| t as i64).collect(),
+            Targets::I32(v) => v[i] as i64,
+            Targets::I64(v) => v[i],
+            Targets::U32(v) => v[i] as i64,
         }
     }
 }

@@ -105,6 +105,10 @@ pub struct ContextOptions {
     pub max_binding_bytes: Option<u64>,
     /// Constants of the cost model `Backend::Auto` places calls with.
     pub cost_model: CostModel,
+    /// Bytes of GPU buffers the context keeps between host-path calls
+    /// (default 256 MiB): a call that needs more allocates the rest and
+    /// frees it when it is done. [`Context::trim`] frees what is kept.
+    pub pool_bytes: Option<u64>,
 }
 
 impl ContextOptions {
@@ -122,6 +126,14 @@ impl ContextOptions {
     pub fn cost_model(mut self, model: CostModel) -> Self {
         self.cost_model = model;
         self
+    }
+    /// Caps the bytes of GPU buffers kept between calls.
+    pub fn pool_bytes(mut self, bytes: u64) -> Self {
+        self.pool_bytes = Some(bytes);
+        self
+    }
+    fn pool(&self) -> u64 {
+        self.pool_bytes.unwrap_or(crate::gpu::DEFAULT_POOL_BYTES)
     }
 }
 
@@ -156,11 +168,15 @@ impl Context {
                 cpu: Arc::default(),
             },
             Backend::Gpu => Context {
-                gpu: Some(Arc::new(Gpu::create(true, opts.max_binding_bytes)?)),
+                gpu: Some(Arc::new(Gpu::create(
+                    true,
+                    opts.max_binding_bytes,
+                    opts.pool(),
+                )?)),
                 auto: None,
                 cpu: Arc::default(),
             },
-            Backend::Auto => match Gpu::create(false, opts.max_binding_bytes) {
+            Backend::Auto => match Gpu::create(false, opts.max_binding_bytes, opts.pool()) {
                 Ok(g) => Context {
                     auto: Some((g.class, opts.cost_model)),
                     gpu: Some(Arc::new(g)),
@@ -183,7 +199,7 @@ impl Context {
         Context::from_device_with_options(device, queue, ContextOptions::default())
     }
 
-    /// [`Context::from_device`] with options (only `max_binding_bytes` applies).
+    /// [`Context::from_device`] with options (`max_binding_bytes` and `pool_bytes` apply).
     pub fn from_device_with_options(
         device: wgpu::Device,
         queue: wgpu::Queue,
@@ -194,6 +210,7 @@ impl Context {
                 device,
                 queue,
                 opts.max_binding_bytes,
+                opts.pool(),
             )?)),
             auto: None,
             cpu: Arc::default(),
@@ -266,8 +283,16 @@ impl Context {
     /// `out`; read it back and pass it to [`decode_output`](crate::decode_output) to get the values
     /// or the error the host path would return. Nothing is submitted, waited
     /// for or read back here. Everything wgpu would reject (usages, sizes,
-    /// offsets, an output that is also an input) is an [`Error`] before
-    /// anything is recorded.
+    /// offsets, an output that is also an input, a buffer of another device)
+    /// is an [`Error`] before anything is recorded.
+    ///
+    /// `encoder` must come from this context's device: wgpu cannot tell which
+    /// device an encoder belongs to, and one of another device fails inside
+    /// wgpu (at the latest at its `finish`). Where that cannot be promised,
+    /// use [`Context::encode_commands`], which records into an encoder of its
+    /// own. Buffers must come from this device too; one of another device on
+    /// the same instance is refused with [`Error::Device`], one of another
+    /// `wgpu::Instance` cannot be recognised at all.
     pub fn encode(
         &self,
         encoder: &mut wgpu::CommandEncoder,
@@ -289,7 +314,8 @@ impl Context {
         let p_bytes = p.rows as u64 * p.cols as u64 * 4;
         let q_bytes = q.rows as u64 * q.cols as u64 * 4;
         resident::check_io(&gpu.limits, &shape, &ops, p_bytes, q_bytes, out)?;
-        gpu.encode_resident(encoder, &shape, &ops, (out.buffer, out.offset), None)
+        let ws = out.workspace.map(|w| &w.pool);
+        gpu.encode_resident(encoder, &shape, &ops, (out.buffer, out.offset), None, ws)
     }
 
     /// [`Context::encode`] for the negative log-likelihood of class targets in a
@@ -325,6 +351,7 @@ impl Context {
             &ops,
             (out.buffer, out.offset),
             Some((targets, opts.weights)),
+            out.workspace.map(|w| &w.pool),
         )
     }
 
@@ -352,6 +379,60 @@ impl Context {
                 }
             }
         }
+    }
+
+    /// [`Context::encode`] into an encoder made on this context's device;
+    /// returns the finished commands for the caller to submit on the
+    /// context's queue.
+    pub fn encode_commands(
+        &self,
+        measure: Measure,
+        p: &GpuBatch<'_>,
+        q: Option<&GpuBatch<'_>>,
+        opts: &Options,
+        out: &GpuOutput<'_>,
+    ) -> Result<wgpu::CommandBuffer> {
+        let mut enc = self.own_encoder()?;
+        self.encode(&mut enc, measure, p, q, opts, out)?;
+        Ok(enc.finish())
+    }
+
+    /// [`Context::encode_nll`] into an encoder made on this context's
+    /// device; returns the finished commands.
+    pub fn encode_nll_commands(
+        &self,
+        q: &GpuBatch<'_>,
+        targets: &GpuTargets<'_>,
+        opts: &NllOptions<'_>,
+        out: &GpuOutput<'_>,
+    ) -> Result<wgpu::CommandBuffer> {
+        let mut enc = self.own_encoder()?;
+        self.encode_nll(&mut enc, q, targets, opts, out)?;
+        Ok(enc.finish())
+    }
+
+    fn own_encoder(&self) -> Result<wgpu::CommandEncoder> {
+        let gpu = self.gpu_or_err()?;
+        Ok(gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("kullback"),
+            }))
+    }
+
+    /// Frees the buffers the context keeps between calls (the GPU pool, the
+    /// CPU path's records buffer). The next call allocates again.
+    pub fn trim(&self) {
+        if let Some(g) = &self.gpu {
+            g.trim();
+        }
+        self.cpu.trim();
+    }
+
+    /// Bytes of GPU buffers the context keeps between calls now (at most
+    /// `ContextOptions::pool_bytes`).
+    pub fn kept_bytes(&self) -> u64 {
+        self.gpu.as_ref().map_or(0, |g| g.kept_bytes())
     }
 
     /// Polls the device of a GPU context: `wait` blocks until submitted work is
@@ -515,7 +596,7 @@ fn finish(job: &Meta, records: Records, backend: Ran, adapter: Option<String>) -
 /// The output of per-row records (the first bad row's error, if any).
 fn rows_output(job: &Meta, r: &[Record], backend: Ran, adapter: Option<String>) -> Result<Output> {
     // one pass: values out, the first bad row's error as soon as it is met
-    let mut values = Vec::with_capacity(r.len());
+    let mut values = crate::error::try_vec(r.len(), "the output values")?;
     for (i, x) in r.iter().enumerate() {
         if !x.is_ok() {
             return Err(record::decode(i, x, &job.ctx));

@@ -195,3 +195,14 @@ fn column_text(col: &Option<usize>) -> String {
 
 /// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An empty vector with room for `n` values, or [`Error::OutOfMemory`] naming
+/// `what` (host buffers sized by user input never abort the process).
+pub(crate) fn try_vec<T>(n: usize, what: &str) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| Error::OutOfMemory {
+        what: format!("{what} (host memory)"),
+        bytes: (n as u64).saturating_mul(std::mem::size_of::<T>() as u64),
+    })?;
+    Ok(v)
+}

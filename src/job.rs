@@ -207,10 +207,10 @@ impl<'a> Job<'a> {
         check_nll(targets.len(), (q.rows, q.cols), opts)?;
         let weights = opts.weights.map(<[f32]>::to_vec);
         let eps = opts.label_smoothing;
-        let given = targets.to_i64();
-        let rows = given.len();
-        let mut t32 = Vec::with_capacity(given.len());
-        for (row, &t) in given.iter().enumerate() {
+        let rows = targets.len();
+        let mut t32 = crate::error::try_vec(rows, "the NLL targets")?;
+        for row in 0..rows {
+            let t = targets.get(row);
             if opts.ignore_index == Some(t) {
                 t32.push(IGNORED);
             } else if t >= 0 && (t as u64) < classes as u64 {

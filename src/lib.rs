@@ -136,7 +136,7 @@
 //!     &GpuBatch::new(&p, rows, cols),
 //!     Some(&GpuBatch::new(&q, rows, cols)),
 //!     &Options::default(),
-//!     &GpuOutput { buffer: &out, offset: 0 },
+//!     &GpuOutput::new(&out),
 //! )?;
 //! // ... the app's own passes that read `out` ...
 //! queue.submit([encoder.finish()]);                         // the caller submits
@@ -194,4 +194,4 @@ pub use measure::{
     Base, DEFAULT_TOLERANCE, Form, Measure, NllOptions, Normalization, Options, Reduction,
 };
 pub use record::{RECORD_SIZE, Record, Status};
-pub use resident::{GpuBatch, GpuOutput, GpuTargets, decode_output, output_bytes};
+pub use resident::{GpuBatch, GpuOutput, GpuTargets, Workspace, decode_output, output_bytes};

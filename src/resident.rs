@@ -97,11 +97,82 @@ impl<'a> GpuTargets<'a> {
 /// caller's buffer with usage `STORAGE`. See [`output_bytes`] for its size and
 /// [`Record`] for its layout.
 #[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
 pub struct GpuOutput<'a> {
     /// The buffer.
     pub buffer: &'a wgpu::Buffer,
     /// Byte offset.
     pub offset: u64,
+    /// Where the call's scratch buffers come from: `None` allocates fresh
+    /// ones on every call (freed once the submission is done); a
+    /// [`Workspace`] reuses its own.
+    pub workspace: Option<&'a Workspace>,
+}
+
+impl<'a> GpuOutput<'a> {
+    /// The output at offset 0 of `buffer`, with fresh scratch.
+    pub fn new(buffer: &'a wgpu::Buffer) -> Self {
+        GpuOutput {
+            buffer,
+            offset: 0,
+            workspace: None,
+        }
+    }
+    /// Sets the byte offset.
+    pub fn offset(mut self, offset: u64) -> Self {
+        self.offset = offset;
+        self
+    }
+    /// Takes the call's scratch buffers from `workspace`.
+    pub fn workspace(mut self, workspace: &'a Workspace) -> Self {
+        self.workspace = Some(workspace);
+        self
+    }
+}
+
+/// Scratch buffers of GPU-resident calls, owned by the caller and reused from
+/// one call to the next (an application that encodes every frame allocates
+/// nothing after the first frames). A buffer is sized on first use and
+/// reused while it fits; what the workspace keeps between calls is capped
+/// ([`Workspace::with_cap`], default 256 MiB), the rest is freed.
+///
+/// **One workspace per submission**: the calls recorded with a workspace
+/// must be submitted before the workspace is used again (their parameters
+/// are written by `Queue::write_buffer`, which lands before the next
+/// submission), and two calls that go into the same submission need two
+/// workspaces. Submissions that overlap on the GPU are fine: the queue orders
+/// them. A workspace belongs to the device of the context it is first used
+/// with.
+#[derive(Debug)]
+pub struct Workspace {
+    pub(crate) pool: std::sync::Arc<crate::gpu::Pool>,
+}
+
+impl Default for Workspace {
+    fn default() -> Self {
+        Workspace::new()
+    }
+}
+
+impl Workspace {
+    /// A workspace that keeps up to 256 MiB between calls.
+    pub fn new() -> Workspace {
+        Workspace::with_cap(crate::gpu::DEFAULT_POOL_BYTES)
+    }
+    /// A workspace that keeps up to `bytes` bytes between calls.
+    pub fn with_cap(bytes: u64) -> Workspace {
+        Workspace {
+            pool: std::sync::Arc::new(crate::gpu::Pool::new(bytes)),
+        }
+    }
+    /// Frees every buffer kept.
+    pub fn trim(&self) {
+        self.pool.trim();
+    }
+    /// Bytes of the buffers kept now.
+    pub fn kept_bytes(&self) -> u64 {
+        self.pool.kept_bytes()
+    }
 }
 
 /// Bytes of the output of a call over `rows` rows: one [`Record`] per row, or

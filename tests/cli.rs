@@ -12,29 +12,23 @@ use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+mod common;
 
 use npyz::WriterBuilder;
 use serde_json::Value;
 
 // ---------------------------------------------------------------- harness
 
-/// The backends to run on: cpu always, gpu when an adapter exists.
+/// The backends to run on: cpu always, gpu when an adapter exists (the
+/// shared GPU-or-skip decision of tests/common).
 fn backends() -> Vec<&'static str> {
-    static GPU: OnceLock<bool> = OnceLock::new();
-    let gpu = *GPU.get_or_init(
-        || match kullback::Context::with_backend(kullback::Backend::Gpu) {
-            Ok(_) => true,
-            Err(e) => {
-                let required = std::env::var("KULLBACK_REQUIRE_GPU").is_ok_and(|v| v == "1");
-                assert!(!required, "KULLBACK_REQUIRE_GPU=1 but no GPU adapter: {e}");
-                eprintln!("note: no GPU adapter ({e}); CLI tests run on the CPU only");
-                false
-            }
-        },
-    );
-    if gpu { vec!["cpu", "gpu"] } else { vec!["cpu"] }
+    if common::gpu().is_some() {
+        vec!["cpu", "gpu"]
+    } else {
+        vec!["cpu"]
+    }
 }
 
 /// A fresh directory under the system temp dir, removed on drop.

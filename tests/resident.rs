@@ -9,26 +9,11 @@ use kullback::{
     output_bytes,
 };
 
-/// A device on any adapter with exactly `limits`; None (skip) without an
-/// adapter unless KULLBACK_REQUIRE_GPU=1.
+mod common;
+
+/// A device with exactly `limits` (the shared GPU-or-skip decision).
 fn device(limits: wgpu::Limits) -> Option<(wgpu::Device, wgpu::Queue)> {
-    let instance =
-        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-    let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::PRIMARY));
-    let Some(adapter) = adapters.into_iter().next() else {
-        assert!(
-            std::env::var("KULLBACK_REQUIRE_GPU").as_deref() != Ok("1"),
-            "KULLBACK_REQUIRE_GPU=1 but no GPU adapter"
-        );
-        eprintln!("skipping: no GPU adapter");
-        return None;
-    };
-    let desc = wgpu::DeviceDescriptor {
-        label: Some("test"),
-        required_limits: limits,
-        ..Default::default()
-    };
-    Some(pollster::block_on(adapter.request_device(&desc)).expect("device"))
+    common::gpu_device(limits)
 }
 
 fn xorshift(seed: u64) -> impl FnMut() -> f32 {
@@ -111,17 +96,7 @@ fn encoded(
     let bytes = output_bytes(rows, opts.reduction);
     let out = out_buffer(device, bytes);
     let mut enc = device.create_command_encoder(&Default::default());
-    ctx.encode(
-        &mut enc,
-        measure,
-        p,
-        q,
-        opts,
-        &GpuOutput {
-            buffer: &out,
-            offset: 0,
-        },
-    )?;
+    ctx.encode(&mut enc, measure, p, q, opts, &GpuOutput::new(&out))?;
     queue.submit([enc.finish()]);
     let recs = read_records(device, queue, &out, 0, bytes);
     decode_output(&recs, opts.reduction, opts, p.cols)
@@ -215,10 +190,7 @@ fn encode_equals_host_bit_for_bit_on_downlevel_device() {
             &GpuBatch::new(&lb, rows, cols).form(Form::Logits),
             &GpuTargets::i32(&tb, rows),
             &opts,
-            &GpuOutput {
-                buffer: &out,
-                offset: 0,
-            },
+            &GpuOutput::new(&out),
         )
         .expect("encode nll");
         queue.submit([enc.finish()]);
@@ -256,10 +228,7 @@ fn two_batches_in_one_encoder_before_one_submit() {
         &GpuBatch::new(&bufs[0], a_rows, a_cols),
         Some(&GpuBatch::new(&bufs[1], a_rows, a_cols)),
         &opts,
-        &GpuOutput {
-            buffer: &out,
-            offset: 0,
-        },
+        &GpuOutput::new(&out),
     )
     .expect("a");
     ctx.encode(
@@ -268,10 +237,7 @@ fn two_batches_in_one_encoder_before_one_submit() {
         &GpuBatch::new(&bufs[2], b_rows, b_cols),
         Some(&GpuBatch::new(&bufs[3], b_rows, b_cols)),
         &opts,
-        &GpuOutput {
-            buffer: &out,
-            offset: b_at,
-        },
+        &GpuOutput::new(&out).offset(b_at),
     )
     .expect("b");
     queue.submit([enc.finish()]);
@@ -337,10 +303,7 @@ fn bad_buffers_are_errors_not_panics() {
         &gp,
         Some(&gp),
         &opts,
-        &GpuOutput {
-            buffer: &pb,
-            offset: 0,
-        },
+        &GpuOutput::new(&pb),
     );
     assert!(
         matches!(e, Err(Error::Buffer { name: "output", .. })),
@@ -353,10 +316,7 @@ fn bad_buffers_are_errors_not_panics() {
         &GpuBatch::new(&pb, 5, 64),
         None,
         &opts,
-        &GpuOutput {
-            buffer: &out,
-            offset: 0,
-        },
+        &GpuOutput::new(&out),
     );
     assert!(matches!(e, Err(Error::Buffer { name: "p", .. })), "{e:?}");
     // misaligned offset
@@ -366,10 +326,7 @@ fn bad_buffers_are_errors_not_panics() {
         &GpuBatch::new(&pb, 1, 8).offset(4),
         None,
         &opts,
-        &GpuOutput {
-            buffer: &out,
-            offset: 0,
-        },
+        &GpuOutput::new(&out),
     );
     assert!(matches!(e, Err(Error::Buffer { name: "p", .. })), "{e:?}");
     // missing usage
@@ -385,10 +342,7 @@ fn bad_buffers_are_errors_not_panics() {
         &gp,
         None,
         &opts,
-        &GpuOutput {
-            buffer: &plain,
-            offset: 0,
-        },
+        &GpuOutput::new(&plain),
     );
     assert!(
         matches!(e, Err(Error::Buffer { name: "output", .. })),
@@ -400,10 +354,7 @@ fn bad_buffers_are_errors_not_panics() {
         &GpuBatch::new(&plain, 4, 64),
         None,
         &opts,
-        &GpuOutput {
-            buffer: &out,
-            offset: 0,
-        },
+        &GpuOutput::new(&out),
     );
     assert!(matches!(e, Err(Error::Buffer { name: "p", .. })), "{e:?}");
     // output too small for the rows
@@ -414,10 +365,7 @@ fn bad_buffers_are_errors_not_panics() {
         &gp,
         None,
         &opts,
-        &GpuOutput {
-            buffer: &small,
-            offset: 0,
-        },
+        &GpuOutput::new(&small),
     );
     assert!(
         matches!(e, Err(Error::Buffer { name: "output", .. })),
@@ -430,10 +378,7 @@ fn bad_buffers_are_errors_not_panics() {
         &gp,
         Some(&GpuBatch::new(&pb, 2, 128)),
         &opts,
-        &GpuOutput {
-            buffer: &out,
-            offset: 0,
-        },
+        &GpuOutput::new(&out),
     );
     assert!(matches!(e, Err(Error::ShapeMismatch { .. })), "{e:?}");
     let e = ctx.encode(
@@ -442,10 +387,7 @@ fn bad_buffers_are_errors_not_panics() {
         &gp,
         None,
         &opts.base(kullback::Base::Custom(1.0)),
-        &GpuOutput {
-            buffer: &out,
-            offset: 0,
-        },
+        &GpuOutput::new(&out),
     );
     assert!(matches!(e, Err(Error::InvalidOption(_))), "{e:?}");
     // NLL: bad class weights and targets without COPY_SRC
@@ -463,10 +405,7 @@ fn bad_buffers_are_errors_not_panics() {
         &gp,
         &targets,
         &NllOptions::default().weights(&w),
-        &GpuOutput {
-            buffer: &out,
-            offset: 0,
-        },
+        &GpuOutput::new(&out),
     );
     assert!(
         matches!(
@@ -484,10 +423,7 @@ fn bad_buffers_are_errors_not_panics() {
         &gp,
         &targets,
         &NllOptions::default(),
-        &GpuOutput {
-            buffer: &out,
-            offset: 0,
-        },
+        &GpuOutput::new(&out),
     );
     assert!(
         matches!(
@@ -727,10 +663,7 @@ fn out_of_range_targets_keep_their_value() {
                 &GpuBatch::new(&qb, rows, cols),
                 &targets,
                 &opts,
-                &GpuOutput {
-                    buffer: &out,
-                    offset: 0,
-                },
+                &GpuOutput::new(&out),
             )
             .expect("encode nll");
             queue.submit([enc.finish()]);

@@ -30,7 +30,7 @@ use block::Isa;
 use kernel::State;
 use plan::{Pass, Plan, RowNorm};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::job::Job;
 use crate::record::Record;
 
@@ -44,8 +44,7 @@ const MAX_SCRATCH: usize = 1 << 14;
 /// reused, so a caller that keeps it pays no allocation or page faults on
 /// the next call).
 pub(crate) fn run_into(job: &Job<'_>, out: &mut Vec<Record>) -> Result<()> {
-    fill(job, threads::available(), Isa::chosen(), out);
-    Ok(())
+    fill(job, threads::available(), Isa::chosen(), out)
 }
 
 /// Records buffers kept between calls by a context: calls take the buffer
@@ -64,6 +63,12 @@ impl std::fmt::Debug for Scratch {
 const KEEP_BYTES: usize = 64 << 20;
 
 impl Scratch {
+    /// Frees the kept buffer.
+    pub(crate) fn trim(&self) {
+        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        *g = Vec::new();
+    }
+
     /// Runs `f` on the kept buffer (or a new one), then keeps it.
     pub(crate) fn with<R>(&self, f: impl FnOnce(&mut Vec<Record>) -> R) -> R {
         let take = |m: &std::sync::Mutex<Vec<Record>>| match m.lock() {
@@ -81,44 +86,52 @@ impl Scratch {
     }
 }
 
+/// An allocation of `n` records that failed, as the error the caller sees.
+fn records_oom(n: usize) -> Error {
+    Error::OutOfMemory {
+        what: format!("the per-row records of {n} rows (host memory)"),
+        bytes: (n as u64).saturating_mul(std::mem::size_of::<Record>() as u64),
+    }
+}
+
 /// `n` default records from zeroed memory (fresh pages from the allocator
-/// need no pass of writes before the workers fill them).
-fn zeroed_records(n: usize) -> Vec<Record> {
-    let Ok(layout) = std::alloc::Layout::array::<Record>(n) else {
-        return vec![Record::default(); n];
-    };
+/// need no pass of writes before the workers fill them); an allocation that
+/// fails is an error, not an abort.
+fn zeroed_records(n: usize) -> Result<Vec<Record>> {
+    let layout = std::alloc::Layout::array::<Record>(n).map_err(|_| records_oom(n))?;
     if layout.size() == 0 {
-        return vec![Record::default(); n];
+        return Ok(Vec::new());
     }
     // SAFETY: the layout has a non-zero size.
     let ptr = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<Record>();
     if ptr.is_null() {
-        std::alloc::handle_alloc_error(layout);
+        return Err(records_oom(n));
     }
     // SAFETY: `ptr` was allocated by the global allocator with the layout of
     // `n` records (as `Vec` would), and all-zero bytes are a valid `Record`
     // (it is `bytemuck::Zeroable`, and zero is its default).
-    unsafe { Vec::from_raw_parts(ptr, n, n) }
+    Ok(unsafe { Vec::from_raw_parts(ptr, n, n) })
 }
 
 /// Records of `job` on `threads` workers with the kernels built for `isa`.
 #[cfg(test)]
 fn run_with(job: &Job<'_>, threads: usize, isa: Isa) -> Vec<Record> {
     let mut out = Vec::new();
-    fill(job, threads, isa, &mut out);
+    fill(job, threads, isa, &mut out).expect("records fit in memory");
     out
 }
 
 /// [`run_into`] on `threads` workers with the kernels built for `isa`:
 /// every record of `out` is written.
-fn fill(job: &Job<'_>, threads: usize, isa: Isa, out: &mut Vec<Record>) {
+fn fill(job: &Job<'_>, threads: usize, isa: Isa, out: &mut Vec<Record>) -> Result<()> {
     let plan = Plan::new(job, isa);
     let rows = plan.rows;
-    if out.is_empty() {
+    if out.capacity() < rows {
         // fresh pages from the allocator need no pass of writes
-        *out = zeroed_records(rows);
+        *out = Vec::new();
+        *out = zeroed_records(rows)?;
     } else {
-        // every record is overwritten below: only a longer tail is initialised
+        // every record is overwritten below
         out.resize(rows, Record::default());
     }
     let out = &mut out[..];
@@ -127,7 +140,7 @@ fn fill(job: &Job<'_>, threads: usize, isa: Isa, out: &mut Vec<Record>) {
     let supers = plan.supers();
     if threads == 1 || supers <= 1 || rows >= 4 * threads {
         threads::split_mut(out, threads, |r0, recs| plan.rows_into(r0, recs));
-        return;
+        return Ok(());
     }
     // Few long rows: threads share the super-blocks of a group of rows.
     let group = (MAX_SCRATCH / supers).clamp(1, rows);
@@ -160,4 +173,5 @@ fn fill(job: &Job<'_>, threads: usize, isa: Isa, out: &mut Vec<Record>) {
         }
         g0 += g;
     }
+    Ok(())
 }

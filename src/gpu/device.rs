@@ -30,6 +30,12 @@ pub(crate) fn pick_adapter(allow_software: bool) -> Result<wgpu::Adapter> {
         // Vulkan, Metal, DX12: GL adds probing noise and no compute path we need
         desc.backends = wgpu::Backends::PRIMARY;
     }
+    // report out-of-memory before the driver fails where the backend can
+    // tell (Vulkan with VK_EXT_memory_budget, D3D12)
+    desc.memory_budget_thresholds = wgpu::MemoryBudgetThresholds {
+        for_resource_creation: Some(90),
+        for_device_loss: None,
+    };
     let backends = desc.backends;
     let instance = wgpu::Instance::new(desc);
     let mut adapters = pollster::block_on(instance.enumerate_adapters(backends));
@@ -62,12 +68,16 @@ pub(crate) fn pick_adapter(allow_software: bool) -> Result<wgpu::Adapter> {
         })
 }
 
-/// A device with the adapter's own limits (large bindings) and no optional features.
+/// A device with the adapter's own limits (large bindings) and no optional
+/// features. `MemoryHints::MemoryUsage`: with the default (`Performance`)
+/// buffers are carved from 128-256 MiB blocks, and one buffer kept in the
+/// pool keeps its whole block resident.
 pub(crate) fn request_device(adapter: &wgpu::Adapter) -> Result<(wgpu::Device, wgpu::Queue)> {
     let desc = wgpu::DeviceDescriptor {
         label: Some("kullback"),
         required_features: wgpu::Features::empty(),
         required_limits: adapter.limits(),
+        memory_hints: wgpu::MemoryHints::MemoryUsage,
         ..Default::default()
     };
     Ok(pollster::block_on(adapter.request_device(&desc))?)

@@ -4,6 +4,7 @@
 //! GPU-resident path share it.
 
 use std::num::NonZeroU64;
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
@@ -163,8 +164,39 @@ pub(crate) fn scratch_sizes(gpu: &Gpu, s: &GpuShape) -> Result<(u64, u64, u64)> 
     Ok((norm_at, partial_bytes, records_bytes))
 }
 
-/// Records the job into `enc`: per-row records into `rows_out` (buffer, byte
-/// offset) and, for a sum or mean, the batch record into `total_out`.
+/// One dispatch of the term passes: pipeline, bind group, parameter slot, grid.
+struct Dispatch(Arc<wgpu::ComputePipeline>, usize, u32, (u32, u32));
+
+/// A job's dispatches, with every buffer, bind group and pipeline made:
+/// recording them into an encoder cannot fail on our device.
+pub(crate) struct Recording {
+    steps: Vec<Dispatch>,
+    bind_groups: Vec<wgpu::BindGroup>,
+    totals: Vec<(u32, (u32, u32))>,
+    total_groups: Vec<wgpu::BindGroup>,
+}
+
+impl Recording {
+    /// Records the dispatches into `enc` (one compute pass).
+    pub(crate) fn record(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder) {
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("kullback"),
+            timestamp_writes: None,
+        });
+        for Dispatch(pipeline, group, slot, grid) in &self.steps {
+            pass.set_pipeline(pipeline);
+            pass.set_bind_group(0, &self.bind_groups[*group], &[*slot]);
+            pass.dispatch_workgroups(grid.0, grid.1, 1);
+        }
+        for (level, (slot, grid)) in self.totals.iter().enumerate() {
+            pass.set_pipeline(&gpu.pipelines.total);
+            pass.set_bind_group(0, &self.total_groups[level], &[*slot]);
+            pass.dispatch_workgroups(grid.0, grid.1, 1);
+        }
+    }
+}
+
+/// Records the job into `enc`: [`prepare`], then [`Recording::record`].
 pub(crate) fn encode(
     gpu: &Gpu,
     scratch: &mut Scratch,
@@ -174,6 +206,23 @@ pub(crate) fn encode(
     rows_out: (&wgpu::Buffer, u64),
     total_out: Option<(&wgpu::Buffer, u64)>,
 ) -> Result<()> {
+    prepare(gpu, scratch, s, ops, rows_out, total_out)?.record(gpu, enc);
+    Ok(())
+}
+
+/// Makes the job's buffers, parameters, bind groups and pipelines: per-row
+/// records into `rows_out` (buffer, byte offset) and, for a sum or mean, the
+/// batch record into `total_out`. Nothing is recorded into an encoder, so a
+/// caller holding an error scope learns of a refused bind group (a buffer of
+/// another device) before its encoder is touched.
+pub(crate) fn prepare(
+    gpu: &Gpu,
+    scratch: &mut Scratch,
+    s: &GpuShape,
+    ops: &Operands<'_>,
+    rows_out: (&wgpu::Buffer, u64),
+    total_out: Option<(&wgpu::Buffer, u64)>,
+) -> Result<Recording> {
     let device = &gpu.device;
     let limits = &gpu.limits;
     let align = limits.min_storage_buffer_offset_alignment.max(4) as u64;
@@ -190,7 +239,7 @@ pub(crate) fn encode(
         "kullback.partials",
         partial_bytes,
         wgpu::BufferUsages::STORAGE,
-    );
+    )?;
 
     let nll = s.kind == Kind::Nll;
     let p_stride = if nll || s.p_rows == 1 {
@@ -316,7 +365,7 @@ pub(crate) fn encode(
         "kullback.params",
         slots.bytes().len() as u64,
         wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-    );
+    )?;
     // lands before the next submission, which is the one that runs this work
     gpu.queue.write_buffer(&params, 0, slots.bytes());
     let row_param_size = std::mem::size_of::<RowParams>() as u64;
@@ -364,7 +413,7 @@ pub(crate) fn encode(
                 name,
                 first_groups * TOTAL_SIZE,
                 wgpu::BufferUsages::STORAGE,
-            ));
+            )?);
         }
         let total_param_size = std::mem::size_of::<TotalParams>() as u64;
         for level in 0..levels {
@@ -402,20 +451,19 @@ pub(crate) fn encode(
         }
     }
 
-    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-        label: Some("kullback"),
-        timestamp_writes: None,
-    });
-    for st in &steps {
-        let pipeline = gpu.pipelines.rows(device, st.key);
-        pass.set_pipeline(&pipeline);
-        pass.set_bind_group(0, &bind_groups[st.group], &[st.slot]);
-        pass.dispatch_workgroups(st.grid.0, st.grid.1, 1);
-    }
-    for (level, slot, grid) in &total_steps {
-        pass.set_pipeline(&gpu.pipelines.total);
-        pass.set_bind_group(0, &total_groups[*level], &[*slot]);
-        pass.dispatch_workgroups(grid.0, grid.1, 1);
-    }
-    Ok(())
+    Ok(Recording {
+        steps: steps
+            .iter()
+            .map(|st| {
+                let pipeline = gpu.pipelines.rows(device, st.key);
+                Dispatch(pipeline, st.group, st.slot, st.grid)
+            })
+            .collect(),
+        bind_groups,
+        totals: total_steps
+            .iter()
+            .map(|&(_, slot, grid)| (slot, grid))
+            .collect(),
+        total_groups,
+    })
 }

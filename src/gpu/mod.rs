@@ -15,7 +15,8 @@ use crate::error::{Error, Result};
 use crate::job::{Data, Job};
 use crate::measure::Reduction;
 use crate::record::{RECORD_SIZE, Record};
-use pool::{Pool, Scratch};
+use pool::Scratch;
+pub(crate) use pool::{DEFAULT_POOL_BYTES, Pool};
 
 pub(crate) use encode::{GpuShape, Operands, TOTAL_OUTPUT_SIZE};
 pub(crate) use pipelines::Pipelines;
@@ -40,11 +41,11 @@ pub(crate) struct Gpu {
 
 impl Gpu {
     /// Picks an adapter (software ones only if `allow_software`) and makes a device.
-    pub(crate) fn create(allow_software: bool, cap: Option<u64>) -> Result<Gpu> {
+    pub(crate) fn create(allow_software: bool, cap: Option<u64>, pool_bytes: u64) -> Result<Gpu> {
         let adapter = device::pick_adapter(allow_software)?;
         let info = adapter.get_info();
         let (device, queue) = device::request_device(&adapter)?;
-        let mut g = Gpu::from_device(device, queue, cap)?;
+        let mut g = Gpu::from_device(device, queue, cap, pool_bytes)?;
         g.adapter_name = info.name;
         g.class = crate::cost::AdapterClass::of(info.device_type);
         Ok(g)
@@ -55,6 +56,7 @@ impl Gpu {
         device: wgpu::Device,
         queue: wgpu::Queue,
         cap: Option<u64>,
+        pool_bytes: u64,
     ) -> Result<Gpu> {
         let limits = device.limits();
         if limits.max_storage_buffers_per_shader_stage < 4 {
@@ -86,7 +88,7 @@ impl Gpu {
             limits,
             cap,
             pipelines,
-            pool: Arc::default(),
+            pool: Arc::new(Pool::new(pool_bytes)),
         })
     }
 
@@ -94,22 +96,15 @@ impl Gpu {
         &self.adapter_name
     }
 
-    /// A pooled input buffer of `bytes` bytes (at least 4).
+    /// An input buffer of `bytes` bytes (at least 4) from `scratch`.
     fn input_buffer(
         &self,
         scratch: &mut Scratch,
         label: &'static str,
         bytes: u64,
     ) -> Result<wgpu::Buffer> {
-        let size = bytes.max(4);
-        if size > self.limits.max_buffer_size {
-            return Err(Error::TooLarge(format!(
-                "{label}: {size} bytes exceed the device's largest buffer ({} bytes)",
-                self.limits.max_buffer_size
-            )));
-        }
         let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
-        Ok(scratch.buffer(&self.device, label, size, usage))
+        scratch.buffer(&self.device, label, bytes.max(4), usage)
     }
 
     fn upload(
@@ -140,7 +135,8 @@ impl Gpu {
             Data::F64(v) => v,
         };
         let buf = self.input_buffer(scratch, label, v.len() as u64 * 4)?;
-        let mut chunk = vec![0.0f32; UPLOAD_CHUNK.min(v.len())];
+        let mut chunk = crate::error::try_vec(UPLOAD_CHUNK.min(v.len()), "an f64 upload chunk")?;
+        chunk.resize(UPLOAD_CHUNK.min(v.len()), 0.0f32);
         for (k, src) in v.chunks(UPLOAD_CHUNK).enumerate() {
             let dst = &mut chunk[..src.len()];
             crate::job::convert(src, dst);
@@ -151,6 +147,44 @@ impl Gpu {
         Ok(buf)
     }
 
+    /// Runs `f` inside an out-of-memory and a validation error scope on our
+    /// device: allocations, uploads and recording that the device refuses
+    /// become an [`Error`] (out of memory: [`Error::OutOfMemory`] naming
+    /// `what` and the `bytes` the call asked for) instead of wgpu's panic.
+    pub(crate) fn scoped<T>(
+        &self,
+        what: &str,
+        bytes: u64,
+        f: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let invalid = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let result = f();
+        let invalid = pollster::block_on(invalid.pop());
+        let oom = pollster::block_on(oom.pop());
+        if let Some(e) = oom {
+            log::debug!("kullback: {what}: {e}");
+            return Err(Error::OutOfMemory {
+                what: format!("{what} (device memory)"),
+                bytes,
+            });
+        }
+        if let Some(e) = invalid {
+            return Err(Error::Device(e.to_string()));
+        }
+        result
+    }
+
+    /// Frees the buffers the host path keeps between calls.
+    pub(crate) fn trim(&self) {
+        self.pool.trim();
+    }
+
+    /// Bytes of the buffers kept between calls now.
+    pub(crate) fn kept_bytes(&self) -> u64 {
+        self.pool.kept_bytes()
+    }
+
     /// The host path: upload, record, submit once, read back only the results.
     pub(crate) fn run(&self, job: &Job<'_>) -> Result<Records> {
         self.submit(job)?.wait(self)
@@ -159,12 +193,15 @@ impl Gpu {
     /// Uploads and submits `job`; the results are read when the returned
     /// [`Pending`] is waited for or awaited.
     pub(crate) fn submit(&self, job: &Job<'_>) -> Result<Pending> {
-        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let result = self.submit_inner(job);
-        if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(Error::Device(e.to_string()));
-        }
-        result
+        let inputs: u64 = [&job.p, &job.q]
+            .iter()
+            .filter_map(|o| o.as_ref())
+            .map(|o| o.data.len() as u64 * 4)
+            .sum();
+        let bytes = inputs + job.rows as u64 * RECORD_SIZE;
+        self.scoped("the inputs and records of a call", bytes, || {
+            self.submit_inner(job)
+        })
     }
 
     fn submit_inner(&self, job: &Job<'_>) -> Result<Pending> {
@@ -196,9 +233,11 @@ impl Gpu {
         };
         let rows_bytes = job.rows as u64 * RECORD_SIZE;
         let out_usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
-        let records = sc.buffer(&self.device, "kullback.records", rows_bytes, out_usage);
-        let total = (job.reduction != Reduction::None)
-            .then(|| sc.buffer(&self.device, "kullback.total", TOTAL_OUTPUT_SIZE, out_usage));
+        let records = sc.buffer(&self.device, "kullback.records", rows_bytes, out_usage)?;
+        let total = match job.reduction {
+            Reduction::None => None,
+            _ => Some(sc.buffer(&self.device, "kullback.total", TOTAL_OUTPUT_SIZE, out_usage)?),
+        };
         let mut enc = self
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -221,12 +260,12 @@ impl Gpu {
         )?;
         Ok(match &total {
             None => Pending {
-                read: readback::start(self, sc, enc, &records, 0, rows_bytes),
+                read: readback::start(self, sc, enc, &records, 0, rows_bytes)?,
                 total: false,
                 scratch,
             },
             Some(t) => Pending {
-                read: readback::start(self, sc, enc, t, 0, TOTAL_OUTPUT_SIZE),
+                read: readback::start(self, sc, enc, t, 0, TOTAL_OUTPUT_SIZE)?,
                 total: true,
                 scratch,
             },
@@ -245,47 +284,62 @@ impl Gpu {
         ops: &Operands<'_>,
         out: (&wgpu::Buffer, u64),
         nll: Option<(&crate::resident::GpuTargets<'_>, Option<&[f32]>)>,
+        workspace: Option<&Arc<Pool>>,
     ) -> Result<()> {
-        // everything that can fail is checked before the first command is recorded
+        // everything that can fail is checked and made before the first
+        // command is recorded: a buffer of another device is refused by the
+        // bind group made over it, inside our error scopes
         encode::scratch_sizes(self, shape)?;
-        let holder;
-        let mut ops = Operands { ..*ops };
-        if let Some((t, weights)) = nll {
-            let t_bytes = t.len as u64 * 4;
-            crate::resident::check_buffer(
-                "targets",
-                t.buffer,
-                t.offset,
-                t_bytes,
-                wgpu::BufferUsages::COPY_SRC,
-                4,
-            )?;
-            let w_bytes = weights.map_or(0, |w| w.len() as u64 * 4);
-            holder = self.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("kullback.targets"),
-                size: t_bytes + w_bytes,
-                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            });
-            if let Some(w) = weights {
-                self.queue
-                    .write_buffer(&holder, t_bytes, bytemuck::cast_slice(w));
+        let mut sc = match workspace {
+            Some(w) => Scratch::pooled(w),
+            None => Scratch::fresh(),
+        };
+        let t_bytes = nll.map_or(0, |(t, _)| t.len as u64 * 4);
+        let w_bytes = nll.and_then(|(_, w)| w).map_or(0, |w| w.len() as u64 * 4);
+        let records_bytes = match shape.reduction {
+            Reduction::None => 0,
+            _ => shape.rows as u64 * RECORD_SIZE,
+        };
+        let what = "the scratch of a GPU-resident call";
+        let (recording, holder) = self.scoped(what, t_bytes + w_bytes + records_bytes, || {
+            let sc = &mut sc;
+            let mut ops = Operands { ..*ops };
+            let mut holder = None;
+            if let Some((t, weights)) = nll {
+                crate::resident::check_buffer(
+                    "targets",
+                    t.buffer,
+                    t.offset,
+                    t_bytes,
+                    wgpu::BufferUsages::COPY_SRC,
+                    4,
+                )?;
+                let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
+                let h = sc.buffer(&self.device, "kullback.targets", t_bytes + w_bytes, usage)?;
+                if let Some(w) = weights {
+                    self.queue
+                        .write_buffer(&h, t_bytes, bytemuck::cast_slice(w));
+                }
+                holder = Some(h);
             }
-            enc.copy_buffer_to_buffer(t.buffer, t.offset, &holder, 0, t_bytes);
-            ops.p = &holder;
-            ops.p_offset = 0;
+            if let Some(h) = &holder {
+                ops.p = h;
+                ops.p_offset = 0;
+            }
+            let recording = if shape.reduction == Reduction::None {
+                encode::prepare(self, sc, shape, &ops, out, None)?
+            } else {
+                let usage = wgpu::BufferUsages::STORAGE;
+                let records = sc.buffer(&self.device, "kullback.records", records_bytes, usage)?;
+                encode::prepare(self, sc, shape, &ops, (&records, 0), Some(out))?
+            };
+            Ok((recording, holder))
+        })?;
+        if let (Some((t, _)), Some(h)) = (nll, &holder) {
+            enc.copy_buffer_to_buffer(t.buffer, t.offset, h, 0, t_bytes);
         }
-        let mut sc = Scratch::fresh();
-        if shape.reduction == Reduction::None {
-            return encode::encode(self, &mut sc, enc, shape, &ops, out, None);
-        }
-        let records = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("kullback.records"),
-            size: shape.rows as u64 * RECORD_SIZE,
-            usage: wgpu::BufferUsages::STORAGE,
-            mapped_at_creation: false,
-        });
-        encode::encode(self, &mut sc, enc, shape, &ops, (&records, 0), Some(out))
+        recording.record(self, enc);
+        Ok(())
     }
 }
 
@@ -317,289 +371,17 @@ impl Pending {
                 timeout: None,
             })
             .map_err(|e| Error::Device(format!("waiting for the GPU: {e}")))?;
-        let r = pollster::block_on(self.read.finish())?;
-        drop(self.scratch);
+        let (r, staging) = pollster::block_on(self.read.finish())?;
+        let mut scratch = self.scratch;
+        scratch.attach(staging);
         Ok(Pending::records(self.total, r))
     }
 
     /// Resolves once someone has polled the device past the submission.
     pub(crate) async fn resolve(self) -> Result<Records> {
-        let r = self.read.finish().await?;
-        drop(self.scratch);
+        let (r, staging) = self.read.finish().await?;
+        let mut scratch = self.scratch;
+        scratch.attach(staging);
         Ok(Pending::records(self.total, r))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use crate::{Backend, Batch, Context, Form, Measure, Options, Reduction};
-
-    fn gpu() -> Option<Context> {
-        match Context::with_backend(Backend::Gpu) {
-            Ok(c) => Some(c),
-            Err(e) if std::env::var("KULLBACK_REQUIRE_GPU").as_deref() != Ok("1") => {
-                eprintln!("skipping: {e}");
-                None
-            }
-            Err(e) => panic!("KULLBACK_REQUIRE_GPU=1 but {e}"),
-        }
-    }
-
-    fn kl64(p: &[f32], q: &[f32]) -> f64 {
-        p.iter()
-            .zip(q)
-            .map(|(&a, &b)| {
-                if a == 0.0 {
-                    0.0
-                } else {
-                    a as f64 * ((a as f64).ln() - (b as f64).ln())
-                }
-            })
-            .sum()
-    }
-
-    fn dist(rows: usize, cols: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        let mut v: Vec<f32> = (0..rows * cols)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s % 1000) as f32 / 1000.0 + 0.001
-            })
-            .collect();
-        for r in v.chunks_mut(cols) {
-            let t: f64 = r.iter().map(|&x| x as f64).sum();
-            r.iter_mut().for_each(|x| *x = (*x as f64 / t) as f32);
-        }
-        v
-    }
-
-    #[test]
-    fn smoke_kl_shapes() {
-        let Some(ctx) = gpu() else { return };
-        for &(rows, cols) in &[
-            (5usize, 1usize),
-            (6, 255),
-            (6, 257),
-            (3, 5000),
-            (2, 100_003),
-        ] {
-            let p = dist(rows, cols, 1);
-            let q = dist(rows, cols, 2);
-            let out = ctx
-                .kl(
-                    &Batch::new(&p, rows, cols),
-                    &Batch::new(&q, rows, cols),
-                    &Options::default(),
-                )
-                .unwrap();
-            for r in 0..rows {
-                let e = kl64(&p[r * cols..(r + 1) * cols], &q[r * cols..(r + 1) * cols]);
-                let g = out.values[r] as f64;
-                assert!(
-                    (g - e).abs() <= 2e-6 + 2e-5 * e.abs(),
-                    "{rows}x{cols} row {r}: {g} vs {e}"
-                );
-            }
-            let s = ctx
-                .evaluate(
-                    Measure::Kl,
-                    &Batch::new(&p, rows, cols),
-                    Some(&Batch::new(&q, rows, cols)),
-                    &Options::default().reduction(Reduction::Mean),
-                )
-                .unwrap();
-            let e: f64 = (0..rows)
-                .map(|r| kl64(&p[r * cols..(r + 1) * cols], &q[r * cols..(r + 1) * cols]))
-                .sum::<f64>()
-                / rows as f64;
-            assert!(
-                (s.values[0] as f64 - e).abs() <= 2e-6 + 2e-5 * e,
-                "mean {} vs {e}",
-                s.values[0]
-            );
-        }
-    }
-
-    #[test]
-    fn clones_of_a_context_share_device_and_pipelines() {
-        let Some(ctx) = gpu() else { return };
-        let other = ctx.clone();
-        let (a, b) = (
-            ctx.gpu.as_ref().expect("gpu"),
-            other.gpu.as_ref().expect("gpu"),
-        );
-        assert!(std::sync::Arc::ptr_eq(&a.pipelines, &b.pipelines));
-    }
-
-    #[test]
-    fn smoke_logits_entropy() {
-        let Some(ctx) = gpu() else { return };
-        let a: Vec<f32> = (0..3000)
-            .map(|i| 3000.0 + ((i * 37) % 101) as f32 * 0.37)
-            .collect();
-        let m = a.iter().cloned().fold(f32::MIN, f32::max) as f64;
-        let s: f64 = a.iter().map(|&x| (x as f64 - m).exp()).sum();
-        let h: f64 = -a
-            .iter()
-            .map(|&x| {
-                let lp = x as f64 - m - s.ln();
-                lp.exp() * lp
-            })
-            .sum::<f64>();
-        let out = ctx
-            .entropy(
-                &Batch::new(&a, 1, 3000).form(Form::Logits),
-                &Options::default(),
-            )
-            .unwrap();
-        assert!(
-            (out.values[0] as f64 - h).abs() <= 2e-6 + 2e-5 * h,
-            "{} vs {h}",
-            out.values[0]
-        );
-    }
-}
-
-#[cfg(test)]
-mod chunk_tests {
-    use crate::{
-        Backend, Batch, Context, ContextOptions, Form, NllOptions, Normalization, Options,
-        Reduction,
-    };
-
-    fn capped(cap: u64) -> Option<Context> {
-        Context::with_options(
-            ContextOptions::default()
-                .backend(Backend::Gpu)
-                .max_binding_bytes(cap),
-        )
-        .ok()
-    }
-
-    #[test]
-    fn chunked_equals_unchunked() {
-        let (Some(small), Some(full)) = (capped(64 * 1024), capped(1 << 30)) else {
-            return;
-        };
-        for &(rows, cols) in &[(70_001usize, 5usize), (2, 40_000), (40, 300), (2, 1)] {
-            let n = rows * cols;
-            let p: Vec<f32> = (0..n).map(|i| ((i * 7919) % 97 + 1) as f32).collect();
-            let q: Vec<f32> = (0..n).map(|i| ((i * 104_729) % 89 + 1) as f32).collect();
-            let o = Options::default().normalization(Normalization::Renormalize);
-            let a = small
-                .kl(&Batch::new(&p, rows, cols), &Batch::new(&q, rows, cols), &o)
-                .unwrap();
-            let b = full
-                .kl(&Batch::new(&p, rows, cols), &Batch::new(&q, rows, cols), &o)
-                .unwrap();
-            assert_eq!(a.values.len(), rows);
-            for (i, (x, y)) in a.values.iter().zip(&b.values).enumerate() {
-                assert!(
-                    (x - y).abs() <= 1e-6 + 1e-5 * y.abs(),
-                    "{rows}x{cols} row {i}: {x} vs {y}"
-                );
-            }
-            let m = small
-                .kl(
-                    &Batch::new(&p, rows, cols),
-                    &Batch::new(&q, rows, cols),
-                    &o.reduction(Reduction::Sum),
-                )
-                .unwrap();
-            let e: f64 = b.values.iter().map(|&v| v as f64).sum();
-            assert!(
-                (m.values[0] as f64 - e).abs() <= 1e-5 * e.abs() + 1e-5,
-                "sum {} vs {e}",
-                m.values[0]
-            );
-        }
-    }
-
-    #[test]
-    fn nll_logits_with_ignore() {
-        let Some(ctx) = capped(1 << 30) else { return };
-        let (rows, cols) = (4usize, 3000usize);
-        let q: Vec<f32> = (0..rows * cols)
-            .map(|i| ((i * 31) % 1000) as f32 * 0.01 - 5.0)
-            .collect();
-        let t: Vec<i64> = vec![3, -100, 2999, 0];
-        let out = ctx
-            .nll(
-                &Batch::new(&q, rows, cols).form(Form::Logits),
-                &t,
-                &NllOptions::default().ignore_index(-100),
-            )
-            .unwrap();
-        for r in 0..rows {
-            let row = &q[r * cols..(r + 1) * cols];
-            let m = row.iter().cloned().fold(f32::MIN, f32::max) as f64;
-            let lse = m + row.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln();
-            let e = if t[r] < 0 {
-                0.0
-            } else {
-                lse - row[t[r] as usize] as f64
-            };
-            assert!(
-                (out.values[r] as f64 - e).abs() <= 2e-6 + 2e-5 * e.abs(),
-                "row {r}: {} vs {e}",
-                out.values[r]
-            );
-        }
-        let mean = ctx
-            .nll(
-                &Batch::new(&q, rows, cols).form(Form::Logits),
-                &t,
-                &NllOptions::default()
-                    .ignore_index(-100)
-                    .reduction(Reduction::Mean),
-            )
-            .unwrap();
-        let e = (out.values[0] + out.values[2] + out.values[3]) / 3.0;
-        assert!(
-            (mean.values[0] - e).abs() < 1e-5,
-            "{} vs {e}",
-            mean.values[0]
-        );
-        assert_eq!(mean.counted, 3.0);
-    }
-}
-
-#[cfg(test)]
-mod plan_tests {
-    use crate::{Arg, Backend, Batch, Context, Error, Form, Measure, Options};
-
-    /// JS next to logits takes two passes; a probability row used as given is
-    /// still checked (it is not divided by its sum behind the caller's back).
-    #[test]
-    fn js_next_to_logits_still_validates_the_probabilities() {
-        let Ok(gpu) = Context::with_backend(Backend::Gpu) else {
-            return;
-        };
-        let cpu = Context::with_backend(Backend::Cpu).expect("cpu");
-        let logits = [1.0f32, 2.0, 3.0, 0.5, 0.5, 0.5];
-        let q = [0.2f32, 0.3, 0.5, 0.4, 0.4, 0.4]; // row 1 sums to 1.2
-        for ctx in [&gpu, &cpu] {
-            let e = ctx
-                .evaluate(
-                    Measure::Js,
-                    &Batch::new(&logits, 2, 3).form(Form::Logits),
-                    Some(&Batch::new(&q, 2, 3)),
-                    &Options::default(),
-                )
-                .expect_err("row 1 of q is not normalised");
-            assert!(
-                matches!(
-                    e,
-                    Error::NotNormalized {
-                        arg: Arg::Q,
-                        row: 1,
-                        ..
-                    }
-                ),
-                "{e:?}"
-            );
-        }
     }
 }

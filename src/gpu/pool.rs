@@ -1,20 +1,34 @@
-//! Buffers reused across host-path calls, keyed by usage and size class.
+//! Buffers reused across calls, keyed by usage and size class, within a byte cap.
 //!
-//! A call takes what it needs from the pool into a [`Scratch`] and gives it all
-//! back when the call is over (its results read back), so a buffer is never
-//! reused while a submission may still touch it. The GPU-resident path records
-//! into the caller's encoder and cannot know when that work ends: it gets fresh
-//! buffers.
+//! A call takes what it needs from a pool into a [`Scratch`] and gives it all
+//! back when the call is over, so a buffer is never handed to two calls at
+//! once. The host path's pool belongs to the context (its buffers come back
+//! once the results are read); a [`Workspace`](crate::Workspace) is a pool the
+//! caller owns for the GPU-resident path (its buffers come back when the
+//! encode returns: the queue orders the next submission after the last).
+//! What a pool keeps is capped in bytes; the rest is freed as it comes back.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use crate::error::{Error, Result};
+
 /// Buffers kept per (usage, size class): enough for a call and one in flight.
 const KEEP: usize = 4;
 
-#[derive(Debug, Default)]
+/// Bytes a pool keeps by default (see `ContextOptions::pool_bytes`).
+pub(crate) const DEFAULT_POOL_BYTES: u64 = 256 << 20;
+
+#[derive(Debug)]
 pub(crate) struct Pool {
-    free: Mutex<HashMap<(u32, u64), Vec<wgpu::Buffer>>>,
+    free: Mutex<Free>,
+    cap: u64,
+}
+
+#[derive(Debug, Default)]
+struct Free {
+    lists: HashMap<(u32, u64), Vec<wgpu::Buffer>>,
+    bytes: u64,
 }
 
 /// Size classes: 8 per octave (at most 12.5% larger than asked), from 256 bytes.
@@ -26,40 +40,56 @@ fn class(size: u64) -> u64 {
 }
 
 impl Pool {
-    fn take(
-        &self,
-        device: &wgpu::Device,
-        label: &'static str,
-        size: u64,
-        usage: wgpu::BufferUsages,
-    ) -> wgpu::Buffer {
-        let size = class(size).min(device.limits().max_buffer_size.max(size));
-        let key = (usage.bits(), size);
-        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(b) = free.get_mut(&key).and_then(Vec::pop) {
-            return b;
+    /// A pool that keeps at most `cap` bytes of free buffers.
+    pub(crate) fn new(cap: u64) -> Pool {
+        Pool {
+            free: Mutex::new(Free::default()),
+            cap,
         }
-        drop(free);
-        device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(label),
-            size,
-            usage,
-            mapped_at_creation: false,
-        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Free> {
+        self.free.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn take(&self, size: u64, usage: wgpu::BufferUsages) -> Option<wgpu::Buffer> {
+        let mut free = self.lock();
+        let b = free
+            .lists
+            .get_mut(&(usage.bits(), size))
+            .and_then(Vec::pop)?;
+        free.bytes -= b.size();
+        Some(b)
     }
 
     fn give(&self, buffers: Vec<wgpu::Buffer>) {
-        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        let mut free = self.lock();
         for b in buffers {
-            let list = free.entry((b.usage().bits(), b.size())).or_default();
-            if list.len() < KEEP {
+            let size = b.size();
+            let fits = free.bytes + size <= self.cap;
+            let list = free.lists.entry((b.usage().bits(), size)).or_default();
+            if fits && list.len() < KEEP {
                 list.push(b);
+                free.bytes += size;
             }
+            // otherwise dropped here: wgpu frees it once no submission uses it
         }
+    }
+
+    /// Frees every kept buffer.
+    pub(crate) fn trim(&self) {
+        let mut free = self.lock();
+        free.lists.clear();
+        free.bytes = 0;
+    }
+
+    /// Bytes of the buffers kept now.
+    pub(crate) fn kept_bytes(&self) -> u64 {
+        self.lock().bytes
     }
 }
 
-/// The buffers of one call: pooled (host path) or fresh (GPU-resident path).
+/// The buffers of one call, from a pool or fresh.
 pub(crate) struct Scratch {
     pool: Option<Arc<Pool>>,
     taken: Vec<wgpu::Buffer>,
@@ -80,25 +110,49 @@ impl Scratch {
         }
     }
 
-    /// A buffer of at least `size` bytes; it lives until this scratch is dropped.
+    /// A buffer of at least `size` bytes; it lives until this scratch is
+    /// dropped. A device that is out of memory gives [`Error::OutOfMemory`]
+    /// (the caller holds an out-of-memory error scope: see `gpu::Scoped`).
     pub(crate) fn buffer(
         &mut self,
         device: &wgpu::Device,
         label: &'static str,
         size: u64,
         usage: wgpu::BufferUsages,
-    ) -> wgpu::Buffer {
-        let b = match &self.pool {
-            Some(p) => p.take(device, label, size, usage),
+    ) -> Result<wgpu::Buffer> {
+        let max = device.limits().max_buffer_size;
+        if size > max {
+            return Err(Error::TooLarge(format!(
+                "{label}: {size} bytes exceed the device's largest buffer ({max} bytes)"
+            )));
+        }
+        let size = match &self.pool {
+            Some(_) => class(size).min(max.max(size)),
+            None => size.max(4),
+        };
+        let pooled = self.pool.as_ref().and_then(|p| p.take(size, usage));
+        let b = match pooled {
+            Some(b) => b,
             None => device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
-                size: size.max(4),
+                size,
                 usage,
                 mapped_at_creation: false,
             }),
         };
         self.taken.push(b.clone());
-        b
+        Ok(b)
+    }
+
+    /// Stops tracking `buffer`: it is dropped with its last handle instead of
+    /// going back to the pool (a readback buffer whose map may still be pending).
+    pub(crate) fn detach(&mut self, buffer: &wgpu::Buffer) {
+        self.taken.retain(|b| b != buffer);
+    }
+
+    /// Tracks `buffer` again (a readback buffer, unmapped).
+    pub(crate) fn attach(&mut self, buffer: wgpu::Buffer) {
+        self.taken.push(buffer);
     }
 }
 

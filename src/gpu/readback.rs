@@ -14,7 +14,10 @@ pub(crate) struct Reading {
 }
 
 /// Finishes `enc` with a copy of `size` bytes of `src` at `offset` into a
-/// mappable buffer, submits it (the call's one submission) and asks for the map.
+/// mappable buffer, submits it (the call's one submission) and asks for the
+/// map. The mappable buffer leaves `scratch` until [`Reading::finish`] has
+/// unmapped it: a reading dropped before that (a dropped future) drops the
+/// buffer with it rather than pooling a buffer whose map is pending.
 pub(crate) fn start(
     gpu: &Gpu,
     scratch: &mut Scratch,
@@ -22,9 +25,10 @@ pub(crate) fn start(
     src: &wgpu::Buffer,
     offset: u64,
     size: u64,
-) -> Reading {
+) -> Result<Reading> {
     let usage = wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST;
-    let staging = scratch.buffer(&gpu.device, "kullback.readback", size, usage);
+    let staging = scratch.buffer(&gpu.device, "kullback.readback", size, usage)?;
+    scratch.detach(&staging);
     enc.copy_buffer_to_buffer(src, offset, &staging, 0, size);
     let index = gpu.queue.submit([enc.finish()]);
     let (tx, rx) = futures_intrusive::channel::shared::oneshot_channel();
@@ -33,17 +37,18 @@ pub(crate) fn start(
         .map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
         });
-    Reading {
+    Ok(Reading {
         index,
         staging,
         size,
         rx,
-    }
+    })
 }
 
 impl Reading {
-    /// Waits for the map callback (someone must poll the device) and copies the records out.
-    pub(crate) async fn finish(self) -> Result<Vec<Record>> {
+    /// Waits for the map callback (someone must poll the device) and copies
+    /// the records out; gives back the unmapped buffer.
+    pub(crate) async fn finish(self) -> Result<(Vec<Record>, wgpu::Buffer)> {
         let staging = self.staging;
         match self.rx.receive().await {
             Some(Ok(())) => {}
@@ -55,9 +60,12 @@ impl Reading {
                 .slice(..self.size)
                 .get_mapped_range()
                 .map_err(|e| Error::Device(format!("reading the results: {e}")))?;
-            bytemuck::cast_slice::<u8, Record>(&view).to_vec()
+            let recs = bytemuck::cast_slice::<u8, Record>(&view);
+            let mut out = crate::error::try_vec(recs.len(), "the records read back")?;
+            out.extend_from_slice(recs);
+            out
         };
         staging.unmap();
-        Ok(out)
+        Ok((out, staging))
     }
 }

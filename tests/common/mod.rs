@@ -2,8 +2,8 @@
 //! independent plain-f64 reference implementation of every measure and form,
 //! seeded input generators, and the list of backends each test runs on.
 //!
-//! The reference here is written from the convention table in
-//! `shared/conventions.md` (and the crate docs), not from the library's code:
+//! The reference here is written from the convention table of the crate docs
+//! (README's "Conventions"), not from the library's code:
 //! f64 throughout, log-sum-exp relative to the row maximum, the zero rules
 //! decided on exact zeros (a probability of 0, a log-probability or logit of -inf).
 
@@ -22,7 +22,7 @@ use kullback::{
     Backend, Base, Context, ContextOptions, Form, Measure, Normalization, Output, Reduction,
 };
 
-/// The crate's accuracy bound (shared/conventions.md): abs 2e-6 + rel 2e-5 · |expected|.
+/// The crate's accuracy bound (crate docs, "Accuracy"): abs 2e-6 + rel 2e-5 · |expected|.
 pub const ABS_TOL: f64 = 2e-6;
 /// See [`ABS_TOL`].
 pub const REL_TOL: f64 = 2e-5;
@@ -239,23 +239,15 @@ fn note(msg: &str) {
     let _ = writeln!(std::io::stderr(), "{msg}");
 }
 
-fn make_gpu(cap: Option<u64>) -> Option<Context> {
-    let mut opts = ContextOptions::default().backend(Backend::Gpu);
-    if let Some(c) = cap {
-        opts = opts.max_binding_bytes(c);
-    }
-    match Context::with_options(opts) {
-        Ok(ctx) => {
-            assert_eq!(
-                ctx.backend(),
-                kullback::Ran::Gpu,
-                "Backend::Gpu gave a CPU context"
-            );
-            Some(ctx)
-        }
+/// The one "GPU or skip" decision of every test in the crate: `Some` when
+/// the GPU resource was made; otherwise a panic under
+/// `KULLBACK_REQUIRE_GPU=1`, else `None` with a note printed once.
+pub fn gpu_or_skip<T, E: std::fmt::Display>(made: Result<T, E>) -> Option<T> {
+    match made {
+        Ok(t) => Some(t),
         Err(e) => {
             if require_gpu() {
-                panic!("KULLBACK_REQUIRE_GPU=1 but no GPU context could be made: {e}");
+                panic!("KULLBACK_REQUIRE_GPU=1 but no GPU adapter could be used: {e}");
             }
             static NOTED: OnceLock<()> = OnceLock::new();
             NOTED.get_or_init(|| {
@@ -266,6 +258,38 @@ fn make_gpu(cap: Option<u64>) -> Option<Context> {
             None
         }
     }
+}
+
+fn make_gpu(cap: Option<u64>) -> Option<Context> {
+    let mut opts = ContextOptions::default().backend(Backend::Gpu);
+    if let Some(c) = cap {
+        opts = opts.max_binding_bytes(c);
+    }
+    let ctx = gpu_or_skip(Context::with_options(opts))?;
+    assert_eq!(
+        ctx.backend(),
+        kullback::Ran::Gpu,
+        "Backend::Gpu gave a CPU context"
+    );
+    Some(ctx)
+}
+
+/// A device on the first adapter (software ones included) with exactly
+/// `limits`, for the GPU-resident tests. `None` as for [`gpu_or_skip`].
+pub fn gpu_device(
+    limits: kullback::wgpu::Limits,
+) -> Option<(kullback::wgpu::Device, kullback::wgpu::Queue)> {
+    use kullback::wgpu;
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::PRIMARY));
+    let adapter = gpu_or_skip(adapters.into_iter().next().ok_or("no adapter"))?;
+    let desc = wgpu::DeviceDescriptor {
+        label: Some("test"),
+        required_limits: limits,
+        ..Default::default()
+    };
+    Some(pollster::block_on(adapter.request_device(&desc)).expect("device"))
 }
 
 /// The CPU context.
