@@ -150,7 +150,7 @@ pub(crate) fn scratch_sizes(gpu: &Gpu, s: &GpuShape) -> Result<(u64, u64, u64)> 
     let norm_at = s.rows as u64 * if bpr > 1 { bpr as u64 } else { 0 };
     let partial_bytes = (norm_at + if s.two_pass { s.rows as u64 } else { 0 }).max(1) * STATE_SIZE;
     let records_bytes = s.rows as u64 * RECORD_SIZE;
-    let max_binding = gpu.limits.max_storage_buffer_binding_size;
+    let max_binding = plan::binding_limit(&gpu.limits);
     for (what, bytes) in [
         ("partial states", partial_bytes),
         ("per-row records", records_bytes),

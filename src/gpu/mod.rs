@@ -65,9 +65,7 @@ impl Gpu {
                 limits.max_storage_buffers_per_shader_stage
             )));
         }
-        let device_cap = limits
-            .max_storage_buffer_binding_size
-            .min(limits.max_buffer_size);
+        let device_cap = plan::binding_limit(&limits);
         let cap = match cap {
             Some(c) if c < plan::MIN_CAP_BYTES => {
                 return Err(Error::InvalidOption(format!(

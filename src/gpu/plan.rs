@@ -10,6 +10,20 @@ pub(crate) const BLOCK: u32 = WG * EPT;
 /// The smallest binding cap we plan with: one block plus alignment slack.
 pub(crate) const MIN_CAP_BYTES: u64 = 64 * 1024;
 
+/// Bytes of the largest binding the kernels index: every u32 element index
+/// they form (lead + row * stride + col, plus up to a block past a chunk's
+/// end before the bound check) stays below 2^32 whatever the adapter allows
+/// (Metal reports bindings beyond 16 GiB).
+pub(crate) const MAX_INDEXED_BYTES: u64 = ((1u64 << 32) - (1 << 24)) * 4;
+
+/// The bytes of one binding we plan with on a device with `limits`.
+pub(crate) fn binding_limit(limits: &wgpu::Limits) -> u64 {
+    limits
+        .max_storage_buffer_binding_size
+        .min(limits.max_buffer_size)
+        .min(MAX_INDEXED_BYTES)
+}
+
 /// How rows are spread over workgroups.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Layout {
@@ -187,6 +201,45 @@ mod tests {
                 }
             }
             assert!(seen.iter().all(|&s| s == 1), "{rows}x{cols} cap {cap}");
+        }
+    }
+
+    /// A synthetic 64 GiB binding limit (lavapipe cannot report one): the
+    /// planned bindings keep every u32 index a kernel forms below 2^32.
+    #[test]
+    fn indices_stay_below_2_pow_32_under_a_64_gib_limit() {
+        let limits = wgpu::Limits {
+            max_storage_buffer_binding_size: 64 << 30,
+            max_buffer_size: 64 << 30,
+            ..wgpu::Limits::default()
+        };
+        let cap = binding_limit(&limits);
+        assert!(cap <= MAX_INDEXED_BYTES);
+        let align_elems = 64;
+        // as encode() derives it
+        let cap_elems = (cap / 4).saturating_sub(align_elems).max(BLOCK as u64);
+        for &(rows, cols) in &[
+            (1u32, u32::MAX),
+            (3, 4_000_000_000),
+            (1 << 20, 1 << 14),
+            (u32::MAX / 8, 8),
+            (5, 3_000_000_001),
+        ] {
+            let l = Layout::new(cols);
+            let cs = chunks(rows, cols, l, cap_elems);
+            let mut covered = 0u64;
+            for c in &cs {
+                let r = range(c, cols as u64, align_elems);
+                // the last element a thread may index before its bound check
+                let top = r.lead as u64
+                    + (c.rows as u64 - 1) * cols as u64
+                    + c.cols as u64
+                    + l.span() as u64;
+                assert!(top < 1 << 32, "{rows}x{cols} {c:?}: index {top}");
+                assert!(r.size_elems * 4 <= cap, "{rows}x{cols} {c:?}");
+                covered += c.rows as u64 * c.cols as u64;
+            }
+            assert_eq!(covered, rows as u64 * cols as u64);
         }
     }
 
