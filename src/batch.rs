@@ -193,6 +193,17 @@ pub(crate) fn check_f64(v: &[f64], cols: usize, form: Form, arg: Arg) -> Result<
     Ok(())
 }
 
+/// `values` (f64) as f32 with the checks p and q get: an error where the
+/// conversion would change a value silently (a finite value that overflows,
+/// a non-zero one that becomes 0), naming `arg` and the column. For inputs
+/// the library takes only as f32, such as class weights.
+pub fn f32_from_f64(values: &[f64], arg: Arg) -> Result<Vec<f32>> {
+    check_f64(values, values.len().max(1), Form::Probs, arg)?;
+    let mut out = crate::error::try_vec(values.len(), "an f32 copy of f64 values")?;
+    out.extend(values.iter().map(|&x| x as f32));
+    Ok(out)
+}
+
 /// Class targets of a negative log-likelihood, one per row.
 #[derive(Clone, Copy, Debug)]
 pub enum Targets<'a> {

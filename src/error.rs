@@ -90,13 +90,27 @@ pub enum Error {
          (same shape, or one of them a single row with the same columns)"
     )]
     ShapeMismatch {
-        /// Rows of p (or of the targets for a negative log-likelihood).
+        /// Rows of p.
         p_rows: usize,
-        /// Columns of p (or 1 for the targets).
+        /// Columns of p.
         p_cols: usize,
         /// Rows of q.
         q_rows: usize,
         /// Columns of q.
+        q_cols: usize,
+    },
+    /// A negative log-likelihood with a target count that matches neither
+    /// the rows of q nor a single row.
+    #[error(
+        "{targets} targets, but q (the probabilities or logits) has {q_rows} rows of {q_cols} \
+         classes (one target per row of q, or q a single row)"
+    )]
+    TargetCount {
+        /// Number of targets.
+        targets: usize,
+        /// Rows of q.
+        q_rows: usize,
+        /// Columns (classes) of q.
         q_cols: usize,
     },
     /// An input value that is not allowed (NaN, a negative probability, ...).

@@ -308,9 +308,8 @@ pub(crate) fn check_nll(targets: usize, q: (usize, usize), opts: &NllOptions<'_>
         });
     }
     if q.0 != 1 && targets != q.0 {
-        return Err(Error::ShapeMismatch {
-            p_rows: targets,
-            p_cols: 1,
+        return Err(Error::TargetCount {
+            targets,
             q_rows: q.0,
             q_cols: q.1,
         });

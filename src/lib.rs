@@ -187,7 +187,7 @@ mod measure;
 mod record;
 mod resident;
 
-pub use batch::{Batch, Targets, Values};
+pub use batch::{Batch, Targets, Values, f32_from_f64};
 pub use context::{Backend, Context, ContextOptions, Output, Ran};
 pub use error::{Arg, BadValue, Error, Result};
 pub use measure::{

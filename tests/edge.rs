@@ -1254,11 +1254,10 @@ fn nll_targets_and_weights() {
         check_err(&mut f, "2 targets for 3 rows", &bk, r, &|e| {
             matches!(
                 e,
-                Error::ShapeMismatch {
-                    p_rows: 2,
+                Error::TargetCount {
+                    targets: 2,
                     q_rows: 3,
                     q_cols: 3,
-                    ..
                 }
             )
         });

@@ -204,20 +204,80 @@ impl Common {
 fn main() -> ExitCode {
     env_logger::init();
     let cli = Cli::parse();
-    match run(&cli.command) {
-        Ok(json) => {
-            println!("{json}");
-            ExitCode::SUCCESS
-        }
+    match run(&cli.command).and_then(|json| print_out(&json)) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(msg) => {
-            eprintln!("error: {msg}");
+            // one line, whatever the message holds (parser messages span several)
+            let line: Vec<&str> = msg.split_whitespace().collect();
+            eprintln!("error: {}", line.join(" "));
             ExitCode::FAILURE
         }
     }
 }
 
+/// Writes the JSON line to stdout. A closed pipe (`| head`) ends quietly with
+/// success, as other Unix tools do; any other failure (a full disk) is an error.
+fn print_out(json: &str) -> Result<(), String> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{json}").and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(format!("stdout: cannot write the result: {e}")),
+    }
+}
+
+/// A path as it appears in messages: quoted, with newlines and other control
+/// characters escaped, so that an error stays on one line.
+fn show(path: &Path) -> String {
+    format!("{:?}", path.display().to_string())
+}
+
+/// Refuses an `--out` that is one of the input files (it would be overwritten).
+fn check_out(command: &Command) -> Result<(), String> {
+    let (out, inputs): (Option<&PathBuf>, Vec<&Path>) = match command {
+        Command::Entropy(a) => (a.common.out.as_ref(), vec![&a.p]),
+        Command::CrossEntropy(a) | Command::Kl(a) | Command::Js(a) => {
+            (a.common.out.as_ref(), vec![&a.p, &a.q])
+        }
+        Command::Nll(a) => {
+            let mut v: Vec<&Path> = vec![&a.q, &a.targets];
+            v.extend(a.weights.as_deref());
+            (a.common.out.as_ref(), v)
+        }
+    };
+    let Some(out) = out else { return Ok(()) };
+    for input in inputs {
+        if same_file(out, input) {
+            return Err(format!(
+                "{}: --out is also an input ({}); write the output to another path",
+                show(out),
+                show(input)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether two paths name the same file (the same inode, or the same path
+/// where the output does not exist yet).
+fn same_file(a: &Path, b: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        if let (Ok(x), Ok(y)) = (std::fs::metadata(a), std::fs::metadata(b)) {
+            return x.dev() == y.dev() && x.ino() == y.ino();
+        }
+    }
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
+}
+
 /// Parses nothing, prints nothing: load -> evaluate -> the JSON text.
 fn run(command: &Command) -> Result<String, String> {
+    check_out(command)?;
     let (name, files, common, output) = match command {
         Command::Entropy(a) => {
             let files = Files {
@@ -308,7 +368,17 @@ impl Files<'_> {
             Arg::Targets => self.targets,
             Arg::Weights => self.weights,
         };
-        path.map_or_else(|| arg.to_string(), |p| p.display().to_string())
+        path.map_or_else(|| arg.to_string(), show)
+    }
+
+    /// Every input file, for an error that concerns the call as a whole.
+    fn all(&self) -> String {
+        let names: Vec<String> = [self.p, self.q, self.targets, self.weights]
+            .into_iter()
+            .flatten()
+            .map(show)
+            .collect();
+        names.join(", ")
     }
 
     /// The library's error as one line that starts with the file(s) concerned.
@@ -329,13 +399,12 @@ impl Files<'_> {
                 self.name(*arg)
             ),
             Error::TargetOutOfRange { .. } => format!("{}: {e}", self.name(Arg::Targets)),
-            Error::ShapeMismatch {
-                p_rows,
+            Error::TargetCount {
+                targets,
                 q_rows,
                 q_cols,
-                ..
-            } if self.targets.is_some() => format!(
-                "{}: {p_rows} targets, but {} has {q_rows} rows of {q_cols} classes \
+            } => format!(
+                "{}: {targets} targets, but {} has {q_rows} rows of {q_cols} classes \
                  (one target per row of q, or q a single row)",
                 self.name(Arg::Targets),
                 self.name(Arg::Q)
@@ -343,7 +412,8 @@ impl Files<'_> {
             Error::ShapeMismatch { .. } => {
                 format!("{}, {}: {e}", self.name(Arg::P), self.name(Arg::Q))
             }
-            other => other.to_string(),
+            Error::OutOfMemory { .. } => format!("{}: {e}: the input did not fit", self.all()),
+            other => format!("{}: {other}", self.all()),
         }
     }
 }
@@ -371,7 +441,7 @@ impl Matrix {
             _ => {
                 return Err(format!(
                     "{}: a {}-D array of shape {shape:?}; expected 2-D [rows, cols] or 1-D [cols]",
-                    path.display(),
+                    show(path),
                     shape.len()
                 ));
             }
@@ -380,7 +450,7 @@ impl Matrix {
             return Err(format!(
                 "{}: stored in Fortran (column-major) order; save it in C order \
                  (numpy.ascontiguousarray)",
-                path.display()
+                show(path)
             ));
         }
         let values = match float_size(&npy.dtype()) {
@@ -389,7 +459,7 @@ impl Matrix {
             _ => {
                 return Err(format!(
                     "{}: unsupported dtype {}; expected float32 or float64",
-                    path.display(),
+                    show(path),
                     dtype_name(&npy.dtype())
                 ));
             }
@@ -433,7 +503,7 @@ impl TargetVec {
             }
             _ => Err(format!(
                 "{}: unsupported dtype {} for targets; expected int32, int64 or uint32",
-                path.display(),
+                show(path),
                 dtype_name(&dtype)
             )),
         }
@@ -454,39 +524,55 @@ fn load_weights(path: &Path) -> Result<Vec<f32>, String> {
     check_1d(path, npy.shape(), "weights")?;
     match float_size(&npy.dtype()) {
         Some(4) => read_all(path, npy),
-        Some(8) => Ok(read_all::<f64>(path, npy)?
-            .into_iter()
-            .map(|w| w as f32)
-            .collect()),
+        Some(8) => kullback::f32_from_f64(&read_all::<f64>(path, npy)?, Arg::Weights)
+            .map_err(|e| format!("{}: {e}", show(path))),
         _ => Err(format!(
             "{}: unsupported dtype {} for weights; expected float32 or float64",
-            path.display(),
+            show(path),
             dtype_name(&npy.dtype())
         )),
     }
 }
 
 fn open_npy(path: &Path) -> Result<NpyFile<BufReader<File>>, String> {
-    let file = File::open(path).map_err(|e| format!("{}: cannot open: {e}", path.display()))?;
-    let file_len = file.metadata().map(|m| m.len()).ok();
+    let file = File::open(path).map_err(|e| format!("{}: cannot open: {e}", show(path)))?;
+    // only a regular file's size is known up front; pipes and devices
+    // (/dev/stdin) are read as streams
+    let file_len = file
+        .metadata()
+        .ok()
+        .filter(|m| m.is_file())
+        .map(|m| m.len());
     let npy = NpyFile::new(BufReader::new(file))
-        .map_err(|e| format!("{}: not a readable .npy file: {e}", path.display()))?;
+        .map_err(|e| format!("{}: not a readable .npy file: {e}", show(path)))?;
     if npy.uses_pickled_array() {
         return Err(format!(
             "{}: holds Python objects (pickled); expected a numeric array",
-            path.display()
+            show(path)
         ));
     }
-    // The header's shape must fit in the file before anything is allocated for it.
     let item = match npy.dtype() {
         DType::Plain(t) => t.num_bytes().unwrap_or(0) as u64,
         _ => 0,
     };
-    if let (Some(file_len), Some(need)) = (file_len, npy.len().checked_mul(item)) {
+    let need = npy
+        .shape()
+        .iter()
+        .try_fold(1u64, |n, &d| n.checked_mul(d))
+        .and_then(|n| n.checked_mul(item));
+    let Some(need) = need else {
+        return Err(format!(
+            "{}: shape {:?} is too large: its size in bytes overflows 64 bits",
+            show(path),
+            npy.shape()
+        ));
+    };
+    // The header's shape must fit in the file before anything is allocated for it.
+    if let Some(file_len) = file_len {
         if need > file_len {
             return Err(format!(
                 "{}: shape {:?} needs {need} bytes of data, but the file holds {file_len} bytes",
-                path.display(),
+                show(path),
                 npy.shape()
             ));
         }
@@ -494,12 +580,31 @@ fn open_npy(path: &Path) -> Result<NpyFile<BufReader<File>>, String> {
     Ok(npy)
 }
 
+/// All values of `npy`, into memory reserved up front without aborting: a
+/// file that does not fit is an error naming it.
 fn read_all<T: npyz::Deserialize>(
     path: &Path,
     npy: NpyFile<BufReader<File>>,
 ) -> Result<Vec<T>, String> {
-    npy.into_vec::<T>()
-        .map_err(|e| format!("{}: cannot read the data: {e}", path.display()))
+    let n = npy.len();
+    let bytes = n.saturating_mul(std::mem::size_of::<T>() as u64);
+    let mut v = Vec::new();
+    usize::try_from(n)
+        .ok()
+        .and_then(|n| v.try_reserve_exact(n).ok())
+        .ok_or_else(|| {
+            format!(
+                "{}: does not fit in memory: its {n} values need {bytes} bytes, which could not be allocated",
+                show(path)
+            )
+        })?;
+    let data = npy
+        .data::<T>()
+        .map_err(|e| format!("{}: cannot read the data: {e}", show(path)))?;
+    for x in data {
+        v.push(x.map_err(|e| format!("{}: cannot read the data: {e}", show(path)))?);
+    }
+    Ok(v)
 }
 
 fn check_1d(path: &Path, shape: &[u64], what: &str) -> Result<(), String> {
@@ -508,7 +613,7 @@ fn check_1d(path: &Path, shape: &[u64], what: &str) -> Result<(), String> {
     } else {
         Err(format!(
             "{}: a {}-D array of shape {shape:?}; {what} must be 1-D",
-            path.display(),
+            show(path),
             shape.len()
         ))
     }
@@ -529,11 +634,11 @@ fn dtype_name(dtype: &DType) -> String {
 }
 
 fn to_usize(path: &Path, n: u64) -> Result<usize, String> {
-    usize::try_from(n).map_err(|_| format!("{}: dimension {n} is too large", path.display()))
+    usize::try_from(n).map_err(|_| format!("{}: dimension {n} is too large", show(path)))
 }
 
 fn write_values(path: &Path, values: &[f32]) -> Result<(), String> {
-    let fail = |e: std::io::Error| format!("{}: cannot write: {e}", path.display());
+    let fail = |e: std::io::Error| format!("{}: cannot write: {e}", show(path));
     let file = File::create(path).map_err(fail)?;
     let mut writer = npyz::WriteOptions::new()
         .default_dtype()

@@ -3,13 +3,18 @@
 //!
 //! ```text
 //! cargo run --release --example bench -- --measure kl --rows 4096 --cols 4096 --backend cpu [--repeat 7] [--json]
-//! cargo run --release --example bench -- --peers-protocol --backend cpu    # driven by ../shared/peers/peers.py --external
+//! cargo run --release --example bench -- --measure kl --rows 4096 --cols 4096 --data DIR --values-out V.f32 --json   # bench/compare.py
 //! ```
-//! Measures: kl, cross-entropy, entropy, nll-logits (peers.py's names kl, ce,
-//! entropy, ce_logits are accepted too). `--backend gpu` also reports the
+//! Measures: kl, cross-entropy, entropy, nll-logits (bench/compare.py's names
+//! kl, ce, entropy, ce_logits are accepted too). `--data DIR` reads the inputs
+//! from DIR (p.f32 and q.f32, or logits.f32 and targets.i64: little-endian,
+//! row-major) instead of generating them; `--values-out FILE` writes the
+//! per-row results there (raw little-endian f32). `--backend gpu` also reports the
 //! device time of the GPU-resident path (timestamp queries where the adapter
 //! has them, else wall time of submit-and-wait with the data already on the
 //! GPU) beside the end-to-end time with upload and readback.
+
+mod bandwidth;
 
 use std::time::Instant;
 
@@ -70,7 +75,8 @@ struct Args {
     repeat: usize,
     warmup: usize,
     json: bool,
-    peers: bool,
+    data: Option<std::path::PathBuf>,
+    values_out: Option<std::path::PathBuf>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -82,7 +88,8 @@ fn parse_args() -> Result<Args, String> {
         repeat: 7,
         warmup: 2,
         json: false,
-        peers: false,
+        data: None,
+        values_out: None,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -120,27 +127,17 @@ fn parse_args() -> Result<Args, String> {
                 i += 1;
             }
             "--json" => a.json = true,
-            "--peers-protocol" => a.peers = true,
+            "--data" => {
+                a.data = Some(value(i)?.into());
+                i += 1;
+            }
+            "--values-out" => {
+                a.values_out = Some(value(i)?.into());
+                i += 1;
+            }
             other => return Err(format!("unknown argument {other}")),
         }
         i += 1;
-    }
-    if a.peers {
-        let env = |k: &str| std::env::var(k).map_err(|_| format!("--peers-protocol needs {k}"));
-        a.which = Which::parse(&env("PEERS_MEASURE")?).ok_or("unknown PEERS_MEASURE")?;
-        a.rows = env("PEERS_ROWS")?
-            .parse()
-            .map_err(|e| format!("PEERS_ROWS: {e}"))?;
-        a.cols = env("PEERS_COLS")?
-            .parse()
-            .map_err(|e| format!("PEERS_COLS: {e}"))?;
-        a.repeat = env("PEERS_REPEAT")?
-            .parse()
-            .map_err(|e| format!("PEERS_REPEAT: {e}"))?;
-        a.warmup = env("PEERS_WARMUP")?
-            .parse()
-            .map_err(|e| format!("PEERS_WARMUP: {e}"))?;
-        a.json = true;
     }
     a.repeat = a.repeat.max(1);
     Ok(a)
@@ -202,8 +199,7 @@ fn read_f32(path: &std::path::Path) -> Result<Vec<f32>, String> {
         .collect())
 }
 
-fn peers_data(w: Which) -> Result<Data, String> {
-    let dir = std::path::PathBuf::from(std::env::var("PEERS_DIR").map_err(|_| "PEERS_DIR unset")?);
+fn read_data(w: Which, dir: &std::path::Path) -> Result<Data, String> {
     Ok(match w {
         Which::NllLogits => {
             let t =
@@ -229,7 +225,7 @@ fn peers_data(w: Which) -> Result<Data, String> {
     })
 }
 
-fn median(v: &mut [f64]) -> f64 {
+pub(crate) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
     if n % 2 == 1 {
@@ -237,60 +233,6 @@ fn median(v: &mut [f64]) -> f64 {
     } else {
         0.5 * (v[n / 2 - 1] + v[n / 2])
     }
-}
-
-/// Read bandwidth of this machine, bytes/s: every core, 64 f32 accumulators
-/// per thread (16 SSE or AVX vectors: independent chains, so the loop is bound
-/// by memory, not by add latency), 1 GiB read per pass (far beyond the
-/// caches), `streams` buffers read side by side, median of 7 passes.
-fn read_bandwidth(streams: usize) -> f64 {
-    const ACC: usize = 64;
-    let total = 1usize << 30;
-    let n = total / 4 / streams / ACC * ACC;
-    let bufs: Vec<Vec<f32>> = (0..streams).map(|s| vec![1.0 + s as f32; n]).collect();
-    let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
-    let per = n.div_ceil(threads).div_ceil(ACC) * ACC;
-    let mut rates = Vec::new();
-    let mut sink = 0.0f32;
-    for _ in 0..7 {
-        let t0 = Instant::now();
-        let sums: Vec<f32> = std::thread::scope(|s| {
-            let hs: Vec<_> = (0..threads)
-                .map(|t| {
-                    let bufs = &bufs;
-                    s.spawn(move || {
-                        let (lo, hi) = ((t * per).min(n), ((t + 1) * per).min(n));
-                        let mut acc = [0.0f32; ACC];
-                        if streams == 1 {
-                            for c in bufs[0][lo..hi].chunks_exact(ACC) {
-                                for j in 0..ACC {
-                                    acc[j] += c[j];
-                                }
-                            }
-                        } else {
-                            for (a, b) in bufs[0][lo..hi]
-                                .chunks_exact(ACC)
-                                .zip(bufs[1][lo..hi].chunks_exact(ACC))
-                            {
-                                for j in 0..ACC {
-                                    acc[j] += a[j] + b[j];
-                                }
-                            }
-                        }
-                        acc.iter().sum::<f32>()
-                    })
-                })
-                .collect();
-            hs.into_iter()
-                .map(|h| h.join().expect("probe thread"))
-                .collect()
-        });
-        let dt = t0.elapsed().as_secs_f64();
-        sink += sums.iter().sum::<f32>();
-        rates.push((n * streams * 4) as f64 / dt);
-    }
-    std::hint::black_box(sink);
-    median(&mut rates)
 }
 
 fn json_str(s: &str) -> String {
@@ -313,10 +255,9 @@ fn main() {
 
 fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let (rows, cols, w) = (a.rows, a.cols, a.which);
-    let data = if a.peers {
-        peers_data(w)?
-    } else {
-        make_data(w, rows, cols)
+    let data = match &a.data {
+        Some(dir) => read_data(w, dir)?,
+        None => make_data(w, rows, cols),
     };
     let elems = rows * cols;
     let bytes = (elems * 4 * w.streams() + data.targets.len() * 8) as f64;
@@ -351,8 +292,7 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let out = last.expect("at least one run");
     let min = times.iter().cloned().fold(f64::INFINITY, f64::min);
     let med = median(&mut times);
-    if a.peers {
-        let path = std::env::var("PEERS_OUT")?;
+    if let Some(path) = &a.values_out {
         let b: Vec<u8> = out.values.iter().flat_map(|v| v.to_le_bytes()).collect();
         std::fs::write(path, b)?;
     }
@@ -400,13 +340,14 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     if out.backend == kullback::Ran::Cpu {
-        let bw = read_bandwidth(w.streams());
+        let (bw, isa) = bandwidth::read_bandwidth(w.streams(), 7);
         fields.push(("bw_gbps", format!("{:.3}", bw / 1e9)));
+        fields.push(("bw_isa", json_str(isa)));
         fields.push(("bw_streams", w.streams().to_string()));
         fields.push(("bw_ratio", format!("{:.3}", bytes / med / bw)));
         if !a.json {
             println!(
-                "read bandwidth ({} stream{}, same run): {:.2} GB/s; this measure reached {:.0}% of it",
+                "read bandwidth ({} stream{}, {isa} read loop, same run): {:.2} GB/s; this measure reached {:.0}% of it",
                 w.streams(),
                 if w.streams() == 1 { "" } else { "s" },
                 bw / 1e9,
@@ -425,7 +366,7 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
             );
         }
     }
-    if a.json || a.peers {
+    if a.json {
         let body: Vec<String> = fields
             .iter()
             .map(|(k, v)| format!("\"{k}\": {v}"))
