@@ -31,6 +31,9 @@ struct Record {
 
 struct Total {
     sum: f32,
+    // the same sum of values scaled by 2^-64 (exact for the values that
+    // matter): where the f32 sum overflows, the mean may still fit
+    scaled: f32,
     weight: f32,
     infs: u32,
     neg_infs: u32,
@@ -51,11 +54,14 @@ struct Total {
 
 var<workgroup> shared_totals: array<Total, WG>;
 
+const SCALE_DOWN: f32 = 5.421010862427522e-20; // 2^-64
+const SCALE_UP_HALF: f32 = 4294967296.0; // 2^32
+
 fn merge_totals(a: Total, b: Total) -> Total {
     // keep the first bad row (the tree does not visit ranges in row order)
     let a_bad = a.code != ST_OK;
     let take_b = b.code != ST_OK && (!a_bad || b.bad_row < a.bad_row);
-    return Total(a.sum + b.sum, a.weight + b.weight, a.infs + b.infs, a.neg_infs + b.neg_infs,
+    return Total(a.sum + b.sum, a.scaled + b.scaled, a.weight + b.weight, a.infs + b.infs, a.neg_infs + b.neg_infs,
                  select(a.bad_row, b.bad_row, take_b), select(a.code, b.code, take_b),
                  select(a.column, b.column, take_b), select(a.index, b.index, take_b),
                  select(a.bad_aux_p, b.bad_aux_p, take_b), select(a.bad_aux_q, b.bad_aux_q, take_b));
@@ -73,7 +79,7 @@ fn load(i: u32) -> Total {
     // NLL records hold w_t * l already (the class weight is applied per element)
     let w = select(1.0, r.aux_p, params.weighted != 0u);
     let v = select(r.value, 0.0, bad || inf || neg_inf);
-    return Total(v, select(w, 0.0, bad), select(0u, 1u, inf), select(0u, 1u, neg_inf),
+    return Total(v, v * SCALE_DOWN, select(w, 0.0, bad), select(0u, 1u, inf), select(0u, 1u, neg_inf),
                  params.rows_base + i, r.code, r.column, r.index, r.aux_p, r.aux_q);
 }
 
@@ -98,7 +104,7 @@ fn total_main(
         return;
     }
     let end = min(begin + span, params.count);
-    var t = Total(0.0, 0.0, 0u, 0u, 0u, ST_OK, 0u, 0u, 0.0, 0.0);
+    var t = Total(0.0, 0.0, 0.0, 0u, 0u, 0u, ST_OK, 0u, 0u, 0.0, 0.0);
     let first = begin + lid * EPT;
     for (var k = 0u; k < EPT; k = k + 1u) {
         let i = first + k;
@@ -125,6 +131,12 @@ fn total_main(
         return;
     }
     var value = positive_zero(select(r.sum, r.sum / r.weight, params.mean != 0u));
+    // the finite values' sum overflowed (decided from the bits): the scaled
+    // sum gives the mean if it fits, and an infinite sum of that sign
+    if ((bitcast<u32>(r.sum) & 0x7f800000u) == 0x7f800000u) {
+        let m = select(r.scaled, r.scaled / r.weight, params.mean != 0u);
+        value = m * SCALE_UP_HALF * SCALE_UP_HALF;
+    }
     value = select(value, bitcast<f32>(POS_INF_BITS), r.infs != 0u);
     value = select(value, bitcast<f32>(NEG_INF_BITS), r.neg_infs != 0u);
     value = select(value, bitcast<f32>(params.nan_bits), r.infs != 0u && r.neg_infs != 0u);

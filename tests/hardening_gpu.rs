@@ -253,3 +253,33 @@ fn buffer_of_another_device_is_an_error() {
         .expect("host path");
     assert_eq!(v, host.values);
 }
+
+/// Found by tests/fuzz.rs: a mean whose f32 sum overflows (five rows of
+/// cross-entropy 1e38) but which itself fits is finite on the GPU too (it
+/// was +inf), the same as on the CPU; the sum is +inf on both.
+#[test]
+fn a_mean_whose_sum_overflows_f32_still_fits() {
+    let Some(gpu) = common::gpu() else { return };
+    let rows = 5;
+    let p: Vec<f32> = [0.5f32, 0.5].repeat(rows);
+    let q: Vec<f32> = [0.0f32, -2e38].repeat(rows);
+    let (pb, qb) = (
+        Batch::new(&p, rows, 2),
+        Batch::new(&q, rows, 2).form(kullback::Form::Logits),
+    );
+    for ctx in [common::cpu(), gpu] {
+        let mean = ctx
+            .cross_entropy(&pb, &qb, &Options::default().reduction(Reduction::Mean))
+            .expect("mean");
+        assert!(
+            (mean.values[0] as f64 - 1e38).abs() <= 1e38 * 2e-5,
+            "{:?}: {}",
+            mean.backend,
+            mean.values[0]
+        );
+        let sum = ctx
+            .cross_entropy(&pb, &qb, &Options::default().reduction(Reduction::Sum))
+            .expect("sum");
+        assert_eq!(sum.values[0], f32::INFINITY, "{:?}", sum.backend);
+    }
+}

@@ -51,8 +51,8 @@ pub(crate) struct TotalParams {
 
 /// Size of a partial row state (`struct State` in rows.wgsl): 10 words.
 pub(crate) const STATE_SIZE: u64 = 40;
-/// Size of a batch-total state (`struct Total` in total.wgsl): 10 words.
-pub(crate) const TOTAL_SIZE: u64 = 40;
+/// Size of a batch-total state (`struct Total` in total.wgsl): 11 words.
+pub(crate) const TOTAL_SIZE: u64 = 44;
 
 /// Uniform slots, filled in recording order and uploaded once.
 #[derive(Default)]
