@@ -107,7 +107,13 @@
 //! same bits on every machine) on all cores, through rayon's
 //! persistent thread pool (a caller already inside rayon shares its
 //! workers). A context keeps the CPU path's per-row records buffer between
-//! calls (up to 64 MiB), so that a call allocates only its result.
+//! calls (up to 64 MiB), so that a call allocates only its result; a GPU
+//! context keeps up to [`ContextOptions::pool_bytes`] of buffers (default
+//! 256 MiB). [`Context::trim`] frees both.
+//!
+//! Under pressure the library returns errors: an allocation that fails, on
+//! the host or the device, is [`Error::OutOfMemory`]; a dropped
+//! [`Context::evaluate_async`] future leaves the context usable.
 //!
 //! ## Embedding in a wgpu application
 //!
@@ -161,6 +167,16 @@
 //!   for a bad target its value; u32 fields of their own); a bad row's value is NaN.
 //!   [`decode_output`] turns a read-back output into the values or into the
 //!   same [`Error`] the host path returns for the same input.
+//! * **The encoder's device**: `encode` records into an encoder that must
+//!   come from the context's device (wgpu cannot tell which device an
+//!   encoder belongs to). [`Context::encode_commands`] records into one of
+//!   its own and returns the `CommandBuffer`. A buffer of another device (on
+//!   the same instance) is refused with [`Error::Device`] before anything is
+//!   recorded; one of another `wgpu::Instance` cannot be recognised.
+//! * **Scratch**: each call needs scratch buffers; by default they are made
+//!   fresh per call. A [`Workspace`] given in [`GpuOutput::workspace`] keeps
+//!   them (within a byte cap) for the next call: one workspace per
+//!   submission (submit before reusing it).
 //! * **Polling**: wgpu runs map callbacks only while the device is polled.
 //!   [`Context::evaluate_async`] returns a future that resolves when the
 //!   results are mapped; poll with [`Context::poll`] (or `device.poll`) from

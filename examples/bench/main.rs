@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --example bench -- --measure kl --rows 4096 --cols 4096 --backend cpu [--repeat 7] [--json]
+//! cargo run --release --example bench -- --probe        # the read-bandwidth probe alone
 //! cargo run --release --example bench -- --measure kl --rows 4096 --cols 4096 --data DIR --values-out V.f32 --json   # bench/compare.py
 //! ```
 //! Measures: kl, cross-entropy, entropy, nll-logits (bench/compare.py's names
@@ -127,6 +128,17 @@ fn parse_args() -> Result<Args, String> {
                 i += 1;
             }
             "--json" => a.json = true,
+            "--probe" => {
+                // the read-bandwidth probe alone: 1 and 2 streams
+                for streams in [1, 2] {
+                    let (bw, isa) = bandwidth::read_bandwidth(streams, 7);
+                    println!(
+                        "{{\"probe\": \"read\", \"streams\": {streams}, \"isa\": \"{isa}\", \"gbps\": {:.3}}}",
+                        bw / 1e9
+                    );
+                }
+                std::process::exit(0);
+            }
             "--data" => {
                 a.data = Some(value(i)?.into());
                 i += 1;
