@@ -4,7 +4,7 @@
 Times NumPy, SciPy, JAX (jit, XLA CPU) and, where installed, PyTorch (CPU) on
 per-row kl, ce (cross-entropy), entropy or ce_logits (NLL of integer targets
 under log_softmax(logits)) of a row-major [B, N] float32 batch, and runs
-kullback's benchmark (examples/bench) on the very same inputs. Every result is
+kullback's benchmark (bench/bench.rs) on the very same inputs. Every result is
 checked against a float64 NumPy reference computed from the same float32
 inputs. Prints one JSON line per implementation on stdout (a table on stderr).
 
@@ -38,7 +38,7 @@ ap.add_argument("--warmup", type=int, default=2, help="untimed runs first (jax c
 ap.add_argument("--seed", type=int, default=20261205)
 ap.add_argument("--peers", default=",".join(PEERS), help="comma list from " + ",".join(PEERS))
 ap.add_argument("--backend", default="cpu", help="kullback's backend: cpu, gpu or auto")
-ap.add_argument("--bench", default=BENCH, help="path of the built examples/bench binary")
+ap.add_argument("--bench", default=BENCH, help="path of the built benchmark (cargo build --release --example bench)")
 A = ap.parse_args()
 
 import numpy as np  # noqa: E402

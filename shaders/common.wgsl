@@ -4,9 +4,10 @@
 // producing NaN or inf and testing for it afterwards.
 
 const LN2: f32 = 0.6931471805599453;
-const WG: u32 = 256u;
-// Elements each thread reads per block: a block covers WG * EPT columns.
-const EPT: u32 = 32u;
+// WG (threads per workgroup) and EPT (elements each thread reads per block:
+// a block covers WG * EPT columns), the measure (M_*), form (F_*) and status
+// (ST_*) codes, COL_NONE and CODE_NONE are written above this file by
+// src/gpu/wgsl.rs from their Rust definitions.
 
 const ABS_MASK: u32 = 0x7fffffffu;
 const EXP_MASK: u32 = 0x7f800000u;
@@ -19,30 +20,11 @@ const F32_MAX: f32 = 0x1.fffffep+127f;
 // The smallest normal f32.
 const F32_MIN_POSITIVE: f32 = 0x1p-126f;
 
-// Status codes (a record's `code`), the same numbers as src/record.rs `code` (a
-// test there reads these lines). A problem is keyed (column, code): the smallest
-// key is the first bad column, and a row's problems (column COL_NONE) come last.
-const ST_OK: u32 = 0u;
-const ST_P_NAN: u32 = 1u;
-const ST_P_NEGATIVE: u32 = 2u;
-const ST_P_INFINITE: u32 = 3u;
-const ST_P_POSITIVE_LOG: u32 = 4u;
-const ST_Q_NAN: u32 = 5u;
-const ST_Q_NEGATIVE: u32 = 6u;
-const ST_Q_INFINITE: u32 = 7u;
-const ST_Q_POSITIVE_LOG: u32 = 8u;
-const ST_TARGET: u32 = 9u;
-const ST_TARGET_NEGATIVE: u32 = 10u;
-const ST_P_SUM: u32 = 16u;
-const ST_Q_SUM: u32 = 17u;
-const ST_P_ZERO_SUM: u32 = 18u;
-const ST_Q_ZERO_SUM: u32 = 19u;
-const ST_P_ALL_MASKED: u32 = 20u;
-const ST_Q_ALL_MASKED: u32 = 21u;
-// Column of row-level problems.
-const COL_NONE: u32 = 0xffffffffu;
-// "No problem yet" while reducing (a code above every code); ST_OK at the end.
-const CODE_NONE: u32 = 0xffffffffu;
+// Status codes: a record's `code` (ST_*, generated). A problem is keyed
+// (column, code): the smallest key is the first bad column, and a row's
+// problems (column COL_NONE) come last.
+// COL_NONE: the column of row-level problems; CODE_NONE: "no problem yet"
+// while reducing (a code above every code), ST_OK at the end.
 
 // A problem's key: vec2(column, code).
 fn key_none() -> vec2<u32> {

@@ -11,12 +11,14 @@
 // associatively, so a row is read once whatever the plan: threads, then a tree in
 // workgroup memory, then (long rows) partial states merged by `merge_main`.
 //
-// Keep in sync with src/cpu/kernel.rs, the CPU twin of this file.
+// src/cpu/kernel.rs is the CPU twin of this file: tests/gpu_vs_cpu.rs, the
+// SciPy references and tests/fuzz.rs hold the two to the same answers.
 
-// 0 entropy, 1 cross-entropy, 2 KL, 3 JS, 4 row normalisers (first pass of the
-// two-pass plan), 5 negative log-likelihood of class targets.
+// One of the generated M_* codes: entropy, cross-entropy, KL, JS, row
+// normalisers (M_SUMS, the first pass of the two-pass plan), NLL.
 override MEASURE: u32 = 0u;
-// 0 probs, 1 log-probs, 2 logits, 3 class targets (NLL: p is the smoothed one-hot).
+// One of the generated F_* codes: probs, log-probs, logits, class targets
+// (NLL: p is the smoothed one-hot).
 override P_FORM: u32 = 0u;
 override Q_FORM: u32 = 0u;
 override HAS_Q: bool = true;
@@ -37,17 +39,7 @@ override RENORM: bool = false;
 // Check row sums against 1 (Normalization::Validate).
 override CHECK_SUMS: bool = false;
 
-const M_ENTROPY: u32 = 0u;
-const M_CROSS: u32 = 1u;
-const M_KL: u32 = 2u;
-const M_JS: u32 = 3u;
-const M_SUMS: u32 = 4u;
-const M_NLL: u32 = 5u;
-
-const F_PROBS: u32 = 0u;
-const F_LOGPROBS: u32 = 1u;
-const F_LOGITS: u32 = 2u;
-const F_TARGETS: u32 = 3u;
+// M_* (measures, M_SUMS the first pass of two) and F_* (forms) are generated.
 
 const FL_Q_ZERO_HIT: u32 = 1u; // a term with p > 0 and q = 0: the value is +inf
 const FL_P_SEEN: u32 = 2u;     // the online p state holds an element
@@ -61,7 +53,7 @@ const FL_Q_SEEN: u32 = 4u;     // the online q state holds an element
 override P_SCALED: bool = MEASURE == M_SUMS && P_NORM && P_FORM == F_PROBS;
 override Q_SCALED: bool = MEASURE == M_SUMS && Q_NORM && Q_FORM == F_PROBS;
 
-// Keep in sync with src/gpu/params.rs `RowParams`.
+// The twin of src/gpu/params.rs `RowParams` (layouts compared by gpu::wgsl tests).
 struct Params {
     rows: u32,            // rows of the call
     cols: u32,            // columns of the call
@@ -576,7 +568,7 @@ fn tree_reduce(lid: u32, lane: u32, n: u32) {
 
 // Term pass. Workgroup i of the dispatch (2-D grid, linearised) takes item i of
 // the chunk: WG / T rows for one column block, or one block of one long row.
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn rows_main(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
@@ -626,7 +618,7 @@ fn rows_main(
 }
 
 // Merge pass for long rows: workgroup i merges the partial states of row row0 + i.
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn merge_main(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,

@@ -5,9 +5,10 @@
 // A row with a bad status is left out of the sum and the first such row is kept;
 // infinite rows are counted by sign (not added: WGSL may assume finite math): +inf
 // rows make the total +inf, -inf rows (a log base below 1) -inf, both NaN. A mean
-// over no counted weight is NaN. Keep in sync with src/record.rs `reduce_records`.
+// over no counted weight is NaN: the rules of src/record.rs `reduce_records` (the
+// CPU total), held equal by tests/gpu_vs_cpu.rs and tests/fuzz.rs.
 
-// Keep in sync with src/gpu/params.rs `TotalParams`.
+// The twin of src/gpu/params.rs `TotalParams` (layouts compared by gpu::wgsl tests).
 struct Params {
     count: u32,     // inputs of this level
     from_rows: u32, // 1: inputs are per-row records; 0: totals of the level below
@@ -91,7 +92,7 @@ fn tree_levels(base: u32, first: u32, n: u32) {
     }
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn total_main(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,

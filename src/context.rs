@@ -13,6 +13,7 @@ use crate::resident::{self, GpuBatch, GpuOutput, GpuTargets};
 
 /// Which backend evaluates a call.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Backend {
     /// A hardware GPU adapter (discrete, integrated or virtual) when there is one,
     /// else the CPU. Software adapters (llvmpipe/lavapipe) are slower than the
@@ -53,6 +54,7 @@ impl Backend {
 
 /// The backend that ran a call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Ran {
     /// The WGSL kernels on a GPU adapter.
     Gpu,
@@ -72,6 +74,7 @@ impl Ran {
 
 /// The result of a call.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct Output {
     /// One value per row (`Reduction::None`), or one value (sum, mean).
     pub values: Vec<f32>,

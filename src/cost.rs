@@ -6,8 +6,6 @@
 /// What `Auto` knows about the GPU it could use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AdapterClass {
-    /// No usable adapter.
-    None,
     /// A software rasteriser (llvmpipe/lavapipe, `DeviceType::Cpu`): never chosen by `Auto`.
     Software,
     /// A discrete GPU: inputs cross PCIe, the kernels read device memory.
@@ -84,7 +82,7 @@ pub struct Work {
 /// Predicted seconds on the GPU, or `None` when `Auto` must not use it.
 pub fn gpu_seconds(adapter: AdapterClass, w: &Work, m: &CostModel) -> Option<f64> {
     let (upload, device) = match adapter {
-        AdapterClass::None | AdapterClass::Software => return None,
+        AdapterClass::Software => return None,
         AdapterClass::Discrete => (m.upload_discrete, m.device_discrete),
         AdapterClass::Integrated => (m.upload_integrated, m.device_integrated),
     };
@@ -125,7 +123,7 @@ mod tests {
     fn no_or_software_adapter_is_never_chosen() {
         let m = CostModel::default();
         let big = work(16384, 16384, 2, true, 1);
-        assert!(!prefer_gpu(AdapterClass::None, &big, &m));
+        assert!(!prefer_gpu(AdapterClass::Software, &big, &m));
         assert!(!prefer_gpu(AdapterClass::Software, &big, &m));
     }
 

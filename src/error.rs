@@ -198,9 +198,6 @@ pub enum Error {
     /// The device reported an error while running our work.
     #[error("GPU error: {0}")]
     Device(String),
-    /// A CPU worker thread failed.
-    #[error("CPU backend error: {0}")]
-    Cpu(String),
 }
 
 fn column_text(col: &Option<usize>) -> String {

@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 
 /// A measure over pairs of distributions (or one distribution, for entropy).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Measure {
     /// Entropy H(p) = -Σ p ln p of each row of `p`.
     Entropy,
@@ -38,6 +39,7 @@ impl Measure {
 
 /// How the values of one argument are given.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Form {
     /// Probabilities: finite, ≥ 0; a zero is a probability whose bits are zero.
     #[default]
@@ -61,6 +63,7 @@ impl Form {
 
 /// How per-row values are combined over the batch.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Reduction {
     /// One value per row.
     #[default]
@@ -231,6 +234,11 @@ impl<'a> NllOptions<'a> {
     /// Sets the normalisation of `q`.
     pub fn normalization(mut self, normalization: Normalization) -> Self {
         self.common.normalization = normalization;
+        self
+    }
+    /// Sets the tolerance on |Σ q − 1| under [`Normalization::Validate`].
+    pub fn tolerance(mut self, tolerance: f32) -> Self {
+        self.common.tolerance = tolerance;
         self
     }
     /// Sets the ignore index.

@@ -142,6 +142,7 @@ fn run_case(c: &Case, bk: &Bk) -> Vec<String> {
                 Reduction::Sum => (&t32).into(),
                 Reduction::Mean if t.iter().all(|&v| v >= 0) && c.ignore.is_none() => (&tu).into(),
                 Reduction::Mean => (&t32).into(),
+                other => panic!("not covered here: {other:?}"),
             };
             bk.ctx.nll(&qb, targets, &opts)
         };

@@ -121,6 +121,7 @@ fn make_row(form: Form, kind: &RowKind, raw: &[f64], style: u8) -> Vec<f32> {
                 })
                 .collect()
         }
+        other => panic!("not covered here: {other:?}"),
     };
     match *kind {
         RowKind::Normal => {}
@@ -128,6 +129,7 @@ fn make_row(form: Form, kind: &RowKind, raw: &[f64], style: u8) -> Vec<f32> {
             Form::Probs => row.iter_mut().for_each(|x| *x *= k),
             Form::LogProbs => row.iter_mut().for_each(|x| *x += k.ln()),
             Form::Logits => row.iter_mut().for_each(|x| *x += k.ln()),
+            other => panic!("not covered here: {other:?}"),
         },
         RowKind::Bad(v, c) => row[c] = v,
         RowKind::Empty => {
@@ -261,6 +263,7 @@ fn row_valid(row: &[f32], form: Form, norm: Normalization) -> bool {
                 _ => lse > f64::NEG_INFINITY,
             }
         }
+        other => panic!("not covered here: {other:?}"),
     }
 }
 
@@ -271,6 +274,7 @@ fn near_edge(row: &[f32], form: Form) -> bool {
         Form::Probs => row.iter().map(|&x| x as f64).sum(),
         Form::LogProbs => log_sum_exp(&row.iter().map(|&x| x as f64).collect::<Vec<_>>()).exp(),
         Form::Logits => return false,
+        other => panic!("not covered here: {other:?}"),
     };
     ((s - 1.0).abs() - 1e-3).abs() < 1e-5
 }

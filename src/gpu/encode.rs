@@ -12,6 +12,7 @@ use crate::gpu::params::{RowParams, STATE_SIZE, Slots, TOTAL_SIZE, TotalParams};
 use crate::gpu::pipelines::RowKey;
 use crate::gpu::plan::{self, BLOCK, EPT, Layout, WG};
 use crate::gpu::pool::Scratch;
+use crate::gpu::wgsl;
 use crate::job::{self, IGNORED, Job, Kind};
 use crate::measure::{Form, Normalization, Reduction};
 use crate::record::RECORD_SIZE;
@@ -72,16 +73,6 @@ impl GpuShape {
         }
     }
 
-    fn measure_code(&self) -> u32 {
-        match self.kind {
-            Kind::Entropy => 0,
-            Kind::Cross => 1,
-            Kind::Kl => 2,
-            Kind::Js => 3,
-            Kind::Nll => 5,
-        }
-    }
-
     /// Whether the two-pass plan normalises an operand of this form.
     fn normalised(&self, form: Option<Form>) -> bool {
         let renorm = self.normalization == Normalization::Renormalize;
@@ -96,9 +87,15 @@ impl GpuShape {
         let second = self.two_pass && !sums;
         RowKey {
             merge,
-            measure: if sums { 4 } else { self.measure_code() },
-            p_form: self.p_form.map_or(3, Form::code),
-            q_form: self.q_form.map_or(0, Form::code),
+            measure: if sums {
+                wgsl::SUMS
+            } else {
+                wgsl::measure_code(self.kind)
+            },
+            p_form: self.p_form.map_or(wgsl::TARGETS, wgsl::form_code),
+            q_form: self
+                .q_form
+                .map_or(wgsl::form_code(Form::Probs), wgsl::form_code),
             has_q: self.q_form.is_some(),
             // a normalised log form is online in the first pass, plain in the second
             p_online: if self.two_pass {

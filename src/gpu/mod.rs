@@ -7,6 +7,7 @@ mod pipelines;
 mod plan;
 mod pool;
 mod readback;
+mod wgsl;
 
 use std::sync::Arc;
 

@@ -5,7 +5,8 @@
 /// dispatches recorded together must never share a slot.
 pub(crate) const SLOT: u64 = 256;
 
-/// Keep in sync with `struct Params` in `shaders/rows.wgsl`.
+/// The twin of `struct Params` in `shaders/rows.wgsl` (layouts compared by a
+/// test in `gpu::wgsl`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub(crate) struct RowParams {
@@ -35,7 +36,8 @@ pub(crate) struct RowParams {
     pub targets_signed: u32,
 }
 
-/// Keep in sync with `struct Params` in `shaders/total.wgsl`.
+/// The twin of `struct Params` in `shaders/total.wgsl` (layouts compared by a
+/// test in `gpu::wgsl`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub(crate) struct TotalParams {

@@ -6,16 +6,6 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 
-/// The WGSL sources: one prelude joined to each kernel file.
-const ROWS_WGSL: &str = concat!(
-    include_str!("../../shaders/common.wgsl"),
-    include_str!("../../shaders/rows.wgsl")
-);
-const TOTAL_WGSL: &str = concat!(
-    include_str!("../../shaders/common.wgsl"),
-    include_str!("../../shaders/total.wgsl")
-);
-
 /// Override constants of the rows kernel (see the top of shaders/rows.wgsl).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct RowKey {
@@ -88,11 +78,11 @@ impl Pipelines {
     fn new(device: &wgpu::Device) -> Pipelines {
         let rows_module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some("kullback.rows"),
-            source: wgpu::ShaderSource::Wgsl(ROWS_WGSL.into()),
+            source: wgpu::ShaderSource::Wgsl(crate::gpu::wgsl::ROWS.as_str().into()),
         });
         let total_module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some("kullback.total"),
-            source: wgpu::ShaderSource::Wgsl(TOTAL_WGSL.into()),
+            source: wgpu::ShaderSource::Wgsl(crate::gpu::wgsl::TOTAL.as_str().into()),
         });
         // p, q, partial states, records, params: four storage buffers, the
         // budget of Limits::downlevel_defaults()

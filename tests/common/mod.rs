@@ -137,6 +137,7 @@ pub fn reduced_expectation(
                 vec![(sum / counted, tol / counted)]
             }
         }
+        other => panic!("not covered here: {other:?}"),
     }
 }
 
@@ -429,6 +430,7 @@ pub fn ref_dist(x: &[f32], form: Form, norm: Normalization) -> (Vec<f64>, Vec<f6
             let p = lp.iter().map(|v| v.exp()).collect();
             (p, lp)
         }
+        other => panic!("not covered here: {other:?}"),
     }
 }
 
@@ -533,6 +535,7 @@ fn row_pair(measure: Measure, pp: &[f64], lp: &[f64], qq: &[f64], lq: &[f64]) ->
             }
         }
         Measure::Entropy => unreachable!(),
+        other => panic!("not covered here: {other:?}"),
     }
     if inf { f64::INFINITY } else { sum_f64(&t) }
 }
@@ -673,6 +676,7 @@ pub fn rand_form(rng: &mut Rng, rows: usize, cols: usize, form: Form, zero_frac:
         Form::Probs => rand_probs(rng, rows, cols, zero_frac),
         Form::LogProbs => log_of(&rand_probs(rng, rows, cols, zero_frac)),
         Form::Logits => rand_logits(rng, rows, cols, 3.0, 0.0),
+        other => panic!("not covered here: {other:?}"),
     }
 }
 
