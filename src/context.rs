@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Operands};
 use crate::job::{Job, Kind};
 use crate::measure::{Measure, NllOptions, Options, Reduction};
-use crate::record::{self, Record};
+use crate::record::{self, Record, Records};
 use crate::resident::{self, GpuBatch, GpuOutput, GpuTargets};
 
 /// Which backend evaluates a call.
@@ -348,12 +348,25 @@ impl Context {
                 problem: "is also the targets buffer; use a buffer of its own".into(),
             });
         }
+        resident::check_buffer(
+            "targets",
+            targets.buffer,
+            targets.offset,
+            targets.len as u64 * 4,
+            wgpu::BufferUsages::COPY_SRC,
+            4,
+        )?;
+        let t = crate::gpu::Targets {
+            buffer: targets.buffer,
+            offset: targets.offset,
+            len: targets.len,
+        };
         gpu.encode_resident(
             encoder,
             &shape,
             &ops,
             (out.buffer, out.offset),
-            Some((targets, opts.weights)),
+            Some((&t, opts.weights)),
             out.workspace.map(|w| &w.pool),
         )
     }
@@ -571,14 +584,6 @@ impl Meta {
             ctx: job.decode_ctx(),
         }
     }
-}
-
-/// What a backend returns: per-row records, or the batch record.
-pub(crate) enum Records {
-    Rows(Vec<Record>),
-    Total(Record),
-    /// A reduction met a bad row: its number and its own record, for the error.
-    BadRow(usize, Record),
 }
 
 fn finish(job: &Meta, records: Records, backend: Ran, adapter: Option<String>) -> Result<Output> {

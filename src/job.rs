@@ -1,9 +1,8 @@
 //! One call, checked and lowered into what both backends execute.
 
-use std::mem::MaybeUninit;
 use std::ops::Range;
 
-use crate::batch::{Batch, Targets};
+use crate::batch::{Batch, Data, Targets};
 use crate::error::{Arg, BadValue, Error, Result};
 use crate::measure::{Form, Measure, NllOptions, Normalization, Options, Reduction};
 
@@ -25,63 +24,6 @@ impl Kind {
             Measure::Kl => Kind::Kl,
             Measure::Js => Kind::Js,
         }
-    }
-}
-
-/// The caller's values, never copied whole: f32 as they are, or f64 (checked
-/// by `Batch::checked` to convert without a silent change) converted to f32
-/// where they are read, a block or an upload chunk at a time. Each element
-/// converts as `x as f32`, so the results are those of converting first.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Data<'a> {
-    F32(&'a [f32]),
-    F64(&'a [f64]),
-}
-
-impl<'a> Data<'a> {
-    /// Number of values.
-    pub(crate) fn len(&self) -> usize {
-        match self {
-            Data::F32(v) => v.len(),
-            Data::F64(v) => v.len(),
-        }
-    }
-
-    /// Whether the values are f64 (read through a conversion buffer).
-    pub(crate) fn is_f64(&self) -> bool {
-        matches!(self, Data::F64(_))
-    }
-
-    /// Values `range` as f32: borrowed when they are f32, else converted into
-    /// the front of `buf` (at least `range.len()` long; it needs no
-    /// initialising, so a block's buffer costs nothing beyond the values).
-    #[inline]
-    pub(crate) fn f32s<'s>(
-        &'s self,
-        range: Range<usize>,
-        buf: &'s mut [MaybeUninit<f32>],
-    ) -> &'s [f32] {
-        match *self {
-            Data::F32(v) => &v[range],
-            Data::F64(v) => {
-                let src = &v[range];
-                let out = &mut buf[..src.len()];
-                for (d, &s) in out.iter_mut().zip(src) {
-                    d.write(s as f32);
-                }
-                // SAFETY: every element of `out` was written just above, and
-                // `MaybeUninit<f32>` has the layout of `f32`.
-                unsafe { &*(std::ptr::from_mut(out) as *const [f32]) }
-            }
-        }
-    }
-}
-
-/// `dst[i] = src[i] as f32` (the checked conversion; equal lengths).
-#[inline]
-pub(crate) fn convert(src: &[f64], dst: &mut [f32]) {
-    for (d, &s) in dst.iter_mut().zip(src) {
-        *d = s as f32;
     }
 }
 

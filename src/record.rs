@@ -277,6 +277,14 @@ pub(crate) fn reduce_records(records: &[Record], mean: bool, weighted: bool) -> 
     }
 }
 
+/// What a backend returns: per-row records, or the batch record.
+pub(crate) enum Records {
+    Rows(Vec<Record>),
+    Total(Record),
+    /// A reduction met a bad row: its number and its own record, for the error.
+    BadRow(usize, Record),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

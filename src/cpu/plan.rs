@@ -18,7 +18,8 @@ use std::mem::MaybeUninit;
 
 use super::block::{BLOCK, BlockFn, BlockIo, Dec, DecKind, Isa, SUB, pick};
 use super::kernel::{self, Norm, Rel, RowEnd, Side, State, Target, measure};
-use crate::job::{Data, Job, Kind};
+use crate::batch::Data;
+use crate::job::{Job, Kind};
 use crate::measure::{Form, Normalization};
 use crate::record::{Record, code};
 
@@ -527,7 +528,7 @@ impl<'j> Plan<'j> {
                 w0 * cols..w1 * cols
             };
             buf.resize(range.len(), 0.0);
-            crate::job::convert(&v[range], buf);
+            crate::batch::convert(&v[range], buf);
         }
         fn view<'a>(
             o: &'a Option<crate::job::Operand<'_>>,

@@ -11,10 +11,11 @@ mod wgsl;
 
 use std::sync::Arc;
 
-use crate::context::Records;
+use crate::batch::Data;
 use crate::error::{Error, Result};
-use crate::job::{Data, Job};
+use crate::job::Job;
 use crate::measure::Reduction;
+use crate::record::Records;
 use crate::record::{RECORD_SIZE, Record};
 use pool::Scratch;
 pub(crate) use pool::{DEFAULT_POOL_BYTES, Pool};
@@ -138,7 +139,7 @@ impl Gpu {
         chunk.resize(UPLOAD_CHUNK.min(v.len()), 0.0f32);
         for (k, src) in v.chunks(UPLOAD_CHUNK).enumerate() {
             let dst = &mut chunk[..src.len()];
-            crate::job::convert(src, dst);
+            crate::batch::convert(src, dst);
             let offset = (k * UPLOAD_CHUNK * 4) as u64;
             self.queue
                 .write_buffer(&buf, offset, bytemuck::cast_slice::<f32, u8>(dst));
@@ -282,7 +283,7 @@ impl Gpu {
         shape: &GpuShape,
         ops: &Operands<'_>,
         out: (&wgpu::Buffer, u64),
-        nll: Option<(&crate::resident::GpuTargets<'_>, Option<&[f32]>)>,
+        nll: Option<(&Targets<'_>, Option<&[f32]>)>,
         workspace: Option<&Arc<Pool>>,
     ) -> Result<()> {
         // everything that can fail is checked and made before the first
@@ -304,15 +305,7 @@ impl Gpu {
             let sc = &mut sc;
             let mut ops = Operands { ..*ops };
             let mut holder = None;
-            if let Some((t, weights)) = nll {
-                crate::resident::check_buffer(
-                    "targets",
-                    t.buffer,
-                    t.offset,
-                    t_bytes,
-                    wgpu::BufferUsages::COPY_SRC,
-                    4,
-                )?;
+            if let Some((_, weights)) = nll {
                 let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
                 let h = sc.buffer(&self.device, "kullback.targets", t_bytes + w_bytes, usage)?;
                 if let Some(w) = weights {
@@ -340,6 +333,14 @@ impl Gpu {
         recording.record(self, enc);
         Ok(())
     }
+}
+
+/// Class targets in a caller's buffer, already checked (usage, offset, size)
+/// by the GPU-resident façade: copied next to the class weights.
+pub(crate) struct Targets<'a> {
+    pub buffer: &'a wgpu::Buffer,
+    pub offset: u64,
+    pub len: usize,
 }
 
 /// A submitted job whose results are on their way back.
