@@ -241,7 +241,7 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
     let p: Vec<f32> = bytemuck::cast_slice(&read(&s_p)?).to_vec();
     let q: Vec<f32> = bytemuck::cast_slice(&read(&s_q)?).to_vec();
 
-    let resident = decode_output(&records, Reduction::None, &opts, cols)?;
+    let resident = decode_output(&records, &opts, cols)?;
     println!(
         "adapter: {} ({:?}, {:?})",
         info.name, info.device_type, info.backend

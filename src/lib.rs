@@ -149,7 +149,7 @@
 //! // later, if the app wants the values on the host: copy `out` to a MAP_READ
 //! // buffer, map it, poll the device, then
 //! # let records: Vec<Record> = vec![];
-//! let values = decode_output(&records, Reduction::None, &Options::default(), cols)?;
+//! let values = decode_output(&records, &Options::default(), cols)?;
 //! # let _ = values; Ok(()) }
 //! ```
 //!

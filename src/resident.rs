@@ -187,13 +187,11 @@ pub fn output_bytes(rows: usize, reduction: Reduction) -> u64 {
 
 /// Turns an output read back from the GPU-resident path into the values, or
 /// into the same [`Error`] the host path returns for the same input.
-/// `opts.tolerance` and `cols` only shape the error message.
-pub fn decode_output(
-    records: &[Record],
-    reduction: Reduction,
-    opts: &Options,
-    cols: usize,
-) -> Result<Vec<f32>> {
+/// `opts` are the options the call was encoded with: their reduction says
+/// how the records are laid out; `opts.tolerance` and `cols` only shape the
+/// error message.
+pub fn decode_output(records: &[Record], opts: &Options, cols: usize) -> Result<Vec<f32>> {
+    let reduction = opts.reduction;
     let ctx = DecodeCtx {
         tolerance: opts.tolerance,
         classes: cols,

@@ -186,7 +186,7 @@ fn workspace_reuse_and_own_encoder() {
             .encode_commands(Measure::Kl, &pg, Some(&qg), &o, &target)
             .expect("encode");
         queue.submit([cmds]);
-        let v = decode_output(&read(&device, &queue, &out), o.reduction, &o, cols).expect("decode");
+        let v = decode_output(&read(&device, &queue, &out), &o, cols).expect("decode");
         assert_eq!(v[0].to_bits(), host.values[0].to_bits(), "encode {i}");
         kept.push(ws.kept_bytes());
     }
@@ -247,7 +247,7 @@ fn buffer_of_another_device_is_an_error() {
     )
     .expect("our own buffer");
     queue_a.submit([enc.finish()]);
-    let v = decode_output(&read(&dev_a, &queue_a, &out), o.reduction, &o, cols).expect("decode");
+    let v = decode_output(&read(&dev_a, &queue_a, &out), &o, cols).expect("decode");
     let host = ctx
         .entropy(&Batch::new(&p, rows, cols), &o)
         .expect("host path");

@@ -99,7 +99,7 @@ fn encoded(
     ctx.encode(&mut enc, measure, p, q, opts, &GpuOutput::new(&out))?;
     queue.submit([enc.finish()]);
     let recs = read_records(device, queue, &out, 0, bytes);
-    decode_output(&recs, opts.reduction, opts, p.cols)
+    decode_output(&recs, opts, p.cols)
 }
 
 #[test]
@@ -195,7 +195,7 @@ fn encode_equals_host_bit_for_bit_on_downlevel_device() {
         .expect("encode nll");
         queue.submit([enc.finish()]);
         let recs = read_records(&device, &queue, &out, 0, bytes);
-        let dev = decode_output(&recs, reduction, &opts.common, cols).expect("decode nll");
+        let dev = decode_output(&recs, &opts.common, cols).expect("decode nll");
         assert_eq!(host.values, dev, "nll {reduction:?}");
     }
 }
@@ -243,14 +243,12 @@ fn two_batches_in_one_encoder_before_one_submit() {
     queue.submit([enc.finish()]);
     let ra = decode_output(
         &read_records(&device, &queue, &out, 0, a_rows as u64 * RECORD_SIZE),
-        Reduction::None,
         &opts,
         a_cols,
     )
     .expect("a out");
     let rb = decode_output(
         &read_records(&device, &queue, &out, b_at, b_rows as u64 * RECORD_SIZE),
-        Reduction::None,
         &opts,
         b_cols,
     )
@@ -668,7 +666,7 @@ fn out_of_range_targets_keep_their_value() {
             .expect("encode nll");
             queue.submit([enc.finish()]);
             let recs = read_records(&device, &queue, &out, 0, bytes);
-            let e = decode_output(&recs, reduction, &opts.common, cols).expect_err("bad target");
+            let e = decode_output(&recs, &opts.common, cols).expect_err("bad target");
             assert!(
                 matches!(
                     e,
