@@ -52,6 +52,26 @@ impl Backend {
     }
 }
 
+/// How [`Context::poll`] polls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PollMode {
+    /// Block until the submitted work is done.
+    Wait,
+    /// Run the callbacks that are ready, and return.
+    Ready,
+}
+
+/// What a call reads, for [`Context::placement`]'s cost model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum InputKind {
+    /// Probabilities or log-probabilities (a log per element at most).
+    Probabilities,
+    /// Logits of either argument (an online softmax: an exp per element).
+    Logits,
+}
+
 /// The backend that ran a call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -451,12 +471,13 @@ impl Context {
         self.gpu.as_ref().map_or(0, |g| g.kept_bytes())
     }
 
-    /// Polls the device of a GPU context: `wait` blocks until submitted work is
-    /// done, otherwise it only runs the callbacks that are ready. Returns
-    /// whether the queue is empty. A no-op on the CPU backend.
-    pub fn poll(&self, wait: bool) -> Result<bool> {
+    /// Polls the device of a GPU context: [`PollMode::Wait`] blocks until
+    /// submitted work is done, [`PollMode::Ready`] only runs the callbacks
+    /// that are ready. Returns whether the queue is empty. A no-op on the CPU
+    /// backend.
+    pub fn poll(&self, mode: PollMode) -> Result<bool> {
         let Some(g) = &self.gpu else { return Ok(true) };
-        let kind = if wait {
+        let kind = if mode == PollMode::Wait {
             wgpu::PollType::Wait {
                 submission_index: None,
                 timeout: None,
@@ -478,8 +499,10 @@ impl Context {
 
     /// Where a call over `rows` rows reading `bytes` bytes of input would run:
     /// the cost model's choice under `Backend::Auto` with a hardware GPU, the
-    /// context's backend otherwise.
-    pub fn placement(&self, bytes: u64, rows: u64, logits: bool) -> Ran {
+    /// context's backend otherwise. `inputs` says whether the call takes
+    /// logits (an online softmax: an exp per element) or not.
+    pub fn placement(&self, bytes: u64, rows: u64, inputs: InputKind) -> Ran {
+        let logits = inputs == InputKind::Logits;
         match (&self.gpu, self.auto) {
             (None, _) => Ran::Cpu,
             (Some(_), None) => Ran::Gpu,
@@ -507,7 +530,12 @@ impl Context {
             .map(|o| o.data.len() as u64 * 4)
             .sum();
         let logits = job.p_online() || job.q_online();
-        match self.placement(bytes, job.rows as u64, logits) {
+        let inputs = if logits {
+            InputKind::Logits
+        } else {
+            InputKind::Probabilities
+        };
+        match self.placement(bytes, job.rows as u64, inputs) {
             Ran::Gpu => self.gpu.as_deref(),
             Ran::Cpu => None,
         }

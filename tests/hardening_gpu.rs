@@ -59,7 +59,7 @@ fn dropped_futures_leave_the_context_usable() {
         {
             let mut f = pin!(ctx.evaluate_async(Measure::Kl, &pb, Some(&qb), &o));
             let _ = poll_once(f.as_mut());
-            ctx.poll(true).expect("poll");
+            ctx.poll(kullback::PollMode::Wait).expect("poll");
         }
         // dropped with several in flight
         let many: Vec<_> = (0..3)
@@ -79,7 +79,7 @@ fn dropped_futures_leave_the_context_usable() {
             if let Poll::Ready(r) = poll_once(f.as_mut()) {
                 break r.expect("async call");
             }
-            ctx.poll(true).expect("poll");
+            ctx.poll(kullback::PollMode::Wait).expect("poll");
         };
         assert_eq!(out.values, want.values);
     }

@@ -612,7 +612,7 @@ fn async_resolves_with_polling_only() {
             break r.expect("async kl");
         }
         // the documented poll: non-blocking here
-        ctx.poll(false).expect("poll");
+        ctx.poll(kullback::PollMode::Ready).expect("poll");
         polls += 1;
         assert!(polls < 1_000_000, "never resolved");
         std::thread::yield_now();
