@@ -8,7 +8,7 @@ use std::future::Future;
 use std::pin::pin;
 use std::task::{Context as TaskContext, Poll, Waker};
 
-use kullback::wgpu::{self, util::DeviceExt};
+use kullback::wgpu;
 use kullback::{
     Batch, Context, Error, GpuBatch, GpuOutput, Measure, Options, Record, Reduction, Workspace,
     decode_output, output_bytes,
@@ -110,44 +110,11 @@ fn pool_keeps_at_most_its_cap() {
         .expect("a call after trim");
 }
 
-fn storage(device: &wgpu::Device, data: &[f32]) -> wgpu::Buffer {
-    device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-        label: Some("input"),
-        contents: bytemuck::cast_slice(data),
-        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-    })
-}
+use common::{out_buffer, read_records, storage};
 
-fn out_buffer(device: &wgpu::Device, bytes: u64) -> wgpu::Buffer {
-    device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("output"),
-        size: bytes,
-        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-        mapped_at_creation: false,
-    })
-}
-
+/// All of `src`, read back as records.
 fn read(device: &wgpu::Device, queue: &wgpu::Queue, src: &wgpu::Buffer) -> Vec<Record> {
-    let staging = device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("staging"),
-        size: src.size(),
-        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
-    let mut enc = device.create_command_encoder(&Default::default());
-    enc.copy_buffer_to_buffer(src, 0, &staging, 0, src.size());
-    queue.submit([enc.finish()]);
-    staging
-        .slice(..)
-        .map_async(wgpu::MapMode::Read, |r| r.expect("map"));
-    device
-        .poll(wgpu::PollType::Wait {
-            submission_index: None,
-            timeout: None,
-        })
-        .expect("poll");
-    bytemuck::cast_slice::<u8, Record>(&staging.slice(..).get_mapped_range().expect("view"))
-        .to_vec()
+    read_records(device, queue, src, 0, src.size())
 }
 
 /// A workspace is reused across encodes (one per submission), keeps within

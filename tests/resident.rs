@@ -5,8 +5,7 @@
 use kullback::wgpu::{self, util::DeviceExt};
 use kullback::{
     Arg, BadValue, Batch, Context, Error, Form, GpuBatch, GpuOutput, GpuTargets, Measure,
-    NllOptions, Normalization, Options, RECORD_SIZE, Record, Reduction, decode_output,
-    output_bytes,
+    NllOptions, Normalization, Options, RECORD_SIZE, Reduction, decode_output, output_bytes,
 };
 
 mod common;
@@ -36,51 +35,7 @@ fn probs(rows: usize, cols: usize, seed: u64) -> Vec<f32> {
     v
 }
 
-fn storage(device: &wgpu::Device, data: &[f32]) -> wgpu::Buffer {
-    device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-        label: Some("input"),
-        contents: bytemuck::cast_slice(data),
-        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-    })
-}
-
-fn out_buffer(device: &wgpu::Device, bytes: u64) -> wgpu::Buffer {
-    device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("output"),
-        size: bytes,
-        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-        mapped_at_creation: false,
-    })
-}
-
-fn read_records(
-    device: &wgpu::Device,
-    queue: &wgpu::Queue,
-    src: &wgpu::Buffer,
-    offset: u64,
-    bytes: u64,
-) -> Vec<Record> {
-    let staging = device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("staging"),
-        size: bytes,
-        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
-    let mut enc = device.create_command_encoder(&Default::default());
-    enc.copy_buffer_to_buffer(src, offset, &staging, 0, bytes);
-    queue.submit([enc.finish()]);
-    staging
-        .slice(..)
-        .map_async(wgpu::MapMode::Read, |r| r.expect("map"));
-    device
-        .poll(wgpu::PollType::Wait {
-            submission_index: None,
-            timeout: None,
-        })
-        .expect("poll");
-    bytemuck::cast_slice::<u8, Record>(&staging.slice(..).get_mapped_range().expect("view"))
-        .to_vec()
-}
+use common::{out_buffer, read_records, storage};
 
 /// Encodes one measure and returns its decoded output.
 fn encoded(

@@ -819,3 +819,57 @@ pub fn check_nll(
         }
     }
 }
+
+// ------------------------------------------------------------------ GPU buffers
+
+/// A storage buffer (also COPY_SRC) holding `data`, for the GPU-resident tests.
+pub fn storage(device: &kullback::wgpu::Device, data: &[f32]) -> kullback::wgpu::Buffer {
+    kullback::wgpu::util::DeviceExt::create_buffer_init(
+        device,
+        &kullback::wgpu::util::BufferInitDescriptor {
+            label: Some("input"),
+            contents: bytemuck::cast_slice(data),
+            usage: kullback::wgpu::BufferUsages::STORAGE | kullback::wgpu::BufferUsages::COPY_SRC,
+        },
+    )
+}
+
+pub fn out_buffer(device: &kullback::wgpu::Device, bytes: u64) -> kullback::wgpu::Buffer {
+    device.create_buffer(&kullback::wgpu::BufferDescriptor {
+        label: Some("output"),
+        size: bytes,
+        usage: kullback::wgpu::BufferUsages::STORAGE | kullback::wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    })
+}
+
+pub fn read_records(
+    device: &kullback::wgpu::Device,
+    queue: &kullback::wgpu::Queue,
+    src: &kullback::wgpu::Buffer,
+    offset: u64,
+    bytes: u64,
+) -> Vec<kullback::Record> {
+    let staging = device.create_buffer(&kullback::wgpu::BufferDescriptor {
+        label: Some("staging"),
+        size: bytes,
+        usage: kullback::wgpu::BufferUsages::MAP_READ | kullback::wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut enc = device.create_command_encoder(&Default::default());
+    enc.copy_buffer_to_buffer(src, offset, &staging, 0, bytes);
+    queue.submit([enc.finish()]);
+    staging
+        .slice(..)
+        .map_async(kullback::wgpu::MapMode::Read, |r| r.expect("map"));
+    device
+        .poll(kullback::wgpu::PollType::Wait {
+            submission_index: None,
+            timeout: None,
+        })
+        .expect("poll");
+    bytemuck::cast_slice::<u8, kullback::Record>(
+        &staging.slice(..).get_mapped_range().expect("view"),
+    )
+    .to_vec()
+}
