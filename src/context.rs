@@ -3,13 +3,13 @@
 use std::sync::Arc;
 
 use crate::batch::{Batch, Targets};
+use crate::call::Call;
 use crate::cost::{AdapterClass, CostModel, Work, prefer_gpu};
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, Operands};
-use crate::job::{Job, Kind};
+use crate::gpu::Gpu;
+use crate::job::Job;
 use crate::measure::{Measure, NllOptions, Options, Reduction};
-use crate::record::{self, Record, Records};
-use crate::resident::{self, GpuBatch, GpuOutput, GpuTargets};
+use crate::record::{self, Record};
 
 /// Which backend evaluates a call.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -300,97 +300,6 @@ impl Context {
         self.run(&job)
     }
 
-    /// Records `measure` over batches in the caller's GPU buffers into the
-    /// caller's `encoder`; the caller submits. The output (per-row [`Record`]s,
-    /// or two records for a sum or mean: see [`output_bytes`](crate::output_bytes)) is written to
-    /// `out`; read it back and pass it to [`decode_output`](crate::decode_output) to get the values
-    /// or the error the host path would return. Nothing is submitted, waited
-    /// for or read back here. Everything wgpu would reject (usages, sizes,
-    /// offsets, an output that is also an input, a buffer of another device)
-    /// is an [`Error`] before anything is recorded.
-    ///
-    /// `encoder` must come from this context's device: wgpu cannot tell which
-    /// device an encoder belongs to, and one of another device fails inside
-    /// wgpu (at the latest at its `finish`). Where that cannot be promised,
-    /// use [`Context::encode_commands`], which records into an encoder of its
-    /// own. Buffers must come from this device too; one of another device on
-    /// the same instance is refused with [`Error::Device`], one of another
-    /// `wgpu::Instance` cannot be recognised at all.
-    pub fn encode(
-        &self,
-        encoder: &mut wgpu::CommandEncoder,
-        measure: Measure,
-        p: &GpuBatch<'_>,
-        q: Option<&GpuBatch<'_>>,
-        opts: &Options,
-        out: &GpuOutput<'_>,
-    ) -> Result<()> {
-        let gpu = self.gpu_or_err()?;
-        let shape = resident::measure_shape(measure, p, q, opts)?;
-        let q = q.unwrap_or(p);
-        let ops = Operands {
-            p: p.buffer,
-            p_offset: p.offset,
-            q: q.buffer,
-            q_offset: q.offset,
-        };
-        let p_bytes = p.rows as u64 * p.cols as u64 * 4;
-        let q_bytes = q.rows as u64 * q.cols as u64 * 4;
-        resident::check_io(&gpu.limits, &shape, &ops, p_bytes, q_bytes, out)?;
-        let ws = out.workspace.map(|w| &w.pool);
-        gpu.encode_resident(encoder, &shape, &ops, (out.buffer, out.offset), None, ws)
-    }
-
-    /// [`Context::encode`] for the negative log-likelihood of class targets in a
-    /// caller's buffer (i32 or u32). Class weights come from `opts.weights` (a
-    /// host slice, uploaded with the work); `opts.ignore_index` must fit an i32.
-    pub fn encode_nll(
-        &self,
-        encoder: &mut wgpu::CommandEncoder,
-        q: &GpuBatch<'_>,
-        targets: &GpuTargets<'_>,
-        opts: &NllOptions<'_>,
-        out: &GpuOutput<'_>,
-    ) -> Result<()> {
-        let gpu = self.gpu_or_err()?;
-        let shape = resident::nll_shape(q, targets, opts)?;
-        let ops = Operands {
-            p: targets.buffer,
-            p_offset: 0,
-            q: q.buffer,
-            q_offset: q.offset,
-        };
-        let q_bytes = q.rows as u64 * q.cols as u64 * 4;
-        resident::check_io(&gpu.limits, &shape, &ops, 0, q_bytes, out)?;
-        if out.buffer == targets.buffer {
-            return Err(Error::Buffer {
-                name: "output",
-                problem: "is also the targets buffer; use a buffer of its own".into(),
-            });
-        }
-        resident::check_buffer(
-            "targets",
-            targets.buffer,
-            targets.offset,
-            targets.len as u64 * 4,
-            wgpu::BufferUsages::COPY_SRC,
-            4,
-        )?;
-        let t = crate::gpu::Targets {
-            buffer: targets.buffer,
-            offset: targets.offset,
-            len: targets.len,
-        };
-        gpu.encode_resident(
-            encoder,
-            &shape,
-            &ops,
-            (out.buffer, out.offset),
-            Some((&t, opts.weights)),
-            out.workspace.map(|w| &w.pool),
-        )
-    }
-
     /// Like [`Context::evaluate`], but returns a future that resolves when the
     /// results are mapped, without blocking the caller's thread. The work is
     /// uploaded and submitted before this returns. wgpu delivers map callbacks
@@ -409,51 +318,12 @@ impl Context {
         async move {
             match started? {
                 Started::Done(out) => Ok(out),
-                Started::Gpu(pending, meta, adapter) => {
+                Started::Gpu(pending, call, adapter) => {
                     let recs = pending.resolve().await?;
-                    finish(&meta, recs, Ran::Gpu, Some(adapter))
+                    output(&call, &recs, Ran::Gpu, Some(adapter))
                 }
             }
         }
-    }
-
-    /// [`Context::encode`] into an encoder made on this context's device;
-    /// returns the finished commands for the caller to submit on the
-    /// context's queue.
-    pub fn encode_commands(
-        &self,
-        measure: Measure,
-        p: &GpuBatch<'_>,
-        q: Option<&GpuBatch<'_>>,
-        opts: &Options,
-        out: &GpuOutput<'_>,
-    ) -> Result<wgpu::CommandBuffer> {
-        let mut enc = self.own_encoder()?;
-        self.encode(&mut enc, measure, p, q, opts, out)?;
-        Ok(enc.finish())
-    }
-
-    /// [`Context::encode_nll`] into an encoder made on this context's
-    /// device; returns the finished commands.
-    pub fn encode_nll_commands(
-        &self,
-        q: &GpuBatch<'_>,
-        targets: &GpuTargets<'_>,
-        opts: &NllOptions<'_>,
-        out: &GpuOutput<'_>,
-    ) -> Result<wgpu::CommandBuffer> {
-        let mut enc = self.own_encoder()?;
-        self.encode_nll(&mut enc, q, targets, opts, out)?;
-        Ok(enc.finish())
-    }
-
-    fn own_encoder(&self) -> Result<wgpu::CommandEncoder> {
-        let gpu = self.gpu_or_err()?;
-        Ok(gpu
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("kullback"),
-            }))
     }
 
     /// Frees the buffers the context keeps between calls (the GPU pool, the
@@ -491,12 +361,6 @@ impl Context {
             .map_err(|e| Error::Device(format!("polling: {e}")))
     }
 
-    fn gpu_or_err(&self) -> Result<&Gpu> {
-        self.gpu
-            .as_deref()
-            .ok_or_else(|| Error::Unsupported("GPU-resident batches need a GPU context".into()))
-    }
-
     /// Where a call over `rows` rows reading `bytes` bytes of input would run:
     /// the cost model's choice under `Backend::Auto` with a hardware GPU, the
     /// context's backend otherwise. `inputs` says whether the call takes
@@ -524,29 +388,22 @@ impl Context {
 
     /// The GPU for this job, or None for the CPU.
     fn place(&self, job: &Job<'_>) -> Option<&Gpu> {
-        let bytes: u64 = [&job.p, &job.q]
-            .iter()
-            .filter_map(|o| o.as_ref())
-            .map(|o| o.data.len() as u64 * 4)
-            .sum();
-        let logits = job.p_online() || job.q_online();
-        let inputs = if logits {
+        let inputs = if job.call.any_online() {
             InputKind::Logits
         } else {
             InputKind::Probabilities
         };
-        match self.placement(bytes, job.rows as u64, inputs) {
+        match self.placement(job.input_bytes(), job.call.rows as u64, inputs) {
             Ran::Gpu => self.gpu.as_deref(),
             Ran::Cpu => None,
         }
     }
 
     fn start(&self, job: &Job<'_>) -> Result<Started> {
-        let meta = Meta::of(job);
         match self.place(job) {
             Some(g) => Ok(Started::Gpu(
                 g.submit(job)?,
-                meta,
+                job.call,
                 g.adapter_name().to_string(),
             )),
             None => Ok(Started::Done(self.run_cpu(job)?)),
@@ -555,9 +412,9 @@ impl Context {
 
     fn run(&self, job: &Job<'_>) -> Result<Output> {
         match self.place(job) {
-            Some(g) => finish(
-                &Meta::of(job),
-                g.run(job)?,
+            Some(g) => output(
+                &job.call,
+                &g.run(job)?,
                 Ran::Gpu,
                 Some(g.adapter_name().to_string()),
             ),
@@ -567,101 +424,35 @@ impl Context {
 
     /// `job` on the CPU, its records in the context's kept buffer.
     fn run_cpu(&self, job: &Job<'_>) -> Result<Output> {
-        let meta = Meta::of(job);
-        self.cpu.with(|rows| {
-            crate::cpu::run_into(job, rows)?;
-            if job.reduction == Reduction::None {
-                return rows_output(&meta, rows, Ran::Cpu, None);
-            }
-            if let Some(e) = record::first_error(rows, 0, &job.decode_ctx()) {
-                return Err(e);
-            }
-            let total = record::reduce_records(
-                rows,
-                job.reduction == Reduction::Mean,
-                job.kind == Kind::Nll,
-            );
-            finish(&meta, Records::Total(total), Ran::Cpu, None)
+        self.cpu.with(|records| {
+            crate::cpu::run_into(job, records)?;
+            output(&job.call, records, Ran::Cpu, None)
         })
     }
 }
 
 enum Started {
     Done(Output),
-    Gpu(crate::gpu::Pending, Meta, String),
+    Gpu(crate::gpu::Pending, Call, String),
 }
 
-/// What turning records into an [`Output`] needs of a job.
-struct Meta {
-    kind: Kind,
-    rows: usize,
-    cols: usize,
-    reduction: Reduction,
-    ln_base: f64,
-    ctx: record::DecodeCtx,
-}
-
-impl Meta {
-    fn of(job: &Job<'_>) -> Meta {
-        Meta {
-            kind: job.kind,
-            rows: job.rows,
-            cols: job.cols,
-            reduction: job.reduction,
-            ln_base: job.ln_base,
-            ctx: job.decode_ctx(),
-        }
-    }
-}
-
-fn finish(job: &Meta, records: Records, backend: Ran, adapter: Option<String>) -> Result<Output> {
-    let ctx = job.ctx;
-    let (values, counted) = match records {
-        Records::Rows(r) => return rows_output(job, &r, backend, adapter),
-        Records::Total(t) => {
-            if !t.is_ok() {
-                return Err(record::decode(t.index as usize, &t, &ctx));
-            }
-            (vec![t.value], t.aux_p as f64)
-        }
-        Records::BadRow(row, r) => return Err(record::decode(row, &r, &ctx)),
-    };
-    output(job, values, counted, backend, adapter)
-}
-
-/// The output of per-row records (the first bad row's error, if any).
-fn rows_output(job: &Meta, r: &[Record], backend: Ran, adapter: Option<String>) -> Result<Output> {
-    // one pass: values out, the first bad row's error as soon as it is met
-    let mut values = crate::error::try_vec(r.len(), "the output values")?;
-    for (i, x) in r.iter().enumerate() {
-        if !x.is_ok() {
-            return Err(record::decode(i, x, &job.ctx));
-        }
-        values.push(x.value);
-    }
-    let counted = if job.kind == Kind::Nll {
-        r.iter().map(|x| x.aux_p as f64).sum()
-    } else {
-        job.rows as f64
-    };
-    output(job, values, counted, backend, adapter)
-}
-
+/// The [`Output`] of a call's output records (either backend's: the same
+/// layout, the same decoder).
 fn output(
-    job: &Meta,
-    values: Vec<f32>,
-    counted: f64,
+    call: &Call,
+    records: &[Record],
     backend: Ran,
     adapter: Option<String>,
 ) -> Result<Output> {
-    let perplexity = (job.kind == Kind::Nll && job.reduction == Reduction::Mean)
-        .then(|| (values[0] as f64 * job.ln_base).exp());
+    let d = record::decode_output(records, &call.output_desc())?;
+    let perplexity = (call.is_nll() && call.reduction == Reduction::Mean)
+        .then(|| (d.values[0] as f64 * call.ln_base).exp());
     Ok(Output {
-        values,
-        rows: job.rows,
-        cols: job.cols,
-        reduction: job.reduction,
-        counted,
+        values: d.values,
+        rows: call.rows,
+        cols: call.cols,
+        reduction: call.reduction,
+        counted: d.counted,
         perplexity,
         backend,
         adapter,

@@ -123,7 +123,7 @@
 //!
 //! ```no_run
 //! use kullback::wgpu;
-//! use kullback::{Context, GpuBatch, GpuOutput, Measure, Options, Reduction, Record, decode_output, output_bytes};
+//! use kullback::{Context, GpuBatch, GpuCall, GpuOutput, Measure, Options, Reduction, Record, output_bytes};
 //!
 //! # fn demo(device: wgpu::Device, queue: wgpu::Queue, p: wgpu::Buffer, q: wgpu::Buffer) -> kullback::Result<()> {
 //! let (rows, cols) = (512, 4096);
@@ -136,20 +136,15 @@
 //! });
 //! let mut encoder = device.create_command_encoder(&Default::default());
 //! // ... the app's own passes that write p and q ...
-//! ctx.encode(
-//!     &mut encoder,
-//!     Measure::Kl,
-//!     &GpuBatch::new(&p, rows, cols),
-//!     Some(&GpuBatch::new(&q, rows, cols)),
-//!     &Options::default(),
-//!     &GpuOutput::new(&out),
-//! )?;
+//! let call = GpuCall::new(Measure::Kl, GpuBatch::new(&p, rows, cols), GpuOutput::new(&out))
+//!     .q(GpuBatch::new(&q, rows, cols));
+//! ctx.encode(&mut encoder, &call)?;
 //! // ... the app's own passes that read `out` ...
 //! queue.submit([encoder.finish()]);                         // the caller submits
 //! // later, if the app wants the values on the host: copy `out` to a MAP_READ
 //! // buffer, map it, poll the device, then
 //! # let records: Vec<Record> = vec![];
-//! let values = decode_output(&records, &Options::default(), cols)?;
+//! let values = call.decode(&records)?;
 //! # let _ = values; Ok(()) }
 //! ```
 //!
@@ -193,6 +188,7 @@
 pub use wgpu;
 
 mod batch;
+mod call;
 mod context;
 pub mod cost;
 mod cpu;
@@ -210,4 +206,6 @@ pub use measure::{
     Base, DEFAULT_TOLERANCE, Form, Measure, NllOptions, Normalization, Options, Reduction,
 };
 pub use record::{RECORD_SIZE, Record, Status};
-pub use resident::{GpuBatch, GpuOutput, GpuTargets, Workspace, decode_output, output_bytes};
+pub use resident::{
+    GpuBatch, GpuCall, GpuNll, GpuOutput, GpuTargets, Workspace, decode_output, output_bytes,
+};

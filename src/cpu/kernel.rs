@@ -540,7 +540,8 @@ pub(super) struct Side {
 /// What finalize needs of a row besides its state.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct RowEnd {
-    pub kind: crate::job::Kind,
+    /// The measure (a negative log-likelihood is a cross-entropy).
+    pub measure: crate::measure::Measure,
     pub p: Side,
     pub q: Side,
     pub tolerance: f32,
@@ -556,7 +557,7 @@ pub(super) struct RowEnd {
 
 /// Turns a row's state into its record: the shader's `finalize` (term passes).
 pub(super) fn finalize(st: &State, e: &RowEnd) -> crate::record::Record {
-    use crate::job::Kind;
+    use crate::measure::Measure;
     let mut key = st.key;
     let row_key = |c: u32| status_key(code::COL_NONE as usize, c);
     // online operands must have seen an element (a row of all -inf is an error)
@@ -587,34 +588,35 @@ pub(super) fn finalize(st: &State, e: &RowEnd) -> crate::record::Record {
     if e.q.normalized {
         aux_q = e.aux_q;
     }
-    let value = match e.kind {
-        Kind::Entropy => {
+    let value = match e.measure {
+        Measure::Entropy => {
             if p_online {
                 la - st.u * inv_sa
             } else {
                 -st.u
             }
         }
-        Kind::Cross | Kind::Nll => {
+        Measure::CrossEntropy => {
             if p_online {
                 -st.v * inv_sa + lb
             } else {
                 -st.v + st.sa * lb
             }
         }
-        Kind::Kl => {
+        Measure::Kl => {
             if p_online {
                 st.d * inv_sa - la + lb
             } else {
                 st.d + st.sa * lb
             }
         }
-        Kind::Js => st.t,
+        Measure::Js => st.t,
     };
     if let Some(w) = e.nll_weight {
         aux_p = w;
     }
-    let hit = (st.flags & FL_Q_ZERO_HIT) != 0 && !matches!(e.kind, Kind::Entropy | Kind::Js);
+    let hit =
+        (st.flags & FL_Q_ZERO_HIT) != 0 && !matches!(e.measure, Measure::Entropy | Measure::Js);
     let mut value = if hit {
         signed_inf(e.ln_base)
     } else {

@@ -25,6 +25,7 @@ mod plan;
 #[cfg(test)]
 mod tests;
 mod threads;
+mod total;
 
 use block::Isa;
 use kernel::State;
@@ -32,6 +33,7 @@ use plan::{Pass, Plan, RowNorm};
 
 use crate::error::{Error, Result};
 use crate::job::Job;
+use crate::measure::Reduction;
 use crate::record::Record;
 
 /// Elements per worker below which fewer threads are started.
@@ -39,12 +41,22 @@ const MIN_WORK: usize = 1 << 15;
 /// Super-block states held at once when threads share rows.
 const MAX_SCRATCH: usize = 1 << 14;
 
-/// Per-row records of `job`, with the same values and status words as the
-/// GPU path, written into `out` (resized to the row count; its memory is
-/// reused, so a caller that keeps it pays no allocation or page faults on
-/// the next call).
+/// The output records of `job` in the layout every path shares (see
+/// [`OutputDesc`](crate::record::OutputDesc)): per-row records with the same
+/// values and status words as the GPU path, or for a sum or mean the batch
+/// record and a copy of the first bad row's. Written into `out`, whose memory
+/// is reused: a caller that keeps it pays no allocation or page faults on
+/// the next call.
 pub(crate) fn run_into(job: &Job<'_>, out: &mut Vec<Record>) -> Result<()> {
-    fill(job, threads::available(), Isa::chosen(), out)
+    fill(job, threads::available(), Isa::chosen(), out)?;
+    let call = &job.call;
+    if call.reduction != Reduction::None {
+        let mean = call.reduction == Reduction::Mean;
+        let total = total::reduce(out, mean, call.rows_weighted());
+        out.clear();
+        out.extend(total);
+    }
+    Ok(())
 }
 
 /// Records buffers kept between calls by a context: calls take the buffer

@@ -6,9 +6,9 @@
 use std::fmt::Write as _;
 use std::sync::LazyLock;
 
+use crate::call::Call;
 use crate::gpu::plan::{EPT, WG};
-use crate::job::Kind;
-use crate::measure::Form;
+use crate::measure::{Form, Measure};
 use crate::record::code;
 
 /// The code of the first pass of a two-pass plan (row sums only).
@@ -16,14 +16,25 @@ pub(crate) const SUMS: u32 = 4;
 /// The "form" of class targets in p's slot.
 pub(crate) const TARGETS: u32 = 3;
 
+/// The code of a negative log-likelihood's term pass.
+const NLL: u32 = 5;
+
 /// The number the shaders see for a measure.
-pub(crate) fn measure_code(kind: Kind) -> u32 {
-    match kind {
-        Kind::Entropy => 0,
-        Kind::Cross => 1,
-        Kind::Kl => 2,
-        Kind::Js => 3,
-        Kind::Nll => 5,
+fn code(m: Measure) -> u32 {
+    match m {
+        Measure::Entropy => 0,
+        Measure::CrossEntropy => 1,
+        Measure::Kl => 2,
+        Measure::Js => 3,
+    }
+}
+
+/// The number the shaders see for a call's term pass.
+pub(crate) fn measure_code(call: &Call) -> u32 {
+    if call.is_nll() {
+        NLL
+    } else {
+        code(call.measure)
     }
 }
 
@@ -37,12 +48,12 @@ fn constants() -> String {
     let u32s: &[(&str, u32)] = &[
         ("WG", WG),
         ("EPT", EPT),
-        ("M_ENTROPY", measure_code(Kind::Entropy)),
-        ("M_CROSS", measure_code(Kind::Cross)),
-        ("M_KL", measure_code(Kind::Kl)),
-        ("M_JS", measure_code(Kind::Js)),
+        ("M_ENTROPY", code(Measure::Entropy)),
+        ("M_CROSS", code(Measure::CrossEntropy)),
+        ("M_KL", code(Measure::Kl)),
+        ("M_JS", code(Measure::Js)),
         ("M_SUMS", SUMS),
-        ("M_NLL", measure_code(Kind::Nll)),
+        ("M_NLL", NLL),
         ("F_PROBS", form_code(Form::Probs)),
         ("F_LOGPROBS", form_code(Form::LogProbs)),
         ("F_LOGITS", form_code(Form::Logits)),

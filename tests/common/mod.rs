@@ -873,3 +873,28 @@ pub fn read_records(
     )
     .to_vec()
 }
+
+/// The [`kullback::GpuCall`] of `measure` over `p` (and `q`) into `out`.
+pub fn gpu_call<'a>(
+    measure: Measure,
+    p: &kullback::GpuBatch<'a>,
+    q: Option<&kullback::GpuBatch<'a>>,
+    opts: &kullback::Options,
+    out: &kullback::GpuOutput<'a>,
+) -> kullback::GpuCall<'a> {
+    let call = kullback::GpuCall::new(measure, *p, *out).options(*opts);
+    match q {
+        Some(q) => call.q(*q),
+        None => call,
+    }
+}
+
+/// The [`kullback::GpuNll`] of `targets` under `q` into `out`.
+pub fn gpu_nll<'a>(
+    q: &kullback::GpuBatch<'a>,
+    targets: &kullback::GpuTargets<'a>,
+    opts: &kullback::NllOptions<'a>,
+    out: &kullback::GpuOutput<'a>,
+) -> kullback::GpuNll<'a> {
+    kullback::GpuNll::new(*q, *targets, *out).options(*opts)
+}
