@@ -14,8 +14,11 @@
 // src/cpu/kernel.rs is the CPU twin of this file: tests/gpu_vs_cpu.rs, the
 // SciPy references and tests/fuzz.rs hold the two to the same answers.
 
-// One of the generated M_* codes: entropy, cross-entropy, KL, JS, row
-// normalisers (M_SUMS, the first pass of the two-pass plan), NLL.
+// One of the generated M_* codes: a measure (src/measure.rs's table; a negative
+// log-likelihood is the cross-entropy of P_FORM == F_TARGETS), or M_SUMS, the
+// row normalisers of the first pass of the two-pass plan. The measure's own
+// arithmetic is in shaders/measures.wgsl; Q_ZERO_INF and T_LOG_RATIO, its
+// properties, are generated from the same table.
 override MEASURE: u32 = 0u;
 // One of the generated F_* codes: probs, log-probs, logits, class targets
 // (NLL: p is the smoothed one-hot).
@@ -39,7 +42,6 @@ override RENORM: bool = false;
 // Check row sums against 1 (Normalization::Validate).
 override CHECK_SUMS: bool = false;
 
-// M_* (measures, M_SUMS the first pass of two) and F_* (forms) are generated.
 
 const FL_Q_ZERO_HIT: u32 = 1u; // a term with p > 0 and q = 0: the value is +inf
 const FL_P_SEEN: u32 = 2u;     // the online p state holds an element
@@ -127,7 +129,7 @@ fn rescale_p(st: ptr<function, State>, m: f32) {
     (*st).sa = (*st).sa * scale;
     (*st).u = (*st).u * scale - shift * (*st).sa;
     (*st).v = (*st).v * scale;
-    if (MEASURE == M_KL) {
+    if (T_LOG_RATIO) {
         (*st).t = (*st).t * scale - shift * (*st).sa;
     }
     (*st).ma = m;
@@ -145,7 +147,7 @@ fn rescale_q(st: ptr<function, State>, m: f32) {
     let shift = select(0.0, m - max((*st).mb, m - F32_MAX), seen && !far);
     (*st).sb = (*st).sb * scale;
     (*st).v = select((*st).v - shift * (*st).sa, 0.0, far);
-    if (MEASURE == M_KL) {
+    if (T_LOG_RATIO) {
         (*st).t = select((*st).t + shift * (*st).sa, 0.0, far);
     }
     if (far && (*st).sa >= F32_MIN_POSITIVE) {
@@ -367,81 +369,51 @@ fn accumulate(st: ptr<function, State>, ctx: RowCtx, col: u32, pi: u32, qi: u32)
         }
     }
     // ---- q side
-    if (!HAS_Q) {
-        if (!pe.zero) {
-            (*st).sa = (*st).sa + pe.w;
-            (*st).u = (*st).u + pe.w * pe.l;
+    var qe = Elem(true, 0.0, 0.0, false);
+    if (HAS_Q) {
+        let qb = q_buf[qi];
+        let qcode = check_value(qb, Q_FORM, false);
+        if (qcode != ST_OK) {
+            (*st).key = key_min((*st).key, vec2<u32>(col, qcode));
+            return;
         }
-        return;
-    }
-    let qb = q_buf[qi];
-    let qcode = check_value(qb, Q_FORM, false);
-    if (qcode != ST_OK) {
-        (*st).key = key_min((*st).key, vec2<u32>(col, qcode));
-        return;
-    }
-    var qe: Elem;
-    if (Q_ONLINE) {
-        let masked = qb == NEG_INF_BITS;
-        qe = Elem(true, 0.0, 0.0, false);
-        if (!masked) {
-            let y = bitcast<f32>(qb);
-            let seen = ((*st).flags & FL_Q_SEEN) != 0u;
-            rescale_q(st, select(y, max((*st).mb, y), seen));
-            (*st).flags = (*st).flags | FL_Q_SEEN;
-            // a log-probability below -f32::MAX does not fit f32: see `Elem::far`
-            if ((*st).mb > 0.0 && y < (*st).mb - F32_MAX) {
-                qe = Elem(false, 0.0, 0.0, true);
-            } else {
-                let l = y - (*st).mb;
-                qe = Elem(false, exp_neg(l), l, false);
+        if (Q_ONLINE) {
+            let masked = qb == NEG_INF_BITS;
+            if (!masked) {
+                let y = bitcast<f32>(qb);
+                let seen = ((*st).flags & FL_Q_SEEN) != 0u;
+                rescale_q(st, select(y, max((*st).mb, y), seen));
+                (*st).flags = (*st).flags | FL_Q_SEEN;
+                // a log-probability below -f32::MAX does not fit f32: see `Elem::far`
+                if ((*st).mb > 0.0 && y < (*st).mb - F32_MAX) {
+                    qe = Elem(false, 0.0, 0.0, true);
+                } else {
+                    let l = y - (*st).mb;
+                    qe = Elem(false, exp_neg(l), l, false);
+                }
             }
+        } else if (Q_SCALED) {
+            qe = Elem(is_zero_bits(qb), 0.0, 0.0, false);
+            if (!qe.zero) {
+                let d = split_pow2(qb);
+                let seen = ((*st).flags & FL_Q_SEEN) != 0u;
+                let k = select(f32(d.k), max((*st).mb, f32(d.k)), seen);
+                (*st).sb = rescale_pow2((*st).sb, (*st).mb, k);
+                (*st).mb = k;
+                (*st).flags = (*st).flags | FL_Q_SEEN;
+                qe.w = d.m * pow2(d.k - i32(k));
+            }
+        } else {
+            qe = plain_elem(qb, Q_FORM, ctx.nq, NORMALIZED && Q_NORM, false);
         }
-    } else if (Q_SCALED) {
-        qe = Elem(is_zero_bits(qb), 0.0, 0.0, false);
-        if (!qe.zero) {
-            let d = split_pow2(qb);
-            let seen = ((*st).flags & FL_Q_SEEN) != 0u;
-            let k = select(f32(d.k), max((*st).mb, f32(d.k)), seen);
-            (*st).sb = rescale_pow2((*st).sb, (*st).mb, k);
-            (*st).mb = k;
-            (*st).flags = (*st).flags | FL_Q_SEEN;
-            qe.w = d.m * pow2(d.k - i32(k));
-        }
-    } else {
-        qe = plain_elem(qb, Q_FORM, ctx.nq, NORMALIZED && Q_NORM, false);
+        (*st).sb = (*st).sb + qe.w;
     }
-    (*st).sb = (*st).sb + qe.w;
     if (MEASURE == M_SUMS) {
+        // first pass: the row sums (sb above)
         (*st).sa = (*st).sa + pe.w;
-        return;
-    }
-    if (MEASURE == M_JS) {
-        (*st).sa = (*st).sa + pe.w;
-        // ½ p ln(2p / (p + q)) + ½ q ln(2q / (p + q)); never infinite. A sum that
-        // is subnormal (or flushed) leaves a term below 1e-36: dropped.
-        let s = pe.w + qe.w;
-        if ((bitcast<u32>(s) & EXP_MASK) != 0u) {
-            // a weight that underflowed to 0 (a very negative logit) is 0 too
-            let rp = bitcast<u32>(2.0 * pe.w / s);
-            let rq = bitcast<u32>(2.0 * qe.w / s);
-            let tp = select(0.5 * pe.w * ln_bits(rp), 0.0, pe.zero || is_zero_bits(rp));
-            let tq = select(0.5 * qe.w * ln_bits(rq), 0.0, qe.zero || is_zero_bits(rq));
-            (*st).t = (*st).t + tp + tq;
-        }
-        return;
-    }
-    if (!pe.zero) {
-        (*st).sa = (*st).sa + pe.w;
-        (*st).u = (*st).u + pe.w * pe.l;
-        if (qe.zero || (qe.far && pe.w >= F32_MIN_POSITIVE)) {
-            (*st).flags = (*st).flags | FL_Q_ZERO_HIT;
-        } else if (!qe.far) {
-            (*st).v = (*st).v + pe.w * qe.l;
-            if (MEASURE == M_KL) {
-                (*st).t = (*st).t + pe.w * (pe.l - qe.l);
-            }
-        }
+    } else {
+        // the measure's own terms (shaders/measures.wgsl)
+        add_terms(st, pe, qe);
     }
 }
 
@@ -513,16 +485,8 @@ fn finalize(row: u32, st: State) {
     var value = 0.0;
     var aux_p = select(select(st.sa, st.ma + la, p_online), first.aux_p, NORMALIZED && P_NORM);
     let aux_q = select(select(st.sb, st.mb + lb, q_online), first.aux_q, NORMALIZED && Q_NORM);
-    if (MEASURE == M_ENTROPY) {
-        value = select(-st.u, la - st.u * inv_sa, p_online);
-    } else if (MEASURE == M_CROSS || MEASURE == M_NLL) {
-        value = select(-st.v + st.sa * lb, -st.v * inv_sa + lb, p_online);
-    } else if (MEASURE == M_KL) {
-        value = select(st.t + st.sa * lb, st.t * inv_sa - la + lb, p_online);
-    } else if (MEASURE == M_JS) {
-        value = st.t;
-    }
-    if (MEASURE == M_NLL) {
+    value = measure_value(st, RowLogs(la, lb, inv_sa, p_online));
+    if (P_FORM == F_TARGETS) {
         // the row's weight in the batch mean: w_t, 0 when ignored
         let t = p_buf[row];
         let ignored = params.has_ignore != 0u && t == params.ignore_bits;
@@ -532,7 +496,7 @@ fn finalize(row: u32, st: State) {
         }
         aux_p = select(wt, 0.0, ignored);
     }
-    let hit = (st.flags & FL_Q_ZERO_HIT) != 0u && MEASURE != M_ENTROPY && MEASURE != M_JS;
+    let hit = (st.flags & FL_Q_ZERO_HIT) != 0u && Q_ZERO_INF;
     // inf_bits: the infinity of the base's sign (-inf for a base below 1)
     value = select(positive_zero(value * params.inv_ln_base), bitcast<f32>(params.inf_bits), hit);
     value = select(value, bitcast<f32>(params.nan_bits), status != ST_OK);

@@ -102,8 +102,9 @@ fn online(form: Form, norm: Normalization) -> bool {
 
 /// The operands' plans: whether row normalisers are computed in a first pass
 /// — probabilities being renormalised (divide first: the one-pass correction
-/// cancels), and Jensen-Shannon of any online form (its mixture needs both
-/// normalised rows) — and how each operand is then read.
+/// cancels), and online forms of a measure whose terms need normalised values
+/// (Jensen-Shannon: its mixture needs both normalised rows) — and how each
+/// operand is then read.
 fn operands(
     measure: Measure,
     p: Option<(Form, usize)>,
@@ -114,7 +115,7 @@ fn operands(
     let forms = [p, q];
     let renorm_probs = renorm && forms.iter().any(|o| o.is_some_and(|o| o.0 == Form::Probs));
     let any_online = forms.iter().any(|o| o.is_some_and(|o| online(o.0, norm)));
-    let two_pass = renorm_probs || (measure == Measure::Js && any_online);
+    let two_pass = renorm_probs || (!measure.def().online && any_online);
     let plan = |o: Option<(Form, usize)>| {
         o.map(|(form, rows)| {
             let on = online(form, norm);

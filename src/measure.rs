@@ -1,8 +1,10 @@
 //! What is computed: measures, input forms, reductions, log bases, normalisation policy.
 //!
-//! Both backends implement the same description; see the crate docs for the
-//! convention table and `shaders/rows.wgsl` / `src/cpu/kernel.rs` for the two
-//! implementations of the per-row state machine.
+//! Each measure is described once, in [`Measure::def`]: its name, what it
+//! reads, and the properties the planner and both executors act on. Its
+//! arithmetic is one `Term` in `src/cpu/terms.rs` and one pair of functions in
+//! `shaders/measures.wgsl` (`add_<ident>`, `value_<ident>`), selected by a code
+//! that `src/gpu/wgsl.rs` generates from the table below.
 
 use crate::error::{Error, Result};
 
@@ -20,20 +22,87 @@ pub enum Measure {
     Js,
 }
 
+/// A measure's description: everything but its per-element arithmetic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Def {
+    /// The name of its CLI subcommand and in JSON output.
+    pub name: &'static str,
+    /// Its name in code: the WGSL functions `add_<ident>` and `value_<ident>`
+    /// and the generated constant `M_<IDENT>`.
+    pub ident: &'static str,
+    /// It reads a second distribution `q`.
+    pub needs_q: bool,
+    /// Its terms can be accumulated relative to running maxima (online), so
+    /// logits are read in one pass; otherwise every online form is
+    /// normalised by a first pass (its terms need the normalised values).
+    pub online: bool,
+    /// A term with p > 0 and q = 0 makes the value +inf.
+    pub q_zero_inf: bool,
+    /// Its accumulator `t` is Σ w (ln p − ln q), rescaled with the running
+    /// maxima of online forms.
+    pub t_log_ratio: bool,
+}
+
 impl Measure {
+    /// Every measure, in the order of their codes (the number the shaders see).
+    pub(crate) const ALL: [Measure; 4] = [
+        Measure::Entropy,
+        Measure::CrossEntropy,
+        Measure::Kl,
+        Measure::Js,
+    ];
+
+    /// The measure's description.
+    pub(crate) const fn def(self) -> Def {
+        match self {
+            Measure::Entropy => Def {
+                name: "entropy",
+                ident: "entropy",
+                needs_q: false,
+                online: true,
+                q_zero_inf: false,
+                t_log_ratio: false,
+            },
+            Measure::CrossEntropy => Def {
+                name: "cross-entropy",
+                ident: "cross",
+                needs_q: true,
+                online: true,
+                q_zero_inf: true,
+                t_log_ratio: false,
+            },
+            Measure::Kl => Def {
+                name: "kl",
+                ident: "kl",
+                needs_q: true,
+                online: true,
+                q_zero_inf: true,
+                t_log_ratio: true,
+            },
+            Measure::Js => Def {
+                name: "js",
+                ident: "js",
+                needs_q: true,
+                online: false,
+                q_zero_inf: false,
+                t_log_ratio: false,
+            },
+        }
+    }
+
     /// The name used by the CLI and in JSON output.
     pub fn name(self) -> &'static str {
-        match self {
-            Measure::Entropy => "entropy",
-            Measure::CrossEntropy => "cross-entropy",
-            Measure::Kl => "kl",
-            Measure::Js => "js",
-        }
+        self.def().name
     }
 
     /// Whether the measure reads a second distribution `q`.
     pub fn needs_q(self) -> bool {
-        !matches!(self, Measure::Entropy)
+        self.def().needs_q
+    }
+
+    /// The measure named `name` (as [`Measure::name`] gives it).
+    pub fn parse(name: &str) -> Option<Measure> {
+        Measure::ALL.into_iter().find(|m| m.name() == name)
     }
 }
 

@@ -40,6 +40,17 @@ impl Fnv {
 
 fn record(h: &mut Fnv, case: usize, out: kullback::Result<kullback::Output>) {
     h.u64(case as u64);
+    // DIGEST_DUMP=1 prints each case's output, to find what a change moved
+    if std::env::var_os("DIGEST_DUMP").is_some() {
+        match &out {
+            Ok(o) => eprintln!(
+                "case {case}: {:?} {:?}",
+                o.values.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                o.counted
+            ),
+            Err(e) => eprintln!("case {case}: {e}"),
+        }
+    }
     if let Err(e) = &out {
         if std::env::var_os("DIGEST_ERRORS").is_some() {
             eprintln!("case {case}: {e}");

@@ -1,5 +1,7 @@
 //! The CPU backend: kernels that mirror `shaders/rows.wgsl`.
 //!
+//! - [`terms`]: each measure's arithmetic (what it adds per element, its
+//!   value from a row's state), the twin of `shaders/measures.wgsl`;
 //! - [`kernel`]: the per-row state machine, the CPU twin of the shader
 //!   (state, merge, element rules, finalize);
 //! - [`block`]: the vectorised loop over one block of columns, compiled for
@@ -22,6 +24,7 @@ mod fast;
 mod kernel;
 mod ln;
 mod plan;
+mod terms;
 #[cfg(test)]
 mod tests;
 mod threads;

@@ -17,8 +17,9 @@
 
 use std::mem::MaybeUninit;
 
-use super::block::{BLOCK, BlockFn, BlockIo, Dec, DecKind, Isa, SUB, pick};
-use super::kernel::{self, Norm, Rel, RowEnd, Side, State, Target, measure};
+use super::block::{BLOCK, BlockFn, BlockIo, Dec, DecKind, Isa, SUB, pick, pick_sums};
+use super::kernel::{self, Norm, Rel, RowEnd, Side, State, Target};
+use super::terms::{RowLogs, Term, with_term};
 use crate::batch::Data;
 use crate::call::Operand;
 use crate::job::Job;
@@ -178,13 +179,7 @@ impl<'j> Plan<'j> {
             (true, true) => DecKind::Log,
         };
         let (sums_p, sums_q) = (sums_kind(&p), sums_kind(&q));
-        let sums_fn = two_pass.then(|| pick(measure::SUMS, sums_p, sums_q, isa));
-        let m = match call.measure {
-            Measure::Entropy => measure::ENTROPY,
-            Measure::CrossEntropy => measure::CROSS,
-            Measure::Kl => measure::KL,
-            Measure::Js => measure::JS,
-        };
+        let sums_fn = two_pass.then(|| pick_sums(sums_p, sums_q, isa));
         let terms_p = match &job.nll {
             Some(n) if n.weights.is_some() => DecKind::TargetsWeighted,
             Some(_) => DecKind::Targets,
@@ -194,7 +189,7 @@ impl<'j> Plan<'j> {
         let nll_fast_fn = job
             .nll
             .as_ref()
-            .map(|_| pick(measure::SUMS, DecKind::None, terms_q, isa));
+            .map(|_| pick_sums(DecKind::None, terms_q, isa));
         let short_fn = short_kernel(job, isa, terms_p, terms_q, two_pass);
         let fail = || unreachable!("no kernel for {call:?}: {terms_p:?} x {terms_q:?}");
         let host = |o: Option<Operand>, d: Option<Data<'j>>| {
@@ -213,7 +208,8 @@ impl<'j> Plan<'j> {
             p,
             q,
             sums_fn: sums_fn.map(|f| f.unwrap_or_else(fail)),
-            terms_fn: pick(m, terms_p, terms_q, isa).unwrap_or_else(fail),
+            terms_fn: with_term!(call.measure, T => pick::<T>(terms_p, terms_q, isa))
+                .unwrap_or_else(fail),
             terms_p,
             nll_fast_fn: nll_fast_fn.map(|f| f.unwrap_or_else(fail)),
             short_fn,
@@ -493,12 +489,14 @@ impl<'j> Plan<'j> {
             key = key.min(row_key(code::Q_SUM));
         }
         let (status, column) = crate::record::key_parts(key);
-        // as finalize: lb = 0 for operands that are not online
-        let value = match self.job.call.measure {
-            Measure::Entropy => -st.u,
-            Measure::Kl => st.d + st.sa * 0.0,
-            _ => -st.v + st.sa * 0.0,
+        // as finalize: nothing online
+        let logs = RowLogs {
+            la: 0.0,
+            lb: 0.0,
+            inv_sa: 1.0,
+            p_online: false,
         };
+        let value = with_term!(self.job.call.measure, T => T::value(st, &logs));
         let value = if status == code::OK {
             kernel::positive_zero((value / self.job.call.ln_base) as f32)
         } else {
