@@ -126,9 +126,14 @@ impl<'a> Batch<'a> {
                 cols: self.cols,
             });
         }
-        let expected = self.rows.checked_mul(self.cols).ok_or_else(|| {
-            Error::TooLarge(format!("{arg}: {} x {} overflows", self.rows, self.cols))
-        })?;
+        let expected = self
+            .rows
+            .checked_mul(self.cols)
+            .ok_or_else(|| Error::TooLarge {
+                what: format!("{arg}: {} x {} values", self.rows, self.cols),
+                size: (self.rows as u128 * self.cols as u128).min(u64::MAX as u128) as u64,
+                limit: usize::MAX as u64,
+            })?;
         if self.values.len() != expected {
             return Err(Error::Length {
                 arg,

@@ -6,7 +6,7 @@
 //! Every per-operand decision (online or not, normalised by a first pass or
 //! not, sum checked or not) and the number of passes are made here, once.
 
-use crate::error::{Arg, BadValue, Error, Result};
+use crate::error::{Arg, BadValue, Error, Result, Setting};
 use crate::measure::{Form, Measure, NllOptions, Normalization, Options, Reduction};
 use crate::record::{DecodeCtx, OutputDesc};
 
@@ -147,7 +147,10 @@ impl Call {
         let (rows, q) = match (measure.needs_q(), q) {
             (false, _) => (ps.rows, None),
             (true, None) => {
-                return Err(Error::InvalidOption(format!("{} needs q", measure.name())));
+                return Err(Error::MissingArg {
+                    arg: Arg::Q,
+                    measure: measure.name(),
+                });
             }
             (true, Some(q)) => {
                 let (qs, qd) = q.check(Arg::Q)?;
@@ -279,9 +282,10 @@ fn check_nll(targets: usize, q: (usize, usize), opts: &NllOptions<'_>) -> Result
     }
     let eps = opts.label_smoothing;
     if !(0.0..=1.0).contains(&eps) {
-        return Err(Error::InvalidOption(format!(
-            "label smoothing must be in [0, 1], got {eps}"
-        )));
+        return Err(Error::InvalidOption {
+            option: Setting::LabelSmoothing,
+            message: format!("label smoothing must be in [0, 1], got {eps}"),
+        });
     }
     if let Some(w) = opts.weights {
         if w.len() != q.1 {
@@ -314,10 +318,15 @@ fn check_nll(targets: usize, q: (usize, usize), opts: &NllOptions<'_>) -> Result
 
 /// Row and column counts must fit the kernels' u32 indices.
 pub(crate) fn check_u32(rows: usize, cols: usize) -> Result<()> {
-    if rows > u32::MAX as usize / 2 || cols > u32::MAX as usize / 2 {
-        return Err(Error::TooLarge(format!(
-            "{rows} rows x {cols} columns: each must be below 2^31"
-        )));
+    let limit = u32::MAX as usize / 2;
+    for (what, n) in [("rows", rows), ("columns", cols)] {
+        if n > limit {
+            return Err(Error::TooLarge {
+                what: what.into(),
+                size: n as u64,
+                limit: limit as u64,
+            });
+        }
     }
     Ok(())
 }
@@ -387,7 +396,7 @@ mod tests {
     fn check_order_and_shapes() {
         let o = Options::default();
         let e = Call::measure(Measure::Kl, &s(2, 3, Form::Probs), None, &o);
-        assert!(matches!(e, Err(Error::InvalidOption(_))));
+        assert!(matches!(e, Err(Error::MissingArg { arg: Arg::Q, .. })));
         let e = Call::measure(
             Measure::Kl,
             &s(2, 3, Form::Probs),
@@ -396,6 +405,6 @@ mod tests {
         );
         assert!(matches!(e, Err(Error::ShapeMismatch { .. })));
         let e = Call::measure(Measure::Entropy, &s(1 << 31, 1, Form::Probs), None, &o);
-        assert!(matches!(e, Err(Error::TooLarge(_))));
+        assert!(matches!(e, Err(Error::TooLarge { .. })));
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use crate::batch::{Batch, Targets};
 use crate::call::Call;
 use crate::cost::{AdapterClass, CostModel, Work, prefer_gpu};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Setting};
 use crate::gpu::Gpu;
 use crate::job::Job;
 use crate::measure::{Measure, NllOptions, Options, Reduction};
@@ -44,9 +44,12 @@ impl Backend {
             return Ok(self);
         }
         match std::env::var("KULLBACK_BACKEND") {
-            Ok(v) if !v.trim().is_empty() => Backend::parse(&v).ok_or_else(|| {
-                Error::InvalidOption(format!("KULLBACK_BACKEND={v}: expected auto, gpu or cpu"))
-            }),
+            Ok(v) if !v.trim().is_empty() => {
+                Backend::parse(&v).ok_or_else(|| Error::InvalidOption {
+                    option: Setting::BackendEnv,
+                    message: format!("KULLBACK_BACKEND={v}: expected auto, gpu or cpu"),
+                })
+            }
             _ => Ok(Backend::Auto),
         }
     }

@@ -201,7 +201,7 @@ mod resident;
 
 pub use batch::{Batch, Targets, Values, f32_from_f64};
 pub use context::{Backend, Context, ContextOptions, InputKind, Output, PollMode, Ran};
-pub use error::{Arg, BadValue, Error, Result};
+pub use error::{Arg, BadValue, BufferProblem, Error, Result, Setting};
 pub use measure::{
     Base, DEFAULT_TOLERANCE, Form, Measure, NllOptions, Normalization, Options, Reduction,
 };

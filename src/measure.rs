@@ -6,7 +6,7 @@
 //! `shaders/measures.wgsl` (`add_<ident>`, `value_<ident>`), selected by a code
 //! that `src/gpu/wgsl.rs` generates from the table below.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Setting};
 
 /// A measure over pairs of distributions (or one distribution, for entropy).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -179,9 +179,10 @@ impl Base {
             Base::Custom(b) => b,
         };
         if !(b.is_finite() && b > 0.0 && b != 1.0) {
-            return Err(Error::InvalidOption(format!(
-                "log base must be finite, > 0 and != 1, got {b}"
-            )));
+            return Err(Error::InvalidOption {
+                option: Setting::Base,
+                message: format!("log base must be finite, > 0 and != 1, got {b}"),
+            });
         }
         Ok(b.ln())
     }
@@ -258,10 +259,10 @@ impl Options {
 
     pub(crate) fn check(&self) -> Result<f64> {
         if !(self.tolerance.is_finite() && self.tolerance >= 0.0) {
-            return Err(Error::InvalidOption(format!(
-                "tolerance must be finite and >= 0, got {}",
-                self.tolerance
-            )));
+            return Err(Error::InvalidOption {
+                option: Setting::Tolerance,
+                message: format!("tolerance must be finite and >= 0, got {}", self.tolerance),
+            });
         }
         self.base.ln()
     }

@@ -1,7 +1,7 @@
 //! The per-row output record both backends produce, its status (a code and a
 //! column), and the decoding of a status into the crate's [`Error`].
 
-use crate::error::{Arg, BadValue, Error};
+use crate::error::{Arg, BadValue, Error, Setting};
 use crate::measure::Reduction;
 
 /// One row's result, as the kernels write it (24 bytes, `#[repr(C)]`, the
@@ -194,11 +194,14 @@ pub(crate) fn decode_output(records: &[Record], d: &OutputDesc) -> Result<Decode
         return Ok(Decoded { values, counted });
     }
     let [total, bad, ..] = records else {
-        return Err(Error::InvalidOption(format!(
-            "a {} output has 2 records, got {}",
-            d.reduction.name(),
-            records.len()
-        )));
+        return Err(Error::InvalidOption {
+            option: Setting::Reduction,
+            message: format!(
+                "a {} output has 2 records, got {}",
+                d.reduction.name(),
+                records.len()
+            ),
+        });
     };
     if !total.is_ok() {
         return Err(decode(total.index as usize, bad, &d.ctx));

@@ -11,7 +11,7 @@
 
 use crate::call::{Call, Input, Shape};
 use crate::context::Context;
-use crate::error::{Arg, Error, Result};
+use crate::error::{Arg, BufferProblem, Error, Result, Setting};
 use crate::gpu::{Gpu, Operands, Scratch, TOTAL_OUTPUT_SIZE};
 use crate::measure::{Form, Measure, NllOptions, Options, Reduction};
 use crate::record::{self, DecodeCtx, OutputDesc, RECORD_SIZE, Record};
@@ -331,17 +331,21 @@ fn check_buffer(
     align: u64,
 ) -> Result<()> {
     let problem = if !buffer.usage().contains(usage) {
-        Some(format!("needs usage {usage:?}, has {:?}", buffer.usage()))
+        Some(BufferProblem::Usage {
+            needs: usage,
+            has: buffer.usage(),
+        })
     } else if !offset.is_multiple_of(align) {
-        Some(format!("offset {offset} is not a multiple of {align}"))
+        Some(BufferProblem::Offset { offset, align })
     } else if offset
         .checked_add(bytes)
         .is_none_or(|end| end > buffer.size())
     {
-        Some(format!(
-            "{bytes} bytes at offset {offset} do not fit its {} bytes",
-            buffer.size()
-        ))
+        Some(BufferProblem::Size {
+            bytes,
+            offset,
+            size: buffer.size(),
+        })
     } else {
         None
     };
@@ -381,7 +385,7 @@ fn check_io(
     if [p, q].iter().flatten().any(|b| b.buffer == out.buffer) {
         return Err(Error::Buffer {
             name: "output",
-            problem: "is also an input buffer; use a buffer of its own".into(),
+            problem: BufferProblem::AliasesInput,
         });
     }
     Ok(())
@@ -510,10 +514,9 @@ impl Context {
         let opts = &call.options;
         let ignore = || match opts.ignore_index {
             None => Ok(None),
-            Some(i) => Ok(Some(i32::try_from(i).map_err(|_| {
-                Error::InvalidOption(format!(
-                    "ignore index {i} does not fit the i32 targets of the GPU path"
-                ))
+            Some(i) => Ok(Some(i32::try_from(i).map_err(|_| Error::InvalidOption {
+                option: Setting::IgnoreIndex,
+                message: format!("ignore index {i} does not fit the i32 targets of the GPU path"),
             })? as u32)),
         };
         let t = &call.targets;
@@ -522,7 +525,7 @@ impl Context {
         if call.output.buffer == t.buffer {
             return Err(Error::Buffer {
                 name: "output",
-                problem: "is also the targets buffer; use a buffer of its own".into(),
+                problem: BufferProblem::AliasesTargets,
             });
         }
         let usage = wgpu::BufferUsages::COPY_SRC;

@@ -69,10 +69,13 @@ impl Gpu {
         let device_cap = plan::binding_limit(&limits);
         let cap = match cap {
             Some(c) if c < plan::MIN_CAP_BYTES => {
-                return Err(Error::InvalidOption(format!(
-                    "max_binding_bytes must be at least {} (one block plus alignment), got {c}",
-                    plan::MIN_CAP_BYTES
-                )));
+                return Err(Error::InvalidOption {
+                    option: crate::error::Setting::MaxBindingBytes,
+                    message: format!(
+                        "max_binding_bytes must be at least {} (one block plus alignment), got {c}",
+                        plan::MIN_CAP_BYTES
+                    ),
+                });
             }
             Some(c) => c.min(device_cap),
             None => device_cap,

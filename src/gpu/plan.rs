@@ -281,10 +281,11 @@ pub(crate) fn plan(call: &Call, limits: &DeviceLimits, offsets: (u64, u64)) -> R
         ("per-row records", records_bytes),
     ] {
         if bytes > limits.max_binding {
-            return Err(Error::TooLarge(format!(
-                "{what} need {bytes} bytes in one binding; the device allows {}: split the batch",
-                limits.max_binding
-            )));
+            return Err(Error::TooLarge {
+                what: format!("{what}: bytes of one binding"),
+                size: bytes,
+                limit: limits.max_binding,
+            });
         }
     }
 
@@ -660,6 +661,6 @@ mod tests {
         let opts = Options::default();
         let c = call(Measure::Kl, 10_000_000, 1, Form::Probs, &opts);
         let e = plan(&c, &limits(1 << 30), (0, 0));
-        assert!(matches!(e, Err(Error::TooLarge(_))));
+        assert!(matches!(e, Err(Error::TooLarge { .. })));
     }
 }
