@@ -259,7 +259,29 @@ impl Context {
     }
 
     /// Evaluates `measure` for each row of `p` (and `q`). A `p` or `q` with one
-    /// row is compared with every row of the other.
+    /// row is compared with every row of the other. The named methods
+    /// ([`Context::entropy`], [`Context::cross_entropy`], [`Context::kl`],
+    /// [`Context::js`]) give each measure's formula, zero rules and an example.
+    ///
+    /// # Errors
+    ///
+    /// Every measure returns the same errors for the same kind of bad input,
+    /// before or instead of any value:
+    /// * [`Error::Empty`], [`Error::Length`] (a slice that is not rows × cols),
+    ///   [`Error::ShapeMismatch`] (p and q neither the same shape nor one of
+    ///   them a single row), [`Error::MissingArg`] (a measure that reads q,
+    ///   called without it);
+    /// * [`Error::BadValue`] naming the argument, row and column: NaN, a
+    ///   negative or infinite probability, a log-probability or logit of +inf,
+    ///   a log-probability above 0 (except under `Renormalize`), an f64 value
+    ///   that would change in f32;
+    /// * [`Error::NotNormalized`] (under [`Normalization::Validate`](crate::Normalization::Validate), a row
+    ///   whose sum is off 1 by more than the tolerance), [`Error::CannotNormalize`]
+    ///   (a row with no non-zero probability to renormalise, or logits all −inf);
+    /// * [`Error::InvalidOption`] (a base ≤ 0, = 1 or not finite; a negative
+    ///   or NaN tolerance), [`Error::TooLarge`] (rows or columns of 2³¹ or more;
+    ///   scratch beyond one GPU binding), [`Error::OutOfMemory`],
+    ///   [`Error::Device`] (the GPU reported an error).
     pub fn evaluate(
         &self,
         measure: Measure,
@@ -271,28 +293,134 @@ impl Context {
         self.run(&job)
     }
 
-    /// Entropy H(p) = -Σ p ln p of each row.
+    /// Entropy of each row, H(p) = −Σᵢ pᵢ ln pᵢ (in nats; divided by
+    /// ln(base) for another [`Base`](crate::Base)).
+    ///
+    /// Zero rule: a term with pᵢ = 0 is 0 (0 · ln 0 = 0); the entropy of a
+    /// row is never infinite. Logits and log-probabilities are turned into
+    /// probabilities first (a stable log-sum-exp); a masked (−inf) class is
+    /// pᵢ = 0. Errors: see [`Context::evaluate`].
+    ///
+    /// ```
+    /// # use kullback::{Backend, Batch, Context, Form, Options};
+    /// # fn main() -> kullback::Result<()> {
+    /// let ctx = Context::with_backend(Backend::Cpu)?;
+    /// let p = [0.5f32, 0.5, 0.0, 1.0, 0.0, 0.0];
+    /// let h = ctx.entropy(&Batch::new(&p, 2, 3), &Options::default())?;
+    /// assert!((h.values[0] - std::f32::consts::LN_2).abs() < 1e-6);
+    /// assert_eq!(h.values[1], 0.0); // a one-hot row
+    /// let logits = [0.0f32, 0.0, f32::NEG_INFINITY]; // the first row, as logits
+    /// let h = ctx.entropy(&Batch::new(&logits, 1, 3).form(Form::Logits), &Options::default())?;
+    /// assert!((h.values[0] - std::f32::consts::LN_2).abs() < 1e-6);
+    /// # Ok(()) }
+    /// ```
     pub fn entropy(&self, p: &Batch<'_>, opts: &Options) -> Result<Output> {
         self.evaluate(Measure::Entropy, p, None, opts)
     }
 
-    /// Cross-entropy H(p, q) = -Σ p ln q of each row pair.
+    /// Cross-entropy of each row pair, H(p, q) = −Σᵢ pᵢ ln qᵢ.
+    ///
+    /// Zero rules: a term with pᵢ = 0 is 0 whatever qᵢ is (even ln qᵢ = −inf);
+    /// pᵢ > 0 with qᵢ = 0 makes the row +inf (no epsilon is added). With q in
+    /// log form, ln q is used as given (q = 0 only where it is −inf). Errors:
+    /// see [`Context::evaluate`]. For class targets instead of p, see
+    /// [`Context::nll`].
+    ///
+    /// ```
+    /// # use kullback::{Backend, Batch, Context, Options};
+    /// # fn main() -> kullback::Result<()> {
+    /// let ctx = Context::with_backend(Backend::Cpu)?;
+    /// let p = [1.0f32, 0.0, 0.5, 0.5];
+    /// let q = [0.5f32, 0.5, 1.0, 0.0];
+    /// let h = ctx.cross_entropy(&Batch::new(&p, 2, 2), &Batch::new(&q, 2, 2), &Options::default())?;
+    /// assert!((h.values[0] - std::f32::consts::LN_2).abs() < 1e-6);
+    /// assert_eq!(h.values[1], f32::INFINITY); // p > 0 where q = 0
+    /// # Ok(()) }
+    /// ```
     pub fn cross_entropy(&self, p: &Batch<'_>, q: &Batch<'_>, opts: &Options) -> Result<Output> {
         self.evaluate(Measure::CrossEntropy, p, Some(q), opts)
     }
 
-    /// Kullback-Leibler divergence D(P‖Q) = Σ p ln(p / q) of each row pair.
+    /// Kullback-Leibler divergence of each row pair, D(P‖Q) = Σᵢ pᵢ (ln pᵢ − ln qᵢ)
+    /// = H(p, q) − H(p) ≥ 0, summed per element so that the logs cancel there
+    /// (not as a difference of two large sums).
+    ///
+    /// Zero rules: a term with pᵢ = 0 is 0 whatever qᵢ is; pᵢ > 0 with
+    /// qᵢ = 0 makes the row +inf. Logits are compared relative to their row
+    /// maxima, so logits of magnitude 10⁴ keep full accuracy. Errors: see
+    /// [`Context::evaluate`].
+    ///
+    /// ```
+    /// # use kullback::{Backend, Base, Batch, Context, Options, Reduction};
+    /// # fn main() -> kullback::Result<()> {
+    /// let ctx = Context::with_backend(Backend::Cpu)?;
+    /// let p = [0.5f32, 0.5, 0.0];
+    /// let q = [0.25f32, 0.25, 0.5];
+    /// let d = ctx.kl(&Batch::new(&p, 1, 3), &Batch::new(&q, 1, 3), &Options::default().base(Base::Two))?;
+    /// assert!((d.values[0] - 1.0).abs() < 1e-6); // one bit
+    /// let back = ctx.kl(&Batch::new(&q, 1, 3), &Batch::new(&p, 1, 3), &Options::default())?;
+    /// assert_eq!(back.values[0], f32::INFINITY); // q puts mass where p has none
+    /// # Ok(()) }
+    /// ```
     pub fn kl(&self, p: &Batch<'_>, q: &Batch<'_>, opts: &Options) -> Result<Output> {
         self.evaluate(Measure::Kl, p, Some(q), opts)
     }
 
-    /// Jensen-Shannon divergence of each row pair (≤ ln 2 nats).
+    /// Jensen-Shannon divergence of each row pair,
+    /// JS(P, Q) = ½ D(P‖M) + ½ D(Q‖M) with M = ½ (P + Q), between 0 and ln 2
+    /// nats (1 bit). Its square root is SciPy's `jensenshannon` distance.
+    ///
+    /// Zero rules: each half follows the KL rule (a term with pᵢ = 0, or
+    /// qᵢ = 0, is 0); JS is never infinite. The mixture needs both rows
+    /// normalised, so logits and renormalised inputs take a first pass for
+    /// the row normalisers. Errors: see [`Context::evaluate`].
+    ///
+    /// ```
+    /// # use kullback::{Backend, Base, Batch, Context, Options};
+    /// # fn main() -> kullback::Result<()> {
+    /// let ctx = Context::with_backend(Backend::Cpu)?;
+    /// let p = [1.0f32, 0.0];
+    /// let q = [0.0f32, 1.0];
+    /// let js = ctx.js(&Batch::new(&p, 1, 2), &Batch::new(&q, 1, 2), &Options::default().base(Base::Two))?;
+    /// assert!((js.values[0] - 1.0).abs() < 1e-6); // disjoint supports: 1 bit, not inf
+    /// # Ok(()) }
+    /// ```
     pub fn js(&self, p: &Batch<'_>, q: &Batch<'_>, opts: &Options) -> Result<Output> {
         self.evaluate(Measure::Js, p, Some(q), opts)
     }
 
-    /// Negative log-likelihood -log q_t of class targets (cross-entropy with
-    /// one-hot targets). A `q` with one row is shared by every target.
+    /// Negative log-likelihood of class targets, lᵢ = −ln q[i, tᵢ]: the
+    /// cross-entropy of each row of `q` against the one-hot of its target (or,
+    /// with label smoothing ε and class weights w, against
+    /// pᵢ = (1 − ε)·w_t·onehot(t) + ε·w / C, PyTorch's `F.cross_entropy`). A `q`
+    /// with one row is shared by every target.
+    ///
+    /// Zero rule: q[i, tᵢ] = 0 gives +inf. A target equal to
+    /// [`NllOptions::ignore_index`] has value 0 and is not counted; the mean
+    /// is Σ w_t·lᵢ / Σ w_t over counted rows (NaN when none is counted), and
+    /// [`Output::perplexity`] is exp(mean in nats).
+    ///
+    /// # Errors
+    ///
+    /// Those of [`Context::evaluate`] for `q`, and [`Error::TargetOutOfRange`]
+    /// (a target outside [0, classes) that is not the ignore index),
+    /// [`Error::TargetCount`] (targets neither one per row of q nor any number
+    /// for a single row), [`Error::BadValue`] / [`Error::Length`] for class
+    /// weights (negative, NaN, infinite; not one per class),
+    /// [`Error::InvalidOption`] for a label smoothing outside [0, 1].
+    ///
+    /// ```
+    /// # use kullback::{Backend, Batch, Context, Form, NllOptions, Reduction};
+    /// # fn main() -> kullback::Result<()> {
+    /// let ctx = Context::with_backend(Backend::Cpu)?;
+    /// let logits = [2.0f32, 0.0, 0.0, 0.0, 0.0, 3.0];
+    /// let opts = NllOptions::default().ignore_index(-100).reduction(Reduction::Mean);
+    /// let out = ctx.nll(&Batch::new(&logits, 2, 3).form(Form::Logits), &[0i64, -100], &opts)?;
+    /// let want = (1.0f32 + 2.0 * (-2.0f32).exp()).ln(); // row 0 only: ln Σ e^(x - 2)
+    /// assert!((out.values[0] - want).abs() < 1e-6);
+    /// assert_eq!(out.counted, 1.0);
+    /// # Ok(()) }
+    /// ```
     pub fn nll<'t>(
         &self,
         q: &Batch<'_>,

@@ -29,6 +29,14 @@
 //! argument with [`Batch::form`]; class targets go through [`Context::nll`].
 //! A `p` or `q` with a single row is compared with every row of the other.
 //!
+//! ## Measures
+//!
+//! Each has its method, whose docs give the formula, the zero rules, the
+//! errors and an example: [`Context::entropy`], [`Context::cross_entropy`],
+//! [`Context::kl`], [`Context::js`], [`Context::nll`] (class targets);
+//! [`Context::evaluate`] takes a [`Measure`] and lists the errors every
+//! measure shares.
+//!
 //! ## Conventions (identical on the GPU and the CPU)
 //!
 //! Per-element terms, natural log; results are divided by ln(base) at the end

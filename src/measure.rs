@@ -9,16 +9,22 @@
 use crate::error::{Error, Result, Setting};
 
 /// A measure over pairs of distributions (or one distribution, for entropy).
+/// Each has a method on [`Context`](crate::Context) whose docs give its
+/// formula, zero rules, errors and an example.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Measure {
-    /// Entropy H(p) = -Σ p ln p of each row of `p`.
+    /// Entropy H(p) = −Σ p ln p of each row of `p`; a term with p = 0 is 0
+    /// ([`Context::entropy`](crate::Context::entropy)).
     Entropy,
-    /// Cross-entropy H(p, q) = -Σ p ln q.
+    /// Cross-entropy H(p, q) = −Σ p ln q; p = 0 gives 0 whatever q is, p > 0
+    /// with q = 0 gives +inf ([`Context::cross_entropy`](crate::Context::cross_entropy)).
     CrossEntropy,
-    /// Kullback-Leibler divergence D(P‖Q) = Σ p ln(p / q).
+    /// Kullback-Leibler divergence D(P‖Q) = Σ p ln(p / q); zero rules as
+    /// cross-entropy ([`Context::kl`](crate::Context::kl)).
     Kl,
-    /// Jensen-Shannon divergence ½ D(P‖M) + ½ D(Q‖M), M = ½ (P + Q).
+    /// Jensen-Shannon divergence ½ D(P‖M) + ½ D(Q‖M), M = ½ (P + Q); never
+    /// infinite, at most ln 2 ([`Context::js`](crate::Context::js)).
     Js,
 }
 
