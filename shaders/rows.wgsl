@@ -285,24 +285,28 @@ fn plain_elem(b: u32, form: u32, n: Norm, norm: bool, is_p: bool) -> Elem {
     return Elem(zero, select(exp_neg(l), 0.0, zero), select(l, 0.0, zero), false);
 }
 
-fn nll_weight(col: u32, tgt: u32, ignored: bool) -> f32 {
-    if (ignored) {
+// p of a negative log-likelihood at column `col`: the smoothed, weighted
+// one-hot of the row's target.
+fn nll_weight(col: u32, ctx: RowCtx) -> f32 {
+    if (ctx.ignored) {
         return 0.0;
     }
     var wc = 1.0;
-    var wt = 1.0;
     if (params.weights_at != 0xffffffffu) {
         wc = bitcast<f32>(p_buf[params.weights_at + col]);
-        wt = bitcast<f32>(p_buf[params.weights_at + min(tgt, params.cols - 1u)]);
     }
     let eps = params.smoothing;
-    return wc * eps / f32(params.cols) + select(0.0, (1.0 - eps) * wt, col == tgt);
+    return wc * eps / f32(params.cols) + select(0.0, (1.0 - eps) * ctx.wt, col == ctx.tgt);
 }
 
+// What a row's elements share: its target (NLL) and its normalisers (the
+// second pass of the two-pass plan), read once per row.
 struct RowCtx {
     row: u32,
     tgt: u32,
     ignored: bool,
+    // the target's class weight (1 without weights)
+    wt: f32,
     np: Norm,
     nq: Norm,
 }
@@ -312,9 +316,13 @@ fn row_ctx(row: u32) -> RowCtx {
     c.row = row;
     c.tgt = 0u;
     c.ignored = false;
+    c.wt = 1.0;
     if (P_FORM == F_TARGETS) {
         c.tgt = p_buf[row];
         c.ignored = params.has_ignore != 0u && c.tgt == params.ignore_bits;
+        if (params.weights_at != 0xffffffffu) {
+            c.wt = bitcast<f32>(p_buf[params.weights_at + min(c.tgt, params.cols - 1u)]);
+        }
     }
     c.np = Norm(0.0, 0.0, 1.0);
     c.nq = Norm(0.0, 0.0, 1.0);
@@ -326,15 +334,18 @@ fn row_ctx(row: u32) -> RowCtx {
     return c;
 }
 
-// Adds the element at column `col` of row `ctx.row` to the state.
-fn accumulate(st: ptr<function, State>, ctx: RowCtx, col: u32, pi: u32, qi: u32) {
+// Adds the element at column `col` of row `ctx.row`, the values of p and q
+// given by their bits (pb is not read for class targets, qb not without q),
+// to the state. An online operand is rescaled only when its running maximum
+// grows (a rescale to the same maximum changes nothing): one exp per element
+// plus one per new maximum.
+fn accumulate(st: ptr<function, State>, ctx: RowCtx, col: u32, pb: u32, qb: u32) {
     // ---- p side
     var pe = Elem(true, 0.0, 0.0, false);
     if (P_FORM == F_TARGETS) {
-        let w = nll_weight(col, ctx.tgt, ctx.ignored);
+        let w = nll_weight(col, ctx);
         pe = Elem(w == 0.0, w, 0.0, false);
     } else {
-        let pb = p_buf[pi];
         let code = check_value(pb, P_FORM, true);
         if (code != ST_OK) {
             (*st).key = key_min((*st).key, vec2<u32>(col, code));
@@ -345,7 +356,9 @@ fn accumulate(st: ptr<function, State>, ctx: RowCtx, col: u32, pi: u32, qi: u32)
             if (!masked) {
                 let x = bitcast<f32>(pb);
                 let seen = ((*st).flags & FL_P_SEEN) != 0u;
-                rescale_p(st, select(x, max((*st).ma, x), seen));
+                if (!seen || x > (*st).ma) {
+                    rescale_p(st, x);
+                }
                 (*st).flags = (*st).flags | FL_P_SEEN;
                 // far below the maximum the weight is 0 in f32 (and x - ma may
                 // not fit f32): term 0, but still p > 0 for the zero rules
@@ -371,7 +384,6 @@ fn accumulate(st: ptr<function, State>, ctx: RowCtx, col: u32, pi: u32, qi: u32)
     // ---- q side
     var qe = Elem(true, 0.0, 0.0, false);
     if (HAS_Q) {
-        let qb = q_buf[qi];
         let qcode = check_value(qb, Q_FORM, false);
         if (qcode != ST_OK) {
             (*st).key = key_min((*st).key, vec2<u32>(col, qcode));
@@ -382,7 +394,9 @@ fn accumulate(st: ptr<function, State>, ctx: RowCtx, col: u32, pi: u32, qi: u32)
             if (!masked) {
                 let y = bitcast<f32>(qb);
                 let seen = ((*st).flags & FL_Q_SEEN) != 0u;
-                rescale_q(st, select(y, max((*st).mb, y), seen));
+                if (!seen || y > (*st).mb) {
+                    rescale_q(st, y);
+                }
                 (*st).flags = (*st).flags | FL_Q_SEEN;
                 // a log-probability below -f32::MAX does not fit f32: see `Elem::far`
                 if ((*st).mb > 0.0 && y < (*st).mb - F32_MAX) {
@@ -563,7 +577,15 @@ fn rows_main(
         for (var k = 0u; k < EPT; k = k + 1u) {
             let c = c_begin + lane + k * tpr;
             if (c < c_end) {
-                accumulate(&st, ctx, params.col0 + c, p_row + c, q_row + c);
+                var pb = 0u;
+                var qb = 0u;
+                if (P_FORM != F_TARGETS) {
+                    pb = p_buf[p_row + c];
+                }
+                if (HAS_Q) {
+                    qb = q_buf[q_row + c];
+                }
+                accumulate(&st, ctx, params.col0 + c, pb, qb);
             }
         }
     }

@@ -132,10 +132,14 @@ pub(crate) fn chunks(rows: u32, cols: u32, layout: Layout, cap_elems: u64) -> Ve
     out
 }
 
-/// A 2-D grid for `items` workgroups under the per-dimension limit.
+/// A 2-D grid for `items` workgroups under the per-dimension limit, balanced
+/// so that at most one row of x launches empty workgroups (65,536 items are
+/// 32,768 x 2, not 65,535 x 2).
 pub(crate) fn grid(items: u32, max_dim: u32) -> (u32, u32) {
-    let x = items.clamp(1, max_dim);
-    (x, items.div_ceil(x).max(1))
+    let items = items.max(1);
+    let y = items.div_ceil(max_dim.max(1));
+    let x = items.div_ceil(y);
+    (x, y)
 }
 
 /// The element range of one operand that a chunk reads, as a binding
@@ -526,10 +530,25 @@ mod tests {
     }
 
     #[test]
-    fn grid_respects_dimension_limit() {
-        assert_eq!(grid(70_001, 65_535), (65_535, 2));
+    fn grid_respects_dimension_limit_and_wastes_at_most_a_row() {
+        assert_eq!(grid(70_001, 65_535), (35_001, 2));
+        assert_eq!(grid(65_536, 65_535), (32_768, 2));
         assert_eq!(grid(1, 65_535), (1, 1));
         assert_eq!(grid(0, 65_535), (1, 1));
+        for items in [
+            1u32, 7, 65_535, 65_536, 131_071, 131_072, 200_000, 4_000_000,
+        ] {
+            for max_dim in [1u32, 2, 256, 65_535] {
+                let (x, y) = grid(items, max_dim);
+                assert!(x <= max_dim && y <= items.max(1), "{items} {max_dim}");
+                let launched = x as u64 * y as u64;
+                assert!(launched >= items as u64, "{items} {max_dim}: covered");
+                assert!(
+                    launched < items.max(1) as u64 + x as u64,
+                    "{items} {max_dim}: waste"
+                );
+            }
+        }
     }
 
     fn limits(cap: u64) -> DeviceLimits {
