@@ -105,8 +105,11 @@ struct Record {
     index: u32,
 }
 
-@group(0) @binding(0) var<storage, read> p_buf: array<u32>;
-@group(0) @binding(1) var<storage, read> q_buf: array<u32>;
+// The inputs p_buf and q_buf (bindings 0 and 1) and their loads p_word(i),
+// q_word(i) (value i) and p_quad(i), q_quad(i) (values 4i .. 4i + 3) are
+// written above this file by src/gpu/wgsl.rs in two variants: scalar
+// (array<u32>) and vec4 (array<vec4<u32>>, VEC = 4), which the planner
+// chooses when every row starts on a 16-byte boundary.
 @group(0) @binding(2) var<storage, read_write> partials: array<State>;
 @group(0) @binding(3) var<storage, read_write> records: array<Record>;
 @group(0) @binding(4) var<uniform> params: Params;
@@ -293,7 +296,7 @@ fn nll_weight(col: u32, ctx: RowCtx) -> f32 {
     }
     var wc = 1.0;
     if (params.weights_at != 0xffffffffu) {
-        wc = bitcast<f32>(p_buf[params.weights_at + col]);
+        wc = bitcast<f32>(p_word(params.weights_at + col));
     }
     let eps = params.smoothing;
     return wc * eps / f32(params.cols) + select(0.0, (1.0 - eps) * ctx.wt, col == ctx.tgt);
@@ -318,10 +321,10 @@ fn row_ctx(row: u32) -> RowCtx {
     c.ignored = false;
     c.wt = 1.0;
     if (P_FORM == F_TARGETS) {
-        c.tgt = p_buf[row];
+        c.tgt = p_word(row);
         c.ignored = params.has_ignore != 0u && c.tgt == params.ignore_bits;
         if (params.weights_at != 0xffffffffu) {
-            c.wt = bitcast<f32>(p_buf[params.weights_at + min(c.tgt, params.cols - 1u)]);
+            c.wt = bitcast<f32>(p_word(params.weights_at + min(c.tgt, params.cols - 1u)));
         }
     }
     c.np = Norm(0.0, 0.0, 1.0);
@@ -484,7 +487,7 @@ fn finalize(row: u32, st: State) {
     if (P_FORM == F_TARGETS) {
         // an out-of-range target wins over the values' problems, as on the host
         // path (which checks targets first); its bits go to `index`
-        let t = p_buf[row];
+        let t = p_word(row);
         let ignored = params.has_ignore != 0u && t == params.ignore_bits;
         if (!ignored && t >= params.cols) {
             let negative = params.targets_signed != 0u && (t & SIGN_BIT) != 0u;
@@ -502,11 +505,11 @@ fn finalize(row: u32, st: State) {
     value = measure_value(st, RowLogs(la, lb, inv_sa, p_online));
     if (P_FORM == F_TARGETS) {
         // the row's weight in the batch mean: w_t, 0 when ignored
-        let t = p_buf[row];
+        let t = p_word(row);
         let ignored = params.has_ignore != 0u && t == params.ignore_bits;
         var wt = 1.0;
         if (params.weights_at != 0xffffffffu) {
-            wt = bitcast<f32>(p_buf[params.weights_at + min(t, params.cols - 1u)]);
+            wt = bitcast<f32>(p_word(params.weights_at + min(t, params.cols - 1u)));
         }
         aux_p = select(wt, 0.0, ignored);
     }
@@ -569,23 +572,36 @@ fn rows_main(
     var st = empty_state();
     if (in_range) {
         let ctx = row_ctx(row);
+        // loads of VEC values: lane, lane + T, .. of this block, up to the
+        // row's end (leads and strides are multiples of VEC)
         let span = tpr * EPT;
-        let c_begin = blk * span;
-        let c_end = min(c_begin + span, params.chunk_cols);
-        let p_row = params.p_lead + r_local * params.p_stride;
-        let q_row = params.q_lead + r_local * params.q_stride;
-        for (var k = 0u; k < EPT; k = k + 1u) {
-            let c = c_begin + lane + k * tpr;
-            if (c < c_end) {
+        let u_end = min((blk + 1u) * span, params.chunk_cols / VEC);
+        let p_row = (params.p_lead + r_local * params.p_stride) / VEC;
+        let q_row = (params.q_lead + r_local * params.q_stride) / VEC;
+        for (var u = blk * span + lane; u < u_end; u = u + tpr) {
+            let col = params.col0 + u * VEC;
+            if (VEC == 1u) {
                 var pb = 0u;
                 var qb = 0u;
                 if (P_FORM != F_TARGETS) {
-                    pb = p_buf[p_row + c];
+                    pb = p_word(p_row + u);
                 }
                 if (HAS_Q) {
-                    qb = q_buf[q_row + c];
+                    qb = q_word(q_row + u);
                 }
-                accumulate(&st, ctx, params.col0 + c, pb, qb);
+                accumulate(&st, ctx, col, pb, qb);
+            } else {
+                var p4 = vec4<u32>(0u);
+                var q4 = vec4<u32>(0u);
+                if (P_FORM != F_TARGETS) {
+                    p4 = p_quad(p_row + u);
+                }
+                if (HAS_Q) {
+                    q4 = q_quad(q_row + u);
+                }
+                for (var j = 0u; j < 4u; j = j + 1u) {
+                    accumulate(&st, ctx, col + j, p4[j], q4[j]);
+                }
             }
         }
     }
@@ -597,7 +613,7 @@ fn rows_main(
         if (params.blocks_per_row == 1u) {
             finalize(row, total);
         } else {
-            let gblk = params.col0 / (tpr * EPT) + blk;
+            let gblk = params.col0 / (tpr * EPT * VEC) + blk;
             partials[row * params.blocks_per_row + gblk] = total;
         }
     }

@@ -432,7 +432,10 @@ fn record_call(
         let mut holder = None;
         if let Some(n) = &nll {
             let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
-            let h = sc.buffer(&gpu.device, "kullback.targets", t_bytes + w_bytes, usage)?;
+            // the targets, the weights, and the binding's padding
+            let padded =
+                crate::gpu::targets_words(call.rows as u32, call.cols as u32, n.weights.is_some());
+            let h = sc.buffer(&gpu.device, "kullback.targets", padded * 4, usage)?;
             if let Some(w) = n.weights {
                 gpu.queue.write_buffer(&h, t_bytes, bytemuck::cast_slice(w));
             }

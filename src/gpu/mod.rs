@@ -20,7 +20,7 @@ pub(crate) use pool::{DEFAULT_POOL_BYTES, Pool, Scratch};
 
 pub(crate) use encode::{Operands, prepare};
 pub(crate) use pipelines::Pipelines;
-pub(crate) use plan::{TOTAL_OUTPUT_SIZE, plan};
+pub(crate) use plan::{TOTAL_OUTPUT_SIZE, plan, targets_words};
 
 /// Values of f64 input converted per upload chunk (1 MiB of f32).
 const UPLOAD_CHUNK: usize = 1 << 18;
@@ -218,6 +218,10 @@ impl Gpu {
                 if let Some(w) = &n.weights {
                     words.extend(w.iter().map(|x| x.to_bits()));
                 }
+                // the binding's padding (it may be read as vec4s)
+                let (rows, cols) = (job.call.rows as u32, job.call.cols as u32);
+                let padded = plan::targets_words(rows, cols, n.weights.is_some());
+                words.resize(padded as usize, 0);
                 (
                     self.upload(sc, "kullback.targets", bytemuck::cast_slice(&words))?,
                     self.upload_data(sc, "kullback.q", q)?,

@@ -14,10 +14,18 @@ use crate::record::RECORD_SIZE;
 
 /// Threads per workgroup (`WG` in shaders/common.wgsl).
 pub(crate) const WG: u32 = 256;
-/// Elements per thread per block (`EPT` in shaders/common.wgsl).
+/// Loads per thread per block (`EPT` in the shaders): a load is one value, or
+/// four (vec4 loads).
 pub(crate) const EPT: u32 = 32;
-/// Columns one workgroup covers on a long row.
+/// Columns one workgroup covers on a long row with scalar loads (the
+/// smallest block: vec4 loads cover four times as many).
 pub(crate) const BLOCK: u32 = WG * EPT;
+/// Threads a short row's loads are spread over at most: a warp's worth, so
+/// that neighbouring threads read neighbouring values of a row.
+const SHORT_THREADS: u32 = 32;
+/// Loads per thread a short row aims at (more threads per row make the
+/// loads coalesce; fewer make the tree that joins them cheaper).
+const SHORT_LOADS: u32 = 4;
 /// The smallest binding cap we plan with: one block plus alignment slack.
 pub(crate) const MIN_CAP_BYTES: u64 = 64 * 1024;
 
@@ -42,20 +50,34 @@ pub(crate) struct Layout {
     pub threads_per_row: u32,
     /// Column blocks per row (1: a row is finished in one workgroup).
     pub blocks_per_row: u32,
+    /// Values per load: 4 (vec4 loads) or 1.
+    pub vec: u32,
 }
 
 impl Layout {
-    pub(crate) fn new(cols: u32) -> Layout {
-        if cols > BLOCK {
+    /// The layout of rows of `cols` columns read `vec` values per load.
+    /// Thread `lane` of a row reads loads lane, lane + T, .. of its block, so
+    /// neighbouring threads read neighbouring values; a short row still gets
+    /// up to a warp's worth of threads (about [`SHORT_LOADS`] loads each)
+    /// rather than one thread striding through it alone.
+    pub(crate) fn new(cols: u32, vec: u32) -> Layout {
+        let units = cols.div_ceil(vec);
+        if units > WG * EPT {
             return Layout {
                 threads_per_row: WG,
-                blocks_per_row: cols.div_ceil(BLOCK),
+                blocks_per_row: units.div_ceil(WG * EPT),
+                vec,
             };
         }
-        let t = cols.div_ceil(EPT).next_power_of_two().clamp(1, WG);
+        let fit = units.div_ceil(EPT).next_power_of_two();
+        let spread = units
+            .div_ceil(SHORT_LOADS)
+            .next_power_of_two()
+            .min(SHORT_THREADS);
         Layout {
-            threads_per_row: t,
+            threads_per_row: fit.max(spread).clamp(1, WG),
             blocks_per_row: 1,
+            vec,
         }
     }
     pub(crate) fn rows_per_group(&self) -> u32 {
@@ -63,7 +85,7 @@ impl Layout {
     }
     /// Columns one workgroup covers in a row.
     pub(crate) fn span(&self) -> u32 {
-        self.threads_per_row * EPT
+        self.threads_per_row * EPT * self.vec
     }
 }
 
@@ -192,6 +214,14 @@ impl DeviceLimits {
 /// first bad row's record (all zero but the status when every row is good).
 pub(crate) const TOTAL_OUTPUT_SIZE: u64 = 2 * RECORD_SIZE;
 
+/// Words of a negative log-likelihood's targets binding: one u32 target per
+/// row, then the class weights (f32), padded to a multiple of four words so
+/// that it binds as vec4s too. The buffers that hold it have at least this size.
+pub(crate) fn targets_words(rows: u32, cols: u32, weighted: bool) -> u64 {
+    let words = rows as u64 + if weighted { cols as u64 } else { 0 };
+    words.next_multiple_of(4)
+}
+
 /// A binding: byte offset and size in a buffer.
 pub(crate) type Span = (u64, u64);
 
@@ -235,7 +265,7 @@ pub(crate) struct GpuPlan {
 
 /// The pipeline key of a pass of `call` (`sums`: the first of two passes;
 /// `merge`: the merge of long rows' partial states).
-fn key(call: &Call, sums: bool, merge: bool) -> RowKey {
+fn key(call: &Call, sums: bool, merge: bool, vec4: bool) -> RowKey {
     let (p, q) = (call.p, call.q);
     let norm = |o: Option<Operand>| o.is_some_and(|o| o.normalized);
     // a normalised log form is online in the first pass, plain in the second
@@ -246,6 +276,7 @@ fn key(call: &Call, sums: bool, merge: bool) -> RowKey {
     };
     RowKey {
         merge,
+        vec4,
         measure: if sums {
             wgsl::SUMS
         } else {
@@ -272,7 +303,17 @@ pub(crate) fn plan(call: &Call, limits: &DeviceLimits, offsets: (u64, u64)) -> R
     let (rows, cols) = (call.rows as u32, call.cols as u32);
     let align_elems = limits.align / 4;
     let max_dim = limits.max_dim;
-    let layout = Layout::new(cols);
+    // vec4 loads where every load is four values of one row, 16-byte
+    // aligned in its binding, and a long row's block still fits the cap
+    let cap_elems = (limits.cap / 4)
+        .saturating_sub(align_elems)
+        .max(BLOCK as u64);
+    let aligned = limits.align.is_multiple_of(16)
+        && offsets.0.is_multiple_of(16)
+        && offsets.1.is_multiple_of(16);
+    let vec4 =
+        cols.is_multiple_of(4) && aligned && (cols <= BLOCK || cap_elems >= 4 * BLOCK as u64);
+    let layout = Layout::new(cols, if vec4 { 4 } else { 1 });
     let bpr = layout.blocks_per_row;
 
     // scratch: partial states of long rows, then one normaliser state per row
@@ -293,9 +334,6 @@ pub(crate) fn plan(call: &Call, limits: &DeviceLimits, offsets: (u64, u64)) -> R
         }
     }
 
-    let cap_elems = (limits.cap / 4)
-        .saturating_sub(align_elems)
-        .max(BLOCK as u64);
     let chunks = chunks(rows, cols, layout, cap_elems);
     let nll = call.nll;
     let stride = |o: Option<Operand>, rows_if_none: usize| {
@@ -339,8 +377,7 @@ pub(crate) fn plan(call: &Call, limits: &DeviceLimits, offsets: (u64, u64)) -> R
     let mut chunk_params = Vec::with_capacity(chunks.len());
     for c in &chunks {
         let (p_span, p_lead) = if nll.is_some() {
-            let words = rows as u64 + if weighted { cols as u64 } else { 0 };
-            ((offsets.0, words * 4), 0)
+            ((offsets.0, targets_words(rows, cols, weighted) * 4), 0)
         } else {
             let r = range(c, p_stride, align_elems);
             ((offsets.0 + r.offset_elems * 4, r.size_elems * 4), r.lead)
@@ -372,7 +409,7 @@ pub(crate) fn plan(call: &Call, limits: &DeviceLimits, offsets: (u64, u64)) -> R
     for &sums in passes {
         for (i, (c, cp)) in chunks.iter().zip(&chunk_params).enumerate() {
             steps.push(Step {
-                key: key(call, sums, false),
+                key: key(call, sums, false, vec4),
                 chunk: i,
                 slot: params.push(cp),
                 grid: grid(c.items, max_dim),
@@ -386,7 +423,7 @@ pub(crate) fn plan(call: &Call, limits: &DeviceLimits, offsets: (u64, u64)) -> R
                 ..chunk_params[0]
             };
             steps.push(Step {
-                key: key(call, sums, true),
+                key: key(call, sums, true, vec4),
                 chunk: 0,
                 slot: params.push(&mp),
                 grid: grid(rows, max_dim),
@@ -441,26 +478,36 @@ mod tests {
 
     #[test]
     fn layout_short_and_long_rows() {
-        assert_eq!(Layout::new(1).threads_per_row, 1);
-        assert_eq!(Layout::new(5).threads_per_row, 1);
-        assert_eq!(Layout::new(16).threads_per_row, 1);
-        assert_eq!(Layout::new(100).threads_per_row, 4);
-        assert_eq!(Layout::new(257).threads_per_row, 16);
-        assert_eq!(
-            Layout::new(8192),
-            Layout {
-                threads_per_row: 256,
-                blocks_per_row: 1
-            }
-        );
-        assert_eq!(
-            Layout::new(8193),
-            Layout {
-                threads_per_row: 256,
-                blocks_per_row: 2
-            }
-        );
-        assert_eq!(Layout::new(1_000_003).blocks_per_row, 123);
+        // (cols, values per load) -> threads per row, blocks per row
+        for (cols, vec, t, b) in [
+            (1u32, 1u32, 1u32, 1u32),
+            (5, 1, 2, 1),
+            (16, 1, 4, 1),
+            (16, 4, 1, 1),
+            (64, 4, 4, 1),
+            (100, 1, 32, 1),
+            (128, 1, 32, 1),
+            (257, 1, 32, 1),
+            (1024, 1, 32, 1),
+            (2048, 1, 64, 1),
+            (8192, 1, 256, 1),
+            (8193, 1, 256, 2),
+            (8196, 4, 128, 1),
+            (32768, 4, 256, 1),
+            (32772, 4, 256, 2),
+            (1_000_003, 1, 256, 123),
+            (1_000_004, 4, 256, 31),
+        ] {
+            let l = Layout::new(cols, vec);
+            assert_eq!(
+                (l.threads_per_row, l.blocks_per_row),
+                (t, b),
+                "{cols} / {vec}"
+            );
+            // every thread makes at most EPT loads per block
+            let units = cols.div_ceil(vec);
+            assert!(units.div_ceil(b) <= t * EPT, "{cols} / {vec}");
+        }
     }
 
     #[test]
@@ -473,7 +520,7 @@ mod tests {
             (7, 3000, 3000),
             (1, 1, 4096),
         ] {
-            let l = Layout::new(cols);
+            let l = Layout::new(cols, 1);
             let cs = chunks(rows, cols, l, cap);
             let mut seen = vec![0u8; (rows as usize) * (cols as usize)];
             for c in &cs {
@@ -511,7 +558,7 @@ mod tests {
             (u32::MAX / 8, 8),
             (5, 3_000_000_001),
         ] {
-            let l = Layout::new(cols);
+            let l = Layout::new(cols, 1);
             let cs = chunks(rows, cols, l, cap_elems);
             let mut covered = 0u64;
             for c in &cs {
@@ -603,39 +650,62 @@ mod tests {
     #[test]
     fn two_pass_long_rows_order_and_scratch() {
         let opts = Options::default();
-        let (rows, cols) = (3u32, 20_000u32);
-        let c = call(
-            Measure::Js,
-            rows as usize,
-            cols as usize,
-            Form::Logits,
-            &opts,
-        );
-        assert!(c.two_pass);
-        let p = plan(&c, &limits(1 << 30), (0, 0)).expect("plan");
-        let kinds: Vec<(u32, bool)> = p
-            .steps
-            .iter()
-            .map(|s| (s.key.measure, s.key.merge))
-            .collect();
-        let js = wgsl::measure_code(&c);
-        assert_eq!(
-            kinds,
-            [
-                (wgsl::SUMS, false),
-                (wgsl::SUMS, true),
-                (js, false),
-                (js, true)
-            ]
-        );
-        assert!(p.steps[0].key.p_online && !p.steps[2].key.p_online);
-        assert!(p.steps[2].key.normalized && p.steps[2].key.p_norm);
-        let bpr = Layout::new(cols).blocks_per_row as u64;
-        assert_eq!(
-            p.partial_bytes,
-            (rows as u64 * bpr + rows as u64) * STATE_SIZE
-        );
-        assert!(p.totals.is_empty());
+        // scalar loads (20,001 is odd) and vec4 loads (40,000): both long
+        for (rows, cols, vec) in [(3u32, 20_001u32, 1u32), (2, 40_000, 4)] {
+            let c = call(
+                Measure::Js,
+                rows as usize,
+                cols as usize,
+                Form::Logits,
+                &opts,
+            );
+            assert!(c.two_pass);
+            let p = plan(&c, &limits(1 << 30), (0, 0)).expect("plan");
+            let kinds: Vec<(u32, bool)> = p
+                .steps
+                .iter()
+                .map(|s| (s.key.measure, s.key.merge))
+                .collect();
+            let js = wgsl::measure_code(&c);
+            assert_eq!(
+                kinds,
+                [
+                    (wgsl::SUMS, false),
+                    (wgsl::SUMS, true),
+                    (js, false),
+                    (js, true)
+                ]
+            );
+            assert!(p.steps[0].key.p_online && !p.steps[2].key.p_online);
+            assert!(p.steps[2].key.normalized && p.steps[2].key.p_norm);
+            assert!(p.steps.iter().all(|s| s.key.vec4 == (vec == 4)));
+            let bpr = Layout::new(cols, vec).blocks_per_row as u64;
+            assert!(bpr > 1);
+            assert_eq!(
+                p.partial_bytes,
+                (rows as u64 * bpr + rows as u64) * STATE_SIZE
+            );
+            assert!(p.totals.is_empty());
+        }
+    }
+
+    /// vec4 loads only where every load is four values of one row on a
+    /// 16-byte boundary, and a long row's block fits the binding cap.
+    #[test]
+    fn vec4_where_rows_are_aligned() {
+        let opts = Options::default();
+        let vec4 = |cols: usize, cap: u64, offsets: (u64, u64)| {
+            let c = call(Measure::Kl, 3, cols, Form::Probs, &opts);
+            let p = plan(&c, &limits(cap), offsets).expect("plan");
+            p.steps.iter().all(|s| s.key.vec4)
+        };
+        assert!(vec4(16, 1 << 30, (0, 0)));
+        assert!(vec4(40_000, 1 << 30, (256, 512)));
+        assert!(!vec4(15, 1 << 30, (0, 0)));
+        assert!(!vec4(16, 1 << 30, (8, 0)));
+        // a long row whose vec4 block (128 KiB) exceeds a 64 KiB cap
+        assert!(!vec4(40_000, MIN_CAP_BYTES, (0, 0)));
+        assert!(vec4(4096, MIN_CAP_BYTES, (0, 0)));
     }
 
     /// A small binding cap splits the inputs into chunks whose bindings fit
