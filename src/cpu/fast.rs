@@ -561,7 +561,9 @@ pub(super) fn lse(x: &[f32], pos_ok: bool, sub: usize) -> Option<(f32, f64)> {
         }
         m = m.max(v);
     }
-    if !pos_ok && m > 0.0 {
+    // from the bits: a positive subnormal maximum is positive too (flushing
+    // hardware would compare it equal to 0)
+    if !pos_ok && (m.to_bits() as i32) > 0 {
         return None;
     }
     let mv = _mm256_set1_ps(m);
