@@ -852,16 +852,30 @@ fn rows_run<const K: u8, const V: usize>(
     out: &mut [State],
 ) -> usize {
     let z = _mm256_setzero_ps();
+    // every row read lies inside the slices: checked once here (the general
+    // path takes the rows otherwise, which never happens), so that the loop
+    // below takes its rows without a check per row
+    let fits = |x: &[f32], stride: usize| {
+        (out.len().saturating_sub(1))
+            .checked_mul(stride)
+            .and_then(|o| o.checked_add(cols))
+            .is_some_and(|end| end <= x.len())
+    };
+    if out.is_empty() || !fits(p, strides.0) || (K != ROW_ENTROPY && !fits(q, strides.1)) {
+        return 0;
+    }
+    // SAFETY (both): row k < out.len() starts at k * stride and ends at
+    // k * stride + cols <= len, checked above.
+    let row_p =
+        |k: usize| unsafe { std::slice::from_raw_parts(p.as_ptr().add(k * strides.0), cols) };
+    let row_q =
+        |k: usize| unsafe { std::slice::from_raw_parts(q.as_ptr().add(k * strides.1), cols) };
     for (g, outg) in out.chunks_mut(8).enumerate() {
         let (mut sa, mut sb, mut acc) = ([z; 8], [z; 8], [z; 8]);
         for j in 0..outg.len() {
             let k = g * 8 + j;
-            let pr = &p[k * strides.0..][..cols];
-            let qr = if K == ROW_ENTROPY {
-                &[][..]
-            } else {
-                &q[k * strides.1..][..cols]
-            };
+            let pr = row_p(k);
+            let qr = if K == ROW_ENTROPY { &[][..] } else { row_q(k) };
             // the rows `PREFETCH` bytes ahead come in while these compute
             // (rows of 64 columns or more do better on the hardware
             // prefetcher alone)
