@@ -10,6 +10,10 @@
 //! environment is inherited by `pthread_create`), the test harness's threads
 //! and rayon's workers included. `flags_reach_every_worker` checks that.
 #![cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#![allow(
+    clippy::duplicate_mod,
+    reason = "edge.rs and conformance.rs each bring tests/common, as in their own binaries"
+)]
 
 #[path = "conformance.rs"]
 mod conformance;
