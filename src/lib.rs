@@ -125,12 +125,12 @@
 //!
 //! | measure (shape counted) | AVX2, before | AVX2, after | AVX-512 hot loop, before | AVX-512 hot loop, after |
 //! |---|---:|---:|---:|---:|
-//! | KL (256 × 4096) | 5.84 | 5.83 | 5.25 | 2.19 |
-//! | cross-entropy (256 × 4096) | 5.46 | 5.46 | 4.88 | 2.00 |
-//! | entropy (256 × 4096) | 4.72 | 4.72 | 4.25 | 1.75 |
+//! | KL (256 × 4096) | 5.84 | 5.46 | 5.25 | 2.19 |
+//! | cross-entropy (256 × 4096) | 5.46 | 4.96 | 4.88 | 2.00 |
+//! | entropy (256 × 4096) | 4.72 | 4.28 | 4.25 | 1.75 |
 //! | NLL from logits (256 × 4096) | 4.05 | 4.05 | 3.75 | 1.38 |
 //! | KL, short rows (65,536 × 16) | 11.60 | 10.88 | — | — |
-//! | KL, long rows (4 × 262,144) | 5.79 | 5.79 | 5.25 | 2.19 |
+//! | KL, long rows (4 × 262,144) | 5.79 | 5.41 | 5.25 | 2.19 |
 //!
 //! AVX2 (measured): `valgrind --tool=callgrind` counts the instructions
 //! executed inside `Context::evaluate` / `Context::nll` (the whole call:

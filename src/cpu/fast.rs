@@ -354,46 +354,44 @@ fn segment<const K: u8>(p: &[f32], q: &[f32]) -> Option<(f64, f64, f64, f64)> {
         p.len().min(q.len())
     };
     let n = n - n % STEP;
-    // one vector per iteration and one accumulator per sum (at most
-    // `SUB / 8` = 64 terms per lane): fewer live registers than two vectors
-    // per step (no spills), and the out-of-order core overlaps iterations
+    // one accumulator per sum (at most `SUB / 8` = 64 terms per lane), one
+    // vector at a time: fewer live registers than two vectors side by side
+    // (no spills), and the out-of-order core overlaps the vectors
     let z = _mm256_setzero_ps();
     let (mut sa, mut sb, mut ta, mut tk) = (z, z, z, z);
     let mut chk = _mm256_setzero_si256();
     let q = if K == ROW_ENTROPY { p } else { q };
-    for (i, (pc, qc)) in p[..n]
-        .chunks_exact(8)
-        .zip(q[..n].chunks_exact(8))
-        .enumerate()
-    {
-        if i % 2 == 0 {
-            prefetch(pc);
-            if K != ROW_ENTROPY {
-                prefetch(qc);
-            }
+    // two vectors a trip (the same accumulators in the same order as one
+    // a trip: the same bits), the prefetch once a trip without a branch
+    for (pc, qc) in p[..n].chunks_exact(STEP).zip(q[..n].chunks_exact(STEP)) {
+        prefetch(pc);
+        if K != ROW_ENTROPY {
+            prefetch(qc);
         }
-        let pb = load(pc, 0);
-        let pf = _mm256_castsi256_ps(pb);
-        chk = track(chk, pb);
-        sa = _mm256_add_ps(sa, pf);
-        let x = if K == ROW_ENTROPY {
-            pb
-        } else {
-            let qb = load(qc, 0);
-            let qf = _mm256_castsi256_ps(qb);
-            chk = track(chk, qb);
-            sb = _mm256_add_ps(sb, qf);
-            if K == ROW_KL {
-                let r = _mm256_castps_si256(_mm256_div_ps(pf, qf));
-                chk = track(chk, r);
-                r
+        for h in [0, 8] {
+            let pb = load(pc, h);
+            let pf = _mm256_castsi256_ps(pb);
+            chk = track(chk, pb);
+            sa = _mm256_add_ps(sa, pf);
+            let x = if K == ROW_ENTROPY {
+                pb
             } else {
-                qb
-            }
-        };
-        let (k, a) = ln_parts(x);
-        ta = _mm256_fmadd_ps(pf, a, ta);
-        tk = _mm256_fmadd_ps(pf, k, tk);
+                let qb = load(qc, h);
+                let qf = _mm256_castsi256_ps(qb);
+                chk = track(chk, qb);
+                sb = _mm256_add_ps(sb, qf);
+                if K == ROW_KL {
+                    let r = _mm256_castps_si256(_mm256_div_ps(pf, qf));
+                    chk = track(chk, r);
+                    r
+                } else {
+                    qb
+                }
+            };
+            let (k, a) = ln_parts(x);
+            ta = _mm256_fmadd_ps(pf, a, ta);
+            tk = _mm256_fmadd_ps(pf, k, tk);
+        }
     }
     if !all_normal(chk) {
         return None;
