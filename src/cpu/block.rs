@@ -39,7 +39,7 @@ pub(super) enum Isa {
     /// AVX2 and FMA.
     #[cfg(target_arch = "x86_64")]
     Avx2,
-    /// AVX-512F (with AVX2 and FMA).
+    /// AVX-512F and DQ (with AVX2 and FMA).
     #[cfg(target_arch = "x86_64")]
     Avx512,
 }
@@ -91,7 +91,7 @@ impl Isa {
         #[cfg(target_arch = "x86_64")]
         {
             let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
-            if avx2 && is_x86_feature_detected!("avx512f") {
+            if avx2 && is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512dq") {
                 return Isa::Avx512;
             }
             if avx2 {
@@ -465,7 +465,7 @@ fn slow<T: Term, const L: usize, A: Arith, P: Decode, Q: Decode>(
 /// The CPU must have AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn fast_cols<T: Term, P: Decode, Q: Decode>(
+unsafe fn fast_cols<T: Term, const L: usize, P: Decode, Q: Decode>(
     dq: &Dec,
     io: &BlockIo<'_>,
     qm: f32,
@@ -475,6 +475,13 @@ unsafe fn fast_cols<T: Term, P: Decode, Q: Decode>(
 ) -> Option<usize> {
     use super::fast;
     use DecKind as K;
+    if L == L_WIDE {
+        // SAFETY: wide kernels are only picked on machines with AVX-512F/DQ.
+        let k = unsafe { fast512_cols::<T, P, Q>(io, c, c1, st) };
+        if k.is_some() {
+            return k;
+        }
+    }
     // SAFETY (every call below): the caller guarantees AVX2 and FMA.
     unsafe {
         match (T::FAST, P::KIND, Q::KIND) {
@@ -484,6 +491,36 @@ unsafe fn fast_cols<T: Term, P: Decode, Q: Decode>(
             (Fast::Sums, K::None, K::Log) if dq.online => {
                 Some(fast::exp_sums(&io.q[c..c1], qm, dq.pos_ok, st))
             }
+            _ => None,
+        }
+    }
+}
+
+/// The AVX-512 loops of [`super::fast512`] for `(M, P, Q)` over columns
+/// `c..c1` of the block: every whole vector, specials and status included
+/// (the first bad column into `st.key`), or `None` where there is no such loop.
+///
+/// # Safety
+/// The CPU must have AVX-512F, AVX-512DQ, AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn fast512_cols<T: Term, P: Decode, Q: Decode>(
+    io: &BlockIo<'_>,
+    c: usize,
+    c1: usize,
+    st: &mut State,
+) -> Option<usize> {
+    use super::fast512 as f;
+    use DecKind as K;
+    let col = io.col0 + c;
+    // SAFETY (every call below): the caller guarantees AVX-512F/DQ.
+    unsafe {
+        match (T::FAST, P::KIND, Q::KIND) {
+            (Fast::Kl, K::Probs, K::Probs) => Some(f::kl(&io.p[c..c1], &io.q[c..c1], col, st)),
+            (Fast::Cross, K::Probs, K::Probs) => {
+                Some(f::cross(&io.p[c..c1], &io.q[c..c1], col, st))
+            }
+            (Fast::Entropy, K::Probs, K::None) => Some(f::entropy(&io.p[c..c1], col, st)),
             _ => None,
         }
     }
@@ -526,8 +563,17 @@ fn block_impl<T: Term, const L: usize, A: Arith, P: Decode, Q: Decode, const FAS
         && dq.online
         && io.len > 0
     {
-        // SAFETY: FAST kernels are only picked on machines with AVX2 and FMA.
-        if let Some((m, s)) = unsafe { super::fast::lse(&io.q[..io.len], dq.pos_ok, SUB) } {
+        let x = &io.q[..io.len];
+        // SAFETY: FAST kernels are only picked on machines with AVX2 and FMA,
+        // wide ones (L_WIDE) on machines with AVX-512F/DQ.
+        let lse = unsafe {
+            if L == L_WIDE {
+                super::fast512::lse(x, dq.pos_ok, SUB)
+            } else {
+                super::fast::lse(x, dq.pos_ok, SUB)
+            }
+        };
+        if let Some((m, s)) = lse {
             qd.set_max(m);
             st.mb = m as f64;
             st.sb = s;
@@ -583,7 +629,7 @@ fn block_impl<T: Term, const L: usize, A: Arith, P: Decode, Q: Decode, const FAS
             // `slow`, and the loop resumes after it
             let qm = qd.max();
             // SAFETY: FAST kernels are only picked on machines with AVX2 and FMA.
-            while let Some(k) = unsafe { fast_cols::<T, P, Q>(dq, io, qm, c, c1, &mut st) } {
+            while let Some(k) = unsafe { fast_cols::<T, L, P, Q>(dq, io, qm, c, c1, &mut st) } {
                 c += k;
                 if c + L > c1 {
                     break;
@@ -651,7 +697,8 @@ fn block_impl<T: Term, const L: usize, A: Arith, P: Decode, Q: Decode, const FAS
         c0 = c1;
     }
     add_target::<A, Q>(&qd, io, &mut st);
-    st.key = key;
+    // the AVX-512 loops record the bad columns they meet in `st.key`
+    st.key = st.key.min(key);
     st
 }
 
@@ -691,12 +738,12 @@ unsafe fn block_avx2<T: Term, P: Decode, Q: Decode>(dp: &Dec, dq: &Dec, io: &Blo
     block_impl::<T, L_NARROW, super::ln::Fused, P, Q, true>(dp, dq, io)
 }
 
-/// AVX-512F build of a kernel.
+/// AVX-512 build of a kernel.
 ///
 /// # Safety
-/// The CPU must have AVX-512F, AVX2 and FMA.
+/// The CPU must have AVX-512F, AVX-512DQ, AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
+#[target_feature(enable = "avx512f,avx512dq,avx2,fma")]
 unsafe fn block_avx512<T: Term, P: Decode, Q: Decode>(
     dp: &Dec,
     dq: &Dec,

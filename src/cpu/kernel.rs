@@ -224,6 +224,17 @@ pub(super) struct Elem {
     pub far: bool,
 }
 
+/// Whether `b` are the bits of ±0. Written so that LLVM keeps it an integer
+/// test: `(b & ABS_MASK) == 0` (and its rotations and multiples) it turns into
+/// `x == 0.0`, a float compare that reads a subnormal as zero when MXCSR's
+/// DAZ is set, as a caller's flush-to-zero mode or flushing hardware would
+/// (tests/flush.rs runs the CPU path so). The same holds of the sign tests
+/// in [`check_probs`] and [`check_log`].
+#[inline(always)]
+pub(super) fn zero_bits(b: u32) -> bool {
+    (b.wrapping_sub(1) & ABS_MASK) == ABS_MASK
+}
+
 /// The shader's `check_value` without the P/Q base: 0 when good, else
 /// 1 NaN, 2 negative, 3 infinite, 4 positive log-probability (add the base
 /// `code::P_NAN - 1` or `code::Q_NAN - 1`).
@@ -233,7 +244,8 @@ pub(super) fn check_probs(b: u32) -> u32 {
         1
     } else if (b & ABS_MASK) == POS_INF_BITS {
         3
-    } else if (b >> 31) != 0 && (b & ABS_MASK) != 0 {
+    } else if b > 0x8000_0000 {
+        // negative and not -0 (NaN and -inf are taken above); see `zero_bits`
         2
     } else {
         0
@@ -248,7 +260,7 @@ pub(super) fn check_log(b: u32, pos_ok: bool) -> u32 {
         1
     } else if b == POS_INF_BITS {
         3
-    } else if !pos_ok && (b >> 31) == 0 && b != 0 {
+    } else if !pos_ok && (b as i32) > 0 {
         4
     } else {
         0
@@ -275,7 +287,7 @@ pub(super) fn bad_log(b: u32, pos_ok: bool) -> bool {
 pub(super) fn probs_elem<A: Arith>(x: f32) -> Elem {
     // w = ±0 for a zero, and its hi, lo are finite garbage that `accumulate`
     // selects away
-    let zero = (x.to_bits() & ABS_MASK) == 0;
+    let zero = zero_bits(x.to_bits());
     let (hi, lo) = ln_hilo::<A>(x);
     Elem {
         zero,
@@ -313,7 +325,7 @@ pub(super) fn pow2(d: i32) -> f32 {
 #[inline(always)]
 pub(super) fn probs_pow2_elem(x: f32, k_max: f32) -> Elem {
     let b = x.to_bits();
-    let zero = (b & ABS_MASK) == 0;
+    let zero = zero_bits(b);
     let (m, k) = split_pow2(b);
     let w = m * pow2(k - k_max as i32);
     Elem {
@@ -333,7 +345,7 @@ pub(super) fn probs_pow2_elem(x: f32, k_max: f32) -> Elem {
 #[inline(always)]
 pub(super) fn probs_div_elem<A: Arith>(x: f32, k_max: f32, s: f32) -> Elem {
     let b = x.to_bits();
-    let zero = (b & ABS_MASK) == 0;
+    let zero = zero_bits(b);
     let (m, k) = split_pow2(b);
     let dk = k - k_max as i32;
     let y = m * pow2(dk) / s;

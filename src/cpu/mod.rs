@@ -21,6 +21,8 @@
 mod block;
 #[cfg(target_arch = "x86_64")]
 mod fast;
+#[cfg(target_arch = "x86_64")]
+mod fast512;
 mod kernel;
 mod ln;
 mod plan;

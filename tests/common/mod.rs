@@ -402,10 +402,21 @@ pub fn log_sum_exp(x: &[f64]) -> f64 {
     m + x.iter().map(|&v| (v - m).exp()).sum::<f64>().ln()
 }
 
+/// `v as f64`, from the bits for zeros and subnormals: exact even in a
+/// process that reads subnormals as zero (tests/flush.rs sets MXCSR's DAZ).
+pub fn widen(v: f32) -> f64 {
+    let b = v.to_bits();
+    if b & 0x7f80_0000 != 0 {
+        return v as f64;
+    }
+    let m = (b & 0x007f_ffff) as f64 * 2f64.powi(-149);
+    if b >> 31 != 0 { -m } else { m }
+}
+
 /// One row's (p, ln p) in f64 per form and normalisation. ln p = -inf exactly
 /// where the input is a zero probability, a -inf log-probability or a -inf logit.
 pub fn ref_dist(x: &[f32], form: Form, norm: Normalization) -> (Vec<f64>, Vec<f64>) {
-    let x: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+    let x: Vec<f64> = x.iter().map(|&v| widen(v)).collect();
     match form {
         Form::Probs => {
             let p: Vec<f64> = if norm == Normalization::Renormalize {
