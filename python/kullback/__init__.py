@@ -80,8 +80,15 @@ what is available here.
 
 import inspect as _inspect
 import threading as _threading
+from typing import Dict, List, Optional, Union
+
+import numpy as _np
+from numpy.typing import ArrayLike, NDArray
 
 from . import _kullback as _native
+
+#: What a call returns: a float (1-D inputs, or a reduction), or float32 per row.
+Result = Union[float, NDArray[_np.float32]]
 
 __version__ = _native.__version__
 
@@ -124,21 +131,22 @@ class Context:
 
     __slots__ = ("_native",)
 
-    def __init__(self, backend="auto", *, max_binding_bytes=None, pool_bytes=None):
+    def __init__(self, backend: str = "auto", *, max_binding_bytes: Optional[int] = None,
+                 pool_bytes: Optional[int] = None) -> None:
         self._native = _native.Context(backend, max_binding_bytes, pool_bytes)
 
     @property
-    def backend(self):
+    def backend(self) -> str:
         """'gpu' or 'cpu': where this context runs (under 'auto' with a
         hardware GPU, each call is still placed by the cost model)."""
         return self._native.backend
 
     @property
-    def adapter(self):
+    def adapter(self) -> Optional[str]:
         """The GPU adapter's name, or None."""
         return self._native.adapter
 
-    def trim(self):
+    def trim(self) -> None:
         """Frees the buffers the context keeps between calls."""
         self._native.trim()
 
@@ -173,7 +181,7 @@ def _context(backend, context):
     return context._native
 
 
-def backends():
+def backends() -> Dict[str, Union[str, List[str], None]]:
     """What can run here.
 
     Returns a dict: ``available`` (the backend names that work here: 'cpu'
@@ -245,36 +253,45 @@ def _doc(summary, params, notes):
         summary, body, _RETURNS, notes)
 
 
-def entropy(p, *, reduction="none", base=None, normalize="validate",
-            tolerance=DEFAULT_TOLERANCE, p_form="probs", backend="auto", context=None):
+def entropy(p: ArrayLike, *, reduction: str = "none", base: Optional[float] = None,
+            normalize: Union[str, bool] = "validate", tolerance: float = DEFAULT_TOLERANCE,
+            p_form: str = "probs", backend: str = "auto",
+            context: Optional["Context"] = None) -> Result:
     return _context(backend, context).evaluate(
         "entropy", p, None, reduction, base, normalize, tolerance, p_form, "probs").result()
 
 
-def cross_entropy(p, q, *, reduction="none", base=None, normalize="validate",
-                  tolerance=DEFAULT_TOLERANCE, p_form="probs", q_form="probs",
-                  backend="auto", context=None):
+def cross_entropy(p: ArrayLike, q: ArrayLike, *, reduction: str = "none",
+                  base: Optional[float] = None, normalize: Union[str, bool] = "validate",
+                  tolerance: float = DEFAULT_TOLERANCE, p_form: str = "probs",
+                  q_form: str = "probs", backend: str = "auto",
+                  context: Optional["Context"] = None) -> Result:
     return _context(backend, context).evaluate(
         "cross_entropy", p, q, reduction, base, normalize, tolerance, p_form, q_form).result()
 
 
-def kl(p, q, *, reduction="none", base=None, normalize="validate",
-       tolerance=DEFAULT_TOLERANCE, p_form="probs", q_form="probs",
-       backend="auto", context=None):
+def kl(p: ArrayLike, q: ArrayLike, *, reduction: str = "none", base: Optional[float] = None,
+       normalize: Union[str, bool] = "validate", tolerance: float = DEFAULT_TOLERANCE,
+       p_form: str = "probs", q_form: str = "probs", backend: str = "auto",
+       context: Optional["Context"] = None) -> Result:
     return _context(backend, context).evaluate(
         "kl", p, q, reduction, base, normalize, tolerance, p_form, q_form).result()
 
 
-def js(p, q, *, reduction="none", base=None, normalize="validate",
-       tolerance=DEFAULT_TOLERANCE, p_form="probs", q_form="probs",
-       backend="auto", context=None):
+def js(p: ArrayLike, q: ArrayLike, *, reduction: str = "none", base: Optional[float] = None,
+       normalize: Union[str, bool] = "validate", tolerance: float = DEFAULT_TOLERANCE,
+       p_form: str = "probs", q_form: str = "probs", backend: str = "auto",
+       context: Optional["Context"] = None) -> Result:
     return _context(backend, context).evaluate(
         "js", p, q, reduction, base, normalize, tolerance, p_form, q_form).result()
 
 
-def nll(q, targets, *, reduction="none", base=None, normalize="validate",
-        tolerance=DEFAULT_TOLERANCE, q_form="probs", ignore_index=None, weight=None,
-        label_smoothing=0.0, backend="auto", context=None):
+def nll(q: ArrayLike, targets: ArrayLike, *, reduction: str = "none",
+        base: Optional[float] = None, normalize: Union[str, bool] = "validate",
+        tolerance: float = DEFAULT_TOLERANCE, q_form: str = "probs",
+        ignore_index: Optional[int] = None, weight: Optional[ArrayLike] = None,
+        label_smoothing: float = 0.0, backend: str = "auto",
+        context: Optional["Context"] = None) -> Result:
     return _context(backend, context).nll(
         q, targets, reduction, base, normalize, tolerance, q_form, ignore_index, weight,
         label_smoothing).result()

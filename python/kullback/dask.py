@@ -50,7 +50,7 @@ def _array(x, name, ndims):
     if x.ndim not in ndims:
         raise ValueError("%s must be %s, got shape %s" % (
             name, " or ".join("%d-D" % n for n in ndims), x.shape))
-    if any(np.isnan(s) for s in x.shape) or any(np.isnan(c) for c in x.chunks[0] if x.ndim):
+    if any(np.isnan(s) for s in x.shape):
         raise ValueError("%s has unknown chunk sizes: call compute_chunk_sizes() first" % name)
     return x
 
@@ -58,7 +58,11 @@ def _array(x, name, ndims):
 def _floats(x, name):
     """``x`` as a 2-D Dask array (a 1-D one is one row), and whether it was 1-D."""
     x = _array(x, name, (1, 2))
-    return (x.reshape(1, -1), True) if x.ndim == 1 else (x, False)
+    x, one = (x.reshape(1, -1), True) if x.ndim == 1 else (x, False)
+    if 0 in x.shape:
+        raise ValueError("%s is empty: %d rows x %d columns (both must be at least 1)"
+                         % ((name,) + x.shape))
+    return x, one
 
 
 def _layout(args, targets=None):
