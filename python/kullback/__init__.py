@@ -80,7 +80,7 @@ what is available here.
 
 import inspect as _inspect
 import threading as _threading
-from typing import Dict, List, Optional, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Union
 
 import numpy as _np
 from numpy.typing import ArrayLike, NDArray
@@ -152,6 +152,13 @@ class Context:
 
     def __repr__(self):
         return repr(self._native)
+
+    if TYPE_CHECKING:  # the module's calls, bound to this context (set below)
+        def entropy(self, p: ArrayLike, **options: Any) -> "Result": ...
+        def cross_entropy(self, p: ArrayLike, q: ArrayLike, **options: Any) -> "Result": ...
+        def kl(self, p: ArrayLike, q: ArrayLike, **options: Any) -> "Result": ...
+        def js(self, p: ArrayLike, q: ArrayLike, **options: Any) -> "Result": ...
+        def nll(self, q: ArrayLike, targets: ArrayLike, **options: Any) -> "Result": ...
 
 
 _defaults = {}

@@ -36,9 +36,11 @@ def test_c_contiguous_floats_are_read_where_they_lie(dtype):
 
 
 def test_an_f32_call_allocates_no_input_sized_buffer():
-    """tracemalloc sees NumPy's allocations (and Python's): a call on a 64 MiB
-    float32 pair allocates a few KiB (the result), a Fortran-ordered input its
-    copy (the positive control: the measurement sees a copy when there is one)."""
+    """tracemalloc sees NumPy's allocations (and Python's): a call on two 32 MiB
+    float32 arrays allocates far less than one of them (the 8 KiB result, and
+    whatever the interpreter allocates on the way), a Fortran-ordered input
+    its copy (the positive control: the measurement sees a copy when there is
+    one)."""
     p, q = rows(2048, 4096), rows(2048, 4096)
     kullback.kl(p, q, backend="cpu")  # warm: contexts, pools, threads
     tracemalloc.start()
@@ -46,7 +48,7 @@ def test_an_f32_call_allocates_no_input_sized_buffer():
         tracemalloc.reset_peak()
         kullback.kl(p, q, backend="cpu")
         _, peak = tracemalloc.get_traced_memory()
-        assert peak < 256 * 1024, peak
+        assert peak < 1 << 20, peak
         pf = np.asfortranarray(p)
         tracemalloc.reset_peak()
         base = tracemalloc.get_traced_memory()[0]
