@@ -78,6 +78,9 @@ variable ``KULLBACK_BACKEND=auto|gpu|cpu`` replaces 'auto'. ``backends()`` says
 what is available here.
 """
 
+# annotations stay names (help() shows "ArrayLike", not its expansion)
+from __future__ import annotations
+
 import inspect as _inspect
 import threading as _threading
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Union
@@ -243,7 +246,7 @@ _PARAMS = {
     "q_form": """q_form : {'probs', 'log_probs', 'logits'}, default 'probs'
         How q is given (see p_form).""",
     "backend": """backend : {'auto', 'gpu', 'cpu'}, default 'auto'
-        Where to run (see ``kullback.backends()``); ignored with ``context``.""",
+        Where to run (see ``kullback.backends()``); not with ``context``.""",
     "context": """context : kullback.Context, optional
         A context to run on, instead of the module's one for ``backend``.""",
 }
