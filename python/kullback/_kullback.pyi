@@ -49,7 +49,7 @@ class Context:
     def trim(self) -> None: ...
     def evaluate(
         self,
-        measure_: str,
+        measure: str,
         p: ArrayLike,
         q: Optional[ArrayLike],
         reduction: str,
@@ -58,11 +58,11 @@ class Context:
         tolerance: float,
         p_form: str,
         q_form: str,
-        row_offset_: int = 0,
+        row_offset: int = 0,
         offset_args: str = "",
     ) -> Output:
         """entropy, cross_entropy, kl or js; rows of the arguments named in
-        ``offset_args`` ('p', 'q') are reported ``row_offset_`` further down."""
+        ``offset_args`` ('p', 'q') are reported ``row_offset`` further down."""
     def nll(
         self,
         q: ArrayLike,
@@ -75,7 +75,7 @@ class Context:
         ignore_index: Optional[int],
         weight: Optional[ArrayLike],
         label_smoothing: float,
-        row_offset_: int = 0,
+        row_offset: int = 0,
         offset_args: str = "",
     ) -> Output:
         """The negative log-likelihood; ``offset_args`` may name 'q' and 't' (targets)."""

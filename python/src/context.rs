@@ -14,7 +14,7 @@ use crate::inputs::{Floats, TargetArray, weights};
 use crate::options;
 
 /// The measure named `name` ('entropy', 'cross_entropy', 'kl', 'js').
-fn measure(name: &str) -> PyResult<Measure> {
+fn parse_measure(name: &str) -> PyResult<Measure> {
     Ok(match name {
         "entropy" => Measure::Entropy,
         "cross_entropy" => Measure::CrossEntropy,
@@ -28,10 +28,10 @@ fn measure(name: &str) -> PyResult<Measure> {
     })
 }
 
-/// `offset_args` names the arguments ('p', 'q', 't') whose rows `row_offset` shifts.
-fn row_offset(row_offset: usize, offset_args: &str) -> RowOffset {
+/// `offset_args` names the arguments ('p', 'q', 't') whose rows `offset` shifts.
+fn rows_shifted(offset: usize, offset_args: &str) -> RowOffset {
     RowOffset {
-        offset: row_offset,
+        offset,
         p: offset_args.contains('p'),
         q: offset_args.contains('q'),
         targets: offset_args.contains('t'),
@@ -109,7 +109,7 @@ impl PyContext {
     }
 
     /// entropy, cross_entropy, kl or js of p (and q).
-    #[pyo3(signature = (measure_, p, q, reduction, base, normalize, tolerance, p_form, q_form, row_offset_ = 0, offset_args = ""))]
+    #[pyo3(signature = (measure, p, q, reduction, base, normalize, tolerance, p_form, q_form, row_offset = 0, offset_args = ""))]
     #[allow(
         clippy::too_many_arguments,
         reason = "the keyword arguments of the Python call"
@@ -117,7 +117,7 @@ impl PyContext {
     fn evaluate(
         &self,
         py: Python<'_>,
-        measure_: &str,
+        measure: &str,
         p: &Bound<'_, PyAny>,
         q: Option<&Bound<'_, PyAny>>,
         reduction: &Bound<'_, PyAny>,
@@ -126,19 +126,19 @@ impl PyContext {
         tolerance: f64,
         p_form: &Bound<'_, PyAny>,
         q_form: &Bound<'_, PyAny>,
-        row_offset_: usize,
+        row_offset: usize,
         offset_args: &str,
     ) -> PyResult<PyOutput> {
-        let m = measure(measure_)?;
+        let m = parse_measure(measure)?;
         let opts = options::common(reduction, base, normalize, tolerance)?;
         let p_form = options::form("p_form", p_form)?;
         let q_form = options::form("q_form", q_form)?;
         let p = Floats::new(p, "p")?;
         let q = match (m.needs_q(), q) {
             (true, Some(q)) => Some(Floats::new(q, "q")?),
-            (true, None) => return Err(PyValueError::new_err(format!("{measure_} needs q"))),
+            (true, None) => return Err(PyValueError::new_err(format!("{measure} needs q"))),
             (false, Some(_)) => {
-                return Err(PyValueError::new_err(format!("{measure_} takes no q")));
+                return Err(PyValueError::new_err(format!("{measure} takes no q")));
             }
             (false, None) => None,
         };
@@ -147,14 +147,14 @@ impl PyContext {
         let pb = p.batch(p_form)?;
         let qb = q.as_ref().map(|q| q.batch(q_form)).transpose()?;
         let ctx = &self.ctx;
-        let out = run(py, row_offset(row_offset_, offset_args), || {
+        let out = run(py, rows_shifted(row_offset, offset_args), || {
             ctx.evaluate(m, &pb, qb.as_ref(), &opts)
         })?;
         Ok(PyOutput::new(py, out, scalar))
     }
 
     /// The negative log-likelihood of class targets under q.
-    #[pyo3(signature = (q, targets, reduction, base, normalize, tolerance, q_form, ignore_index, weight, label_smoothing, row_offset_ = 0, offset_args = ""))]
+    #[pyo3(signature = (q, targets, reduction, base, normalize, tolerance, q_form, ignore_index, weight, label_smoothing, row_offset = 0, offset_args = ""))]
     #[allow(
         clippy::too_many_arguments,
         reason = "the keyword arguments of the Python call"
@@ -172,7 +172,7 @@ impl PyContext {
         ignore_index: Option<i64>,
         weight: Option<&Bound<'_, PyAny>>,
         label_smoothing: f64,
-        row_offset_: usize,
+        row_offset: usize,
         offset_args: &str,
     ) -> PyResult<PyOutput> {
         let common = options::common(reduction, base, normalize, tolerance)?;
@@ -193,7 +193,7 @@ impl PyContext {
         let qb = q.batch(q_form)?;
         let tb = t.targets()?;
         let ctx = &self.ctx;
-        let out = run(py, row_offset(row_offset_, offset_args), || {
+        let out = run(py, rows_shifted(row_offset, offset_args), || {
             ctx.nll(&qb, tb, &opts)
         })?;
         Ok(PyOutput::new(py, out, scalar))
