@@ -49,30 +49,45 @@ impl Isa {
     /// or at most the one `KULLBACK_CPU_ISA` names (`baseline`, `avx2`,
     /// `avx512`), read once per process. Results are bit-identical on every
     /// machine running the same instruction set, so naming one pins them.
+    /// AVX-512 is used only once its kernels have agreed with the AVX2 ones
+    /// on this machine (`selfcheck`; else a warning and AVX2).
     pub(super) fn chosen() -> Isa {
         static CHOSEN: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
         *CHOSEN.get_or_init(|| {
-            let best = Isa::detect();
-            let Ok(v) = std::env::var("KULLBACK_CPU_ISA") else {
-                return best;
-            };
-            let asked = match v.trim().to_ascii_lowercase().as_str() {
-                "baseline" | "base" => Isa::Base,
-                #[cfg(target_arch = "x86_64")]
-                "avx2" => Isa::Avx2,
-                #[cfg(target_arch = "x86_64")]
-                "avx512" => Isa::Avx512,
-                _ => {
-                    log::warn!("kullback: KULLBACK_CPU_ISA={v} is not baseline, avx2 or avx512; using {best:?}");
-                    return best;
-                }
-            };
-            if asked.rank() > best.rank() {
-                log::warn!("kullback: KULLBACK_CPU_ISA={v}, but this CPU has only {best:?}");
+            let pick = Isa::pick();
+            #[cfg(target_arch = "x86_64")]
+            if pick == Isa::Avx512 && !super::selfcheck::agrees(Isa::Avx512, Isa::Avx2) {
+                log::warn!("kullback: the AVX-512 kernels disagree with the AVX2 ones on this machine; using AVX2");
+                return Isa::Avx2;
+            }
+            pick
+        })
+    }
+
+    /// [`Isa::chosen`] before the check.
+    fn pick() -> Isa {
+        let best = Isa::detect();
+        let Ok(v) = std::env::var("KULLBACK_CPU_ISA") else {
+            return best;
+        };
+        let asked = match v.trim().to_ascii_lowercase().as_str() {
+            "baseline" | "base" => Isa::Base,
+            #[cfg(target_arch = "x86_64")]
+            "avx2" => Isa::Avx2,
+            #[cfg(target_arch = "x86_64")]
+            "avx512" => Isa::Avx512,
+            _ => {
+                log::warn!(
+                    "kullback: KULLBACK_CPU_ISA={v} is not baseline, avx2 or avx512; using {best:?}"
+                );
                 return best;
             }
-            asked
-        })
+        };
+        if asked.rank() > best.rank() {
+            log::warn!("kullback: KULLBACK_CPU_ISA={v}, but this CPU has only {best:?}");
+            return best;
+        }
+        asked
     }
 
     /// Order of the instruction sets (each includes the ones below).

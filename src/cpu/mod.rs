@@ -26,6 +26,7 @@ mod fast512;
 mod kernel;
 mod ln;
 mod plan;
+mod selfcheck;
 mod terms;
 #[cfg(test)]
 mod tests;
