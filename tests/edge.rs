@@ -496,71 +496,73 @@ fn row_sums() {
     // A tighter tolerance catches a smaller drift; the default lets it pass.
     let mut d = vec![0.25f32; cols];
     d[0] += 1e-4;
+    // Renormalize: a row summing to 0 cannot be divided.
+    let renorm = Options::default().normalization(Normalization::Renormalize);
+    let mut z = vec![3.0f32; 3 * cols];
+    for v in &mut z[cols..2 * cols] {
+        *v = 0.0;
+    }
+    let ones = vec![1.0f32; 3 * cols];
     let o = Options::default();
     let row_2_of_p_sums_to_0_9 = |e: &Error| {
         matches!(e, Error::NotNormalized { arg: Arg::P, row: 2, sum, tolerance }
             if (sum - 0.9).abs() < 1e-5 && *tolerance == kullback::DEFAULT_TOLERANCE)
     };
-    let (p3, good3) = (probs(&p, 3), probs(&good, 3));
+    let row_1_of_p_is_zero = |e: &Error| {
+        matches!(
+            e,
+            Error::CannotNormalize {
+                arg: Arg::P,
+                row: 1,
+                ..
+            }
+        )
+    };
+    let (p3, good3, z3) = (probs(&p, 3), probs(&good, 3), probs(&z, 3));
+    let (sum, mean) = (Reduction::Sum, Reduction::Mean);
     #[rustfmt::skip]
     let cases: &[ErrCase<'_>] = &[
         ("unnormalised p row 2, Entropy", &call(Measure::Entropy, p3, Some(good3), cols, o), &row_2_of_p_sums_to_0_9),
         ("unnormalised p row 2, Kl", &call(Measure::Kl, p3, Some(good3), cols, o), &row_2_of_p_sums_to_0_9),
-        ("unnormalised q row 2, sum", &call(Measure::Kl, good3, Some(p3), cols, o.reduction(Reduction::Sum)),
+        ("unnormalised q row 2, sum", &call(Measure::Kl, good3, Some(p3), cols, o.reduction(sum)),
             &|e| matches!(e, Error::NotNormalized { arg: Arg::Q, row: 2, .. })),
         ("unnormalised log-probs row 2", &call(Measure::Entropy, Input::new(&lp, 3, Form::LogProbs), None, cols, o),
             &|e| matches!(e, Error::NotNormalized { arg: Arg::P, row: 2, .. })),
         ("drift 1e-4 under tolerance 1e-5", &call(Measure::Entropy, probs(&d, 1), None, cols, o.tolerance(1e-5)),
             &|e| matches!(e, Error::NotNormalized { row: 0, .. })),
+        ("zero-sum p row 1, None", &call(Measure::Entropy, z3, None, cols, renorm), &row_1_of_p_is_zero),
+        ("zero-sum p row 1, Sum", &call(Measure::Entropy, z3, None, cols, renorm.reduction(sum)), &row_1_of_p_is_zero),
+        ("zero-sum p row 1, Mean", &call(Measure::Entropy, z3, None, cols, renorm.reduction(mean)), &row_1_of_p_is_zero),
+        ("zero-sum q row 1, JS", &call(Measure::Js, probs(&ones, 3), Some(z3), cols, renorm),
+            &|e| matches!(e, Error::CannotNormalize { arg: Arg::Q, row: 1, .. })),
     ];
     errors(&mut f, cases);
+    // The drift passes the default tolerance; Renormalize accepts
+    // log-probabilities above 0.
+    let up = [1.0f32, 2.0, 0.5, -1.0];
+    let oracle = |x: Input<'_>, norm| ref_measure(Measure::Entropy, x, None, cols, norm, Base::E);
+    let drift = oracle(probs(&d, 1), Normalization::Validate);
+    let up_h = oracle(
+        Input::new(&up, 1, Form::LogProbs),
+        Normalization::Renormalize,
+    );
+    #[rustfmt::skip]
+    let cases: &[ValueCase<'_>] = &[
+        ("drift 1e-4 under the default tolerance", Measure::Entropy, (&d, Form::Probs), None, cols, o, &drift),
+        ("renormalised positive log-probs", Measure::Entropy, (&up, Form::LogProbs), None, cols, renorm, &up_h),
+    ];
+    values(&mut f, cases);
+    // AsGiven: the terms of the unnormalised row, summed with no check.
+    let as_given = Normalization::AsGiven;
+    let want = oracle(p3, as_given);
     for bk in all() {
         match eval(
             &bk.ctx,
             Measure::Entropy,
-            Input::new(&d, 1, Form::Probs),
+            p3,
             None,
             cols,
-            &Options::default(),
-        ) {
-            Ok(out) => {
-                let want = ref_measure(
-                    Measure::Entropy,
-                    Input::new(&d, 1, Form::Probs),
-                    None,
-                    cols,
-                    Normalization::Validate,
-                    Base::E,
-                );
-                if !close(out.values[0] as f64, want[0]) {
-                    f.push(format!(
-                        "drift 1e-4 [{}]: got {}, expected {}",
-                        bk.name, out.values[0], want[0]
-                    ));
-                }
-            }
-            Err(e) => f.push(format!(
-                "drift 1e-4 under the default tolerance [{}]: {e}",
-                bk.name
-            )),
-        }
-        // AsGiven: the terms of the unnormalised row, summed with no check.
-        let as_given = Options::default().normalization(Normalization::AsGiven);
-        let want = ref_measure(
-            Measure::Entropy,
-            Input::new(&p, 3, Form::Probs),
-            None,
-            cols,
-            Normalization::AsGiven,
-            Base::E,
-        );
-        match eval(
-            &bk.ctx,
-            Measure::Entropy,
-            Input::new(&p, 3, Form::Probs),
-            None,
-            cols,
-            &as_given,
+            &o.normalization(as_given),
         ) {
             Ok(out) => {
                 if let Err(e) = check_output(&out, &want, 3.0, Reduction::None, ABS_TOL, REL_TOL) {
@@ -569,57 +571,6 @@ fn row_sums() {
             }
             Err(e) => f.push(format!("AsGiven [{}]: {e}", bk.name)),
         }
-        // Renormalize: a row summing to 0, or to a subnormal, cannot be divided.
-        let renorm = Options::default().normalization(Normalization::Renormalize);
-        let mut z = vec![3.0f32; 3 * cols];
-        for v in &mut z[cols..2 * cols] {
-            *v = 0.0;
-        }
-        for reduction in REDUCTIONS {
-            let r = eval(
-                &bk.ctx,
-                Measure::Entropy,
-                Input::new(&z, 3, Form::Probs),
-                None,
-                cols,
-                &renorm.reduction(reduction),
-            );
-            check_err(
-                &mut f,
-                &format!("zero-sum p row 1, {reduction:?}"),
-                &bk,
-                r,
-                &|e| {
-                    matches!(
-                        e,
-                        Error::CannotNormalize {
-                            arg: Arg::P,
-                            row: 1,
-                            ..
-                        }
-                    )
-                },
-            );
-        }
-        let ones = vec![1.0f32; 3 * cols];
-        let r = eval(
-            &bk.ctx,
-            Measure::Js,
-            Input::new(&ones, 3, Form::Probs),
-            Some(Input::new(&z, 3, Form::Probs)),
-            cols,
-            &renorm,
-        );
-        check_err(&mut f, "zero-sum q row 1, JS", &bk, r, &|e| {
-            matches!(
-                e,
-                Error::CannotNormalize {
-                    arg: Arg::Q,
-                    row: 1,
-                    ..
-                }
-            )
-        });
         // a subnormal sum is normalised like any other (it was refused before
         // the hardening issue, item 10): only an all-zero row cannot be
         let sub = [1e-40f32, 1e-40, 0.0, 2e-40];
@@ -635,30 +586,6 @@ fn row_sums() {
             Base::E,
             &REDUCTIONS,
         );
-        // Renormalize accepts log-probabilities above 0.
-        let up = [1.0f32, 2.0, 0.5, -1.0];
-        let want = ref_measure(
-            Measure::Entropy,
-            Input::new(&up, 1, Form::LogProbs),
-            None,
-            cols,
-            Normalization::Renormalize,
-            Base::E,
-        );
-        match eval(
-            &bk.ctx,
-            Measure::Entropy,
-            Input::new(&up, 1, Form::LogProbs),
-            None,
-            cols,
-            &renorm,
-        ) {
-            Ok(out) if close(out.values[0] as f64, want[0]) => {}
-            other => f.push(format!(
-                "renormalised positive log-probs [{}]: {other:?}, expected {want:?}",
-                bk.name
-            )),
-        }
     }
     report("row sums", &f);
 }

@@ -395,7 +395,7 @@ fn zero_rules() {
         // log q = -inf and a masked logit are q = 0 too
         Case::new("KL log q = -inf", Kl, row(&p), Input::row(&lq, LogProbs), Validate).value(Exactly(inf)),
         Case::new("KL masked q logit", Kl, row(&p), Input::row(&lq, Logits), Validate).value(Exactly(inf)),
-        // disjoint supports: JS = ln 2 (bounded below, as checked after)
+        // disjoint supports: JS = ln 2 (never above it: checked below)
         Case::new("JS disjoint", Js, row(&a), row(&b), Validate).value(Close(std::f64::consts::LN_2)),
         // entropy of a one-hot is 0, of p = 0 entries nothing
         Case::new("H one-hot", Entropy, row(&one_hot), row(&one), Validate).value(Exactly(0.0)),
