@@ -245,6 +245,7 @@ mod error;
 mod gpu;
 mod job;
 mod measure;
+mod probe;
 mod record;
 mod resident;
 // The tests' one generator and f64 oracle (tests/common) serve the unit tests
