@@ -81,6 +81,8 @@ struct Args {
     json: bool,
     data: Option<std::path::PathBuf>,
     values_out: Option<std::path::PathBuf>,
+    /// f32, or f16 / bf16 (the inputs rounded, read as half: half the bytes).
+    dtype: String,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -94,6 +96,7 @@ fn parse_args() -> Result<Args, String> {
         json: false,
         data: None,
         values_out: None,
+        dtype: "f32".into(),
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -131,6 +134,14 @@ fn parse_args() -> Result<Args, String> {
                 i += 1;
             }
             "--json" => a.json = true,
+            "--dtype" => {
+                let v = value(i)?;
+                if !["f32", "f16", "bf16"].contains(&v.as_str()) {
+                    return Err(format!("--dtype {v}: expected f32, f16 or bf16"));
+                }
+                a.dtype = v;
+                i += 1;
+            }
             "--probe" => {
                 // the read-bandwidth probe alone: 1 and 2 streams
                 for streams in [1, 2] {
@@ -314,6 +325,44 @@ fn probe_json(g: &gpu_probe::GpuProbe) -> String {
     )
 }
 
+/// The inputs rounded to a half format (`--dtype f16|bf16`), or nothing (f32).
+enum Halves {
+    F32,
+    F16(Vec<kullback::half::f16>, Vec<kullback::half::f16>),
+    BF16(Vec<kullback::half::bf16>, Vec<kullback::half::bf16>),
+}
+
+impl Halves {
+    fn of(d: &Data, dtype: &str) -> Halves {
+        use kullback::half::{bf16, f16};
+        match dtype {
+            "f16" => Halves::F16(
+                d.p.iter().map(|&x| f16::from_f32(x)).collect(),
+                d.q.iter().map(|&x| f16::from_f32(x)).collect(),
+            ),
+            "bf16" => Halves::BF16(
+                d.p.iter().map(|&x| bf16::from_f32(x)).collect(),
+                d.q.iter().map(|&x| bf16::from_f32(x)).collect(),
+            ),
+            _ => Halves::F32,
+        }
+    }
+    fn p<'a>(&'a self, d: &'a Data) -> kullback::Values<'a> {
+        match self {
+            Halves::F32 => (&d.p).into(),
+            Halves::F16(p, _) => p.into(),
+            Halves::BF16(p, _) => p.into(),
+        }
+    }
+    fn q<'a>(&'a self, d: &'a Data) -> kullback::Values<'a> {
+        match self {
+            Halves::F32 => (&d.q).into(),
+            Halves::F16(_, q) => q.into(),
+            Halves::BF16(_, q) => q.into(),
+        }
+    }
+}
+
 fn json_str(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
@@ -339,19 +388,21 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
         None => make_data(w, rows, cols),
     };
     let elems = rows * cols;
-    let bytes = (elems * 4 * w.streams() + data.targets.len() * 8) as f64;
+    let halves = Halves::of(&data, &a.dtype);
+    let width = if a.dtype == "f32" { 4 } else { 2 };
+    let bytes = (elems * width * w.streams() + data.targets.len() * 8) as f64;
     let ctx = Context::with_backend(a.backend)?;
     let opts = Options::default();
     let nll_opts = NllOptions::default();
     let eval = || -> kullback::Result<kullback::Output> {
         match w.measure() {
             Some(m) => {
-                let p = Batch::new(&data.p, rows, cols);
-                let q = Batch::new(&data.q, rows, cols);
+                let p = Batch::new(halves.p(&data), rows, cols);
+                let q = Batch::new(halves.q(&data), rows, cols);
                 ctx.evaluate(m, &p, if w.streams() == 2 { Some(&q) } else { None }, &opts)
             }
             None => ctx.nll(
-                &Batch::new(&data.p, rows, cols).form(Form::Logits),
+                &Batch::new(halves.p(&data), rows, cols).form(Form::Logits),
                 &data.targets,
                 &nll_opts,
             ),
@@ -379,6 +430,7 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let adapter = out.adapter.clone();
     let mut fields = vec![
         ("measure", json_str(w.name())),
+        ("dtype", json_str(&a.dtype)),
         ("rows", rows.to_string()),
         ("cols", cols.to_string()),
         ("backend", json_str(backend)),

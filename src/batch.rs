@@ -6,8 +6,10 @@ use std::ops::Range;
 use crate::error::{Arg, BadValue, Error, Result};
 use crate::measure::Form;
 
-/// The values of a batch: f32, or f64 converted to f32 with checks.
+/// The values of a batch: f32, f64 converted to f32 with checks, or half
+/// precision (IEEE f16 or bfloat16) widened to f32 exactly.
 #[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
 pub enum Values<'a> {
     /// f32 values, used as they are.
     F32(&'a [f32]),
@@ -17,7 +19,41 @@ pub enum Values<'a> {
     /// they are read (a CPU block, a GPU upload chunk): never copied whole,
     /// with the results of converting every value first.
     F64(&'a [f64]),
+    /// IEEE 754 half precision, widened to f32 where read (exactly: every
+    /// f16, subnormals included, is a normal f32). Zeros, subnormals and
+    /// infinities follow the f16 bits. Under `Normalization::Validate` the
+    /// row-sum check allows f16's unit roundoff u = 2⁻¹¹ on top of the
+    /// tolerance: rounding a valid f32 row to f16 moves its sum by up to u
+    /// (for log-probabilities, u·(1 + ln cols): Σ p·|ln p|·u is at most the
+    /// entropy times u).
+    F16(&'a [half::f16]),
+    /// bfloat16 (the top half of an f32), widened to f32 exactly where read;
+    /// the row-sum check allows bf16's unit roundoff u = 2⁻⁸ on top of the
+    /// tolerance (u·(1 + ln cols) for log-probabilities), as for f16.
+    BF16(&'a [half::bf16]),
 }
+
+macro_rules! values_from {
+    ($t:ty, $v:ident) => {
+        impl<'a> From<&'a [$t]> for Values<'a> {
+            fn from(v: &'a [$t]) -> Self {
+                Values::$v(v)
+            }
+        }
+        impl<'a> From<&'a Vec<$t>> for Values<'a> {
+            fn from(v: &'a Vec<$t>) -> Self {
+                Values::$v(v)
+            }
+        }
+        impl<'a, const N: usize> From<&'a [$t; N]> for Values<'a> {
+            fn from(v: &'a [$t; N]) -> Self {
+                Values::$v(v)
+            }
+        }
+    };
+}
+values_from!(half::f16, F16);
+values_from!(half::bf16, BF16);
 
 impl<'a> From<&'a [f32]> for Values<'a> {
     fn from(v: &'a [f32]) -> Self {
@@ -56,6 +92,8 @@ impl Values<'_> {
         match self {
             Values::F32(v) => v.len(),
             Values::F64(v) => v.len(),
+            Values::F16(v) => v.len(),
+            Values::BF16(v) => v.len(),
         }
     }
     /// Whether there are no values.
@@ -149,6 +187,9 @@ impl<'a> Batch<'a> {
                 check_f64(v, self.cols, self.form, arg)?;
                 Ok(Data::F64(v))
             }
+            // widening is exact: nothing to check
+            Values::F16(v) => Ok(Data::F16(v)),
+            Values::BF16(v) => Ok(Data::BF16(v)),
         }
     }
 }
@@ -337,6 +378,8 @@ impl Targets<'_> {
 pub(crate) enum Data<'a> {
     F32(&'a [f32]),
     F64(&'a [f64]),
+    F16(&'a [half::f16]),
+    BF16(&'a [half::bf16]),
 }
 
 impl<'a> Data<'a> {
@@ -345,12 +388,39 @@ impl<'a> Data<'a> {
         match self {
             Data::F32(v) => v.len(),
             Data::F64(v) => v.len(),
+            Data::F16(v) => v.len(),
+            Data::BF16(v) => v.len(),
         }
     }
 
-    /// Whether the values are f64 (read through a conversion buffer).
-    pub(crate) fn is_f64(&self) -> bool {
-        matches!(self, Data::F64(_))
+    /// Whether the values are not f32 (read through a conversion buffer).
+    pub(crate) fn is_converted(&self) -> bool {
+        !matches!(self, Data::F32(_))
+    }
+
+    /// The unit roundoff of the stored format where it is coarser than f32
+    /// (what rounding a valid row to it may move its sum by), else 0.
+    pub(crate) fn roundoff(&self) -> f32 {
+        match self {
+            Data::F16(_) => HALF_ROUNDOFF,
+            Data::BF16(_) => BF16_ROUNDOFF,
+            _ => 0.0,
+        }
+    }
+
+    /// Values `range` as f32 into `dst` (equal lengths): f32 copied, f64
+    /// narrowed as `x as f32`, half widened exactly.
+    pub(crate) fn convert_range(&self, range: Range<usize>, dst: &mut [f32]) {
+        match *self {
+            Data::F32(v) => dst.copy_from_slice(&v[range]),
+            Data::F64(v) => convert(&v[range], dst),
+            Data::F16(v) => widen_f16(&v[range], dst),
+            Data::BF16(v) => {
+                for (d, s) in dst.iter_mut().zip(&v[range]) {
+                    *d = widen_bf16(*s);
+                }
+            }
+        }
     }
 
     /// Values `range` as f32: borrowed when they are f32, else converted into
@@ -362,21 +432,64 @@ impl<'a> Data<'a> {
         range: Range<usize>,
         buf: &'s mut [MaybeUninit<f32>],
     ) -> &'s [f32] {
+        if let Data::F32(v) = *self {
+            return &v[range];
+        }
+        let n = range.len();
+        let out = &mut buf[..n];
         match *self {
-            Data::F32(v) => &v[range],
+            Data::F32(_) => {}
             Data::F64(v) => {
-                let src = &v[range];
-                let out = &mut buf[..src.len()];
-                for (d, &s) in out.iter_mut().zip(src) {
+                for (d, &s) in out.iter_mut().zip(&v[range]) {
                     d.write(narrow(s));
                 }
-                // SAFETY: every element of `out` was written just above, and
-                // `MaybeUninit<f32>` has the layout of `f32`.
-                unsafe { &*(std::ptr::from_mut(out) as *const [f32]) }
+            }
+            Data::F16(v) => {
+                // through a small initialised buffer: the slice conversion
+                // (F16C where the CPU has it) writes into f32s
+                let mut tmp = [0f32; 64];
+                for (o, s) in out.chunks_mut(64).zip(v[range].chunks(64)) {
+                    let t = &mut tmp[..s.len()];
+                    widen_f16(s, t);
+                    for (d, &x) in o.iter_mut().zip(t.iter()) {
+                        d.write(x);
+                    }
+                }
+            }
+            Data::BF16(v) => {
+                for (d, s) in out.iter_mut().zip(&v[range]) {
+                    d.write(widen_bf16(*s));
+                }
             }
         }
+        // SAFETY: every element of `out` was written just above (the
+        // ranges have `n` elements), and `MaybeUninit<f32>` has the layout
+        // of `f32`.
+        unsafe { &*(std::ptr::from_mut(out) as *const [f32]) }
     }
 }
+
+/// f16 to f32, exactly (every f16 is a normal f32 or zero, inf, NaN):
+/// `half`'s slice conversion, F16C instructions where the CPU has them (they
+/// convert subnormal halves exactly whatever MXCSR's DAZ says), integer bit
+/// operations elsewhere.
+#[inline]
+fn widen_f16(src: &[half::f16], dst: &mut [f32]) {
+    use half::slice::HalfFloatSliceExt;
+    src.convert_to_f32_slice(dst);
+}
+
+/// bf16 to f32: its bits are the top half of the f32's (exact, NaN payloads
+/// kept; vectorises as a shift).
+#[inline(always)]
+fn widen_bf16(x: half::bf16) -> f32 {
+    f32::from_bits((x.to_bits() as u32) << 16)
+}
+
+/// f16's unit roundoff, 2⁻¹¹ (see [`Values::F16`]).
+pub(crate) const HALF_ROUNDOFF: f32 = 1.0 / 2048.0;
+/// bfloat16's unit roundoff, 2⁻⁸ (see [`Values::BF16`]).
+pub(crate) const BF16_ROUNDOFF: f32 = 1.0 / 256.0;
 
 /// `dst[i] = src[i] as f32` (the checked conversion; equal lengths).
 #[inline]

@@ -15,11 +15,14 @@ use crate::record::{DecodeCtx, OutputDesc};
 pub(crate) const IGNORED: u32 = u32::MAX;
 
 /// Rows and columns of one argument as given.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct Shape {
     pub rows: usize,
     pub cols: usize,
     pub form: Form,
+    /// The unit roundoff of a storage format coarser than f32 (f16, bf16),
+    /// else 0: the row-sum check allows it on top of the tolerance.
+    pub roundoff: f32,
 }
 
 /// An argument of a call as its entry path holds it: checked into its shape
@@ -173,7 +176,8 @@ impl Call {
             nll: None,
             two_pass,
             normalization: opts.normalization,
-            tolerance: opts.tolerance,
+            tolerance: opts.tolerance
+                + ps.roundoff.max(q.as_ref().map_or(0.0, |(s, _)| s.roundoff)),
             ln_base,
             reduction: opts.reduction,
         };
@@ -213,7 +217,7 @@ impl Call {
             }),
             two_pass,
             normalization: norm,
-            tolerance: opts.common.tolerance,
+            tolerance: opts.common.tolerance + qs.roundoff,
             ln_base,
             reduction: opts.common.reduction,
         };
@@ -343,7 +347,12 @@ mod tests {
         }
     }
     fn s(rows: usize, cols: usize, form: Form) -> S {
-        S(Shape { rows, cols, form })
+        S(Shape {
+            rows,
+            cols,
+            form,
+            roundoff: 0.0,
+        })
     }
 
     /// The plan table: passes and per-operand decisions for each form and

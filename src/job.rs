@@ -14,8 +14,20 @@ impl<'a> Input for Batch<'a> {
             rows: self.rows,
             cols: self.cols,
             form: self.form,
+            roundoff: roundoff(data.roundoff(), self.form, self.cols),
         };
         Ok((shape, data))
+    }
+}
+
+/// What rounding a valid row to a format of unit roundoff `u` may move its
+/// checked sum by: Σ p·u for probabilities; for log-probabilities
+/// Σ p·|ln p|·u ≤ u·ln(cols) on top (the entropy bounds the weighted
+/// logs). 0 for f32 and f64.
+fn roundoff(u: f32, form: crate::measure::Form, cols: usize) -> f32 {
+    match form {
+        crate::measure::Form::LogProbs => u * (1.0 + (cols.max(1) as f32).ln()),
+        _ => u,
     }
 }
 

@@ -62,9 +62,16 @@
 //!   log-probability above 0 (except under `Renormalize`), a row of all −inf,
 //!   an f64 value that would change in f32 (a non-zero probability that
 //!   underflows, a finite value that overflows), a class target out of range.
+//! * Inputs are f32, f64 (checked, narrowed where read) or half precision
+//!   (`half::f16`, `half::bf16`, re-exported as [`half`]; widened to f32
+//!   exactly where read, a block or an upload chunk at a time, so zeros,
+//!   subnormals and infinities follow the half formats' own bits). The
+//!   GPU-resident path takes f32 buffers only.
 //! * Row sums ([`Normalization`]): `Validate` (default) checks |Σp − 1| ≤
 //!   [`Options::tolerance`] (default [`DEFAULT_TOLERANCE`]; Σ exp(lp) for
-//!   log-probabilities); `Renormalize` divides each row by its sum first (as
+//!   log-probabilities; for half inputs plus the format's unit roundoff u,
+//!   2⁻¹¹ for f16 and 2⁻⁸ for bf16, times 1 + ln(cols) for log-probabilities,
+//!   since rounding a valid row moves its sum by up to that); `Renormalize` divides each row by its sum first (as
 //!   `scipy.stats.entropy`), or subtracts the row's log-sum-exp for log forms;
 //!   `AsGiven` sums the terms of the values as they are. Renormalised sums are
 //!   formed relative to a power of two (exact), so rows of subnormal counts
@@ -234,6 +241,8 @@
 
 #![warn(missing_docs)]
 
+/// The `half` crate, whose `f16` and `bf16` slices are inputs too ([`Values::F16`], [`Values::BF16`]).
+pub use half;
 pub use wgpu;
 
 mod batch;

@@ -317,6 +317,7 @@ impl Input for GpuBatch<'_> {
             rows: self.rows,
             cols: self.cols,
             form: self.form,
+            roundoff: 0.0,
         };
         Ok((shape, ()))
     }

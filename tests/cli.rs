@@ -1152,3 +1152,131 @@ fn usage_errors() {
         usage_error(args);
     }
 }
+
+/// An .npy file with a hand-written header: `descr` as NumPy writes it
+/// (e.g. "<V2", ml_dtypes' bfloat16) and `data` as the raw little-endian items.
+fn save_raw_npy(path: &Path, descr: &str, shape: &[u64], data: &[u8]) {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let shape = if dims.len() == 1 {
+        format!("({},)", dims[0])
+    } else {
+        format!("({})", dims.join(", "))
+    };
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend((header.len() as u16).to_le_bytes());
+    bytes.extend(header.as_bytes());
+    bytes.extend(data);
+    std::fs::write(path, bytes).unwrap();
+}
+
+fn sv(a: &[String]) -> Vec<&str> {
+    a.iter().map(String::as_str).collect()
+}
+
+/// f16 files ('<f2') and bfloat16 ones ('<u2' or '<V2' with `--bf16`) give
+/// the values of the f32 files holding the same values widened, bit for bit
+/// (the same kernels read the same f32s); the dtype rules are errors naming
+/// the file.
+#[test]
+fn half_precision_files() {
+    use kullback::half::{bf16, f16};
+    let t = Tmp::new("half");
+    let p = random_probs(71, 4, 9, |r, c| (r + c) % 5 == 0);
+    let q = random_probs(72, 4, 9, |_, _| false);
+    let shape = [4u64, 9];
+    for backend in common::cli_backends() {
+        for m in ["entropy", "kl", "js", "cross-entropy"] {
+            // f16
+            let (ph, qh): (Vec<f16>, Vec<f16>) = (
+                p.data.iter().map(|&x| f16::from_f32(x)).collect(),
+                q.data.iter().map(|&x| f16::from_f32(x)).collect(),
+            );
+            let wide = |v: &[f16]| v.iter().map(|x| x.to_f32()).collect::<Vec<f32>>();
+            let (pf, qf) = (
+                t.save("p16.npy", &shape, &ph),
+                t.save("q16.npy", &shape, &qh),
+            );
+            let (pw, qw) = (
+                t.save("p16w.npy", &shape, &wide(&ph)),
+                t.save("q16w.npy", &shape, &wide(&qh)),
+            );
+            let args = |p: &str, q: &str| -> Vec<String> {
+                // renormalised: the widened f32 files have no roundoff allowance
+                let mut a = vec![
+                    m.to_string(),
+                    "--normalize".into(),
+                    "--p".into(),
+                    p.to_string(),
+                ];
+                if m != "entropy" {
+                    a.extend(["--q".into(), q.to_string()]);
+                }
+                a
+            };
+            let a16 = args(&pf, &qf);
+            let aw = args(&pw, &qw);
+            let got = json(&sv(&a16), backend);
+            let want = json(&sv(&aw), backend);
+            assert_eq!(got["values"], want["values"], "{m} f16 [{backend}]");
+            // bf16, as '<u2' and as '<V2'
+            let (pb, qb): (Vec<bf16>, Vec<bf16>) = (
+                p.data.iter().map(|&x| bf16::from_f32(x)).collect(),
+                q.data.iter().map(|&x| bf16::from_f32(x)).collect(),
+            );
+            let bits = |v: &[bf16]| v.iter().map(|x| x.to_bits()).collect::<Vec<u16>>();
+            let bytes = |v: &[bf16]| {
+                v.iter()
+                    .flat_map(|x| x.to_bits().to_le_bytes())
+                    .collect::<Vec<u8>>()
+            };
+            let widen = |v: &[bf16]| v.iter().map(|x| x.to_f32()).collect::<Vec<f32>>();
+            let (pu, qu) = (
+                t.save("pu.npy", &shape, &bits(&pb)),
+                t.save("qu.npy", &shape, &bits(&qb)),
+            );
+            save_raw_npy(&t.path("pv.npy"), "<V2", &shape, &bytes(&pb));
+            save_raw_npy(&t.path("qv.npy"), "<V2", &shape, &bytes(&qb));
+            let (pv, qv) = (
+                t.path("pv.npy").to_str().unwrap().to_string(),
+                t.path("qv.npy").to_str().unwrap().to_string(),
+            );
+            let (pw, qw) = (
+                t.save("pbw.npy", &shape, &widen(&pb)),
+                t.save("qbw.npy", &shape, &widen(&qb)),
+            );
+            let want = json(&sv(&args(&pw, &qw)), backend);
+            let flag = if m == "entropy" { "p" } else { "p,q" };
+            for (pp, qq) in [(&pu, &qu), (&pv, &qv)] {
+                let mut a = args(pp, qq);
+                a.extend(["--bf16".into(), flag.into()]);
+                let got = json(&sv(&a), backend);
+                assert_eq!(got["values"], want["values"], "{m} bf16 {pp} [{backend}]");
+            }
+        }
+        // dtype rules
+        let pv = t.path("pv.npy").to_str().unwrap().to_string();
+        let pf32 = t.mat("p32.npy", &p);
+        fails(&["entropy", "--p", &pv], backend, &["pv.npy", "--bf16"]);
+        fails(
+            &["entropy", "--p", &pf32, "--bf16", "p"],
+            backend,
+            &["p32.npy", "<u2", "<V2"],
+        );
+        fails(
+            &["entropy", "--p", &pf32, "--bf16", "q"],
+            backend,
+            &["--bf16 q", "p"],
+        );
+        let pu = t.path("pu.npy").to_str().unwrap().to_string();
+        fails(
+            &["entropy", "--p", &pu],
+            backend,
+            &["pu.npy", "unsupported dtype"],
+        );
+    }
+}

@@ -202,5 +202,7 @@ pub(crate) fn weights(obj: &Bound<'_, PyAny>) -> PyResult<Vec<f32>> {
         Values::F32(v) => Ok(v.to_vec()),
         Values::F64(v) => kullback::f32_from_f64(v, Arg::Weights)
             .map_err(|e| crate::errors::to_py(e, Default::default())),
+        // the binding hands the crate float32 or float64 only
+        _ => Err(PyValueError::new_err("weight must be float32 or float64")),
     }
 }

@@ -130,6 +130,10 @@ struct Common {
     /// Write the values to OUT.npy (1-D float32) and leave them out of the JSON.
     #[arg(long, value_name = "OUT.npy")]
     out: Option<PathBuf>,
+    /// Float inputs (by flag name: p, q) holding bfloat16, read from a '<u2'
+    /// .npy or an ml_dtypes '<V2' one (NumPy has no bfloat16 dtype).
+    #[arg(long, value_name = "ARG[,ARG]", value_delimiter = ',')]
+    bf16: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -176,6 +180,18 @@ impl From<FormArg> for Form {
 }
 
 impl Common {
+    /// Whether `--bf16` names `arg`, after checking that every name it
+    /// lists is one of `inputs` (this subcommand's float inputs).
+    fn bf16(&self, arg: &str, inputs: &[&str]) -> Result<bool, String> {
+        if let Some(bad) = self.bf16.iter().find(|n| !inputs.contains(&n.as_str())) {
+            return Err(format!(
+                "--bf16 {bad}: not a float input of this subcommand (its float inputs: {})",
+                inputs.join(", ")
+            ));
+        }
+        Ok(self.bf16.iter().any(|n| n == arg))
+    }
+
     fn options(&self) -> Options {
         Options::default()
             .reduction(match self.reduction {
@@ -284,7 +300,7 @@ fn run(command: &Command) -> Result<String, String> {
                 p: Some(&a.p),
                 ..Files::default()
             };
-            let p = Matrix::load(&a.p)?;
+            let p = Matrix::load(&a.p, a.common.bf16("p", &["p"])?)?;
             let ctx = a.common.context()?;
             let out = ctx.entropy(&p.batch(a.p_form), &a.common.options());
             ("entropy", files, &a.common, out)
@@ -299,7 +315,7 @@ fn run(command: &Command) -> Result<String, String> {
                 weights: a.weights.as_deref(),
                 ..Files::default()
             };
-            let q = Matrix::load(&a.q)?;
+            let q = Matrix::load(&a.q, a.common.bf16("q", &["q"])?)?;
             let targets = TargetVec::load(&a.targets)?;
             let weights = match &a.weights {
                 Some(path) => Some(load_weights(path)?),
@@ -339,8 +355,8 @@ fn pair(measure: Measure, a: &PairArgs) -> Result<Evaluated<'_>, String> {
         q: Some(&a.q),
         ..Files::default()
     };
-    let p = Matrix::load(&a.p)?;
-    let q = Matrix::load(&a.q)?;
+    let p = Matrix::load(&a.p, a.common.bf16("p", &["p", "q"])?)?;
+    let q = Matrix::load(&a.q, a.common.bf16("q", &["p", "q"])?)?;
     let ctx = a.common.context()?;
     let out = ctx.evaluate(
         measure,
@@ -428,11 +444,14 @@ struct Matrix {
 enum FloatVec {
     F32(Vec<f32>),
     F64(Vec<f64>),
+    F16(Vec<half::f16>),
+    BF16(Vec<half::bf16>),
 }
 
 impl Matrix {
-    /// Reads a 1-D or 2-D C-order float32/float64 array.
-    fn load(path: &Path) -> Result<Matrix, String> {
+    /// Reads a 1-D or 2-D C-order float32/float64/float16 array, or with
+    /// `bf16` a bfloat16 one ('<u2', or ml_dtypes' '<V2').
+    fn load(path: &Path, bf16: bool) -> Result<Matrix, String> {
         let npy = open_npy(path)?;
         let shape = npy.shape().to_vec();
         let (rows, cols) = match shape[..] {
@@ -453,14 +472,43 @@ impl Matrix {
                 show(path)
             ));
         }
-        let values = match float_size(&npy.dtype()) {
-            Some(4) => FloatVec::F32(read_all(path, npy)?),
-            Some(8) => FloatVec::F64(read_all(path, npy)?),
+        let dtype = npy.dtype();
+        let raw2 = matches!(&dtype, DType::Plain(t) if t.type_char() == TypeChar::RawData && t.size_field() == 2);
+        let u2 = matches!(&dtype, DType::Plain(t) if t.type_char() == TypeChar::Uint && t.size_field() == 2);
+        let values = match (bf16, float_size(&dtype)) {
+            (true, _) if u2 => FloatVec::BF16(
+                read_all::<u16>(path, npy)?
+                    .into_iter()
+                    .map(half::bf16::from_bits)
+                    .collect(),
+            ),
+            (true, _) if raw2 => FloatVec::BF16(
+                read_all::<npyz::FixedSizeBytes<2>>(path, npy)?
+                    .into_iter()
+                    .map(|b| half::bf16::from_bits(u16::from_le_bytes(b.0)))
+                    .collect(),
+            ),
+            (true, _) => {
+                return Err(format!(
+                    "{}: --bf16 names this input, but its dtype is {}; expected '<u2' or '<V2' (bfloat16 bits)",
+                    show(path),
+                    dtype_name(&dtype)
+                ));
+            }
+            (false, _) if raw2 => {
+                return Err(format!(
+                    "{}: a 2-byte raw dtype ('V2', as ml_dtypes saves bfloat16); pass --bf16 with this input's flag name to read it as bfloat16",
+                    show(path)
+                ));
+            }
+            (false, Some(4)) => FloatVec::F32(read_all(path, npy)?),
+            (false, Some(8)) => FloatVec::F64(read_all(path, npy)?),
+            (false, Some(2)) => FloatVec::F16(read_all(path, npy)?),
             _ => {
                 return Err(format!(
-                    "{}: unsupported dtype {}; expected float32 or float64",
+                    "{}: unsupported dtype {}; expected float32, float64 or float16 (bfloat16 with --bf16)",
                     show(path),
-                    dtype_name(&npy.dtype())
+                    dtype_name(&dtype)
                 ));
             }
         };
@@ -475,6 +523,8 @@ impl Matrix {
         let values = match &self.values {
             FloatVec::F32(v) => Values::F32(v),
             FloatVec::F64(v) => Values::F64(v),
+            FloatVec::F16(v) => Values::F16(v),
+            FloatVec::BF16(v) => Values::BF16(v),
         };
         Batch::new(values, self.rows, self.cols).form(form.into())
     }

@@ -274,11 +274,11 @@ impl<'j> Plan<'j> {
         d
     }
 
-    /// Whether an operand is f64 (converted a block at a time).
+    /// Whether an operand is not f32 (converted a block at a time).
     fn f64_input(&self) -> bool {
         [self.job.p, self.job.q]
             .iter()
-            .any(|o| o.is_some_and(|d| d.is_f64()))
+            .any(|o| o.is_some_and(|d| d.is_converted()))
     }
 
     /// State of columns `c0..c1` (one block) of `row`. f64 operands are
@@ -535,7 +535,9 @@ impl<'j> Plan<'j> {
         // broadcast row once), at most BATCH rows at a time
         fn fill(o: &Option<HostOp<'_>>, (w0, w1): (usize, usize), cols: usize, buf: &mut Vec<f32>) {
             let Some(o) = o else { return };
-            let Data::F64(v) = o.data else { return };
+            if !o.data.is_converted() {
+                return;
+            }
             let range = if o.rows == 1 {
                 if !buf.is_empty() {
                     return;
@@ -545,7 +547,7 @@ impl<'j> Plan<'j> {
                 w0 * cols..w1 * cols
             };
             buf.resize(range.len(), 0.0);
-            crate::batch::convert(&v[range], buf);
+            o.data.convert_range(range, buf);
         }
         fn view<'a>(
             o: &'a Option<HostOp<'_>>,
@@ -554,8 +556,8 @@ impl<'j> Plan<'j> {
             buf: &'a [f32],
         ) -> (&'a [f32], usize) {
             match o {
-                Some(o) if o.data.is_f64() && o.rows == 1 => (&buf[..cols], 0),
-                Some(o) if o.data.is_f64() => (&buf[(r - w0) * cols..], cols),
+                Some(o) if o.data.is_converted() && o.rows == 1 => (&buf[..cols], 0),
+                Some(o) if o.data.is_converted() => (&buf[(r - w0) * cols..], cols),
                 _ => from(o, r, cols),
             }
         }

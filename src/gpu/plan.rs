@@ -665,7 +665,14 @@ mod tests {
                 Ok((self.0, ()))
             }
         }
-        let shape = |form| S(crate::call::Shape { rows, cols, form });
+        let shape = |form| {
+            S(crate::call::Shape {
+                rows,
+                cols,
+                form,
+                roundoff: 0.0,
+            })
+        };
         let q = shape(Form::Probs);
         Call::measure(measure, &shape(p), Some(&q), opts)
             .expect("valid")

@@ -27,14 +27,15 @@ pub(crate) const RING_SLOTS: usize = 3;
 #[derive(Clone, Copy)]
 pub(crate) enum Source<'a> {
     Bytes(&'a [u8]),
-    F64(&'a [f64]),
+    /// Values converted to f32 (f64 narrowed, half widened) as they are written.
+    Convert(Data<'a>),
 }
 
 impl<'a> Source<'a> {
     pub(crate) fn of(data: Data<'a>) -> Source<'a> {
         match data {
             Data::F32(v) => Source::Bytes(bytemuck::cast_slice(v)),
-            Data::F64(v) => Source::F64(v),
+            other => Source::Convert(other),
         }
     }
 
@@ -42,7 +43,7 @@ impl<'a> Source<'a> {
     fn len(&self) -> u64 {
         match self {
             Source::Bytes(b) => b.len() as u64,
-            Source::F64(v) => v.len() as u64 * 4,
+            Source::Convert(d) => d.len() as u64 * 4,
         }
     }
 
@@ -51,14 +52,18 @@ impl<'a> Source<'a> {
     fn fill(&self, at: u64, dst: &mut [u8]) {
         match self {
             Source::Bytes(b) => dst.copy_from_slice(&b[at as usize..at as usize + dst.len()]),
-            Source::F64(v) => {
-                let src = &v[at as usize / 4..(at as usize + dst.len()) / 4];
+            Source::Convert(d) => {
+                let range = at as usize / 4..(at as usize + dst.len()) / 4;
                 match bytemuck::try_cast_slice_mut::<u8, f32>(dst) {
-                    Ok(d) => crate::batch::convert(src, d),
-                    // a mapping is at least 8-byte aligned in practice; never assume it
+                    Ok(out) => d.convert_range(range, out),
+                    // host buffers here are Vec<u8>: never assume their alignment
                     Err(_) => {
-                        for (d, &s) in dst.chunks_exact_mut(4).zip(src) {
-                            d.copy_from_slice(&crate::batch::narrow(s).to_ne_bytes());
+                        let mut tmp = [0f32; 256];
+                        for (k, piece) in dst.chunks_mut(1024).enumerate() {
+                            let n = piece.len() / 4;
+                            let r0 = range.start + k * 256;
+                            d.convert_range(r0..r0 + n, &mut tmp[..n]);
+                            piece.copy_from_slice(bytemuck::cast_slice(&tmp[..n]));
                         }
                     }
                 }
@@ -119,7 +124,7 @@ fn write_mapped(
             .map_err(|e| Error::Device(format!("writing an upload buffer: {e}")))?;
         match src {
             Source::Bytes(b) => view.copy_from_slice(&b[at as usize..(at + size) as usize]),
-            Source::F64(_) => {
+            Source::Convert(_) => {
                 let len = CONVERT_BYTES.min(size) as usize;
                 let mut tmp = crate::error::try_vec(len, "an f64 upload chunk")?;
                 tmp.resize(len, 0u8);
@@ -163,7 +168,7 @@ impl Gpu {
             let mut tmp;
             let b = match src {
                 Source::Bytes(b) => b,
-                Source::F64(_) => {
+                Source::Convert(_) => {
                     tmp = crate::error::try_vec(bytes as usize, "an f64 upload chunk")?;
                     tmp.resize(bytes as usize, 0u8);
                     src.fill(0, &mut tmp);

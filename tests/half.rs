@@ -1,0 +1,271 @@
+//! Half-precision inputs (`half::f16`, `half::bf16`): every per-row case of
+//! the SciPy corpus (tests/data/manifest.json) rounded to each format, on
+//! every backend, against the f64 oracle computed from the same half values;
+//! and the half path equals the f32 path on the widened values bit for bit
+//! (the same kernels read the same f32s), errors included.
+
+mod common;
+
+use common::*;
+use kullback::half::{bf16, f16};
+use kullback::{
+    Base, Batch, Form, Measure, NllOptions, Normalization, Options, Output, Targets, Values,
+};
+use serde_json::Value;
+
+/// Cases whose half and widened calls gave the same error (counted, printed).
+static ERRORS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+#[derive(Clone, Copy, Debug)]
+enum Half {
+    F16,
+    BF16,
+}
+
+/// The values rounded to `h` (nearest, ties to even), and widened back.
+fn round(v: &[f32], h: Half) -> (Vec<f16>, Vec<bf16>, Vec<f32>) {
+    match h {
+        Half::F16 => {
+            let x: Vec<f16> = v.iter().map(|&x| f16::from_f32(x)).collect();
+            let w = x.iter().map(|x| x.to_f32()).collect();
+            (x, Vec::new(), w)
+        }
+        Half::BF16 => {
+            let x: Vec<bf16> = v.iter().map(|&x| bf16::from_f32(x)).collect();
+            let w = x.iter().map(|x| x.to_f32()).collect();
+            (Vec::new(), x, w)
+        }
+    }
+}
+
+/// The half values as the library takes them.
+fn values<'a>(h: Half, r: &'a (Vec<f16>, Vec<bf16>, Vec<f32>)) -> Values<'a> {
+    match h {
+        Half::F16 => Values::from(&r.0),
+        Half::BF16 => Values::from(&r.1),
+    }
+}
+
+/// The unit roundoff the half path adds to the row-sum tolerance (see `Values::F16`).
+fn allowance(h: Half, form: Form, cols: usize) -> f32 {
+    let u = match h {
+        Half::F16 => 1.0 / 2048.0,
+        Half::BF16 => 1.0 / 256.0,
+    };
+    if form == Form::LogProbs {
+        u * (1.0 + (cols as f32).ln())
+    } else {
+        u
+    }
+}
+
+fn form(v: &Value) -> Option<Form> {
+    v.as_str().map(|s| match s {
+        "probs" => Form::Probs,
+        "log_probs" => Form::LogProbs,
+        "logits" => Form::Logits,
+        other => panic!("form {other}"),
+    })
+}
+
+fn norm(v: &Value) -> Normalization {
+    match v.as_str().unwrap() {
+        "validate" => Normalization::Validate,
+        "renormalize" => Normalization::Renormalize,
+        "as_given" => Normalization::AsGiven,
+        other => panic!("normalization {other}"),
+    }
+}
+
+fn base(v: &Value) -> Base {
+    match v.as_str().unwrap() {
+        "e" => Base::E,
+        "2" => Base::Two,
+        "10" => Base::Ten,
+        other => Base::Custom(other.parse().unwrap()),
+    }
+}
+
+/// Compares a half call with the f32 call on the widened values (bits, or
+/// the same error) and with the oracle; the failures, labelled.
+fn compare(
+    label: &str,
+    half: kullback::Result<Output>,
+    wide: kullback::Result<Output>,
+    oracle: impl FnOnce() -> Vec<f64>,
+    (abs, rel): (f64, f64),
+) -> Vec<String> {
+    match (half, wide) {
+        (Ok(h), Ok(w)) => {
+            let bits = |o: &Output| o.values.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            if bits(&h) != bits(&w) {
+                return vec![format!(
+                    "{label}: half {:?} != widened f32 {:?}",
+                    h.values, w.values
+                )];
+            }
+            let want = oracle();
+            let bad: Vec<String> = h
+                .values
+                .iter()
+                .zip(&want)
+                .enumerate()
+                .filter(|(_, (g, e))| !close_tol(**g as f64, **e, abs, rel))
+                .take(3)
+                .map(|(i, (g, e))| format!("{label}: row {i}: {g:e}, oracle {e:e}"))
+                .collect();
+            bad
+        }
+        // the same error (Error has no PartialEq: its Debug form holds every field)
+        (Err(h), Err(w)) if format!("{h:?}") == format!("{w:?}") => {
+            ERRORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if std::env::var_os("HALF_SHOW").is_some() {
+                println!("{label}: {h}");
+            }
+            Vec::new()
+        }
+        (h, w) => vec![format!("{label}: half {h:?}, widened f32 {w:?}")],
+    }
+}
+
+fn run(h: Half) {
+    let text = std::fs::read_to_string(data_dir().join("manifest.json")).expect("manifest.json");
+    let m: Value = serde_json::from_str(&text).expect("manifest.json is JSON");
+    let cases = m["cases"].as_array().expect("cases");
+    let mut failures = Vec::new();
+    let mut ran = 0;
+    for bk in backends() {
+        for c in cases {
+            let name = c["name"].as_str().unwrap();
+            let file = |k: &str| c["files"][k].as_str().map(str::to_string);
+            let cols = c["cols"].as_u64().unwrap() as usize;
+            let (nz, b) = (norm(&c["normalization"]), base(&c["base"]));
+            let tol = (
+                c["abs_tol"].as_f64().unwrap(),
+                c["rel_tol"].as_f64().unwrap(),
+            );
+            let label = format!("{name} [{h:?}, {}]", bk.name);
+            let measure = match c["measure"].as_str().unwrap() {
+                "entropy" => Some(Measure::Entropy),
+                "cross_entropy" => Some(Measure::CrossEntropy),
+                "kl" => Some(Measure::Kl),
+                "js" => Some(Measure::Js),
+                "nll" => None,
+                other => panic!("measure {other}"),
+            };
+            ran += 1;
+            if let Some(measure) = measure {
+                let (pf, p_rows) = (
+                    form(&c["p_form"]).unwrap(),
+                    c["p_rows"].as_u64().unwrap() as usize,
+                );
+                let p = round(&read_f32(&file("p").unwrap()).0, h);
+                let q = file("q").map(|f| round(&read_f32(&f).0, h));
+                let qf = form(&c["q_form"]);
+                let q_rows = c["q_rows"].as_u64().map(|v| v as usize);
+                let extra = allowance(h, pf, cols).max(qf.map_or(0.0, |f| allowance(h, f, cols)));
+                let opts = Options::default().base(b).normalization(nz);
+                let wide_opts = opts.tolerance(opts.tolerance + extra);
+                let hp = Batch::new(values(h, &p), p_rows, cols).form(pf);
+                let hq = q
+                    .as_ref()
+                    .map(|q| Batch::new(values(h, q), q_rows.unwrap(), cols).form(qf.unwrap()));
+                let wp = Batch::new(&p.2, p_rows, cols).form(pf);
+                let wq = q
+                    .as_ref()
+                    .map(|q| Batch::new(&q.2, q_rows.unwrap(), cols).form(qf.unwrap()));
+                let half = bk.ctx.evaluate(measure, &hp, hq.as_ref(), &opts);
+                let wide = bk.ctx.evaluate(measure, &wp, wq.as_ref(), &wide_opts);
+                let oracle = || {
+                    let qi = q
+                        .as_ref()
+                        .map(|q| Input::new(&q.2, q_rows.unwrap(), qf.unwrap()));
+                    ref_measure(measure, Input::new(&p.2, p_rows, pf), qi, cols, nz, b)
+                };
+                failures.extend(compare(&label, half, wide, oracle, tol));
+            } else {
+                let (qf, q_rows) = (
+                    form(&c["q_form"]).unwrap(),
+                    c["q_rows"].as_u64().unwrap() as usize,
+                );
+                let q = round(&read_f32(&file("q").unwrap()).0, h);
+                let t = read_i64(&file("targets").unwrap());
+                let w = file("weights").map(|f| read_f32(&f).0);
+                let ignore = c["ignore_index"].as_i64();
+                let eps = c["label_smoothing"].as_f64().unwrap() as f32;
+                let mut opts = NllOptions::default()
+                    .base(b)
+                    .normalization(nz)
+                    .label_smoothing(eps);
+                if let Some(i) = ignore {
+                    opts = opts.ignore_index(i);
+                }
+                if let Some(w) = &w {
+                    opts = opts.weights(w);
+                }
+                let wide_opts =
+                    opts.tolerance(kullback::DEFAULT_TOLERANCE + allowance(h, qf, cols));
+                let targets: Targets<'_> = (&t).into();
+                let half = bk.ctx.nll(
+                    &Batch::new(values(h, &q), q_rows, cols).form(qf),
+                    targets,
+                    &opts,
+                );
+                let wide = bk.ctx.nll(
+                    &Batch::new(&q.2, q_rows, cols).form(qf),
+                    targets,
+                    &wide_opts,
+                );
+                let oracle = || {
+                    ref_nll(
+                        Input::new(&q.2, q_rows, qf),
+                        cols,
+                        &t,
+                        ignore,
+                        w.as_deref(),
+                        eps as f64,
+                        nz,
+                        b,
+                    )
+                    .0
+                };
+                failures.extend(compare(&label, half, wide, oracle, tol));
+            }
+        }
+    }
+    assert!(ran > 0, "no case ran");
+    println!(
+        "{h:?}: {ran} case runs; {} of all ended in the same error on both paths",
+        ERRORS.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    report(&format!("{h:?} inputs over the SciPy corpus"), &failures);
+}
+
+#[test]
+fn f16_inputs_over_the_corpus() {
+    run(Half::F16);
+}
+
+#[test]
+fn bf16_inputs_over_the_corpus() {
+    run(Half::BF16);
+}
+
+/// A valid f32 row of 2,000 columns rounded to each format passes the
+/// default row-sum check (its sum moves by up to 3.4e-4 in f16 and 2.8e-3 in
+/// bf16, beyond the f32 default of 1e-3 for bf16).
+#[test]
+fn rounded_rows_pass_the_default_check() {
+    let mut rng = Rng::new(0x4a1f);
+    let (rows, cols) = (64, 2000);
+    let p = rand_probs(&mut rng, rows, cols, 0.1);
+    for h in [Half::F16, Half::BF16] {
+        let r = round(&p, h);
+        for bk in backends() {
+            let out = bk
+                .ctx
+                .entropy(&Batch::new(values(h, &r), rows, cols), &Options::default());
+            assert!(out.is_ok(), "{h:?} [{}]: {:?}", bk.name, out.err());
+        }
+    }
+}
