@@ -31,9 +31,10 @@ import json, sys
 for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("profile", {}).get("test") and m.get("executable"):
-        print(m["target"]["name"], m["executable"])
+        # the library's and the CLI's unit tests share the name "kullback"
+        print(m["target"]["kind"][0] + "-" + m["target"]["name"], m["executable"])
 ' | while read -r name exe; do
-        case $name in cli*) continue ;; esac
+        case $name in test-cli*) continue ;; esac
         cp "$exe" "$dir/tests/$name"
     done
     ls "$dir/tests" | wc -l | xargs echo "test binaries:"
@@ -42,6 +43,14 @@ for line in sys.stdin:
 run() {
     local out=${1:-gpu-check.json}
     local work
+    if ! python3 -c 'import numpy' 2>/dev/null; then
+        echo "gpu-check: python3 has no numpy (put a Python with numpy first on PATH)" >&2
+        exit 2
+    fi
+    if [ ! -x "$dir/bench" ]; then
+        echo "gpu-check: no $dir/bench; run 'bash bench/gpu-check.sh build' first" >&2
+        exit 2
+    fi
     work=$(mktemp -d)
     if ! ldconfig -p 2>/dev/null | grep -q libvulkan && ls .gl/*.deb >/dev/null 2>&1; then
         for f in .gl/*.deb; do dpkg -x "$f" /; done

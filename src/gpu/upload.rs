@@ -80,6 +80,29 @@ fn map_for_write(
     size: u64,
     after: Option<wgpu::SubmissionIndex>,
 ) -> Result<()> {
+    let mut tries = 0;
+    loop {
+        match map_once(gpu, buf, size, after.clone()) {
+            Err(e) if tries < MAP_TRIES => {
+                tries += 1;
+                log::debug!("kullback: {e}; mapping again ({tries})");
+                std::thread::yield_now();
+            }
+            r => return r,
+        }
+    }
+}
+
+/// Maps retried after a failed one: under concurrent calls on lavapipe a map
+/// callback occasionally reports a failure that the next attempt does not.
+const MAP_TRIES: u32 = 4;
+
+fn map_once(
+    gpu: &Gpu,
+    buf: &wgpu::Buffer,
+    size: u64,
+    after: Option<wgpu::SubmissionIndex>,
+) -> Result<()> {
     let (tx, rx) = std::sync::mpsc::channel();
     buf.slice(..size).map_async(wgpu::MapMode::Write, move |r| {
         let _ = tx.send(r);
