@@ -358,6 +358,8 @@ struct Files<'a> {
     q: Option<&'a Path>,
     targets: Option<&'a Path>,
     weights: Option<&'a Path>,
+    mask: Option<&'a Path>,
+    indices: Option<&'a Path>,
 }
 
 impl Files<'_> {
@@ -367,17 +369,27 @@ impl Files<'_> {
             Arg::Q => self.q,
             Arg::Targets => self.targets,
             Arg::Weights => self.weights,
+            Arg::Mask => self.mask,
+            Arg::Indices => self.indices,
+            Arg::Gradient => None,
         };
         path.map_or_else(|| arg.to_string(), show)
     }
 
     /// Every input file, for an error that concerns the call as a whole.
     fn all(&self) -> String {
-        let names: Vec<String> = [self.p, self.q, self.targets, self.weights]
-            .into_iter()
-            .flatten()
-            .map(show)
-            .collect();
+        let names: Vec<String> = [
+            self.p,
+            self.q,
+            self.targets,
+            self.weights,
+            self.mask,
+            self.indices,
+        ]
+        .into_iter()
+        .flatten()
+        .map(show)
+        .collect();
         names.join(", ")
     }
 
