@@ -1446,3 +1446,132 @@ fn nll_errors() {
         .unwrap();
     assert!(out.values[0].is_nan() && g.iter().all(|&v| v == 0.0));
 }
+
+// ------------------------------------------------------------ PyTorch values
+
+/// Stored PyTorch autograd values (tests/data/torch_train: make.py wrote
+/// them with torch in float64 from the same float32 inputs).
+#[test]
+fn torch_reference() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/torch_train");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let f = std::fs::File::open(dir.join("values.npy")).unwrap();
+    let values: Vec<f64> = npyz::NpyFile::new(std::io::BufReader::new(f))
+        .unwrap()
+        .into_vec()
+        .unwrap();
+    let arr = |c: &serde_json::Value, key: &str| -> Vec<f64> {
+        let at = c[key].as_array().unwrap();
+        let (o, n) = (
+            at[0].as_u64().unwrap() as usize,
+            at[1].as_u64().unwrap() as usize,
+        );
+        values[o..o + n].to_vec()
+    };
+    let f32s = |v: Vec<f64>| -> Vec<f32> { v.iter().map(|&x| x as f32).collect() };
+    let red = |c: &serde_json::Value| match c["reduction"].as_str().unwrap() {
+        "none" => Reduction::None,
+        "sum" => Reduction::Sum,
+        _ => Reduction::Mean,
+    };
+    let ctx = cpu();
+    let cases = manifest["cases"].as_array().unwrap();
+    assert!(cases.len() >= 80);
+    for (n, c) in cases.iter().enumerate() {
+        let (rows, cols) = (
+            c["rows"].as_u64().unwrap() as usize,
+            c["cols"].as_u64().unwrap() as usize,
+        );
+        let s = f32s(arr(c, "s"));
+        let want_loss = arr(c, "loss");
+        let want_grad = arr(c, "grad");
+        let mut grad = vec![f32::NAN; rows * cols];
+        let student = Batch::new(&s, rows, cols).form(Form::Logits);
+        let mut t2 = 1.0;
+        let mask: Vec<u8> = c["mask"]
+            .as_array()
+            .map(|m| m.iter().map(|v| v.as_u64().unwrap() as u8).collect())
+            .unwrap_or_default();
+        let opts_of = |c: &serde_json::Value| {
+            let temp = c["temperature"].as_f64().unwrap();
+            DistillOptions::default()
+                .divergence(Divergence::parse(c["divergence"].as_str().unwrap()).unwrap())
+                .beta(c["beta"].as_f64().unwrap() as f32)
+                .temperature(temp as f32)
+                .reduction(red(c))
+                .mask(&mask)
+        };
+        let out = match c["kind"].as_str().unwrap() {
+            "nll" => {
+                let targets: Vec<i64> = c["targets"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_i64().unwrap())
+                    .collect();
+                let w = f32s(arr(c, "weights"));
+                let mut o = NllOptions::default()
+                    .reduction(red(c))
+                    .label_smoothing(c["label_smoothing"].as_f64().unwrap() as f32);
+                if c["weighted"].as_bool().unwrap() {
+                    o = o.weights(&w);
+                }
+                if let Some(i) = c["ignore_index"].as_i64() {
+                    o = o.ignore_index(i);
+                }
+                ctx.nll_grad(&student, &targets, &o, &mut grad)
+            }
+            "dense" => {
+                let t = f32s(arr(c, "t"));
+                let form = if c["teacher_form"] == "logits" {
+                    Form::Logits
+                } else {
+                    Form::LogProbs
+                };
+                t2 = c["temperature"].as_f64().unwrap().powi(2);
+                ctx.distill(
+                    &student,
+                    &Teacher::Dense(Batch::new(&t, rows, cols).form(form)),
+                    &opts_of(c),
+                    &mut grad,
+                )
+            }
+            _ => {
+                let l = f32s(arr(c, "logprobs"));
+                let ix: Vec<i64> = c["indices"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_i64().unwrap())
+                    .collect();
+                let k = c["k"].as_u64().unwrap() as usize;
+                t2 = c["temperature"].as_f64().unwrap().powi(2);
+                let tail = if c["tail"] == "bucket" {
+                    Tail::Bucket
+                } else {
+                    Tail::Renormalize
+                };
+                ctx.distill(
+                    &student,
+                    &Teacher::Sparse(SparseTeacher::new(&ix, &l, k)),
+                    &opts_of(c).tail(tail),
+                    &mut grad,
+                )
+            }
+        };
+        let what = format!("torch case {n}: {c}");
+        let what = &what[..what.len().min(400)];
+        let out = out.unwrap_or_else(|e| panic!("{what}: {e}"));
+        for (got, want) in out.values.iter().zip(&want_loss) {
+            check_loss(*got, *want, t2 * rows as f64, what);
+        }
+        for r in 0..rows {
+            check_row(
+                &grad[r * cols..(r + 1) * cols],
+                &want_grad[r * cols..(r + 1) * cols],
+                &format!("{what} row {r}"),
+            );
+        }
+    }
+}
