@@ -12,6 +12,9 @@ use std::time::Instant;
 
 use kullback::{Backend, Batch, Context, DistillOptions, Form, NllOptions, Reduction, Teacher};
 
+/// One loss-and-gradient call into the given buffer, returning the loss.
+type LossCall<'a> = dyn FnMut(&mut [f32]) -> f32 + 'a;
+
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
     args.iter()
@@ -39,7 +42,7 @@ fn main() {
     let student = Batch::new(&s, rows, cols).form(Form::Logits);
     let teacher_vals;
     let targets: Vec<i64>;
-    let mut call: Box<dyn FnMut(&mut [f32]) -> f32> = match mode.as_str() {
+    let mut call: Box<LossCall<'_>> = match mode.as_str() {
         "distill" => {
             teacher_vals = read_f32(&arg("--teacher").expect("--teacher T.npy")).0;
             let teacher = Teacher::Dense(Batch::new(&teacher_vals, rows, cols).form(Form::Logits));

@@ -13,7 +13,7 @@ use super::lse::{BLK, L, Lse, Soft, bad_value, log_add, max_min_bad};
 use super::options::{Divergence, RowMask};
 use crate::batch::Data;
 use crate::call::IGNORED;
-use crate::cpu::ln::{Arith, exp};
+use crate::cpu::ln::{Arith, exp_normal as exp};
 use crate::error::{Arg, BadValue, Error, Result, try_vec};
 use crate::measure::Form;
 
@@ -242,10 +242,82 @@ fn jsd_elem<A: Arith>(s: f32, t: f32, c: &Rc) -> (f32, f32, f32) {
     (a, b, q)
 }
 
-/// Sums `f(s, t)` over a row (f32 lanes, flushed per block into f64), for
-/// the loss passes that write nothing.
+/// A divergence's two per-column functions for the passes after pass 1:
+/// terms summed over the row, and the gradient. Methods rather than
+/// closures, so that they are inlined into the `avx2,fma` kernels (a
+/// closure is compiled without its caller's target features).
+trait Cols {
+    /// Two terms of the row sums.
+    fn sum<A: Arith>(&self, s: f32, t: f32) -> (f32, f32);
+    /// The gradient of one column.
+    fn grad<A: Arith>(&self, s: f32, t: f32) -> f32;
+}
+
+/// The reverse KL relative to the student's argmax column *: with
+/// e_c = ((s_c − s*) − (t_c − t*))/T, the gradient factor
+/// ln q_c − ln p_c − KL is e_c − Σ q e, which keeps its digits when the KL
+/// is large (logits of 10⁴) and the factor at * is tiny.
+struct Rev {
+    c: Rc,
+    s0: f32,
+    t0: f32,
+    g: f32,
+    /// Σ q e (set after the sum pass).
+    sum_e: f32,
+}
+
+impl Rev {
+    #[inline(always)]
+    fn e(&self, s: f32, t: f32) -> f32 {
+        ((s - self.s0) - (t - self.t0)) * self.c.k
+    }
+}
+
+impl Cols for Rev {
+    #[inline(always)]
+    fn sum<A: Arith>(&self, s: f32, t: f32) -> (f32, f32) {
+        let (x, _) = self.c.logs(s, t);
+        let v = exp::<A>(x) * self.e(s, t);
+        (if s == f32::NEG_INFINITY { 0.0 } else { v }, 0.0)
+    }
+    #[inline(always)]
+    fn grad<A: Arith>(&self, s: f32, t: f32) -> f32 {
+        let (x, _) = self.c.logs(s, t);
+        let v = self.g * exp::<A>(x) * (self.e(s, t) - self.sum_e);
+        if s == f32::NEG_INFINITY { 0.0 } else { v }
+    }
+}
+
+/// The generalized JSD.
+struct Jsd {
+    c: Rc,
+    /// T (1 − β) · the reduction's scale.
+    g: f32,
+    /// KL(q ‖ M) (set after the sum pass).
+    kl_qm: f32,
+}
+
+impl Cols for Jsd {
+    #[inline(always)]
+    fn sum<A: Arith>(&self, s: f32, t: f32) -> (f32, f32) {
+        let (a, b, _) = jsd_elem::<A>(s, t, &self.c);
+        (a, b)
+    }
+    #[inline(always)]
+    fn grad<A: Arith>(&self, s: f32, t: f32) -> f32 {
+        let c = &self.c;
+        let (x, y) = c.logs(s, t);
+        let q = exp::<A>(x);
+        let ln_m = log_add::<A>(c.ln_b + y, c.ln_1b + x);
+        let v = self.g * q * (x - ln_m - self.kl_qm);
+        if s == f32::NEG_INFINITY { 0.0 } else { v }
+    }
+}
+
+/// Sums `f.sum(s, t)` over a row (f32 lanes, flushed per block into f64),
+/// for the loss passes that write nothing.
 #[inline(always)]
-fn row_sum2<F: Fn(f32, f32) -> (f32, f32)>(s: &[f32], t: &[f32], f: F) -> (f64, f64) {
+fn row_sum2<A: Arith, F: Cols>(s: &[f32], t: &[f32], f: &F) -> (f64, f64) {
     let (mut ta, mut tb) = (0f64, 0f64);
     for (sb, tb_) in s.chunks(BLK).zip(t.chunks(BLK)) {
         let (mut la, mut lb) = ([0f32; L], [0f32; L]);
@@ -253,13 +325,13 @@ fn row_sum2<F: Fn(f32, f32) -> (f32, f32)>(s: &[f32], t: &[f32], f: F) -> (f64, 
         let n = sb.len() - sc.remainder().len();
         for (sc, tc) in sc.zip(tb_.chunks_exact(L)) {
             for i in 0..L {
-                let (a, b) = f(sc[i], tc[i]);
+                let (a, b) = f.sum::<A>(sc[i], tc[i]);
                 la[i] += a;
                 lb[i] += b;
             }
         }
         for i in n..sb.len() {
-            let (a, b) = f(sb[i], tb_[i]);
+            let (a, b) = f.sum::<A>(sb[i], tb_[i]);
             la[i - n] += a;
             lb[i - n] += b;
         }
@@ -269,18 +341,18 @@ fn row_sum2<F: Fn(f32, f32) -> (f32, f32)>(s: &[f32], t: &[f32], f: F) -> (f64, 
     (ta, tb)
 }
 
-/// Writes `grad[c] = f(s[c], t[c])`.
+/// Writes `grad[c] = f.grad(s[c], t[c])`.
 #[inline(always)]
-fn row_map<F: Fn(f32, f32) -> f32>(s: &[f32], t: &[f32], grad: &mut [f32], f: F) {
+fn row_map<A: Arith, F: Cols>(s: &[f32], t: &[f32], grad: &mut [f32], f: &F) {
     let sc = s.chunks_exact(L);
     let n = s.len() - sc.remainder().len();
     for ((sc, tc), gc) in sc.zip(t.chunks_exact(L)).zip(grad[..n].chunks_exact_mut(L)) {
         for i in 0..L {
-            gc[i] = f(sc[i], tc[i]);
+            gc[i] = f.grad::<A>(sc[i], tc[i]);
         }
     }
     for i in n..s.len() {
-        grad[i] = f(s[i], t[i]);
+        grad[i] = f.grad::<A>(s[i], t[i]);
     }
 }
 
@@ -410,44 +482,29 @@ impl RowKernel for Dense<'_> {
                 total
             }
             Divergence::ReverseKl => {
-                // relative to the student's argmax column *: with
-                // e_c = ((s_c − s*) − (t_c − t*))/T, the gradient factor
-                // ln q_c − ln p_c − KL is e_c − Σ q e, which keeps its
-                // digits when the KL is large (logits of 10⁴) and the
-                // factor at * is tiny
                 let (s0, t0) = (s[arg_s], t[arg_s]);
-                let e = |s: f32, t: f32| ((s - s0) - (t - t0)) * k;
-                let (sum_e, _) = row_sum2(s, t, |s, t| {
-                    let (x, _) = c.logs(s, t);
-                    let v = exp::<A>(x) * e(s, t);
-                    (if s == f32::NEG_INFINITY { 0.0 } else { v }, 0.0)
-                });
-                let g = self.g as f32;
-                let e32 = sum_e as f32;
-                row_map(s, t, grad, |s, t| {
-                    let (x, _) = c.logs(s, t);
-                    let v = g * exp::<A>(x) * (e(s, t) - e32);
-                    if s == f32::NEG_INFINITY { 0.0 } else { v }
-                });
+                let mut f = Rev {
+                    c,
+                    s0,
+                    t0,
+                    g: self.g as f32,
+                    sum_e: 0.0,
+                };
+                let (sum_e, _) = row_sum2::<A, _>(s, t, &f);
+                f.sum_e = sum_e as f32;
+                row_map::<A, _>(s, t, grad, &f);
                 // KL = ln q* − ln p* + Σ q e
-                let lq0 = ss.logp64(s0);
-                let lp0 = st.logp64(t0);
-                lq0 - lp0 + sum_e
+                ss.logp64(s0) - st.logp64(t0) + sum_e
             }
             Divergence::Jsd => {
-                let (a, b) = row_sum2(s, t, |s, t| {
-                    let (a, b, _) = jsd_elem::<A>(s, t, &c);
-                    (a, b)
-                });
-                let g = (self.g * (1.0 - beta)) as f32;
-                let b32 = b as f32;
-                row_map(s, t, grad, |s, t| {
-                    let (x, y) = c.logs(s, t);
-                    let q = exp::<A>(x);
-                    let ln_m = log_add::<A>(c.ln_b + y, c.ln_1b + x);
-                    let v = g * q * (x - ln_m - b32);
-                    if s == f32::NEG_INFINITY { 0.0 } else { v }
-                });
+                let mut f = Jsd {
+                    c,
+                    g: (self.g * (1.0 - beta)) as f32,
+                    kl_qm: 0.0,
+                };
+                let (a, b) = row_sum2::<A, _>(s, t, &f);
+                f.kl_qm = b as f32;
+                row_map::<A, _>(s, t, grad, &f);
                 beta * a + (1.0 - beta) * b
             }
         };

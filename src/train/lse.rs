@@ -6,7 +6,7 @@
 //! (1/T) is applied: `(x − m)·k` is exact where it matters (values near the
 //! maximum), so logits of magnitude 10⁴ lose nothing to the scaling.
 
-use crate::cpu::ln::{Arith, exp, ln_pos};
+use crate::cpu::ln::{Arith, exp_normal as exp, ln_pos};
 
 /// Lanes of the vector loops (two AVX2 registers).
 pub(super) const L: usize = 16;

@@ -20,7 +20,7 @@ use super::drive::RowKernel;
 use super::lse::{L, Lse, bad_f, bad_value, log_add64};
 use super::options::{Divergence, RowMask, Tail};
 use crate::batch::{Data, Targets};
-use crate::cpu::ln::{Arith, exp};
+use crate::cpu::ln::{Arith, exp_normal as exp};
 use crate::error::{Arg, BadValue, Error, Result, try_vec};
 
 /// Distillation from a sparse teacher.
