@@ -323,4 +323,25 @@ mod tests {
         check_exp::<Plain>();
         check_exp::<Fused>();
     }
+
+    /// `exp_normal` is `exp` bit for bit where that is normal (x ≥ -87), 0
+    /// below, and never subnormal.
+    #[test]
+    fn exp_normal_is_exp_without_subnormals() {
+        let mut x = -120.0f32;
+        while x < 88.0 {
+            for y in [x, f32::from_bits(x.to_bits() + 1)] {
+                let (a, b) = (exp_normal::<Fused>(y), exp::<Fused>(y));
+                assert!(a == 0.0 || a >= f32::MIN_POSITIVE, "{y}: {a}");
+                if y >= -87.0 {
+                    assert_eq!(a.to_bits(), b.to_bits(), "{y}");
+                } else {
+                    assert_eq!(a, 0.0, "{y}");
+                }
+            }
+            x += 0.013;
+        }
+        assert_eq!(exp_normal::<Plain>(f32::NEG_INFINITY), 0.0);
+        assert!(exp_normal::<Plain>(f32::NAN).is_nan());
+    }
 }
