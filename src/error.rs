@@ -13,6 +13,12 @@ pub enum Arg {
     Targets,
     /// The class weights of a negative log-likelihood.
     Weights,
+    /// The row mask of a distillation loss.
+    Mask,
+    /// The column indices of a sparse (top-k) teacher.
+    Indices,
+    /// The caller's gradient buffer of a training loss.
+    Gradient,
 }
 
 impl fmt::Display for Arg {
@@ -22,6 +28,9 @@ impl fmt::Display for Arg {
             Arg::Q => "q",
             Arg::Targets => "targets",
             Arg::Weights => "weights",
+            Arg::Mask => "mask",
+            Arg::Indices => "teacher indices",
+            Arg::Gradient => "gradient",
         })
     }
 }
@@ -217,6 +226,32 @@ pub enum Error {
         /// The bytes asked for.
         bytes: u64,
     },
+    /// A training loss that is truly infinite on a row, so that it has no
+    /// gradient: the target distribution puts mass on a column the model
+    /// gives probability 0 (a −inf logit), or for a reverse KL the model on a
+    /// column the teacher gives 0.
+    #[error("row {row}, column {col}: the loss is infinite: {why}")]
+    InfiniteLoss {
+        /// The row.
+        row: usize,
+        /// The column (of the student or logits; for a sparse teacher's tail
+        /// bucket, its first column).
+        col: usize,
+        /// Which side has probability 0 where the other has mass.
+        why: &'static str,
+    },
+    /// A sparse teacher's column index that is out of range or repeated.
+    #[error("teacher indices row {row}, position {position}: index {index} {why}")]
+    TeacherIndex {
+        /// The row.
+        row: usize,
+        /// The position within the row's k indices.
+        position: usize,
+        /// The index as given.
+        index: i64,
+        /// What is wrong with it.
+        why: String,
+    },
     /// The device reported an error while running our work.
     #[error("GPU error: {0}")]
     Device(String),
@@ -240,6 +275,12 @@ pub enum Setting {
     MaxBindingBytes,
     /// The environment variable `KULLBACK_BACKEND`.
     BackendEnv,
+    /// The temperature of a distillation loss.
+    Temperature,
+    /// The β of a generalized Jensen-Shannon divergence.
+    Beta,
+    /// The k of a sparse teacher.
+    TopK,
 }
 
 /// What is wrong with a caller's GPU buffer ([`Error::Buffer`]).

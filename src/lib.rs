@@ -37,6 +37,13 @@
 //! [`Context::evaluate`] takes a [`Measure`] and lists the errors every
 //! measure shares.
 //!
+//! ## Training
+//!
+//! [`Context::nll_grad`] (cross-entropy of class targets) and
+//! [`Context::distill`] (forward/reverse KL, generalized JSD, dense or
+//! sparse top-k teacher, temperature) return a loss and write its gradient
+//! with respect to the logits; formulas and conventions in [`train`].
+//!
 //! ## Conventions (identical on the GPU and the CPU)
 //!
 //! Per-element terms, natural log; results are divided by ln(base) at the end
@@ -257,6 +264,7 @@ mod measure;
 mod probe;
 mod record;
 mod resident;
+pub mod train;
 // The tests' one generator and f64 oracle (tests/common) serve the unit tests
 // too: included, not copied; they name this crate `kullback`, as the
 // integration tests do.
@@ -275,3 +283,4 @@ pub use record::{RECORD_SIZE, Record, Status};
 pub use resident::{
     GpuBatch, GpuCall, GpuNll, GpuOutput, GpuTargets, Workspace, decode_output, output_bytes,
 };
+pub use train::{DistillOptions, Divergence, RowMask, SparseTeacher, Tail, Teacher};

@@ -24,7 +24,7 @@ impl RowOffset {
             Arg::P => self.p,
             Arg::Q => self.q,
             Arg::Targets => self.targets,
-            Arg::Weights => false,
+            Arg::Weights | Arg::Mask | Arg::Indices | Arg::Gradient => false,
         }
     }
 

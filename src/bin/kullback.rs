@@ -7,7 +7,12 @@
 //! kullback kl            --p P.npy --q Q.npy [--p-form F] [--q-form F]
 //! kullback js            --p P.npy --q Q.npy [--p-form F] [--q-form F]
 //! kullback nll           --q Q.npy --targets T.npy [--q-form F] [--ignore-index K]
-//!                        [--weights W.npy] [--label-smoothing E]
+//!                        [--weights W.npy] [--label-smoothing E] [--out-grad G.npy]
+//! kullback distill       --student S.npy (--teacher T.npy [--teacher-form logits|log-probs]
+//!                        | --teacher-index I.npy --teacher-logprob L.npy [--tail bucket|renormalize])
+//!                        --divergence forward-kl|reverse-kl|jsd [--beta B] --temperature T
+//!                        [--mask M.npy] [--reduction none|sum|mean] [--backend auto|gpu|cpu]
+//!                        [--out OUT.npy] [--out-grad G.npy]
 //! common: [--reduction none|sum|mean] [--base e|2|10|B] [--normalize]
 //!         [--backend auto|gpu|cpu] [--out OUT.npy]
 //! ```
@@ -22,8 +27,9 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kullback::{
-    Arg, Backend, Base, Batch, Context, Error, Form, Measure, NllOptions, Normalization, Options,
-    Output, Reduction, Targets, Values,
+    Arg, Backend, Base, Batch, Context, DistillOptions, Divergence, Error, Form, Measure,
+    NllOptions, Normalization, Options, Output, Reduction, RowMask, SparseTeacher, Tail, Targets,
+    Teacher, Values,
 };
 use npyz::{DType, NpyFile, Order, TypeChar, WriterBuilder};
 use serde_json::Value;
@@ -55,8 +61,81 @@ enum Command {
     Kl(PairArgs),
     /// Jensen-Shannon divergence ½ D(P‖M) + ½ D(Q‖M), M = ½ (P + Q).
     Js(PairArgs),
-    /// Negative log-likelihood -log q[t] of class targets t.
+    /// Negative log-likelihood -log q[t] of class targets t (with --out-grad,
+    /// from logits, also its gradient with respect to the logits).
     Nll(NllArgs),
+    /// Distillation loss T²·D(teacher, student) at temperature T and its
+    /// gradient with respect to the student's logits (--out-grad).
+    Distill(DistillArgs),
+}
+
+#[derive(Args, Debug)]
+struct DistillArgs {
+    /// Student logits: .npy, [rows, cols] or [cols].
+    #[arg(long, value_name = "S.npy")]
+    student: PathBuf,
+    /// Dense teacher: .npy of the student's shape.
+    #[arg(long, value_name = "T.npy", conflicts_with_all = ["teacher_index", "teacher_logprob"])]
+    teacher: Option<PathBuf>,
+    /// How the dense teacher is given (the temperature applies to both forms).
+    #[arg(long, value_enum, default_value_t = TeacherFormArg::Logits)]
+    teacher_form: TeacherFormArg,
+    /// Sparse teacher: column indices, [rows, k] (or [k]) int32, int64 or uint32.
+    #[arg(long, value_name = "I.npy", requires = "teacher_logprob")]
+    teacher_index: Option<PathBuf>,
+    /// Sparse teacher: ln p_T at those columns (temperature applied), [rows, k] float.
+    #[arg(long, value_name = "L.npy", requires = "teacher_index")]
+    teacher_logprob: Option<PathBuf>,
+    /// A sparse teacher's remaining mass: one tail bucket, or both renormalised over the k columns.
+    #[arg(long, value_enum, default_value_t = TailArg::Bucket)]
+    tail: TailArg,
+    /// The divergence.
+    #[arg(long, value_enum)]
+    divergence: DivergenceArg,
+    /// β of the generalized JSD, in (0, 1).
+    #[arg(long, value_name = "B", default_value_t = 0.5)]
+    beta: f32,
+    /// The temperature T > 0.
+    #[arg(long, value_name = "T")]
+    temperature: f32,
+    /// Row mask: 1-D bool or uint8, one per row (0: the row is ignored).
+    #[arg(long, value_name = "M.npy")]
+    mask: Option<PathBuf>,
+    /// How per-row losses are combined (mean: over the rows that count).
+    #[arg(long, value_enum, default_value_t = ReductionArg::None)]
+    reduction: ReductionArg,
+    /// Backend; the loss and gradient run on the CPU.
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+    backend: BackendArg,
+    /// Write the values to OUT.npy (1-D float32) and leave them out of the JSON.
+    #[arg(long, value_name = "OUT.npy")]
+    out: Option<PathBuf>,
+    /// Write the gradient with respect to the student's logits (2-D float32, the student's shape).
+    #[arg(long, value_name = "G.npy")]
+    out_grad: Option<PathBuf>,
+    /// Float inputs (by flag name: student, teacher, teacher-logprob) holding
+    /// bfloat16, read from a '<u2' .npy or an ml_dtypes '<V2' one.
+    #[arg(long, value_name = "ARG[,ARG]", value_delimiter = ',')]
+    bf16: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum TeacherFormArg {
+    Logits,
+    LogProbs,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum TailArg {
+    Bucket,
+    Renormalize,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum DivergenceArg {
+    ForwardKl,
+    ReverseKl,
+    Jsd,
 }
 
 #[derive(Args, Debug)]
@@ -109,6 +188,10 @@ struct NllArgs {
     /// Label smoothing ε in [0, 1].
     #[arg(long, value_name = "E", default_value_t = 0.0)]
     label_smoothing: f32,
+    /// Write the gradient of the (reduced) loss with respect to q, which must
+    /// be logits, to G.npy (2-D float32 [rows, classes]).
+    #[arg(long, value_name = "G.npy")]
+    out_grad: Option<PathBuf>,
     #[command(flatten)]
     common: Common,
 }
@@ -179,26 +262,35 @@ impl From<FormArg> for Form {
     }
 }
 
+impl ReductionArg {
+    fn reduction(self) -> Reduction {
+        match self {
+            ReductionArg::None => Reduction::None,
+            ReductionArg::Sum => Reduction::Sum,
+            ReductionArg::Mean => Reduction::Mean,
+        }
+    }
+}
+
+fn context(backend: BackendArg) -> Result<Context, String> {
+    let backend = match backend {
+        BackendArg::Auto => Backend::Auto,
+        BackendArg::Gpu => Backend::Gpu,
+        BackendArg::Cpu => Backend::Cpu,
+    };
+    Context::with_backend(backend).map_err(|e| e.to_string())
+}
+
 impl Common {
     /// Whether `--bf16` names `arg`, after checking that every name it
     /// lists is one of `inputs` (this subcommand's float inputs).
     fn bf16(&self, arg: &str, inputs: &[&str]) -> Result<bool, String> {
-        if let Some(bad) = self.bf16.iter().find(|n| !inputs.contains(&n.as_str())) {
-            return Err(format!(
-                "--bf16 {bad}: not a float input of this subcommand (its float inputs: {})",
-                inputs.join(", ")
-            ));
-        }
-        Ok(self.bf16.iter().any(|n| n == arg))
+        bf16_names(&self.bf16, arg, inputs)
     }
 
     fn options(&self) -> Options {
         Options::default()
-            .reduction(match self.reduction {
-                ReductionArg::None => Reduction::None,
-                ReductionArg::Sum => Reduction::Sum,
-                ReductionArg::Mean => Reduction::Mean,
-            })
+            .reduction(self.reduction.reduction())
             .base(self.base)
             .normalization(if self.normalize {
                 Normalization::Renormalize
@@ -208,12 +300,7 @@ impl Common {
     }
 
     fn context(&self) -> Result<Context, String> {
-        let backend = match self.backend {
-            BackendArg::Auto => Backend::Auto,
-            BackendArg::Gpu => Backend::Gpu,
-            BackendArg::Cpu => Backend::Cpu,
-        };
-        Context::with_backend(backend).map_err(|e| e.to_string())
+        context(self.backend)
     }
 }
 
@@ -251,28 +338,54 @@ fn show(path: &Path) -> String {
 
 /// Refuses an `--out` that is one of the input files (it would be overwritten).
 fn check_out(command: &Command) -> Result<(), String> {
-    let (out, inputs): (Option<&PathBuf>, Vec<&Path>) = match command {
-        Command::Entropy(a) => (a.common.out.as_ref(), vec![&a.p]),
+    let (outs, inputs): (Vec<(&str, &Path)>, Vec<&Path>) = match command {
+        Command::Entropy(a) => (outs(&a.common.out, &None), vec![&a.p]),
         Command::CrossEntropy(a) | Command::Kl(a) | Command::Js(a) => {
-            (a.common.out.as_ref(), vec![&a.p, &a.q])
+            (outs(&a.common.out, &None), vec![&a.p, &a.q])
         }
         Command::Nll(a) => {
             let mut v: Vec<&Path> = vec![&a.q, &a.targets];
             v.extend(a.weights.as_deref());
-            (a.common.out.as_ref(), v)
+            (outs(&a.common.out, &a.out_grad), v)
+        }
+        Command::Distill(a) => {
+            let mut v: Vec<&Path> = vec![&a.student];
+            v.extend(
+                [&a.teacher, &a.teacher_index, &a.teacher_logprob, &a.mask]
+                    .into_iter()
+                    .flat_map(|p| p.as_deref()),
+            );
+            (outs(&a.out, &a.out_grad), v)
         }
     };
-    let Some(out) = out else { return Ok(()) };
-    for input in inputs {
-        if same_file(out, input) {
+    if let [(_, a), (_, b)] = outs[..] {
+        if same_file(a, b) {
             return Err(format!(
-                "{}: --out is also an input ({}); write the output to another path",
-                show(out),
-                show(input)
+                "{}: --out and --out-grad name the same file",
+                show(a)
             ));
         }
     }
+    for (flag, out) in outs {
+        for &input in &inputs {
+            if same_file(out, input) {
+                return Err(format!(
+                    "{}: {flag} is also an input ({}); write the output to another path",
+                    show(out),
+                    show(input)
+                ));
+            }
+        }
+    }
     Ok(())
+}
+
+/// The output files given, with their flags.
+fn outs<'a>(out: &'a Option<PathBuf>, grad: &'a Option<PathBuf>) -> Vec<(&'static str, &'a Path)> {
+    let mut v = Vec::new();
+    v.extend(out.as_deref().map(|p| ("--out", p)));
+    v.extend(grad.as_deref().map(|p| ("--out-grad", p)));
+    v
 }
 
 /// Whether two paths name the same file (the same inode, or the same path
@@ -331,15 +444,165 @@ fn run(command: &Command) -> Result<String, String> {
                 opts = opts.weights(w);
             }
             let ctx = a.common.context()?;
+            if let Some(path) = &a.out_grad {
+                let mut grad = grad_buffer(q.rows, q.cols)?;
+                let out = ctx
+                    .nll_grad(&q.batch(a.q_form), targets.as_targets(), &opts, &mut grad)
+                    .map_err(|e| files.explain(&e))?;
+                write_grad(path, &grad, q.rows, q.cols)?;
+                return finish("nll", &out, a.common.out.as_deref());
+            }
             let out = ctx.nll(&q.batch(a.q_form), targets.as_targets(), &opts);
             ("nll", files, &a.common, out)
         }
+        Command::Distill(a) => return distill(a),
     };
     let output = output.map_err(|e| files.explain(&e))?;
     if let Some(path) = &common.out {
         write_values(path, &output.values)?;
     }
     Ok(to_json(name, &output, common.out.is_none()))
+}
+
+/// Whether the `--bf16` list `names` holds `arg`, after checking that every
+/// name it lists is one of `inputs` (the subcommand's float inputs).
+fn bf16_names(names: &[String], arg: &str, inputs: &[&str]) -> Result<bool, String> {
+    if let Some(bad) = names.iter().find(|n| !inputs.contains(&n.as_str())) {
+        return Err(format!(
+            "--bf16 {bad}: not a float input of this subcommand (its float inputs: {})",
+            inputs.join(", ")
+        ));
+    }
+    Ok(names.iter().any(|n| n == arg))
+}
+
+/// Writes the values to `out` if given; the JSON text.
+fn finish(name: &str, output: &Output, out: Option<&Path>) -> Result<String, String> {
+    if let Some(path) = out {
+        write_values(path, &output.values)?;
+    }
+    Ok(to_json(name, output, out.is_none()))
+}
+
+/// A zeroed gradient of rows × cols, or an error if it does not fit.
+fn grad_buffer(rows: usize, cols: usize) -> Result<Vec<f32>, String> {
+    let n = rows.saturating_mul(cols);
+    let mut v = Vec::new();
+    v.try_reserve_exact(n)
+        .map_err(|_| format!("the gradient of {rows} x {cols} values does not fit in memory"))?;
+    v.resize(n, 0.0);
+    Ok(v)
+}
+
+fn distill(a: &DistillArgs) -> Result<String, String> {
+    let files = Files {
+        p: a.teacher.as_deref().or(a.teacher_logprob.as_deref()),
+        q: Some(&a.student),
+        mask: a.mask.as_deref(),
+        indices: a.teacher_index.as_deref(),
+        ..Files::default()
+    };
+    const INPUTS: [&str; 3] = ["student", "teacher", "teacher-logprob"];
+    let student = Matrix::load(&a.student, bf16_names(&a.bf16, "student", &INPUTS)?)?;
+    let mask = match &a.mask {
+        Some(path) => Some(load_mask(path)?),
+        None => None,
+    };
+    let divergence = match a.divergence {
+        DivergenceArg::ForwardKl => Divergence::ForwardKl,
+        DivergenceArg::ReverseKl => Divergence::ReverseKl,
+        DivergenceArg::Jsd => Divergence::Jsd,
+    };
+    let mut opts = DistillOptions::default()
+        .divergence(divergence)
+        .beta(a.beta)
+        .temperature(a.temperature)
+        .reduction(a.reduction.reduction())
+        .tail(match a.tail {
+            TailArg::Bucket => Tail::Bucket,
+            TailArg::Renormalize => Tail::Renormalize,
+        });
+    if let Some(m) = &mask {
+        opts = opts.mask(m.as_mask());
+    }
+    let dense;
+    let sparse;
+    let teacher = match (&a.teacher, &a.teacher_index, &a.teacher_logprob) {
+        (Some(t), None, None) => {
+            dense = Matrix::load(t, bf16_names(&a.bf16, "teacher", &INPUTS)?)?;
+            let form = match a.teacher_form {
+                TeacherFormArg::Logits => FormArg::Logits,
+                TeacherFormArg::LogProbs => FormArg::LogProbs,
+            };
+            Teacher::Dense(dense.batch(form))
+        }
+        (None, Some(i), Some(l)) => {
+            let (ix, ishape) = TargetVec::load_nd(i, "teacher indices")?;
+            let lp = Matrix::load(l, bf16_names(&a.bf16, "teacher-logprob", &INPUTS)?)?;
+            let k = ishape.last().copied().unwrap_or(0) as usize;
+            if (lp.rows, lp.cols) != (ix.len() / k.max(1), k) {
+                return Err(format!(
+                    "{}, {}: the indices are {ishape:?} but the log-probabilities {} x {}; \
+                     they must have the same shape",
+                    show(i),
+                    show(l),
+                    lp.rows,
+                    lp.cols
+                ));
+            }
+            sparse = (ix, lp.to_f32(l)?);
+            Teacher::Sparse(SparseTeacher::new(sparse.0.as_targets(), &sparse.1, k))
+        }
+        _ => {
+            return Err(
+                "give --teacher T.npy, or --teacher-index I.npy with --teacher-logprob L.npy"
+                    .into(),
+            );
+        }
+    };
+    let ctx = context(a.backend)?;
+    let mut grad = grad_buffer(student.rows, student.cols)?;
+    let out = ctx
+        .distill(&student.batch(FormArg::Logits), &teacher, &opts, &mut grad)
+        .map_err(|e| files.explain(&e))?;
+    if let Some(path) = &a.out_grad {
+        write_grad(path, &grad, student.rows, student.cols)?;
+    }
+    finish("distill", &out, a.out.as_deref())
+}
+
+/// A row mask: 1-D bool or uint8.
+enum MaskVec {
+    Bool(Vec<bool>),
+    U8(Vec<u8>),
+}
+
+impl MaskVec {
+    fn as_mask(&self) -> RowMask<'_> {
+        match self {
+            MaskVec::Bool(v) => RowMask::from(v),
+            MaskVec::U8(v) => RowMask::from(v),
+        }
+    }
+}
+
+fn load_mask(path: &Path) -> Result<MaskVec, String> {
+    let npy = open_npy(path)?;
+    check_1d(path, npy.shape(), "the mask")?;
+    let dtype = npy.dtype();
+    match &dtype {
+        DType::Plain(t) if t.size_field() == 1 && t.type_char() == TypeChar::Bool => {
+            Ok(MaskVec::Bool(read_all(path, npy)?))
+        }
+        DType::Plain(t) if t.size_field() == 1 && t.type_char() == TypeChar::Uint => {
+            Ok(MaskVec::U8(read_all(path, npy)?))
+        }
+        _ => Err(format!(
+            "{}: unsupported dtype {} for a mask; expected bool or uint8",
+            show(path),
+            dtype_name(&dtype)
+        )),
+    }
 }
 
 type Evaluated<'a> = (
@@ -374,6 +637,8 @@ struct Files<'a> {
     q: Option<&'a Path>,
     targets: Option<&'a Path>,
     weights: Option<&'a Path>,
+    mask: Option<&'a Path>,
+    indices: Option<&'a Path>,
 }
 
 impl Files<'_> {
@@ -383,17 +648,27 @@ impl Files<'_> {
             Arg::Q => self.q,
             Arg::Targets => self.targets,
             Arg::Weights => self.weights,
+            Arg::Mask => self.mask,
+            Arg::Indices => self.indices,
+            Arg::Gradient => None,
         };
         path.map_or_else(|| arg.to_string(), show)
     }
 
     /// Every input file, for an error that concerns the call as a whole.
     fn all(&self) -> String {
-        let names: Vec<String> = [self.p, self.q, self.targets, self.weights]
-            .into_iter()
-            .flatten()
-            .map(show)
-            .collect();
+        let names: Vec<String> = [
+            self.p,
+            self.q,
+            self.targets,
+            self.weights,
+            self.mask,
+            self.indices,
+        ]
+        .into_iter()
+        .flatten()
+        .map(show)
+        .collect();
         names.join(", ")
     }
 
@@ -415,6 +690,7 @@ impl Files<'_> {
                 self.name(*arg)
             ),
             Error::TargetOutOfRange { .. } => format!("{}: {e}", self.name(Arg::Targets)),
+            Error::TeacherIndex { .. } => format!("{}: {e}", self.name(Arg::Indices)),
             Error::TargetCount {
                 targets,
                 q_rows,
@@ -519,6 +795,18 @@ impl Matrix {
         })
     }
 
+    /// The values as f32 (f64 converted with the library's checks).
+    fn to_f32(&self, path: &Path) -> Result<Vec<f32>, String> {
+        match &self.values {
+            FloatVec::F32(v) => Ok(v.clone()),
+            FloatVec::F64(v) => {
+                kullback::f32_from_f64(v, Arg::P).map_err(|e| format!("{}: {e}", show(path)))
+            }
+            FloatVec::F16(v) => Ok(v.iter().map(|x| x.to_f32()).collect()),
+            FloatVec::BF16(v) => Ok(v.iter().map(|x| x.to_f32()).collect()),
+        }
+    }
+
     fn batch(&self, form: FormArg) -> Batch<'_> {
         let values = match &self.values {
             FloatVec::F32(v) => Values::F32(v),
@@ -540,6 +828,32 @@ impl TargetVec {
     fn load(path: &Path) -> Result<TargetVec, String> {
         let npy = open_npy(path)?;
         check_1d(path, npy.shape(), "targets")?;
+        Self::read(path, npy, "targets")
+    }
+
+    /// A 1-D or 2-D integer array and its shape.
+    fn load_nd(path: &Path, what: &str) -> Result<(TargetVec, Vec<u64>), String> {
+        let npy = open_npy(path)?;
+        let shape = npy.shape().to_vec();
+        if !(1..=2).contains(&shape.len()) || npy.order() == Order::Fortran {
+            return Err(format!(
+                "{}: a {}-D array of shape {shape:?}; {what} must be 2-D [rows, k] in C order, or 1-D [k]",
+                show(path),
+                shape.len()
+            ));
+        }
+        Ok((Self::read(path, npy, what)?, shape))
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            TargetVec::I32(v) => v.len(),
+            TargetVec::I64(v) => v.len(),
+            TargetVec::U32(v) => v.len(),
+        }
+    }
+
+    fn read(path: &Path, npy: NpyFile<BufReader<File>>, what: &str) -> Result<TargetVec, String> {
         let dtype = npy.dtype();
         match &dtype {
             DType::Plain(t) if t.size_field() == 4 && t.type_char() == TypeChar::Int => {
@@ -552,7 +866,7 @@ impl TargetVec {
                 Ok(TargetVec::U32(read_all(path, npy)?))
             }
             _ => Err(format!(
-                "{}: unsupported dtype {} for targets; expected int32, int64 or uint32",
+                "{}: unsupported dtype {} for {what}; expected int32, int64 or uint32",
                 show(path),
                 dtype_name(&dtype)
             )),
@@ -685,6 +999,20 @@ fn dtype_name(dtype: &DType) -> String {
 
 fn to_usize(path: &Path, n: u64) -> Result<usize, String> {
     usize::try_from(n).map_err(|_| format!("{}: dimension {n} is too large", show(path)))
+}
+
+/// The gradient as a 2-D float32 .npy of shape [rows, cols].
+fn write_grad(path: &Path, grad: &[f32], rows: usize, cols: usize) -> Result<(), String> {
+    let fail = |e: std::io::Error| format!("{}: cannot write: {e}", show(path));
+    let file = File::create(path).map_err(fail)?;
+    let mut writer = npyz::WriteOptions::new()
+        .default_dtype()
+        .shape(&[rows as u64, cols as u64])
+        .writer(BufWriter::new(file))
+        .begin_nd()
+        .map_err(fail)?;
+    writer.extend(grad.iter().copied()).map_err(fail)?;
+    writer.finish().map_err(fail)
 }
 
 fn write_values(path: &Path, values: &[f32]) -> Result<(), String> {

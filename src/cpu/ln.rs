@@ -136,12 +136,10 @@ const LOG2E: f32 = std::f32::consts::LOG2_E;
 const ROUND_MAGIC: f32 = 12_582_912.0;
 const ROUND_MAGIC_BITS: i32 = 0x4b40_0000;
 
-/// e^x for x ≤ 88 (NaN gives NaN, -inf and x < -104 give 0); results below
-/// 2^-126 come out as subnormals.
+/// e^r on the reduced range and the integer n: e^xc = y · 2^n, for xc
+/// already clamped to [-104, 88].
 #[inline(always)]
-pub(crate) fn exp<A: Arith>(x: f32) -> f32 {
-    let xc = if x < -104.0 { -104.0 } else { x };
-    let xc = if xc > 88.0 { 88.0 } else { xc };
+fn exp_reduced<A: Arith>(xc: f32) -> (f32, i32) {
     let t = A::madd(xc, LOG2E, ROUND_MAGIC);
     let n = t - ROUND_MAGIC;
     let ni = t.to_bits() as i32 - ROUND_MAGIC_BITS;
@@ -155,7 +153,16 @@ pub(crate) fn exp<A: Arith>(x: f32) -> f32 {
     y = A::madd(y, r, 4.166_579_6e-2);
     y = A::madd(y, r, 1.666_666_5e-1);
     y = A::madd(y, r, 0.5);
-    y = A::madd(y, z, r) + 1.0;
+    (A::madd(y, z, r) + 1.0, ni)
+}
+
+/// e^x for x ≤ 88 (NaN gives NaN, -inf and x < -104 give 0); results below
+/// 2^-126 come out as subnormals.
+#[inline(always)]
+pub(crate) fn exp<A: Arith>(x: f32) -> f32 {
+    let xc = if x < -104.0 { -104.0 } else { x };
+    let xc = if xc > 88.0 { 88.0 } else { xc };
+    let (y, ni) = exp_reduced::<A>(xc);
     // 2^n as two normal factors (n in [-150, 127])
     let n1 = ni >> 1;
     let n2 = ni - n1;
@@ -163,6 +170,21 @@ pub(crate) fn exp<A: Arith>(x: f32) -> f32 {
     let s2 = f32::from_bits(((n2 + 127) as u32) << 23);
     let res = y * s1 * s2;
     if x < -104.0 { 0.0 } else { res }
+}
+
+/// e^x for x ≤ 88 with no subnormal result: 0 below e^-87 (about 1.6e-38),
+/// normal numbers above; one scaling instead of two. For the training
+/// kernels, where a probability below 2^-126 adds nothing to a row's sums
+/// (relative to its maximum, whose term is 1) and is no gradient at any
+/// tolerance. NaN gives NaN, -inf gives 0.
+#[inline(always)]
+pub(crate) fn exp_normal<A: Arith>(x: f32) -> f32 {
+    let xc = if x < -87.0 { -87.0 } else { x };
+    let xc = if xc > 88.0 { 88.0 } else { xc };
+    let (y, ni) = exp_reduced::<A>(xc);
+    // n in [-126, 127], and y·2^n ≥ e^-87 > 2^-126 where n = -126
+    let res = y * f32::from_bits(((ni + 127) as u32) << 23);
+    if x < -87.0 { 0.0 } else { res }
 }
 
 #[cfg(test)]
@@ -297,5 +319,26 @@ mod tests {
     fn exp_within_2_ulp() {
         check_exp::<Plain>();
         check_exp::<Fused>();
+    }
+
+    /// `exp_normal` is `exp` bit for bit where that is normal (x ≥ -87), 0
+    /// below, and never subnormal.
+    #[test]
+    fn exp_normal_is_exp_without_subnormals() {
+        let mut x = -120.0f32;
+        while x < 88.0 {
+            for y in [x, f32::from_bits(x.to_bits() + 1)] {
+                let (a, b) = (exp_normal::<Fused>(y), exp::<Fused>(y));
+                assert!(a == 0.0 || a >= f32::MIN_POSITIVE, "{y}: {a}");
+                if y >= -87.0 {
+                    assert_eq!(a.to_bits(), b.to_bits(), "{y}");
+                } else {
+                    assert_eq!(a, 0.0, "{y}");
+                }
+            }
+            x += 0.013;
+        }
+        assert_eq!(exp_normal::<Plain>(f32::NEG_INFINITY), 0.0);
+        assert!(exp_normal::<Plain>(f32::NAN).is_nan());
     }
 }

@@ -24,13 +24,13 @@ mod fast;
 #[cfg(target_arch = "x86_64")]
 mod fast512;
 mod kernel;
-mod ln;
+pub(crate) mod ln;
 mod plan;
 mod selfcheck;
 mod terms;
 #[cfg(test)]
 mod tests;
-mod threads;
+pub(crate) mod threads;
 mod total;
 
 use block::Isa;
@@ -41,6 +41,13 @@ use crate::error::{Error, Result};
 use crate::job::Job;
 use crate::measure::Reduction;
 use crate::record::Record;
+
+/// Whether the CPU backend runs its AVX2 + FMA kernels (or the AVX-512
+/// ones, which imply them): the training kernels (`crate::train`) follow the
+/// same choice, so `KULLBACK_CPU_ISA` pins their bits too.
+pub(crate) fn avx2_chosen() -> bool {
+    !matches!(Isa::chosen(), Isa::Base)
+}
 
 /// Elements per worker below which fewer threads are started.
 const MIN_WORK: usize = 1 << 15;

@@ -4,14 +4,14 @@
 //! workers instead of oversubscribing the cores.
 
 /// Number of workers: the machine's available parallelism.
-pub(super) fn available() -> usize {
+pub(crate) fn available() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// Calls `f(first_index, part)` on `threads` contiguous, nearly equal parts of
 /// `out`, one task each (the first on the calling thread). Which thread
 /// computes an element never changes what is computed for it.
-pub(super) fn split_mut<T: Send>(
+pub(crate) fn split_mut<T: Send>(
     out: &mut [T],
     threads: usize,
     f: impl Fn(usize, &mut [T]) + Sync,

@@ -1,0 +1,513 @@
+//! Row kernels with dense targets: the NLL of class targets and distillation
+//! from a dense teacher.
+//!
+//! Pass 1 reads a row once (block maxima, log-sum-exp, every check); the
+//! forward KL and the NLL then write the gradient and add up the loss in one
+//! more pass. The reverse KL and the JSD need a sum over the row (their KL
+//! term) before the gradient, so they read the row three times.
+
+use std::mem::MaybeUninit;
+
+use super::drive::RowKernel;
+use super::lse::{BLK, L, Lse, Soft, bad_value, log_add, max_min_bad};
+use super::options::{Divergence, RowMask};
+use crate::batch::Data;
+use crate::call::IGNORED;
+use crate::cpu::ln::{Arith, exp_normal as exp};
+use crate::error::{Arg, BadValue, Error, Result, try_vec};
+use crate::measure::Form;
+
+/// A conversion buffer for f64 or half values (empty for f32 ones).
+pub(super) fn row_buf(d: &Data<'_>, cols: usize) -> Result<Vec<MaybeUninit<f32>>> {
+    let n = if d.is_converted() { cols } else { 0 };
+    let mut v = try_vec(n, "a row conversion buffer")?;
+    v.resize(n, MaybeUninit::uninit());
+    Ok(v)
+}
+
+/// Pass 1 of one row: its log-sum-exp at scale `k` (NaN and +inf are
+/// errors) and whether it holds a −inf.
+#[inline(always)]
+fn stats<A: Arith>(x: &[f32], k: f32, arg: Arg, row: usize) -> Result<(Lse, bool)> {
+    let mut l = Lse::EMPTY;
+    let mut ninf = false;
+    for (b, blk) in x.chunks(BLK).enumerate() {
+        let (mb, ni, bad) = max_min_bad(blk);
+        if bad {
+            return Err(bad_value(arg, row, b * BLK, blk));
+        }
+        ninf |= ni;
+        l.add_block::<A>(blk, mb, k);
+    }
+    if l.empty() {
+        return Err(Error::CannotNormalize {
+            arg,
+            row,
+            why: "every value is -inf",
+        });
+    }
+    Ok((l, ninf))
+}
+
+/// Negative log-likelihood of class targets from logits.
+pub(super) struct Nll<'a> {
+    pub(super) q: Data<'a>,
+    pub(super) cols: usize,
+    /// Targets in [0, cols) or [`IGNORED`].
+    pub(super) targets: &'a [u32],
+    pub(super) weights: Option<&'a [f32]>,
+    /// Label smoothing ε.
+    pub(super) eps: f32,
+    /// Σ_c w_c (C without weights).
+    pub(super) sum_w: f64,
+    /// The factor of the gradient: 1 / ln(base) · the reduction's scale.
+    pub(super) g: f64,
+}
+
+impl Nll<'_> {
+    fn w(&self, c: usize) -> f32 {
+        self.weights.map_or(1.0, |w| w[c])
+    }
+}
+
+/// One column of the NLL's gradient pass: (gradient without the target's
+/// one-hot part, w·(−ln q)).
+#[inline(always)]
+fn nll_elem<A: Arith>(z: f32, w: f32, m: f32, ln_s: f32, a: f32, b: f32) -> (f32, f32) {
+    let x = (z - m) - ln_s;
+    let q = exp::<A>(x);
+    let grad = a * q - b * w;
+    let term = if z == f32::NEG_INFINITY || w == 0.0 {
+        0.0
+    } else {
+        -w * x
+    };
+    (grad, term)
+}
+
+impl RowKernel for Nll<'_> {
+    type Scratch = Vec<MaybeUninit<f32>>;
+    fn scratch(&self) -> Result<Self::Scratch> {
+        row_buf(&self.q, self.cols)
+    }
+
+    #[inline(always)]
+    fn row<A: Arith>(&self, row: usize, grad: &mut [f32], buf: &mut Self::Scratch) -> Result<f64> {
+        let t = self.targets[row];
+        if t == IGNORED {
+            grad.fill(0.0);
+            return Ok(0.0);
+        }
+        let (cols, t) = (self.cols, t as usize);
+        let z = self.q.f32s(row * cols..(row + 1) * cols, buf);
+        let (lse, ninf) = stats::<A>(z, 1.0, Arg::Q, row)?;
+        let eps = self.eps;
+        let wt = self.w(t);
+        let one_hot = (1.0 - eps as f64) * wt as f64;
+        if z[t] == f32::NEG_INFINITY && one_hot > 0.0 {
+            return Err(Error::InfiniteLoss {
+                row,
+                col: t,
+                why: "the target class has a -inf logit",
+            });
+        }
+        if eps > 0.0 && ninf {
+            if let Some(c) = (0..cols).find(|&c| z[c] == f32::NEG_INFINITY && self.w(c) > 0.0) {
+                return Err(Error::InfiniteLoss {
+                    row,
+                    col: c,
+                    why: "label smoothing puts mass on a class with a -inf logit",
+                });
+            }
+        }
+        let soft: Soft = lse.soft(1.0);
+        let (m, ln_s) = (soft.m, soft.ln_s as f32);
+        let smooth = eps as f64 / cols as f64;
+        let sum_p = one_hot + smooth * self.sum_w;
+        let a = (self.g * sum_p) as f32;
+        let b = (self.g * smooth) as f32;
+        let mut total = 0f64;
+        let ones = [1f32; BLK];
+        for (bi, (zb, gb)) in z.chunks(BLK).zip(grad.chunks_mut(BLK)).enumerate() {
+            let wb = match self.weights {
+                Some(w) => &w[bi * BLK..bi * BLK + zb.len()],
+                None => &ones[..zb.len()],
+            };
+            let mut lanes = [0f32; L];
+            let zc = zb.chunks_exact(L);
+            let (zr, wr) = (zc.remainder(), &wb[zb.len() - zc.remainder().len()..]);
+            let n = zb.len() - zr.len();
+            for ((zc, wc), gc) in zc.zip(wb.chunks_exact(L)).zip(gb[..n].chunks_exact_mut(L)) {
+                for i in 0..L {
+                    let (g, term) = nll_elem::<A>(zc[i], wc[i], m, ln_s, a, b);
+                    gc[i] = g;
+                    lanes[i] += term;
+                }
+            }
+            for (i, (&zv, &wv)) in zr.iter().zip(wr).enumerate() {
+                let (g, term) = nll_elem::<A>(zv, wv, m, ln_s, a, b);
+                gb[n + i] = g;
+                lanes[i] += term;
+            }
+            total += lanes.iter().map(|&v| v as f64).sum::<f64>();
+        }
+        // the target's column exactly, in f64
+        let xt = soft.logp64(z[t]);
+        let qt = xt.exp();
+        grad[t] = (self.g * (sum_p * qt - smooth * wt as f64 - one_hot)) as f32;
+        let nll_t = if one_hot > 0.0 { -xt * one_hot } else { 0.0 };
+        Ok(nll_t + smooth * total)
+    }
+}
+
+/// Distillation from a dense teacher.
+pub(super) struct Dense<'a> {
+    pub(super) s: Data<'a>,
+    pub(super) t: Data<'a>,
+    pub(super) t_form: Form,
+    pub(super) cols: usize,
+    pub(super) div: Divergence,
+    pub(super) beta: f32,
+    /// 1 / T.
+    pub(super) k: f32,
+    /// T².
+    pub(super) t2: f64,
+    /// The factor of the gradient: T · the reduction's scale.
+    pub(super) g: f64,
+    pub(super) mask: Option<RowMask<'a>>,
+}
+
+/// The scratch of [`Dense`]: conversion buffers of the student and teacher.
+pub(super) type Bufs = (Vec<MaybeUninit<f32>>, Vec<MaybeUninit<f32>>);
+
+/// Row constants of the dense loops.
+#[derive(Clone, Copy)]
+struct Rc {
+    ms: f32,
+    mt: f32,
+    k: f32,
+    ln_ss: f32,
+    ln_st: f32,
+    /// ln Σ_S − ln Σ_T: d = ((t − mt) − (s − ms))·k + dk = ln p − ln q.
+    dk: f32,
+    ln_b: f32,
+    ln_1b: f32,
+}
+
+impl Rc {
+    /// (ln q, ln p).
+    #[inline(always)]
+    fn logs(&self, s: f32, t: f32) -> (f32, f32) {
+        (
+            (s - self.ms) * self.k - self.ln_ss,
+            (t - self.mt) * self.k - self.ln_st,
+        )
+    }
+    /// ln p − ln q, with the shifts cancelled first.
+    #[inline(always)]
+    fn d(&self, s: f32, t: f32) -> f32 {
+        ((t - self.mt) - (s - self.ms)) * self.k + self.dk
+    }
+}
+
+/// Forward KL, one column: (gradient, p·(ln p − ln q)).
+#[inline(always)]
+fn fwd_elem<A: Arith>(s: f32, t: f32, c: &Rc, g: f32) -> (f32, f32) {
+    let (x, y) = c.logs(s, t);
+    let (q, p) = (exp::<A>(x), exp::<A>(y));
+    let term = if t == f32::NEG_INFINITY {
+        0.0
+    } else {
+        p * c.d(s, t)
+    };
+    (g * (q - p), term)
+}
+
+/// JSD, one column: (p·(ln p − ln M), q·(ln q − ln M), q).
+#[inline(always)]
+fn jsd_elem<A: Arith>(s: f32, t: f32, c: &Rc) -> (f32, f32, f32) {
+    let (x, y) = c.logs(s, t);
+    let (q, p) = (exp::<A>(x), exp::<A>(y));
+    let ln_m = log_add::<A>(c.ln_b + y, c.ln_1b + x);
+    let a = if t == f32::NEG_INFINITY {
+        0.0
+    } else {
+        p * (y - ln_m)
+    };
+    let b = if s == f32::NEG_INFINITY {
+        0.0
+    } else {
+        q * (x - ln_m)
+    };
+    (a, b, q)
+}
+
+/// A divergence's two per-column functions for the passes after pass 1:
+/// terms summed over the row, and the gradient. Methods rather than
+/// closures, so that they are inlined into the `avx2,fma` kernels (a
+/// closure is compiled without its caller's target features).
+trait Cols {
+    /// Two terms of the row sums.
+    fn sum<A: Arith>(&self, s: f32, t: f32) -> (f32, f32);
+    /// The gradient of one column.
+    fn grad<A: Arith>(&self, s: f32, t: f32) -> f32;
+}
+
+/// The reverse KL relative to the student's argmax column *: with
+/// e_c = ((s_c − s*) − (t_c − t*))/T, the gradient factor
+/// ln q_c − ln p_c − KL is e_c − Σ q e, which keeps its digits when the KL
+/// is large (logits of 10⁴) and the factor at * is tiny.
+struct Rev {
+    c: Rc,
+    s0: f32,
+    t0: f32,
+    g: f32,
+    /// Σ q e (set after the sum pass).
+    sum_e: f32,
+}
+
+impl Rev {
+    #[inline(always)]
+    fn e(&self, s: f32, t: f32) -> f32 {
+        ((s - self.s0) - (t - self.t0)) * self.c.k
+    }
+}
+
+impl Cols for Rev {
+    #[inline(always)]
+    fn sum<A: Arith>(&self, s: f32, t: f32) -> (f32, f32) {
+        let (x, _) = self.c.logs(s, t);
+        let v = exp::<A>(x) * self.e(s, t);
+        (if s == f32::NEG_INFINITY { 0.0 } else { v }, 0.0)
+    }
+    #[inline(always)]
+    fn grad<A: Arith>(&self, s: f32, t: f32) -> f32 {
+        let (x, _) = self.c.logs(s, t);
+        let v = self.g * exp::<A>(x) * (self.e(s, t) - self.sum_e);
+        if s == f32::NEG_INFINITY { 0.0 } else { v }
+    }
+}
+
+/// The generalized JSD.
+struct Jsd {
+    c: Rc,
+    /// T (1 − β) · the reduction's scale.
+    g: f32,
+    /// KL(q ‖ M) (set after the sum pass).
+    kl_qm: f32,
+}
+
+impl Cols for Jsd {
+    #[inline(always)]
+    fn sum<A: Arith>(&self, s: f32, t: f32) -> (f32, f32) {
+        let (a, b, _) = jsd_elem::<A>(s, t, &self.c);
+        (a, b)
+    }
+    #[inline(always)]
+    fn grad<A: Arith>(&self, s: f32, t: f32) -> f32 {
+        let c = &self.c;
+        let (x, y) = c.logs(s, t);
+        let q = exp::<A>(x);
+        let ln_m = log_add::<A>(c.ln_b + y, c.ln_1b + x);
+        let v = self.g * q * (x - ln_m - self.kl_qm);
+        if s == f32::NEG_INFINITY { 0.0 } else { v }
+    }
+}
+
+/// Sums `f.sum(s, t)` over a row (f32 lanes, flushed per block into f64),
+/// for the loss passes that write nothing.
+#[inline(always)]
+fn row_sum2<A: Arith, F: Cols>(s: &[f32], t: &[f32], f: &F) -> (f64, f64) {
+    let (mut ta, mut tb) = (0f64, 0f64);
+    for (sb, tb_) in s.chunks(BLK).zip(t.chunks(BLK)) {
+        let (mut la, mut lb) = ([0f32; L], [0f32; L]);
+        let sc = sb.chunks_exact(L);
+        let n = sb.len() - sc.remainder().len();
+        for (sc, tc) in sc.zip(tb_.chunks_exact(L)) {
+            for i in 0..L {
+                let (a, b) = f.sum::<A>(sc[i], tc[i]);
+                la[i] += a;
+                lb[i] += b;
+            }
+        }
+        for i in n..sb.len() {
+            let (a, b) = f.sum::<A>(sb[i], tb_[i]);
+            la[i - n] += a;
+            lb[i - n] += b;
+        }
+        ta += la.iter().map(|&v| v as f64).sum::<f64>();
+        tb += lb.iter().map(|&v| v as f64).sum::<f64>();
+    }
+    (ta, tb)
+}
+
+/// Writes `grad[c] = f.grad(s[c], t[c])`.
+#[inline(always)]
+fn row_map<A: Arith, F: Cols>(s: &[f32], t: &[f32], grad: &mut [f32], f: &F) {
+    let sc = s.chunks_exact(L);
+    let n = s.len() - sc.remainder().len();
+    for ((sc, tc), gc) in sc.zip(t.chunks_exact(L)).zip(grad[..n].chunks_exact_mut(L)) {
+        for i in 0..L {
+            gc[i] = f.grad::<A>(sc[i], tc[i]);
+        }
+    }
+    for i in n..s.len() {
+        grad[i] = f.grad::<A>(s[i], t[i]);
+    }
+}
+
+impl Dense<'_> {
+    /// The first column where the divergence is infinite, in a block that
+    /// holds a −inf.
+    fn infinite(&self, row: usize, c0: usize, s: &[f32], t: &[f32]) -> Result<()> {
+        let ni = f32::NEG_INFINITY;
+        let (hit, why) = match self.div {
+            Divergence::ForwardKl => (
+                s.iter().zip(t).position(|(&s, &t)| s == ni && t != ni),
+                "the teacher puts mass on a column the student masks with -inf",
+            ),
+            Divergence::ReverseKl => (
+                s.iter().zip(t).position(|(&s, &t)| t == ni && s != ni),
+                "the student puts mass on a column where the teacher has probability 0",
+            ),
+            Divergence::Jsd => (None, ""),
+        };
+        match hit {
+            Some(i) => Err(Error::InfiniteLoss {
+                row,
+                col: c0 + i,
+                why,
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl RowKernel for Dense<'_> {
+    type Scratch = Bufs;
+    fn scratch(&self) -> Result<Bufs> {
+        Ok((row_buf(&self.s, self.cols)?, row_buf(&self.t, self.cols)?))
+    }
+
+    #[inline(always)]
+    fn row<A: Arith>(&self, row: usize, grad: &mut [f32], bufs: &mut Bufs) -> Result<f64> {
+        if self.mask.is_some_and(|m| !m.counts(row)) {
+            grad.fill(0.0);
+            return Ok(0.0);
+        }
+        let cols = self.cols;
+        let range = row * cols..(row + 1) * cols;
+        let s = self.s.f32s(range.clone(), &mut bufs.0);
+        let t = self.t.f32s(range, &mut bufs.1);
+        let k = self.k;
+        // pass 1: both log-sum-exps and every check, a block at a time
+        let (mut ls, mut lt) = (Lse::EMPTY, Lse::EMPTY);
+        // reported after a row of −inf, the more basic error
+        let mut infinite = Ok(());
+        // the reverse KL's reference column: the student's first maximum
+        let mut arg_s = 0usize;
+        for (b, (sb, tb)) in s.chunks(BLK).zip(t.chunks(BLK)).enumerate() {
+            let (ms, ni_s, bad_s) = max_min_bad(sb);
+            if bad_s {
+                return Err(bad_value(Arg::Q, row, b * BLK, sb));
+            }
+            let (mt, ni_t, bad_t) = max_min_bad(tb);
+            if bad_t {
+                return Err(bad_value(Arg::P, row, b * BLK, tb));
+            }
+            if self.t_form == Form::LogProbs && mt > 0.0 {
+                let i = tb.iter().position(|&v| v > 0.0).unwrap_or(0);
+                return Err(Error::BadValue {
+                    arg: Arg::P,
+                    row,
+                    col: Some(b * BLK + i),
+                    what: BadValue::PositiveLog,
+                });
+            }
+            if (ni_s || ni_t) && infinite.is_ok() {
+                infinite = self.infinite(row, b * BLK, sb, tb);
+            }
+            if self.div == Divergence::ReverseKl && ms > ls.max {
+                arg_s = b * BLK + sb.iter().position(|&v| v == ms).unwrap_or(0);
+            }
+            ls.add_block::<A>(sb, ms, k);
+            lt.add_block::<A>(tb, mt, k);
+        }
+        for (l, arg) in [(&ls, Arg::Q), (&lt, Arg::P)] {
+            if l.empty() {
+                return Err(Error::CannotNormalize {
+                    arg,
+                    row,
+                    why: "every value is -inf",
+                });
+            }
+        }
+        infinite?;
+        let (ss, st) = (ls.soft(k), lt.soft(k));
+        let beta = self.beta as f64;
+        let c = Rc {
+            ms: ss.m,
+            mt: st.m,
+            k,
+            ln_ss: ss.ln_s as f32,
+            ln_st: st.ln_s as f32,
+            dk: (ss.ln_s - st.ln_s) as f32,
+            ln_b: beta.ln() as f32,
+            ln_1b: (1.0 - beta).ln() as f32,
+        };
+        let div = match self.div {
+            Divergence::ForwardKl => {
+                let g = self.g as f32;
+                let mut total = 0f64;
+                for (sb, (tb, gb)) in s.chunks(BLK).zip(t.chunks(BLK).zip(grad.chunks_mut(BLK))) {
+                    let mut lanes = [0f32; L];
+                    let sc = sb.chunks_exact(L);
+                    let n = sb.len() - sc.remainder().len();
+                    for ((sc, tc), gc) in
+                        sc.zip(tb.chunks_exact(L)).zip(gb[..n].chunks_exact_mut(L))
+                    {
+                        for i in 0..L {
+                            let (gr, term) = fwd_elem::<A>(sc[i], tc[i], &c, g);
+                            gc[i] = gr;
+                            lanes[i] += term;
+                        }
+                    }
+                    for i in n..sb.len() {
+                        let (gr, term) = fwd_elem::<A>(sb[i], tb[i], &c, g);
+                        gb[i] = gr;
+                        lanes[i - n] += term;
+                    }
+                    total += lanes.iter().map(|&v| v as f64).sum::<f64>();
+                }
+                total
+            }
+            Divergence::ReverseKl => {
+                let (s0, t0) = (s[arg_s], t[arg_s]);
+                let mut f = Rev {
+                    c,
+                    s0,
+                    t0,
+                    g: self.g as f32,
+                    sum_e: 0.0,
+                };
+                let (sum_e, _) = row_sum2::<A, _>(s, t, &f);
+                f.sum_e = sum_e as f32;
+                row_map::<A, _>(s, t, grad, &f);
+                // KL = ln q* − ln p* + Σ q e
+                ss.logp64(s0) - st.logp64(t0) + sum_e
+            }
+            Divergence::Jsd => {
+                let mut f = Jsd {
+                    c,
+                    g: (self.g * (1.0 - beta)) as f32,
+                    kl_qm: 0.0,
+                };
+                let (a, b) = row_sum2::<A, _>(s, t, &f);
+                f.kl_qm = b as f32;
+                row_map::<A, _>(s, t, grad, &f);
+                beta * a + (1.0 - beta) * b
+            }
+        };
+        Ok(self.t2 * div)
+    }
+}

@@ -1,0 +1,90 @@
+//! Rows over the CPU backend's workers, with its instruction-set choice.
+//!
+//! Each row is computed by one worker from its own values alone, in a fixed
+//! order, so the results are bit-identical whatever the thread count; the
+//! row losses are added in row order by the caller.
+
+use std::sync::Mutex;
+
+use crate::cpu::ln::{Arith, Plain};
+use crate::cpu::threads;
+use crate::error::{Error, Result, try_vec};
+
+/// Elements per worker below which fewer threads are started (as the
+/// forward measures).
+const MIN_WORK: usize = 1 << 15;
+
+/// A per-row loss and gradient.
+pub(super) trait RowKernel: Sync {
+    /// Per-worker scratch (conversion buffers, sorted indices).
+    type Scratch;
+    /// A worker's scratch.
+    fn scratch(&self) -> Result<Self::Scratch>;
+    /// Writes the gradient of row `row` into `grad` (its `cols` values) and
+    /// returns its loss. Must be `#[inline(always)]`: it is compiled inside
+    /// the `avx2,fma` wrapper below.
+    fn row<A: Arith>(&self, row: usize, grad: &mut [f32], s: &mut Self::Scratch) -> Result<f64>;
+}
+
+struct Slot<'g> {
+    grad: &'g mut [f32],
+    loss: f64,
+}
+
+/// Rows `r0..` of `part`, stopping at the first error.
+#[inline(always)]
+fn part<K: RowKernel, A: Arith>(
+    k: &K,
+    r0: usize,
+    part: &mut [Slot<'_>],
+) -> Result<(), (usize, Error)> {
+    let mut s = k.scratch().map_err(|e| (r0, e))?;
+    for (i, slot) in part.iter_mut().enumerate() {
+        slot.loss = k
+            .row::<A>(r0 + i, slot.grad, &mut s)
+            .map_err(|e| (r0 + i, e))?;
+    }
+    Ok(())
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn part_avx2<K: RowKernel>(k: &K, r0: usize, p: &mut [Slot<'_>]) -> Result<(), (usize, Error)> {
+    part::<K, crate::cpu::ln::Fused>(k, r0, p)
+}
+
+fn dispatch<K: RowKernel>(k: &K, r0: usize, p: &mut [Slot<'_>]) -> Result<(), (usize, Error)> {
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::avx2_chosen() {
+        // SAFETY: `avx2_chosen` is true only where the CPU has AVX2 and FMA.
+        return unsafe { part_avx2(k, r0, p) };
+    }
+    part::<K, Plain>(k, r0, p)
+}
+
+/// The losses of `rows` rows of `cols` columns, their gradients written into
+/// `grad` (`rows × cols`); the error of the lowest failing row.
+pub(super) fn run<K: RowKernel>(
+    k: &K,
+    rows: usize,
+    cols: usize,
+    grad: &mut [f32],
+) -> Result<Vec<f64>> {
+    let mut slots: Vec<Slot<'_>> = try_vec(rows, "the per-row losses")?;
+    slots.extend(grad.chunks_mut(cols).map(|grad| Slot { grad, loss: 0.0 }));
+    let work = rows.saturating_mul(cols);
+    let nthreads = threads::available().min(work / MIN_WORK).max(1);
+    let first: Mutex<Option<(usize, Error)>> = Mutex::new(None);
+    threads::split_mut(&mut slots, nthreads, |r0, p| {
+        if let Err((row, e)) = dispatch(k, r0, p) {
+            let mut g = first.lock().unwrap_or_else(|e| e.into_inner());
+            if g.as_ref().is_none_or(|(r, _)| row < *r) {
+                *g = Some((row, e));
+            }
+        }
+    });
+    if let Some((_, e)) = first.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        return Err(e);
+    }
+    Ok(slots.iter().map(|s| s.loss).collect())
+}

@@ -1,0 +1,274 @@
+//! Row statistics: a blocked online log-sum-exp of `x·k` that reads each
+//! value from memory once (a block's maximum, then its sum of exponentials,
+//! while the block is in L1), and the vector loops it is made of.
+//!
+//! Values are shifted by the row maximum of the raw `x` before the scale `k`
+//! (1/T) is applied: `(x − m)·k` is exact where it matters (values near the
+//! maximum), so logits of magnitude 10⁴ lose nothing to the scaling.
+
+use crate::cpu::ln::{Arith, exp_normal as exp, ln_pos};
+
+/// Lanes of the vector loops (two AVX2 registers).
+pub(super) const L: usize = 16;
+/// Columns of one block: its maximum and its exponentials are taken while it
+/// sits in L1. Fixed, so results do not depend on how rows are split.
+pub(super) const BLK: usize = 512;
+
+/// NaN or +inf: a value no row may hold.
+#[inline(always)]
+pub(super) fn bad_f(v: f32) -> bool {
+    v.is_nan() | (v == f32::INFINITY)
+}
+
+/// The maximum of `x` (−inf when every value is −inf, NaN ignored) and
+/// whether any value is NaN or +inf.
+#[inline(always)]
+pub(super) fn max_bad(x: &[f32]) -> (f32, bool) {
+    let (m, _, bad) = max_min_bad(x);
+    (m, bad)
+}
+
+/// [`max_bad`] and whether any value is −inf (a masked column).
+#[inline(always)]
+pub(super) fn max_min_bad(x: &[f32]) -> (f32, bool, bool) {
+    let mut m = [f32::NEG_INFINITY; L];
+    let mut ninf = [0u32; L];
+    let mut bad = [0u32; L];
+    let chunks = x.chunks_exact(L);
+    let rem = chunks.remainder();
+    for c in chunks {
+        for i in 0..L {
+            let v = c[i];
+            m[i] = if v > m[i] { v } else { m[i] };
+            ninf[i] |= (v == f32::NEG_INFINITY) as u32;
+            bad[i] |= bad_f(v) as u32;
+        }
+    }
+    for (i, &v) in rem.iter().enumerate() {
+        m[i] = if v > m[i] { v } else { m[i] };
+        ninf[i] |= (v == f32::NEG_INFINITY) as u32;
+        bad[i] |= bad_f(v) as u32;
+    }
+    let mx = m
+        .iter()
+        .fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
+    (
+        mx,
+        ninf.iter().any(|&b| b != 0),
+        bad.iter().any(|&b| b != 0),
+    )
+}
+
+/// The error for the first NaN or +inf of `x` (which holds one), whose
+/// first value is column `col0` of `row`.
+pub(super) fn bad_value(arg: crate::Arg, row: usize, col0: usize, x: &[f32]) -> crate::Error {
+    let i = x.iter().position(|&v| bad_f(v)).unwrap_or(0);
+    crate::Error::BadValue {
+        arg,
+        row,
+        col: Some(col0 + i),
+        what: if x[i].is_nan() {
+            crate::BadValue::Nan
+        } else {
+            crate::BadValue::Infinite
+        },
+    }
+}
+
+/// Σ exp((x − shift)·k) over `x` (every x ≤ shift, shift finite), summed in
+/// f32 lanes of at most `BLK / L` terms each.
+#[inline(always)]
+pub(super) fn sum_exp<A: Arith>(x: &[f32], shift: f32, k: f32) -> f64 {
+    let mut s = [0f32; L];
+    let chunks = x.chunks_exact(L);
+    let rem = chunks.remainder();
+    for c in chunks {
+        for i in 0..L {
+            s[i] += exp::<A>((c[i] - shift) * k);
+        }
+    }
+    for (i, &v) in rem.iter().enumerate() {
+        s[i] += exp::<A>((v - shift) * k);
+    }
+    s.iter().map(|&v| v as f64).sum()
+}
+
+/// A running log-sum-exp of `x·k`: `sum` = Σ exp((x − max)·k).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Lse {
+    /// The largest x met (−inf before any finite one).
+    pub(super) max: f32,
+    /// Σ exp((x − max)·k).
+    pub(super) sum: f64,
+}
+
+impl Lse {
+    /// Nothing met yet.
+    pub(super) const EMPTY: Lse = Lse {
+        max: f32::NEG_INFINITY,
+        sum: 0.0,
+    };
+
+    /// Adds the values of `x` (any length) block by block. Returns the
+    /// offset of the first block holding a NaN or +inf (the caller finds the
+    /// column), having added nothing from it.
+    #[inline(always)]
+    pub(super) fn add<A: Arith>(&mut self, x: &[f32], k: f32) -> Result<(), usize> {
+        for (b, blk) in x.chunks(BLK).enumerate() {
+            let (mb, bad) = max_bad(blk);
+            if bad {
+                return Err(b * BLK);
+            }
+            self.add_block::<A>(blk, mb, k);
+        }
+        Ok(())
+    }
+
+    /// Adds one block whose maximum is `mb`.
+    #[inline(always)]
+    pub(super) fn add_block<A: Arith>(&mut self, blk: &[f32], mb: f32, k: f32) {
+        if mb == f32::NEG_INFINITY {
+            return;
+        }
+        if mb > self.max {
+            // exp(−inf) = 0 when nothing was met before
+            self.sum *= (((self.max - mb) as f64) * k as f64).exp();
+            self.max = mb;
+        }
+        self.sum += sum_exp::<A>(blk, self.max, k);
+    }
+
+    /// Adds one value (f64 arithmetic; for the few indexed columns of a
+    /// sparse teacher).
+    pub(super) fn add_one(&mut self, v: f32, k: f32) {
+        if v == f32::NEG_INFINITY {
+            return;
+        }
+        if v > self.max {
+            self.sum *= (((self.max - v) as f64) * k as f64).exp();
+            self.max = v;
+        }
+        self.sum += (((v - self.max) as f64) * k as f64).exp();
+    }
+
+    /// Merges another running sum (of the same `k`).
+    pub(super) fn merge(&mut self, o: &Lse, k: f32) {
+        if o.max == f32::NEG_INFINITY {
+            return;
+        }
+        if o.max > self.max {
+            self.sum *= (((self.max - o.max) as f64) * k as f64).exp();
+            self.max = o.max;
+        }
+        self.sum += o.sum * (((o.max - self.max) as f64) * k as f64).exp();
+    }
+
+    /// Whether no value other than −inf was met.
+    pub(super) fn empty(&self) -> bool {
+        self.max == f32::NEG_INFINITY
+    }
+
+    /// The softmax of the values seen, as [`Soft`].
+    pub(super) fn soft(&self, k: f32) -> Soft {
+        Soft {
+            m: self.max,
+            k,
+            ln_s: self.sum.ln(),
+        }
+    }
+}
+
+/// A row's softmax of `x·k`: ln softmax(x·k)_c = (x_c − m)·k − ln_s.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Soft {
+    /// The row maximum of x.
+    pub(super) m: f32,
+    /// The scale (1/T).
+    pub(super) k: f32,
+    /// ln Σ exp((x − m)·k), in f64.
+    pub(super) ln_s: f64,
+}
+
+impl Soft {
+    /// ln softmax of one value, in f64 (for single columns).
+    pub(super) fn logp64(&self, v: f32) -> f64 {
+        ((v - self.m) as f64) * self.k as f64 - self.ln_s
+    }
+}
+
+/// ln(e^a + e^b) in f32 for the vector loops (−inf when both are −inf).
+#[inline(always)]
+pub(super) fn log_add<A: Arith>(a: f32, b: f32) -> f32 {
+    let hi = if a > b { a } else { b };
+    let lo = if a > b { b } else { a };
+    let d = lo - hi;
+    // d is NaN only when both are −inf
+    let d = if d.is_nan() { f32::NEG_INFINITY } else { d };
+    let r = hi + ln_pos::<A>(1.0 + exp::<A>(d));
+    if hi == f32::NEG_INFINITY { hi } else { r }
+}
+
+/// ln(e^a + e^b) in f64.
+pub(super) fn log_add64(a: f64, b: f64) -> f64 {
+    let (hi, lo) = if a > b { (a, b) } else { (b, a) };
+    if hi == f64::NEG_INFINITY {
+        return hi;
+    }
+    hi + (lo - hi).exp().ln_1p()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::ln::Plain;
+
+    fn lse64(x: &[f32], k: f64) -> f64 {
+        let m = x
+            .iter()
+            .fold(f64::NEG_INFINITY, |a, &b| a.max(b as f64 * k));
+        m + x
+            .iter()
+            .map(|&v| (v as f64 * k - m).exp())
+            .sum::<f64>()
+            .ln()
+    }
+
+    #[test]
+    fn blocked_lse_matches_f64() {
+        for n in [1usize, 3, 15, 16, 17, 511, 512, 513, 2000] {
+            for k in [0.25f32, 1.0, 2.0] {
+                let x: Vec<f32> = (0..n)
+                    .map(|i| {
+                        ((i * 7919 % 1000) as f32 - 500.0) * if i % 3 == 0 { 20.0 } else { 0.01 }
+                    })
+                    .collect();
+                let mut l = Lse::EMPTY;
+                l.add::<Plain>(&x, k).unwrap();
+                let got = l.max as f64 * k as f64 + l.sum.ln();
+                let want = lse64(&x, k as f64);
+                assert!(
+                    (got - want).abs() <= 1e-5 * want.abs().max(1.0),
+                    "{n} {k}: {got} {want}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn bad_values_and_masks() {
+        let mut l = Lse::EMPTY;
+        let mut x = vec![f32::NEG_INFINITY; 600];
+        assert!(l.add::<Plain>(&x, 1.0).is_ok());
+        assert!(l.empty());
+        x[550] = f32::NAN;
+        assert_eq!(l.add::<Plain>(&x, 1.0), Err(512));
+        x[550] = f32::INFINITY;
+        let mut fresh = Lse::EMPTY;
+        assert_eq!(fresh.add::<Plain>(&x, 1.0), Err(512));
+        assert_eq!(
+            log_add::<Plain>(f32::NEG_INFINITY, f32::NEG_INFINITY),
+            f32::NEG_INFINITY
+        );
+        assert!((log_add::<Plain>(0.0, 0.0) - std::f32::consts::LN_2).abs() < 1e-6);
+    }
+}

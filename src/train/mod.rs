@@ -1,0 +1,364 @@
+//! Training: a loss and its gradient with respect to the logits, in one call.
+//!
+//! [`Context::nll_grad`] is the negative log-likelihood (cross-entropy) of
+//! class targets with everything [`Context::nll`] has, and
+//! [`Context::distill`] a distillation loss from a dense or sparse (top-k)
+//! teacher. Both write the gradient into the caller's `rows × cols` f32
+//! slice and return the loss as an [`Output`] (per row, or the sum or mean).
+//!
+//! ## Formulas
+//!
+//! **NLL.** With ε the label smoothing and w the class weights (1 without),
+//! the target distribution of a row with target t is
+//! p_c = (1 − ε)·w_t·[c = t] + ε·w_c / C (PyTorch's semantics, as `nll`
+//! defines it); the row loss is Σ_c p_c (−ln softmax(z)_c) and its gradient
+//! (Σ_c p_c)·softmax(z) − p. The mean divides by Σ w_t over the counted rows;
+//! an ignored row has loss 0 and gradient 0. A log base other than e divides
+//! loss and gradient by ln(base).
+//!
+//! **Distillation.** With temperature T, q_S = softmax(s / T) and
+//! p_T = softmax(t / T) (for teacher logits and log-probabilities alike):
+//!
+//! | divergence | loss | ∂loss/∂s |
+//! |---|---|---|
+//! | forward KL | T²·KL(p_T ‖ q_S) | T·(q_S − p_T) |
+//! | reverse KL | T²·KL(q_S ‖ p_T) | T·q_S ⊙ (ln q_S − ln p_T − KL(q_S ‖ p_T)) |
+//! | generalized JSD, β ∈ (0, 1) | T²·(β KL(p_T ‖ M) + (1 − β) KL(q_S ‖ M)), M = β p_T + (1 − β) q_S | T(1 − β)·q_S ⊙ (ln q_S − ln M − KL(q_S ‖ M)) |
+//!
+//! β = ½ is the ordinary Jensen-Shannon divergence. As β → 0, loss/β →
+//! T²·KL(p_T ‖ q_S) and as β → 1, loss/(1 − β) → T²·KL(q_S ‖ p_T); libraries
+//! disagree about the endpoints, so β = 0 and β = 1 are errors that name the
+//! KL to use.
+//!
+//! **Sparse teacher** ([`SparseTeacher`]): per row k column indices and
+//! their log-probabilities lₖ (the temperature already applied). Under
+//! [`Tail::Bucket`] the teacher's remaining mass r = 1 − Σₖ exp(lₖ) (≥ 0
+//! within [`DistillOptions::tolerance`], else an error naming the row) forms
+//! one more bucket, and the loss is the divergence between the (k + 1)-bucket
+//! coarsenings of p_T and q_S, the student's tail being the mass of the
+//! columns outside the indices, whose log is a log-sum-exp over those
+//! columns (never ln(1 − Σ q), which cancels in f32). This is a true
+//! divergence, a lower bound of the full one; its gradient reaches every
+//! student column through the tail. Under [`Tail::Renormalize`] both are
+//! restricted to the k indices and renormalised (a divergence between the
+//! conditionals; the other columns get gradient 0).
+//!
+//! **Rows and reductions.** A [`RowMask`] row of 0 has loss 0 and gradient 0
+//! and is not counted (its values are not read). `Reduction::None` returns
+//! one loss per row and the gradient of their sum; `Sum` the sum; `Mean` the
+//! mean over counted rows (PyTorch's `batchmean`; NaN when no row counts, as
+//! PyTorch) and its gradient.
+//!
+//! ## Numerics
+//!
+//! Row statistics are a blocked online log-sum-exp relative to the row
+//! maximum (logits of magnitude 10⁴ are fine); a −inf logit is a masked
+//! column with probability 0 and gradient 0, never NaN. From finite logits
+//! every loss is finite. A loss that is truly infinite — the target (or
+//! label smoothing, or the teacher under a forward KL) puts mass on a column
+//! the student masks with −inf, or under a reverse KL the student on one the
+//! teacher masks — is [`Error::InfiniteLoss`] naming the row and column. NaN
+//! and +inf inputs are [`Error::BadValue`]. Losses are accumulated in f64 per
+//! row; results are deterministic and independent of the thread count.
+//!
+//! ## Memory and passes
+//!
+//! No temporary of the batch's size besides the caller's gradient: per
+//! worker a row of conversion buffer (f64 inputs only) and k sorted indices.
+//! The NLL, the forward KL and sparse teachers read the logits twice (row
+//! statistics, then gradient and loss) and write the gradient once; the
+//! reverse KL and the JSD need their row's KL before the gradient and read
+//! the rows three times.
+//!
+//! ## Backends
+//!
+//! These calls run on the CPU backend (all cores, the AVX2 kernels where the
+//! CPU has them) whatever the context's backend; the [`Output`] says so.
+//! A gradient with respect to the teacher is not computed.
+
+mod dense;
+mod drive;
+mod lse;
+mod options;
+mod sparse;
+
+pub use options::{DistillOptions, Divergence, RowMask, SparseTeacher, Tail, Teacher};
+
+use crate::batch::{Batch, Targets};
+use crate::context::{Context, Output, Ran};
+use crate::error::{Arg, Error, Result, Setting};
+use crate::job::Job;
+use crate::measure::{Form, NllOptions, Reduction};
+
+/// The gradient slice must hold rows × cols values.
+fn check_grad(grad: &[f32], rows: usize, cols: usize) -> Result<()> {
+    if grad.len() != rows * cols {
+        return Err(Error::Length {
+            arg: Arg::Gradient,
+            len: grad.len(),
+            rows,
+            cols,
+            expected: rows * cols,
+        });
+    }
+    Ok(())
+}
+
+/// A loss needs logits.
+fn check_logits(b: &Batch<'_>, what: &str) -> Result<()> {
+    if b.form != Form::Logits {
+        return Err(Error::Unsupported(format!(
+            "the {what} of a loss with a gradient must be logits (Form::Logits), got {:?}",
+            b.form
+        )));
+    }
+    Ok(())
+}
+
+/// The gradient's factor for a reduction over `count` counted rows.
+fn reduction_scale(reduction: Reduction, count: f64) -> f64 {
+    match reduction {
+        Reduction::Mean if count > 0.0 => 1.0 / count,
+        Reduction::Mean => 0.0,
+        _ => 1.0,
+    }
+}
+
+/// The output of per-row losses `losses` (already in the result's unit).
+fn output(losses: &[f64], reduction: Reduction, count: f64, cols: usize) -> Output {
+    let sum = || losses.iter().sum::<f64>();
+    let values = match reduction {
+        Reduction::Sum => vec![sum() as f32],
+        Reduction::Mean => vec![(sum() / count) as f32],
+        _ => losses.iter().map(|&v| v as f32).collect(),
+    };
+    Output {
+        values,
+        rows: losses.len(),
+        cols,
+        reduction,
+        counted: count,
+        perplexity: None,
+        backend: Ran::Cpu,
+        adapter: None,
+    }
+}
+
+impl Context {
+    /// The negative log-likelihood (cross-entropy) of class `targets` under
+    /// `logits` (a [`Form::Logits`] batch, one row per target) and its
+    /// gradient with respect to the logits, written into `grad`
+    /// (`rows × cols`, row-major). Every option of [`Context::nll`] applies
+    /// (ignore index, class weights, label smoothing, reduction, log base);
+    /// formulas in the [module docs](crate::train).
+    ///
+    /// Errors: those of [`Context::nll`]; [`Error::Unsupported`] for inputs
+    /// that are not logits or one row of logits shared by several targets;
+    /// [`Error::Length`] for a `grad` of another size;
+    /// [`Error::InfiniteLoss`] where the target, or label smoothing, puts
+    /// mass on a class whose logit is −inf.
+    ///
+    /// ```
+    /// use kullback::{Backend, Batch, Context, Form, NllOptions, Reduction};
+    /// # fn main() -> kullback::Result<()> {
+    /// let ctx = Context::with_backend(Backend::Cpu)?;
+    /// let logits = [2.0f32, 0.5, -1.0, 0.0, 0.0, 3.0];
+    /// let mut grad = [0f32; 6];
+    /// let opts = NllOptions::default().reduction(Reduction::Mean).label_smoothing(0.1);
+    /// let out = ctx.nll_grad(&Batch::new(&logits, 2, 3).form(Form::Logits), &[0i64, 2], &opts, &mut grad)?;
+    /// assert!(out.values[0] > 0.0);
+    /// assert!(grad[..3].iter().sum::<f32>().abs() < 1e-6); // Σ p = 1: the row's gradient sums to 0
+    /// # Ok(()) }
+    /// ```
+    pub fn nll_grad<'t>(
+        &self,
+        logits: &Batch<'_>,
+        targets: impl Into<Targets<'t>>,
+        opts: &NllOptions<'_>,
+        grad: &mut [f32],
+    ) -> Result<Output> {
+        let job = Job::nll(logits, targets.into(), opts)?;
+        check_logits(logits, "logits")?;
+        let (rows, cols) = (job.call.rows, job.call.cols);
+        if logits.rows != rows {
+            return Err(Error::Unsupported(format!(
+                "a loss gradient needs one row of logits per target: {rows} targets, {} row(s) of logits",
+                logits.rows
+            )));
+        }
+        check_grad(grad, rows, cols)?;
+        let (Some(q), Some(nll)) = (job.q, job.nll.as_ref()) else {
+            return Err(Error::MissingArg {
+                arg: Arg::Q,
+                measure: "nll",
+            });
+        };
+        let count: f64 = nll
+            .targets
+            .iter()
+            .filter(|&&t| t != crate::call::IGNORED)
+            .map(|&t| nll.weight(t as usize) as f64)
+            .sum();
+        let inv_ln = 1.0 / job.call.ln_base;
+        let reduction = job.call.reduction;
+        let kernel = dense::Nll {
+            q,
+            cols,
+            targets: &nll.targets,
+            weights: nll.weights.as_deref(),
+            eps: opts.label_smoothing,
+            sum_w: nll
+                .weights
+                .as_ref()
+                .map_or(cols as f64, |w| w.iter().map(|&v| v as f64).sum()),
+            g: inv_ln * reduction_scale(reduction, count),
+        };
+        let mut losses = drive::run(&kernel, rows, cols, grad)?;
+        losses.iter_mut().for_each(|v| *v *= inv_ln);
+        let mut out = output(&losses, reduction, count, cols);
+        if reduction == Reduction::Mean {
+            out.perplexity = Some((out.values[0] as f64 / inv_ln).exp());
+        }
+        Ok(out)
+    }
+
+    /// A distillation loss of `student` logits (a [`Form::Logits`] batch)
+    /// against `teacher`, and its gradient with respect to the student's
+    /// logits, written into `grad` (the student's `rows × cols`, row-major).
+    /// The divergence, temperature, tail policy, row mask and reduction come
+    /// from `opts`; formulas in the [module docs](crate::train).
+    ///
+    /// Errors: [`Error::InvalidOption`] for a temperature ≤ 0 or not finite,
+    /// β outside (0, 1) under [`Divergence::Jsd`] ("β = 0: use forward-kl",
+    /// "β = 1: use reverse-kl"), a k of 0 or above the columns;
+    /// [`Error::Unsupported`] for a student that is not logits or a dense
+    /// teacher that is not logits or log-probabilities; [`Error::Empty`],
+    /// [`Error::Length`] and [`Error::ShapeMismatch`] for shapes (the mask,
+    /// the indices, the gradient); [`Error::BadValue`] for NaN or +inf values
+    /// and teacher log-probabilities above 0; [`Error::CannotNormalize`] for
+    /// a row of −inf; [`Error::TeacherIndex`] for an index out of range or
+    /// repeated in its row; [`Error::NotNormalized`] for a sparse row whose
+    /// Σₖ exp(lₖ) exceeds 1 + tolerance; [`Error::InfiniteLoss`] for a row
+    /// whose loss is infinite. The first failing row is reported.
+    ///
+    /// ```
+    /// use kullback::{Backend, Batch, Context, DistillOptions, Divergence, Form, Teacher};
+    /// # fn main() -> kullback::Result<()> {
+    /// let ctx = Context::with_backend(Backend::Cpu)?;
+    /// let s = [1.0f32, 0.0, -1.0];
+    /// let t = [0.0f32, 1.0, 0.5];
+    /// let mut grad = [0f32; 3];
+    /// let opts = DistillOptions::default().divergence(Divergence::Jsd).beta(0.5).temperature(2.0);
+    /// let teacher = Teacher::Dense(Batch::new(&t, 1, 3).form(Form::Logits));
+    /// let out = ctx.distill(&Batch::new(&s, 1, 3).form(Form::Logits), &teacher, &opts, &mut grad)?;
+    /// assert!(out.values[0] > 0.0);
+    /// # Ok(()) }
+    /// ```
+    pub fn distill(
+        &self,
+        student: &Batch<'_>,
+        teacher: &Teacher<'_>,
+        opts: &DistillOptions<'_>,
+        grad: &mut [f32],
+    ) -> Result<Output> {
+        opts.check()?;
+        let s = student.checked(Arg::Q)?;
+        check_logits(student, "student")?;
+        let (rows, cols) = (student.rows, student.cols);
+        crate::call::check_u32(rows, cols)?;
+        if let Some(m) = &opts.mask {
+            if m.len() != rows {
+                return Err(Error::Length {
+                    arg: Arg::Mask,
+                    len: m.len(),
+                    rows,
+                    cols: 1,
+                    expected: rows,
+                });
+            }
+        }
+        check_grad(grad, rows, cols)?;
+        let count = match &opts.mask {
+            Some(m) => (0..rows).filter(|&i| m.counts(i)).count(),
+            None => rows,
+        } as f64;
+        let tf = opts.temperature as f64;
+        let k = 1.0 / opts.temperature;
+        let g = tf * reduction_scale(opts.reduction, count);
+        let losses = match teacher {
+            Teacher::Dense(tb) => {
+                if !matches!(tb.form, Form::Logits | Form::LogProbs) {
+                    return Err(Error::Unsupported(format!(
+                        "a dense teacher must be logits or log-probabilities, got {:?}",
+                        tb.form
+                    )));
+                }
+                let t = tb.checked(Arg::P)?;
+                if (tb.rows, tb.cols) != (rows, cols) {
+                    return Err(Error::ShapeMismatch {
+                        p_rows: tb.rows,
+                        p_cols: tb.cols,
+                        q_rows: rows,
+                        q_cols: cols,
+                    });
+                }
+                let kernel = dense::Dense {
+                    s,
+                    t,
+                    t_form: tb.form,
+                    cols,
+                    div: opts.divergence,
+                    beta: opts.beta,
+                    k,
+                    t2: tf * tf,
+                    g,
+                    mask: opts.mask,
+                };
+                drive::run(&kernel, rows, cols, grad)?
+            }
+            Teacher::Sparse(sp) => {
+                if sp.k == 0 || sp.k > cols {
+                    return Err(Error::InvalidOption {
+                        option: Setting::TopK,
+                        message: format!(
+                            "a sparse teacher needs 1 <= k <= {cols} (the student's columns), got {}",
+                            sp.k
+                        ),
+                    });
+                }
+                let expected = rows * sp.k;
+                for (arg, len) in [
+                    (Arg::Indices, sp.indices.len()),
+                    (Arg::P, sp.logprobs.len()),
+                ] {
+                    if len != expected {
+                        return Err(Error::Length {
+                            arg,
+                            len,
+                            rows,
+                            cols: sp.k,
+                            expected,
+                        });
+                    }
+                }
+                let kernel = sparse::Sparse {
+                    s,
+                    cols,
+                    indices: sp.indices,
+                    logprobs: sp.logprobs,
+                    top: sp.k,
+                    tail: opts.tail,
+                    div: opts.divergence,
+                    beta: opts.beta,
+                    k,
+                    t2: tf * tf,
+                    g,
+                    tolerance: opts.tolerance,
+                    mask: opts.mask,
+                };
+                drive::run(&kernel, rows, cols, grad)?
+            }
+        };
+        Ok(output(&losses, opts.reduction, count, cols))
+    }
+}

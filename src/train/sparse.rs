@@ -1,0 +1,401 @@
+//! Distillation from a sparse (top-k) teacher.
+//!
+//! The loss is a divergence between bucketed distributions: the k indexed
+//! columns, plus (under [`Tail::Bucket`]) one bucket for every other column,
+//! of mass r = 1 − Σₖ exp(lₖ) for the teacher and Q_tail for the student.
+//! ln Q_tail is a log-sum-exp over the student's columns outside the indices
+//! (pass 1 walks the gaps between the sorted indices), never ln(1 − Σ q),
+//! which cancels in f32. The k + 1 buckets are handled in f64; the tail's
+//! gradient is one vector pass over the row (pass 2).
+//!
+//! With buckets b, Q_b, P_b and φ_b = ∂loss/∂Q_b, the gradient with respect
+//! to the scaled logit of column c in bucket b is q_c (φ_b − Σ Q φ):
+//! forward KL q_c ΣP − P_b q_c / Q_b, reverse KL q_c (ln Q_b − ln P_b − KL),
+//! JSD (1 − β) q_c (ln Q_b − ln M_b − KL(Q‖M)).
+
+use std::mem::MaybeUninit;
+
+use super::dense::row_buf;
+use super::drive::RowKernel;
+use super::lse::{L, Lse, bad_f, bad_value, log_add64};
+use super::options::{Divergence, RowMask, Tail};
+use crate::batch::{Data, Targets};
+use crate::cpu::ln::{Arith, exp_normal as exp};
+use crate::error::{Arg, BadValue, Error, Result, try_vec};
+
+/// Distillation from a sparse teacher.
+pub(super) struct Sparse<'a> {
+    pub(super) s: Data<'a>,
+    pub(super) cols: usize,
+    pub(super) indices: Targets<'a>,
+    pub(super) logprobs: &'a [f32],
+    /// Indices per row.
+    pub(super) top: usize,
+    pub(super) tail: Tail,
+    pub(super) div: Divergence,
+    pub(super) beta: f32,
+    /// 1 / T.
+    pub(super) k: f32,
+    /// T².
+    pub(super) t2: f64,
+    /// T · the reduction's scale.
+    pub(super) g: f64,
+    pub(super) tolerance: f32,
+    pub(super) mask: Option<RowMask<'a>>,
+}
+
+/// The scratch of [`Sparse`]: the student's conversion buffer and the
+/// row's (column, position) pairs.
+pub(super) type Scratch = (Vec<MaybeUninit<f32>>, Vec<(u32, u32)>);
+
+/// One bucket: ln Q, ln P, the student column it is reported as.
+#[derive(Clone, Copy)]
+struct Bucket {
+    lq: f64,
+    lp: f64,
+    col: usize,
+}
+
+impl Sparse<'_> {
+    /// The row's indices checked and sorted (column, position), and the
+    /// teacher's log-probabilities checked.
+    fn gather(&self, row: usize, pairs: &mut Vec<(u32, u32)>) -> Result<()> {
+        pairs.clear();
+        for j in 0..self.top {
+            let at = row * self.top + j;
+            let ix = self.indices.get(at);
+            if ix < 0 || ix as u64 >= self.cols as u64 {
+                return Err(Error::TeacherIndex {
+                    row,
+                    position: j,
+                    index: ix,
+                    why: format!("is outside [0, {})", self.cols),
+                });
+            }
+            let l = self.logprobs[at];
+            let what = if l.is_nan() {
+                Some(BadValue::Nan)
+            } else if l == f32::INFINITY {
+                Some(BadValue::Infinite)
+            } else if l > 0.0 {
+                Some(BadValue::PositiveLog)
+            } else {
+                None
+            };
+            if let Some(what) = what {
+                return Err(Error::BadValue {
+                    arg: Arg::P,
+                    row,
+                    col: Some(j),
+                    what,
+                });
+            }
+            pairs.push((ix as u32, j as u32));
+        }
+        pairs.sort_unstable();
+        if let Some(w) = pairs.windows(2).find(|w| w[0].0 == w[1].0) {
+            let (a, b) = (w[0].1.min(w[1].1), w[0].1.max(w[1].1));
+            return Err(Error::TeacherIndex {
+                row,
+                position: b as usize,
+                index: w[0].0 as i64,
+                why: format!("repeats the index at position {a}"),
+            });
+        }
+        Ok(())
+    }
+
+    /// The divergence of the buckets and each bucket's gradient factor g_b
+    /// (the gradient of column c in bucket b is q_c·g_b, with q_c the
+    /// bucket's own share for a single column), before T and the reduction.
+    fn buckets(&self, row: usize, b: &[Bucket], factors: &mut Vec<f64>) -> Result<f64> {
+        factors.clear();
+        let beta = self.beta as f64;
+        let inf = f64::NEG_INFINITY;
+        match self.div {
+            Divergence::ForwardKl => {
+                let sum_p: f64 = b.iter().map(|b| b.lp.exp()).sum();
+                let mut loss = 0.0;
+                for x in b {
+                    if x.lp == inf {
+                        continue;
+                    }
+                    if x.lq == inf {
+                        return Err(Error::InfiniteLoss {
+                            row,
+                            col: x.col,
+                            why: "the teacher puts mass on a column the student masks with -inf",
+                        });
+                    }
+                    loss += x.lp.exp() * (x.lp - x.lq);
+                }
+                // q_c (ΣP − P_b / Q_b), with P_b / Q_b = exp(lp − lq)
+                factors.extend(b.iter().map(|x| {
+                    if x.lp == inf {
+                        sum_p
+                    } else {
+                        sum_p - (x.lp - x.lq).exp()
+                    }
+                }));
+                Ok(loss)
+            }
+            Divergence::ReverseKl => {
+                let mut kl = 0.0;
+                for x in b {
+                    if x.lq == inf {
+                        continue;
+                    }
+                    if x.lp == inf {
+                        return Err(Error::InfiniteLoss {
+                            row,
+                            col: x.col,
+                            why: "the student puts mass on a column where the teacher has probability 0",
+                        });
+                    }
+                    kl += x.lq.exp() * (x.lq - x.lp);
+                }
+                factors.extend(
+                    b.iter()
+                        .map(|x| if x.lq == inf { 0.0 } else { x.lq - x.lp - kl }),
+                );
+                Ok(kl)
+            }
+            Divergence::Jsd => {
+                let (lb, l1b) = (beta.ln(), (1.0 - beta).ln());
+                let (mut a, mut kq) = (0.0, 0.0);
+                for x in b {
+                    let lm = log_add64(lb + x.lp, l1b + x.lq);
+                    if x.lp != inf {
+                        a += x.lp.exp() * (x.lp - lm);
+                    }
+                    if x.lq != inf {
+                        kq += x.lq.exp() * (x.lq - lm);
+                    }
+                }
+                factors.extend(b.iter().map(|x| {
+                    if x.lq == inf {
+                        0.0
+                    } else {
+                        (1.0 - beta) * (x.lq - log_add64(lb + x.lp, l1b + x.lq) - kq)
+                    }
+                }));
+                Ok(beta * a + (1.0 - beta) * kq)
+            }
+        }
+    }
+}
+
+impl Sparse<'_> {
+    /// The gradients of the indexed columns (the first `top` buckets), in
+    /// f64: the forward KL's as g (ΣP·Q_b − P_b), which has no P/Q ratio to
+    /// overflow; the others as g·Q_b·φ.
+    fn write_cols(&self, b: &[Bucket], factors: &[f64], grad: &mut [f32]) {
+        let sum_p: f64 = b.iter().map(|x| x.lp.exp()).sum();
+        for (x, f) in b[..self.top].iter().zip(factors) {
+            let v = match self.div {
+                Divergence::ForwardKl => sum_p * x.lq.exp() - x.lp.exp(),
+                _ => x.lq.exp() * f,
+            };
+            grad[x.col] = (self.g * v) as f32;
+        }
+    }
+}
+
+/// Row constants of the tail's gradient.
+#[derive(Clone, Copy)]
+struct TailRow {
+    /// The student's row maximum, scale 1/T and ln Σ.
+    m: f32,
+    k: f32,
+    ln_s: f32,
+    /// f·q_c − h·exp((s − mt)·k + j).
+    f: f32,
+    h: f32,
+    mt: f32,
+    j: f32,
+}
+
+/// The tail's gradient, one column.
+#[inline(always)]
+fn tail_elem<A: Arith>(s: f32, r: &TailRow) -> f32 {
+    let q = exp::<A>((s - r.m) * r.k - r.ln_s);
+    let v = r.f * q - r.h * exp::<A>((s - r.mt) * r.k + r.j);
+    if s == f32::NEG_INFINITY { 0.0 } else { v }
+}
+
+impl RowKernel for Sparse<'_> {
+    type Scratch = Scratch;
+    fn scratch(&self) -> Result<Scratch> {
+        Ok((
+            row_buf(&self.s, self.cols)?,
+            try_vec(self.top, "the sorted teacher indices")?,
+        ))
+    }
+
+    #[inline(always)]
+    fn row<A: Arith>(&self, row: usize, grad: &mut [f32], sc: &mut Scratch) -> Result<f64> {
+        if self.mask.is_some_and(|m| !m.counts(row)) {
+            grad.fill(0.0);
+            return Ok(0.0);
+        }
+        let (buf, pairs) = sc;
+        self.gather(row, pairs)?;
+        let cols = self.cols;
+        let s = self.s.f32s(row * cols..(row + 1) * cols, buf);
+        let k = self.k;
+        let base = row * self.top;
+        // the student's values at the indices
+        let mut li = Lse::EMPTY;
+        for &(c, _) in pairs.iter() {
+            let v = s[c as usize];
+            if bad_f(v) {
+                return Err(bad_value(Arg::Q, row, c as usize, &s[c as usize..]));
+            }
+            li.add_one(v, k);
+        }
+        let mut buckets: Vec<Bucket> = Vec::with_capacity(self.top + 1);
+        let mut factors: Vec<f64> = Vec::with_capacity(self.top + 1);
+        match self.tail {
+            Tail::Renormalize => {
+                if li.empty() {
+                    return Err(Error::CannotNormalize {
+                        arg: Arg::Q,
+                        row,
+                        why: "every student logit at the teacher's indices is -inf",
+                    });
+                }
+                let sq = li.soft(k);
+                let mut lt = Lse::EMPTY;
+                for j in 0..self.top {
+                    lt.add_one(self.logprobs[base + j], 1.0);
+                }
+                if lt.empty() {
+                    return Err(Error::CannotNormalize {
+                        arg: Arg::P,
+                        row,
+                        why: "every teacher log-probability is -inf",
+                    });
+                }
+                let lse_t = lt.max as f64 + lt.sum.ln();
+                for &(c, j) in pairs.iter() {
+                    buckets.push(Bucket {
+                        lq: sq.logp64(s[c as usize]),
+                        lp: self.logprobs[base + j as usize] as f64 - lse_t,
+                        col: c as usize,
+                    });
+                }
+                let div = self.buckets(row, &buckets, &mut factors)?;
+                grad.fill(0.0);
+                self.write_cols(&buckets, &factors, grad);
+                Ok(self.t2 * div)
+            }
+            Tail::Bucket => {
+                // pass 1: the tail's log-sum-exp over the gaps between indices
+                let mut lt = Lse::EMPTY;
+                let mut prev = 0usize;
+                let mut first_tail = None;
+                let ends = pairs.iter().map(|p| p.0 as usize).chain([cols]);
+                for c in ends {
+                    if c > prev {
+                        first_tail.get_or_insert(prev);
+                        if let Err(off) = lt.add::<A>(&s[prev..c], k) {
+                            return Err(bad_value(Arg::Q, row, prev + off, &s[prev + off..c]));
+                        }
+                    }
+                    prev = c + 1;
+                }
+                let mut all = lt;
+                all.merge(&li, k);
+                if all.empty() {
+                    return Err(Error::CannotNormalize {
+                        arg: Arg::Q,
+                        row,
+                        why: "every value is -inf",
+                    });
+                }
+                let soft = all.soft(k);
+                let lq_tail = if lt.empty() {
+                    f64::NEG_INFINITY
+                } else {
+                    lt.sum.ln() + ((lt.max - all.max) as f64) * k as f64 - soft.ln_s
+                };
+                let sum_p: f64 = (0..self.top)
+                    .map(|j| (self.logprobs[base + j] as f64).exp())
+                    .sum();
+                let r = 1.0 - sum_p;
+                if r < -(self.tolerance as f64) {
+                    return Err(Error::NotNormalized {
+                        arg: Arg::P,
+                        row,
+                        sum: sum_p as f32,
+                        tolerance: self.tolerance,
+                    });
+                }
+                let ln_r = r.max(0.0).ln();
+                for &(c, j) in pairs.iter() {
+                    buckets.push(Bucket {
+                        lq: soft.logp64(s[c as usize]),
+                        lp: self.logprobs[base + j as usize] as f64,
+                        col: c as usize,
+                    });
+                }
+                let tail_col = first_tail.unwrap_or(0);
+                let has_tail = first_tail.is_some();
+                if has_tail {
+                    buckets.push(Bucket {
+                        lq: lq_tail,
+                        lp: ln_r,
+                        col: tail_col,
+                    });
+                } else if r > self.tolerance as f64 {
+                    // k = C: the teacher's tail mass has no column to go to
+                    return Err(Error::InfiniteLoss {
+                        row,
+                        col: 0,
+                        why: "the teacher's tail mass (1 - Σ exp(l)) > 0, but its k indices cover every column",
+                    });
+                }
+                // k = C: a tail mass within the tolerance is rounding, and has no bucket
+                let div = self.buckets(row, &buckets, &mut factors)?;
+                // pass 2: the tail's gradient over the row, then the indices
+                if has_tail {
+                    let ft = factors[self.top];
+                    let (f, h, j) = match self.div {
+                        // q_c ΣP − q_c r / Q_tail: the second term relative to the tail's own max
+                        Divergence::ForwardKl
+                            if ln_r > f64::NEG_INFINITY && lq_tail > f64::NEG_INFINITY =>
+                        {
+                            let sum_p_all = sum_p + r.max(0.0);
+                            (self.g * sum_p_all, self.g, ln_r - lt.sum.ln())
+                        }
+                        _ => (self.g * ft, 0.0, 0.0),
+                    };
+                    let (f, h, j) = (f as f32, h as f32, j as f32);
+                    let (m, ln_s, mt) = (soft.m, soft.ln_s as f32, lt.max);
+                    let mt = if lt.empty() { m } else { mt };
+                    let tr = TailRow {
+                        m,
+                        k,
+                        ln_s,
+                        f,
+                        h,
+                        mt,
+                        j,
+                    };
+                    let sc = s.chunks_exact(L);
+                    let n = cols - sc.remainder().len();
+                    for (sc, gc) in sc.zip(grad[..n].chunks_exact_mut(L)) {
+                        for i in 0..L {
+                            gc[i] = tail_elem::<A>(sc[i], &tr);
+                        }
+                    }
+                    for i in n..cols {
+                        grad[i] = tail_elem::<A>(s[i], &tr);
+                    }
+                }
+                self.write_cols(&buckets, &factors, grad);
+                Ok(self.t2 * div)
+            }
+        }
+    }
+}

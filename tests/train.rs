@@ -1,0 +1,1577 @@
+//! Loss and gradient (`Context::nll_grad`, `Context::distill`) against a
+//! plain float64 reference written here from the formulas of the issue and
+//! the crate docs (not from the library's code): the analytic gradient,
+//! itself checked by central finite differences of the float64 loss. Per
+//! row ‖g − g_ref‖₁ ≤ 1e-4·‖g_ref‖₁ + 1e-6; losses within abs 2e-6·max(1,
+//! T²) + rel 2e-5.
+
+use kullback::{
+    Backend, Base, Batch, Context, DistillOptions, Divergence, Error, Form, NllOptions, Reduction,
+    RowMask, Setting, SparseTeacher, Tail, Targets, Teacher,
+};
+
+// ------------------------------------------------------------ inputs
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn unif(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    fn normal(&mut self) -> f64 {
+        let (u, v) = (self.unif().max(1e-300), self.unif());
+        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Flavor {
+    Plain,
+    /// Some columns −inf (the same in student and teacher).
+    Masked,
+    /// Logits of magnitude 10⁴.
+    Huge,
+}
+
+/// Student and teacher logits, rows × cols, of one flavor; masked columns
+/// are the same in both and never all of a row.
+fn logits(rng: &mut Rng, rows: usize, cols: usize, flavor: Flavor) -> (Vec<f32>, Vec<f32>) {
+    let mut s = Vec::with_capacity(rows * cols);
+    let mut t = Vec::with_capacity(rows * cols);
+    for _ in 0..rows {
+        for c in 0..cols {
+            let (a, b) = match flavor {
+                Flavor::Huge => (
+                    1e4 * (2.0 * rng.unif() - 1.0),
+                    1e4 * (2.0 * rng.unif() - 1.0),
+                ),
+                _ => {
+                    let a = 2.0 * rng.normal();
+                    (a, a + 1.5 * rng.normal())
+                }
+            };
+            let masked = flavor == Flavor::Masked && c % 5 == 1 && cols > 1;
+            if masked {
+                s.push(f32::NEG_INFINITY);
+                t.push(f32::NEG_INFINITY);
+            } else {
+                s.push(a as f32);
+                t.push(b as f32);
+            }
+        }
+    }
+    // a huge row where the student and teacher are close (small KL)
+    if flavor == Flavor::Huge && rows > 1 {
+        for c in 0..cols {
+            t[c] = s[c] + (rng.normal() * 0.5) as f32;
+        }
+    }
+    (s, t)
+}
+
+// ------------------------------------------------------------ f64 reference
+
+fn lse(x: &[f64]) -> f64 {
+    let m = x.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    if m == f64::NEG_INFINITY {
+        return m;
+    }
+    m + x.iter().map(|v| (v - m).exp()).sum::<f64>().ln()
+}
+
+fn log_softmax(x: &[f64]) -> Vec<f64> {
+    let l = lse(x);
+    x.iter().map(|v| v - l).collect()
+}
+
+fn log_add(a: f64, b: f64) -> f64 {
+    let (hi, lo) = if a > b { (a, b) } else { (b, a) };
+    if hi == f64::NEG_INFINITY {
+        hi
+    } else {
+        hi + (lo - hi).exp().ln_1p()
+    }
+}
+
+/// KL(P‖Q) of log-distributions, 0·log 0 = 0.
+fn kl(lp: &[f64], lq: &[f64]) -> f64 {
+    lp.iter()
+        .zip(lq)
+        .filter(|(p, _)| **p > f64::NEG_INFINITY)
+        // p > 0 (even one that underflows in f64) with q = 0 is +inf
+        .map(|(p, q)| {
+            if *q == f64::NEG_INFINITY {
+                f64::INFINITY
+            } else {
+                p.exp() * (p - q)
+            }
+        })
+        .sum()
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Div {
+    Fwd,
+    Rev,
+    Jsd(f64),
+}
+
+fn divergence(d: Div, lp: &[f64], lq: &[f64]) -> f64 {
+    match d {
+        Div::Fwd => kl(lp, lq),
+        Div::Rev => kl(lq, lp),
+        Div::Jsd(b) => {
+            let lm: Vec<f64> = lp
+                .iter()
+                .zip(lq)
+                .map(|(p, q)| log_add(b.ln() + p, (1.0 - b).ln() + q))
+                .collect();
+            b * kl(lp, &lm) + (1.0 - b) * kl(lq, &lm)
+        }
+    }
+}
+
+/// d divergence / d ln Q_b · ... : the gradient with respect to the scaled
+/// logits a (a = s / T) of a divergence between bucketed distributions,
+/// buckets[c] the bucket of column c (None: in no bucket), bucket log-masses
+/// lq (from the full or restricted softmax lqc of the columns) and lp.
+fn bucket_grad(d: Div, lp: &[f64], lq: &[f64], lqc: &[f64], bucket: &[Option<usize>]) -> Vec<f64> {
+    let ni = f64::NEG_INFINITY;
+    // φ_b = ∂div/∂Q_b
+    let phi: Vec<f64> = (0..lp.len())
+        .map(|b| match d {
+            Div::Fwd => {
+                if lp[b] == ni {
+                    0.0
+                } else {
+                    -(lp[b] - lq[b]).exp()
+                }
+            }
+            Div::Rev => {
+                if lq[b] == ni {
+                    0.0
+                } else {
+                    lq[b] - lp[b] + 1.0
+                }
+            }
+            Div::Jsd(beta) => {
+                if lq[b] == ni {
+                    0.0
+                } else {
+                    let lm = log_add(beta.ln() + lp[b], (1.0 - beta).ln() + lq[b]);
+                    (1.0 - beta) * (lq[b] - lm)
+                }
+            }
+        })
+        .collect();
+    // Σ_b Q_b φ_b, the forward KL's −P_b without the ratio
+    let big: f64 = (0..lp.len())
+        .map(|b| match d {
+            Div::Fwd => -lp[b].exp(),
+            _ if lq[b] == ni => 0.0,
+            _ => lq[b].exp() * phi[b],
+        })
+        .sum();
+    lqc.iter()
+        .zip(bucket)
+        .map(|(&l, b)| match b {
+            Some(b) if l > ni => {
+                // forward: q_c·φ_b = −P_b·q_c/Q_b, formed without the ratio
+                let qphi = match d {
+                    Div::Fwd if lp[*b] > ni => -(lp[*b] + l - lq[*b]).exp(),
+                    _ => l.exp() * phi[*b],
+                };
+                qphi - l.exp() * big
+            }
+            _ => 0.0,
+        })
+        .collect()
+}
+
+#[derive(Clone, Debug)]
+enum TRef {
+    Dense(Vec<f64>),
+    /// (columns, ln p_T at them, tail policy bucket?)
+    Sparse(Vec<usize>, Vec<f64>, bool),
+}
+
+/// Row loss T²·div and its gradient with respect to the student's logits s
+/// (before the reduction's scale).
+fn distill_ref(s: &[f64], t: &TRef, temp: f64, d: Div) -> (f64, Vec<f64>) {
+    let a: Vec<f64> = s.iter().map(|v| v / temp).collect();
+    let lq = log_softmax(&a);
+    let cols = s.len();
+    let (div, ga) = match t {
+        TRef::Dense(tl) => {
+            let b: Vec<f64> = tl.iter().map(|v| v / temp).collect();
+            let lp = log_softmax(&b);
+            let buckets: Vec<Option<usize>> = (0..cols).map(Some).collect();
+            (
+                divergence(d, &lp, &lq),
+                bucket_grad(d, &lp, &lq, &lq, &buckets),
+            )
+        }
+        TRef::Sparse(ix, l, true) => {
+            let mut bucket = vec![Some(ix.len()); cols];
+            let mut lqb: Vec<f64> = Vec::new();
+            for (j, &c) in ix.iter().enumerate() {
+                bucket[c] = Some(j);
+                lqb.push(lq[c]);
+            }
+            let tail: Vec<f64> = (0..cols)
+                .filter(|c| !ix.contains(c))
+                .map(|c| lq[c])
+                .collect();
+            let mut lpb = l.clone();
+            if !tail.is_empty() {
+                let r = (1.0 - l.iter().map(|v| v.exp()).sum::<f64>()).max(0.0);
+                lpb.push(r.ln());
+                lqb.push(lse(&tail));
+            }
+            (
+                divergence(d, &lpb, &lqb),
+                bucket_grad(d, &lpb, &lqb, &lq, &bucket),
+            )
+        }
+        TRef::Sparse(ix, l, false) => {
+            let sub: Vec<f64> = ix.iter().map(|&c| a[c]).collect();
+            let lqb = log_softmax(&sub);
+            let lpb = log_softmax(l);
+            let mut bucket = vec![None; cols];
+            let mut lqc = vec![f64::NEG_INFINITY; cols];
+            for (j, &c) in ix.iter().enumerate() {
+                bucket[c] = Some(j);
+                lqc[c] = lqb[j];
+            }
+            (
+                divergence(d, &lpb, &lqb),
+                bucket_grad(d, &lpb, &lqb, &lqc, &bucket),
+            )
+        }
+    };
+    // d/ds = (1/T) d/da; loss T²·div
+    (temp * temp * div, ga.iter().map(|g| g * temp).collect())
+}
+
+/// NLL row loss Σ p_c (−ln q_c) and its gradient (Σp)·q − p.
+fn nll_ref(z: &[f64], t: usize, w: Option<&[f32]>, eps: f64) -> (f64, Vec<f64>) {
+    let c = z.len();
+    let wf = |i: usize| w.map_or(1.0, |w| w[i] as f64);
+    let lq = log_softmax(z);
+    let p: Vec<f64> = (0..c)
+        .map(|i| eps * wf(i) / c as f64 + if i == t { (1.0 - eps) * wf(t) } else { 0.0 })
+        .collect();
+    let sp: f64 = p.iter().sum();
+    let loss = (0..c).filter(|&i| p[i] > 0.0).map(|i| -p[i] * lq[i]).sum();
+    let g = (0..c).map(|i| sp * lq[i].exp() - p[i]).collect();
+    (loss, g)
+}
+
+/// Central differences of `f` at `x` (all coordinates), step h.
+fn fd(x: &[f64], h: f64, f: impl Fn(&[f64]) -> f64) -> Vec<f64> {
+    let mut y = x.to_vec();
+    (0..x.len())
+        .map(|i| {
+            if x[i] == f64::NEG_INFINITY {
+                return 0.0;
+            }
+            y[i] = x[i] + h;
+            let a = f(&y);
+            y[i] = x[i] - h;
+            let b = f(&y);
+            y[i] = x[i];
+            (a - b) / (2.0 * h)
+        })
+        .collect()
+}
+
+fn l1(a: &[f64]) -> f64 {
+    a.iter().map(|v| v.abs()).sum()
+}
+
+/// ‖g − g_ref‖₁ ≤ 1e-4·‖g_ref‖₁ + 1e-6 for one row.
+fn check_row(got: &[f32], want: &[f64], what: &str) {
+    let err: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(g, w)| (*g as f64 - w).abs())
+        .sum();
+    let bound = 1e-4 * l1(want) + 1e-6;
+    if err > bound {
+        let mut idx: Vec<usize> = (0..got.len()).collect();
+        idx.sort_by(|&a, &b| {
+            let ea = (got[a] as f64 - want[a]).abs();
+            let eb = (got[b] as f64 - want[b]).abs();
+            eb.total_cmp(&ea)
+        });
+        for &i in idx.iter().take(4) {
+            eprintln!("col {i}: got {:e} want {:e}", got[i], want[i]);
+        }
+    }
+    assert!(
+        err <= bound,
+        "{what}: ‖g − g_ref‖₁ = {err:e} > {bound:e}\n got {:?}\nwant {:?}",
+        &got[..got.len().min(8)],
+        &want[..want.len().min(8)]
+    );
+    assert!(
+        got.iter().all(|g| g.is_finite()),
+        "{what}: non-finite gradient"
+    );
+}
+
+fn check_loss(got: f32, want: f64, t2: f64, what: &str) {
+    let bound = 2e-6 * t2.max(1.0) + 2e-5 * want.abs();
+    assert!(
+        (got as f64 - want).abs() <= bound || (got.is_nan() && want.is_nan()),
+        "{what}: loss {got} vs {want} (bound {bound:e})"
+    );
+}
+
+/// The reference gradient against central differences of the reference
+/// loss (a check of the test's own analytic gradient).
+fn check_fd(s: &[f64], want: &[f64], h: f64, f: impl Fn(&[f64]) -> f64, what: &str) {
+    let num = fd(s, h, f);
+    let err: f64 = num.iter().zip(want).map(|(a, b)| (a - b).abs()).sum();
+    assert!(
+        err <= 1e-5 * l1(want) + 1e-7 * s.len() as f64,
+        "{what}: analytic f64 gradient vs finite differences: {err:e}\n  fd {:?}\n  an {:?}",
+        &num[..num.len().min(6)],
+        &want[..want.len().min(6)]
+    );
+}
+
+fn cpu() -> Context {
+    Context::with_backend(Backend::Cpu).expect("the CPU backend")
+}
+
+fn f64s(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+// ------------------------------------------------------------ distillation
+
+/// A sparse top-k teacher of the dense teacher logits `t` at temperature T:
+/// the k largest columns in shuffled order and their ln p_T as f32.
+fn top_k(rng: &mut Rng, t: &[f32], temp: f64, k: usize) -> (Vec<usize>, Vec<f32>) {
+    let lp = log_softmax(&t.iter().map(|&v| v as f64 / temp).collect::<Vec<_>>());
+    let mut order: Vec<usize> = (0..t.len()).collect();
+    order.sort_by(|&a, &b| lp[b].total_cmp(&lp[a]).then(a.cmp(&b)));
+    let mut ix: Vec<usize> = order[..k].to_vec();
+    for i in (1..ix.len()).rev() {
+        ix.swap(i, rng.below(i + 1));
+    }
+    let l = ix.iter().map(|&c| lp[c] as f32).collect();
+    (ix, l)
+}
+
+struct Case {
+    rows: usize,
+    cols: usize,
+    temp: f64,
+    div: Div,
+    flavor: Flavor,
+    /// None: dense logits; Some(0): dense log-probs; Some(k): sparse top-k.
+    sparse: Option<usize>,
+    bucket: bool,
+    reduction: Reduction,
+    mask: bool,
+    fd: bool,
+}
+
+fn run_case(rng: &mut Rng, c: &Case) {
+    let ctx = cpu();
+    let (rows, cols) = (c.rows, c.cols);
+    let (s, tl) = logits(rng, rows, cols, c.flavor);
+    let mask: Vec<bool> = (0..rows).map(|r| !c.mask || r % 3 != 1).collect();
+    let divergence = match c.div {
+        Div::Fwd => Divergence::ForwardKl,
+        Div::Rev => Divergence::ReverseKl,
+        Div::Jsd(_) => Divergence::Jsd,
+    };
+    let beta = match c.div {
+        Div::Jsd(b) => b as f32,
+        _ => 0.5,
+    };
+    let mut opts = DistillOptions::default()
+        .divergence(divergence)
+        .beta(beta)
+        .temperature(c.temp as f32)
+        .reduction(c.reduction)
+        .tail(if c.bucket {
+            Tail::Bucket
+        } else {
+            Tail::Renormalize
+        });
+    if c.mask {
+        opts = opts.mask(&mask);
+    }
+    // the teacher, and its reference per row
+    let mut refs: Vec<TRef> = Vec::new();
+    let mut t_vals: Vec<f32> = tl.clone();
+    let (mut ix_all, mut l_all) = (Vec::<i64>::new(), Vec::<f32>::new());
+    for r in 0..rows {
+        let row = &tl[r * cols..(r + 1) * cols];
+        match c.sparse {
+            None => refs.push(TRef::Dense(f64s(row))),
+            Some(0) => {
+                // log-probabilities at T = 1 as the teacher gives them
+                let lp = log_softmax(&f64s(row));
+                for (i, v) in lp.iter().enumerate() {
+                    t_vals[r * cols + i] = *v as f32;
+                }
+                refs.push(TRef::Dense(f64s(&t_vals[r * cols..(r + 1) * cols])));
+            }
+            Some(k) => {
+                let (ix, l) = top_k(rng, row, c.temp, k);
+                ix_all.extend(ix.iter().map(|&v| v as i64));
+                l_all.extend(&l);
+                refs.push(TRef::Sparse(ix, f64s(&l), c.bucket));
+            }
+        }
+    }
+    let student = Batch::new(&s, rows, cols).form(Form::Logits);
+    let form = if c.sparse == Some(0) {
+        Form::LogProbs
+    } else {
+        Form::Logits
+    };
+    let teacher = match c.sparse {
+        Some(k) if k > 0 => {
+            // the three index types in turn
+            let i32s: Vec<i32> = ix_all.iter().map(|&v| v as i32).collect();
+            let u32s: Vec<u32> = ix_all.iter().map(|&v| v as u32).collect();
+            let targets: Targets<'_> = match k % 3 {
+                0 => Targets::from(&i32s),
+                1 => Targets::from(&ix_all),
+                _ => Targets::from(&u32s),
+            };
+            // keep the vectors alive for the call below
+            let t = Teacher::Sparse(SparseTeacher::new(targets, &l_all, k));
+            run_checked(&ctx, c, &student, t, &opts, &s, &refs, &mask);
+            return;
+        }
+        _ => Teacher::Dense(Batch::new(&t_vals, rows, cols).form(form)),
+    };
+    run_checked(&ctx, c, &student, teacher, &opts, &s, &refs, &mask);
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one test case's inputs and references"
+)]
+fn run_checked(
+    ctx: &Context,
+    c: &Case,
+    student: &Batch<'_>,
+    teacher: Teacher<'_>,
+    opts: &DistillOptions<'_>,
+    s: &[f32],
+    refs: &[TRef],
+    mask: &[bool],
+) {
+    let (rows, cols) = (c.rows, c.cols);
+    let what = format!(
+        "C={cols} T={} {:?} {:?} sparse={:?} bucket={} {:?} mask={}",
+        c.temp, c.div, c.flavor, c.sparse, c.bucket, c.reduction, c.mask
+    );
+    let mut grad = vec![f32::NAN; rows * cols];
+    // a row whose reference loss is infinite (a sparse teacher's tail mass
+    // that rounds to 0 in f32 under a reverse KL) is an error naming it
+    let infinite = (0..rows).find(|&r| {
+        mask[r]
+            && distill_ref(&f64s(&s[r * cols..(r + 1) * cols]), &refs[r], c.temp, c.div)
+                .0
+                .is_infinite()
+    });
+    if let Some(r) = infinite {
+        let e = ctx
+            .distill(student, &teacher, opts, &mut grad)
+            .expect_err(&what);
+        assert!(
+            matches!(e, Error::InfiniteLoss { row, .. } if row == r),
+            "{what}: {e} (reference: row {r}) {:?}",
+            &refs[..2]
+        );
+        return;
+    }
+    let out = ctx
+        .distill(student, &teacher, opts, &mut grad)
+        .unwrap_or_else(|e| panic!("{what}: {e} {:?} {:?}", &refs[..1], &s[..cols]));
+    let count = mask.iter().filter(|&&m| m).count() as f64;
+    let scale = match c.reduction {
+        Reduction::Mean => 1.0 / count,
+        _ => 1.0,
+    };
+    let mut losses = Vec::new();
+    for r in 0..rows {
+        let sr = f64s(&s[r * cols..(r + 1) * cols]);
+        let g = &grad[r * cols..(r + 1) * cols];
+        if !mask[r] {
+            assert!(
+                g.iter().all(|&v| v == 0.0),
+                "{what}: masked row {r} has a gradient"
+            );
+            losses.push(0.0);
+            continue;
+        }
+        let (loss, gr) = distill_ref(&sr, &refs[r], c.temp, c.div);
+        if c.fd {
+            let h = if c.flavor == Flavor::Huge { 1e-3 } else { 1e-5 } * c.temp;
+            check_fd(
+                &sr,
+                &gr,
+                h,
+                |x| distill_ref(x, &refs[r], c.temp, c.div).0,
+                &what,
+            );
+        }
+        let want: Vec<f64> = gr.iter().map(|v| v * scale).collect();
+        check_row(g, &want, &format!("{what} row {r}"));
+        losses.push(loss);
+    }
+    let t2 = c.temp * c.temp;
+    match c.reduction {
+        Reduction::None => {
+            for (r, (&got, &want)) in out.values.iter().zip(&losses).enumerate() {
+                check_loss(got, want, t2, &format!("{what} row {r}"));
+            }
+        }
+        Reduction::Sum => check_loss(out.values[0], losses.iter().sum(), t2 * rows as f64, &what),
+        _ => check_loss(out.values[0], losses.iter().sum::<f64>() / count, t2, &what),
+    }
+    // bit-identical rerun
+    let mut again = vec![0f32; rows * cols];
+    let out2 = ctx
+        .distill(student, &teacher, opts, &mut again)
+        .expect("rerun");
+    assert!(
+        grad.iter()
+            .zip(&again)
+            .all(|(a, b)| a.to_bits() == b.to_bits()),
+        "{what}: rerun differs"
+    );
+    assert_eq!(
+        out.values.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+        out2.values.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+    );
+}
+
+const DIVS: [Div; 5] = [
+    Div::Fwd,
+    Div::Rev,
+    Div::Jsd(0.1),
+    Div::Jsd(0.5),
+    Div::Jsd(0.9),
+];
+const TEMPS: [f64; 4] = [0.5, 1.0, 2.0, 4.0];
+
+#[test]
+fn distill_dense_grid() {
+    let mut rng = Rng(1);
+    for cols in [1usize, 3, 257] {
+        for &div in &DIVS {
+            for &temp in &TEMPS {
+                for flavor in [Flavor::Plain, Flavor::Masked, Flavor::Huge] {
+                    for logprobs in [false, true] {
+                        for (i, reduction) in [Reduction::None, Reduction::Sum, Reduction::Mean]
+                            .into_iter()
+                            .enumerate()
+                        {
+                            let case = Case {
+                                rows: 4,
+                                cols,
+                                temp,
+                                div,
+                                flavor,
+                                sparse: logprobs.then_some(0),
+                                bucket: true,
+                                reduction,
+                                mask: i > 0,
+                                fd: i == 0 && !logprobs,
+                            };
+                            run_case(&mut rng, &case);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn distill_sparse_grid() {
+    let mut rng = Rng(2);
+    for cols in [1usize, 3, 257] {
+        for k in [1usize, 8, 64].into_iter().filter(|&k| k <= cols) {
+            for &div in &DIVS {
+                for &temp in &TEMPS {
+                    for flavor in [Flavor::Plain, Flavor::Masked, Flavor::Huge] {
+                        for bucket in [true, false] {
+                            for (i, reduction) in [Reduction::None, Reduction::Sum, Reduction::Mean]
+                                .into_iter()
+                                .enumerate()
+                            {
+                                let case = Case {
+                                    rows: 4,
+                                    cols,
+                                    temp,
+                                    div,
+                                    flavor,
+                                    sparse: Some(k),
+                                    bucket,
+                                    reduction,
+                                    mask: i > 0,
+                                    fd: i == 0,
+                                };
+                                run_case(&mut rng, &case);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One 256,000-column row: the gradient against the f64 reference in full,
+/// and the reference against finite differences on 64 sampled columns and
+/// along random directions.
+#[test]
+fn distill_256k_columns() {
+    let mut rng = Rng(3);
+    let cols = 256_000;
+    let (s, t) = logits(&mut rng, 1, cols, Flavor::Plain);
+    let sr = f64s(&s);
+    let ctx = cpu();
+    for (div, sparse) in [
+        (Div::Fwd, None),
+        (Div::Rev, None),
+        (Div::Jsd(0.5), None),
+        (Div::Fwd, Some(64)),
+        (Div::Rev, Some(64)),
+    ] {
+        let temp = 2.0;
+        let (teacher_ref, ix, l) = match sparse {
+            None => (TRef::Dense(f64s(&t)), vec![], vec![]),
+            Some(k) => {
+                let (ix, l) = top_k(&mut rng, &t, temp, k);
+                (TRef::Sparse(ix.clone(), f64s(&l), true), ix, l)
+            }
+        };
+        let divergence = match div {
+            Div::Fwd => Divergence::ForwardKl,
+            Div::Rev => Divergence::ReverseKl,
+            Div::Jsd(_) => Divergence::Jsd,
+        };
+        let opts = DistillOptions::default()
+            .divergence(divergence)
+            .temperature(temp as f32);
+        let ix64: Vec<i64> = ix.iter().map(|&v| v as i64).collect();
+        let teacher = match sparse {
+            None => Teacher::Dense(Batch::new(&t, 1, cols).form(Form::Logits)),
+            Some(k) => Teacher::Sparse(SparseTeacher::new(&ix64, &l, k)),
+        };
+        let mut grad = vec![0f32; cols];
+        let out = ctx
+            .distill(
+                &Batch::new(&s, 1, cols).form(Form::Logits),
+                &teacher,
+                &opts,
+                &mut grad,
+            )
+            .unwrap();
+        let (loss, gr) = distill_ref(&sr, &teacher_ref, temp, div);
+        let what = format!("256k {div:?} {sparse:?}");
+        check_row(&grad, &gr, &what);
+        check_loss(out.values[0], loss, temp * temp, &what);
+        // finite differences: 64 sampled columns and 4 random directions
+        let f = |x: &[f64]| distill_ref(x, &teacher_ref, temp, div).0;
+        let h = 1e-4;
+        let mut y = sr.clone();
+        for _ in 0..64 {
+            let c = rng.below(cols);
+            y[c] = sr[c] + h;
+            let a = f(&y);
+            y[c] = sr[c] - h;
+            let b = f(&y);
+            y[c] = sr[c];
+            let num = (a - b) / (2.0 * h);
+            assert!(
+                (num - gr[c]).abs() <= 1e-5 * gr[c].abs() + 1e-9,
+                "{what}: column {c}: fd {num} vs {}",
+                gr[c]
+            );
+        }
+        for _ in 0..4 {
+            let dir: Vec<f64> = (0..cols).map(|_| rng.normal()).collect();
+            let along = |e: f64| {
+                f(&sr
+                    .iter()
+                    .zip(&dir)
+                    .map(|(x, d)| x + e * d)
+                    .collect::<Vec<_>>())
+            };
+            let num = (along(h) - along(-h)) / (2.0 * h);
+            let an: f64 = gr.iter().zip(&dir).map(|(g, d)| g * d).sum();
+            assert!(
+                (num - an).abs() <= 1e-5 * an.abs().max(l1(&gr) * 1e-3),
+                "{what}: direction: fd {num} vs {an}"
+            );
+        }
+    }
+}
+
+// ------------------------------------------------------------ NLL
+
+#[test]
+fn nll_grid() {
+    let mut rng = Rng(4);
+    let ctx = cpu();
+    for cols in [1usize, 3, 257] {
+        for flavor in [Flavor::Plain, Flavor::Masked, Flavor::Huge] {
+            for weighted in [false, true] {
+                for eps in [0.0f32, 0.1, 1.0] {
+                    for ignore in [false, true] {
+                        for reduction in [Reduction::None, Reduction::Sum, Reduction::Mean] {
+                            let rows = 5;
+                            let (z, _) = logits(&mut rng, rows, cols, flavor);
+                            // weights: 0 at masked columns under smoothing (else the loss is infinite)
+                            let w: Vec<f32> = (0..cols)
+                                .map(|c| {
+                                    if z[c] == f32::NEG_INFINITY {
+                                        0.0
+                                    } else {
+                                        0.25 + rng.unif() as f32
+                                    }
+                                })
+                                .collect();
+                            if flavor == Flavor::Masked && eps > 0.0 && !weighted {
+                                continue;
+                            }
+                            let targets: Vec<i64> = (0..rows)
+                                .map(|r| {
+                                    if ignore && r % 2 == 1 {
+                                        -100
+                                    } else {
+                                        // an unmasked target
+                                        let mut t = rng.below(cols);
+                                        while z[r * cols + t] == f32::NEG_INFINITY {
+                                            t = rng.below(cols);
+                                        }
+                                        t as i64
+                                    }
+                                })
+                                .collect();
+                            let mut opts = NllOptions::default()
+                                .reduction(reduction)
+                                .label_smoothing(eps);
+                            if weighted {
+                                opts = opts.weights(&w);
+                            }
+                            if ignore {
+                                opts = opts.ignore_index(-100);
+                            }
+                            let what = format!(
+                                "nll C={cols} {flavor:?} w={weighted} eps={eps} ignore={ignore} {reduction:?}"
+                            );
+                            let mut grad = vec![f32::NAN; rows * cols];
+                            let batch = Batch::new(&z, rows, cols).form(Form::Logits);
+                            let out = ctx
+                                .nll_grad(&batch, &targets, &opts, &mut grad)
+                                .unwrap_or_else(|e| panic!("{what}: {e}"));
+                            let wt = |t: i64| if weighted { w[t as usize] as f64 } else { 1.0 };
+                            let count: f64 =
+                                targets.iter().filter(|&&t| t != -100).map(|&t| wt(t)).sum();
+                            let scale = if reduction == Reduction::Mean {
+                                1.0 / count
+                            } else {
+                                1.0
+                            };
+                            let mut losses = Vec::new();
+                            for r in 0..rows {
+                                let g = &grad[r * cols..(r + 1) * cols];
+                                if targets[r] == -100 {
+                                    assert!(g.iter().all(|&v| v == 0.0), "{what}: ignored row {r}");
+                                    losses.push(0.0);
+                                    continue;
+                                }
+                                let zr = f64s(&z[r * cols..(r + 1) * cols]);
+                                let wref = weighted.then_some(&w[..]);
+                                let (loss, gr) =
+                                    nll_ref(&zr, targets[r] as usize, wref, eps as f64);
+                                if reduction == Reduction::None {
+                                    let h = if flavor == Flavor::Huge { 1e-3 } else { 1e-5 };
+                                    check_fd(
+                                        &zr,
+                                        &gr,
+                                        h,
+                                        |x| nll_ref(x, targets[r] as usize, wref, eps as f64).0,
+                                        &what,
+                                    );
+                                }
+                                let want: Vec<f64> = gr.iter().map(|v| v * scale).collect();
+                                check_row(g, &want, &format!("{what} row {r}"));
+                                losses.push(loss);
+                            }
+                            match reduction {
+                                Reduction::None => {
+                                    for (r, (&got, &want)) in
+                                        out.values.iter().zip(&losses).enumerate()
+                                    {
+                                        check_loss(got, want, 1.0, &format!("{what} row {r}"));
+                                    }
+                                }
+                                Reduction::Sum => {
+                                    check_loss(out.values[0], losses.iter().sum(), 1.0, &what)
+                                }
+                                _ => check_loss(
+                                    out.values[0],
+                                    losses.iter().sum::<f64>() / count,
+                                    1.0,
+                                    &what,
+                                ),
+                            }
+                            // the loss is nll's
+                            let fwd = ctx.nll(&batch, &targets, &opts).unwrap();
+                            for (a, b) in out.values.iter().zip(&fwd.values) {
+                                check_loss(*a, *b as f64, 1.0, &format!("{what} vs nll"));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn nll_base_two_and_f64_input() {
+    let ctx = cpu();
+    let z: Vec<f64> = vec![1.0, -2.0, 0.5, 3.0, 0.0, -1.0];
+    let z32: Vec<f32> = z.iter().map(|&v| v as f32).collect();
+    let t = [2i32, 0];
+    let mut g64 = vec![0f32; 6];
+    let mut g32 = vec![0f32; 6];
+    let opts = NllOptions::default().base(Base::Two);
+    let a = ctx
+        .nll_grad(
+            &Batch::new(&z, 2, 3).form(Form::Logits),
+            &t,
+            &opts,
+            &mut g64,
+        )
+        .unwrap();
+    let b = ctx
+        .nll_grad(
+            &Batch::new(&z32, 2, 3).form(Form::Logits),
+            &t,
+            &opts,
+            &mut g32,
+        )
+        .unwrap();
+    assert_eq!(a.values, b.values);
+    assert_eq!(g64, g32);
+    let (loss, gr) = nll_ref(&z[..3], 2, None, 0.0);
+    check_loss(a.values[0], loss / 2f64.ln(), 1.0, "base 2");
+    check_row(
+        &g32[..3],
+        &gr.iter().map(|v| v / 2f64.ln()).collect::<Vec<_>>(),
+        "base 2",
+    );
+}
+
+// ------------------------------------------------------------ threads and errors
+
+/// Results do not depend on the thread count: many rows (split over the
+/// workers) give each row the bits it has alone.
+#[test]
+fn rows_independent_of_split() {
+    let mut rng = Rng(5);
+    let (rows, cols) = (64, 1000);
+    let (s, t) = logits(&mut rng, rows, cols, Flavor::Plain);
+    let ctx = cpu();
+    let opts = DistillOptions::default().temperature(2.0);
+    let mut all = vec![0f32; rows * cols];
+    let out = ctx
+        .distill(
+            &Batch::new(&s, rows, cols).form(Form::Logits),
+            &Teacher::Dense(Batch::new(&t, rows, cols).form(Form::Logits)),
+            &opts,
+            &mut all,
+        )
+        .unwrap();
+    for r in [0, 17, 63] {
+        let mut one = vec![0f32; cols];
+        let o = ctx
+            .distill(
+                &Batch::new(&s[r * cols..(r + 1) * cols], 1, cols).form(Form::Logits),
+                &Teacher::Dense(
+                    Batch::new(&t[r * cols..(r + 1) * cols], 1, cols).form(Form::Logits),
+                ),
+                &opts,
+                &mut one,
+            )
+            .unwrap();
+        assert_eq!(o.values[0].to_bits(), out.values[r].to_bits());
+        assert!(
+            one.iter()
+                .zip(&all[r * cols..])
+                .all(|(a, b)| a.to_bits() == b.to_bits())
+        );
+    }
+}
+
+fn distill_err(
+    s: &[f32],
+    teacher: Teacher<'_>,
+    opts: DistillOptions<'_>,
+    rows: usize,
+    cols: usize,
+) -> Error {
+    let mut g = vec![0f32; rows * cols];
+    cpu()
+        .distill(
+            &Batch::new(s, rows, cols).form(Form::Logits),
+            &teacher,
+            &opts,
+            &mut g,
+        )
+        .expect_err("an error")
+}
+
+#[test]
+fn distill_errors() {
+    let s = [0.0f32, 1.0, 2.0, 0.5, 0.5, 0.5];
+    let t = [1.0f32, 0.0, -1.0, 0.0, 0.0, 0.0];
+    let dense = || Teacher::Dense(Batch::new(&t, 2, 3).form(Form::Logits));
+    let d = DistillOptions::default;
+    // β endpoints
+    for (b, msg) in [
+        (0.0, "β = 0: use forward-kl"),
+        (1.0, "β = 1: use reverse-kl"),
+    ] {
+        let e = distill_err(&s, dense(), d().divergence(Divergence::Jsd).beta(b), 2, 3);
+        assert!(
+            matches!(
+                e,
+                Error::InvalidOption {
+                    option: Setting::Beta,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains(msg), "{e}");
+    }
+    let e = distill_err(&s, dense(), d().divergence(Divergence::Jsd).beta(1.5), 2, 3);
+    assert!(matches!(
+        e,
+        Error::InvalidOption {
+            option: Setting::Beta,
+            ..
+        }
+    ));
+    for temp in [0.0, -1.0, f32::NAN, f32::INFINITY] {
+        let e = distill_err(&s, dense(), d().temperature(temp), 2, 3);
+        assert!(
+            matches!(
+                e,
+                Error::InvalidOption {
+                    option: Setting::Temperature,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+    // shapes
+    let e = distill_err(
+        &s,
+        Teacher::Dense(Batch::new(&t[..3], 1, 3).form(Form::Logits)),
+        d(),
+        2,
+        3,
+    );
+    assert!(matches!(e, Error::ShapeMismatch { .. }), "{e}");
+    let mask = [true];
+    let e = distill_err(&s, dense(), d().mask(&mask[..]), 2, 3);
+    assert!(
+        matches!(
+            e,
+            Error::Length {
+                arg: kullback::Arg::Mask,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let mut g = vec![0f32; 5];
+    let e = cpu()
+        .distill(
+            &Batch::new(&s, 2, 3).form(Form::Logits),
+            &dense(),
+            &d(),
+            &mut g,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Length {
+                arg: kullback::Arg::Gradient,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let mut g = vec![0f32; 6];
+    let e = cpu()
+        .distill(&Batch::new(&s, 2, 3), &dense(), &d(), &mut g)
+        .unwrap_err();
+    assert!(matches!(e, Error::Unsupported(_)), "{e}");
+    let e = cpu()
+        .distill(
+            &Batch::new(&s, 2, 3).form(Form::Logits),
+            &Teacher::Dense(Batch::new(&t, 2, 3)),
+            &d(),
+            &mut g,
+        )
+        .unwrap_err();
+    assert!(matches!(e, Error::Unsupported(_)), "{e}");
+    // bad values name argument, row and column
+    let mut sb = s;
+    sb[4] = f32::NAN;
+    let e = distill_err(&sb, dense(), d(), 2, 3);
+    assert!(
+        matches!(
+            e,
+            Error::BadValue {
+                arg: kullback::Arg::Q,
+                row: 1,
+                col: Some(1),
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let mut tb = t;
+    tb[2] = f32::INFINITY;
+    let e = distill_err(
+        &s,
+        Teacher::Dense(Batch::new(&tb, 2, 3).form(Form::Logits)),
+        d(),
+        2,
+        3,
+    );
+    assert!(
+        matches!(
+            e,
+            Error::BadValue {
+                arg: kullback::Arg::P,
+                row: 0,
+                col: Some(2),
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let lp = [-0.5f32, 0.1, -2.0, -1.0, -1.0, -1.0];
+    let e = distill_err(
+        &s,
+        Teacher::Dense(Batch::new(&lp, 2, 3).form(Form::LogProbs)),
+        d(),
+        2,
+        3,
+    );
+    assert!(
+        matches!(
+            e,
+            Error::BadValue {
+                row: 0,
+                col: Some(1),
+                what: kullback::BadValue::PositiveLog,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let ni = f32::NEG_INFINITY;
+    let e = distill_err(&[0.0, 1.0, 2.0, ni, ni, ni], dense(), d(), 2, 3);
+    assert!(
+        matches!(
+            e,
+            Error::CannotNormalize {
+                arg: kullback::Arg::Q,
+                row: 1,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // infinite losses: forward (teacher mass where the student masks), reverse (the other way)
+    let e = distill_err(&[0.0, ni, 2.0, 0.0, 0.0, 0.0], dense(), d(), 2, 3);
+    assert!(
+        matches!(e, Error::InfiniteLoss { row: 0, col: 1, .. }),
+        "{e}"
+    );
+    let tm = [1.0f32, 0.0, -1.0, 0.0, 0.0, ni];
+    let e = distill_err(
+        &s,
+        Teacher::Dense(Batch::new(&tm, 2, 3).form(Form::Logits)),
+        d().divergence(Divergence::ReverseKl),
+        2,
+        3,
+    );
+    assert!(
+        matches!(e, Error::InfiniteLoss { row: 1, col: 2, .. }),
+        "{e}"
+    );
+    // ... which the other divergences take (a zero gradient there, no NaN)
+    let mut g = vec![0f32; 6];
+    for div in [Divergence::ForwardKl, Divergence::Jsd] {
+        cpu()
+            .distill(
+                &Batch::new(&s, 2, 3).form(Form::Logits),
+                &Teacher::Dense(Batch::new(&tm, 2, 3).form(Form::Logits)),
+                &d().divergence(div),
+                &mut g,
+            )
+            .unwrap();
+        assert!(g.iter().all(|v| v.is_finite()));
+    }
+    // sparse: index range, duplicates, k, lengths, tail mass above 1
+    let l = [-1.0f32, -2.0, -1.0, -2.0];
+    let sp = |ix: &'static [i64], l: &'static [f32]| Teacher::Sparse(SparseTeacher::new(ix, l, 2));
+    let e = distill_err(&s, sp(&[0, 3, 1, 2], &[-1.0, -2.0, -1.0, -2.0]), d(), 2, 3);
+    assert!(
+        matches!(
+            e,
+            Error::TeacherIndex {
+                row: 0,
+                position: 1,
+                index: 3,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let e = distill_err(&s, sp(&[0, 1, 2, 2], &[-1.0, -2.0, -1.0, -2.0]), d(), 2, 3);
+    assert!(
+        matches!(
+            e,
+            Error::TeacherIndex {
+                row: 1,
+                position: 1,
+                index: 2,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let e = distill_err(&s, sp(&[0, -1, 2, 1], &[-1.0, -2.0, -1.0, -2.0]), d(), 2, 3);
+    assert!(
+        matches!(
+            e,
+            Error::TeacherIndex {
+                row: 0,
+                position: 1,
+                index: -1,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let e = distill_err(&s, sp(&[0, 1, 2, 1], &[-0.1, -0.1, -1.0, -2.0]), d(), 2, 3);
+    assert!(
+        matches!(
+            e,
+            Error::NotNormalized {
+                arg: kullback::Arg::P,
+                row: 0,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let e = distill_err(&s, sp(&[0, 1, 2, 1], &[-1.0, 0.5, -1.0, -2.0]), d(), 2, 3);
+    assert!(
+        matches!(
+            e,
+            Error::BadValue {
+                arg: kullback::Arg::P,
+                row: 0,
+                col: Some(1),
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let ix = [0i64, 1, 2];
+    let e = distill_err(
+        &s,
+        Teacher::Sparse(SparseTeacher::new(&ix, &l[..3], 2)),
+        d(),
+        2,
+        3,
+    );
+    assert!(
+        matches!(
+            e,
+            Error::Length {
+                arg: kullback::Arg::Indices,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    for k in [0usize, 4] {
+        let e = distill_err(
+            &s,
+            Teacher::Sparse(SparseTeacher::new(&ix, &l[..3], k)),
+            d(),
+            2,
+            3,
+        );
+        assert!(
+            matches!(
+                e,
+                Error::InvalidOption {
+                    option: Setting::TopK,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+    // sparse infinite losses: the teacher's index on a masked student column; the tail mass with every tail column masked
+    let e = distill_err(
+        &[0.0, ni, 2.0, 0.0, 0.0, 0.0],
+        sp(&[1, 0, 0, 1], &[-1.0, -2.0, -1.0, -2.0]),
+        d(),
+        2,
+        3,
+    );
+    assert!(
+        matches!(e, Error::InfiniteLoss { row: 0, col: 1, .. }),
+        "{e}"
+    );
+    let e = distill_err(
+        &[0.0, 1.0, ni, 0.0, 0.0, 0.0],
+        sp(&[1, 0, 0, 1], &[-1.0, -2.0, -1.0, -2.0]),
+        d(),
+        2,
+        3,
+    );
+    assert!(
+        matches!(e, Error::InfiniteLoss { row: 0, col: 2, .. }),
+        "{e}"
+    );
+    // the masked row is not read
+    let mask = [false, true];
+    let mut g = vec![1f32; 6];
+    let out = cpu()
+        .distill(
+            &Batch::new(&sb, 2, 3).form(Form::Logits),
+            &dense(),
+            &d().mask(RowMask::from(&mask[..]))
+                .reduction(Reduction::Mean),
+            &mut g,
+        )
+        .expect_err("row 1 is read");
+    assert!(matches!(out, Error::BadValue { row: 1, .. }));
+    let mask = [true, false];
+    let out = cpu()
+        .distill(
+            &Batch::new(&sb, 2, 3).form(Form::Logits),
+            &dense(),
+            &d().mask(&mask[..]).reduction(Reduction::Mean),
+            &mut g,
+        )
+        .unwrap();
+    assert_eq!(out.counted, 1.0);
+    assert!(g[3..].iter().all(|&v| v == 0.0));
+    // no row counts: the mean is NaN, the gradient 0
+    let none = [0u8, 0];
+    let out = cpu()
+        .distill(
+            &Batch::new(&s, 2, 3).form(Form::Logits),
+            &dense(),
+            &d().mask(&none[..]).reduction(Reduction::Mean),
+            &mut g,
+        )
+        .unwrap();
+    assert!(out.values[0].is_nan());
+    assert!(g.iter().all(|&v| v == 0.0));
+}
+
+#[test]
+fn nll_errors() {
+    let ctx = cpu();
+    let ni = f32::NEG_INFINITY;
+    let z = [0.0f32, ni, 1.0, 2.0, 0.0, 1.0];
+    let b = Batch::new(&z, 2, 3).form(Form::Logits);
+    let mut g = vec![0f32; 6];
+    let e = ctx
+        .nll_grad(&b, &[1i64, 0], &NllOptions::default(), &mut g)
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::InfiniteLoss { row: 0, col: 1, .. }),
+        "{e}"
+    );
+    let e = ctx
+        .nll_grad(
+            &b,
+            &[0i64, 0],
+            &NllOptions::default().label_smoothing(0.1),
+            &mut g,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::InfiniteLoss { row: 0, col: 1, .. }),
+        "{e}"
+    );
+    // weight 0 on the masked class: finite
+    let w = [1.0f32, 0.0, 1.0];
+    ctx.nll_grad(
+        &b,
+        &[0i64, 0],
+        &NllOptions::default().label_smoothing(0.1).weights(&w),
+        &mut g,
+    )
+    .unwrap();
+    assert!(g.iter().all(|v| v.is_finite()) && g[1] == 0.0);
+    let e = ctx
+        .nll_grad(&b, &[0i64, 3], &NllOptions::default(), &mut g)
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::TargetOutOfRange {
+                row: 1,
+                target: 3,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let e = ctx
+        .nll_grad(
+            &Batch::new(&z, 2, 3),
+            &[0i64, 0],
+            &NllOptions::default(),
+            &mut g,
+        )
+        .unwrap_err();
+    assert!(matches!(e, Error::Unsupported(_)), "{e}");
+    let e = ctx
+        .nll_grad(
+            &Batch::new(&z[..3], 1, 3).form(Form::Logits),
+            &[0i64, 0],
+            &NllOptions::default(),
+            &mut g,
+        )
+        .unwrap_err();
+    assert!(matches!(e, Error::Unsupported(_)), "{e}");
+    let e = ctx
+        .nll_grad(&b, &[0i64, 0], &NllOptions::default(), &mut g[..5])
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Length {
+                arg: kullback::Arg::Gradient,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let e = ctx
+        .nll_grad(
+            &b,
+            &[0i64, 0],
+            &NllOptions::default().label_smoothing(1.5),
+            &mut g,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::InvalidOption {
+                option: Setting::LabelSmoothing,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let zn = [0.0f32, f32::NAN, 1.0];
+    let e = ctx
+        .nll_grad(
+            &Batch::new(&zn, 1, 3).form(Form::Logits),
+            &[0i64],
+            &NllOptions::default(),
+            &mut g[..3],
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::BadValue {
+                row: 0,
+                col: Some(1),
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // every target ignored: mean NaN, gradient 0
+    let out = ctx
+        .nll_grad(
+            &b,
+            &[-1i64, -1],
+            &NllOptions::default()
+                .ignore_index(-1)
+                .reduction(Reduction::Mean),
+            &mut g,
+        )
+        .unwrap();
+    assert!(out.values[0].is_nan() && g.iter().all(|&v| v == 0.0));
+}
+
+// ------------------------------------------------------------ PyTorch values
+
+/// Stored PyTorch autograd values (tests/data/torch_train: make.py wrote
+/// them with torch in float64 from the same float32 inputs).
+#[test]
+fn torch_reference() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/torch_train");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let f = std::fs::File::open(dir.join("values.npy")).unwrap();
+    let values: Vec<f64> = npyz::NpyFile::new(std::io::BufReader::new(f))
+        .unwrap()
+        .into_vec()
+        .unwrap();
+    let arr = |c: &serde_json::Value, key: &str| -> Vec<f64> {
+        let at = c[key].as_array().unwrap();
+        let (o, n) = (
+            at[0].as_u64().unwrap() as usize,
+            at[1].as_u64().unwrap() as usize,
+        );
+        values[o..o + n].to_vec()
+    };
+    let f32s = |v: Vec<f64>| -> Vec<f32> { v.iter().map(|&x| x as f32).collect() };
+    let red = |c: &serde_json::Value| match c["reduction"].as_str().unwrap() {
+        "none" => Reduction::None,
+        "sum" => Reduction::Sum,
+        _ => Reduction::Mean,
+    };
+    let ctx = cpu();
+    let cases = manifest["cases"].as_array().unwrap();
+    assert!(cases.len() >= 80);
+    for (n, c) in cases.iter().enumerate() {
+        let (rows, cols) = (
+            c["rows"].as_u64().unwrap() as usize,
+            c["cols"].as_u64().unwrap() as usize,
+        );
+        let s = f32s(arr(c, "s"));
+        let want_loss = arr(c, "loss");
+        let want_grad = arr(c, "grad");
+        let mut grad = vec![f32::NAN; rows * cols];
+        let student = Batch::new(&s, rows, cols).form(Form::Logits);
+        let mut t2 = 1.0;
+        let mask: Vec<u8> = c["mask"]
+            .as_array()
+            .map(|m| m.iter().map(|v| v.as_u64().unwrap() as u8).collect())
+            .unwrap_or_default();
+        let opts_of = |c: &serde_json::Value| {
+            let temp = c["temperature"].as_f64().unwrap();
+            DistillOptions::default()
+                .divergence(Divergence::parse(c["divergence"].as_str().unwrap()).unwrap())
+                .beta(c["beta"].as_f64().unwrap() as f32)
+                .temperature(temp as f32)
+                .reduction(red(c))
+                .mask(&mask)
+        };
+        let out = match c["kind"].as_str().unwrap() {
+            "nll" => {
+                let targets: Vec<i64> = c["targets"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_i64().unwrap())
+                    .collect();
+                let w = f32s(arr(c, "weights"));
+                let mut o = NllOptions::default()
+                    .reduction(red(c))
+                    .label_smoothing(c["label_smoothing"].as_f64().unwrap() as f32);
+                if c["weighted"].as_bool().unwrap() {
+                    o = o.weights(&w);
+                }
+                if let Some(i) = c["ignore_index"].as_i64() {
+                    o = o.ignore_index(i);
+                }
+                ctx.nll_grad(&student, &targets, &o, &mut grad)
+            }
+            "dense" => {
+                let t = f32s(arr(c, "t"));
+                let form = if c["teacher_form"] == "logits" {
+                    Form::Logits
+                } else {
+                    Form::LogProbs
+                };
+                t2 = c["temperature"].as_f64().unwrap().powi(2);
+                ctx.distill(
+                    &student,
+                    &Teacher::Dense(Batch::new(&t, rows, cols).form(form)),
+                    &opts_of(c),
+                    &mut grad,
+                )
+            }
+            _ => {
+                let l = f32s(arr(c, "logprobs"));
+                let ix: Vec<i64> = c["indices"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_i64().unwrap())
+                    .collect();
+                let k = c["k"].as_u64().unwrap() as usize;
+                t2 = c["temperature"].as_f64().unwrap().powi(2);
+                let tail = if c["tail"] == "bucket" {
+                    Tail::Bucket
+                } else {
+                    Tail::Renormalize
+                };
+                ctx.distill(
+                    &student,
+                    &Teacher::Sparse(SparseTeacher::new(&ix, &l, k)),
+                    &opts_of(c).tail(tail),
+                    &mut grad,
+                )
+            }
+        };
+        let what = format!("torch case {n}: {c}");
+        let what = &what[..what.len().min(400)];
+        let out = out.unwrap_or_else(|e| panic!("{what}: {e}"));
+        for (got, want) in out.values.iter().zip(&want_loss) {
+            check_loss(*got, *want, t2 * rows as f64, what);
+        }
+        for r in 0..rows {
+            check_row(
+                &grad[r * cols..(r + 1) * cols],
+                &want_grad[r * cols..(r + 1) * cols],
+                &format!("{what} row {r}"),
+            );
+        }
+    }
+}
