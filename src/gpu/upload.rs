@@ -178,9 +178,18 @@ impl Gpu {
             let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::MAP_WRITE;
             let buf = scratch.buffer(&self.device, label, bytes.max(4), usage)?;
             // f64 converts straight into the mapping: no staging, no f32 copy
-            map_for_write(self, &buf, bytes, None)?;
-            write_mapped(&buf, 0, &src, 0, bytes)?;
-            return Ok(buf);
+            match map_for_write(self, &buf, bytes, None) {
+                Ok(()) => {
+                    write_mapped(&buf, 0, &src, 0, bytes)?;
+                    return Ok(buf);
+                }
+                // a buffer whose map failed never goes back to the pool (its
+                // state is unknown); this upload takes the staged path
+                Err(e) => {
+                    scratch.detach(&buf);
+                    log::warn!("kullback: {e}; uploading through staging instead");
+                }
+            }
         }
         let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
         let dst = scratch.buffer(&self.device, label, bytes.max(4), usage)?;
@@ -222,7 +231,13 @@ impl Gpu {
                 slots.push((b, None));
             }
             let (slot, last) = &mut slots[k % RING_SLOTS];
-            map_for_write(self, slot, size, last.take())?;
+            if let Err(e) = map_for_write(self, slot, size, last.take()) {
+                // a slot whose map failed is dropped, not pooled: one fresh try
+                scratch.detach(slot);
+                log::warn!("kullback: {e}; replacing the upload slot");
+                *slot = scratch.buffer(&self.device, "kullback.upload", RING_CHUNK, usage)?;
+                map_for_write(self, slot, size, None)?;
+            }
             write_mapped(slot, 0, src, at, size)?;
             let mut enc = self
                 .device
