@@ -240,6 +240,11 @@ impl Context {
         })
     }
 
+    /// `Backend::Auto` with a hardware GPU: calls are placed one by one.
+    pub(crate) fn is_auto(&self) -> bool {
+        self.auto.is_some()
+    }
+
     /// The backend this context runs on (with `Backend::Auto` and a hardware
     /// GPU, each call may still run on the CPU: see [`Context::placement`]).
     pub fn backend(&self) -> Ran {

@@ -17,13 +17,21 @@ pub(crate) enum Kind {
 }
 
 impl Kind {
-    pub(crate) fn from_measure(m: Measure) -> Kind {
-        match m {
+    /// The per-row kind of `m`; Hellinger and total variation are all-pairs
+    /// measures only for now (an [`Error::Unsupported`] here).
+    pub(crate) fn from_measure(m: Measure) -> Result<Kind> {
+        Ok(match m {
             Measure::Entropy => Kind::Entropy,
             Measure::CrossEntropy => Kind::Cross,
             Measure::Kl => Kind::Kl,
             Measure::Js => Kind::Js,
-        }
+            Measure::Hellinger | Measure::TotalVariation => {
+                return Err(Error::Unsupported(format!(
+                    "{} is not a per-row measure yet; Context::pairwise computes it for all pairs",
+                    m.name()
+                )));
+            }
+        })
     }
 }
 
@@ -103,7 +111,7 @@ impl<'a> Job<'a> {
         opts: &Options,
     ) -> Result<Self> {
         let ln_base = opts.check()?;
-        let kind = Kind::from_measure(measure);
+        let kind = Kind::from_measure(measure)?;
         let pd = p.checked(Arg::P)?;
         let (rows, qop) = match (measure.needs_q(), q) {
             (false, _) => (p.rows, None),

@@ -200,6 +200,8 @@ mod error;
 mod gpu;
 mod job;
 mod measure;
+mod pairs;
+mod pairwise;
 mod record;
 mod resident;
 
@@ -209,5 +211,7 @@ pub use error::{Arg, BadValue, Error, Result};
 pub use measure::{
     Base, DEFAULT_TOLERANCE, Form, Measure, NllOptions, Normalization, Options, Reduction,
 };
+pub use pairs::{MAX_TOP_K, PairwiseOptions, Tile, TileShape};
+pub use pairwise::{PairwiseOutput, TopK};
 pub use record::{RECORD_SIZE, Record, Status};
 pub use resident::{GpuBatch, GpuOutput, GpuTargets, Workspace, decode_output, output_bytes};

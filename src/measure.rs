@@ -18,6 +18,15 @@ pub enum Measure {
     Kl,
     /// Jensen-Shannon divergence ½ D(P‖M) + ½ D(Q‖M), M = ½ (P + Q).
     Js,
+    /// Squared Hellinger distance H²(P, Q) = ½ Σ (√p − √q)², which is
+    /// 1 − Σ √(p q) for rows that sum to 1 (the form computed is the first:
+    /// it does not cancel for close rows). In [0, 1]; not logarithmic, so a
+    /// log base other than e is an error. All-pairs only for now
+    /// ([`Context::pairwise`](crate::Context::pairwise)).
+    Hellinger,
+    /// Total variation distance ½ Σ |p − q|, in [0, 1]. Not logarithmic (a
+    /// log base other than e is an error). All-pairs only for now.
+    TotalVariation,
 }
 
 impl Measure {
@@ -28,7 +37,15 @@ impl Measure {
             Measure::CrossEntropy => "cross-entropy",
             Measure::Kl => "kl",
             Measure::Js => "js",
+            Measure::Hellinger => "hellinger",
+            Measure::TotalVariation => "total-variation",
         }
+    }
+
+    /// Whether results are logarithms (and so take a log base): every
+    /// measure but Hellinger and total variation.
+    pub fn is_logarithmic(self) -> bool {
+        !matches!(self, Measure::Hellinger | Measure::TotalVariation)
     }
 
     /// Whether the measure reads a second distribution `q`.

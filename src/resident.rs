@@ -267,7 +267,7 @@ pub(crate) fn measure_shape(
 ) -> Result<GpuShape> {
     let ln_base = opts.check()?;
     check_shape(Arg::P, p)?;
-    let kind = Kind::from_measure(measure);
+    let kind = Kind::from_measure(measure)?;
     let (rows, q) = match (measure.needs_q(), q) {
         (false, _) => (p.rows, None),
         (true, None) => return Err(Error::InvalidOption(format!("{} needs q", measure.name()))),

@@ -22,6 +22,8 @@ mod fast;
 mod kernel;
 mod ln;
 mod plan;
+// all pairs: a module of its own (kernels, packing, drivers)
+pub(crate) mod pairwise;
 #[cfg(test)]
 mod tests;
 mod threads;

@@ -148,6 +148,7 @@ fn ref_value(m: Measure, p: (&[f64], &[f64]), q: Option<(&[f64], &[f64])>) -> f6
             }
             s
         }
+        Measure::Hellinger | Measure::TotalVariation => unreachable!("not per-row measures"),
     }
 }
 

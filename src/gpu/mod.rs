@@ -2,6 +2,8 @@
 
 mod device;
 mod encode;
+// all pairs: a module of its own (prep, tiles, nearest-k, resident encoding)
+pub(crate) mod pairwise;
 mod params;
 mod pipelines;
 mod plan;
