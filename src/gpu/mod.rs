@@ -41,6 +41,8 @@ pub(crate) struct Gpu {
     pub(crate) pipelines: Arc<Pipelines>,
     /// Buffers reused across host-path calls.
     pool: Arc<Pool>,
+    /// The all-pairs pipelines, built on first use.
+    pub(crate) pairwise: pairwise::PipelinesCell,
 }
 
 impl Gpu {
@@ -91,6 +93,7 @@ impl Gpu {
             cap,
             pipelines,
             pool: Arc::new(Pool::new(pool_bytes)),
+            pairwise: Default::default(),
         })
     }
 
