@@ -7,6 +7,7 @@ use crate::context::{Context, Ran};
 use crate::error::{Error, Result};
 use crate::measure::Measure;
 use crate::pairs::{self, PairJob, PairwiseOptions, Tile, TileShape};
+use crate::resident::{GpuBatch, Workspace};
 
 /// The matrix of an all-pairs call.
 #[derive(Clone, Debug, PartialEq)]
@@ -199,4 +200,319 @@ impl Context {
             }
         }
     }
+}
+
+/// Where a GPU-resident all-pairs matrix goes ([`Context::encode_pairwise`]).
+///
+/// * `buffer` at byte `offset` (a multiple of the device's
+///   `min_storage_buffer_offset_alignment`; usage `STORAGE`, plus `COPY_SRC`
+///   to read it back): the M × N matrix, f32, row-major,
+///   D[i, j] at element `i * N + j`. A pair whose row of p or of q is bad is
+///   NaN.
+/// * `status` at byte `status_offset` (aligned the same way; `STORAGE`): one
+///   [`Record`](crate::Record) per row of p, then one per row of q (none with
+///   q omitted), [`pairwise_status_bytes`] in all: `code` 0 and `value` 0
+///   for a good row; for a bad one the per-row measures' code and first bad
+///   column, `value` NaN, and in `aux_p` (p) or `aux_q` (q) the row's sum (or
+///   log-sum-exp). [`decode_pairwise_status`] turns it into the host path's
+///   error.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct GpuPairwiseOutput<'a> {
+    /// The matrix's buffer.
+    pub buffer: &'a wgpu::Buffer,
+    /// Its byte offset.
+    pub offset: u64,
+    /// The statuses' buffer.
+    pub status: &'a wgpu::Buffer,
+    /// Their byte offset.
+    pub status_offset: u64,
+    /// Scratch buffers kept between calls (see [`Workspace`]); fresh ones
+    /// per call when `None`.
+    pub workspace: Option<&'a Workspace>,
+}
+
+impl<'a> GpuPairwiseOutput<'a> {
+    /// The matrix at offset 0 of `buffer`, the statuses at offset 0 of `status`.
+    pub fn new(buffer: &'a wgpu::Buffer, status: &'a wgpu::Buffer) -> Self {
+        GpuPairwiseOutput {
+            buffer,
+            offset: 0,
+            status,
+            status_offset: 0,
+            workspace: None,
+        }
+    }
+    /// Sets the matrix's byte offset.
+    pub fn offset(mut self, offset: u64) -> Self {
+        self.offset = offset;
+        self
+    }
+    /// Sets the statuses' byte offset.
+    pub fn status_offset(mut self, offset: u64) -> Self {
+        self.status_offset = offset;
+        self
+    }
+    /// Takes the call's scratch buffers from `workspace`.
+    pub fn workspace(mut self, workspace: &'a Workspace) -> Self {
+        self.workspace = Some(workspace);
+        self
+    }
+}
+
+/// Where GPU-resident nearest-k lists go ([`Context::encode_pairwise_top_k`]):
+/// `values` (f32) and `indices` (u32), each M × k row-major (row i's list at
+/// elements `i * k .. i * k + k`, ascending), in two distinct buffers
+/// (`STORAGE`, aligned offsets); `status` as in [`GpuPairwiseOutput`]. A bad
+/// row's list holds NaN values.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct GpuTopKOutput<'a> {
+    /// The values' buffer and byte offset.
+    pub values: (&'a wgpu::Buffer, u64),
+    /// The indices' buffer and byte offset.
+    pub indices: (&'a wgpu::Buffer, u64),
+    /// The statuses' buffer and byte offset.
+    pub status: (&'a wgpu::Buffer, u64),
+    /// Scratch buffers kept between calls; fresh ones per call when `None`.
+    pub workspace: Option<&'a Workspace>,
+}
+
+impl<'a> GpuTopKOutput<'a> {
+    /// Values, indices and statuses each at offset 0 of their buffer.
+    pub fn new(
+        values: &'a wgpu::Buffer,
+        indices: &'a wgpu::Buffer,
+        status: &'a wgpu::Buffer,
+    ) -> Self {
+        GpuTopKOutput {
+            values: (values, 0),
+            indices: (indices, 0),
+            status: (status, 0),
+            workspace: None,
+        }
+    }
+    /// Takes the call's scratch buffers from `workspace`.
+    pub fn workspace(mut self, workspace: &'a Workspace) -> Self {
+        self.workspace = Some(workspace);
+        self
+    }
+}
+
+/// Bytes of a GPU-resident all-pairs call's statuses: one
+/// [`Record`](crate::Record) per row of p and of q (`None`: q omitted).
+pub fn pairwise_status_bytes(p_rows: usize, q_rows: Option<usize>) -> u64 {
+    crate::gpu::pairwise::status_bytes(p_rows, q_rows)
+}
+
+/// Turns the statuses of a GPU-resident all-pairs call (read back) into
+/// `Ok(())`, or the [`Error`] the host path returns for the same input:
+/// the first bad row of p, else of q. `p_rows` rows of p come first; `opts`
+/// and `cols` only shape the message.
+pub fn decode_pairwise_status(
+    status: &[crate::Record],
+    p_rows: usize,
+    opts: &PairwiseOptions,
+    cols: usize,
+) -> Result<()> {
+    let ctx = crate::record::DecodeCtx {
+        tolerance: opts.tolerance,
+        classes: cols,
+    };
+    let p = &status[..p_rows.min(status.len())];
+    if let Some(e) = pairs::first_error(p, p_rows, &ctx) {
+        return Err(e);
+    }
+    let q = &status[p.len()..];
+    match pairs::first_error(q, q.len(), &ctx) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// A caller's batch as the GPU-resident all-pairs code reads it, checked.
+fn resident_side<'a>(
+    b: &GpuBatch<'a>,
+    arg: crate::Arg,
+    opts: &PairwiseOptions,
+    align: u64,
+) -> Result<crate::gpu::pairwise::ResidentSide<'a>> {
+    let bytes = b.rows as u64 * b.cols as u64 * 4;
+    let name = if arg == crate::Arg::P { "p" } else { "q" };
+    crate::resident::check_buffer(
+        name,
+        b.buffer,
+        b.offset,
+        bytes,
+        wgpu::BufferUsages::STORAGE,
+        align,
+    )?;
+    Ok(crate::gpu::pairwise::ResidentSide {
+        buffer: b.buffer,
+        offset: b.offset,
+        rows: b.rows as u32,
+        mode: pairs::RowMode::of(b.form, opts.normalization),
+    })
+}
+
+impl Context {
+    /// Records the all-pairs matrix of batches in the caller's GPU buffers
+    /// into the caller's `encoder` (see [`Context::encode`] for what the
+    /// caller is responsible for: submission, usages, the encoder's device).
+    /// The matrix and the per-row statuses go where `out` says (layouts
+    /// there); bad input is not an error here (the library never sees the
+    /// data): read back the statuses and pass them to
+    /// [`decode_pairwise_status`]. Everything wgpu would reject is an
+    /// [`Error`] before anything is recorded.
+    pub fn encode_pairwise(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        measure: Measure,
+        p: &GpuBatch<'_>,
+        q: Option<&GpuBatch<'_>>,
+        opts: &PairwiseOptions,
+        out: &GpuPairwiseOutput<'_>,
+    ) -> Result<()> {
+        let (gpu, call) =
+            self.resident_call(measure, p, q, opts, (out.status, out.status_offset))?;
+        let (m, n) = (p.rows, q.map_or(p.rows, |q| q.rows));
+        let align = gpu.limits.min_storage_buffer_offset_alignment.max(4) as u64;
+        let bytes = (m as u64).saturating_mul(n as u64).saturating_mul(4);
+        crate::resident::check_buffer(
+            "output",
+            out.buffer,
+            out.offset,
+            bytes,
+            wgpu::BufferUsages::STORAGE,
+            align,
+        )?;
+        distinct(
+            "output",
+            out.buffer,
+            &[Some(p.buffer), q.map(|q| q.buffer), Some(out.status)],
+        )?;
+        let call = crate::gpu::pairwise::ResidentCall {
+            out: crate::gpu::pairwise::ResidentOut::Matrix {
+                buffer: out.buffer,
+                offset: out.offset,
+            },
+            ..call
+        };
+        crate::gpu::pairwise::encode(gpu, encoder, &call, out.workspace.map(|w| &w.pool))
+    }
+
+    /// [`Context::encode_pairwise`] for the nearest `k` of each row: values
+    /// and indices as [`GpuTopKOutput`] says, each backend's lists equal to
+    /// a stable sort of its own matrix (as [`Context::pairwise_top_k`]).
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the host call's arguments, plus the encoder"
+    )]
+    pub fn encode_pairwise_top_k(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        measure: Measure,
+        p: &GpuBatch<'_>,
+        q: Option<&GpuBatch<'_>>,
+        k: usize,
+        opts: &PairwiseOptions,
+        out: &GpuTopKOutput<'_>,
+    ) -> Result<()> {
+        let (gpu, call) = self.resident_call(measure, p, q, opts, out.status)?;
+        let (m, n) = (p.rows, q.map_or(p.rows, |q| q.rows));
+        pairs::check_k(k, n, opts.exclude_self, q.is_none())?;
+        let align = gpu.limits.min_storage_buffer_offset_alignment.max(4) as u64;
+        let bytes = (m as u64).saturating_mul(k as u64).saturating_mul(4);
+        let storage = wgpu::BufferUsages::STORAGE;
+        crate::resident::check_buffer("values", out.values.0, out.values.1, bytes, storage, align)?;
+        crate::resident::check_buffer(
+            "indices",
+            out.indices.0,
+            out.indices.1,
+            bytes,
+            storage,
+            align,
+        )?;
+        let others = [Some(p.buffer), q.map(|q| q.buffer), Some(out.status.0)];
+        distinct("values", out.values.0, &others)?;
+        distinct("indices", out.indices.0, &others)?;
+        distinct("indices", out.indices.0, &[Some(out.values.0)])?;
+        let call = crate::gpu::pairwise::ResidentCall {
+            out: crate::gpu::pairwise::ResidentOut::TopK {
+                values: out.values,
+                indices: out.indices,
+                k: k as u32,
+                exclude_self: opts.exclude_self,
+            },
+            ..call
+        };
+        crate::gpu::pairwise::encode(gpu, encoder, &call, out.workspace.map(|w| &w.pool))
+    }
+
+    /// The checks both GPU-resident calls share: a GPU context, the
+    /// measure, options, shapes, inputs and statuses.
+    fn resident_call<'a>(
+        &'a self,
+        measure: Measure,
+        p: &GpuBatch<'a>,
+        q: Option<&GpuBatch<'a>>,
+        opts: &PairwiseOptions,
+        status: (&'a wgpu::Buffer, u64),
+    ) -> Result<(&'a crate::gpu::Gpu, crate::gpu::pairwise::ResidentCall<'a>)> {
+        let gpu = self
+            .gpu
+            .as_deref()
+            .ok_or_else(|| Error::Unsupported("GPU-resident batches need a GPU context".into()))?;
+        let ln_base = pairs::check_options(measure, opts)?;
+        pairs::check_shapes((p.rows, p.cols), q.map(|q| (q.rows, q.cols)))?;
+        let align = gpu.limits.min_storage_buffer_offset_alignment.max(4) as u64;
+        let ps = resident_side(p, crate::Arg::P, opts, align)?;
+        let qs = match q {
+            Some(q) => Some(resident_side(q, crate::Arg::Q, opts, align)?),
+            None => None,
+        };
+        let s_bytes = pairwise_status_bytes(p.rows, q.map(|q| q.rows));
+        crate::resident::check_buffer(
+            "status",
+            status.0,
+            status.1,
+            s_bytes,
+            wgpu::BufferUsages::STORAGE,
+            align,
+        )?;
+        distinct("status", status.0, &[Some(p.buffer), q.map(|q| q.buffer)])?;
+        Ok((
+            gpu,
+            crate::gpu::pairwise::ResidentCall {
+                measure,
+                p: ps,
+                q: qs,
+                cols: p.cols as u32,
+                check_sums: opts.normalization == crate::Normalization::Validate,
+                tolerance: opts.tolerance,
+                ln_base,
+                status,
+                out: crate::gpu::pairwise::ResidentOut::Matrix {
+                    buffer: status.0,
+                    offset: 0,
+                },
+            },
+        ))
+    }
+}
+
+/// An output buffer must be none of `others` (wgpu tracks usage per buffer,
+/// not per range: a writable and another binding of one buffer conflict).
+fn distinct(
+    name: &'static str,
+    buffer: &wgpu::Buffer,
+    others: &[Option<&wgpu::Buffer>],
+) -> Result<()> {
+    if others.iter().flatten().any(|o| *o == buffer) {
+        return Err(Error::Buffer {
+            name,
+            problem: "is also another buffer of the call; use a buffer of its own".into(),
+        });
+    }
+    Ok(())
 }

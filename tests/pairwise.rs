@@ -312,41 +312,58 @@ fn one_by_one_by_one() {
 fn small_shapes_every_form_and_normalisation() {
     let bks = common::backends_with_cap(64 * 1024);
     let mut rng = Rng::new(17);
-    for &(m, n, k) in &[(7usize, 5usize, 3usize), (33, 65, 257)] {
-        for (pf, qf) in [
-            (Form::Probs, Form::Probs),
-            (Form::LogProbs, Form::Probs),
-            (Form::Logits, Form::LogProbs),
-            (Form::Probs, Form::Logits),
-        ] {
-            for norm in [
-                Normalization::Validate,
-                Normalization::Renormalize,
-                Normalization::AsGiven,
-            ] {
-                let mut p = common::rand_form(&mut rng, m, k, pf, 0.2);
-                let mut q = common::rand_form(&mut rng, n, k, qf, 0.2);
-                if norm == Normalization::Renormalize {
-                    // counts, not probabilities
-                    for x in p.iter_mut().filter(|_| pf == Form::Probs) {
-                        *x *= 37.0;
-                    }
-                    for x in q.iter_mut().filter(|_| qf == Form::Probs) {
-                        *x *= 0.01;
-                    }
+    // every form and normalisation on 7 x 5 x 3; on 33 x 65 x 257 (tiles with
+    // ragged edges, several column runs) a cover of them
+    let all: Vec<(Form, Form, Normalization)> = [
+        (Form::Probs, Form::Probs),
+        (Form::LogProbs, Form::Probs),
+        (Form::Logits, Form::LogProbs),
+        (Form::Probs, Form::Logits),
+    ]
+    .into_iter()
+    .flat_map(|(a, b)| {
+        [
+            Normalization::Validate,
+            Normalization::Renormalize,
+            Normalization::AsGiven,
+        ]
+        .map(move |n| (a, b, n))
+    })
+    .collect();
+    let cover = [
+        (Form::Probs, Form::Probs, Normalization::Validate),
+        (Form::Probs, Form::Probs, Normalization::Renormalize),
+        (Form::LogProbs, Form::Probs, Normalization::AsGiven),
+        (Form::Logits, Form::LogProbs, Normalization::Renormalize),
+        (Form::Probs, Form::Logits, Normalization::Validate),
+    ];
+    for (&(m, n, k), cases) in [(7usize, 5usize, 3usize), (33, 65, 257)]
+        .iter()
+        .zip([&all[..], &cover[..]])
+    {
+        for &(pf, qf, norm) in cases {
+            let mut p = common::rand_form(&mut rng, m, k, pf, 0.2);
+            let mut q = common::rand_form(&mut rng, n, k, qf, 0.2);
+            if norm == Normalization::Renormalize {
+                // counts, not probabilities
+                for x in p.iter_mut().filter(|_| pf == Form::Probs) {
+                    *x *= 37.0;
                 }
-                let label = format!("{m}x{n}x{k} {pf:?}/{qf:?} {norm:?}");
-                check_case(
-                    &label,
-                    &bks,
-                    In::new(&p, m, pf),
-                    In::new(&q, n, qf),
-                    k,
-                    norm,
-                    None,
-                    pf == qf || m == 7,
-                );
+                for x in q.iter_mut().filter(|_| qf == Form::Probs) {
+                    *x *= 0.01;
+                }
             }
+            let label = format!("{m}x{n}x{k} {pf:?}/{qf:?} {norm:?}");
+            check_case(
+                &label,
+                &bks,
+                In::new(&p, m, pf),
+                In::new(&q, n, qf),
+                k,
+                norm,
+                None,
+                pf == qf || m == 7,
+            );
         }
     }
 }
@@ -928,7 +945,6 @@ fn tiles_equal_the_matrix() {
                     .pairwise(m_, &Batch::new(&p, m, k), qb.as_ref(), &Default::default())
                     .expect("matrix");
                 for shape in [
-                    TileShape::new(1, 1),
                     TileShape::new(7, 13),
                     TileShape::full_rows(16),
                     TileShape::default(),
@@ -962,6 +978,28 @@ fn tiles_equal_the_matrix() {
                 }
             }
         }
+        // single-value tiles of a small matrix
+        let (p6, q5) = (Batch::new(&p[..6 * k], 6, k), Batch::new(&q[..5 * k], 5, k));
+        let d = bk
+            .ctx
+            .pairwise(Measure::Kl, &p6, Some(&q5), &Default::default())
+            .expect("matrix");
+        let mut got = Vec::new();
+        bk.ctx
+            .pairwise_tiles(
+                Measure::Kl,
+                &p6,
+                Some(&q5),
+                &Default::default(),
+                TileShape::new(1, 1),
+                |t| {
+                    assert_eq!((t.rows.len(), t.cols.len()), (1, 1));
+                    got.push(t.values[0]);
+                    Ok::<(), Error>(())
+                },
+            )
+            .expect("tiles");
+        assert_eq!(bits(&got), bits(&d.values), "{} 1x1 tiles", bk.name);
         // the callback's error stops the call
         let mut calls = 0;
         let r = bk.ctx.pairwise_tiles(

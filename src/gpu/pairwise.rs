@@ -464,6 +464,19 @@ fn row_words(cols: u64, fields: u64) -> u64 {
     fields * cols + 4 * cols.div_ceil(32) + 1
 }
 
+/// Columns per chunk: every column when `want` rows of them fit a binding
+/// of `cap_elems` words (and they are at most [`KC_MAX`]), else the largest
+/// multiple of 32 that does. A region then holds a tile's rows (`want` =
+/// 64, or all the rows there are) at least: regions of a row or two would
+/// keep the tiles mostly idle.
+fn chunk_cols(cols: u64, fields: u64, cap_elems: u64, want: u64) -> u64 {
+    if row_words(cols, fields) * want <= cap_elems && cols <= KC_MAX {
+        cols
+    } else {
+        ((cap_elems / want).saturating_sub(1) / (fields * 32 + 4) * 32).clamp(32, KC_MAX)
+    }
+}
+
 /// How the call is cut to fit the device's bindings.
 #[derive(Clone, Copy, Debug)]
 struct Plan {
@@ -494,18 +507,8 @@ impl Plan {
         // bytes early: leave that much slack
         let cap_elems = (gpu.cap.saturating_sub(lcm(RECORD_SIZE, align) + 64)) / 4;
         let f = fields as u64;
-        let kc = if row_words(cols as u64, f) <= cap_elems && cols as u64 <= KC_MAX {
-            cols as u64
-        } else {
-            // the largest multiple of 32 whose row fits
-            ((cap_elems.saturating_sub(1) / (f * 32 + 4)) * 32).min(KC_MAX)
-        };
-        if kc == 0 {
-            return Err(Error::TooLarge(format!(
-                "a binding of {} bytes holds less than 32 columns of all-pairs fields",
-                gpu.cap
-            )));
-        }
+        let want = (p_rows.max(q_rows) as u64).min(TILE as u64);
+        let kc = chunk_cols(cols as u64, f, cap_elems, want);
         let per = row_words(kc, f);
         let rc = |rows: u32| (cap_elems / per).clamp(1, rows as u64) as u32;
         Ok(Plan {
@@ -679,13 +682,9 @@ fn record_prep(
     for g in 0..side.groups() {
         let r0 = g * side.rc;
         let r1 = (r0 + side.rc).min(side.rows);
-        // dispatches of whole rows whose raw window fits a binding (one row per
-        // dispatch when the rows are cut in column chunks)
-        let per = if plan.chunks == 1 {
-            (plan.cap_elems / cols).clamp(1, (r1 - r0) as u64) as u32
-        } else {
-            1
-        };
+        // dispatches of rows whose raw window (a chunk of each, rows apart)
+        // fits a binding
+        let per = ((plan.cap_elems - plan.kc as u64) / cols + 1).clamp(1, (r1 - r0) as u64) as u32;
         let mut a0 = r0;
         while a0 < r1 {
             let a1 = (a0 + per).min(r1);
@@ -1729,16 +1728,24 @@ mod tests {
 
     #[test]
     fn regions_fit_one_binding() {
-        for fields in 1..=3u32 {
-            for &(cols, cap_elems) in &[(256u64, 1u64 << 20), (1_000_003, 16_000), (5, 16_000)] {
-                let f = fields as u64;
-                let kc = if row_words(cols, f) <= cap_elems {
-                    cols
-                } else {
-                    (cap_elems - 1) / (f * 32 + 4) * 32
-                };
-                assert!(row_words(kc, f) <= cap_elems, "{fields} {cols}");
-                let g = geom((cap_elems / row_words(kc, f)) as u32, kc as u32, fields);
+        for fields in 1..=3u64 {
+            for &(cols, cap_elems, want) in &[
+                (256u64, 1u64 << 20, 64u64),
+                (1_000_003, 16_000, 2),
+                (9000, 16_000, 64),
+                (5, 16_000, 64),
+                (100_000, 32 << 20, 64),
+            ] {
+                let kc = chunk_cols(cols, fields, cap_elems, want);
+                assert!(
+                    kc <= KC_MAX && (kc == cols || kc % 32 == 0),
+                    "{fields} {cols}: {kc}"
+                );
+                assert!(
+                    row_words(kc, fields) * want <= cap_elems,
+                    "{fields} {cols}: {kc}"
+                );
+                let g = geom(want as u32, kc as u32, fields as u32);
                 assert!(g.total <= cap_elems, "{fields} {cols}: {}", g.total);
             }
         }
