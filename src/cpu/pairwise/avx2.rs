@@ -6,12 +6,12 @@
 //! `crate::cpu::ln`) on 8 lanes.
 
 use std::arch::x86_64::{
-    __m256, _CMP_LT_OQ, _mm256_add_epi32, _mm256_add_pd, _mm256_add_ps, _mm256_and_ps,
-    _mm256_and_si256, _mm256_blendv_ps, _mm256_broadcast_ss, _mm256_castps_si256,
-    _mm256_castps256_ps128, _mm256_castsi256_ps, _mm256_cmp_ps, _mm256_cmpeq_epi32,
-    _mm256_cvtepi32_ps, _mm256_cvtps_pd, _mm256_extractf128_ps, _mm256_fmadd_ps, _mm256_loadu_pd,
-    _mm256_loadu_ps, _mm256_mul_ps, _mm256_or_si256, _mm256_set1_epi32, _mm256_set1_ps,
-    _mm256_setzero_ps, _mm256_srli_epi32, _mm256_storeu_pd, _mm256_sub_epi32, _mm256_sub_ps,
+    __m256, _mm256_add_pd, _mm256_add_ps, _mm256_and_ps, _mm256_and_si256, _mm256_andnot_ps,
+    _mm256_broadcast_ss, _mm256_castps_si256, _mm256_castps256_ps128, _mm256_castsi256_ps,
+    _mm256_cmpeq_epi32, _mm256_cvtepi32_ps, _mm256_cvtps_pd, _mm256_extractf128_ps,
+    _mm256_fmadd_ps, _mm256_loadu_pd, _mm256_loadu_ps, _mm256_mul_ps, _mm256_set1_epi32,
+    _mm256_set1_ps, _mm256_setzero_ps, _mm256_slli_epi32, _mm256_srai_epi32, _mm256_storeu_pd,
+    _mm256_sub_epi32, _mm256_sub_ps,
 };
 
 use super::kernel::{MR, NR};
@@ -135,36 +135,21 @@ simple_kernel!(tv, 0, 0, |acc, w, _x, qw| {
     _mm256_add_ps(acc, abs)
 });
 
-/// `ln_parts` of `crate::cpu::ln` on 8 lanes: ln x = e·LN2_HI + lo for a
-/// finite x ≥ 0 (subnormals exact; 0 gives finite garbage).
+/// ln s = e·LN2_HI + lo for a positive normal s, on 8 lanes: e and the
+/// mantissa m in [√½, √2) from one integer subtraction of the bits of √½,
+/// ln m by Cephes' polynomial (as `crate::cpu::ln`), lo = e·LN2_LO + ln m.
+/// Also returns the lanes where s is normal (zero and subnormal sums are
+/// dropped by the caller: their terms are below 1e-37).
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-fn ln_parts(x: __m256) -> (__m256, __m256) {
+fn ln_split(s: __m256) -> (__m256, __m256, __m256) {
     let c = |v: f32| _mm256_set1_ps(v);
     let ci = |v: i32| _mm256_set1_epi32(v);
-    let b = _mm256_castps_si256(x);
-    let sub = _mm256_cmpeq_epi32(_mm256_and_si256(b, ci(0x7f80_0000)), ci(0));
-    let xs = _mm256_blendv_ps(
-        x,
-        _mm256_mul_ps(x, c(8_388_608.0)),
-        _mm256_castsi256_ps(sub),
-    );
-    let bs = _mm256_castps_si256(xs);
-    // e0 = (bs >> 23) − 126 − 23·sub (sub is −1 where set)
-    let e0 = _mm256_sub_epi32(_mm256_srli_epi32::<23>(bs), ci(126));
-    let e0 = _mm256_add_epi32(e0, _mm256_and_si256(sub, ci(-23)));
-    let m = _mm256_castsi256_ps(_mm256_or_si256(
-        _mm256_and_si256(bs, ci(0x007f_ffff)),
-        ci(0x3f00_0000),
-    ));
-    let small = _mm256_cmp_ps::<_CMP_LT_OQ>(m, c(std::f32::consts::FRAC_1_SQRT_2));
-    // e = e0 − small (small is all ones: −1 as an integer)
-    let e = _mm256_cvtepi32_ps(_mm256_add_epi32(e0, _mm256_castps_si256(small)));
-    let r = _mm256_blendv_ps(
-        _mm256_sub_ps(m, c(1.0)),
-        _mm256_sub_ps(_mm256_add_ps(m, m), c(1.0)),
-        small,
-    );
+    let b = _mm256_castps_si256(s);
+    let ix = _mm256_sub_epi32(b, ci(0x3f35_04f3));
+    let k = _mm256_srai_epi32::<23>(ix);
+    let m = _mm256_castsi256_ps(_mm256_sub_epi32(b, _mm256_slli_epi32::<23>(k)));
+    let r = _mm256_sub_ps(m, c(1.0));
     let z = _mm256_mul_ps(r, r);
     let mut y = c(7.037_683_6e-2);
     for k in [
@@ -180,44 +165,45 @@ fn ln_parts(x: __m256) -> (__m256, __m256) {
         y = _mm256_fmadd_ps(y, r, c(k));
     }
     y = _mm256_mul_ps(_mm256_mul_ps(y, r), z);
-    y = _mm256_fmadd_ps(e, c(LN2_LO), y);
     y = _mm256_fmadd_ps(c(-0.5), z, y);
-    (e, _mm256_add_ps(r, y))
+    let e = _mm256_cvtepi32_ps(k);
+    let lo = _mm256_fmadd_ps(e, c(LN2_LO), _mm256_add_ps(r, y));
+    let tiny = _mm256_cmpeq_epi32(_mm256_and_si256(b, ci(0x7f80_0000)), ci(0));
+    (e, lo, _mm256_castsi256_ps(tiny))
 }
 
 /// JS: ½ [p ln(2p / s) + q ln(2q / s)] (the ½ at the end), with
 /// ln 2p − ln s = (E_p − e_s)·LN2_HI + (Lo_p − lo_s) (see `super::prep`).
-/// The two sides are combined with operations that commute.
+/// The two sides are combined with operations that commute. A sum below
+/// f32's normal range leaves a term below 1e-37: dropped, as the per-row
+/// kernels and the GPU do.
 #[target_feature(enable = "avx2,fma")]
 pub(super) fn js(p: &[&[f32]; 3], q: &[&[f32]; 3], kc: usize, out: &mut [f64], ld: usize) {
     check(p, q, 3, kc);
     let hi = _mm256_set1_ps(LN2_HI);
     let mut acc = [_mm256_setzero_ps(); 2 * MR];
-    for k in 0..kc {
-        // SAFETY (loads and broadcasts): `check` found MR·kc values in every
-        // p panel and NR·kc in every q panel.
-        let qs: [__m256; 6] = unsafe {
-            [
-                load(q[0], k * NR),
-                load(q[0], k * NR + 8),
-                load(q[1], k * NR),
-                load(q[1], k * NR + 8),
-                load(q[2], k * NR),
-                load(q[2], k * NR + 8),
-            ]
-        };
-        for r in 0..MR {
-            let i = k * MR + r;
-            let (w, e, lo) = unsafe { (bcast(p[0], i), bcast(p[1], i), bcast(p[2], i)) };
-            for h in 0..2 {
-                let (qw, qe, ql) = (qs[h], qs[2 + h], qs[4 + h]);
+    // one half of the q lanes at a time: 4 accumulators and the 3 fields
+    // of q stay in registers beside the log's temporaries
+    for h in 0..2 {
+        let mut part = [_mm256_setzero_ps(); MR];
+        for k in 0..kc {
+            let at = k * NR + 8 * h;
+            // SAFETY (loads and broadcasts): `check` found MR·kc values in
+            // every p panel and NR·kc in every q panel.
+            let (qw, qe, ql) = unsafe { (load(q[0], at), load(q[1], at), load(q[2], at)) };
+            for (r, acc_r) in part.iter_mut().enumerate() {
+                let i = k * MR + r;
+                let (w, e, lo) = unsafe { (bcast(p[0], i), bcast(p[1], i), bcast(p[2], i)) };
                 let s = _mm256_add_ps(w, qw);
-                let (es, ls) = ln_parts(s);
+                let (es, ls, tiny) = ln_split(s);
                 let a = _mm256_fmadd_ps(_mm256_sub_ps(e, es), hi, _mm256_sub_ps(lo, ls));
                 let b = _mm256_fmadd_ps(_mm256_sub_ps(qe, es), hi, _mm256_sub_ps(ql, ls));
                 let t = _mm256_add_ps(_mm256_mul_ps(w, a), _mm256_mul_ps(qw, b));
-                acc[2 * r + h] = _mm256_add_ps(acc[2 * r + h], t);
+                *acc_r = _mm256_add_ps(*acc_r, _mm256_andnot_ps(tiny, t));
             }
+        }
+        for r in 0..MR {
+            acc[2 * r + h] = part[r];
         }
     }
     for r in 0..MR {

@@ -259,22 +259,18 @@ fn prep_row<A: Arith>(
     let mut problem = None;
     match mode {
         RowMode::Probs => {
-            for ((wi, li), (&xi, ci)) in w
-                .iter_mut()
-                .zip(l.iter_mut())
-                .zip(x.iter().zip(cls.iter_mut()))
-            {
+            // (the floats and the classes in loops of their own: each vectorises)
+            for ((wi, li), &xi) in w.iter_mut().zip(l.iter_mut()).zip(x) {
                 let zero = xi.to_bits() & 0x7fff_ffff == 0;
                 let (hi, lo) = ln_hilo::<A>(xi);
                 *wi = if zero { 0.0 } else { xi };
                 *li = if zero { 0.0 } else { hi + lo };
-                *ci = if zero {
-                    F_ZERO | F_SMALL
-                } else if xi < f32::MIN_POSITIVE {
-                    F_SMALL
-                } else {
-                    0
-                };
+            }
+            for (ci, &xi) in cls.iter_mut().zip(x) {
+                let b = xi.to_bits() & 0x7fff_ffff;
+                let zero = (b == 0) as u8;
+                let small = (b < 0x0080_0000) as u8;
+                *ci = zero * F_ZERO | small * F_SMALL;
             }
             sum = sum64(x);
         }
@@ -465,26 +461,54 @@ fn prep_rows<A: Arith>(
         conv.resize(cols, MaybeUninit::uninit());
     }
     let nf = field_count(recipe.measure);
-    for (i, (inf, st)) in info.iter_mut().zip(status.iter_mut()).enumerate() {
-        let row = r0 + i;
-        let x = side.data.f32s(row * cols..(row + 1) * cols, &mut conv);
-        let (s, ri) = prep_row::<A>(x, side, recipe, &mut rb);
-        *st = s;
-        *inf = ri;
+    // UNIT rows at a time into a row-major buffer, then each panel written
+    // column by column (whole groups of values: no store strided by a row)
+    let mut unit = crate::error::try_vec(UNIT * nf * cols, "a row buffer of an all-pairs call")?;
+    unit.resize(UNIT * nf * cols, 0.0f32);
+    for (u, (infs, sts)) in info
+        .chunks_mut(UNIT)
+        .zip(status.chunks_mut(UNIT))
+        .enumerate()
+    {
+        for (i, (inf, st)) in infs.iter_mut().zip(sts.iter_mut()).enumerate() {
+            let row = r0 + u * UNIT + i;
+            let x = side.data.f32s(row * cols..(row + 1) * cols, &mut conv);
+            let (s, ri) = prep_row::<A>(x, side, recipe, &mut rb);
+            *st = s;
+            *inf = ri;
+            for f in 0..nf {
+                unit[(f * UNIT + i) * cols..][..cols].copy_from_slice(&rb.f[f][..cols]);
+            }
+        }
+        let rows = infs.len();
         for (group, fields) in parts.iter_mut() {
             let g = *group;
-            let (lg, lr) = (i / g, i % g);
             for (f, dst) in fields.iter_mut().enumerate().take(nf) {
-                let src = &rb.f[f][..cols];
-                let panel = &mut dst[lg * cols * g..(lg + 1) * cols * g];
-                for (c, &v) in panel.chunks_exact_mut(g).zip(src) {
-                    c[lr] = v;
+                for lg in 0..UNIT / g {
+                    // the last task's part ends with the argument's last group
+                    let start = (u * UNIT / g + lg) * cols * g;
+                    if start >= dst.len() {
+                        break;
+                    }
+                    let panel = &mut dst[start..start + cols * g];
+                    // (rows past the argument's last stay zero, as made)
+                    for r in 0..g.min(rows.saturating_sub(lg * g)) {
+                        let i = lg * g + r;
+                        let row = &unit[(f * UNIT + i) * cols..][..cols];
+                        for (c, &x) in panel.chunks_exact_mut(g).zip(row) {
+                            c[r] = x;
+                        }
+                    }
                 }
             }
         }
     }
     Ok(())
 }
+
+/// Rows a task of the preparation takes at a time (a multiple of every
+/// panel's group).
+const UNIT: usize = 16;
 
 /// Prepares every row of `side` into the layouts of `groups` (each 4 or 16
 /// rows per panel), on `threads` workers over whole groups of 16 rows.
@@ -504,8 +528,7 @@ pub(super) fn prepare(
     }
     let mut info = vec![RowInfo::default(); rows];
     let mut status = vec![Record::default(); rows];
-    // tasks of whole 16-row groups (a multiple of every panel's group)
-    const UNIT: usize = 16;
+    // tasks of whole UNIT-row groups
     let units = rows.div_ceil(UNIT);
     let per = units.div_ceil(threads.max(1) * 4).max(1) * UNIT;
     struct Task<'t> {
