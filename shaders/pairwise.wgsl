@@ -132,6 +132,7 @@ struct PrepParams {
     flags_at: u32,      // word of the flags in the region
     region_row0: u32,   // region row of row0
     nan_bits: u32,
+    tpr: u32,           // threads per row (a power of two); PREP_WG / tpr rows per workgroup
 }
 
 // A row's normaliser while it is read: the first bad column's key, and
@@ -155,7 +156,7 @@ struct Norm {
 @group(0) @binding(4) var<uniform> pp: PrepParams;
 
 var<workgroup> red: array<Norm, PREP_WG>;
-var<workgroup> row_flags: atomic<u32>;
+var<workgroup> row_flags: array<atomic<u32>, PREP_WG>;
 
 fn norm_none() -> Norm {
     return Norm(0.0, 0.0, 0u, COL_NONE, CODE_NONE, 0u, 0u, 0u);
@@ -245,20 +246,22 @@ fn norm_merge(a: Norm, b: Norm) -> Norm {
 }
 
 // Pass 1 over one k-chunk: each row's first problem and normaliser, merged
-// into what the earlier k-chunks left. One workgroup per row.
+// into what the earlier k-chunks left. `tpr` threads per row, the rows of a
+// workgroup side by side (short rows share a workgroup).
 @compute @workgroup_size(PREP_WG)
 fn prep_stats(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let r = wid.x + wid.y * nwg.x;
+    let lane = lid % pp.tpr;
+    let r = (wid.x + wid.y * nwg.x) * (PREP_WG / pp.tpr) + lid / pp.tpr;
     let live = r < pp.rows;
     var n = norm_none();
     if (live) {
         let base = pp.raw_lead + r * pp.raw_stride;
         let code_base = select(ST_P_NAN, ST_Q_NAN, pp.is_q != 0u) - 1u;
-        for (var c = lid; c < pp.cols; c = c + PREP_WG) {
+        for (var c = lane; c < pp.cols; c = c + pp.tpr) {
             let b = raw[base + c];
             let k = classify(b);
             if (k != 0u) {
@@ -272,14 +275,14 @@ fn prep_stats(
     }
     red[lid] = n;
     workgroupBarrier();
-    for (var stride = PREP_WG / 2u; stride > 0u; stride = stride / 2u) {
-        if (lid < stride) {
+    for (var stride = pp.tpr / 2u; stride > 0u; stride = stride / 2u) {
+        if (lane < stride) {
             red[lid] = norm_merge(red[lid], red[lid + stride]);
         }
         workgroupBarrier();
     }
-    if (live && lid == 0u) {
-        var total = red[0];
+    if (live && lane == 0u) {
+        var total = red[lid];
         if (pp.first == 0u) {
             total = norm_merge(norms[pp.norm_at + r], total);
         }
@@ -361,18 +364,18 @@ fn prep_elem(b: u32, n: Norm, ls: f32) -> Elem {
 }
 
 // Pass 2 over one k-chunk: each element's fields and masks into the region,
-// the row's flags; the first k-chunk writes the row's status record. One
-// workgroup per row; thread t takes the mask words t, t + PREP_WG, ...
+// the row's flags; the first k-chunk writes the row's status record. `tpr`
+// threads per row; lane t takes the mask words t, t + tpr, ...
 @compute @workgroup_size(PREP_WG)
 fn prep_write(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let r = wid.x + wid.y * nwg.x;
-    if (lid == 0u) {
-        atomicStore(&row_flags, 0u);
-    }
+    let lane = lid % pp.tpr;
+    let slot = lid / pp.tpr;
+    let r = (wid.x + wid.y * nwg.x) * (PREP_WG / pp.tpr) + slot;
+    atomicStore(&row_flags[lid], 0u);
     workgroupBarrier();
     let live = r < pp.rows;
     var bad = false;
@@ -413,14 +416,14 @@ fn prep_write(
             }
         }
         bad = code != ST_OK;
-        if (pp.first != 0u && lid == 0u) {
+        if (pp.first != 0u && lane == 0u) {
             let value = select(0.0, bitcast<f32>(pp.nan_bits), bad);
             status[pp.status_at + r] = Record(value, select(sum, 0.0, is_q), select(0.0, sum, is_q), code, column, 0u);
         }
         let rr = pp.region_row0 + r;
         let base = pp.raw_lead + r * pp.raw_stride;
         var flags = 0u;
-        for (var w = lid; w < pp.words; w = w + PREP_WG) {
+        for (var w = lane; w < pp.words; w = w + pp.tpr) {
             var nz = 0u;
             var zero = 0u;
             var normal = 0u;
@@ -453,11 +456,11 @@ fn prep_write(
             region[mw + 2u * plane] = select(normal, 0u, bad);
             region[mw + 3u * plane] = select(far, 0u, bad);
         }
-        atomicOr(&row_flags, flags);
+        atomicOr(&row_flags[slot], flags);
     }
     workgroupBarrier();
-    if (live && lid == 0u) {
-        let f = select(atomicLoad(&row_flags), PF_BAD, bad);
+    if (live && lane == 0u) {
+        let f = select(atomicLoad(&row_flags[slot]), PF_BAD, bad);
         region[pp.flags_at + pp.region_row0 + r] = f;
     }
 }

@@ -156,6 +156,7 @@ struct PrepParams {
     flags_at: u32,
     region_row0: u32,
     nan_bits: u32,
+    tpr: u32,
 }
 
 /// The twin of `struct TileParams`.
@@ -701,6 +702,8 @@ fn record_prep(
                 for c in 0..plan.chunks {
                     let (c0, kc) = plan.chunk(c);
                     let gm = side.geom(plan, g, c);
+                    // threads per row: a mask word each (short rows share a workgroup)
+                    let tpr = gm.words.next_power_of_two().min(PREP_WG);
                     let first = a0 as u64 * cols + c0 as u64;
                     let count = (rows as u64 - 1) * cols + kc as u64;
                     let (r_off, r_size, r_lead) = window(io.raw.1, first, count, 4, plan.align);
@@ -726,6 +729,7 @@ fn record_prep(
                         flags_at: gm.flags_at,
                         region_row0: a0 - r0,
                         nan_bits: f32::NAN.to_bits(),
+                        tpr,
                     };
                     rec.push(
                         if write {
@@ -740,7 +744,7 @@ fn record_prep(
                             (side.status.clone(), s_off, s_size),
                         ],
                         &params,
-                        grid(rows, max_dim),
+                        grid(rows.div_ceil(PREP_WG / tpr), max_dim),
                     );
                 }
             }
