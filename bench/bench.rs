@@ -21,8 +21,8 @@ use std::time::Instant;
 
 use kullback::wgpu;
 use kullback::{
-    Backend, Batch, Context, Form, GpuBatch, GpuOutput, GpuTargets, Measure, NllOptions, Options,
-    output_bytes,
+    Backend, Batch, Context, Form, GpuBatch, GpuCall, GpuNll, GpuOutput, GpuTargets, Measure,
+    NllOptions, Options, output_bytes,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -466,24 +466,18 @@ fn device_time(
         let o = GpuOutput::new(&out);
         match w.measure() {
             Some(m) => {
-                let gp = GpuBatch::new(&p, rows, cols);
-                let gq = GpuBatch::new(&q, rows, cols);
-                ctx.encode(
-                    &mut enc,
-                    m,
-                    &gp,
-                    if w.streams() == 2 { Some(&gq) } else { None },
-                    &Options::default(),
-                    &o,
-                )?
+                let call = GpuCall::new(m, GpuBatch::new(&p, rows, cols), o);
+                let call = if w.streams() == 2 {
+                    call.q(GpuBatch::new(&q, rows, cols))
+                } else {
+                    call
+                };
+                ctx.encode(&mut enc, &call)?
             }
-            None => ctx.encode_nll(
-                &mut enc,
-                &GpuBatch::new(&p, rows, cols).form(Form::Logits),
-                &GpuTargets::i32(&t, rows),
-                &NllOptions::default(),
-                &o,
-            )?,
+            None => {
+                let lq = GpuBatch::new(&p, rows, cols).form(Form::Logits);
+                ctx.encode_nll(&mut enc, &GpuNll::new(lq, GpuTargets::i32(&t, rows), o))?
+            }
         }
         if let Some(qs) = &qs {
             enc.write_timestamp(qs, 1);

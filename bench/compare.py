@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """kullback beside the libraries a user would pick instead, on the same data.
 
-Times NumPy, SciPy, JAX (jit, XLA CPU) and, where installed, PyTorch (CPU) on
+Times NumPy, SciPy, JAX (jit, XLA CPU), where installed PyTorch (CPU) and
+kullback's own Python binding (kullback_py: `pip install ./python`) on
 per-row kl, ce (cross-entropy), entropy or ce_logits (NLL of integer targets
 under log_softmax(logits)) of a row-major [B, N] float32 batch, and runs
 kullback's benchmark (bench/bench.rs) on the very same inputs. Every result is
@@ -25,7 +26,7 @@ import tempfile
 import time
 
 MEASURES = ("kl", "ce", "entropy", "ce_logits")
-PEERS = ("numpy", "scipy", "jax", "torch")
+PEERS = ("numpy", "scipy", "jax", "torch", "kullback_py")
 HERE = os.path.dirname(os.path.abspath(__file__))
 BENCH = os.path.join(HERE, "..", "target", "release", "examples", "bench")
 
@@ -183,6 +184,20 @@ def peer_torch(d):
         with torch.inference_mode():
             return f().numpy()
     return fn, "torch " + torch.__version__
+
+
+def peer_kullback_py(d):
+    """The Python binding of this repository (python/), on kullback's backend."""
+    import kullback
+    be = A.backend
+    if A.measure == "ce_logits":
+        x, t = d["logits"], d["targets"]
+        fn = lambda: kullback.nll(x, t, q_form="logits", backend=be)  # noqa: E731
+    else:
+        call = {"kl": kullback.kl, "ce": kullback.cross_entropy, "entropy": kullback.entropy}[A.measure]
+        args = tuple(d[k] for k in ("p", "q") if k in d)
+        fn = lambda: call(*args, backend=be)  # noqa: E731
+    return fn, "kullback-py %s (%s)" % (kullback.__version__, be)
 
 
 def timed(fn):

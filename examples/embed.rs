@@ -15,8 +15,7 @@ use std::process::ExitCode;
 
 use kullback::wgpu::{self, util::DeviceExt};
 use kullback::{
-    Batch, Context, GpuBatch, GpuOutput, Measure, Options, Record, Reduction, decode_output,
-    output_bytes,
+    Batch, Context, GpuBatch, GpuCall, GpuOutput, Measure, Options, Record, Reduction, output_bytes,
 };
 
 /// The app's own shaders: a row-wise softmax, and a counter over kullback's
@@ -191,14 +190,14 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
             pass.dispatch_workgroups((rows as u32).div_ceil(64), 1, 1);
         }
     }
-    ctx.encode(
-        &mut enc,
+    let call = GpuCall::new(
         Measure::Kl,
-        &GpuBatch::new(&pp, rows, cols),
-        Some(&GpuBatch::new(&pq, rows, cols)),
-        &opts,
-        &GpuOutput::new(&out),
-    )?;
+        GpuBatch::new(&pp, rows, cols),
+        GpuOutput::new(&out),
+    )
+    .q(GpuBatch::new(&pq, rows, cols))
+    .options(opts);
+    ctx.encode(&mut enc, &call)?;
     {
         let mut pass = enc.begin_compute_pass(&Default::default());
         pass.set_pipeline(&count_above);
@@ -241,7 +240,7 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
     let p: Vec<f32> = bytemuck::cast_slice(&read(&s_p)?).to_vec();
     let q: Vec<f32> = bytemuck::cast_slice(&read(&s_q)?).to_vec();
 
-    let resident = decode_output(&records, &opts, cols)?;
+    let resident = call.decode(&records)?;
     println!(
         "adapter: {} ({:?}, {:?})",
         info.name, info.device_type, info.backend

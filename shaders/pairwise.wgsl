@@ -27,14 +27,14 @@
 // the first is shared; each section after it is the kernel of one module (their
 // bindings differ).
 
-// MEASURE (one of the generated PM_* codes) and SYM are written above this
+// MEASURE (one of the generated M_* codes of the measure table) and SYM are written above this
 // file per pipeline by src/gpu/pairwise.rs (constants rather than overrides:
 // the kernels branch on them in nested loops, which naga's override pass
 // mistranslated).
 //
 // Fields per element: KL and cross-entropy (w, ln w), JS (w, e + 1, ln m of w
 // = m 2^e, m in [√½, √2)), Hellinger (√w), total variation (w).
-const FIELDS: u32 = select(select(1u, 2u, MEASURE == PM_KL || MEASURE == PM_CROSS), 3u, MEASURE == PM_JS);
+const FIELDS: u32 = select(select(1u, 2u, MEASURE == M_KL || MEASURE == M_CROSS), 3u, MEASURE == M_JS);
 // SYM: p against itself with a symmetric measure: each JS pair-element is
 // formed in an order fixed by its values, so D[i, j] and D[j, i] are the same
 // bits even where the compiler fuses a multiply and an add.
@@ -301,7 +301,7 @@ struct Elem {
 // The fields of a weight w (and its log l) for the measure.
 fn fields_of(w: f32, l: f32, cls: u32) -> Elem {
     let wb = bitcast<u32>(w);
-    if (MEASURE == PM_JS) {
+    if (MEASURE == M_JS) {
         if (is_zero_bits(wb)) {
             return Elem(0.0, 0.0, 0.0, cls);
         }
@@ -314,7 +314,7 @@ fn fields_of(w: f32, l: f32, cls: u32) -> Elem {
         }
         return Elem(w, e + 1.0, ln_acc(bitcast<u32>(m)), cls);
     }
-    if (MEASURE == PM_HELLINGER) {
+    if (MEASURE == M_HELLINGER) {
         if (is_zero_bits(wb)) {
             return Elem(0.0, 0.0, 0.0, cls);
         }
@@ -510,17 +510,17 @@ var<workgroup> sp: array<f32, 1536>; // [field][k][row], FIELDS <= 3
 var<workgroup> sq: array<f32, 1536>;
 
 fn term(p0: f32, p1: f32, p2: f32, q0: f32, q1: f32, q2: f32) -> f32 {
-    if (MEASURE == PM_KL) {
+    if (MEASURE == M_KL) {
         return p0 * (p1 - q1);
     }
-    if (MEASURE == PM_CROSS) {
+    if (MEASURE == M_CROSS) {
         return p0 * q1;
     }
-    if (MEASURE == PM_HELLINGER) {
+    if (MEASURE == M_HELLINGER) {
         let d = p0 - q0;
         return d * d;
     }
-    if (MEASURE == PM_TV) {
+    if (MEASURE == M_TV) {
         return abs(p0 - q0);
     }
     // JS: ½ [p ln(2p / s) + q ln(2q / s)] (the ½ in `scale`); against itself,
@@ -690,7 +690,7 @@ fn epilogue(i: u32, j: u32, sum_in: f32, comp_in: f32) {
     let pf = preg[tp.p_flags_at + ra];
     let qf = qreg[tp.q_flags_at + rb];
     var hit = 0u;
-    if ((MEASURE == PM_KL || MEASURE == PM_CROSS) && (qf & (PF_ZERO | PF_FAR)) != 0u) {
+    if ((MEASURE == M_KL || MEASURE == M_CROSS) && (qf & (PF_ZERO | PF_FAR)) != 0u) {
         hit = select(0u, 1u, violates(ra, rb, pf, qf));
     }
     var sum = sum_in;
@@ -819,6 +819,7 @@ struct TopParams {
 @group(0) @binding(3) var<uniform> kp: TopParams;
 
 // entries [0, 256): the list, sorted; [256, 512): candidates below its last
+// (512 = 2 TOPK_WG)
 var<workgroup> keys: array<u32, 512>;
 var<workgroup> idxs: array<u32, 512>;
 var<workgroup> found: atomic<u32>;
@@ -861,7 +862,7 @@ fn sort512(lid: u32) {
     }
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(TOPK_WG)
 fn topk_main(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
@@ -872,8 +873,8 @@ fn topk_main(
     let o = kp.out_lead + r * kp.k;
     keys[lid] = 0xffffffffu;
     idxs[lid] = 0xffffffffu;
-    keys[256u + lid] = 0xffffffffu;
-    idxs[256u + lid] = 0xffffffffu;
+    keys[TOPK_WG + lid] = 0xffffffffu;
+    idxs[TOPK_WG + lid] = 0xffffffffu;
     if (kp.merge != 0u && lid < kp.k) {
         keys[lid] = to_key(bitcast<u32>(top_values[o + lid]));
         idxs[lid] = top_indices[o + lid];
@@ -886,7 +887,7 @@ fn topk_main(
         bound = vec2<u32>(keys[kp.k - 1u], idxs[kp.k - 1u]);
     }
     workgroupBarrier();
-    for (var c0 = 0u; c0 < kp.cols; c0 = c0 + 256u) {
+    for (var c0 = 0u; c0 < kp.cols; c0 = c0 + TOPK_WG) {
         let j = c0 + lid;
         let gj = kp.col0 + j;
         let own = kp.exclude_self != 0u && gj == kp.row0 + r;
@@ -894,8 +895,8 @@ fn topk_main(
             let key = to_key(bitcast<u32>(band[kp.band_lead + r * kp.band_stride + j]));
             if (key_before(key, gj, bound.x, bound.y)) {
                 let slot = atomicAdd(&found, 1u);
-                keys[256u + slot] = key;
-                idxs[256u + slot] = gj;
+                keys[TOPK_WG + slot] = key;
+                idxs[TOPK_WG + slot] = gj;
             }
         }
         workgroupBarrier();
@@ -906,8 +907,8 @@ fn topk_main(
         let n = workgroupUniformLoad(&found_plain);
         if (n > 0u) {
             sort512(lid);
-            keys[256u + lid] = 0xffffffffu;
-            idxs[256u + lid] = 0xffffffffu;
+            keys[TOPK_WG + lid] = 0xffffffffu;
+            idxs[TOPK_WG + lid] = 0xffffffffu;
             workgroupBarrier();
             if (lid == 0u) {
                 bound = vec2<u32>(keys[kp.k - 1u], idxs[kp.k - 1u]);

@@ -14,8 +14,11 @@
 // src/cpu/kernel.rs is the CPU twin of this file: tests/gpu_vs_cpu.rs, the
 // SciPy references and tests/fuzz.rs hold the two to the same answers.
 
-// One of the generated M_* codes: entropy, cross-entropy, KL, JS, row
-// normalisers (M_SUMS, the first pass of the two-pass plan), NLL.
+// One of the generated M_* codes: a measure (src/measure.rs's table; a negative
+// log-likelihood is the cross-entropy of P_FORM == F_TARGETS), or M_SUMS, the
+// row normalisers of the first pass of the two-pass plan. The measure's own
+// arithmetic is in shaders/measures.wgsl; Q_ZERO_INF and T_LOG_RATIO, its
+// properties, are generated from the same table.
 override MEASURE: u32 = 0u;
 // One of the generated F_* codes: probs, log-probs, logits, class targets
 // (NLL: p is the smoothed one-hot).
@@ -39,7 +42,6 @@ override RENORM: bool = false;
 // Check row sums against 1 (Normalization::Validate).
 override CHECK_SUMS: bool = false;
 
-// M_* (measures, M_SUMS the first pass of two) and F_* (forms) are generated.
 
 const FL_Q_ZERO_HIT: u32 = 1u; // a term with p > 0 and q = 0: the value is +inf
 const FL_P_SEEN: u32 = 2u;     // the online p state holds an element
@@ -103,8 +105,11 @@ struct Record {
     index: u32,
 }
 
-@group(0) @binding(0) var<storage, read> p_buf: array<u32>;
-@group(0) @binding(1) var<storage, read> q_buf: array<u32>;
+// The inputs p_buf and q_buf (bindings 0 and 1) and their loads p_word(i),
+// q_word(i) (value i) and p_quad(i), q_quad(i) (values 4i .. 4i + 3) are
+// written above this file by src/gpu/wgsl.rs in two variants: scalar
+// (array<u32>) and vec4 (array<vec4<u32>>, VEC = 4), which the planner
+// chooses when every row starts on a 16-byte boundary.
 @group(0) @binding(2) var<storage, read_write> partials: array<State>;
 @group(0) @binding(3) var<storage, read_write> records: array<Record>;
 @group(0) @binding(4) var<uniform> params: Params;
@@ -127,7 +132,7 @@ fn rescale_p(st: ptr<function, State>, m: f32) {
     (*st).sa = (*st).sa * scale;
     (*st).u = (*st).u * scale - shift * (*st).sa;
     (*st).v = (*st).v * scale;
-    if (MEASURE == M_KL) {
+    if (T_LOG_RATIO) {
         (*st).t = (*st).t * scale - shift * (*st).sa;
     }
     (*st).ma = m;
@@ -145,7 +150,7 @@ fn rescale_q(st: ptr<function, State>, m: f32) {
     let shift = select(0.0, m - max((*st).mb, m - F32_MAX), seen && !far);
     (*st).sb = (*st).sb * scale;
     (*st).v = select((*st).v - shift * (*st).sa, 0.0, far);
-    if (MEASURE == M_KL) {
+    if (T_LOG_RATIO) {
         (*st).t = select((*st).t + shift * (*st).sa, 0.0, far);
     }
     if (far && (*st).sa >= F32_MIN_POSITIVE) {
@@ -283,24 +288,28 @@ fn plain_elem(b: u32, form: u32, n: Norm, norm: bool, is_p: bool) -> Elem {
     return Elem(zero, select(exp_neg(l), 0.0, zero), select(l, 0.0, zero), false);
 }
 
-fn nll_weight(col: u32, tgt: u32, ignored: bool) -> f32 {
-    if (ignored) {
+// p of a negative log-likelihood at column `col`: the smoothed, weighted
+// one-hot of the row's target.
+fn nll_weight(col: u32, ctx: RowCtx) -> f32 {
+    if (ctx.ignored) {
         return 0.0;
     }
     var wc = 1.0;
-    var wt = 1.0;
     if (params.weights_at != 0xffffffffu) {
-        wc = bitcast<f32>(p_buf[params.weights_at + col]);
-        wt = bitcast<f32>(p_buf[params.weights_at + min(tgt, params.cols - 1u)]);
+        wc = bitcast<f32>(p_word(params.weights_at + col));
     }
     let eps = params.smoothing;
-    return wc * eps / f32(params.cols) + select(0.0, (1.0 - eps) * wt, col == tgt);
+    return wc * eps / f32(params.cols) + select(0.0, (1.0 - eps) * ctx.wt, col == ctx.tgt);
 }
 
+// What a row's elements share: its target (NLL) and its normalisers (the
+// second pass of the two-pass plan), read once per row.
 struct RowCtx {
     row: u32,
     tgt: u32,
     ignored: bool,
+    // the target's class weight (1 without weights)
+    wt: f32,
     np: Norm,
     nq: Norm,
 }
@@ -310,9 +319,13 @@ fn row_ctx(row: u32) -> RowCtx {
     c.row = row;
     c.tgt = 0u;
     c.ignored = false;
+    c.wt = 1.0;
     if (P_FORM == F_TARGETS) {
-        c.tgt = p_buf[row];
+        c.tgt = p_word(row);
         c.ignored = params.has_ignore != 0u && c.tgt == params.ignore_bits;
+        if (params.weights_at != 0xffffffffu) {
+            c.wt = bitcast<f32>(p_word(params.weights_at + min(c.tgt, params.cols - 1u)));
+        }
     }
     c.np = Norm(0.0, 0.0, 1.0);
     c.nq = Norm(0.0, 0.0, 1.0);
@@ -324,15 +337,18 @@ fn row_ctx(row: u32) -> RowCtx {
     return c;
 }
 
-// Adds the element at column `col` of row `ctx.row` to the state.
-fn accumulate(st: ptr<function, State>, ctx: RowCtx, col: u32, pi: u32, qi: u32) {
+// Adds the element at column `col` of row `ctx.row`, the values of p and q
+// given by their bits (pb is not read for class targets, qb not without q),
+// to the state. An online operand is rescaled only when its running maximum
+// grows (a rescale to the same maximum changes nothing): one exp per element
+// plus one per new maximum.
+fn accumulate(st: ptr<function, State>, ctx: RowCtx, col: u32, pb: u32, qb: u32) {
     // ---- p side
     var pe = Elem(true, 0.0, 0.0, false);
     if (P_FORM == F_TARGETS) {
-        let w = nll_weight(col, ctx.tgt, ctx.ignored);
+        let w = nll_weight(col, ctx);
         pe = Elem(w == 0.0, w, 0.0, false);
     } else {
-        let pb = p_buf[pi];
         let code = check_value(pb, P_FORM, true);
         if (code != ST_OK) {
             (*st).key = key_min((*st).key, vec2<u32>(col, code));
@@ -343,7 +359,9 @@ fn accumulate(st: ptr<function, State>, ctx: RowCtx, col: u32, pi: u32, qi: u32)
             if (!masked) {
                 let x = bitcast<f32>(pb);
                 let seen = ((*st).flags & FL_P_SEEN) != 0u;
-                rescale_p(st, select(x, max((*st).ma, x), seen));
+                if (!seen || x > (*st).ma) {
+                    rescale_p(st, x);
+                }
                 (*st).flags = (*st).flags | FL_P_SEEN;
                 // far below the maximum the weight is 0 in f32 (and x - ma may
                 // not fit f32): term 0, but still p > 0 for the zero rules
@@ -367,81 +385,52 @@ fn accumulate(st: ptr<function, State>, ctx: RowCtx, col: u32, pi: u32, qi: u32)
         }
     }
     // ---- q side
-    if (!HAS_Q) {
-        if (!pe.zero) {
-            (*st).sa = (*st).sa + pe.w;
-            (*st).u = (*st).u + pe.w * pe.l;
+    var qe = Elem(true, 0.0, 0.0, false);
+    if (HAS_Q) {
+        let qcode = check_value(qb, Q_FORM, false);
+        if (qcode != ST_OK) {
+            (*st).key = key_min((*st).key, vec2<u32>(col, qcode));
+            return;
         }
-        return;
-    }
-    let qb = q_buf[qi];
-    let qcode = check_value(qb, Q_FORM, false);
-    if (qcode != ST_OK) {
-        (*st).key = key_min((*st).key, vec2<u32>(col, qcode));
-        return;
-    }
-    var qe: Elem;
-    if (Q_ONLINE) {
-        let masked = qb == NEG_INF_BITS;
-        qe = Elem(true, 0.0, 0.0, false);
-        if (!masked) {
-            let y = bitcast<f32>(qb);
-            let seen = ((*st).flags & FL_Q_SEEN) != 0u;
-            rescale_q(st, select(y, max((*st).mb, y), seen));
-            (*st).flags = (*st).flags | FL_Q_SEEN;
-            // a log-probability below -f32::MAX does not fit f32: see `Elem::far`
-            if ((*st).mb > 0.0 && y < (*st).mb - F32_MAX) {
-                qe = Elem(false, 0.0, 0.0, true);
-            } else {
-                let l = y - (*st).mb;
-                qe = Elem(false, exp_neg(l), l, false);
+        if (Q_ONLINE) {
+            let masked = qb == NEG_INF_BITS;
+            if (!masked) {
+                let y = bitcast<f32>(qb);
+                let seen = ((*st).flags & FL_Q_SEEN) != 0u;
+                if (!seen || y > (*st).mb) {
+                    rescale_q(st, y);
+                }
+                (*st).flags = (*st).flags | FL_Q_SEEN;
+                // a log-probability below -f32::MAX does not fit f32: see `Elem::far`
+                if ((*st).mb > 0.0 && y < (*st).mb - F32_MAX) {
+                    qe = Elem(false, 0.0, 0.0, true);
+                } else {
+                    let l = y - (*st).mb;
+                    qe = Elem(false, exp_neg(l), l, false);
+                }
             }
+        } else if (Q_SCALED) {
+            qe = Elem(is_zero_bits(qb), 0.0, 0.0, false);
+            if (!qe.zero) {
+                let d = split_pow2(qb);
+                let seen = ((*st).flags & FL_Q_SEEN) != 0u;
+                let k = select(f32(d.k), max((*st).mb, f32(d.k)), seen);
+                (*st).sb = rescale_pow2((*st).sb, (*st).mb, k);
+                (*st).mb = k;
+                (*st).flags = (*st).flags | FL_Q_SEEN;
+                qe.w = d.m * pow2(d.k - i32(k));
+            }
+        } else {
+            qe = plain_elem(qb, Q_FORM, ctx.nq, NORMALIZED && Q_NORM, false);
         }
-    } else if (Q_SCALED) {
-        qe = Elem(is_zero_bits(qb), 0.0, 0.0, false);
-        if (!qe.zero) {
-            let d = split_pow2(qb);
-            let seen = ((*st).flags & FL_Q_SEEN) != 0u;
-            let k = select(f32(d.k), max((*st).mb, f32(d.k)), seen);
-            (*st).sb = rescale_pow2((*st).sb, (*st).mb, k);
-            (*st).mb = k;
-            (*st).flags = (*st).flags | FL_Q_SEEN;
-            qe.w = d.m * pow2(d.k - i32(k));
-        }
-    } else {
-        qe = plain_elem(qb, Q_FORM, ctx.nq, NORMALIZED && Q_NORM, false);
+        (*st).sb = (*st).sb + qe.w;
     }
-    (*st).sb = (*st).sb + qe.w;
     if (MEASURE == M_SUMS) {
+        // first pass: the row sums (sb above)
         (*st).sa = (*st).sa + pe.w;
-        return;
-    }
-    if (MEASURE == M_JS) {
-        (*st).sa = (*st).sa + pe.w;
-        // ½ p ln(2p / (p + q)) + ½ q ln(2q / (p + q)); never infinite. A sum that
-        // is subnormal (or flushed) leaves a term below 1e-36: dropped.
-        let s = pe.w + qe.w;
-        if ((bitcast<u32>(s) & EXP_MASK) != 0u) {
-            // a weight that underflowed to 0 (a very negative logit) is 0 too
-            let rp = bitcast<u32>(2.0 * pe.w / s);
-            let rq = bitcast<u32>(2.0 * qe.w / s);
-            let tp = select(0.5 * pe.w * ln_bits(rp), 0.0, pe.zero || is_zero_bits(rp));
-            let tq = select(0.5 * qe.w * ln_bits(rq), 0.0, qe.zero || is_zero_bits(rq));
-            (*st).t = (*st).t + tp + tq;
-        }
-        return;
-    }
-    if (!pe.zero) {
-        (*st).sa = (*st).sa + pe.w;
-        (*st).u = (*st).u + pe.w * pe.l;
-        if (qe.zero || (qe.far && pe.w >= F32_MIN_POSITIVE)) {
-            (*st).flags = (*st).flags | FL_Q_ZERO_HIT;
-        } else if (!qe.far) {
-            (*st).v = (*st).v + pe.w * qe.l;
-            if (MEASURE == M_KL) {
-                (*st).t = (*st).t + pe.w * (pe.l - qe.l);
-            }
-        }
+    } else {
+        // the measure's own terms (shaders/measures.wgsl)
+        add_terms(st, pe, qe);
     }
 }
 
@@ -498,7 +487,7 @@ fn finalize(row: u32, st: State) {
     if (P_FORM == F_TARGETS) {
         // an out-of-range target wins over the values' problems, as on the host
         // path (which checks targets first); its bits go to `index`
-        let t = p_buf[row];
+        let t = p_word(row);
         let ignored = params.has_ignore != 0u && t == params.ignore_bits;
         if (!ignored && t >= params.cols) {
             let negative = params.targets_signed != 0u && (t & SIGN_BIT) != 0u;
@@ -513,26 +502,18 @@ fn finalize(row: u32, st: State) {
     var value = 0.0;
     var aux_p = select(select(st.sa, st.ma + la, p_online), first.aux_p, NORMALIZED && P_NORM);
     let aux_q = select(select(st.sb, st.mb + lb, q_online), first.aux_q, NORMALIZED && Q_NORM);
-    if (MEASURE == M_ENTROPY) {
-        value = select(-st.u, la - st.u * inv_sa, p_online);
-    } else if (MEASURE == M_CROSS || MEASURE == M_NLL) {
-        value = select(-st.v + st.sa * lb, -st.v * inv_sa + lb, p_online);
-    } else if (MEASURE == M_KL) {
-        value = select(st.t + st.sa * lb, st.t * inv_sa - la + lb, p_online);
-    } else if (MEASURE == M_JS) {
-        value = st.t;
-    }
-    if (MEASURE == M_NLL) {
+    value = measure_value(st, RowLogs(la, lb, inv_sa, p_online));
+    if (P_FORM == F_TARGETS) {
         // the row's weight in the batch mean: w_t, 0 when ignored
-        let t = p_buf[row];
+        let t = p_word(row);
         let ignored = params.has_ignore != 0u && t == params.ignore_bits;
         var wt = 1.0;
         if (params.weights_at != 0xffffffffu) {
-            wt = bitcast<f32>(p_buf[params.weights_at + min(t, params.cols - 1u)]);
+            wt = bitcast<f32>(p_word(params.weights_at + min(t, params.cols - 1u)));
         }
         aux_p = select(wt, 0.0, ignored);
     }
-    let hit = (st.flags & FL_Q_ZERO_HIT) != 0u && MEASURE != M_ENTROPY && MEASURE != M_JS;
+    let hit = (st.flags & FL_Q_ZERO_HIT) != 0u && Q_ZERO_INF;
     // inf_bits: the infinity of the base's sign (-inf for a base below 1)
     value = select(positive_zero(value * params.inv_ln_base), bitcast<f32>(params.inf_bits), hit);
     value = select(value, bitcast<f32>(params.nan_bits), status != ST_OK);
@@ -591,15 +572,36 @@ fn rows_main(
     var st = empty_state();
     if (in_range) {
         let ctx = row_ctx(row);
+        // loads of VEC values: lane, lane + T, .. of this block, up to the
+        // row's end (leads and strides are multiples of VEC)
         let span = tpr * EPT;
-        let c_begin = blk * span;
-        let c_end = min(c_begin + span, params.chunk_cols);
-        let p_row = params.p_lead + r_local * params.p_stride;
-        let q_row = params.q_lead + r_local * params.q_stride;
-        for (var k = 0u; k < EPT; k = k + 1u) {
-            let c = c_begin + lane + k * tpr;
-            if (c < c_end) {
-                accumulate(&st, ctx, params.col0 + c, p_row + c, q_row + c);
+        let u_end = min((blk + 1u) * span, params.chunk_cols / VEC);
+        let p_row = (params.p_lead + r_local * params.p_stride) / VEC;
+        let q_row = (params.q_lead + r_local * params.q_stride) / VEC;
+        for (var u = blk * span + lane; u < u_end; u = u + tpr) {
+            let col = params.col0 + u * VEC;
+            if (VEC == 1u) {
+                var pb = 0u;
+                var qb = 0u;
+                if (P_FORM != F_TARGETS) {
+                    pb = p_word(p_row + u);
+                }
+                if (HAS_Q) {
+                    qb = q_word(q_row + u);
+                }
+                accumulate(&st, ctx, col, pb, qb);
+            } else {
+                var p4 = vec4<u32>(0u);
+                var q4 = vec4<u32>(0u);
+                if (P_FORM != F_TARGETS) {
+                    p4 = p_quad(p_row + u);
+                }
+                if (HAS_Q) {
+                    q4 = q_quad(q_row + u);
+                }
+                for (var j = 0u; j < 4u; j = j + 1u) {
+                    accumulate(&st, ctx, col + j, p4[j], q4[j]);
+                }
             }
         }
     }
@@ -611,7 +613,7 @@ fn rows_main(
         if (params.blocks_per_row == 1u) {
             finalize(row, total);
         } else {
-            let gblk = params.col0 / (tpr * EPT) + blk;
+            let gblk = params.col0 / (tpr * EPT * VEC) + blk;
             partials[row * params.blocks_per_row + gblk] = total;
         }
     }

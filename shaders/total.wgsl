@@ -106,12 +106,9 @@ fn total_main(
     }
     let end = min(begin + span, params.count);
     var t = Total(0.0, 0.0, 0.0, 0u, 0u, 0u, ST_OK, 0u, 0u, 0.0, 0.0);
-    let first = begin + lid * EPT;
-    for (var k = 0u; k < EPT; k = k + 1u) {
-        let i = first + k;
-        if (i < end) {
-            t = merge_totals(t, load(i));
-        }
+    // neighbouring threads read neighbouring records
+    for (var i = begin + lid; i < end; i = i + WG) {
+        t = merge_totals(t, load(i));
     }
     shared_totals[lid] = t;
     workgroupBarrier();

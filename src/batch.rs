@@ -126,9 +126,14 @@ impl<'a> Batch<'a> {
                 cols: self.cols,
             });
         }
-        let expected = self.rows.checked_mul(self.cols).ok_or_else(|| {
-            Error::TooLarge(format!("{arg}: {} x {} overflows", self.rows, self.cols))
-        })?;
+        let expected = self
+            .rows
+            .checked_mul(self.cols)
+            .ok_or_else(|| Error::TooLarge {
+                what: format!("{arg}: {} x {} values", self.rows, self.cols),
+                size: (self.rows as u128 * self.cols as u128).min(u64::MAX as u128) as u64,
+                limit: usize::MAX as u64,
+            })?;
         if self.values.len() != expected {
             return Err(Error::Length {
                 arg,
@@ -148,15 +153,52 @@ impl<'a> Batch<'a> {
     }
 }
 
+/// `x as f32` (rounded to nearest, ties to even), with the results below
+/// f32::MIN_POSITIVE (subnormals and zeros) built from their bits by f64
+/// arithmetic on normal numbers: the same f32 as `x as f32` where subnormal
+/// results are kept, and on hardware or under a caller's MXCSR (FTZ) that
+/// flushes them to zero.
+#[inline(always)]
+pub(crate) fn narrow(x: f64) -> f32 {
+    const TWO_149: f64 = f64::from_bits((1023 + 149) << 52);
+    // adding 2^52 rounds a value below 2^52 to an integer (ties to even),
+    // held in the low bits of the sum
+    const ROUND: f64 = f64::from_bits((1023 + 52) << 52);
+    let a = x.abs();
+    let t = a * TWO_149 + ROUND;
+    let sign = ((x.to_bits() >> 32) as u32) & 0x8000_0000;
+    let tiny = f32::from_bits((t.to_bits() as u32) | sign);
+    if a < f32::MIN_POSITIVE as f64 {
+        tiny
+    } else {
+        x as f32
+    }
+}
+
+/// Whether `y` is ±0, by an integer test that LLVM keeps (it turns
+/// `bits & 0x7fff_ffff == 0` into `y == 0.0`, which reads a subnormal as 0
+/// under MXCSR's DAZ).
+#[inline(always)]
+fn zero32(y: f32) -> bool {
+    (y.to_bits().wrapping_sub(1) & 0x7fff_ffff) == 0x7fff_ffff
+}
+
+/// [`zero32`] for an f64.
+#[inline(always)]
+fn zero64(x: f64) -> bool {
+    const ABS: u64 = u64::MAX >> 1;
+    (x.to_bits().wrapping_sub(1) & ABS) == ABS
+}
+
 /// What converting `x` to f32 would change silently: a finite value that
 /// becomes ±inf, or (probabilities) a non-zero value that becomes 0. NaN and
 /// inf pass through to the ordinary checks, which name them.
 #[inline(always)]
 fn changes(x: f64, probs: bool) -> Option<BadValue> {
-    let y = x as f32;
+    let y = narrow(x);
     if x.is_finite() && y.is_infinite() {
         Some(BadValue::Overflow)
-    } else if probs && x != 0.0 && y == 0.0 {
+    } else if probs && !zero64(x) && zero32(y) {
         Some(BadValue::Underflow)
     } else {
         None
@@ -172,9 +214,9 @@ pub(crate) fn check_f64(v: &[f64], cols: usize, form: Form, arg: Arg) -> Result<
     let probs = form == Form::Probs;
     for (k, chunk) in v.chunks(CHUNK).enumerate() {
         let any = chunk.iter().fold(false, |a, &x| {
-            let y = x as f32;
+            let y = narrow(x);
             let over = x.is_finite() & y.is_infinite();
-            let under = probs & (x != 0.0) & (y == 0.0);
+            let under = probs & !zero64(x) & zero32(y);
             a | over | under
         });
         if !any {
@@ -202,7 +244,7 @@ pub(crate) fn check_f64(v: &[f64], cols: usize, form: Form, arg: Arg) -> Result<
 pub fn f32_from_f64(values: &[f64], arg: Arg) -> Result<Vec<f32>> {
     check_f64(values, values.len().max(1), Form::Probs, arg)?;
     let mut out = crate::error::try_vec(values.len(), "an f32 copy of f64 values")?;
-    out.extend(values.iter().map(|&x| x as f32));
+    out.extend(values.iter().map(|&x| narrow(x)));
     Ok(out)
 }
 
@@ -326,7 +368,7 @@ impl<'a> Data<'a> {
                 let src = &v[range];
                 let out = &mut buf[..src.len()];
                 for (d, &s) in out.iter_mut().zip(src) {
-                    d.write(s as f32);
+                    d.write(narrow(s));
                 }
                 // SAFETY: every element of `out` was written just above, and
                 // `MaybeUninit<f32>` has the layout of `f32`.
@@ -340,6 +382,54 @@ impl<'a> Data<'a> {
 #[inline]
 pub(crate) fn convert(src: &[f64], dst: &mut [f32]) {
     for (d, &s) in dst.iter_mut().zip(src) {
-        *d = s as f32;
+        *d = narrow(s);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::narrow;
+
+    /// `narrow` is `as f32` bit for bit (subnormal results and ties
+    /// included), on values of every exponent.
+    #[test]
+    fn narrow_is_as_f32() {
+        let mut xs = vec![
+            0.0f64,
+            -0.0,
+            f32::MIN_POSITIVE as f64,
+            f32::from_bits(1) as f64,
+            f32::from_bits(1) as f64 / 2.0,
+            f32::from_bits(1) as f64 * 1.5,
+            f32::from_bits(3) as f64 * 0.5,
+            f32::MIN_POSITIVE as f64 * (1.0 - 1e-9),
+            1e-40,
+            -1e-40,
+            1e-46,
+            1e-300,
+            f64::MIN_POSITIVE / 4.0,
+            f32::MAX as f64,
+            f32::MAX as f64 * 1.000_000_1,
+            1e300,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::NAN,
+        ];
+        let mut s = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..400_000 {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            // exponents around the f32 range, with the low bits of ties
+            let e = 1023 - 160 + (s >> 56) % 300;
+            xs.push(f64::from_bits((s & 0x800f_ffff_f000_0fff) | (e << 52)));
+        }
+        for x in xs {
+            let (got, want) = (narrow(x), x as f32);
+            assert!(
+                got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                "{x:e}: {got:e} vs {want:e}"
+            );
+        }
     }
 }

@@ -3,13 +3,13 @@
 use std::sync::Arc;
 
 use crate::batch::{Batch, Targets};
+use crate::call::Call;
 use crate::cost::{AdapterClass, CostModel, Work, prefer_gpu};
-use crate::error::{Error, Result};
-use crate::gpu::{Gpu, Operands};
-use crate::job::{Job, Kind};
+use crate::error::{Error, Result, Setting};
+use crate::gpu::Gpu;
+use crate::job::Job;
 use crate::measure::{Measure, NllOptions, Options, Reduction};
-use crate::record::{self, Record, Records};
-use crate::resident::{self, GpuBatch, GpuOutput, GpuTargets};
+use crate::record::{self, Record};
 
 /// Which backend evaluates a call.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -44,9 +44,12 @@ impl Backend {
             return Ok(self);
         }
         match std::env::var("KULLBACK_BACKEND") {
-            Ok(v) if !v.trim().is_empty() => Backend::parse(&v).ok_or_else(|| {
-                Error::InvalidOption(format!("KULLBACK_BACKEND={v}: expected auto, gpu or cpu"))
-            }),
+            Ok(v) if !v.trim().is_empty() => {
+                Backend::parse(&v).ok_or_else(|| Error::InvalidOption {
+                    option: Setting::BackendEnv,
+                    message: format!("KULLBACK_BACKEND={v}: expected auto, gpu or cpu"),
+                })
+            }
             _ => Ok(Backend::Auto),
         }
     }
@@ -261,7 +264,31 @@ impl Context {
     }
 
     /// Evaluates `measure` for each row of `p` (and `q`). A `p` or `q` with one
-    /// row is compared with every row of the other.
+    /// row is compared with every row of the other. The named methods
+    /// ([`Context::entropy`], [`Context::cross_entropy`], [`Context::kl`],
+    /// [`Context::js`], [`Context::hellinger`], [`Context::total_variation`])
+    /// give each measure's formula, zero rules and an example.
+    ///
+    /// # Errors
+    ///
+    /// Every measure returns the same errors for the same kind of bad input,
+    /// before or instead of any value:
+    /// * [`Error::Empty`], [`Error::Length`] (a slice that is not rows × cols),
+    ///   [`Error::ShapeMismatch`] (p and q neither the same shape nor one of
+    ///   them a single row), [`Error::MissingArg`] (a measure that reads q,
+    ///   called without it);
+    /// * [`Error::BadValue`] naming the argument, row and column: NaN, a
+    ///   negative or infinite probability, a log-probability or logit of +inf,
+    ///   a log-probability above 0 (except under `Renormalize`), an f64 value
+    ///   that would change in f32;
+    /// * [`Error::NotNormalized`] (under [`Normalization::Validate`](crate::Normalization::Validate), a row
+    ///   whose sum is off 1 by more than the tolerance), [`Error::CannotNormalize`]
+    ///   (a row with no non-zero probability to renormalise, or logits all −inf);
+    /// * [`Error::InvalidOption`] (a base ≤ 0, = 1 or not finite; a negative
+    ///   or NaN tolerance; a base other than e for Hellinger or total
+    ///   variation, which are not logarithmic), [`Error::TooLarge`] (rows or columns of 2³¹ or more;
+    ///   scratch beyond one GPU binding), [`Error::OutOfMemory`],
+    ///   [`Error::Device`] (the GPU reported an error).
     pub fn evaluate(
         &self,
         measure: Measure,
@@ -273,28 +300,186 @@ impl Context {
         self.run(&job)
     }
 
-    /// Entropy H(p) = -Σ p ln p of each row.
+    /// Entropy of each row, H(p) = −Σᵢ pᵢ ln pᵢ (in nats; divided by
+    /// ln(base) for another [`Base`](crate::Base)).
+    ///
+    /// Zero rule: a term with pᵢ = 0 is 0 (0 · ln 0 = 0); the entropy of a
+    /// row is never infinite. Logits and log-probabilities are turned into
+    /// probabilities first (a stable log-sum-exp); a masked (−inf) class is
+    /// pᵢ = 0. Errors: see [`Context::evaluate`].
+    ///
+    /// ```
+    /// # use kullback::{Backend, Batch, Context, Form, Options};
+    /// # fn main() -> kullback::Result<()> {
+    /// let ctx = Context::with_backend(Backend::Cpu)?;
+    /// let p = [0.5f32, 0.5, 0.0, 1.0, 0.0, 0.0];
+    /// let h = ctx.entropy(&Batch::new(&p, 2, 3), &Options::default())?;
+    /// assert!((h.values[0] - std::f32::consts::LN_2).abs() < 1e-6);
+    /// assert_eq!(h.values[1], 0.0); // a one-hot row
+    /// let logits = [0.0f32, 0.0, f32::NEG_INFINITY]; // the first row, as logits
+    /// let h = ctx.entropy(&Batch::new(&logits, 1, 3).form(Form::Logits), &Options::default())?;
+    /// assert!((h.values[0] - std::f32::consts::LN_2).abs() < 1e-6);
+    /// # Ok(()) }
+    /// ```
     pub fn entropy(&self, p: &Batch<'_>, opts: &Options) -> Result<Output> {
         self.evaluate(Measure::Entropy, p, None, opts)
     }
 
-    /// Cross-entropy H(p, q) = -Σ p ln q of each row pair.
+    /// Cross-entropy of each row pair, H(p, q) = −Σᵢ pᵢ ln qᵢ.
+    ///
+    /// Zero rules: a term with pᵢ = 0 is 0 whatever qᵢ is (even ln qᵢ = −inf);
+    /// pᵢ > 0 with qᵢ = 0 makes the row +inf (no epsilon is added). With q in
+    /// log form, ln q is used as given (q = 0 only where it is −inf). Errors:
+    /// see [`Context::evaluate`]. For class targets instead of p, see
+    /// [`Context::nll`].
+    ///
+    /// ```
+    /// # use kullback::{Backend, Batch, Context, Options};
+    /// # fn main() -> kullback::Result<()> {
+    /// let ctx = Context::with_backend(Backend::Cpu)?;
+    /// let p = [1.0f32, 0.0, 0.5, 0.5];
+    /// let q = [0.5f32, 0.5, 1.0, 0.0];
+    /// let h = ctx.cross_entropy(&Batch::new(&p, 2, 2), &Batch::new(&q, 2, 2), &Options::default())?;
+    /// assert!((h.values[0] - std::f32::consts::LN_2).abs() < 1e-6);
+    /// assert_eq!(h.values[1], f32::INFINITY); // p > 0 where q = 0
+    /// # Ok(()) }
+    /// ```
     pub fn cross_entropy(&self, p: &Batch<'_>, q: &Batch<'_>, opts: &Options) -> Result<Output> {
         self.evaluate(Measure::CrossEntropy, p, Some(q), opts)
     }
 
-    /// Kullback-Leibler divergence D(P‖Q) = Σ p ln(p / q) of each row pair.
+    /// Kullback-Leibler divergence of each row pair, D(P‖Q) = Σᵢ pᵢ (ln pᵢ − ln qᵢ)
+    /// = H(p, q) − H(p) ≥ 0, summed per element so that the logs cancel there
+    /// (not as a difference of two large sums).
+    ///
+    /// Zero rules: a term with pᵢ = 0 is 0 whatever qᵢ is; pᵢ > 0 with
+    /// qᵢ = 0 makes the row +inf. Logits are compared relative to their row
+    /// maxima, so logits of magnitude 10⁴ keep full accuracy. Errors: see
+    /// [`Context::evaluate`].
+    ///
+    /// ```
+    /// # use kullback::{Backend, Base, Batch, Context, Options, Reduction};
+    /// # fn main() -> kullback::Result<()> {
+    /// let ctx = Context::with_backend(Backend::Cpu)?;
+    /// let p = [0.5f32, 0.5, 0.0];
+    /// let q = [0.25f32, 0.25, 0.5];
+    /// let d = ctx.kl(&Batch::new(&p, 1, 3), &Batch::new(&q, 1, 3), &Options::default().base(Base::Two))?;
+    /// assert!((d.values[0] - 1.0).abs() < 1e-6); // one bit
+    /// let back = ctx.kl(&Batch::new(&q, 1, 3), &Batch::new(&p, 1, 3), &Options::default())?;
+    /// assert_eq!(back.values[0], f32::INFINITY); // q puts mass where p has none
+    /// # Ok(()) }
+    /// ```
     pub fn kl(&self, p: &Batch<'_>, q: &Batch<'_>, opts: &Options) -> Result<Output> {
         self.evaluate(Measure::Kl, p, Some(q), opts)
     }
 
-    /// Jensen-Shannon divergence of each row pair (≤ ln 2 nats).
+    /// Jensen-Shannon divergence of each row pair,
+    /// JS(P, Q) = ½ D(P‖M) + ½ D(Q‖M) with M = ½ (P + Q), between 0 and ln 2
+    /// nats (1 bit). Its square root is SciPy's `jensenshannon` distance.
+    ///
+    /// Zero rules: each half follows the KL rule (a term with pᵢ = 0, or
+    /// qᵢ = 0, is 0); JS is never infinite. The mixture needs both rows
+    /// normalised, so logits and renormalised inputs take a first pass for
+    /// the row normalisers. Errors: see [`Context::evaluate`].
+    ///
+    /// ```
+    /// # use kullback::{Backend, Base, Batch, Context, Options};
+    /// # fn main() -> kullback::Result<()> {
+    /// let ctx = Context::with_backend(Backend::Cpu)?;
+    /// let p = [1.0f32, 0.0];
+    /// let q = [0.0f32, 1.0];
+    /// let js = ctx.js(&Batch::new(&p, 1, 2), &Batch::new(&q, 1, 2), &Options::default().base(Base::Two))?;
+    /// assert!((js.values[0] - 1.0).abs() < 1e-6); // disjoint supports: 1 bit, not inf
+    /// # Ok(()) }
+    /// ```
     pub fn js(&self, p: &Batch<'_>, q: &Batch<'_>, opts: &Options) -> Result<Output> {
         self.evaluate(Measure::Js, p, Some(q), opts)
     }
 
-    /// Negative log-likelihood -log q_t of class targets (cross-entropy with
-    /// one-hot targets). A `q` with one row is shared by every target.
+    /// Squared Hellinger distance of each row pair, computed as
+    /// H²(P, Q) = ½ Σᵢ (√pᵢ − √qᵢ)², between 0 and 1. For rows that sum to 1
+    /// this is 1 − Σᵢ √(pᵢ qᵢ), which cancels for close rows; the form
+    /// computed does not. The same form as [`Context::pairwise`]'s.
+    ///
+    /// Zero rules: a term with pᵢ = 0 is ½ qᵢ, with qᵢ = 0 ½ pᵢ; H² is never
+    /// infinite (disjoint supports give 1). √ of a subnormal is taken from
+    /// its bits. Not logarithmic: a [`Base`](crate::Base) other than e is
+    /// [`Error::InvalidOption`]. Like JS it needs normalised rows, so logits
+    /// and renormalised inputs take a first pass. Other errors: see
+    /// [`Context::evaluate`].
+    ///
+    /// ```
+    /// # use kullback::{Backend, Base, Batch, Context, Error, Options};
+    /// # fn main() -> kullback::Result<()> {
+    /// let ctx = Context::with_backend(Backend::Cpu)?;
+    /// let p = [1.0f32, 0.0, 0.25, 0.75];
+    /// let q = [0.0f32, 1.0, 0.25, 0.75];
+    /// let h = ctx.hellinger(&Batch::new(&p, 2, 2), &Batch::new(&q, 2, 2), &Options::default())?;
+    /// assert_eq!(h.values, [1.0, 0.0]); // disjoint supports: 1, not inf; equal rows: 0
+    /// let bits = Options::default().base(Base::Two);
+    /// let e = ctx.hellinger(&Batch::new(&p, 2, 2), &Batch::new(&q, 2, 2), &bits);
+    /// assert!(matches!(e, Err(Error::InvalidOption { .. }))); // not logarithmic
+    /// # Ok(()) }
+    /// ```
+    pub fn hellinger(&self, p: &Batch<'_>, q: &Batch<'_>, opts: &Options) -> Result<Output> {
+        self.evaluate(Measure::Hellinger, p, Some(q), opts)
+    }
+
+    /// Total variation distance of each row pair, ½ Σᵢ |pᵢ − qᵢ|, between 0
+    /// and 1.
+    ///
+    /// Zero rules: a term with pᵢ = 0 is ½ qᵢ, with qᵢ = 0 ½ pᵢ; never
+    /// infinite (disjoint supports give 1). Not logarithmic: a
+    /// [`Base`](crate::Base) other than e is [`Error::InvalidOption`]. Like JS
+    /// it needs normalised rows, so logits and renormalised inputs take a
+    /// first pass. Other errors: see [`Context::evaluate`].
+    ///
+    /// ```
+    /// # use kullback::{Backend, Batch, Context, Options};
+    /// # fn main() -> kullback::Result<()> {
+    /// let ctx = Context::with_backend(Backend::Cpu)?;
+    /// let p = [1.0f32, 0.0, 0.5, 0.5];
+    /// let q = [0.0f32, 1.0, 0.75, 0.25];
+    /// let tv = ctx.total_variation(&Batch::new(&p, 2, 2), &Batch::new(&q, 2, 2), &Options::default())?;
+    /// assert_eq!(tv.values, [1.0, 0.25]);
+    /// # Ok(()) }
+    /// ```
+    pub fn total_variation(&self, p: &Batch<'_>, q: &Batch<'_>, opts: &Options) -> Result<Output> {
+        self.evaluate(Measure::TotalVariation, p, Some(q), opts)
+    }
+
+    /// Negative log-likelihood of class targets, lᵢ = −ln q[i, tᵢ]: the
+    /// cross-entropy of each row of `q` against the one-hot of its target (or,
+    /// with label smoothing ε and class weights w, against
+    /// pᵢ = (1 − ε)·w_t·onehot(t) + ε·w / C, PyTorch's `F.cross_entropy`). A `q`
+    /// with one row is shared by every target.
+    ///
+    /// Zero rule: q[i, tᵢ] = 0 gives +inf. A target equal to
+    /// [`NllOptions::ignore_index`] has value 0 and is not counted; the mean
+    /// is Σ w_t·lᵢ / Σ w_t over counted rows (NaN when none is counted), and
+    /// [`Output::perplexity`] is exp(mean in nats).
+    ///
+    /// # Errors
+    ///
+    /// Those of [`Context::evaluate`] for `q`, and [`Error::TargetOutOfRange`]
+    /// (a target outside [0, classes) that is not the ignore index),
+    /// [`Error::TargetCount`] (targets neither one per row of q nor any number
+    /// for a single row), [`Error::BadValue`] / [`Error::Length`] for class
+    /// weights (negative, NaN, infinite; not one per class),
+    /// [`Error::InvalidOption`] for a label smoothing outside [0, 1].
+    ///
+    /// ```
+    /// # use kullback::{Backend, Batch, Context, Form, NllOptions, Reduction};
+    /// # fn main() -> kullback::Result<()> {
+    /// let ctx = Context::with_backend(Backend::Cpu)?;
+    /// let logits = [2.0f32, 0.0, 0.0, 0.0, 0.0, 3.0];
+    /// let opts = NllOptions::default().ignore_index(-100).reduction(Reduction::Mean);
+    /// let out = ctx.nll(&Batch::new(&logits, 2, 3).form(Form::Logits), &[0i64, -100], &opts)?;
+    /// let want = (1.0f32 + 2.0 * (-2.0f32).exp()).ln(); // row 0 only: ln Σ e^(x - 2)
+    /// assert!((out.values[0] - want).abs() < 1e-6);
+    /// assert_eq!(out.counted, 1.0);
+    /// # Ok(()) }
+    /// ```
     pub fn nll<'t>(
         &self,
         q: &Batch<'_>,
@@ -303,97 +488,6 @@ impl Context {
     ) -> Result<Output> {
         let job = Job::nll(q, targets.into(), opts)?;
         self.run(&job)
-    }
-
-    /// Records `measure` over batches in the caller's GPU buffers into the
-    /// caller's `encoder`; the caller submits. The output (per-row [`Record`]s,
-    /// or two records for a sum or mean: see [`output_bytes`](crate::output_bytes)) is written to
-    /// `out`; read it back and pass it to [`decode_output`](crate::decode_output) to get the values
-    /// or the error the host path would return. Nothing is submitted, waited
-    /// for or read back here. Everything wgpu would reject (usages, sizes,
-    /// offsets, an output that is also an input, a buffer of another device)
-    /// is an [`Error`] before anything is recorded.
-    ///
-    /// `encoder` must come from this context's device: wgpu cannot tell which
-    /// device an encoder belongs to, and one of another device fails inside
-    /// wgpu (at the latest at its `finish`). Where that cannot be promised,
-    /// use [`Context::encode_commands`], which records into an encoder of its
-    /// own. Buffers must come from this device too; one of another device on
-    /// the same instance is refused with [`Error::Device`], one of another
-    /// `wgpu::Instance` cannot be recognised at all.
-    pub fn encode(
-        &self,
-        encoder: &mut wgpu::CommandEncoder,
-        measure: Measure,
-        p: &GpuBatch<'_>,
-        q: Option<&GpuBatch<'_>>,
-        opts: &Options,
-        out: &GpuOutput<'_>,
-    ) -> Result<()> {
-        let gpu = self.gpu_or_err()?;
-        let shape = resident::measure_shape(measure, p, q, opts)?;
-        let q = q.unwrap_or(p);
-        let ops = Operands {
-            p: p.buffer,
-            p_offset: p.offset,
-            q: q.buffer,
-            q_offset: q.offset,
-        };
-        let p_bytes = p.rows as u64 * p.cols as u64 * 4;
-        let q_bytes = q.rows as u64 * q.cols as u64 * 4;
-        resident::check_io(&gpu.limits, &shape, &ops, p_bytes, q_bytes, out)?;
-        let ws = out.workspace.map(|w| &w.pool);
-        gpu.encode_resident(encoder, &shape, &ops, (out.buffer, out.offset), None, ws)
-    }
-
-    /// [`Context::encode`] for the negative log-likelihood of class targets in a
-    /// caller's buffer (i32 or u32). Class weights come from `opts.weights` (a
-    /// host slice, uploaded with the work); `opts.ignore_index` must fit an i32.
-    pub fn encode_nll(
-        &self,
-        encoder: &mut wgpu::CommandEncoder,
-        q: &GpuBatch<'_>,
-        targets: &GpuTargets<'_>,
-        opts: &NllOptions<'_>,
-        out: &GpuOutput<'_>,
-    ) -> Result<()> {
-        let gpu = self.gpu_or_err()?;
-        let shape = resident::nll_shape(q, targets, opts)?;
-        let ops = Operands {
-            p: targets.buffer,
-            p_offset: 0,
-            q: q.buffer,
-            q_offset: q.offset,
-        };
-        let q_bytes = q.rows as u64 * q.cols as u64 * 4;
-        resident::check_io(&gpu.limits, &shape, &ops, 0, q_bytes, out)?;
-        if out.buffer == targets.buffer {
-            return Err(Error::Buffer {
-                name: "output",
-                problem: "is also the targets buffer; use a buffer of its own".into(),
-            });
-        }
-        resident::check_buffer(
-            "targets",
-            targets.buffer,
-            targets.offset,
-            targets.len as u64 * 4,
-            wgpu::BufferUsages::COPY_SRC,
-            4,
-        )?;
-        let t = crate::gpu::Targets {
-            buffer: targets.buffer,
-            offset: targets.offset,
-            len: targets.len,
-        };
-        gpu.encode_resident(
-            encoder,
-            &shape,
-            &ops,
-            (out.buffer, out.offset),
-            Some((&t, opts.weights)),
-            out.workspace.map(|w| &w.pool),
-        )
     }
 
     /// Like [`Context::evaluate`], but returns a future that resolves when the
@@ -414,51 +508,12 @@ impl Context {
         async move {
             match started? {
                 Started::Done(out) => Ok(out),
-                Started::Gpu(pending, meta, adapter) => {
+                Started::Gpu(pending, call, adapter) => {
                     let recs = pending.resolve().await?;
-                    finish(&meta, recs, Ran::Gpu, Some(adapter))
+                    output(&call, &recs, Ran::Gpu, Some(adapter))
                 }
             }
         }
-    }
-
-    /// [`Context::encode`] into an encoder made on this context's device;
-    /// returns the finished commands for the caller to submit on the
-    /// context's queue.
-    pub fn encode_commands(
-        &self,
-        measure: Measure,
-        p: &GpuBatch<'_>,
-        q: Option<&GpuBatch<'_>>,
-        opts: &Options,
-        out: &GpuOutput<'_>,
-    ) -> Result<wgpu::CommandBuffer> {
-        let mut enc = self.own_encoder()?;
-        self.encode(&mut enc, measure, p, q, opts, out)?;
-        Ok(enc.finish())
-    }
-
-    /// [`Context::encode_nll`] into an encoder made on this context's
-    /// device; returns the finished commands.
-    pub fn encode_nll_commands(
-        &self,
-        q: &GpuBatch<'_>,
-        targets: &GpuTargets<'_>,
-        opts: &NllOptions<'_>,
-        out: &GpuOutput<'_>,
-    ) -> Result<wgpu::CommandBuffer> {
-        let mut enc = self.own_encoder()?;
-        self.encode_nll(&mut enc, q, targets, opts, out)?;
-        Ok(enc.finish())
-    }
-
-    fn own_encoder(&self) -> Result<wgpu::CommandEncoder> {
-        let gpu = self.gpu_or_err()?;
-        Ok(gpu
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("kullback"),
-            }))
     }
 
     /// Frees the buffers the context keeps between calls (the GPU pool, the
@@ -496,12 +551,6 @@ impl Context {
             .map_err(|e| Error::Device(format!("polling: {e}")))
     }
 
-    fn gpu_or_err(&self) -> Result<&Gpu> {
-        self.gpu
-            .as_deref()
-            .ok_or_else(|| Error::Unsupported("GPU-resident batches need a GPU context".into()))
-    }
-
     /// Where a call over `rows` rows reading `bytes` bytes of input would run:
     /// the cost model's choice under `Backend::Auto` with a hardware GPU, the
     /// context's backend otherwise. `inputs` says whether the call takes
@@ -529,29 +578,22 @@ impl Context {
 
     /// The GPU for this job, or None for the CPU.
     fn place(&self, job: &Job<'_>) -> Option<&Gpu> {
-        let bytes: u64 = [&job.p, &job.q]
-            .iter()
-            .filter_map(|o| o.as_ref())
-            .map(|o| o.data.len() as u64 * 4)
-            .sum();
-        let logits = job.p_online() || job.q_online();
-        let inputs = if logits {
+        let inputs = if job.call.any_online() {
             InputKind::Logits
         } else {
             InputKind::Probabilities
         };
-        match self.placement(bytes, job.rows as u64, inputs) {
+        match self.placement(job.input_bytes(), job.call.rows as u64, inputs) {
             Ran::Gpu => self.gpu.as_deref(),
             Ran::Cpu => None,
         }
     }
 
     fn start(&self, job: &Job<'_>) -> Result<Started> {
-        let meta = Meta::of(job);
         match self.place(job) {
             Some(g) => Ok(Started::Gpu(
                 g.submit(job)?,
-                meta,
+                job.call,
                 g.adapter_name().to_string(),
             )),
             None => Ok(Started::Done(self.run_cpu(job)?)),
@@ -560,9 +602,9 @@ impl Context {
 
     fn run(&self, job: &Job<'_>) -> Result<Output> {
         match self.place(job) {
-            Some(g) => finish(
-                &Meta::of(job),
-                g.run(job)?,
+            Some(g) => output(
+                &job.call,
+                &g.run(job)?,
                 Ran::Gpu,
                 Some(g.adapter_name().to_string()),
             ),
@@ -572,101 +614,35 @@ impl Context {
 
     /// `job` on the CPU, its records in the context's kept buffer.
     fn run_cpu(&self, job: &Job<'_>) -> Result<Output> {
-        let meta = Meta::of(job);
-        self.cpu.with(|rows| {
-            crate::cpu::run_into(job, rows)?;
-            if job.reduction == Reduction::None {
-                return rows_output(&meta, rows, Ran::Cpu, None);
-            }
-            if let Some(e) = record::first_error(rows, 0, &job.decode_ctx()) {
-                return Err(e);
-            }
-            let total = record::reduce_records(
-                rows,
-                job.reduction == Reduction::Mean,
-                job.kind == Kind::Nll,
-            );
-            finish(&meta, Records::Total(total), Ran::Cpu, None)
+        self.cpu.with(|records| {
+            crate::cpu::run_into(job, records)?;
+            output(&job.call, records, Ran::Cpu, None)
         })
     }
 }
 
 enum Started {
     Done(Output),
-    Gpu(crate::gpu::Pending, Meta, String),
+    Gpu(crate::gpu::Pending, Call, String),
 }
 
-/// What turning records into an [`Output`] needs of a job.
-struct Meta {
-    kind: Kind,
-    rows: usize,
-    cols: usize,
-    reduction: Reduction,
-    ln_base: f64,
-    ctx: record::DecodeCtx,
-}
-
-impl Meta {
-    fn of(job: &Job<'_>) -> Meta {
-        Meta {
-            kind: job.kind,
-            rows: job.rows,
-            cols: job.cols,
-            reduction: job.reduction,
-            ln_base: job.ln_base,
-            ctx: job.decode_ctx(),
-        }
-    }
-}
-
-fn finish(job: &Meta, records: Records, backend: Ran, adapter: Option<String>) -> Result<Output> {
-    let ctx = job.ctx;
-    let (values, counted) = match records {
-        Records::Rows(r) => return rows_output(job, &r, backend, adapter),
-        Records::Total(t) => {
-            if !t.is_ok() {
-                return Err(record::decode(t.index as usize, &t, &ctx));
-            }
-            (vec![t.value], t.aux_p as f64)
-        }
-        Records::BadRow(row, r) => return Err(record::decode(row, &r, &ctx)),
-    };
-    output(job, values, counted, backend, adapter)
-}
-
-/// The output of per-row records (the first bad row's error, if any).
-fn rows_output(job: &Meta, r: &[Record], backend: Ran, adapter: Option<String>) -> Result<Output> {
-    // one pass: values out, the first bad row's error as soon as it is met
-    let mut values = crate::error::try_vec(r.len(), "the output values")?;
-    for (i, x) in r.iter().enumerate() {
-        if !x.is_ok() {
-            return Err(record::decode(i, x, &job.ctx));
-        }
-        values.push(x.value);
-    }
-    let counted = if job.kind == Kind::Nll {
-        r.iter().map(|x| x.aux_p as f64).sum()
-    } else {
-        job.rows as f64
-    };
-    output(job, values, counted, backend, adapter)
-}
-
+/// The [`Output`] of a call's output records (either backend's: the same
+/// layout, the same decoder).
 fn output(
-    job: &Meta,
-    values: Vec<f32>,
-    counted: f64,
+    call: &Call,
+    records: &[Record],
     backend: Ran,
     adapter: Option<String>,
 ) -> Result<Output> {
-    let perplexity = (job.kind == Kind::Nll && job.reduction == Reduction::Mean)
-        .then(|| (values[0] as f64 * job.ln_base).exp());
+    let d = record::decode_output(records, &call.output_desc())?;
+    let perplexity = (call.is_nll() && call.reduction == Reduction::Mean)
+        .then(|| (d.values[0] as f64 * call.ln_base).exp());
     Ok(Output {
-        values,
-        rows: job.rows,
-        cols: job.cols,
-        reduction: job.reduction,
-        counted,
+        values: d.values,
+        rows: call.rows,
+        cols: call.cols,
+        reduction: call.reduction,
+        counted: d.counted,
         perplexity,
         backend,
         adapter,

@@ -162,8 +162,21 @@ pub enum Error {
         classes: usize,
     },
     /// An option that is out of its domain (a log base of 1, a negative tolerance, ...).
-    #[error("invalid option: {0}")]
-    InvalidOption(String),
+    #[error("invalid option: {message}")]
+    InvalidOption {
+        /// Which option.
+        option: Setting,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A measure called without an argument it needs (KL without `q`).
+    #[error("{measure} needs {arg}")]
+    MissingArg {
+        /// The missing argument.
+        arg: Arg,
+        /// The measure's name.
+        measure: &'static str,
+    },
     /// A combination this crate does not evaluate.
     #[error("unsupported: {0}")]
     Unsupported(String),
@@ -175,16 +188,25 @@ pub enum Error {
     /// wgpu could not create a device.
     #[error("could not create a GPU device: {0}")]
     RequestDevice(#[from] wgpu::RequestDeviceError),
-    /// The batch does not fit the device even when split into chunks.
-    #[error("too large for this device: {0}")]
-    TooLarge(String),
+    /// Something of the call is beyond what the kernels index or the device
+    /// holds in one buffer or binding, even when the work is split into chunks:
+    /// split the batch.
+    #[error("too large for this device: {what}: {size} > {limit}")]
+    TooLarge {
+        /// What, and in which unit.
+        what: String,
+        /// Its size.
+        size: u64,
+        /// The largest size allowed.
+        limit: u64,
+    },
     /// A caller's GPU buffer that does not fit the call (usage, size, offset, aliasing).
     #[error("GPU buffer {name}: {problem}")]
     Buffer {
         /// Which buffer.
         name: &'static str,
         /// What is wrong.
-        problem: String,
+        problem: BufferProblem,
     },
     /// Memory could not be allocated: a host buffer sized by the input, or a
     /// device buffer (wgpu reported that the device is out of memory).
@@ -198,6 +220,94 @@ pub enum Error {
     /// The device reported an error while running our work.
     #[error("GPU error: {0}")]
     Device(String),
+}
+
+/// The option an [`Error::InvalidOption`] is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Setting {
+    /// The log base ([`Options::base`](crate::Options::base)).
+    Base,
+    /// The row-sum tolerance.
+    Tolerance,
+    /// The label smoothing of a negative log-likelihood.
+    LabelSmoothing,
+    /// The ignore index of a negative log-likelihood.
+    IgnoreIndex,
+    /// The reduction (an output read back with another reduction's layout).
+    Reduction,
+    /// `ContextOptions::max_binding_bytes`.
+    MaxBindingBytes,
+    /// The environment variable `KULLBACK_BACKEND`.
+    BackendEnv,
+    /// The k of a nearest-k call ([`Context::pairwise_top_k`](crate::Context::pairwise_top_k)).
+    TopK,
+    /// [`PairwiseOptions::exclude_self`](crate::PairwiseOptions::exclude_self).
+    ExcludeSelf,
+}
+
+/// What is wrong with a caller's GPU buffer ([`Error::Buffer`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BufferProblem {
+    /// It lacks a usage the call needs.
+    Usage {
+        /// The usages the call needs.
+        needs: wgpu::BufferUsages,
+        /// Its usages.
+        has: wgpu::BufferUsages,
+    },
+    /// Its offset is not a multiple of the alignment the device requires.
+    Offset {
+        /// The offset given.
+        offset: u64,
+        /// The alignment required.
+        align: u64,
+    },
+    /// The call's bytes do not fit it.
+    Size {
+        /// The bytes the call reads or writes.
+        bytes: u64,
+        /// At this offset.
+        offset: u64,
+        /// Its size.
+        size: u64,
+    },
+    /// The output is also an input buffer (wgpu tracks usage per buffer).
+    AliasesInput,
+    /// The output is also the targets buffer.
+    AliasesTargets,
+    /// It is also another buffer of the call (an all-pairs call's outputs and
+    /// status each need a buffer of their own).
+    AliasesOther,
+}
+
+impl fmt::Display for BufferProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BufferProblem::Usage { needs, has } => write!(f, "needs usage {needs:?}, has {has:?}"),
+            BufferProblem::Offset { offset, align } => {
+                write!(f, "offset {offset} is not a multiple of {align}")
+            }
+            BufferProblem::Size {
+                bytes,
+                offset,
+                size,
+            } => write!(
+                f,
+                "{bytes} bytes at offset {offset} do not fit its {size} bytes"
+            ),
+            BufferProblem::AliasesInput => {
+                f.write_str("is also an input buffer; use a buffer of its own")
+            }
+            BufferProblem::AliasesTargets => {
+                f.write_str("is also the targets buffer; use a buffer of its own")
+            }
+            BufferProblem::AliasesOther => {
+                f.write_str("is also another buffer of the call; use a buffer of its own")
+            }
+        }
+    }
 }
 
 fn column_text(col: &Option<usize>) -> String {

@@ -29,6 +29,15 @@
 //! argument with [`Batch::form`]; class targets go through [`Context::nll`].
 //! A `p` or `q` with a single row is compared with every row of the other.
 //!
+//! ## Measures
+//!
+//! Each has its method, whose docs give the formula, the zero rules, the
+//! errors and an example: [`Context::entropy`], [`Context::cross_entropy`],
+//! [`Context::kl`], [`Context::js`], [`Context::hellinger`],
+//! [`Context::total_variation`], [`Context::nll`] (class targets);
+//! [`Context::evaluate`] takes a [`Measure`] and lists the errors every
+//! measure shares.
+//!
 //! ## Conventions (identical on the GPU and the CPU)
 //!
 //! Per-element terms, natural log; results are divided by ln(base) at the end
@@ -42,14 +51,15 @@
 //! | KL D(P‖Q) | p (ln p − ln q) | 0 (whatever q is) | +inf |
 //! | Jensen-Shannon | ½ KL(P‖M) + ½ KL(Q‖M), M = ½(P + Q) | per the KL rule | finite (≤ ln 2 nats) |
 //! | negative log-likelihood of class t | −ln q_t | – | +inf when q_t = 0 |
-//! | squared Hellinger H²(P, Q) (all pairs) | ½ (√p − √q)² | ½ q | ½ p (finite; H² ≤ 1) |
-//! | total variation (all pairs) | ½ \|p − q\| | ½ q | ½ p (finite; ≤ 1) |
+//! | squared Hellinger H²(P, Q) | ½ (√p − √q)² | ½ q | ½ p (finite; H² ≤ 1) |
+//! | total variation | ½ \|p − q\| | ½ q | ½ p (finite; ≤ 1) |
 //!
-//! Hellinger is computed as ½ Σ (√p − √q)², which equals 1 − Σ √(p q) for
-//! rows that sum to 1 and does not cancel for close rows; neither it nor
-//! total variation is logarithmic, so they take no log base (another base is
-//! an error). Both are all-pairs measures for now ([`Context::pairwise`]);
-//! the per-row calls refuse them with [`Error::Unsupported`].
+//! Hellinger is computed as ½ Σ (√p − √q)², per row and for all pairs alike,
+//! which equals 1 − Σ √(p q) for rows that sum to 1 and does not cancel for
+//! close rows (√ of a subnormal is taken from its bits); neither it nor
+//! total variation is logarithmic, so they take no log base (a base other
+//! than e is [`Error::InvalidOption`]). Both need normalised values, so
+//! logits and renormalised inputs take a first pass, as JS does.
 //!
 //! * No silent epsilon clamping: a value that is mathematically +inf is +inf.
 //! * "p = 0" means a probability whose bits are zero, a log-probability of
@@ -143,15 +153,56 @@
 //! replaces `Auto`, never an explicit choice. Every [`Output`] says which
 //! backend ran and the adapter's name.
 //!
-//! The CPU backend runs AVX2 + FMA loops where the CPU has them (chosen at
-//! run time; a portable path elsewhere; `KULLBACK_CPU_ISA=baseline|avx2|avx512`,
-//! read once per process, caps the choice: the same instruction set gives the
-//! same bits on every machine) on all cores, through rayon's
+//! The CPU backend runs AVX-512 (F and DQ) loops, else AVX2 + FMA loops,
+//! where the CPU has them (chosen at run time; a portable path elsewhere;
+//! `KULLBACK_CPU_ISA=baseline|avx2|avx512`, read once per process, caps the
+//! choice: the same instruction set gives the same bits on every machine,
+//! and AVX-512 gives other bits than AVX2, within the same bound) on all cores, through rayon's
 //! persistent thread pool (a caller already inside rayon shares its
 //! workers). A context keeps the CPU path's per-row records buffer between
 //! calls (up to 64 MiB), so that a call allocates only its result; a GPU
 //! context keeps up to [`ContextOptions::pool_bytes`] of buffers (default
 //! 256 MiB). [`Context::trim`] frees both.
+//!
+//! Zeros and subnormals are decided from the bits and scaled by powers of
+//! two, never by subnormal arithmetic: a caller whose threads run with
+//! MXCSR's flush-to-zero and denormals-are-zero modes gets the same results
+//! (tests/flush.rs runs the edge cases and the SciPy corpus so).
+//!
+//! ### CPU instructions per element
+//!
+//! Counted rather than timed (timings on a shared machine move 2× within
+//! minutes); `bash bench/icount.sh` reproduces them. "Before" is the code
+//! before the AVX-512 loops (issue 16), "after" this version.
+//!
+//! | measure (shape counted) | baseline, before | baseline, after | AVX2, before | AVX2, after | AVX-512 hot loop, before | AVX-512 hot loop, after |
+//! |---|---:|---:|---:|---:|---:|---:|
+//! | KL (256 × 4096) | 48.76 | 50.30 | 5.84 | 5.46 | 5.25 | 2.19 |
+//! | cross-entropy (256 × 4096) | 28.32 | 29.88 | 5.46 | 4.96 | 4.88 | 2.00 |
+//! | entropy (256 × 4096) | 23.50 | 24.49 | 4.72 | 4.28 | 4.25 | 1.75 |
+//! | NLL from logits (256 × 4096) | 25.57 | 25.56 | 4.05 | 4.05 | 3.75 | 1.38 |
+//! | KL, short rows (65,536 × 16) | 103.01 | 102.39 | 11.60 | 10.88 | (AVX2 row kernels) | (AVX2 row kernels) |
+//! | KL, long rows (4 × 262,144) | 48.71 | 50.26 | 5.79 | 5.41 | 5.25 | 2.19 |
+//!
+//! Baseline (SSE2) and AVX2 (measured): `valgrind --tool=callgrind` counts
+//! the instructions executed inside `Context::evaluate` / `Context::nll`
+//! (the whole call: planning, kernels, finalize, records) over two calls of
+//! the bench example on one core (`KULLBACK_CPU_ISA=baseline|avx2`), divided
+//! by their elements. The baseline build pays about 3% for deciding zeros by
+//! an integer test that flush-to-zero modes cannot change (see
+//! `tests/flush.rs`); the AVX2 loops now take two vectors a trip (KL 5.06,
+//! cross-entropy 4.56, entropy 3.94 instructions per element in the loop).
+//! AVX-512 (static): valgrind hides AVX-512 from CPUID and cannot run EVEX
+//! code, so these are the instructions of each kernel's hot loop in the
+//! disassembly of the release build (`objdump -d`), divided by the elements
+//! one trip of the loop handles (16 for KL, cross-entropy and entropy; for
+//! the NLL the maximum sweep, 64 a trip, plus the exp sweep, 32 a trip). Before
+//! this version an AVX-512 machine ran the AVX2 loops: the "before" column
+//! counts those the same way. The per-call and per-row work around the
+//! loops (the whole-call figures include it) is the same code on both.
+//! `llvm-mca -mcpu=skylake-avx512` estimates 11–11.5 cycles per trip of 16
+//! elements for the KL, cross-entropy and entropy loops. Short rows (at most
+//! 512 columns) run the AVX2 row kernels on AVX-512 machines too.
 //!
 //! Under pressure the library returns errors: an allocation that fails, on
 //! the host or the device, is [`Error::OutOfMemory`]; a dropped
@@ -165,7 +216,7 @@
 //!
 //! ```no_run
 //! use kullback::wgpu;
-//! use kullback::{Context, GpuBatch, GpuOutput, Measure, Options, Reduction, Record, decode_output, output_bytes};
+//! use kullback::{Context, GpuBatch, GpuCall, GpuOutput, Measure, Options, Reduction, Record, output_bytes};
 //!
 //! # fn demo(device: wgpu::Device, queue: wgpu::Queue, p: wgpu::Buffer, q: wgpu::Buffer) -> kullback::Result<()> {
 //! let (rows, cols) = (512, 4096);
@@ -178,20 +229,15 @@
 //! });
 //! let mut encoder = device.create_command_encoder(&Default::default());
 //! // ... the app's own passes that write p and q ...
-//! ctx.encode(
-//!     &mut encoder,
-//!     Measure::Kl,
-//!     &GpuBatch::new(&p, rows, cols),
-//!     Some(&GpuBatch::new(&q, rows, cols)),
-//!     &Options::default(),
-//!     &GpuOutput::new(&out),
-//! )?;
+//! let call = GpuCall::new(Measure::Kl, GpuBatch::new(&p, rows, cols), GpuOutput::new(&out))
+//!     .q(GpuBatch::new(&q, rows, cols));
+//! ctx.encode(&mut encoder, &call)?;
 //! // ... the app's own passes that read `out` ...
 //! queue.submit([encoder.finish()]);                         // the caller submits
 //! // later, if the app wants the values on the host: copy `out` to a MAP_READ
 //! // buffer, map it, poll the device, then
 //! # let records: Vec<Record> = vec![];
-//! let values = decode_output(&records, &Options::default(), cols)?;
+//! let values = call.decode(&records)?;
 //! # let _ = values; Ok(()) }
 //! ```
 //!
@@ -235,6 +281,7 @@
 pub use wgpu;
 
 mod batch;
+mod call;
 mod context;
 pub mod cost;
 mod cpu;
@@ -249,7 +296,7 @@ mod resident;
 
 pub use batch::{Batch, Targets, Values, f32_from_f64};
 pub use context::{Backend, Context, ContextOptions, InputKind, Output, PollMode, Ran};
-pub use error::{Arg, BadValue, Error, Result};
+pub use error::{Arg, BadValue, BufferProblem, Error, Result, Setting};
 pub use measure::{
     Base, DEFAULT_TOLERANCE, Form, Measure, NllOptions, Normalization, Options, Reduction,
 };
@@ -259,4 +306,6 @@ pub use pairwise::{
     pairwise_status_bytes,
 };
 pub use record::{RECORD_SIZE, Record, Status};
-pub use resident::{GpuBatch, GpuOutput, GpuTargets, Workspace, decode_output, output_bytes};
+pub use resident::{
+    GpuBatch, GpuCall, GpuNll, GpuOutput, GpuTargets, Workspace, decode_output, output_bytes,
+};

@@ -1,56 +1,174 @@
 //! What is computed: measures, input forms, reductions, log bases, normalisation policy.
 //!
-//! Both backends implement the same description; see the crate docs for the
-//! convention table and `shaders/rows.wgsl` / `src/cpu/kernel.rs` for the two
-//! implementations of the per-row state machine.
+//! Each measure is described once, in [`Measure::def`]: its name, what it
+//! reads, and the properties the planner and both executors act on. Its
+//! arithmetic is one `Term` in `src/cpu/terms.rs` and one pair of functions in
+//! `shaders/measures.wgsl` (`add_<ident>`, `value_<ident>`), selected by a code
+//! that `src/gpu/wgsl.rs` generates from the table below.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Setting};
 
 /// A measure over pairs of distributions (or one distribution, for entropy).
+/// Each has a method on [`Context`](crate::Context) whose docs give its
+/// formula, zero rules, errors and an example.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Measure {
-    /// Entropy H(p) = -Σ p ln p of each row of `p`.
+    /// Entropy H(p) = −Σ p ln p of each row of `p`; a term with p = 0 is 0
+    /// ([`Context::entropy`](crate::Context::entropy)).
     Entropy,
-    /// Cross-entropy H(p, q) = -Σ p ln q.
+    /// Cross-entropy H(p, q) = −Σ p ln q; p = 0 gives 0 whatever q is, p > 0
+    /// with q = 0 gives +inf ([`Context::cross_entropy`](crate::Context::cross_entropy)).
     CrossEntropy,
-    /// Kullback-Leibler divergence D(P‖Q) = Σ p ln(p / q).
+    /// Kullback-Leibler divergence D(P‖Q) = Σ p ln(p / q); zero rules as
+    /// cross-entropy ([`Context::kl`](crate::Context::kl)).
     Kl,
-    /// Jensen-Shannon divergence ½ D(P‖M) + ½ D(Q‖M), M = ½ (P + Q).
+    /// Jensen-Shannon divergence ½ D(P‖M) + ½ D(Q‖M), M = ½ (P + Q); never
+    /// infinite, at most ln 2 ([`Context::js`](crate::Context::js)).
     Js,
-    /// Squared Hellinger distance H²(P, Q) = ½ Σ (√p − √q)², which is
-    /// 1 − Σ √(p q) for rows that sum to 1 (the form computed is the first:
-    /// it does not cancel for close rows). In [0, 1]; not logarithmic, so a
-    /// log base other than e is an error. All-pairs only for now
-    /// ([`Context::pairwise`](crate::Context::pairwise)).
+    /// Squared Hellinger distance H²(P, Q) = ½ Σ (√p − √q)², computed in this
+    /// form (equal to 1 − Σ √(p q) for rows that sum to 1, but without its
+    /// cancellation for close rows); a term with p = 0 is ½ q, with q = 0
+    /// ½ p; in [0, 1], never infinite. Not logarithmic: a log base other than
+    /// e is an error ([`Context::hellinger`](crate::Context::hellinger)).
     Hellinger,
-    /// Total variation distance ½ Σ |p − q|, in [0, 1]. Not logarithmic (a
-    /// log base other than e is an error). All-pairs only for now.
+    /// Total variation distance ½ Σ |p − q|; a term with p = 0 is ½ q, with
+    /// q = 0 ½ p; in [0, 1], never infinite. Not logarithmic: a log base
+    /// other than e is an error
+    /// ([`Context::total_variation`](crate::Context::total_variation)).
     TotalVariation,
 }
 
+/// A measure's description: everything but its per-element arithmetic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Def {
+    /// The name of its CLI subcommand and in JSON output.
+    pub name: &'static str,
+    /// Its name in code: the WGSL functions `add_<ident>` and `value_<ident>`
+    /// and the generated constant `M_<IDENT>`.
+    pub ident: &'static str,
+    /// It reads a second distribution `q`.
+    pub needs_q: bool,
+    /// Its terms can be accumulated relative to running maxima (online), so
+    /// logits are read in one pass; otherwise every online form is
+    /// normalised by a first pass (its terms need the normalised values).
+    pub online: bool,
+    /// A term with p > 0 and q = 0 makes the value +inf.
+    pub q_zero_inf: bool,
+    /// Its accumulator `t` is Σ w (ln p − ln q), rescaled with the running
+    /// maxima of online forms.
+    pub t_log_ratio: bool,
+    /// Its values are logarithms, so they take a log base (a base other
+    /// than e is an error for the others).
+    pub logarithmic: bool,
+}
+
 impl Measure {
+    /// Every measure, in the order of their codes (the number the shaders see).
+    pub(crate) const ALL: [Measure; 6] = [
+        Measure::Entropy,
+        Measure::CrossEntropy,
+        Measure::Kl,
+        Measure::Js,
+        Measure::Hellinger,
+        Measure::TotalVariation,
+    ];
+
+    /// The measure's description.
+    pub(crate) const fn def(self) -> Def {
+        match self {
+            Measure::Entropy => Def {
+                name: "entropy",
+                ident: "entropy",
+                needs_q: false,
+                online: true,
+                q_zero_inf: false,
+                t_log_ratio: false,
+                logarithmic: true,
+            },
+            Measure::CrossEntropy => Def {
+                name: "cross-entropy",
+                ident: "cross",
+                needs_q: true,
+                online: true,
+                q_zero_inf: true,
+                t_log_ratio: false,
+                logarithmic: true,
+            },
+            Measure::Kl => Def {
+                name: "kl",
+                ident: "kl",
+                needs_q: true,
+                online: true,
+                q_zero_inf: true,
+                t_log_ratio: true,
+                logarithmic: true,
+            },
+            Measure::Js => Def {
+                name: "js",
+                ident: "js",
+                needs_q: true,
+                online: false,
+                q_zero_inf: false,
+                t_log_ratio: false,
+                logarithmic: true,
+            },
+            Measure::Hellinger => Def {
+                name: "hellinger",
+                ident: "hellinger",
+                needs_q: true,
+                online: false,
+                q_zero_inf: false,
+                t_log_ratio: false,
+                logarithmic: false,
+            },
+            Measure::TotalVariation => Def {
+                name: "total-variation",
+                ident: "tv",
+                needs_q: true,
+                online: false,
+                q_zero_inf: false,
+                t_log_ratio: false,
+                logarithmic: false,
+            },
+        }
+    }
+
     /// The name used by the CLI and in JSON output.
     pub fn name(self) -> &'static str {
-        match self {
-            Measure::Entropy => "entropy",
-            Measure::CrossEntropy => "cross-entropy",
-            Measure::Kl => "kl",
-            Measure::Js => "js",
-            Measure::Hellinger => "hellinger",
-            Measure::TotalVariation => "total-variation",
-        }
+        self.def().name
     }
 
     /// Whether results are logarithms (and so take a log base): every
     /// measure but Hellinger and total variation.
     pub fn is_logarithmic(self) -> bool {
-        !matches!(self, Measure::Hellinger | Measure::TotalVariation)
+        self.def().logarithmic
+    }
+
+    /// ln(base) for this measure's values: the base checked, and for a
+    /// measure that is not logarithmic any base other than e refused.
+    pub(crate) fn ln_base(self, base: Base) -> Result<f64> {
+        let ln = base.ln()?;
+        if !self.def().logarithmic && ln != 1.0 {
+            return Err(Error::InvalidOption {
+                option: Setting::Base,
+                message: format!(
+                    "{} is not logarithmic: it takes no log base (got {base:?})",
+                    self.name()
+                ),
+            });
+        }
+        Ok(ln)
     }
 
     /// Whether the measure reads a second distribution `q`.
     pub fn needs_q(self) -> bool {
-        !matches!(self, Measure::Entropy)
+        self.def().needs_q
+    }
+
+    /// The measure named `name` (as [`Measure::name`] gives it).
+    pub fn parse(name: &str) -> Option<Measure> {
+        Measure::ALL.into_iter().find(|m| m.name() == name)
     }
 }
 
@@ -127,9 +245,10 @@ impl Base {
             Base::Custom(b) => b,
         };
         if !(b.is_finite() && b > 0.0 && b != 1.0) {
-            return Err(Error::InvalidOption(format!(
-                "log base must be finite, > 0 and != 1, got {b}"
-            )));
+            return Err(Error::InvalidOption {
+                option: Setting::Base,
+                message: format!("log base must be finite, > 0 and != 1, got {b}"),
+            });
         }
         Ok(b.ln())
     }
@@ -206,10 +325,10 @@ impl Options {
 
     pub(crate) fn check(&self) -> Result<f64> {
         if !(self.tolerance.is_finite() && self.tolerance >= 0.0) {
-            return Err(Error::InvalidOption(format!(
-                "tolerance must be finite and >= 0, got {}",
-                self.tolerance
-            )));
+            return Err(Error::InvalidOption {
+                option: Setting::Tolerance,
+                message: format!("tolerance must be finite and >= 0, got {}", self.tolerance),
+            });
         }
         self.base.ln()
     }

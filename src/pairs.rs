@@ -6,7 +6,7 @@
 use std::ops::Range;
 
 use crate::batch::{Batch, Data};
-use crate::error::{Arg, Error, Result};
+use crate::error::{Arg, Error, Result, Setting};
 use crate::measure::{Base, DEFAULT_TOLERANCE, Form, Measure, Normalization};
 use crate::record::{self, DecodeCtx, Record};
 
@@ -173,26 +173,19 @@ pub(crate) struct PairJob<'a> {
 /// GPU-resident calls; returns ln(base).
 pub(crate) fn check_options(measure: Measure, opts: &PairwiseOptions) -> Result<f64> {
     if matches!(measure, Measure::Entropy) {
-        return Err(Error::InvalidOption(
+        return Err(Error::Unsupported(
             "entropy is not a measure between two distributions; all pairs take kl, \
              cross-entropy, js, hellinger or total-variation"
                 .into(),
         ));
     }
     if !(opts.tolerance.is_finite() && opts.tolerance >= 0.0) {
-        return Err(Error::InvalidOption(format!(
-            "tolerance must be finite and >= 0, got {}",
-            opts.tolerance
-        )));
+        return Err(Error::InvalidOption {
+            option: Setting::Tolerance,
+            message: format!("tolerance must be finite and >= 0, got {}", opts.tolerance),
+        });
     }
-    if !measure.is_logarithmic() && opts.base != Base::E {
-        return Err(Error::InvalidOption(format!(
-            "{} is not logarithmic: it takes no log base (got {:?})",
-            measure.name(),
-            opts.base
-        )));
-    }
-    opts.base.ln()
+    measure.ln_base(opts.base)
 }
 
 /// The shapes of p and q (rows, cols), checked: the same columns, sizes
@@ -217,7 +210,7 @@ pub(crate) fn check_shapes(p: (usize, usize), q: Option<(usize, usize)>) -> Resu
         }
     }
     let n = q.map_or(p.0, |q| q.0);
-    crate::job::check_u32(p.0.max(n), p.1)
+    crate::call::check_u32(p.0.max(n), p.1)
 }
 
 impl<'a> PairJob<'a> {
@@ -289,25 +282,30 @@ impl<'a> PairJob<'a> {
 /// Checks `k` of a nearest-k call against the columns of the matrix.
 pub(crate) fn check_k(k: usize, n: usize, exclude_self: bool, self_mode: bool) -> Result<()> {
     if exclude_self && !self_mode {
-        return Err(Error::InvalidOption(
-            "exclude_self applies when q is omitted (p against itself)".into(),
-        ));
+        return Err(Error::InvalidOption {
+            option: Setting::ExcludeSelf,
+            message: "exclude_self applies when q is omitted (p against itself)".into(),
+        });
     }
     let avail = if exclude_self { n - 1 } else { n };
     if k == 0 || k > MAX_TOP_K {
-        return Err(Error::InvalidOption(format!(
-            "k must be in [1, {MAX_TOP_K}], got {k}"
-        )));
+        return Err(Error::InvalidOption {
+            option: Setting::TopK,
+            message: format!("k must be in [1, {MAX_TOP_K}], got {k}"),
+        });
     }
     if k > avail {
-        return Err(Error::InvalidOption(format!(
-            "k = {k} is more than the {avail} candidates of each row{}",
-            if exclude_self {
-                " (its own index excluded)"
-            } else {
-                ""
-            }
-        )));
+        return Err(Error::InvalidOption {
+            option: Setting::TopK,
+            message: format!(
+                "k = {k} is more than the {avail} candidates of each row{}",
+                if exclude_self {
+                    " (its own index excluded)"
+                } else {
+                    ""
+                }
+            ),
+        });
     }
     Ok(())
 }

@@ -4,7 +4,7 @@
 
 use crate::batch::Batch;
 use crate::context::{Context, Ran};
-use crate::error::{Error, Result};
+use crate::error::{BufferProblem, Error, Result};
 use crate::measure::Measure;
 use crate::pairs::{self, PairJob, PairwiseOptions, Tile, TileShape};
 use crate::resident::{GpuBatch, Workspace};
@@ -91,9 +91,11 @@ impl Context {
     ) -> Result<PairwiseOutput> {
         let job = PairJob::new(measure, p, q, opts)?;
         let (m, n) = (job.m(), job.n());
-        let len = m
-            .checked_mul(n)
-            .ok_or_else(|| Error::TooLarge(format!("a {m} x {n} matrix")))?;
+        let len = m.checked_mul(n).ok_or(Error::TooLarge {
+            what: "values of an all-pairs matrix".into(),
+            size: m as u64 * n as u64,
+            limit: usize::MAX as u64,
+        })?;
         let mut values = crate::error::try_vec(len, "an all-pairs matrix")?;
         values.resize(len, 0.0f32);
         let work = len as u64 * job.cols as u64;
@@ -136,9 +138,11 @@ impl Context {
         let job = PairJob::new(measure, p, q, opts)?;
         pairs::check_k(k, job.n(), opts.exclude_self, q.is_none())?;
         let m = job.m();
-        let len = m
-            .checked_mul(k)
-            .ok_or_else(|| Error::TooLarge(format!("{m} rows of {k}")))?;
+        let len = m.checked_mul(k).ok_or(Error::TooLarge {
+            what: "nearest-k values".into(),
+            size: m as u64 * k as u64,
+            limit: usize::MAX as u64,
+        })?;
         let mut values = crate::error::try_vec(len, "the nearest-k values")?;
         values.resize(len, 0.0f32);
         let mut indices = crate::error::try_vec(len, "the nearest-k indices")?;
@@ -511,7 +515,7 @@ fn distinct(
     if others.iter().flatten().any(|o| *o == buffer) {
         return Err(Error::Buffer {
             name,
-            problem: "is also another buffer of the call; use a buffer of its own".into(),
+            problem: BufferProblem::AliasesOther,
         });
     }
     Ok(())

@@ -1,7 +1,8 @@
 //! The per-row output record both backends produce, its status (a code and a
 //! column), and the decoding of a status into the crate's [`Error`].
 
-use crate::error::{Arg, BadValue, Error};
+use crate::error::{Arg, BadValue, Error, Setting};
+use crate::measure::Reduction;
 
 /// One row's result, as the kernels write it (24 bytes, `#[repr(C)]`, the
 /// same on both backends and on the GPU-resident path).
@@ -154,6 +155,63 @@ pub(crate) struct DecodeCtx {
     pub classes: usize,
 }
 
+/// How a call's output records are laid out and read: one record per row
+/// (`Reduction::None`), or the batch record followed by a copy of the first
+/// bad row's record (sum, mean). Both executors and the GPU-resident path
+/// write this layout; [`decode_output`] is its one reader.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct OutputDesc {
+    pub reduction: Reduction,
+    /// Rows weigh by their record's `aux_p` (a negative log-likelihood's wₜ).
+    pub weighted: bool,
+    pub ctx: DecodeCtx,
+}
+
+/// Values decoded from a call's output records.
+#[derive(Debug)]
+pub(crate) struct Decoded {
+    pub values: Vec<f32>,
+    /// Rows counted by the reduction (Σ wₜ for a negative log-likelihood).
+    pub counted: f64,
+}
+
+/// The values of a call's output records, or the error of its first bad row.
+pub(crate) fn decode_output(records: &[Record], d: &OutputDesc) -> Result<Decoded, Error> {
+    if d.reduction == Reduction::None {
+        // one pass: values out, the first bad row's error as soon as it is met
+        let mut values = crate::error::try_vec(records.len(), "the output values")?;
+        for (i, x) in records.iter().enumerate() {
+            if !x.is_ok() {
+                return Err(decode(i, x, &d.ctx));
+            }
+            values.push(x.value);
+        }
+        let counted = if d.weighted {
+            records.iter().map(|x| x.aux_p as f64).sum()
+        } else {
+            records.len() as f64
+        };
+        return Ok(Decoded { values, counted });
+    }
+    let [total, bad, ..] = records else {
+        return Err(Error::InvalidOption {
+            option: Setting::Reduction,
+            message: format!(
+                "a {} output has 2 records, got {}",
+                d.reduction.name(),
+                records.len()
+            ),
+        });
+    };
+    if !total.is_ok() {
+        return Err(decode(total.index as usize, bad, &d.ctx));
+    }
+    Ok(Decoded {
+        values: vec![total.value],
+        counted: total.aux_p as f64,
+    })
+}
+
 /// Turns a bad row's record into the error the host path returns.
 pub(crate) fn decode(row: usize, rec: &Record, ctx: &DecodeCtx) -> Error {
     let st = rec.status();
@@ -215,74 +273,6 @@ pub(crate) fn decode(row: usize, rec: &Record, ctx: &DecodeCtx) -> Error {
         },
         other => Error::Device(format!("row {row}: unknown status word {other:#x}")),
     }
-}
-
-/// The first bad row of a batch of records, decoded.
-pub(crate) fn first_error(records: &[Record], row0: usize, ctx: &DecodeCtx) -> Option<Error> {
-    records
-        .iter()
-        .position(|r| !r.is_ok())
-        .map(|i| decode(row0 + i, &records[i], ctx))
-}
-
-/// The batch record of `Reduction::Sum` / `Mean` from per-row records, in f64
-/// (the CPU path; the GPU path has `shaders/total.wgsl`). Same rules: bad rows
-/// are left out and the first is kept, +inf rows make the total +inf and -inf
-/// rows (a log base below 1) -inf (both: NaN), a mean over no counted weight is
-/// NaN.
-pub(crate) fn reduce_records(records: &[Record], mean: bool, weighted: bool) -> Record {
-    let mut sum = 0.0f64;
-    let mut weight = 0.0f64;
-    let (mut inf, mut neg_inf) = (false, false);
-    for (i, r) in records.iter().enumerate() {
-        if !r.is_ok() {
-            return Record {
-                value: f32::NAN,
-                aux_p: 0.0,
-                aux_q: 0.0,
-                code: r.code,
-                column: r.column,
-                index: i as u32,
-            };
-        }
-        weight += if weighted { r.aux_p as f64 } else { 1.0 };
-        if r.value == f32::INFINITY {
-            inf = true;
-        } else if r.value == f32::NEG_INFINITY {
-            neg_inf = true;
-        } else {
-            sum += r.value as f64;
-        }
-    }
-    let mut value = if mean { sum / weight } else { sum };
-    if value == 0.0 {
-        value = 0.0;
-    }
-    match (inf, neg_inf) {
-        (true, true) => value = f64::NAN,
-        (true, false) => value = f64::INFINITY,
-        (false, true) => value = f64::NEG_INFINITY,
-        (false, false) => {}
-    }
-    if mean && weight == 0.0 {
-        value = f64::NAN;
-    }
-    Record {
-        value: value as f32,
-        aux_p: weight as f32,
-        aux_q: 0.0,
-        code: code::OK,
-        column: 0,
-        index: 0,
-    }
-}
-
-/// What a backend returns: per-row records, or the batch record.
-pub(crate) enum Records {
-    Rows(Vec<Record>),
-    Total(Record),
-    /// A reduction met a bad row: its number and its own record, for the error.
-    BadRow(usize, Record),
 }
 
 #[cfg(test)]

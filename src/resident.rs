@@ -1,15 +1,20 @@
 //! The GPU-resident path: batches that live in the caller's buffers, work
 //! recorded into the caller's encoder, outputs left in the caller's buffer.
+//! This module is its façade: the [`Context::encode`] family, the call
+//! descriptions they take, the checks of the caller's buffers, and the
+//! decoding of what the caller reads back. The work itself is the shared
+//! [`Call`], planned and recorded by `gpu` as on the host path.
 //!
 //! Everything the device would reject is checked here, before anything is
 //! recorded: wgpu reports most encoding errors only at the caller's
 //! `CommandEncoder::finish`, where no error scope of ours can catch them.
 
-use crate::error::{Arg, Error, Result};
-use crate::gpu::{GpuShape, Operands, TOTAL_OUTPUT_SIZE};
-use crate::job::{self, IGNORED, Kind};
+use crate::call::{Call, Input, Shape};
+use crate::context::Context;
+use crate::error::{Arg, BufferProblem, Error, Result, Setting};
+use crate::gpu::{Gpu, Operands, Scratch, TOTAL_OUTPUT_SIZE};
 use crate::measure::{Form, Measure, NllOptions, Options, Reduction};
-use crate::record::{self, DecodeCtx, RECORD_SIZE, Record};
+use crate::record::{self, DecodeCtx, OutputDesc, RECORD_SIZE, Record};
 
 /// A batch of `rows` × `cols` f32 values (row-major) at byte `offset` of a
 /// caller's buffer (usage `STORAGE`, offset a multiple of the device's
@@ -185,35 +190,135 @@ pub fn output_bytes(rows: usize, reduction: Reduction) -> u64 {
     }
 }
 
+/// A measure over batches in the caller's GPU buffers: what
+/// [`Context::encode`] records.
+///
+/// ```no_run
+/// # use kullback::{wgpu, GpuBatch, GpuCall, GpuOutput, Measure, Options, Reduction};
+/// # fn demo(p: &wgpu::Buffer, q: &wgpu::Buffer, out: &wgpu::Buffer) {
+/// let call = GpuCall::new(Measure::Kl, GpuBatch::new(p, 512, 4096), GpuOutput::new(out))
+///     .q(GpuBatch::new(q, 512, 4096))
+///     .options(Options::default().reduction(Reduction::Mean));
+/// # let _ = call; }
+/// ```
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct GpuCall<'a> {
+    /// The measure.
+    pub measure: Measure,
+    /// The first distribution (the only one, for entropy).
+    pub p: GpuBatch<'a>,
+    /// The second distribution (every measure but entropy).
+    pub q: Option<GpuBatch<'a>>,
+    /// Reduction, base, normalisation and tolerance.
+    pub options: Options,
+    /// Where the output records go (and the scratch they need).
+    pub output: GpuOutput<'a>,
+}
+
+impl<'a> GpuCall<'a> {
+    /// `measure` of `p`, into `output`, with the default options.
+    pub fn new(measure: Measure, p: GpuBatch<'a>, output: GpuOutput<'a>) -> Self {
+        GpuCall {
+            measure,
+            p,
+            q: None,
+            options: Options::default(),
+            output,
+        }
+    }
+    /// Sets the second distribution.
+    pub fn q(mut self, q: GpuBatch<'a>) -> Self {
+        self.q = Some(q);
+        self
+    }
+    /// Sets the options.
+    pub fn options(mut self, options: Options) -> Self {
+        self.options = options;
+        self
+    }
+    /// The values of this call's output, read back from the GPU, or the
+    /// error the host path returns for the same input: [`decode_output`]
+    /// with this call's options and columns.
+    pub fn decode(&self, records: &[Record]) -> Result<Vec<f32>> {
+        decode_output(records, &self.options, self.p.cols)
+    }
+}
+
+/// The negative log-likelihood of class targets in a caller's buffer: what
+/// [`Context::encode_nll`] records. Class weights come from
+/// `options.weights` (a host slice, uploaded with the work);
+/// `options.ignore_index` must fit an i32.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct GpuNll<'a> {
+    /// The probabilities, log-probabilities or logits.
+    pub q: GpuBatch<'a>,
+    /// One target per row of `q` (or any number, for a `q` of one row).
+    pub targets: GpuTargets<'a>,
+    /// Reduction, ignore index, class weights, label smoothing, ...
+    pub options: NllOptions<'a>,
+    /// Where the output records go (and the scratch they need).
+    pub output: GpuOutput<'a>,
+}
+
+impl<'a> GpuNll<'a> {
+    /// The NLL of `targets` under `q`, into `output`, with the default options.
+    pub fn new(q: GpuBatch<'a>, targets: GpuTargets<'a>, output: GpuOutput<'a>) -> Self {
+        GpuNll {
+            q,
+            targets,
+            options: NllOptions::default(),
+            output,
+        }
+    }
+    /// Sets the options.
+    pub fn options(mut self, options: NllOptions<'a>) -> Self {
+        self.options = options;
+        self
+    }
+    /// The values of this call's output, read back from the GPU, or the
+    /// error the host path returns for the same input.
+    pub fn decode(&self, records: &[Record]) -> Result<Vec<f32>> {
+        decode_output(records, &self.options.common, self.q.cols)
+    }
+}
+
 /// Turns an output read back from the GPU-resident path into the values, or
 /// into the same [`Error`] the host path returns for the same input.
 /// `opts` are the options the call was encoded with: their reduction says
 /// how the records are laid out; `opts.tolerance` and `cols` only shape the
-/// error message.
+/// error message. ([`GpuCall::decode`] and [`GpuNll::decode`] pass them for you.)
 pub fn decode_output(records: &[Record], opts: &Options, cols: usize) -> Result<Vec<f32>> {
-    let reduction = opts.reduction;
-    let ctx = DecodeCtx {
-        tolerance: opts.tolerance,
-        classes: cols,
-    };
-    match reduction {
-        Reduction::None => match record::first_error(records, 0, &ctx) {
-            Some(e) => Err(e),
-            None => Ok(records.iter().map(|r| r.value).collect()),
+    let desc = OutputDesc {
+        reduction: opts.reduction,
+        // the values do not depend on it (only the count of rows does)
+        weighted: false,
+        ctx: DecodeCtx {
+            tolerance: opts.tolerance,
+            classes: cols,
         },
-        Reduction::Sum | Reduction::Mean => {
-            let [total, bad, ..] = records else {
-                return Err(Error::InvalidOption(format!(
-                    "a {} output has 2 records, got {}",
-                    reduction.name(),
-                    records.len()
-                )));
-            };
-            if !total.is_ok() {
-                return Err(record::decode(total.index as usize, bad, &ctx));
-            }
-            Ok(vec![total.value])
+    };
+    Ok(record::decode_output(records, &desc)?.values)
+}
+
+impl Input for GpuBatch<'_> {
+    type Checked = ();
+    fn check(&self, arg: Arg) -> Result<(Shape, ())> {
+        if self.rows == 0 || self.cols == 0 {
+            return Err(Error::Empty {
+                arg,
+                rows: self.rows,
+                cols: self.cols,
+            });
         }
+        crate::call::check_u32(self.rows, self.cols)?;
+        let shape = Shape {
+            rows: self.rows,
+            cols: self.cols,
+            form: self.form,
+        };
+        Ok((shape, ()))
     }
 }
 
@@ -226,17 +331,21 @@ pub(crate) fn check_buffer(
     align: u64,
 ) -> Result<()> {
     let problem = if !buffer.usage().contains(usage) {
-        Some(format!("needs usage {usage:?}, has {:?}", buffer.usage()))
+        Some(BufferProblem::Usage {
+            needs: usage,
+            has: buffer.usage(),
+        })
     } else if !offset.is_multiple_of(align) {
-        Some(format!("offset {offset} is not a multiple of {align}"))
+        Some(BufferProblem::Offset { offset, align })
     } else if offset
         .checked_add(bytes)
         .is_none_or(|end| end > buffer.size())
     {
-        Some(format!(
-            "{bytes} bytes at offset {offset} do not fit its {} bytes",
-            buffer.size()
-        ))
+        Some(BufferProblem::Size {
+            bytes,
+            offset,
+            size: buffer.size(),
+        })
     } else {
         None
     };
@@ -246,136 +355,218 @@ pub(crate) fn check_buffer(
     }
 }
 
-fn check_shape(arg: Arg, b: &GpuBatch<'_>) -> Result<u64> {
-    if b.rows == 0 || b.cols == 0 {
-        return Err(Error::Empty {
-            arg,
-            rows: b.rows,
-            cols: b.cols,
-        });
-    }
-    job::check_u32(b.rows, b.cols)?;
-    Ok(b.rows as u64 * b.cols as u64 * 4)
+/// Bytes of a batch's values.
+fn bytes(b: &GpuBatch<'_>) -> u64 {
+    b.rows as u64 * b.cols as u64 * 4
 }
 
-/// The shape of a GPU-resident measure, checked.
-pub(crate) fn measure_shape(
-    measure: Measure,
-    p: &GpuBatch<'_>,
+/// Checks the input batches (`p` absent for a negative log-likelihood) and
+/// the output against the call and the device, and that the output aliases
+/// no input.
+fn check_io(
+    gpu: &Gpu,
+    call: &Call,
+    p: Option<&GpuBatch<'_>>,
     q: Option<&GpuBatch<'_>>,
-    opts: &Options,
-) -> Result<GpuShape> {
-    let ln_base = opts.check()?;
-    check_shape(Arg::P, p)?;
-    let kind = Kind::from_measure(measure)?;
-    let (rows, q) = match (measure.needs_q(), q) {
-        (false, _) => (p.rows, None),
-        (true, None) => return Err(Error::InvalidOption(format!("{} needs q", measure.name()))),
-        (true, Some(q)) => {
-            check_shape(Arg::Q, q)?;
-            (
-                job::paired_rows((p.rows, p.cols), (q.rows, q.cols))?,
-                Some(q),
-            )
-        }
-    };
-    let norm = opts.normalization;
-    let (pf, qf) = (Some(p.form), q.map(|q| q.form));
-    Ok(GpuShape {
-        kind,
-        rows: rows as u32,
-        cols: p.cols as u32,
-        p_form: pf,
-        q_form: qf,
-        p_rows: p.rows as u32,
-        q_rows: q.map_or(p.rows, |q| q.rows) as u32,
-        normalization: norm,
-        tolerance: opts.tolerance,
-        ln_base,
-        reduction: opts.reduction,
-        p_online: job::online(p.form, norm),
-        q_online: qf.is_some_and(|f| job::online(f, norm)),
-        two_pass: job::two_pass(kind, pf, qf, norm),
-        ignore_bits: IGNORED,
-        has_ignore: false,
-        has_weights: false,
-        smoothing: 0.0,
-        targets_signed: false,
-    })
-}
-
-/// The shape of a GPU-resident negative log-likelihood, checked.
-pub(crate) fn nll_shape(
-    q: &GpuBatch<'_>,
-    targets: &GpuTargets<'_>,
-    opts: &NllOptions<'_>,
-) -> Result<GpuShape> {
-    let ln_base = opts.common.check()?;
-    check_shape(Arg::Q, q)?;
-    job::check_nll(targets.len, (q.rows, q.cols), opts)?;
-    job::check_u32(targets.len, q.cols)?;
-    let eps = opts.label_smoothing;
-    let ignore_bits = match opts.ignore_index {
-        None => IGNORED,
-        Some(i) => i32::try_from(i).map_err(|_| {
-            Error::InvalidOption(format!(
-                "ignore index {i} does not fit the i32 targets of the GPU path"
-            ))
-        })? as u32,
-    };
-    let norm = opts.common.normalization;
-    Ok(GpuShape {
-        kind: Kind::Nll,
-        rows: targets.len as u32,
-        cols: q.cols as u32,
-        p_form: None,
-        q_form: Some(q.form),
-        p_rows: targets.len as u32,
-        q_rows: q.rows as u32,
-        normalization: norm,
-        tolerance: opts.common.tolerance,
-        ln_base,
-        reduction: opts.common.reduction,
-        p_online: false,
-        q_online: job::online(q.form, norm),
-        two_pass: job::two_pass(Kind::Nll, None, Some(q.form), norm),
-        ignore_bits,
-        has_ignore: opts.ignore_index.is_some(),
-        has_weights: opts.weights.is_some(),
-        smoothing: eps,
-        targets_signed: targets.signed,
-    })
-}
-
-/// Checks the operands and the output against the shape and the device, and
-/// that the output aliases no input.
-pub(crate) fn check_io(
-    limits: &wgpu::Limits,
-    s: &GpuShape,
-    ops: &Operands<'_>,
-    p_bytes: u64,
-    q_bytes: u64,
     out: &GpuOutput<'_>,
 ) -> Result<()> {
-    let align = limits.min_storage_buffer_offset_alignment.max(4) as u64;
+    let align = gpu.plan_limits().align;
     let storage = wgpu::BufferUsages::STORAGE;
-    if s.kind != Kind::Nll {
-        check_buffer("p", ops.p, ops.p_offset, p_bytes, storage, align)?;
+    if let Some(p) = p {
+        check_buffer("p", p.buffer, p.offset, bytes(p), storage, align)?;
     }
-    if s.q_form.is_some() {
-        check_buffer("q", ops.q, ops.q_offset, q_bytes, storage, align)?;
+    if let Some(q) = q {
+        check_buffer("q", q.buffer, q.offset, bytes(q), storage, align)?;
     }
-    let out_bytes = output_bytes(s.rows as usize, s.reduction);
+    let out_bytes = output_bytes(call.rows, call.reduction);
     check_buffer("output", out.buffer, out.offset, out_bytes, storage, align)?;
     // wgpu tracks usage per buffer, not per range: a read-only and a
     // read-write binding of one buffer conflict even on disjoint ranges
-    let aliases =
-        (s.kind != Kind::Nll && out.buffer == ops.p) || (s.q_form.is_some() && out.buffer == ops.q);
-    if aliases {
+    if [p, q].iter().flatten().any(|b| b.buffer == out.buffer) {
         return Err(Error::Buffer {
             name: "output",
-            problem: "is also an input buffer; use a buffer of its own".into(),
+            problem: BufferProblem::AliasesInput,
         });
     }
     Ok(())
+}
+
+/// Class targets of a GPU-resident NLL: the caller's buffer, copied next to
+/// the class weights in a buffer of ours inside the caller's encoder.
+struct TargetsCopy<'a> {
+    targets: &'a GpuTargets<'a>,
+    weights: Option<&'a [f32]>,
+}
+
+/// Records `call` over the caller's buffers into `enc`. Everything that can
+/// fail is checked and made before the first command is recorded: a buffer
+/// of another device is refused by the bind group made over it, inside our
+/// error scopes.
+fn record_call(
+    gpu: &Gpu,
+    enc: &mut wgpu::CommandEncoder,
+    call: &Call,
+    ops: Operands<'_>,
+    offsets: (u64, u64),
+    out: &GpuOutput<'_>,
+    nll: Option<TargetsCopy<'_>>,
+) -> Result<()> {
+    let plan = crate::gpu::plan(call, &gpu.plan_limits(), offsets)?;
+    let mut sc = match out.workspace {
+        Some(w) => Scratch::pooled(&w.pool),
+        None => Scratch::fresh(),
+    };
+    let t_bytes = nll.as_ref().map_or(0, |n| n.targets.len as u64 * 4);
+    let w_bytes = nll
+        .as_ref()
+        .and_then(|n| n.weights)
+        .map_or(0, |w| w.len() as u64 * 4);
+    let records_bytes = match call.reduction {
+        Reduction::None => 0,
+        _ => plan.records_bytes,
+    };
+    let what = "the scratch of a GPU-resident call";
+    let (recording, holder) = gpu.scoped(what, t_bytes + w_bytes + records_bytes, || {
+        let sc = &mut sc;
+        let mut ops = ops;
+        let mut holder = None;
+        if let Some(n) = &nll {
+            let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
+            // the targets, the weights, and the binding's padding
+            let padded =
+                crate::gpu::targets_words(call.rows as u32, call.cols as u32, n.weights.is_some());
+            let h = sc.buffer(&gpu.device, "kullback.targets", padded * 4, usage)?;
+            if let Some(w) = n.weights {
+                gpu.queue.write_buffer(&h, t_bytes, bytemuck::cast_slice(w));
+            }
+            holder = Some(h);
+        }
+        if let Some(h) = &holder {
+            ops.p = h;
+        }
+        let target = (out.buffer, out.offset);
+        let recording = if call.reduction == Reduction::None {
+            crate::gpu::prepare(gpu, sc, &plan, ops, target, None)?
+        } else {
+            let usage = wgpu::BufferUsages::STORAGE;
+            let records = sc.buffer(&gpu.device, "kullback.records", records_bytes, usage)?;
+            crate::gpu::prepare(gpu, sc, &plan, ops, (&records, 0), Some(target))?
+        };
+        Ok((recording, holder))
+    })?;
+    if let (Some(n), Some(h)) = (&nll, &holder) {
+        enc.copy_buffer_to_buffer(n.targets.buffer, n.targets.offset, h, 0, t_bytes);
+    }
+    recording.record(gpu, enc);
+    Ok(())
+}
+
+impl Context {
+    fn gpu_or_err(&self) -> Result<&Gpu> {
+        self.gpu
+            .as_deref()
+            .ok_or_else(|| Error::Unsupported("GPU-resident batches need a GPU context".into()))
+    }
+
+    fn own_encoder(&self) -> Result<wgpu::CommandEncoder> {
+        let gpu = self.gpu_or_err()?;
+        Ok(gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("kullback"),
+            }))
+    }
+
+    /// Records `call` — a measure over batches in the caller's GPU buffers —
+    /// into the caller's `encoder`; the caller submits. The output (per-row
+    /// [`Record`]s, or two records for a sum or mean: see [`output_bytes`])
+    /// is written to `call.output`; read it back and pass it to
+    /// [`GpuCall::decode`] to get the values or the error the host path would
+    /// return. Nothing is submitted, waited for or read back here. Everything
+    /// wgpu would reject (usages, sizes, offsets, an output that is also an
+    /// input, a buffer of another device) is an [`Error`] before anything is
+    /// recorded.
+    ///
+    /// `encoder` must come from this context's device: wgpu cannot tell which
+    /// device an encoder belongs to, and one of another device fails inside
+    /// wgpu (at the latest at its `finish`). Where that cannot be promised,
+    /// use [`Context::encode_commands`], which records into an encoder of its
+    /// own. Buffers must come from this device too; one of another device on
+    /// the same instance is refused with [`Error::Device`], one of another
+    /// `wgpu::Instance` cannot be recognised at all.
+    pub fn encode(&self, encoder: &mut wgpu::CommandEncoder, call: &GpuCall<'_>) -> Result<()> {
+        let gpu = self.gpu_or_err()?;
+        let (plan_call, (), _) =
+            Call::measure(call.measure, &call.p, call.q.as_ref(), &call.options)?;
+        let q = call.q.as_ref().filter(|_| plan_call.q.is_some());
+        check_io(gpu, &plan_call, Some(&call.p), q, &call.output)?;
+        // entropy: q is never read; p is bound in its place
+        let q = q.unwrap_or(&call.p);
+        let ops = Operands {
+            p: call.p.buffer,
+            q: q.buffer,
+        };
+        let offsets = (call.p.offset, q.offset);
+        record_call(gpu, encoder, &plan_call, ops, offsets, &call.output, None)
+    }
+
+    /// [`Context::encode`] for the negative log-likelihood of class targets
+    /// in a caller's buffer (i32 or u32).
+    pub fn encode_nll(&self, encoder: &mut wgpu::CommandEncoder, call: &GpuNll<'_>) -> Result<()> {
+        let gpu = self.gpu_or_err()?;
+        let opts = &call.options;
+        let ignore = || match opts.ignore_index {
+            None => Ok(None),
+            Some(i) => Ok(Some(i32::try_from(i).map_err(|_| Error::InvalidOption {
+                option: Setting::IgnoreIndex,
+                message: format!("ignore index {i} does not fit the i32 targets of the GPU path"),
+            })? as u32)),
+        };
+        let t = &call.targets;
+        let (plan_call, ()) = Call::nll(&call.q, t.len, opts, ignore, t.signed)?;
+        check_io(gpu, &plan_call, None, Some(&call.q), &call.output)?;
+        if call.output.buffer == t.buffer {
+            return Err(Error::Buffer {
+                name: "output",
+                problem: BufferProblem::AliasesTargets,
+            });
+        }
+        let usage = wgpu::BufferUsages::COPY_SRC;
+        check_buffer("targets", t.buffer, t.offset, t.len as u64 * 4, usage, 4)?;
+        let ops = Operands {
+            p: t.buffer,
+            q: call.q.buffer,
+        };
+        let copy = TargetsCopy {
+            targets: t,
+            weights: opts.weights,
+        };
+        let offsets = (0, call.q.offset);
+        record_call(
+            gpu,
+            encoder,
+            &plan_call,
+            ops,
+            offsets,
+            &call.output,
+            Some(copy),
+        )
+    }
+
+    /// [`Context::encode`] into an encoder made on this context's device;
+    /// returns the finished commands for the caller to submit on the
+    /// context's queue.
+    pub fn encode_commands(&self, call: &GpuCall<'_>) -> Result<wgpu::CommandBuffer> {
+        let mut enc = self.own_encoder()?;
+        self.encode(&mut enc, call)?;
+        Ok(enc.finish())
+    }
+
+    /// [`Context::encode_nll`] into an encoder made on this context's
+    /// device; returns the finished commands.
+    pub fn encode_nll_commands(&self, call: &GpuNll<'_>) -> Result<wgpu::CommandBuffer> {
+        let mut enc = self.own_encoder()?;
+        self.encode_nll(&mut enc, call)?;
+        Ok(enc.finish())
+    }
 }

@@ -245,3 +245,45 @@ fn errors_name_the_file_row_and_column() {
     let (ok, _, _) = run(&["pairwise", "js", "--p", &pf, "--top-k", "3", "--out", &out]);
     assert!(!ok, "--top-k needs --out-index");
 }
+
+/// The per-row subcommands `hellinger` and `total-variation`: values as the
+/// library's, `--base` refused (they are not logarithmic).
+#[test]
+fn per_row_hellinger_and_total_variation() {
+    let tmp = Tmp::new("per-row");
+    let mut rng = common::Rng::new(8);
+    let (m, k) = (6, 9);
+    let p = common::rand_probs(&mut rng, m, k, 0.2);
+    let q = common::rand_probs(&mut rng, m, k, 0.2);
+    let pf = tmp.save("p.npy", m, k, &p);
+    let qf = tmp.save("q.npy", m, k, &q);
+    for backend in backends() {
+        for (name, measure) in [
+            ("hellinger", Measure::Hellinger),
+            ("total-variation", Measure::TotalVariation),
+        ] {
+            let (ok, stdout, stderr) = run(&[name, "--p", &pf, "--q", &qf, "--backend", backend]);
+            assert!(ok, "{stderr}");
+            let json: Value = serde_json::from_str(&stdout).expect("json");
+            assert_eq!(json["measure"], name);
+            let want = ctx(backend)
+                .evaluate(
+                    measure,
+                    &Batch::new(&p, m, k),
+                    Some(&Batch::new(&q, m, k)),
+                    &Default::default(),
+                )
+                .expect("library");
+            let got: Vec<f32> = json["values"]
+                .as_array()
+                .expect("values")
+                .iter()
+                .map(|v| v.as_f64().expect("number") as f32)
+                .collect();
+            assert_eq!(bits(&got), bits(&want.values), "{name} {backend}");
+            let (ok, stdout, stderr) = run(&[name, "--p", &pf, "--q", &qf, "--base", "2"]);
+            assert!(!ok && stdout.is_empty(), "{name}: --base 2 accepted");
+            assert!(stderr.contains("not logarithmic"), "{stderr}");
+        }
+    }
+}

@@ -110,7 +110,7 @@ fn pool_keeps_at_most_its_cap() {
         .expect("a call after trim");
 }
 
-use common::{out_buffer, read_records, storage};
+use common::{gpu_call, out_buffer, read_records, storage};
 
 /// All of `src`, read back as records.
 fn read(device: &wgpu::Device, queue: &wgpu::Queue, src: &wgpu::Buffer) -> Vec<Record> {
@@ -150,7 +150,7 @@ fn workspace_reuse_and_own_encoder() {
             target
         };
         let cmds = ctx
-            .encode_commands(Measure::Kl, &pg, Some(&qg), &o, &target)
+            .encode_commands(&gpu_call(Measure::Kl, &pg, Some(&qg), &o, &target))
             .expect("encode");
         queue.submit([cmds]);
         let v = decode_output(&read(&device, &queue, &out), &o, cols).expect("decode");
@@ -195,22 +195,26 @@ fn buffer_of_another_device_is_an_error() {
     let e = ctx
         .encode(
             &mut enc,
-            Measure::Entropy,
-            &GpuBatch::new(&foreign, rows, cols),
-            None,
-            &o,
-            &GpuOutput::new(&out),
+            &gpu_call(
+                Measure::Entropy,
+                &GpuBatch::new(&foreign, rows, cols),
+                None,
+                &o,
+                &GpuOutput::new(&out),
+            ),
         )
         .expect_err("a buffer of another device");
     assert!(matches!(e, Error::Device(_)), "{e:?}");
     // the same encoder still records a good call and finishes
     ctx.encode(
         &mut enc,
-        Measure::Entropy,
-        &GpuBatch::new(&ours, rows, cols),
-        None,
-        &o,
-        &GpuOutput::new(&out),
+        &gpu_call(
+            Measure::Entropy,
+            &GpuBatch::new(&ours, rows, cols),
+            None,
+            &o,
+            &GpuOutput::new(&out),
+        ),
     )
     .expect("our own buffer");
     queue_a.submit([enc.finish()]);

@@ -1,11 +1,14 @@
-//! `kullback`: entropy, cross-entropy, KL, Jensen-Shannon and negative
-//! log-likelihood of distributions stored in `.npy` files.
+//! `kullback`: entropy, cross-entropy, KL, Jensen-Shannon, squared Hellinger,
+//! total variation and negative log-likelihood of distributions stored in
+//! `.npy` files.
 //!
 //! ```text
 //! kullback entropy       --p P.npy [--p-form F]
 //! kullback cross-entropy --p P.npy --q Q.npy [--p-form F] [--q-form F]
 //! kullback kl            --p P.npy --q Q.npy [--p-form F] [--q-form F]
 //! kullback js            --p P.npy --q Q.npy [--p-form F] [--q-form F]
+//! kullback hellinger     --p P.npy --q Q.npy [--p-form F] [--q-form F]   (no --base)
+//! kullback total-variation --p P.npy --q Q.npy [--p-form F] [--q-form F] (no --base)
 //! kullback nll           --q Q.npy --targets T.npy [--q-form F] [--ignore-index K]
 //!                        [--weights W.npy] [--label-smoothing E]
 //! common: [--reduction none|sum|mean] [--base e|2|10|B] [--normalize]
@@ -64,6 +67,10 @@ enum Command {
     Kl(PairArgs),
     /// Jensen-Shannon divergence ½ D(P‖M) + ½ D(Q‖M), M = ½ (P + Q).
     Js(PairArgs),
+    /// Squared Hellinger distance ½ Σ (√p − √q)² (takes no --base).
+    Hellinger(PairArgs),
+    /// Total variation distance ½ Σ |p − q| (takes no --base).
+    TotalVariation(PairArgs),
     /// Negative log-likelihood -log q[t] of class targets t.
     Nll(NllArgs),
     /// All pairs: the matrix D[i, j] = MEASURE(P_i, Q_j), or each row's nearest k.
@@ -314,9 +321,11 @@ fn show(path: &Path) -> String {
 fn check_out(command: &Command) -> Result<(), String> {
     let (out, inputs): (Option<&PathBuf>, Vec<&Path>) = match command {
         Command::Entropy(a) => (a.common.out.as_ref(), vec![&a.p]),
-        Command::CrossEntropy(a) | Command::Kl(a) | Command::Js(a) => {
-            (a.common.out.as_ref(), vec![&a.p, &a.q])
-        }
+        Command::CrossEntropy(a)
+        | Command::Kl(a)
+        | Command::Js(a)
+        | Command::Hellinger(a)
+        | Command::TotalVariation(a) => (a.common.out.as_ref(), vec![&a.p, &a.q]),
         Command::Nll(a) => {
             let mut v: Vec<&Path> = vec![&a.q, &a.targets];
             v.extend(a.weights.as_deref());
@@ -390,6 +399,8 @@ fn run(command: &Command) -> Result<String, String> {
         Command::CrossEntropy(a) => pair(Measure::CrossEntropy, a)?,
         Command::Kl(a) => pair(Measure::Kl, a)?,
         Command::Js(a) => pair(Measure::Js, a)?,
+        Command::Hellinger(a) => pair(Measure::Hellinger, a)?,
+        Command::TotalVariation(a) => pair(Measure::TotalVariation, a)?,
         Command::Pairwise(_) => unreachable!("handled above"),
         Command::Nll(a) => {
             let files = Files {

@@ -13,11 +13,11 @@
 //! wrappers get their own vector code.
 
 use super::kernel::{
-    Elem, KEY_NONE, Lanes, State, Target, accumulate, bad_log, bad_probs, check_log, check_probs,
-    log_elem, measure, probs_div_elem, probs_elem, probs_pow2_elem, split_pow2, status_key,
-    target_elem,
+    Elem, KEY_NONE, Lanes, State, Target, bad_log, bad_probs, check_log, check_probs, log_elem,
+    probs_div_elem, probs_elem, probs_pow2_elem, split_pow2, status_key, target_elem,
 };
 use super::ln::{Arith, POS_INF_BITS, Plain};
+use super::terms::{Fast, Sums, Term};
 use crate::record::code;
 
 /// Lanes of the chunk loop: two vector registers' worth (LLVM's loop
@@ -39,7 +39,7 @@ pub(super) enum Isa {
     /// AVX2 and FMA.
     #[cfg(target_arch = "x86_64")]
     Avx2,
-    /// AVX-512F (with AVX2 and FMA).
+    /// AVX-512F and DQ (with AVX2 and FMA).
     #[cfg(target_arch = "x86_64")]
     Avx512,
 }
@@ -49,30 +49,45 @@ impl Isa {
     /// or at most the one `KULLBACK_CPU_ISA` names (`baseline`, `avx2`,
     /// `avx512`), read once per process. Results are bit-identical on every
     /// machine running the same instruction set, so naming one pins them.
+    /// AVX-512 is used only once its kernels have agreed with the AVX2 ones
+    /// on this machine (`selfcheck`; else a warning and AVX2).
     pub(super) fn chosen() -> Isa {
         static CHOSEN: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
         *CHOSEN.get_or_init(|| {
-            let best = Isa::detect();
-            let Ok(v) = std::env::var("KULLBACK_CPU_ISA") else {
-                return best;
-            };
-            let asked = match v.trim().to_ascii_lowercase().as_str() {
-                "baseline" | "base" => Isa::Base,
-                #[cfg(target_arch = "x86_64")]
-                "avx2" => Isa::Avx2,
-                #[cfg(target_arch = "x86_64")]
-                "avx512" => Isa::Avx512,
-                _ => {
-                    log::warn!("kullback: KULLBACK_CPU_ISA={v} is not baseline, avx2 or avx512; using {best:?}");
-                    return best;
-                }
-            };
-            if asked.rank() > best.rank() {
-                log::warn!("kullback: KULLBACK_CPU_ISA={v}, but this CPU has only {best:?}");
+            let pick = Isa::pick();
+            #[cfg(target_arch = "x86_64")]
+            if pick == Isa::Avx512 && !super::selfcheck::agrees(Isa::Avx512, Isa::Avx2) {
+                log::warn!("kullback: the AVX-512 kernels disagree with the AVX2 ones on this machine; using AVX2");
+                return Isa::Avx2;
+            }
+            pick
+        })
+    }
+
+    /// [`Isa::chosen`] before the check.
+    fn pick() -> Isa {
+        let best = Isa::detect();
+        let Ok(v) = std::env::var("KULLBACK_CPU_ISA") else {
+            return best;
+        };
+        let asked = match v.trim().to_ascii_lowercase().as_str() {
+            "baseline" | "base" => Isa::Base,
+            #[cfg(target_arch = "x86_64")]
+            "avx2" => Isa::Avx2,
+            #[cfg(target_arch = "x86_64")]
+            "avx512" => Isa::Avx512,
+            _ => {
+                log::warn!(
+                    "kullback: KULLBACK_CPU_ISA={v} is not baseline, avx2 or avx512; using {best:?}"
+                );
                 return best;
             }
-            asked
-        })
+        };
+        if asked.rank() > best.rank() {
+            log::warn!("kullback: KULLBACK_CPU_ISA={v}, but this CPU has only {best:?}");
+            return best;
+        }
+        asked
     }
 
     /// Order of the instruction sets (each includes the ones below).
@@ -91,7 +106,7 @@ impl Isa {
         #[cfg(target_arch = "x86_64")]
         {
             let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
-            if avx2 && is_x86_feature_detected!("avx512f") {
+            if avx2 && is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512dq") {
                 return Isa::Avx512;
             }
             if avx2 {
@@ -427,7 +442,7 @@ fn block_pow2<const L: usize>(x: &[f32]) -> Option<i32> {
     clippy::too_many_arguments,
     reason = "the inlined body of the chunk loop"
 )]
-fn slow<const M: u8, const L: usize, A: Arith, P: Decode, Q: Decode>(
+fn slow<T: Term, const L: usize, A: Arith, P: Decode, Q: Decode>(
     pd: &P,
     qd: &Q,
     pc: &[f32],
@@ -452,7 +467,7 @@ fn slow<const M: u8, const L: usize, A: Arith, P: Decode, Q: Decode>(
         }
         let pe = pd.elem::<A>(px, (col + i) as u32);
         let qe = qd.elem::<A>(qx, (col + i) as u32);
-        accumulate::<M, L, A>(acc, i, pe, qe);
+        T::accumulate::<L, A>(acc, i, pe, qe);
     }
 }
 
@@ -465,7 +480,7 @@ fn slow<const M: u8, const L: usize, A: Arith, P: Decode, Q: Decode>(
 /// The CPU must have AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn fast_cols<const M: u8, P: Decode, Q: Decode>(
+unsafe fn fast_cols<T: Term, const L: usize, P: Decode, Q: Decode>(
     dq: &Dec,
     io: &BlockIo<'_>,
     qm: f32,
@@ -475,17 +490,52 @@ unsafe fn fast_cols<const M: u8, P: Decode, Q: Decode>(
 ) -> Option<usize> {
     use super::fast;
     use DecKind as K;
+    if L == L_WIDE {
+        // SAFETY: wide kernels are only picked on machines with AVX-512F/DQ.
+        let k = unsafe { fast512_cols::<T, P, Q>(io, c, c1, st) };
+        if k.is_some() {
+            return k;
+        }
+    }
     // SAFETY (every call below): the caller guarantees AVX2 and FMA.
     unsafe {
-        match (M, P::KIND, Q::KIND) {
-            (measure::KL, K::Probs, K::Probs) => Some(fast::kl(&io.p[c..c1], &io.q[c..c1], st)),
-            (measure::CROSS, K::Probs, K::Probs) => {
-                Some(fast::cross(&io.p[c..c1], &io.q[c..c1], st))
-            }
-            (measure::ENTROPY, K::Probs, K::None) => Some(fast::entropy(&io.p[c..c1], st)),
-            (measure::SUMS, K::None, K::Log) if dq.online => {
+        match (T::FAST, P::KIND, Q::KIND) {
+            (Fast::Kl, K::Probs, K::Probs) => Some(fast::kl(&io.p[c..c1], &io.q[c..c1], st)),
+            (Fast::Cross, K::Probs, K::Probs) => Some(fast::cross(&io.p[c..c1], &io.q[c..c1], st)),
+            (Fast::Entropy, K::Probs, K::None) => Some(fast::entropy(&io.p[c..c1], st)),
+            (Fast::Sums, K::None, K::Log) if dq.online => {
                 Some(fast::exp_sums(&io.q[c..c1], qm, dq.pos_ok, st))
             }
+            _ => None,
+        }
+    }
+}
+
+/// The AVX-512 loops of [`super::fast512`] for `(M, P, Q)` over columns
+/// `c..c1` of the block: every whole vector, specials and status included
+/// (the first bad column into `st.key`), or `None` where there is no such loop.
+///
+/// # Safety
+/// The CPU must have AVX-512F, AVX-512DQ, AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn fast512_cols<T: Term, P: Decode, Q: Decode>(
+    io: &BlockIo<'_>,
+    c: usize,
+    c1: usize,
+    st: &mut State,
+) -> Option<usize> {
+    use super::fast512 as f;
+    use DecKind as K;
+    let col = io.col0 + c;
+    // SAFETY (every call below): the caller guarantees AVX-512F/DQ.
+    unsafe {
+        match (T::FAST, P::KIND, Q::KIND) {
+            (Fast::Kl, K::Probs, K::Probs) => Some(f::kl(&io.p[c..c1], &io.q[c..c1], col, st)),
+            (Fast::Cross, K::Probs, K::Probs) => {
+                Some(f::cross(&io.p[c..c1], &io.q[c..c1], col, st))
+            }
+            (Fast::Entropy, K::Probs, K::None) => Some(f::entropy(&io.p[c..c1], col, st)),
             _ => None,
         }
     }
@@ -507,7 +557,7 @@ fn max_of<const L: usize, const FAST: bool>(x: &[f32]) -> f32 {
 /// One block into a state. `FAST`: the build has AVX2 and FMA, and uses the
 /// hand-written loops where there is one.
 #[inline(always)]
-fn block_impl<const M: u8, const L: usize, A: Arith, P: Decode, Q: Decode, const FAST: bool>(
+fn block_impl<T: Term, const L: usize, A: Arith, P: Decode, Q: Decode, const FAST: bool>(
     dp: &Dec,
     dq: &Dec,
     io: &BlockIo<'_>,
@@ -522,14 +572,23 @@ fn block_impl<const M: u8, const L: usize, A: Arith, P: Decode, Q: Decode, const
     // special value takes the general path below
     #[cfg(target_arch = "x86_64")]
     if FAST
-        && M == measure::SUMS
+        && T::FAST == Fast::Sums
         && P::KIND == DecKind::None
         && Q::KIND == DecKind::Log
         && dq.online
         && io.len > 0
     {
-        // SAFETY: FAST kernels are only picked on machines with AVX2 and FMA.
-        if let Some((m, s)) = unsafe { super::fast::lse(&io.q[..io.len], dq.pos_ok, SUB) } {
+        let x = &io.q[..io.len];
+        // SAFETY: FAST kernels are only picked on machines with AVX2 and FMA,
+        // wide ones (L_WIDE) on machines with AVX-512F/DQ.
+        let lse = unsafe {
+            if L == L_WIDE {
+                super::fast512::lse(x, dq.pos_ok, SUB)
+            } else {
+                super::fast::lse(x, dq.pos_ok, SUB)
+            }
+        };
+        if let Some((m, s)) = lse {
             qd.set_max(m);
             st.mb = m as f64;
             st.sb = s;
@@ -585,7 +644,7 @@ fn block_impl<const M: u8, const L: usize, A: Arith, P: Decode, Q: Decode, const
             // `slow`, and the loop resumes after it
             let qm = qd.max();
             // SAFETY: FAST kernels are only picked on machines with AVX2 and FMA.
-            while let Some(k) = unsafe { fast_cols::<M, P, Q>(dq, io, qm, c, c1, &mut st) } {
+            while let Some(k) = unsafe { fast_cols::<T, L, P, Q>(dq, io, qm, c, c1, &mut st) } {
                 c += k;
                 if c + L > c1 {
                     break;
@@ -601,7 +660,7 @@ fn block_impl<const M: u8, const L: usize, A: Arith, P: Decode, Q: Decode, const
                 } else {
                     &zeros[..]
                 };
-                slow::<M, L, A, P, Q>(&pd, &qd, pc, qc, L, io.col0 + c, &mut acc, &mut key);
+                slow::<T, L, A, P, Q>(&pd, &qd, pc, qc, L, io.col0 + c, &mut acc, &mut key);
                 c += L;
             }
         }
@@ -633,10 +692,10 @@ fn block_impl<const M: u8, const L: usize, A: Arith, P: Decode, Q: Decode, const
                 for i in 0..L {
                     let pe = pd.elem::<A>(pc[i], (col + i) as u32);
                     let qe = qd.elem::<A>(qc[i], (col + i) as u32);
-                    accumulate::<M, L, A>(&mut acc, i, pe, qe);
+                    T::accumulate::<L, A>(&mut acc, i, pe, qe);
                 }
             } else {
-                slow::<M, L, A, P, Q>(&pd, &qd, pc, qc, L, col, &mut acc, &mut key);
+                slow::<T, L, A, P, Q>(&pd, &qd, pc, qc, L, col, &mut acc, &mut key);
             }
             c += L;
         }
@@ -644,16 +703,17 @@ fn block_impl<const M: u8, const L: usize, A: Arith, P: Decode, Q: Decode, const
             let k = c1 - c;
             let pc = if P::READS { &io.p[c..c1] } else { &zeros[..k] };
             let qc = if Q::READS { &io.q[c..c1] } else { &zeros[..k] };
-            slow::<M, L, A, P, Q>(&pd, &qd, pc, qc, k, io.col0 + c, &mut acc, &mut key);
+            slow::<T, L, A, P, Q>(&pd, &qd, pc, qc, k, io.col0 + c, &mut acc, &mut key);
             slow_used = true;
         }
         if slow_used {
-            acc.flush::<M>(&mut st);
+            acc.flush::<T>(&mut st);
         }
         c0 = c1;
     }
     add_target::<A, Q>(&qd, io, &mut st);
-    st.key = key;
+    // the AVX-512 loops record the bad columns they meet in `st.key`
+    st.key = st.key.min(key);
     st
 }
 
@@ -679,12 +739,8 @@ fn add_target<A: Arith, Q: Decode>(qd: &Q, io: &BlockIo<'_>, st: &mut State) {
 ///
 /// # Safety
 /// None beyond the [`BlockFn`] contract (this one runs anywhere).
-unsafe fn block_base<const M: u8, P: Decode, Q: Decode>(
-    dp: &Dec,
-    dq: &Dec,
-    io: &BlockIo<'_>,
-) -> State {
-    block_impl::<M, L_NARROW, Plain, P, Q, false>(dp, dq, io)
+unsafe fn block_base<T: Term, P: Decode, Q: Decode>(dp: &Dec, dq: &Dec, io: &BlockIo<'_>) -> State {
+    block_impl::<T, L_NARROW, Plain, P, Q, false>(dp, dq, io)
 }
 
 /// AVX2 + FMA build of a kernel.
@@ -693,89 +749,82 @@ unsafe fn block_base<const M: u8, P: Decode, Q: Decode>(
 /// The CPU must have AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn block_avx2<const M: u8, P: Decode, Q: Decode>(
-    dp: &Dec,
-    dq: &Dec,
-    io: &BlockIo<'_>,
-) -> State {
-    block_impl::<M, L_NARROW, super::ln::Fused, P, Q, true>(dp, dq, io)
+unsafe fn block_avx2<T: Term, P: Decode, Q: Decode>(dp: &Dec, dq: &Dec, io: &BlockIo<'_>) -> State {
+    block_impl::<T, L_NARROW, super::ln::Fused, P, Q, true>(dp, dq, io)
 }
 
-/// AVX-512F build of a kernel.
+/// AVX-512 build of a kernel.
 ///
 /// # Safety
-/// The CPU must have AVX-512F, AVX2 and FMA.
+/// The CPU must have AVX-512F, AVX-512DQ, AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn block_avx512<const M: u8, P: Decode, Q: Decode>(
+#[target_feature(enable = "avx512f,avx512dq,avx2,fma")]
+unsafe fn block_avx512<T: Term, P: Decode, Q: Decode>(
     dp: &Dec,
     dq: &Dec,
     io: &BlockIo<'_>,
 ) -> State {
-    block_impl::<M, L_WIDE, super::ln::Fused, P, Q, true>(dp, dq, io)
+    block_impl::<T, L_WIDE, super::ln::Fused, P, Q, true>(dp, dq, io)
 }
 
-fn build<const M: u8, P: Decode, Q: Decode>(isa: Isa) -> BlockFn {
+fn build<T: Term, P: Decode, Q: Decode>(isa: Isa) -> BlockFn {
     match isa {
-        Isa::Base => block_base::<M, P, Q>,
+        Isa::Base => block_base::<T, P, Q>,
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => block_avx2::<M, P, Q>,
+        Isa::Avx2 => block_avx2::<T, P, Q>,
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => block_avx512::<M, P, Q>,
+        Isa::Avx512 => block_avx512::<T, P, Q>,
     }
 }
 
-fn with_q<const M: u8, P: Decode>(q: DecKind, isa: Isa) -> Option<BlockFn> {
+fn with_q<T: Term, P: Decode>(q: DecKind, isa: Isa) -> Option<BlockFn> {
     Some(match q {
-        DecKind::None => build::<M, P, NoneD>(isa),
-        DecKind::Probs => build::<M, P, ProbsD>(isa),
-        DecKind::ProbsDiv => build::<M, P, ProbsDivD>(isa),
-        DecKind::ProbsPow2 => build::<M, P, ProbsPow2D>(isa),
-        DecKind::Log => build::<M, P, LogD>(isa),
+        DecKind::None => build::<T, P, NoneD>(isa),
+        DecKind::Probs => build::<T, P, ProbsD>(isa),
+        DecKind::ProbsDiv => build::<T, P, ProbsDivD>(isa),
+        DecKind::ProbsPow2 => build::<T, P, ProbsPow2D>(isa),
+        DecKind::Log => build::<T, P, LogD>(isa),
         DecKind::Targets | DecKind::TargetsWeighted => return None,
     })
 }
 
-/// Pairs of decoders that a pass of measure `M` can meet (the others are not
-/// compiled).
-fn with_pq<const M: u8>(p: DecKind, q: DecKind, isa: Isa) -> Option<BlockFn> {
+/// The kernel of term `T` for the decoders `p` and `q`, compiled for `isa`;
+/// `None` for a pair no plan meets (those are not compiled): a measure reads
+/// values of p (and q where it needs one), the cross-entropy also class
+/// targets as p; the row sums of a first pass read what is being normalised.
+pub(super) fn pick<T: Term>(p: DecKind, q: DecKind, isa: Isa) -> Option<BlockFn> {
     use DecKind as K;
     let q_none = q == K::None;
-    let two = !q_none && !matches!(p, K::None | K::Targets | K::TargetsWeighted | K::ProbsPow2);
-    let sums_q = matches!(q, K::None | K::Probs | K::ProbsPow2 | K::Log);
-    match (M, p) {
-        (measure::ENTROPY, K::Probs) if q_none => with_q::<M, ProbsD>(q, isa),
-        (measure::ENTROPY, K::ProbsDiv) if q_none => with_q::<M, ProbsDivD>(q, isa),
-        (measure::ENTROPY, K::Log) if q_none => with_q::<M, LogD>(q, isa),
-        (measure::CROSS | measure::KL | measure::JS, K::Probs) if two => {
-            with_q::<M, ProbsD>(q, isa)
-        }
-        (measure::CROSS | measure::KL | measure::JS, K::ProbsDiv) if two => {
-            with_q::<M, ProbsDivD>(q, isa)
-        }
-        (measure::CROSS | measure::KL | measure::JS, K::Log) if two => with_q::<M, LogD>(q, isa),
-        (measure::CROSS, K::Targets) if !q_none => with_q::<M, TargetsD<false>>(q, isa),
-        (measure::CROSS, K::TargetsWeighted) if !q_none => with_q::<M, TargetsD<true>>(q, isa),
+    if T::MEASURE.is_none() {
         // first passes, and the NLL fast path (p None, q as in its term pass)
-        (measure::SUMS, K::None) if !q_none => with_q::<M, NoneD>(q, isa),
-        (measure::SUMS, K::Probs) if sums_q => with_q::<M, ProbsD>(q, isa),
-        (measure::SUMS, K::ProbsPow2) if sums_q => with_q::<M, ProbsPow2D>(q, isa),
-        (measure::SUMS, K::Log) if sums_q => with_q::<M, LogD>(q, isa),
+        let sums_q = matches!(q, K::None | K::Probs | K::ProbsPow2 | K::Log);
+        return match p {
+            K::None if !q_none => with_q::<T, NoneD>(q, isa),
+            K::Probs if sums_q => with_q::<T, ProbsD>(q, isa),
+            K::ProbsPow2 if sums_q => with_q::<T, ProbsPow2D>(q, isa),
+            K::Log if sums_q => with_q::<T, LogD>(q, isa),
+            _ => None,
+        };
+    }
+    // the q side a measure meets: none, or any values decoder
+    let q_ok = if T::NEEDS_Q {
+        !matches!(q, K::None | K::Targets | K::TargetsWeighted)
+    } else {
+        q_none
+    };
+    match p {
+        K::Probs if q_ok => with_q::<T, ProbsD>(q, isa),
+        K::ProbsDiv if q_ok => with_q::<T, ProbsDivD>(q, isa),
+        K::Log if q_ok => with_q::<T, LogD>(q, isa),
+        K::Targets if T::TARGETS && !q_none => with_q::<T, TargetsD<false>>(q, isa),
+        K::TargetsWeighted if T::TARGETS && !q_none => with_q::<T, TargetsD<true>>(q, isa),
         _ => None,
     }
 }
 
-/// The kernel of measure `m` (a [`measure`] constant) for the decoders `p`
-/// and `q`, compiled for `isa`; `None` for a combination no plan uses.
-pub(super) fn pick(m: u8, p: DecKind, q: DecKind, isa: Isa) -> Option<BlockFn> {
-    match m {
-        measure::ENTROPY => with_pq::<{ measure::ENTROPY }>(p, q, isa),
-        measure::CROSS => with_pq::<{ measure::CROSS }>(p, q, isa),
-        measure::KL => with_pq::<{ measure::KL }>(p, q, isa),
-        measure::JS => with_pq::<{ measure::JS }>(p, q, isa),
-        measure::SUMS => with_pq::<{ measure::SUMS }>(p, q, isa),
-        _ => None,
-    }
+/// [`pick`] for the row sums of a first pass (and the NLL fast path).
+pub(super) fn pick_sums(p: DecKind, q: DecKind, isa: Isa) -> Option<BlockFn> {
+    pick::<Sums>(p, q, isa)
 }
 
 #[cfg(test)]
@@ -819,8 +868,9 @@ mod tests {
     #[test]
     fn every_isa_picks() {
         for isa in Isa::available() {
-            assert!(pick(measure::KL, DecKind::Probs, DecKind::Probs, isa).is_some());
-            assert!(pick(measure::KL, DecKind::Targets, DecKind::Probs, isa).is_none());
+            use super::super::terms::Kl;
+            assert!(pick::<Kl>(DecKind::Probs, DecKind::Probs, isa).is_some());
+            assert!(pick::<Kl>(DecKind::Targets, DecKind::Probs, isa).is_none());
         }
     }
 }

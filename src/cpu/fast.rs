@@ -354,46 +354,44 @@ fn segment<const K: u8>(p: &[f32], q: &[f32]) -> Option<(f64, f64, f64, f64)> {
         p.len().min(q.len())
     };
     let n = n - n % STEP;
-    // one vector per iteration and one accumulator per sum (at most
-    // `SUB / 8` = 64 terms per lane): fewer live registers than two vectors
-    // per step (no spills), and the out-of-order core overlaps iterations
+    // one accumulator per sum (at most `SUB / 8` = 64 terms per lane), one
+    // vector at a time: fewer live registers than two vectors side by side
+    // (no spills), and the out-of-order core overlaps the vectors
     let z = _mm256_setzero_ps();
     let (mut sa, mut sb, mut ta, mut tk) = (z, z, z, z);
     let mut chk = _mm256_setzero_si256();
     let q = if K == ROW_ENTROPY { p } else { q };
-    for (i, (pc, qc)) in p[..n]
-        .chunks_exact(8)
-        .zip(q[..n].chunks_exact(8))
-        .enumerate()
-    {
-        if i % 2 == 0 {
-            prefetch(pc);
-            if K != ROW_ENTROPY {
-                prefetch(qc);
-            }
+    // two vectors a trip (the same accumulators in the same order as one
+    // a trip: the same bits), the prefetch once a trip without a branch
+    for (pc, qc) in p[..n].chunks_exact(STEP).zip(q[..n].chunks_exact(STEP)) {
+        prefetch(pc);
+        if K != ROW_ENTROPY {
+            prefetch(qc);
         }
-        let pb = load(pc, 0);
-        let pf = _mm256_castsi256_ps(pb);
-        chk = track(chk, pb);
-        sa = _mm256_add_ps(sa, pf);
-        let x = if K == ROW_ENTROPY {
-            pb
-        } else {
-            let qb = load(qc, 0);
-            let qf = _mm256_castsi256_ps(qb);
-            chk = track(chk, qb);
-            sb = _mm256_add_ps(sb, qf);
-            if K == ROW_KL {
-                let r = _mm256_castps_si256(_mm256_div_ps(pf, qf));
-                chk = track(chk, r);
-                r
+        for h in [0, 8] {
+            let pb = load(pc, h);
+            let pf = _mm256_castsi256_ps(pb);
+            chk = track(chk, pb);
+            sa = _mm256_add_ps(sa, pf);
+            let x = if K == ROW_ENTROPY {
+                pb
             } else {
-                qb
-            }
-        };
-        let (k, a) = ln_parts(x);
-        ta = _mm256_fmadd_ps(pf, a, ta);
-        tk = _mm256_fmadd_ps(pf, k, tk);
+                let qb = load(qc, h);
+                let qf = _mm256_castsi256_ps(qb);
+                chk = track(chk, qb);
+                sb = _mm256_add_ps(sb, qf);
+                if K == ROW_KL {
+                    let r = _mm256_castps_si256(_mm256_div_ps(pf, qf));
+                    chk = track(chk, r);
+                    r
+                } else {
+                    qb
+                }
+            };
+            let (k, a) = ln_parts(x);
+            ta = _mm256_fmadd_ps(pf, a, ta);
+            tk = _mm256_fmadd_ps(pf, k, tk);
+        }
     }
     if !all_normal(chk) {
         return None;
@@ -561,7 +559,9 @@ pub(super) fn lse(x: &[f32], pos_ok: bool, sub: usize) -> Option<(f32, f64)> {
         }
         m = m.max(v);
     }
-    if !pos_ok && m > 0.0 {
+    // from the bits: a positive subnormal maximum is positive too (flushing
+    // hardware would compare it equal to 0)
+    if !pos_ok && (m.to_bits() as i32) > 0 {
         return None;
     }
     let mv = _mm256_set1_ps(m);
@@ -850,16 +850,30 @@ fn rows_run<const K: u8, const V: usize>(
     out: &mut [State],
 ) -> usize {
     let z = _mm256_setzero_ps();
+    // every row read lies inside the slices: checked once here (the general
+    // path takes the rows otherwise, which never happens), so that the loop
+    // below takes its rows without a check per row
+    let fits = |x: &[f32], stride: usize| {
+        (out.len().saturating_sub(1))
+            .checked_mul(stride)
+            .and_then(|o| o.checked_add(cols))
+            .is_some_and(|end| end <= x.len())
+    };
+    if out.is_empty() || !fits(p, strides.0) || (K != ROW_ENTROPY && !fits(q, strides.1)) {
+        return 0;
+    }
+    // SAFETY (both): row k < out.len() starts at k * stride and ends at
+    // k * stride + cols <= len, checked above.
+    let row_p =
+        |k: usize| unsafe { std::slice::from_raw_parts(p.as_ptr().add(k * strides.0), cols) };
+    let row_q =
+        |k: usize| unsafe { std::slice::from_raw_parts(q.as_ptr().add(k * strides.1), cols) };
     for (g, outg) in out.chunks_mut(8).enumerate() {
         let (mut sa, mut sb, mut acc) = ([z; 8], [z; 8], [z; 8]);
         for j in 0..outg.len() {
             let k = g * 8 + j;
-            let pr = &p[k * strides.0..][..cols];
-            let qr = if K == ROW_ENTROPY {
-                &[][..]
-            } else {
-                &q[k * strides.1..][..cols]
-            };
+            let pr = row_p(k);
+            let qr = if K == ROW_ENTROPY { &[][..] } else { row_q(k) };
             // the rows `PREFETCH` bytes ahead come in while these compute
             // (rows of 64 columns or more do better on the hardware
             // prefetcher alone)

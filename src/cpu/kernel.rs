@@ -29,16 +29,6 @@ pub(super) const FL_P_SEEN: u32 = 2;
 /// The online q state holds an element.
 pub(super) const FL_Q_SEEN: u32 = 4;
 
-/// What a pass accumulates (the shader's `MEASURE`; NLL accumulates as cross-entropy).
-pub(super) mod measure {
-    pub(crate) const ENTROPY: u8 = 0;
-    pub(crate) const CROSS: u8 = 1;
-    pub(crate) const KL: u8 = 2;
-    pub(crate) const JS: u8 = 3;
-    /// Row normalisers: the first pass of the two-pass plan.
-    pub(crate) const SUMS: u8 = 4;
-}
-
 /// A problem's ordered key (see [`crate::record::status_key`]); columns fit
 /// u32 (the call's shape is checked).
 #[inline(always)]
@@ -234,6 +224,17 @@ pub(super) struct Elem {
     pub far: bool,
 }
 
+/// Whether `b` are the bits of ±0. Written so that LLVM keeps it an integer
+/// test: `(b & ABS_MASK) == 0` (and its rotations and multiples) it turns into
+/// `x == 0.0`, a float compare that reads a subnormal as zero when MXCSR's
+/// DAZ is set, as a caller's flush-to-zero mode or flushing hardware would
+/// (tests/flush.rs runs the CPU path so). The same holds of the sign tests
+/// in [`check_probs`] and [`check_log`].
+#[inline(always)]
+pub(super) fn zero_bits(b: u32) -> bool {
+    (b.wrapping_sub(1) & ABS_MASK) == ABS_MASK
+}
+
 /// The shader's `check_value` without the P/Q base: 0 when good, else
 /// 1 NaN, 2 negative, 3 infinite, 4 positive log-probability (add the base
 /// `code::P_NAN - 1` or `code::Q_NAN - 1`).
@@ -243,7 +244,8 @@ pub(super) fn check_probs(b: u32) -> u32 {
         1
     } else if (b & ABS_MASK) == POS_INF_BITS {
         3
-    } else if (b >> 31) != 0 && (b & ABS_MASK) != 0 {
+    } else if b > 0x8000_0000 {
+        // negative and not -0 (NaN and -inf are taken above); see `zero_bits`
         2
     } else {
         0
@@ -258,7 +260,7 @@ pub(super) fn check_log(b: u32, pos_ok: bool) -> u32 {
         1
     } else if b == POS_INF_BITS {
         3
-    } else if !pos_ok && (b >> 31) == 0 && b != 0 {
+    } else if !pos_ok && (b as i32) > 0 {
         4
     } else {
         0
@@ -285,7 +287,7 @@ pub(super) fn bad_log(b: u32, pos_ok: bool) -> bool {
 pub(super) fn probs_elem<A: Arith>(x: f32) -> Elem {
     // w = ±0 for a zero, and its hi, lo are finite garbage that `accumulate`
     // selects away
-    let zero = (x.to_bits() & ABS_MASK) == 0;
+    let zero = zero_bits(x.to_bits());
     let (hi, lo) = ln_hilo::<A>(x);
     Elem {
         zero,
@@ -323,7 +325,7 @@ pub(super) fn pow2(d: i32) -> f32 {
 #[inline(always)]
 pub(super) fn probs_pow2_elem(x: f32, k_max: f32) -> Elem {
     let b = x.to_bits();
-    let zero = (b & ABS_MASK) == 0;
+    let zero = zero_bits(b);
     let (m, k) = split_pow2(b);
     let w = m * pow2(k - k_max as i32);
     Elem {
@@ -343,7 +345,7 @@ pub(super) fn probs_pow2_elem(x: f32, k_max: f32) -> Elem {
 #[inline(always)]
 pub(super) fn probs_div_elem<A: Arith>(x: f32, k_max: f32, s: f32) -> Elem {
     let b = x.to_bits();
-    let zero = (b & ABS_MASK) == 0;
+    let zero = zero_bits(b);
     let (m, k) = split_pow2(b);
     let dk = k - k_max as i32;
     let y = m * pow2(dk) / s;
@@ -432,95 +434,17 @@ impl<const L: usize> Lanes<L> {
         hit: [0; L],
     };
 
-    /// Adds the lanes (in lane order, in f64) into `st` and clears them.
+    /// Adds the lanes (in lane order, in f64) into `st` and clears them:
+    /// Σ w of p and q, then the term's own sums.
     #[inline(always)]
-    pub(super) fn flush<const M: u8>(&mut self, st: &mut State) {
+    pub(super) fn flush<T: super::terms::Term>(&mut self, st: &mut State) {
         fn sum<const L: usize>(x: &[f32; L]) -> f64 {
             x.iter().fold(0.0f64, |a, &b| a + b as f64)
         }
         st.sa += sum(&self.sa);
         st.sb += sum(&self.sb);
-        if M == measure::ENTROPY {
-            st.u += sum(&self.u);
-        }
-        if M == measure::CROSS {
-            st.v += sum(&self.v);
-        }
-        if M == measure::KL {
-            st.d += sum(&self.d);
-        }
-        if M == measure::JS {
-            st.t += sum(&self.t);
-        }
-        if M == measure::CROSS || M == measure::KL {
-            let hit = self.hit.iter().fold(0, |a, &b| a | b);
-            if hit != 0 {
-                st.flags |= FL_Q_ZERO_HIT;
-            }
-        }
+        T::flush(self, st);
         *self = Self::ZERO;
-    }
-}
-
-/// Adds a good element pair to lane `i`: the shader's `accumulate` after the
-/// value checks. Branch-free (every `if` is a select) so that loops over the
-/// lanes vectorise.
-#[inline(always)]
-pub(super) fn accumulate<const M: u8, const L: usize, A: Arith>(
-    acc: &mut Lanes<L>,
-    i: usize,
-    pe: Elem,
-    qe: Elem,
-) {
-    // every decoder gives w = ±0 for a zero, so sums need no select
-    match M {
-        measure::ENTROPY => {
-            acc.sa[i] += pe.w;
-            let t = pe.w * (pe.hi + pe.lo);
-            acc.u[i] += if pe.zero { 0.0 } else { t };
-        }
-        measure::SUMS => {
-            acc.sa[i] += pe.w;
-            acc.sb[i] += qe.w;
-        }
-        measure::CROSS => {
-            acc.sb[i] += qe.w;
-            acc.sa[i] += pe.w;
-            let qz = qe.zero | (qe.far & (pe.w >= f32::MIN_POSITIVE));
-            let t = pe.w * (qe.hi + qe.lo);
-            acc.v[i] += if pe.zero | qz | qe.far { 0.0 } else { t };
-            acc.hit[i] |= (!pe.zero & qz) as u32;
-        }
-        measure::KL => {
-            acc.sb[i] += qe.w;
-            acc.sa[i] += pe.w;
-            let qz = qe.zero | (qe.far & (pe.w >= f32::MIN_POSITIVE));
-            let t = pe.w * ((pe.hi - qe.hi) + (pe.lo - qe.lo));
-            acc.d[i] += if pe.zero | qz | qe.far { 0.0 } else { t };
-            acc.hit[i] |= (!pe.zero & qz) as u32;
-        }
-        measure::JS => {
-            acc.sa[i] += pe.w;
-            acc.sb[i] += qe.w;
-            // ½ p ln(2p / (p + q)) + ½ q ln(2q / (p + q)); never infinite. A sum
-            // that is subnormal leaves a term below 1e-36: dropped. A weight
-            // that is 0 (an exp that underflowed, or a ratio that did) counts
-            // as a zero: its term is 0, not 0 · (-inf).
-            let s = pe.w + qe.w;
-            let rp = 2.0 * pe.w / s;
-            let rq = 2.0 * qe.w / s;
-            let (hp, lp) = ln_hilo::<A>(rp);
-            let (hq, lq) = ln_hilo::<A>(rq);
-            let tp = 0.5 * pe.w * (hp + lp);
-            let tq = 0.5 * qe.w * (hq + lq);
-            let pz = pe.zero | ((rp.to_bits() & ABS_MASK) == 0);
-            let qz = qe.zero | ((rq.to_bits() & ABS_MASK) == 0);
-            let tp = if pz { 0.0 } else { tp };
-            let tq = if qz { 0.0 } else { tq };
-            let normal = (s.to_bits() & EXP_MASK) != 0;
-            acc.t[i] += if normal { tp + tq } else { 0.0 };
-        }
-        _ => {}
     }
 }
 
@@ -540,7 +464,8 @@ pub(super) struct Side {
 /// What finalize needs of a row besides its state.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct RowEnd {
-    pub kind: crate::job::Kind,
+    /// The measure (a negative log-likelihood is a cross-entropy).
+    pub measure: crate::measure::Measure,
     pub p: Side,
     pub q: Side,
     pub tolerance: f32,
@@ -556,7 +481,7 @@ pub(super) struct RowEnd {
 
 /// Turns a row's state into its record: the shader's `finalize` (term passes).
 pub(super) fn finalize(st: &State, e: &RowEnd) -> crate::record::Record {
-    use crate::job::Kind;
+    use super::terms::{RowLogs, Term, with_term};
     let mut key = st.key;
     let row_key = |c: u32| status_key(code::COL_NONE as usize, c);
     // online operands must have seen an element (a row of all -inf is an error)
@@ -587,34 +512,17 @@ pub(super) fn finalize(st: &State, e: &RowEnd) -> crate::record::Record {
     if e.q.normalized {
         aux_q = e.aux_q;
     }
-    let value = match e.kind {
-        Kind::Entropy => {
-            if p_online {
-                la - st.u * inv_sa
-            } else {
-                -st.u
-            }
-        }
-        Kind::Cross | Kind::Nll => {
-            if p_online {
-                -st.v * inv_sa + lb
-            } else {
-                -st.v + st.sa * lb
-            }
-        }
-        Kind::Kl => {
-            if p_online {
-                st.d * inv_sa - la + lb
-            } else {
-                st.d + st.sa * lb
-            }
-        }
-        Kind::Js => st.t,
+    let logs = RowLogs {
+        la,
+        lb,
+        inv_sa,
+        p_online,
     };
+    let value = with_term!(e.measure, T => T::value(st, &logs));
     if let Some(w) = e.nll_weight {
         aux_p = w;
     }
-    let hit = (st.flags & FL_Q_ZERO_HIT) != 0 && !matches!(e.kind, Kind::Entropy | Kind::Js);
+    let hit = (st.flags & FL_Q_ZERO_HIT) != 0 && e.measure.def().q_zero_inf;
     let mut value = if hit {
         signed_inf(e.ln_base)
     } else {

@@ -3,8 +3,10 @@
 //! Both take the mantissa and exponent apart with bit operations and evaluate
 //! the Cephes `logf` / `expf` polynomials; every special case is a select, so a
 //! loop over lanes compiles to straight-line vector code. Subnormals are exact:
-//! the log scales them by 2^23 (a normal number) and takes 23 off the exponent,
-//! the CPU form of `ln_bits` in `shaders/common.wgsl`; the exp splits 2^n into
+//! the log reads a subnormal's mantissa field as an integer (a normal number)
+//! and takes 149 off the exponent, with no subnormal arithmetic (hardware
+//! that flushes subnormals, or MXCSR's FTZ/DAZ, gives the same result), the
+//! CPU form of `ln_bits` in `shaders/common.wgsl`; the exp splits 2^n into
 //! two normal factors so that results down to 2^-149 come out as subnormals.
 //!
 //! The log is returned in two parts, `ln x = hi + lo` with `hi = e·LN2_HI`
@@ -53,7 +55,6 @@ pub(crate) const LN2_HI: f32 = 0.693_359_4;
 pub(crate) const LN2_LO: f32 = -2.121_944_4e-4;
 
 const SQRT_HALF: f32 = std::f32::consts::FRAC_1_SQRT_2;
-const TWO_23: f32 = 8_388_608.0;
 
 /// ln x = `e`·LN2_HI + `lo` for a finite x > 0 (subnormals included); the
 /// value for 0, negative or non-finite x is finite garbage for the caller to
@@ -62,10 +63,17 @@ const TWO_23: f32 = 8_388_608.0;
 pub(crate) fn ln_parts<A: Arith>(x: f32) -> (f32, f32) {
     let b = x.to_bits();
     let sub = (b & EXP_MASK) == 0;
-    let xs = if sub { x * TWO_23 } else { x };
-    let bs = xs.to_bits();
+    // a subnormal x is n · 2^-149 with n its mantissa field: n as f32 is a
+    // normal number (exact), found from the bits, never by subnormal
+    // arithmetic (hardware that flushes reads x as 0). The same bits as
+    // scaling x by 2^23.
+    let bs = if sub {
+        ((b & MANT_MASK) as f32).to_bits()
+    } else {
+        b
+    };
     // x = m · 2^e with m in [0.5, 1)
-    let e0 = (bs >> 23) as i32 - 126 - if sub { 23 } else { 0 };
+    let e0 = (bs >> 23) as i32 - 126 - if sub { 149 } else { 0 };
     let m = f32::from_bits((bs & MANT_MASK) | 0x3f00_0000);
     // m in [sqrt(.5), sqrt(2)) after moving a factor 2 into e
     let small = m < SQRT_HALF;

@@ -1,5 +1,7 @@
 //! The CPU backend: kernels that mirror `shaders/rows.wgsl`.
 //!
+//! - [`terms`]: each measure's arithmetic (what it adds per element, its
+//!   value from a row's state), the twin of `shaders/measures.wgsl`;
 //! - [`kernel`]: the per-row state machine, the CPU twin of the shader
 //!   (state, merge, element rules, finalize);
 //! - [`block`]: the vectorised loop over one block of columns, compiled for
@@ -19,14 +21,19 @@
 mod block;
 #[cfg(target_arch = "x86_64")]
 mod fast;
+#[cfg(target_arch = "x86_64")]
+mod fast512;
 mod kernel;
 mod ln;
 mod plan;
+mod selfcheck;
+mod terms;
 // all pairs: a module of its own (kernels, packing, drivers)
 pub(crate) mod pairwise;
 #[cfg(test)]
 mod tests;
 mod threads;
+mod total;
 
 use block::Isa;
 use kernel::State;
@@ -34,6 +41,7 @@ use plan::{Pass, Plan, RowNorm};
 
 use crate::error::{Error, Result};
 use crate::job::Job;
+use crate::measure::Reduction;
 use crate::record::Record;
 
 /// Elements per worker below which fewer threads are started.
@@ -41,12 +49,22 @@ const MIN_WORK: usize = 1 << 15;
 /// Super-block states held at once when threads share rows.
 const MAX_SCRATCH: usize = 1 << 14;
 
-/// Per-row records of `job`, with the same values and status words as the
-/// GPU path, written into `out` (resized to the row count; its memory is
-/// reused, so a caller that keeps it pays no allocation or page faults on
-/// the next call).
+/// The output records of `job` in the layout every path shares (see
+/// [`OutputDesc`](crate::record::OutputDesc)): per-row records with the same
+/// values and status words as the GPU path, or for a sum or mean the batch
+/// record and a copy of the first bad row's. Written into `out`, whose memory
+/// is reused: a caller that keeps it pays no allocation or page faults on
+/// the next call.
 pub(crate) fn run_into(job: &Job<'_>, out: &mut Vec<Record>) -> Result<()> {
-    fill(job, threads::available(), Isa::chosen(), out)
+    fill(job, threads::available(), Isa::chosen(), out)?;
+    let call = &job.call;
+    if call.reduction != Reduction::None {
+        let mean = call.reduction == Reduction::Mean;
+        let total = total::reduce(out, mean, call.rows_weighted());
+        out.clear();
+        out.extend(total);
+    }
+    Ok(())
 }
 
 /// Records buffers kept between calls by a context: calls take the buffer

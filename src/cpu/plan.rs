@@ -1,13 +1,14 @@
 //! A [`Job`] lowered for the CPU: which kernels each pass runs, each row's
 //! decoders, and the fixed block structure that makes results independent of
-//! the thread count.
+//! the thread count. The per-operand decisions come from the job's
+//! [`Call`](crate::call::Call); this module only maps them onto kernels.
 //!
 //! A row is cut into blocks of [`BLOCK`] columns and blocks into super-blocks
 //! of [`SUPER`] columns. A super-block's state is the left fold of its blocks'
 //! states and a row's state the left fold of its super-blocks' states, whoever
 //! computes them: threads share rows, or (few long rows) super-blocks.
 //!
-//! The two-pass plan (`Job::two_pass`): the first pass reduces each row to its
+//! The two-pass plan (`Call::two_pass`): the first pass reduces each row to its
 //! normalisers (Σ for probabilities, (max, ln s) for log forms) and the second
 //! computes the terms on normalised values: p / S (divide first), or
 //! (x − m) − ln s. Only operands being normalised are divided: the others (a
@@ -16,11 +17,13 @@
 
 use std::mem::MaybeUninit;
 
-use super::block::{BLOCK, BlockFn, BlockIo, Dec, DecKind, Isa, SUB, pick};
-use super::kernel::{self, Norm, Rel, RowEnd, Side, State, Target, measure};
+use super::block::{BLOCK, BlockFn, BlockIo, Dec, DecKind, Isa, SUB, pick, pick_sums};
+use super::kernel::{self, Norm, Rel, RowEnd, Side, State, Target};
+use super::terms::{RowLogs, Term, with_term};
 use crate::batch::Data;
-use crate::job::{Job, Kind};
-use crate::measure::{Form, Normalization};
+use crate::call::Operand;
+use crate::job::Job;
+use crate::measure::{Form, Measure};
 use crate::record::{Record, code};
 
 /// Columns of a super-block: the unit of work when threads share a row.
@@ -65,8 +68,27 @@ impl RowNorm {
     };
 }
 
+/// One operand's values: `rows` is the call's rows, or 1 for a row compared
+/// with every row of the other argument.
+#[derive(Clone, Copy, Debug)]
+struct HostOp<'a> {
+    data: Data<'a>,
+    rows: usize,
+}
+
+impl HostOp<'_> {
+    /// The element range of row `r` of the call (the broadcast row for a
+    /// one-row operand).
+    fn row_range(&self, r: usize, cols: usize) -> std::ops::Range<usize> {
+        let r = if self.rows == 1 { 0 } else { r };
+        r * cols..(r + 1) * cols
+    }
+}
+
 pub(super) struct Plan<'j> {
     job: &'j Job<'j>,
+    p_in: Option<HostOp<'j>>,
+    q_in: Option<HostOp<'j>>,
     pub(super) rows: usize,
     pub(super) cols: usize,
     pub(super) two_pass: bool,
@@ -97,16 +119,17 @@ fn short_kernel(
     q: DecKind,
     two_pass: bool,
 ) -> Option<ShortFn> {
-    if isa == Isa::Base || two_pass || job.nll.is_some() || job.cols > SUB || p != DecKind::Probs {
+    let call = &job.call;
+    if isa == Isa::Base || two_pass || call.is_nll() || call.cols > SUB || p != DecKind::Probs {
         return None;
     }
     #[cfg(target_arch = "x86_64")]
     {
         use super::fast;
-        match (job.kind, q) {
-            (Kind::Kl, DecKind::Probs) => Some(fast::kl_rows),
-            (Kind::Cross, DecKind::Probs) => Some(fast::cross_rows),
-            (Kind::Entropy, DecKind::None) => Some(fast::entropy_rows),
+        match (call.measure, q) {
+            (Measure::Kl, DecKind::Probs) => Some(fast::kl_rows),
+            (Measure::CrossEntropy, DecKind::Probs) => Some(fast::cross_rows),
+            (Measure::Entropy, DecKind::None) => Some(fast::entropy_rows),
             _ => None,
         }
     }
@@ -120,32 +143,29 @@ fn log_form(f: Form) -> bool {
 
 impl<'j> Plan<'j> {
     pub(super) fn new(job: &'j Job<'j>, isa: Isa) -> Plan<'j> {
-        let renorm = job.normalization == Normalization::Renormalize;
-        let two_pass = job.two_pass();
-        let op = |o: &Option<crate::job::Operand<'_>>, online: bool| -> OpPlan {
+        let call = &job.call;
+        let two_pass = call.two_pass;
+        let op = |o: Option<Operand>| -> OpPlan {
             match o {
                 None => OpPlan {
                     form: Form::Probs,
                     side: Side::default(),
                     pos_ok: false,
                 },
-                Some(o) => {
-                    let normalized = two_pass && (online || (o.form == Form::Probs && renorm));
-                    OpPlan {
-                        form: o.form,
-                        side: Side {
-                            present: true,
-                            online: online && !two_pass,
-                            normalized,
-                            check_sum: job.check_sums() && !online && !normalized,
-                        },
-                        pos_ok: o.form == Form::Logits || (o.form == Form::LogProbs && renorm),
-                    }
-                }
+                Some(o) => OpPlan {
+                    form: o.form,
+                    side: Side {
+                        present: true,
+                        online: o.online,
+                        normalized: o.normalized,
+                        check_sum: o.check_sum,
+                    },
+                    pos_ok: o.pos_ok,
+                },
             }
         };
-        let p = op(&job.p, job.p_online());
-        let q = op(&job.q, job.q_online());
+        let p = op(call.p);
+        let q = op(call.q);
         let sums_kind = |o: &OpPlan| match (o.side.present, log_form(o.form)) {
             (false, _) => DecKind::None,
             (true, false) if o.side.normalized => DecKind::ProbsPow2,
@@ -159,13 +179,7 @@ impl<'j> Plan<'j> {
             (true, true) => DecKind::Log,
         };
         let (sums_p, sums_q) = (sums_kind(&p), sums_kind(&q));
-        let sums_fn = two_pass.then(|| pick(measure::SUMS, sums_p, sums_q, isa));
-        let m = match job.kind {
-            Kind::Entropy => measure::ENTROPY,
-            Kind::Cross | Kind::Nll => measure::CROSS,
-            Kind::Kl => measure::KL,
-            Kind::Js => measure::JS,
-        };
+        let sums_fn = two_pass.then(|| pick_sums(sums_p, sums_q, isa));
         let terms_p = match &job.nll {
             Some(n) if n.weights.is_some() => DecKind::TargetsWeighted,
             Some(_) => DecKind::Targets,
@@ -175,18 +189,27 @@ impl<'j> Plan<'j> {
         let nll_fast_fn = job
             .nll
             .as_ref()
-            .map(|_| pick(measure::SUMS, DecKind::None, terms_q, isa));
+            .map(|_| pick_sums(DecKind::None, terms_q, isa));
         let short_fn = short_kernel(job, isa, terms_p, terms_q, two_pass);
-        let fail = || unreachable!("no kernel for {:?} {terms_p:?} x {terms_q:?}", job.kind);
+        let fail = || unreachable!("no kernel for {call:?}: {terms_p:?} x {terms_q:?}");
+        let host = |o: Option<Operand>, d: Option<Data<'j>>| {
+            Some(HostOp {
+                data: d?,
+                rows: o?.rows,
+            })
+        };
         Plan {
             job,
-            rows: job.rows,
-            cols: job.cols,
+            p_in: host(call.p, job.p),
+            q_in: host(call.q, job.q),
+            rows: call.rows,
+            cols: call.cols,
             two_pass,
             p,
             q,
             sums_fn: sums_fn.map(|f| f.unwrap_or_else(fail)),
-            terms_fn: pick(m, terms_p, terms_q, isa).unwrap_or_else(fail),
+            terms_fn: with_term!(call.measure, T => pick::<T>(terms_p, terms_q, isa))
+                .unwrap_or_else(fail),
             terms_p,
             nll_fast_fn: nll_fast_fn.map(|f| f.unwrap_or_else(fail)),
             short_fn,
@@ -217,15 +240,16 @@ impl<'j> Plan<'j> {
 
     fn nll_row(&self, row: usize) -> Option<(Target, f32)> {
         let n = self.job.nll.as_ref()?;
+        let eps = self.job.call.nll.map_or(0.0, |n| n.smoothing);
         let t = n.targets[row];
-        let ignored = t == crate::job::IGNORED;
+        let ignored = t == crate::call::IGNORED;
         let wt = if ignored { 0.0 } else { n.weight(t as usize) };
         let target = Target {
             target: t,
             ignored,
-            eps: n.smoothing,
+            eps,
             classes: self.cols as f32,
-            tw: (1.0 - n.smoothing) * wt,
+            tw: (1.0 - eps) * wt,
         };
         Some((target, wt))
     }
@@ -252,9 +276,9 @@ impl<'j> Plan<'j> {
 
     /// Whether an operand is f64 (converted a block at a time).
     fn f64_input(&self) -> bool {
-        [&self.job.p, &self.job.q]
+        [self.job.p, self.job.q]
             .iter()
-            .any(|o| o.as_ref().is_some_and(|o| o.data.is_f64()))
+            .any(|o| o.is_some_and(|d| d.is_f64()))
     }
 
     /// State of columns `c0..c1` (one block) of `row`. f64 operands are
@@ -262,7 +286,7 @@ impl<'j> Plan<'j> {
     fn block(&self, pass: Pass, row: usize, c0: usize, c1: usize, norm: &RowNorm) -> State {
         let cols = self.cols;
         fn slice<'s>(
-            o: &'s Option<crate::job::Operand<'_>>,
+            o: &'s Option<HostOp<'_>>,
             row: usize,
             cols: usize,
             c: (usize, usize),
@@ -274,14 +298,14 @@ impl<'j> Plan<'j> {
             })
         }
         if !self.f64_input() {
-            let p = slice(&self.job.p, row, cols, (c0, c1), &mut []);
-            let q = slice(&self.job.q, row, cols, (c0, c1), &mut []);
+            let p = slice(&self.p_in, row, cols, (c0, c1), &mut []);
+            let q = slice(&self.q_in, row, cols, (c0, c1), &mut []);
             return self.block_io(pass, row, (c0, c1), norm, p, q);
         }
         let mut pb = [const { MaybeUninit::<f32>::uninit() }; BLOCK];
         let mut qb = [const { MaybeUninit::<f32>::uninit() }; BLOCK];
-        let p = slice(&self.job.p, row, cols, (c0, c1), &mut pb);
-        let q = slice(&self.job.q, row, cols, (c0, c1), &mut qb);
+        let p = slice(&self.p_in, row, cols, (c0, c1), &mut pb);
+        let q = slice(&self.q_in, row, cols, (c0, c1), &mut qb);
         self.block_io(pass, row, (c0, c1), norm, p, q)
     }
 
@@ -437,11 +461,11 @@ impl<'j> Plan<'j> {
             };
         }
         let end = RowEnd {
-            kind: self.job.kind,
+            measure: self.job.call.measure,
             p: self.p.side,
             q: self.q.side,
-            tolerance: self.job.tolerance,
-            ln_base: self.job.ln_base,
+            tolerance: self.job.call.tolerance,
+            ln_base: self.job.call.ln_base,
             first: norm.key,
             aux_p: norm.aux_p,
             aux_q: norm.aux_q,
@@ -456,7 +480,7 @@ impl<'j> Plan<'j> {
     #[inline(always)]
     fn finalize_short(&self, st: &State) -> Record {
         let row_key = |c: u32| kernel::status_key(code::COL_NONE as usize, c);
-        let tol = self.job.tolerance;
+        let tol = self.job.call.tolerance;
         let mut key = kernel::KEY_NONE;
         if self.p.side.check_sum && ((st.sa as f32) - 1.0).abs() > tol {
             key = key.min(row_key(code::P_SUM));
@@ -465,14 +489,16 @@ impl<'j> Plan<'j> {
             key = key.min(row_key(code::Q_SUM));
         }
         let (status, column) = crate::record::key_parts(key);
-        // as finalize: lb = 0 for operands that are not online
-        let value = match self.job.kind {
-            Kind::Entropy => -st.u,
-            Kind::Kl => st.d + st.sa * 0.0,
-            _ => -st.v + st.sa * 0.0,
+        // as finalize: nothing online
+        let logs = RowLogs {
+            la: 0.0,
+            lb: 0.0,
+            inv_sa: 1.0,
+            p_online: false,
         };
+        let value = with_term!(self.job.call.measure, T => T::value(st, &logs));
         let value = if status == code::OK {
-            kernel::positive_zero((value / self.job.ln_base) as f32)
+            kernel::positive_zero((value / self.job.call.ln_base) as f32)
         } else {
             f32::NAN
         };
@@ -498,11 +524,7 @@ impl<'j> Plan<'j> {
         };
         let cols = self.cols;
         // (data from row r0, stride): a broadcast row has stride 0
-        fn from<'a>(
-            o: &'a Option<crate::job::Operand<'_>>,
-            r0: usize,
-            cols: usize,
-        ) -> (&'a [f32], usize) {
+        fn from<'a>(o: &'a Option<HostOp<'_>>, r0: usize, cols: usize) -> (&'a [f32], usize) {
             match o.as_ref().map(|o| (o.rows, o.data)) {
                 Some((1, Data::F32(v))) => (&v[..cols], 0),
                 Some((_, Data::F32(v))) => (&v[r0 * cols..], cols),
@@ -511,12 +533,7 @@ impl<'j> Plan<'j> {
         }
         // f64 operands: rows `w.0..w.1` converted into `pb` / `qb` (a
         // broadcast row once), at most BATCH rows at a time
-        fn fill(
-            o: &Option<crate::job::Operand<'_>>,
-            (w0, w1): (usize, usize),
-            cols: usize,
-            buf: &mut Vec<f32>,
-        ) {
+        fn fill(o: &Option<HostOp<'_>>, (w0, w1): (usize, usize), cols: usize, buf: &mut Vec<f32>) {
             let Some(o) = o else { return };
             let Data::F64(v) = o.data else { return };
             let range = if o.rows == 1 {
@@ -531,7 +548,7 @@ impl<'j> Plan<'j> {
             crate::batch::convert(&v[range], buf);
         }
         fn view<'a>(
-            o: &'a Option<crate::job::Operand<'_>>,
+            o: &'a Option<HostOp<'_>>,
             (r, w0): (usize, usize),
             cols: usize,
             buf: &'a [f32],
@@ -554,13 +571,13 @@ impl<'j> Plan<'j> {
             if conv {
                 if r >= w.1 {
                     w = (r, r + n);
-                    fill(&self.job.p, w, cols, &mut pb);
-                    fill(&self.job.q, w, cols, &mut qb);
+                    fill(&self.p_in, w, cols, &mut pb);
+                    fill(&self.q_in, w, cols, &mut qb);
                 }
                 n = n.min(w.1 - r);
             }
-            let (p, sp) = view(&self.job.p, (r, w.0), cols, &pb);
-            let (q, sq) = view(&self.job.q, (r, w.0), cols, &qb);
+            let (p, sp) = view(&self.p_in, (r, w.0), cols, &pb);
+            let (q, sq) = view(&self.q_in, (r, w.0), cols, &qb);
             // SAFETY: `f` was picked for this machine's instruction set.
             let done = unsafe { f(p, q, cols, (sp, sq), &mut states[..n]) };
             for (rec, st) in out[k..k + done].iter_mut().zip(&states[..done]) {

@@ -212,7 +212,7 @@ fn check_measure(
     let opts = Options::default().normalization(norm);
     let job = Job::measure(m, &pb, m.needs_q().then_some(&qb), &opts).expect("job");
     let renorm = norm == Normalization::Renormalize;
-    let rows = job.rows;
+    let rows = job.call.rows;
     for recs in run_all(&job) {
         assert_eq!(recs.len(), rows);
         for (r, rec) in recs.iter().enumerate() {

@@ -17,13 +17,12 @@ use crate::batch::Data;
 use crate::error::{Error, Result};
 use crate::job::Job;
 use crate::measure::Reduction;
-use crate::record::Records;
-use crate::record::{RECORD_SIZE, Record};
-use pool::Scratch;
-pub(crate) use pool::{DEFAULT_POOL_BYTES, Pool};
+use crate::record::Record;
+pub(crate) use pool::{DEFAULT_POOL_BYTES, Pool, Scratch};
 
-pub(crate) use encode::{GpuShape, Operands, TOTAL_OUTPUT_SIZE};
+pub(crate) use encode::{Operands, prepare};
 pub(crate) use pipelines::Pipelines;
+pub(crate) use plan::{TOTAL_OUTPUT_SIZE, plan, targets_words};
 
 /// Values of f64 input converted per upload chunk (1 MiB of f32).
 const UPLOAD_CHUNK: usize = 1 << 18;
@@ -74,10 +73,13 @@ impl Gpu {
         let device_cap = plan::binding_limit(&limits);
         let cap = match cap {
             Some(c) if c < plan::MIN_CAP_BYTES => {
-                return Err(Error::InvalidOption(format!(
-                    "max_binding_bytes must be at least {} (one block plus alignment), got {c}",
-                    plan::MIN_CAP_BYTES
-                )));
+                return Err(Error::InvalidOption {
+                    option: crate::error::Setting::MaxBindingBytes,
+                    message: format!(
+                        "max_binding_bytes must be at least {} (one block plus alignment), got {c}",
+                        plan::MIN_CAP_BYTES
+                    ),
+                });
             }
             Some(c) => c.min(device_cap),
             None => device_cap,
@@ -190,56 +192,64 @@ impl Gpu {
         self.pool.kept_bytes()
     }
 
-    /// The host path: upload, record, submit once, read back only the results.
-    pub(crate) fn run(&self, job: &Job<'_>) -> Result<Records> {
+    /// What the planner needs of this device.
+    pub(crate) fn plan_limits(&self) -> plan::DeviceLimits {
+        plan::DeviceLimits::of(&self.limits, self.cap)
+    }
+
+    /// The host path: upload, record, submit once, read back only the
+    /// results (the output records; see [`crate::record::OutputDesc`]).
+    pub(crate) fn run(&self, job: &Job<'_>) -> Result<Vec<Record>> {
         self.submit(job)?.wait(self)
     }
 
     /// Uploads and submits `job`; the results are read when the returned
     /// [`Pending`] is waited for or awaited.
     pub(crate) fn submit(&self, job: &Job<'_>) -> Result<Pending> {
-        let inputs: u64 = [&job.p, &job.q]
-            .iter()
-            .filter_map(|o| o.as_ref())
-            .map(|o| o.data.len() as u64 * 4)
-            .sum();
-        let bytes = inputs + job.rows as u64 * RECORD_SIZE;
+        let plan = plan::plan(&job.call, &self.plan_limits(), (0, 0))?;
+        let bytes = job.input_bytes() + plan.records_bytes;
         self.scoped("the inputs and records of a call", bytes, || {
-            self.submit_inner(job)
+            self.submit_inner(job, &plan)
         })
     }
 
-    fn submit_inner(&self, job: &Job<'_>) -> Result<Pending> {
-        let shape = GpuShape::from_job(job);
+    fn submit_inner(&self, job: &Job<'_>, plan: &plan::GpuPlan) -> Result<Pending> {
         let mut scratch = Scratch::pooled(&self.pool);
         let sc = &mut scratch;
-        let (p_buf, q_buf) = match &job.nll {
-            Some(n) => {
+        let q = job.q.unwrap_or(Data::F32(&[]));
+        let (p_buf, q_buf) = match (&job.nll, job.p) {
+            (Some(n), _) => {
                 let mut words: Vec<u32> = n.targets.clone();
                 if let Some(w) = &n.weights {
                     words.extend(w.iter().map(|x| x.to_bits()));
                 }
-                let q = job.q.as_ref().map_or(Data::F32(&[]), |q| q.data);
+                // the binding's padding (it may be read as vec4s)
+                let (rows, cols) = (job.call.rows as u32, job.call.cols as u32);
+                let padded = plan::targets_words(rows, cols, n.weights.is_some());
+                words.resize(padded as usize, 0);
                 (
                     self.upload(sc, "kullback.targets", bytemuck::cast_slice(&words))?,
                     self.upload_data(sc, "kullback.q", q)?,
                 )
             }
-            None => {
-                let p = job.p.as_ref().map_or(Data::F32(&[]), |p| p.data);
-                let p = self.upload_data(sc, "kullback.p", p)?;
-                let q = match &job.q {
-                    Some(q) => self.upload_data(sc, "kullback.q", q.data)?,
+            (None, p) => {
+                let p = self.upload_data(sc, "kullback.p", p.unwrap_or(Data::F32(&[])))?;
+                let q = match job.q {
+                    Some(q) => self.upload_data(sc, "kullback.q", q)?,
                     // entropy: q is never read; bind p twice (both read-only)
                     None => p.clone(),
                 };
                 (p, q)
             }
         };
-        let rows_bytes = job.rows as u64 * RECORD_SIZE;
         let out_usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
-        let records = sc.buffer(&self.device, "kullback.records", rows_bytes, out_usage)?;
-        let total = match job.reduction {
+        let records = sc.buffer(
+            &self.device,
+            "kullback.records",
+            plan.records_bytes,
+            out_usage,
+        )?;
+        let total = match job.call.reduction {
             Reduction::None => None,
             _ => Some(sc.buffer(&self.device, "kullback.total", TOTAL_OUTPUT_SIZE, out_usage)?),
         };
@@ -250,126 +260,31 @@ impl Gpu {
             });
         let ops = Operands {
             p: &p_buf,
-            p_offset: 0,
             q: &q_buf,
-            q_offset: 0,
         };
-        encode::encode(
-            self,
-            sc,
-            &mut enc,
-            &shape,
-            &ops,
-            (&records, 0),
-            total.as_ref().map(|t| (t, 0)),
-        )?;
-        Ok(match &total {
-            None => Pending {
-                read: readback::start(self, sc, enc, &records, 0, rows_bytes)?,
-                total: false,
-                scratch,
-            },
-            Some(t) => Pending {
-                read: readback::start(self, sc, enc, t, 0, TOTAL_OUTPUT_SIZE)?,
-                total: true,
-                scratch,
-            },
+        let total_out = total.as_ref().map(|t| (t, 0));
+        encode::prepare(self, sc, plan, ops, (&records, 0), total_out)?.record(self, &mut enc);
+        let (out, bytes) = match &total {
+            None => (&records, plan.records_bytes),
+            Some(t) => (t, TOTAL_OUTPUT_SIZE),
+        };
+        Ok(Pending {
+            read: readback::start(self, sc, enc, out, 0, bytes)?,
+            scratch,
         })
     }
-}
-
-impl Gpu {
-    /// The GPU-resident path: records `shape` over the caller's buffers into
-    /// the caller's encoder. `nll_targets`: the caller's targets, copied next
-    /// to the class weights in a buffer of ours.
-    pub(crate) fn encode_resident(
-        &self,
-        enc: &mut wgpu::CommandEncoder,
-        shape: &GpuShape,
-        ops: &Operands<'_>,
-        out: (&wgpu::Buffer, u64),
-        nll: Option<(&Targets<'_>, Option<&[f32]>)>,
-        workspace: Option<&Arc<Pool>>,
-    ) -> Result<()> {
-        // everything that can fail is checked and made before the first
-        // command is recorded: a buffer of another device is refused by the
-        // bind group made over it, inside our error scopes
-        encode::scratch_sizes(self, shape)?;
-        let mut sc = match workspace {
-            Some(w) => Scratch::pooled(w),
-            None => Scratch::fresh(),
-        };
-        let t_bytes = nll.map_or(0, |(t, _)| t.len as u64 * 4);
-        let w_bytes = nll.and_then(|(_, w)| w).map_or(0, |w| w.len() as u64 * 4);
-        let records_bytes = match shape.reduction {
-            Reduction::None => 0,
-            _ => shape.rows as u64 * RECORD_SIZE,
-        };
-        let what = "the scratch of a GPU-resident call";
-        let (recording, holder) = self.scoped(what, t_bytes + w_bytes + records_bytes, || {
-            let sc = &mut sc;
-            let mut ops = Operands { ..*ops };
-            let mut holder = None;
-            if let Some((_, weights)) = nll {
-                let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
-                let h = sc.buffer(&self.device, "kullback.targets", t_bytes + w_bytes, usage)?;
-                if let Some(w) = weights {
-                    self.queue
-                        .write_buffer(&h, t_bytes, bytemuck::cast_slice(w));
-                }
-                holder = Some(h);
-            }
-            if let Some(h) = &holder {
-                ops.p = h;
-                ops.p_offset = 0;
-            }
-            let recording = if shape.reduction == Reduction::None {
-                encode::prepare(self, sc, shape, &ops, out, None)?
-            } else {
-                let usage = wgpu::BufferUsages::STORAGE;
-                let records = sc.buffer(&self.device, "kullback.records", records_bytes, usage)?;
-                encode::prepare(self, sc, shape, &ops, (&records, 0), Some(out))?
-            };
-            Ok((recording, holder))
-        })?;
-        if let (Some((t, _)), Some(h)) = (nll, &holder) {
-            enc.copy_buffer_to_buffer(t.buffer, t.offset, h, 0, t_bytes);
-        }
-        recording.record(self, enc);
-        Ok(())
-    }
-}
-
-/// Class targets in a caller's buffer, already checked (usage, offset, size)
-/// by the GPU-resident façade: copied next to the class weights.
-pub(crate) struct Targets<'a> {
-    pub buffer: &'a wgpu::Buffer,
-    pub offset: u64,
-    pub len: usize,
 }
 
 /// A submitted job whose results are on their way back.
 pub(crate) struct Pending {
     read: readback::Reading,
-    total: bool,
     /// The call's buffers: back to the pool once the results are read.
     scratch: Scratch,
 }
 
 impl Pending {
-    fn records(total: bool, r: Vec<Record>) -> Records {
-        if !total {
-            return Records::Rows(r);
-        }
-        if r[0].is_ok() {
-            Records::Total(r[0])
-        } else {
-            Records::BadRow(r[0].index as usize, r[1])
-        }
-    }
-
     /// Blocks until the results are back.
-    pub(crate) fn wait(self, gpu: &Gpu) -> Result<Records> {
+    pub(crate) fn wait(self, gpu: &Gpu) -> Result<Vec<Record>> {
         gpu.device
             .poll(wgpu::PollType::Wait {
                 submission_index: Some(self.read.index.clone()),
@@ -379,14 +294,14 @@ impl Pending {
         let (r, staging) = pollster::block_on(self.read.finish())?;
         let mut scratch = self.scratch;
         scratch.attach(staging);
-        Ok(Pending::records(self.total, r))
+        Ok(r)
     }
 
     /// Resolves once someone has polled the device past the submission.
-    pub(crate) async fn resolve(self) -> Result<Records> {
+    pub(crate) async fn resolve(self) -> Result<Vec<Record>> {
         let (r, staging) = self.read.finish().await?;
         let mut scratch = self.scratch;
         scratch.attach(staging);
-        Ok(Pending::records(self.total, r))
+        Ok(r)
     }
 }

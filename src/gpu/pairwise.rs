@@ -53,11 +53,6 @@ const TOPK_COLS: u64 = 4096;
 
 /// Codes shared with the shader (written into it by `gpu::wgsl`).
 mod code {
-    pub(super) const PM_KL: u32 = 0;
-    pub(super) const PM_CROSS: u32 = 1;
-    pub(super) const PM_JS: u32 = 2;
-    pub(super) const PM_HELLINGER: u32 = 3;
-    pub(super) const PM_TV: u32 = 4;
     pub(super) const RM_PROBS: u32 = 0;
     pub(super) const RM_PROBS_DIV: u32 = 1;
     pub(super) const RM_LOG: u32 = 2;
@@ -74,11 +69,6 @@ mod code {
 /// The constants `gpu::wgsl` writes above shaders/pairwise.wgsl.
 pub(crate) fn wgsl_constants() -> Vec<(&'static str, u32)> {
     vec![
-        ("PM_KL", code::PM_KL),
-        ("PM_CROSS", code::PM_CROSS),
-        ("PM_JS", code::PM_JS),
-        ("PM_HELLINGER", code::PM_HELLINGER),
-        ("PM_TV", code::PM_TV),
         ("RM_PROBS", code::RM_PROBS),
         ("RM_PROBS_DIV", code::RM_PROBS_DIV),
         ("RM_LOG", code::RM_LOG),
@@ -88,17 +78,15 @@ pub(crate) fn wgsl_constants() -> Vec<(&'static str, u32)> {
         ("PF_SMALL", code::PF_SMALL),
         ("PF_BAD", code::PF_BAD),
         ("PREP_WG", PREP_WG),
+        // one thread per list entry of the nearest-k kernel
+        ("TOPK_WG", crate::pairs::MAX_TOP_K as u32),
     ]
 }
 
+/// The measure's code in the shader: the `M_<IDENT>` the measure table
+/// generates, as in the rows kernel.
 fn measure_code(m: Measure) -> u32 {
-    match m {
-        Measure::Kl => code::PM_KL,
-        Measure::CrossEntropy => code::PM_CROSS,
-        Measure::Js => code::PM_JS,
-        Measure::Hellinger => code::PM_HELLINGER,
-        _ => code::PM_TV,
-    }
+    crate::gpu::wgsl::code(m)
 }
 
 fn mode_code(m: RowMode) -> u32 {
@@ -1658,7 +1646,7 @@ mod tests {
             let packed: u64 = members.iter().map(|m| layouter[m.ty].size as u64).sum();
             assert_eq!(packed, bytes, "{name}: no padding");
         };
-        let srcs = [0, 1, 2].map(|m| module_source(m, code::PM_JS, true));
+        let srcs = [0, 1, 2].map(|m| module_source(m, measure_code(Measure::Js), true));
         check(
             &srcs[0],
             "PrepParams",
@@ -1682,14 +1670,14 @@ mod tests {
         );
         for m in 0..3 {
             for measure in [
-                code::PM_KL,
-                code::PM_CROSS,
-                code::PM_JS,
-                code::PM_HELLINGER,
-                code::PM_TV,
+                Measure::Kl,
+                Measure::CrossEntropy,
+                Measure::Js,
+                Measure::Hellinger,
+                Measure::TotalVariation,
             ] {
                 for sym in [false, true] {
-                    let src = module_source(m, measure, sym);
+                    let src = module_source(m, measure_code(measure), sym);
                     let module =
                         naga::front::wgsl::parse_str(&src).expect("every all-pairs module parses");
                     let info = naga::valid::Validator::new(
@@ -1697,7 +1685,7 @@ mod tests {
                         naga::valid::Capabilities::empty(),
                     )
                     .validate(&module)
-                    .unwrap_or_else(|e| panic!("module {m} measure {measure}: {e:?}"));
+                    .unwrap_or_else(|e| panic!("module {m} measure {measure:?}: {e:?}"));
                     // and translates to SPIR-V (naga's backend has panicked on
                     // constructs its validator takes)
                     for ep in &module.entry_points {

@@ -57,7 +57,7 @@ pub(crate) const STATE_SIZE: u64 = 40;
 pub(crate) const TOTAL_SIZE: u64 = 44;
 
 /// Uniform slots, filled in recording order and uploaded once.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub(crate) struct Slots {
     bytes: Vec<u8>,
 }

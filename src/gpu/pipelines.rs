@@ -10,6 +10,8 @@ use crate::error::{Error, Result};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct RowKey {
     pub merge: bool,
+    /// The inputs are read four values per load (the vec4 module).
+    pub vec4: bool,
     pub measure: u32,
     pub p_form: u32,
     pub q_form: u32,
@@ -27,6 +29,7 @@ pub(crate) struct RowKey {
 #[derive(Debug)]
 pub(crate) struct Pipelines {
     rows_module: wgpu::ShaderModule,
+    rows_vec4_module: wgpu::ShaderModule,
     rows_layout: wgpu::PipelineLayout,
     pub(crate) rows_bgl: wgpu::BindGroupLayout,
     pub(crate) total_bgl: wgpu::BindGroupLayout,
@@ -80,6 +83,10 @@ impl Pipelines {
             label: Some("kullback.rows"),
             source: wgpu::ShaderSource::Wgsl(crate::gpu::wgsl::ROWS.as_str().into()),
         });
+        let rows_vec4_module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("kullback.rows.vec4"),
+            source: wgpu::ShaderSource::Wgsl(crate::gpu::wgsl::ROWS_VEC4.as_str().into()),
+        });
         let total_module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some("kullback.total"),
             source: wgpu::ShaderSource::Wgsl(crate::gpu::wgsl::TOTAL.as_str().into()),
@@ -126,6 +133,7 @@ impl Pipelines {
         });
         Pipelines {
             rows_module,
+            rows_vec4_module,
             rows_layout,
             rows_bgl,
             total_bgl,
@@ -163,7 +171,11 @@ impl Pipelines {
                     "kullback.rows"
                 }),
                 layout: Some(&self.rows_layout),
-                module: &self.rows_module,
+                module: if key.vec4 {
+                    &self.rows_vec4_module
+                } else {
+                    &self.rows_module
+                },
                 entry_point: Some(if key.merge { "merge_main" } else { "rows_main" }),
                 compilation_options: wgpu::PipelineCompilationOptions {
                     constants: &constants,

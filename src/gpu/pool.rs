@@ -122,9 +122,11 @@ impl Scratch {
     ) -> Result<wgpu::Buffer> {
         let max = device.limits().max_buffer_size;
         if size > max {
-            return Err(Error::TooLarge(format!(
-                "{label}: {size} bytes exceed the device's largest buffer ({max} bytes)"
-            )));
+            return Err(Error::TooLarge {
+                what: format!("{label}: bytes of one buffer"),
+                size,
+                limit: max,
+            });
         }
         let size = match &self.pool {
             Some(_) => class(size).min(max.max(size)),

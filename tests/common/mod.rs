@@ -402,10 +402,21 @@ pub fn log_sum_exp(x: &[f64]) -> f64 {
     m + x.iter().map(|&v| (v - m).exp()).sum::<f64>().ln()
 }
 
+/// `v as f64`, from the bits for zeros and subnormals: exact even in a
+/// process that reads subnormals as zero (tests/flush.rs sets MXCSR's DAZ).
+pub fn widen(v: f32) -> f64 {
+    let b = v.to_bits();
+    if b & 0x7f80_0000 != 0 {
+        return v as f64;
+    }
+    let m = (b & 0x007f_ffff) as f64 * 2f64.powi(-149);
+    if b >> 31 != 0 { -m } else { m }
+}
+
 /// One row's (p, ln p) in f64 per form and normalisation. ln p = -inf exactly
 /// where the input is a zero probability, a -inf log-probability or a -inf logit.
 pub fn ref_dist(x: &[f32], form: Form, norm: Normalization) -> (Vec<f64>, Vec<f64>) {
-    let x: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+    let x: Vec<f64> = x.iter().map(|&v| widen(v)).collect();
     match form {
         Form::Probs => {
             let p: Vec<f64> = if norm == Normalization::Renormalize {
@@ -533,6 +544,13 @@ fn row_pair(measure: Measure, pp: &[f64], lp: &[f64], qq: &[f64], lq: &[f64]) ->
                     t.push(0.5 * qq[i] * (lq[i] - lm));
                 }
             }
+        }
+        // ½ Σ (√p − √q)² and ½ Σ |p − q|: a zero's term is ½ (the other side)
+        Measure::Hellinger => {
+            t.extend((0..n).map(|i| 0.5 * (pp[i].sqrt() - qq[i].sqrt()).powi(2)));
+        }
+        Measure::TotalVariation => {
+            t.extend((0..n).map(|i| 0.5 * (pp[i] - qq[i]).abs()));
         }
         Measure::Entropy => unreachable!(),
         other => panic!("not covered here: {other:?}"),
@@ -872,4 +890,29 @@ pub fn read_records(
         &staging.slice(..).get_mapped_range().expect("view"),
     )
     .to_vec()
+}
+
+/// The [`kullback::GpuCall`] of `measure` over `p` (and `q`) into `out`.
+pub fn gpu_call<'a>(
+    measure: Measure,
+    p: &kullback::GpuBatch<'a>,
+    q: Option<&kullback::GpuBatch<'a>>,
+    opts: &kullback::Options,
+    out: &kullback::GpuOutput<'a>,
+) -> kullback::GpuCall<'a> {
+    let call = kullback::GpuCall::new(measure, *p, *out).options(*opts);
+    match q {
+        Some(q) => call.q(*q),
+        None => call,
+    }
+}
+
+/// The [`kullback::GpuNll`] of `targets` under `q` into `out`.
+pub fn gpu_nll<'a>(
+    q: &kullback::GpuBatch<'a>,
+    targets: &kullback::GpuTargets<'a>,
+    opts: &kullback::NllOptions<'a>,
+    out: &kullback::GpuOutput<'a>,
+) -> kullback::GpuNll<'a> {
+    kullback::GpuNll::new(*q, *targets, *out).options(*opts)
 }

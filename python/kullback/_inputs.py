@@ -1,0 +1,74 @@
+"""How inputs are converted: the one table, used by the native module.
+
+A C-contiguous NumPy array of float32 or float64 never comes here: the native
+module reads it where it lies (float32 as it is; float64 through the library's
+checked conversion, value by value where it is read). Everything else is
+converted once, here, into a C-contiguous array the native module then reads
+the same way:
+
+=====================================  ==========================================
+input                                  converted to
+=====================================  ==========================================
+float32/float64, not C-contiguous      a C-contiguous, aligned copy of the same
+or not aligned                         dtype
+float16, bfloat16 (ml_dtypes)          float32: exact (every such value is one)
+byte-swapped float32                   native float32 (exact)
+longdouble                             float64 (rounded), then as float64
+integers, bools                        float64 (exact below 2**53), then as
+                                       float64
+lists, tuples, other sequences         ``numpy.asarray`` first, then as above
+anything else (complex, object, ...)   ``TypeError``
+=====================================  ==========================================
+
+The library itself has no half-precision kernels yet: float16 and bfloat16 are
+widened here, which costs a float32 copy of the input.
+
+Targets: int32, int64 and uint32 arrays are read as they are; other integer
+arrays are converted to int64; a Python int is one target.
+"""
+
+import numpy as np
+
+_I64_MAX = np.iinfo(np.int64).max
+
+# ml_dtypes' float types (kind 'V' to NumPy) whose every value is a float32.
+_NARROW_FLOATS = ("bfloat16",)
+
+
+def floats(obj, arg):
+    """``obj`` as a C-contiguous float32 or float64 array (see the module docs)."""
+    a = np.asarray(obj)
+    dt = a.dtype
+    if dt.kind == "f":
+        target = np.float32 if dt.itemsize <= 4 else np.float64
+    elif dt.kind in "iub":
+        target = np.float64
+    elif dt.name in _NARROW_FLOATS:
+        target = np.float32
+    else:
+        raise TypeError(
+            "%s: cannot read dtype %s as distributions (use a float or integer array)" % (arg, dt)
+        )
+    return _readable(a, target)
+
+
+def _readable(a, dtype):
+    # C order and aligned (an array unpickled from a network frame may not
+    # be): a copy only where needed
+    return np.require(a, dtype=dtype, requirements=["C_CONTIGUOUS", "ALIGNED"])
+
+
+def targets(obj):
+    """``obj`` as a C-contiguous int32, int64 or uint32 array (0-d: one target)."""
+    a = np.asarray(obj)
+    dt = a.dtype
+    if dt.kind not in "iu":
+        raise TypeError("targets must be integer class indices, got dtype %s" % dt)
+    if dt.kind == "u" and dt.itemsize >= 8 and a.size:
+        big = np.flatnonzero(a.reshape(-1) > _I64_MAX)
+        if big.size:
+            i = int(big[0])
+            raise ValueError(
+                "targets row %d: class %d is outside the range of int64" % (i, int(a.reshape(-1)[i]))
+            )
+    return _readable(a, np.int64)

@@ -1,0 +1,239 @@
+"""kullback over Dask arrays: the same calls, block by block, on any scheduler.
+
+Inputs are Dask arrays (NumPy arrays and array-likes are wrapped) whose rows
+are chunked any way you like; the columns of a block are put in one chunk
+(rechunked if they are not), and arguments chunked differently are brought to
+common row chunks. Each block of rows is computed by the in-memory call on a
+worker, so reduction 'none' gives the very same bits as the in-memory call on
+the whole batch, on the same backend (a row's value does not depend on the
+other rows of the call). Sum and mean are combined exactly across blocks: each
+block gives its sum and what it counted (its rows; for ``nll``, the class
+weight of its targets not ignored), sums and counts are added in float64, and
+the mean is sum of values / rows counted (``nll`` with ``weight``:
+sum_i w[t_i] l_i / sum_i w[t_i]), never a mean of block means; the result
+agrees with the in-memory sum or mean within the library's bound.
+
+Results are lazy Dask arrays: shape (rows,) of float32 under reduction
+'none', 0-d float32 for sum and mean (and for 1-D inputs); ``.compute()``
+them.
+
+    import dask.array as da
+    from dask.distributed import Client, LocalCluster
+    import kullback.dask as kd
+
+    client = Client(LocalCluster(n_workers=2, threads_per_worker=1))
+    # the same code on a remote cluster: client = Client("tcp://scheduler:8786")
+    p = da.random.random((200_000, 1024), chunks=(12_500, 1024)).astype("float32")
+    p = p / p.sum(axis=1, keepdims=True)
+    per_row = kd.entropy(p).compute()             # numpy float32, shape (200000,)
+    mean = float(kd.entropy(p, reduction="mean").compute())
+
+A single row (1-D, or shape (1, n)) is given whole to every block. Each worker
+process keeps one ``kullback`` context per backend (under ``backend='gpu'`` a
+GPU device of its own). Errors name the row of the whole array, not of the
+block. Shapes and options are checked when the graph is built, values when it
+runs. ``help(kullback.kl)`` describes every option; the calls here take the
+same ones, except ``context`` (a worker makes its own).
+"""
+
+import numpy as np
+import dask.array as da
+
+import kullback as _k
+from kullback import _kullback as _native
+
+__all__ = ["cross_entropy", "entropy", "js", "kl", "nll"]
+
+
+def _array(x, name, ndims):
+    x = x if isinstance(x, da.Array) else da.asarray(x)
+    if x.ndim not in ndims:
+        raise ValueError("%s must be %s, got shape %s" % (
+            name, " or ".join("%d-D" % n for n in ndims), x.shape))
+    if any(np.isnan(s) for s in x.shape):
+        raise ValueError("%s has unknown chunk sizes: call compute_chunk_sizes() first" % name)
+    return x
+
+
+def _floats(x, name):
+    """``x`` as a 2-D Dask array (a 1-D one is one row), and whether it was 1-D."""
+    x = _array(x, name, (1, 2))
+    x, one = (x.reshape(1, -1), True) if x.ndim == 1 else (x, False)
+    if 0 in x.shape:
+        raise ValueError("%s is empty: %d rows x %d columns (both must be at least 1)"
+                         % ((name,) + x.shape))
+    return x, one
+
+
+def _layout(args, targets=None):
+    """Blockwise operands for the 2-D arguments ``args`` ([(letter, array)]),
+    and 1-D ``targets``. The rows come from the first argument with more than
+    one row (or the targets); arguments with those rows are chunked along them
+    ('ij', columns in one chunk), the others are single rows given whole to
+    every block (1-D, 'j'); targets take the same row chunks ('i').
+    Returns (operands, rows, row chunks, letters of the row-chunked)."""
+    ref = next((x for _, x in args if x.shape[0] != 1), None)
+    if ref is None:
+        ref = targets if targets is not None else args[0][1]
+    rows, chunks = ref.shape[0], ref.chunks[0]
+    ops, chunked = [], ""
+    for letter, x in args:
+        if x is ref or (rows != 1 and x.shape[0] == rows):
+            ops += [x.rechunk({0: chunks, 1: -1}), "ij"]
+            chunked += letter
+        else:
+            ops += [x.reshape(-1).rechunk(-1), "j"]
+    if targets is not None:
+        ops += [targets.rechunk((chunks,)), "i"]
+        chunked += "t"
+    return ops, rows, chunks, chunked
+
+
+def _block(offsets, *arrays, call, reduction, options, offset_args):
+    """One block of rows, on a worker: its per-row values, or [[sum, counted]]."""
+    if offsets.size == 0:  # an empty block of rows
+        return np.zeros((0, 2)) if reduction != "none" else np.zeros((0,), np.float32)
+    ctx = _k._default(options["backend"])
+    out = call(ctx, arrays, "none" if reduction == "none" else "sum", options,
+               int(offsets[0]), offset_args)
+    if reduction == "none":
+        return out.values
+    return np.array([[float(out.values[0]), out.counted]])
+
+
+def _finish(total, reduction):
+    """[sum of the block sums, sum of the counts] -> the float32 sum or mean."""
+    s, n = float(total[0]), float(total[1])
+    if reduction == "sum":
+        v = s
+    elif n == 0.0:
+        v = float("nan")  # a mean over no counted weight, as in memory
+    else:
+        v = s / n
+    with np.errstate(over="ignore"):
+        return np.asarray(np.float32(v))
+
+
+def _graph(call, reduction, options, layout, scalar):
+    ops, rows, chunks, chunked = layout
+    offsets = da.arange(rows, chunks=(chunks,))  # each block learns its first row
+    kw = dict(call=call, reduction=reduction, options=options, offset_args=chunked)
+    if reduction == "none":
+        out = da.blockwise(_block, "i", offsets, "i", *ops, dtype=np.float32,
+                           meta=np.empty((0,), np.float32), concatenate=True, **kw)
+        return out.reshape(()) if scalar else out
+    parts = da.blockwise(_block, "ik", offsets, "i", *ops, dtype=np.float64,
+                         new_axes={"k": 2}, adjust_chunks={"i": 1},
+                         meta=np.empty((0, 2)), concatenate=True, **kw)
+    total = parts.sum(axis=0, dtype=np.float64)
+    return total.map_blocks(_finish, reduction, drop_axis=0, dtype=np.float32,
+                            meta=np.empty((), np.float32))
+
+
+def _one(form):
+    """A valid one-element row in ``form`` (for checking options early)."""
+    f = form.strip().lower().replace("-", "_") if isinstance(form, str) else form
+    return np.array([0.0 if f in ("log_probs", "logprobs", "logits") else 1.0], np.float32)
+
+
+def _options(reduction, backend, **options):
+    """Options checked now (one tiny call on the CPU with the same options, so
+    that a bad option fails when the graph is built, with the message of the
+    in-memory call), reduction and backend in their canonical names."""
+    options["backend"] = _native._canonical("backend", backend)
+    options["tolerance"] = float(options["tolerance"])
+    return _native._canonical("reduction", reduction), options
+
+
+def _measure(name, p, q, reduction, **opts):
+    reduction, o = _options(reduction, **opts)
+    p2, p1 = _floats(p, "p")
+    args, scalar = [("p", p2)], p1
+    if q is not None:
+        q2, q1 = _floats(q, "q")
+        (pr, pc), (qr, qc) = p2.shape, q2.shape
+        if pc != qc or (pr != qr and pr != 1 and qr != 1):
+            raise ValueError(
+                "shape mismatch: p is %d x %d, q is %d x %d (same shape, or one of them a "
+                "single row with the same columns)" % (pr, pc, qr, qc))
+        args.append(("q", q2))
+        scalar = p1 and q1
+    one = _one(o["p_form"]), _one(o["q_form"])
+    _k._default("cpu").evaluate(name, one[0], one[1] if q is not None else None, reduction,
+                                o["base"], o["normalize"], o["tolerance"], o["p_form"],
+                                o["q_form"])
+
+    def call(ctx, arrays, red, o, offset, offset_args):
+        return ctx.evaluate(name, arrays[0], arrays[1] if len(arrays) > 1 else None, red,
+                            o["base"], o["normalize"], o["tolerance"], o["p_form"],
+                            o["q_form"], offset, offset_args)
+
+    return _graph(call, reduction, o, _layout(args), scalar)
+
+
+def _nll_call(ctx, arrays, red, o, offset, offset_args):
+    q, t = arrays
+    return ctx.nll(q, t, red, o["base"], o["normalize"], o["tolerance"], o["q_form"],
+                   o["ignore_index"], o["weight"], o["label_smoothing"], offset, offset_args)
+
+
+def entropy(p, *, reduction="none", base=None, normalize="validate",
+            tolerance=_k.DEFAULT_TOLERANCE, p_form="probs", backend="auto"):
+    return _measure("entropy", p, None, reduction, base=base, normalize=normalize,
+                    tolerance=tolerance, p_form=p_form, q_form="probs", backend=backend)
+
+
+def cross_entropy(p, q, *, reduction="none", base=None, normalize="validate",
+                  tolerance=_k.DEFAULT_TOLERANCE, p_form="probs", q_form="probs", backend="auto"):
+    return _measure("cross_entropy", p, q, reduction, base=base, normalize=normalize,
+                    tolerance=tolerance, p_form=p_form, q_form=q_form, backend=backend)
+
+
+def kl(p, q, *, reduction="none", base=None, normalize="validate",
+       tolerance=_k.DEFAULT_TOLERANCE, p_form="probs", q_form="probs", backend="auto"):
+    return _measure("kl", p, q, reduction, base=base, normalize=normalize,
+                    tolerance=tolerance, p_form=p_form, q_form=q_form, backend=backend)
+
+
+def js(p, q, *, reduction="none", base=None, normalize="validate",
+       tolerance=_k.DEFAULT_TOLERANCE, p_form="probs", q_form="probs", backend="auto"):
+    return _measure("js", p, q, reduction, base=base, normalize=normalize,
+                    tolerance=tolerance, p_form=p_form, q_form=q_form, backend=backend)
+
+
+def nll(q, targets, *, reduction="none", base=None, normalize="validate",
+        tolerance=_k.DEFAULT_TOLERANCE, q_form="probs", ignore_index=None, weight=None,
+        label_smoothing=0.0, backend="auto"):
+    # class weights are small: one NumPy array given to every block
+    w = None if weight is None else np.ascontiguousarray(
+        weight.compute() if isinstance(weight, da.Array) else weight)
+    reduction, o = _options(reduction, backend, base=base, normalize=normalize,
+                            tolerance=tolerance, q_form=q_form, ignore_index=ignore_index,
+                            weight=w, label_smoothing=float(label_smoothing))
+    q2, _ = _floats(q, "q")
+    t = _array(targets, "targets", (0, 1))
+    scalar = t.ndim == 0
+    t1 = t.reshape(1) if scalar else t
+    (qr, qc), tr = q2.shape, t1.shape[0]
+    if qr != tr and qr != 1:
+        raise ValueError(
+            "%d targets, but q (the probabilities or logits) has %d rows of %d classes (one "
+            "target per row of q, or q a single row)" % (tr, qr, qc))
+    cpu = _k._default("cpu")
+    cpu.nll(_one(q_form).reshape(1, 1), np.zeros(1, np.int64), reduction, o["base"],
+            o["normalize"], o["tolerance"], o["q_form"], o["ignore_index"], None,
+            o["label_smoothing"])
+    if w is not None:  # the weights' own checks (values, length), also now
+        uniform = np.full((1, max(qc, 1)), 1.0 / max(qc, 1), np.float32)
+        cpu.nll(uniform, np.zeros(1, np.int64), "none", None, "as_given", 1.0, "probs", None,
+                w, 0.0)
+    return _graph(_nll_call, reduction, o, _layout([("q", q2)], t1), scalar)
+
+
+for _fn in (entropy, cross_entropy, kl, js, nll):
+    _fn.__doc__ = (
+        "``kullback.%s`` over Dask arrays chunked along rows (see ``help(kullback.dask)``).\n\n"
+        "    Returns a lazy Dask array: shape (rows,) of float32 under reduction 'none', 0-d\n"
+        "    float32 for sum and mean. The options are those of the in-memory call:\n"
+        % _fn.__name__) + getattr(_k, _fn.__name__).__doc__
+del _fn
