@@ -665,16 +665,8 @@ mod tests {
     /// context gives, bit for bit.
     #[test]
     fn kept_records_buffer_changes_nothing() {
-        let dist = |rows: usize, cols: usize, seed: u32| -> Vec<f32> {
-            let mut v: Vec<f32> = (0..rows * cols)
-                .map(|i| 1.0 + ((i as u32).wrapping_mul(2_654_435_761) ^ seed) as f32 / 4e9)
-                .collect();
-            for r in v.chunks_mut(cols) {
-                let s: f32 = r.iter().sum();
-                r.iter_mut().for_each(|x| *x /= s);
-            }
-            v
-        };
+        use crate::test_support::random::{Rng, rand_probs};
+        let dist = |rows, cols, seed| rand_probs(&mut Rng::new(seed), rows, cols, 0.0);
         let kept = Context::with_backend(Backend::Cpu).expect("cpu");
         for (rows, cols) in [(300, 7), (20, 5000), (1000, 3), (1, 1), (300, 7)] {
             let (p, q) = (dist(rows, cols, 1), dist(rows, cols, 2));

@@ -293,6 +293,13 @@ mod pairs;
 mod pairwise;
 mod record;
 mod resident;
+// The tests' one generator and f64 oracle (tests/common) serve the unit tests
+// too: included, not copied; they name this crate `kullback`, as the
+// integration tests do.
+#[cfg(test)]
+extern crate self as kullback;
+#[cfg(test)]
+mod test_support;
 
 pub use batch::{Batch, Targets, Values, f32_from_f64};
 pub use context::{Backend, Context, ContextOptions, InputKind, Output, PollMode, Ran};

@@ -1,10 +1,12 @@
 //! The `kullback` binary end to end: .npy files in a temporary directory, the
-//! JSON on stdout checked against a plain f64 reference computed here from the
-//! very f32 values the binary reads, and the error rules (non-zero exit, empty
-//! stdout, a last stderr line naming the file and the row).
+//! JSON on stdout checked against the tests' f64 oracle (tests/common)
+//! computed from the very f32 values the binary reads, and the error rules
+//! (non-zero exit, empty stdout, a last stderr line naming the file and the
+//! row).
 //!
 //! Every test runs on `--backend cpu`, and on `--backend gpu` when an adapter
-//! exists; with `KULLBACK_REQUIRE_GPU=1` a missing adapter fails the tests.
+//! exists (`common::cli_backends`: with `KULLBACK_REQUIRE_GPU=1` a missing
+//! adapter fails the tests).
 
 #![cfg(feature = "cli")]
 
@@ -16,20 +18,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 mod common;
 
+use common::{
+    Input, Rng, cli_backends as backends, close, rand_counts, rand_logits, rand_probs_f64,
+    rand_probs_where, ref_measure, ref_nll,
+};
+use kullback::Form::{self, LogProbs, Logits, Probs};
+use kullback::{Base, Measure, Normalization, Reduction};
 use npyz::WriterBuilder;
 use serde_json::Value;
 
 // ---------------------------------------------------------------- harness
-
-/// The backends to run on: cpu always, gpu when an adapter exists (the
-/// shared GPU-or-skip decision of tests/common).
-fn backends() -> Vec<&'static str> {
-    if common::gpu().is_some() {
-        vec!["cpu", "gpu"]
-    } else {
-        vec!["cpu"]
-    }
-}
 
 /// A fresh directory under the system temp dir, removed on drop.
 struct Tmp(PathBuf);
@@ -150,6 +148,16 @@ fn fails(args: &[&str], backend: &str, needles: &[&str]) {
     }
 }
 
+/// A table of failures: (arguments, needles of the last stderr line).
+type Failures<'a> = [(&'a [&'a str], &'a [&'a str])];
+
+/// [`fails`] for every case of a table, on `backend`.
+fn fails_all(cases: &Failures<'_>, backend: &str) {
+    for (args, needles) in cases {
+        fails(args, backend, needles);
+    }
+}
+
 /// A usage error from clap: non-zero exit, nothing on stdout.
 fn usage_error(args: &[&str]) {
     let r = run(args);
@@ -181,13 +189,6 @@ fn values(v: &Value) -> Vec<f64> {
         .collect()
 }
 
-fn close(got: f64, want: f64) -> bool {
-    if want.is_nan() || want.is_infinite() {
-        return got.is_nan() && want.is_nan() || got == want;
-    }
-    (got - want).abs() <= 2e-6 + 2e-5 * want.abs()
-}
-
 fn assert_close(got: &[f64], want: &[f64], what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: lengths");
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
@@ -208,58 +209,50 @@ fn check(v: &Value, want: &[f64], what: &str) {
     }
 }
 
-// ---------------------------------------------------------------- data
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    /// Uniform in (0, 1].
-    fn unit(&mut self) -> f64 {
-        ((self.next() >> 11) + 1) as f64 / (1u64 << 53) as f64
-    }
+/// `args` followed by `more`.
+fn with<'a>(args: &[&'a str], more: &[&'a str]) -> Vec<&'a str> {
+    [args, more].concat()
 }
 
+// ---------------------------------------------------------------- data
+
+/// A matrix as the binary reads it from a .npy file, in a form.
 #[derive(Clone)]
 struct Mat {
     data: Vec<f32>,
     rows: usize,
     cols: usize,
+    form: Form,
 }
 
 impl Mat {
-    fn row(&self, i: usize) -> &[f32] {
-        let i = if self.rows == 1 { 0 } else { i };
-        &self.data[i * self.cols..(i + 1) * self.cols]
+    fn new(data: Vec<f32>, rows: usize, cols: usize) -> Mat {
+        Mat {
+            data,
+            rows,
+            cols,
+            form: Probs,
+        }
+    }
+    fn form(self, form: Form) -> Mat {
+        Mat { form, ..self }
+    }
+    fn input(&self) -> Input<'_> {
+        Input::new(&self.data, self.rows, self.form)
     }
 }
 
-/// Random distributions (normalised in f64, then rounded to f32); `zero(r, c)`
-/// marks entries that are exactly 0.
+/// Random distributions (tests/common's generator with seed `seed`);
+/// `zero(r, c)` marks entries that are exactly 0.
 fn random_probs(seed: u64, rows: usize, cols: usize, zero: impl Fn(usize, usize) -> bool) -> Mat {
-    let mut rng = Rng(seed);
-    let mut data = Vec::with_capacity(rows * cols);
-    for r in 0..rows {
-        let raw: Vec<f64> = (0..cols)
-            .map(|c| if zero(r, c) { 0.0 } else { -rng.unit().ln() })
-            .collect();
-        let s: f64 = raw.iter().sum();
-        data.extend(raw.iter().map(|x| (x / s) as f32));
-    }
-    Mat { data, rows, cols }
+    let data = rand_probs_where(&mut Rng::new(seed), rows, cols, zero);
+    Mat::new(data, rows, cols)
 }
 
+/// Random logits of scale `scale` (seed `seed`).
 fn random_logits(seed: u64, rows: usize, cols: usize, scale: f64) -> Mat {
-    let mut rng = Rng(seed);
-    let data = (0..rows * cols)
-        .map(|_| ((rng.unit() - 0.5) * 2.0 * scale) as f32)
-        .collect();
-    Mat { data, rows, cols }
+    let data = rand_logits(&mut Rng::new(seed), rows, cols, scale, 0.0);
+    Mat::new(data, rows, cols).form(Logits)
 }
 
 /// p and q, 6 × 257, with zeros, a one-hot row, a uniform row and subnormals.
@@ -284,144 +277,81 @@ fn special_pair() -> (Mat, Mat) {
     (p, q)
 }
 
-// ---------------------------------------------------------------- reference (f64)
+// ---------------------------------------------------------------- the oracle, in CLI terms
 
-#[derive(Clone, Copy, PartialEq)]
-enum F {
-    Probs,
-    LogProbs,
-    Logits,
-}
-
-impl F {
-    fn name(self) -> &'static str {
-        match self {
-            F::Probs => "probs",
-            F::LogProbs => "log-probs",
-            F::Logits => "logits",
-        }
-    }
-}
-
-fn lse(x: &[f64]) -> f64 {
-    let m = x.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    if m == f64::NEG_INFINITY {
-        return m;
-    }
-    m + x.iter().map(|v| (v - m).exp()).sum::<f64>().ln()
-}
-
-/// (probabilities, natural logs, support) of one row, as the conventions define
-/// them: p = 0 is a probability of 0, or a log-probability or logit of -inf (a
-/// finite logit far below the maximum is a p > 0 even where exp underflows).
-fn dist(row: &[f32], form: F, normalize: bool) -> (Vec<f64>, Vec<f64>, Vec<bool>) {
-    let x: Vec<f64> = row.iter().map(|&v| v as f64).collect();
+/// The value of `--p-form` / `--q-form` for `form`.
+fn form_arg(form: Form) -> &'static str {
     match form {
-        F::Probs => {
-            let s = if normalize { x.iter().sum() } else { 1.0 };
-            let p: Vec<f64> = x.iter().map(|v| v / s).collect();
-            let lp = p.iter().map(|v| v.ln()).collect();
-            (p, lp, x.iter().map(|&v| v != 0.0).collect())
-        }
-        F::LogProbs | F::Logits => {
-            let c = if form == F::Logits || normalize {
-                lse(&x)
-            } else {
-                0.0
-            };
-            let lp: Vec<f64> = x.iter().map(|v| v - c).collect();
-            let support = x.iter().map(|&v| v != f64::NEG_INFINITY).collect();
-            (lp.iter().map(|v| v.exp()).collect(), lp, support)
-        }
+        Probs => "probs",
+        LogProbs => "log-probs",
+        Logits => "logits",
+        other => panic!("no CLI form for {other:?}"),
     }
 }
 
-/// Per-row values in nats.
-fn reference(measure: &str, p: (&Mat, F), q: Option<(&Mat, F)>, normalize: bool) -> Vec<f64> {
-    let rows = q.map_or(p.0.rows, |q| p.0.rows.max(q.0.rows));
-    (0..rows)
-        .map(|i| {
-            let (pp, lp, sp) = dist(p.0.row(i), p.1, normalize);
-            let (qq, lq, _) = q.map_or((vec![], vec![], vec![]), |q| {
-                dist(q.0.row(i), q.1, normalize)
-            });
-            // Σ over the support of p; p > 0 against q = 0 is +inf.
-            let sum = |f: &dyn Fn(usize) -> f64| -> f64 {
-                (0..pp.len())
-                    .filter(|&c| sp[c])
-                    .map(|c| {
-                        if !lq.is_empty() && lq[c] == f64::NEG_INFINITY {
-                            f64::INFINITY
-                        } else {
-                            f(c)
-                        }
-                    })
-                    .sum()
-            };
-            match measure {
-                "entropy" => sum(&|c| -pp[c] * lp[c]),
-                "cross-entropy" => sum(&|c| -pp[c] * lq[c]),
-                "kl" => sum(&|c| pp[c] * (lp[c] - lq[c])),
-                "js" => {
-                    let mut s = 0.0;
-                    for c in 0..pp.len() {
-                        let m = 0.5 * (pp[c] + qq[c]);
-                        if pp[c] > 0.0 {
-                            s += 0.5 * pp[c] * (pp[c] / m).ln();
-                        }
-                        if qq[c] > 0.0 {
-                            s += 0.5 * qq[c] * (qq[c] / m).ln();
-                        }
-                    }
-                    s
-                }
-                other => panic!("{other}"),
-            }
-        })
-        .collect()
-}
-
-fn reduce(v: &[f64], reduction: &str) -> Vec<f64> {
-    let s: f64 = v.iter().sum();
-    match reduction {
-        "none" => v.to_vec(),
-        "sum" => vec![s],
-        "mean" => vec![s / v.len() as f64],
+/// The measure of a CLI subcommand.
+fn measure(name: &str) -> Measure {
+    match name {
+        "entropy" => Measure::Entropy,
+        "cross-entropy" => Measure::CrossEntropy,
+        "kl" => Measure::Kl,
+        "js" => Measure::Js,
         other => panic!("{other}"),
     }
 }
 
-fn in_base(v: &[f64], base: f64) -> Vec<f64> {
-    v.iter().map(|x| x / base.ln()).collect()
+/// The reduction of a `--reduction` value.
+fn reduction(name: &str) -> Reduction {
+    match name {
+        "none" => Reduction::None,
+        "sum" => Reduction::Sum,
+        "mean" => Reduction::Mean,
+        other => panic!("{other}"),
+    }
 }
 
-/// Per-row NLL in nats and each row's weight (0 when ignored).
+/// The oracle's per-row values of subcommand `m` over `p` (and `q`), with
+/// `--normalize` when `normalize`, in base `base`.
+fn reference_in(m: &str, p: &Mat, q: Option<&Mat>, normalize: bool, base: Base) -> Vec<f64> {
+    let norm = if normalize {
+        Normalization::Renormalize
+    } else {
+        Normalization::Validate
+    };
+    let q = q.map(Mat::input);
+    ref_measure(measure(m), p.input(), q, p.cols, norm, base)
+}
+
+/// [`reference_in`] in nats, without `--normalize`.
+fn reference(m: &str, p: &Mat, q: Option<&Mat>) -> Vec<f64> {
+    reference_in(m, p, q, false, Base::E)
+}
+
+/// The per-row values `v` under `--reduction red` (a mean over every row).
+fn reduce(v: &[f64], red: &str) -> Vec<f64> {
+    common::reduce(v, reduction(red), v.len() as f64)
+}
+
+/// The oracle's per-row negative log-likelihood in nats, and the total
+/// weight of the rows not ignored.
 fn nll_reference(
     q: &Mat,
-    form: F,
     targets: &[i64],
     ignore: Option<i64>,
     weights: Option<&[f32]>,
     eps: f64,
-) -> (Vec<f64>, Vec<f64>) {
-    let c = q.cols as f64;
-    targets
-        .iter()
-        .enumerate()
-        .map(|(i, &t)| {
-            if ignore == Some(t) {
-                return (0.0, 0.0);
-            }
-            let (_, lq, _) = dist(q.row(i), form, false);
-            let w = weights.map_or(1.0, |w| w[t as usize] as f64);
-            let smooth: f64 = if eps > 0.0 {
-                lq.iter().map(|l| -l).sum::<f64>() / c
-            } else {
-                0.0
-            };
-            (w * ((1.0 - eps) * -lq[t as usize] + eps * smooth), w)
-        })
-        .unzip()
+) -> (Vec<f64>, f64) {
+    let norm = Normalization::Validate;
+    ref_nll(
+        q.input(),
+        q.cols,
+        targets,
+        ignore,
+        weights,
+        eps,
+        norm,
+        Base::E,
+    )
 }
 
 // ---------------------------------------------------------------- values
@@ -431,7 +361,7 @@ fn entropy_json_shape_and_values() {
     let tmp = Tmp::new("entropy");
     let (p, _) = special_pair();
     let pf = tmp.mat("P.npy", &p);
-    let want = reference("entropy", (&p, F::Probs), None, false);
+    let want = reference("entropy", &p, None);
     for b in backends() {
         let v = json(&["entropy", "--p", &pf], b);
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
@@ -483,17 +413,15 @@ fn keys_in_documented_order() {
 #[test]
 fn shapes_from_the_acceptance_list() {
     let tmp = Tmp::new("shapes");
-    for (i, &(rows, cols)) in [
+    let shapes = [
         (5, 1),
         (6, 255),
         (6, 256),
         (6, 257),
         (3, 1_000_003),
         (70_001, 5),
-    ]
-    .iter()
-    .enumerate()
-    {
+    ];
+    for (i, &(rows, cols)) in shapes.iter().enumerate() {
         let seed = 200 + 2 * i as u64;
         let p = random_probs(seed, rows, cols, |r, c| (r + c) % 4 == 1 && cols > 1);
         let q = random_probs(seed + 1, rows, cols, |_, _| false);
@@ -502,8 +430,7 @@ fn shapes_from_the_acceptance_list() {
             tmp.mat(&format!("Q{i}.npy"), &q),
         );
         for m in ["entropy", "cross-entropy", "kl"] {
-            let q_arg = (m != "entropy").then_some((&q, F::Probs));
-            let per_row = reference(m, (&p, F::Probs), q_arg, false);
+            let per_row = reference(m, &p, (m != "entropy").then_some(&q));
             for b in backends() {
                 for red in ["none", "mean"] {
                     let mut args = vec![m, "--p", &pf, "--reduction", red];
@@ -533,7 +460,7 @@ fn cross_entropy_and_kl_match_reference() {
     let (pf, qf) = (tmp.mat("P.npy", &p), tmp.mat("Q.npy", &q));
     for b in backends() {
         for m in ["cross-entropy", "kl", "js"] {
-            let want = reference(m, (&p, F::Probs), Some((&q, F::Probs)), false);
+            let want = reference(m, &p, Some(&q));
             let v = json(&[m, "--p", &pf, "--q", &qf], b);
             assert_eq!(
                 (v["rows"].as_u64(), v["cols"].as_u64()),
@@ -547,21 +474,13 @@ fn cross_entropy_and_kl_match_reference() {
 #[test]
 fn infinite_values_are_strings() {
     let tmp = Tmp::new("inf");
-    let p = Mat {
-        data: vec![0.5, 0.5, 0.0, 0.0, 0.5, 0.5],
-        rows: 2,
-        cols: 3,
-    };
-    let q = Mat {
-        data: vec![1.0, 0.0, 0.0, 0.0, 0.5, 0.5],
-        rows: 2,
-        cols: 3,
-    };
+    let p = Mat::new(vec![0.5, 0.5, 0.0, 0.0, 0.5, 0.5], 2, 3);
+    let q = Mat::new(vec![1.0, 0.0, 0.0, 0.0, 0.5, 0.5], 2, 3);
     let (pf, qf) = (tmp.mat("P.npy", &p), tmp.mat("Q.npy", &q));
     for b in backends() {
         for m in ["cross-entropy", "kl"] {
             let v = json(&[m, "--p", &pf, "--q", &qf], b);
-            let want = reference(m, (&p, F::Probs), Some((&q, F::Probs)), false);
+            let want = reference(m, &p, Some(&q));
             assert_eq!(want[0], f64::INFINITY);
             check(&v, &want, &format!("{m} on {b}"));
             assert_eq!(v["values"][0], "inf");
@@ -569,7 +488,7 @@ fn infinite_values_are_strings() {
             assert_eq!(v["values"], serde_json::json!(["inf"]), "{m} sum on {b}");
         }
         let v = json(&["js", "--p", &pf, "--q", &qf], b);
-        let want = reference("js", (&p, F::Probs), Some((&q, F::Probs)), false);
+        let want = reference("js", &p, Some(&q));
         check(&v, &want, &format!("js on {b}"));
     }
 }
@@ -583,11 +502,11 @@ fn reductions_sum_and_mean() {
         for red in ["none", "sum", "mean"] {
             let v = json(&["entropy", "--p", &pf, "--reduction", red], b);
             assert_eq!(v["reduction"], red);
-            let want = reduce(&reference("entropy", (&p, F::Probs), None, false), red);
+            let want = reduce(&reference("entropy", &p, None), red);
             check(&v, &want, &format!("entropy {red} on {b}"));
             for m in ["kl", "js", "cross-entropy"] {
                 let v = json(&[m, "--p", &pf, "--q", &qf, "--reduction", red], b);
-                let per_row = reference(m, (&p, F::Probs), Some((&q, F::Probs)), false);
+                let per_row = reference(m, &p, Some(&q));
                 check(&v, &reduce(&per_row, red), &format!("{m} {red} on {b}"));
                 assert_eq!(v["rows"], 6);
             }
@@ -600,41 +519,21 @@ fn bases() {
     let tmp = Tmp::new("base");
     let (p, q) = special_pair();
     let (pf, qf) = (tmp.mat("P.npy", &p), tmp.mat("Q.npy", &q));
-    let ent = reference("entropy", (&p, F::Probs), None, false);
-    let kl = reference("kl", (&p, F::Probs), Some((&q, F::Probs)), false);
     for b in backends() {
         for (arg, base) in [
-            ("e", std::f64::consts::E),
-            ("2", 2.0),
-            ("10", 10.0),
-            ("3.5", 3.5),
-            ("0.5", 0.5),
+            ("e", Base::E),
+            ("2", Base::Two),
+            ("10", Base::Ten),
+            ("3.5", Base::Custom(3.5)),
+            ("0.5", Base::Custom(0.5)),
         ] {
             let v = json(&["entropy", "--p", &pf, "--base", arg], b);
-            check(
-                &v,
-                &in_base(&ent, base),
-                &format!("entropy base {arg} on {b}"),
-            );
-            let v = json(
-                &[
-                    "kl",
-                    "--p",
-                    &pf,
-                    "--q",
-                    &qf,
-                    "--base",
-                    arg,
-                    "--reduction",
-                    "mean",
-                ],
-                b,
-            );
-            check(
-                &v,
-                &in_base(&reduce(&kl, "mean"), base),
-                &format!("kl base {arg} on {b}"),
-            );
+            let want = reference_in("entropy", &p, None, false, base);
+            check(&v, &want, &format!("entropy base {arg} on {b}"));
+            let kl = ["kl", "--p", &pf, "--q", &qf, "--base", arg];
+            let v = json(&with(&kl, &["--reduction", "mean"]), b);
+            let want = reduce(&reference_in("kl", &p, Some(&q), false, base), "mean");
+            check(&v, &want, &format!("kl base {arg} on {b}"));
         }
     }
     for bad in ["1", "0", "-2", "inf", "nan", "two"] {
@@ -646,38 +545,25 @@ fn bases() {
 fn normalize_divides_rows_by_their_sums() {
     let tmp = Tmp::new("normalize");
     // Counts, as scipy.stats.entropy takes them.
-    let mut rng = Rng(7);
-    let counts = |rng: &mut Rng, rows, cols| Mat {
-        data: (0..rows * cols).map(|_| (rng.next() % 50) as f32).collect(),
-        rows,
-        cols,
-    };
-    let p = counts(&mut rng, 5, 33);
-    let q = {
-        let mut q = counts(&mut rng, 5, 33);
-        q.data.iter_mut().for_each(|x| *x += 1.0);
-        q
-    };
+    let mut rng = Rng::new(7);
+    let p = Mat::new(rand_counts(&mut rng, 5 * 33, 0, 49), 5, 33);
+    let q = Mat::new(rand_counts(&mut rng, 5 * 33, 1, 50), 5, 33);
     let (pf, qf) = (tmp.mat("P.npy", &p), tmp.mat("Q.npy", &q));
     for b in backends() {
         let v = json(&["entropy", "--p", &pf, "--normalize", "--base", "2"], b);
-        let want = in_base(&reference("entropy", (&p, F::Probs), None, true), 2.0);
+        let want = reference_in("entropy", &p, None, true, Base::Two);
         check(&v, &want, &format!("entropy --normalize on {b}"));
         for m in ["cross-entropy", "kl", "js"] {
             let v = json(&[m, "--p", &pf, "--q", &qf, "--normalize"], b);
-            let want = reference(m, (&p, F::Probs), Some((&q, F::Probs)), true);
+            let want = reference_in(m, &p, Some(&q), true, Base::E);
             check(&v, &want, &format!("{m} --normalize on {b}"));
         }
-        fails(
-            &["entropy", "--p", &pf],
-            b,
-            &["P.npy", "row 0", "--normalize"],
-        );
-        fails(
-            &["kl", "--p", &pf, "--q", &qf],
-            b,
-            &["row 0", ".npy", "--normalize"],
-        );
+        #[rustfmt::skip]
+        let cases: &Failures<'_> = &[
+            (&["entropy", "--p", &pf], &["P.npy", "row 0", "--normalize"]),
+            (&["kl", "--p", &pf, "--q", &qf], &["row 0", ".npy", "--normalize"]),
+        ];
+        fails_all(cases, b);
     }
 }
 
@@ -688,22 +574,11 @@ fn out_writes_values_as_f32_npy() {
     let (pf, qf) = (tmp.mat("P.npy", &p), tmp.mat("Q.npy", &q));
     let out = tmp.path("OUT.npy");
     let out_s = out.to_str().unwrap();
+    let per_row = reference("kl", &p, Some(&q));
     for b in backends() {
         for red in ["none", "sum", "mean"] {
-            let v = json(
-                &[
-                    "kl",
-                    "--p",
-                    &pf,
-                    "--q",
-                    &qf,
-                    "--reduction",
-                    red,
-                    "--out",
-                    out_s,
-                ],
-                b,
-            );
+            let args = ["kl", "--p", &pf, "--q", &qf, "--reduction", red];
+            let v = json(&with(&args, &["--out", out_s]), b);
             assert!(v.get("values").is_none(), "{v}");
             assert_eq!(v["rows"], 6);
             assert_eq!(v["reduction"], red);
@@ -717,10 +592,9 @@ fn out_writes_values_as_f32_npy() {
                 .iter()
                 .map(|&x| x as f64)
                 .collect();
-            let per_row = reference("kl", (&p, F::Probs), Some((&q, F::Probs)), false);
             assert_close(&got, &reduce(&per_row, red), &format!("--out {red} on {b}"));
             // The same values as the JSON prints without --out.
-            let w = json(&["kl", "--p", &pf, "--q", &qf, "--reduction", red], b);
+            let w = json(&args, b);
             let printed: Vec<f32> = values(&w).iter().map(|&x| x as f32).collect();
             let written: Vec<f32> = got.iter().map(|&x| x as f32).collect();
             assert_eq!(printed, written, "JSON and --out differ on {b}");
@@ -732,36 +606,27 @@ fn out_writes_values_as_f32_npy() {
 fn js_is_bounded_by_ln2_and_finite() {
     let tmp = Tmp::new("js");
     // Disjoint supports: JS = ln 2 (1 bit); identical rows: 0.
-    let p = Mat {
-        data: vec![0.5, 0.5, 0.0, 0.0, 0.25, 0.75, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0],
-        rows: 3,
-        cols: 4,
-    };
-    let q = Mat {
-        data: vec![0.0, 0.0, 0.5, 0.5, 0.25, 0.75, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0],
-        rows: 3,
-        cols: 4,
-    };
+    let p = Mat::new(
+        vec![0.5, 0.5, 0.0, 0.0, 0.25, 0.75, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0],
+        3,
+        4,
+    );
+    let q = Mat::new(
+        vec![0.0, 0.0, 0.5, 0.5, 0.25, 0.75, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0],
+        3,
+        4,
+    );
     let (pf, qf) = (tmp.mat("P.npy", &p), tmp.mat("Q.npy", &q));
+    let ln2 = std::f64::consts::LN_2;
+    let js = ["js", "--p", &pf, "--q", &qf];
     for b in backends() {
-        let v = json(&["js", "--p", &pf, "--q", &qf], b);
-        let ln2 = std::f64::consts::LN_2;
-        check(&v, &[ln2, 0.0, ln2], &format!("js on {b}"));
-        let v = json(
-            &[
-                "js",
-                "--p",
-                &pf,
-                "--q",
-                &qf,
-                "--base",
-                "2",
-                "--reduction",
-                "sum",
-            ],
-            b,
-        );
-        check(&v, &[2.0], &format!("js bits on {b}"));
+        for (more, want) in [
+            (&[][..], vec![ln2, 0.0, ln2]),
+            (&["--base", "2", "--reduction", "sum"][..], vec![2.0]),
+        ] {
+            let v = json(&with(&js, more), b);
+            check(&v, &want, &format!("js {more:?} on {b}"));
+        }
     }
 }
 
@@ -772,10 +637,13 @@ fn input_forms() {
     let mut bl = random_logits(12, 4, 100, 5.0);
     // Log-probabilities with -inf (probability 0), normalised in f64.
     bl.data[5] = f32::NEG_INFINITY;
-    let mut lq = bl.clone();
+    let mut lq = bl.clone().form(LogProbs);
     for r in 0..4 {
-        let x: Vec<f64> = lq.row(r).iter().map(|&v| v as f64).collect();
-        let c = lse(&x);
+        let x: Vec<f64> = bl.data[r * 100..(r + 1) * 100]
+            .iter()
+            .map(|&v| v as f64)
+            .collect();
+        let c = common::log_sum_exp(&x);
         for (out, v) in lq.data[r * 100..(r + 1) * 100].iter_mut().zip(&x) {
             *out = (v - c) as f32;
         }
@@ -788,50 +656,24 @@ fn input_forms() {
         tmp.mat("LQ.npy", &lq),
         tmp.mat("M.npy", &masked),
     );
-    let (p, _) = {
-        let p = random_probs(13, 4, 100, |r, c| r == 0 && c == 5);
-        (p, ())
-    };
+    let p = random_probs(13, 4, 100, |r, c| r == 0 && c == 5);
     let pf = tmp.mat("P.npy", &p);
     for b in backends() {
-        let v = json(&["entropy", "--p", &af, "--p-form", "logits"], b);
-        check(
-            &v,
-            &reference("entropy", (&a, F::Logits), None, false),
-            &format!("entropy logits {b}"),
-        );
-        let v = json(&["entropy", "--p", &mf, "--p-form", "logits"], b);
-        check(
-            &v,
-            &reference("entropy", (&masked, F::Logits), None, false),
-            &format!("masked {b}"),
-        );
+        for (file, mat, what) in [(&af, &a, "logits"), (&mf, &masked, "masked")] {
+            let v = json(&["entropy", "--p", file, "--p-form", "logits"], b);
+            check(&v, &reference("entropy", mat, None), &format!("{what} {b}"));
+        }
         for m in ["kl", "cross-entropy", "js"] {
-            for (pfile, pm, pform, qfile, qm, qform) in [
-                (&af, &a, F::Logits, &bf, &bl, F::Logits),
-                (&pf, &p, F::Probs, &lqf, &lq, F::LogProbs),
-                (&mf, &masked, F::Logits, &lqf, &lq, F::LogProbs),
+            for (pfile, pm, qfile, qm) in [
+                (&af, &a, &bf, &bl),
+                (&pf, &p, &lqf, &lq),
+                (&mf, &masked, &lqf, &lq),
             ] {
-                let v = json(
-                    &[
-                        m,
-                        "--p",
-                        pfile,
-                        "--q",
-                        qfile,
-                        "--p-form",
-                        pform.name(),
-                        "--q-form",
-                        qform.name(),
-                    ],
-                    b,
-                );
-                let want = reference(m, (pm, pform), Some((qm, qform)), false);
-                check(
-                    &v,
-                    &want,
-                    &format!("{m} {} vs {} on {b}", pform.name(), qform.name()),
-                );
+                let (pform, qform) = (form_arg(pm.form), form_arg(qm.form));
+                let args = [m, "--p", pfile, "--q", qfile];
+                let v = json(&with(&args, &["--p-form", pform, "--q-form", qform]), b);
+                let want = reference(m, pm, Some(qm));
+                check(&v, &want, &format!("{m} {pform} vs {qform} on {b}"));
             }
         }
         // Row 0 of p has p = 0 where log q = -inf: a finite cross-entropy and KL.
@@ -852,18 +694,10 @@ fn one_reference_row() {
         for rf in [&r1, &r2] {
             let v = json(&["kl", "--p", &pf, "--q", rf], b);
             assert_eq!(v["rows"], 5);
-            check(
-                &v,
-                &reference("kl", (&p, F::Probs), Some((&r, F::Probs)), false),
-                "q one row",
-            );
+            check(&v, &reference("kl", &p, Some(&r)), "q one row");
             let v = json(&["kl", "--p", rf, "--q", &pf], b);
             assert_eq!(v["rows"], 5);
-            check(
-                &v,
-                &reference("kl", (&r, F::Probs), Some((&p, F::Probs)), false),
-                "p one row",
-            );
+            check(&v, &reference("kl", &r, Some(&p)), "p one row");
         }
     }
 }
@@ -880,11 +714,7 @@ fn one_dimensional_input_is_one_row() {
             (v["rows"].as_u64(), v["cols"].as_u64()),
             (Some(1), Some(1000))
         );
-        check(
-            &v,
-            &reference("entropy", (&p, F::Probs), None, false),
-            &format!("1-D on {b}"),
-        );
+        check(&v, &reference("entropy", &p, None), &format!("1-D on {b}"));
         let v = json(&["entropy", "--p", &one], b);
         check(&v, &[0.0], &format!("N = 1 on {b}"));
     }
@@ -893,39 +723,21 @@ fn one_dimensional_input_is_one_row() {
 #[test]
 fn f64_input_is_converted() {
     let tmp = Tmp::new("f64");
-    let mut rng = Rng(41);
+    let mut rng = Rng::new(41);
     let (rows, cols) = (3, 50);
-    let mut p64 = Vec::new();
-    let mut q64 = Vec::new();
-    for _ in 0..rows {
-        for v in [&mut p64, &mut q64] {
-            let raw: Vec<f64> = (0..cols).map(|_| rng.unit()).collect();
-            let s: f64 = raw.iter().sum();
-            v.extend(raw.iter().map(|x| x / s));
-        }
-    }
+    let p64 = rand_probs_f64(&mut rng, rows, cols, 0.0, 0.0, 0.0);
+    let q64 = rand_probs_f64(&mut rng, rows, cols, 0.0, 0.0, 0.0);
     let pf = tmp.save("P.npy", &[rows as u64, cols as u64], &p64);
     let qf = tmp.save("Q.npy", &[rows as u64, cols as u64], &q64);
-    // The reference sees what the library sees: the values rounded to f32.
-    let as32 = |v: &[f64]| Mat {
-        data: v.iter().map(|&x| x as f32).collect(),
-        rows,
-        cols,
-    };
+    // The oracle sees what the library sees: the values rounded to f32.
+    let as32 = |v: &[f64]| Mat::new(v.iter().map(|&x| x as f32).collect(), rows, cols);
     let (p, q) = (as32(&p64), as32(&q64));
     for b in backends() {
         let v = json(&["kl", "--p", &pf, "--q", &qf], b);
-        check(
-            &v,
-            &reference("kl", (&p, F::Probs), Some((&q, F::Probs)), false),
-            &format!("f64 on {b}"),
-        );
+        check(&v, &reference("kl", &p, Some(&q)), &format!("f64 on {b}"));
         let v = json(&["entropy", "--p", &pf, "--base", "2"], b);
-        check(
-            &v,
-            &in_base(&reference("entropy", (&p, F::Probs), None, false), 2.0),
-            "f64 entropy",
-        );
+        let want = reference_in("entropy", &p, None, false, Base::Two);
+        check(&v, &want, "f64 entropy");
     }
 }
 
@@ -941,35 +753,27 @@ fn nll_per_row_and_mean_with_perplexity() {
     let lf = tmp.mat("L.npy", &logits);
     let tf = tmp.save("T.npy", &[rows as u64], &t);
     let tpf = tmp.save("TP.npy", &[rows as u64], &t_plain);
+    let nll = ["nll", "--q", &lf, "--targets", &tf, "--q-form", "logits"];
     for b in backends() {
         // Per row, from probabilities.
         let v = json(&["nll", "--q", &qf, "--targets", &tpf], b);
         assert_eq!(v["rows"], rows);
         assert!(v.get("perplexity").is_none(), "{v}");
-        let (want, _) = nll_reference(&q, F::Probs, &t_plain, None, None, 0.0);
+        let (want, _) = nll_reference(&q, &t_plain, None, None, 0.0);
         check(&v, &want, &format!("nll probs on {b}"));
         // From logits, ignoring -100, mean and perplexity, in bits.
-        let (per_row, w) = nll_reference(&logits, F::Logits, &t, Some(-100), None, 0.0);
-        let mean = per_row.iter().sum::<f64>() / w.iter().sum::<f64>();
+        let (per_row, counted) = nll_reference(&logits, &t, Some(-100), None, 0.0);
+        let mean = per_row.iter().sum::<f64>() / counted;
         for (base, lnb) in [("e", 1.0), ("2", std::f64::consts::LN_2)] {
-            let v = json(
-                &[
-                    "nll",
-                    "--q",
-                    &lf,
-                    "--targets",
-                    &tf,
-                    "--q-form",
-                    "logits",
-                    "--ignore-index",
-                    "-100",
-                    "--reduction",
-                    "mean",
-                    "--base",
-                    base,
-                ],
-                b,
-            );
+            let more = [
+                "--ignore-index",
+                "-100",
+                "--reduction",
+                "mean",
+                "--base",
+                base,
+            ];
+            let v = json(&with(&nll, &more), b);
             check(&v, &[mean / lnb], &format!("nll mean base {base} on {b}"));
             let ppl = num(&v["perplexity"]);
             assert!(
@@ -977,19 +781,7 @@ fn nll_per_row_and_mean_with_perplexity() {
                 "perplexity {ppl} vs exp({mean}) on {b}"
             );
         }
-        let v = json(
-            &[
-                "nll",
-                "--q",
-                &lf,
-                "--targets",
-                &tf,
-                "--q-form",
-                "logits",
-                "--ignore-index=-100",
-            ],
-            b,
-        );
+        let v = json(&with(&nll, &["--ignore-index=-100"]), b);
         check(&v, &per_row, &format!("nll logits per row on {b}"));
         assert_eq!(values(&v)[2], 0.0);
     }
@@ -1007,78 +799,29 @@ fn nll_weights_and_label_smoothing() {
     let wf = tmp.save("W.npy", &[cols as u64], &weights);
     let w64: Vec<f64> = weights.iter().map(|&w| w as f64).collect();
     let wf64 = tmp.save("W64.npy", &[cols as u64], &w64);
+    let nll = ["nll", "--q", &lf, "--targets", &tf, "--q-form", "logits"];
+    let smoothed = with(&nll, &["--label-smoothing", "0.1"]);
     for b in backends() {
-        let (per_row, w) = nll_reference(&logits, F::Logits, &t, None, Some(&weights), 0.0);
+        let (per_row, w) = nll_reference(&logits, &t, None, Some(&weights), 0.0);
         for file in [&wf, &wf64] {
-            let base = [
-                "nll",
-                "--q",
-                &lf,
-                "--targets",
-                &tf,
-                "--q-form",
-                "logits",
-                "--weights",
-                file,
-            ];
-            let v = json(&base, b);
+            let weighted = with(&nll, &["--weights", file]);
+            let v = json(&weighted, b);
             check(&v, &per_row, &format!("weighted per row on {b}"));
-            let v = json(&[&base[..], &["--reduction", "mean"]].concat(), b);
-            let mean = per_row.iter().sum::<f64>() / w.iter().sum::<f64>();
+            let v = json(&with(&weighted, &["--reduction", "mean"]), b);
+            let mean = per_row.iter().sum::<f64>() / w;
             check(&v, &[mean], &format!("weighted mean on {b}"));
         }
-        let (per_row, _) = nll_reference(&logits, F::Logits, &t, None, None, 0.1);
-        let v = json(
-            &[
-                "nll",
-                "--q",
-                &lf,
-                "--targets",
-                &tf,
-                "--q-form",
-                "logits",
-                "--label-smoothing",
-                "0.1",
-            ],
-            b,
-        );
+        let (per_row, _) = nll_reference(&logits, &t, None, None, 0.1);
+        let v = json(&smoothed, b);
         check(&v, &per_row, &format!("label smoothing on {b}"));
-        let v = json(
-            &[
-                "nll",
-                "--q",
-                &lf,
-                "--targets",
-                &tf,
-                "--q-form",
-                "logits",
-                "--label-smoothing",
-                "0.1",
-                "--reduction",
-                "sum",
-            ],
-            b,
-        );
+        let v = json(&with(&smoothed, &["--reduction", "sum"]), b);
         check(
             &v,
             &reduce(&per_row, "sum"),
             &format!("label smoothing sum on {b}"),
         );
-        fails(
-            &[
-                "nll",
-                "--q",
-                &lf,
-                "--targets",
-                &tf,
-                "--q-form",
-                "logits",
-                "--label-smoothing",
-                "1.5",
-            ],
-            b,
-            &["smoothing"],
-        );
+        let bad = with(&nll, &["--label-smoothing", "1.5"]);
+        fails(&bad, b, &["smoothing"]);
     }
 }
 
@@ -1088,34 +831,23 @@ fn nll_target_dtypes_and_one_shared_row() {
     let q = random_probs(71, 1, 6, |_, _| false);
     let qf = tmp.save("Q.npy", &[6], &q.data);
     let t: Vec<i64> = vec![5, 0, 0, 2, 3, 1, 4];
+    let t32: Vec<i32> = t.iter().map(|&x| x as i32).collect();
+    let tu32: Vec<u32> = t.iter().map(|&x| x as u32).collect();
     let files = [
         tmp.save("T64.npy", &[7], &t),
-        tmp.save(
-            "T32.npy",
-            &[7],
-            &t.iter().map(|&x| x as i32).collect::<Vec<_>>(),
-        ),
-        tmp.save(
-            "TU32.npy",
-            &[7],
-            &t.iter().map(|&x| x as u32).collect::<Vec<_>>(),
-        ),
+        tmp.save("T32.npy", &[7], &t32),
+        tmp.save("TU32.npy", &[7], &tu32),
     ];
-    let (per_row, _) = nll_reference(&q, F::Probs, &t, None, None, 0.0);
+    let (per_row, _) = nll_reference(&q, &t, None, None, 0.0);
     for b in backends() {
         for tf in &files {
-            let v = json(&["nll", "--q", &qf, "--targets", tf], b);
+            let args = ["nll", "--q", &qf, "--targets", tf];
+            let v = json(&args, b);
             assert_eq!(v["rows"], 7, "{v}");
             check(&v, &per_row, &format!("shared q, {tf} on {b}"));
-            let v = json(
-                &["nll", "--q", &qf, "--targets", tf, "--reduction", "mean"],
-                b,
-            );
-            check(
-                &v,
-                &reduce(&per_row, "mean"),
-                &format!("shared q mean on {b}"),
-            );
+            let v = json(&with(&args, &["--reduction", "mean"]), b);
+            let want = reduce(&per_row, "mean");
+            check(&v, &want, &format!("shared q mean on {b}"));
         }
     }
 }
@@ -1126,21 +858,9 @@ fn nll_all_ignored_mean_is_nan() {
     let q = random_probs(81, 3, 4, |_, _| false);
     let qf = tmp.mat("Q.npy", &q);
     let tf = tmp.save("T.npy", &[3], &[-1i64, -1, -1]);
+    let args = ["nll", "--q", &qf, "--targets", &tf, "--ignore-index", "-1"];
     for b in backends() {
-        let v = json(
-            &[
-                "nll",
-                "--q",
-                &qf,
-                "--targets",
-                &tf,
-                "--ignore-index",
-                "-1",
-                "--reduction",
-                "mean",
-            ],
-            b,
-        );
+        let v = json(&with(&args, &["--reduction", "mean"]), b);
         assert_eq!(v["values"], serde_json::json!(["nan"]), "{v}");
         assert_eq!(v["perplexity"], "nan", "{v}");
     }
@@ -1183,31 +903,21 @@ fn explicit_backend_wins_over_environment() {
         let v: Value = serde_json::from_str(&r.stdout).unwrap();
         v["backend"].as_str().unwrap().to_string()
     };
-    assert_eq!(
-        backend(run_env(
-            &["entropy", "--p", &pf, "--backend", "cpu"],
-            Some("gpu")
-        )),
-        "cpu"
-    );
-    assert_eq!(
-        backend(run_env(&["entropy", "--p", &pf], Some("cpu"))),
-        "cpu"
-    );
-    assert_eq!(
-        backend(run_env(
-            &["entropy", "--p", &pf, "--backend", "auto"],
-            Some("cpu")
-        )),
-        "cpu"
-    );
+    let entropy = ["entropy", "--p", &pf];
+    // (extra arguments, KULLBACK_BACKEND, the backend that runs)
+    let mut cases = vec![
+        (&["--backend", "cpu"][..], "gpu", "cpu"),
+        (&[][..], "cpu", "cpu"),
+        (&["--backend", "auto"][..], "cpu", "cpu"),
+    ];
     if backends().contains(&"gpu") {
-        assert_eq!(
-            backend(run_env(&["entropy", "--p", &pf], Some("gpu"))),
-            "gpu"
-        );
+        cases.push((&[][..], "gpu", "gpu"));
     }
-    let r = run_env(&["entropy", "--p", &pf], Some("tpu"));
+    for (more, env, want) in cases {
+        let got = backend(run_env(&with(&entropy, more), Some(env)));
+        assert_eq!(got, want, "{more:?} with KULLBACK_BACKEND={env}");
+    }
+    let r = run_env(&entropy, Some("tpu"));
     assert!(!r.ok && r.stdout.is_empty());
     assert!(
         r.stderr
@@ -1233,21 +943,14 @@ fn error_nan_names_file_row_and_column() {
     let (pf_ok, qf_bad) = (tmp.mat("P2.npy", &q), tmp.mat("Q2.npy", &p));
     for b in backends() {
         for red in ["none", "sum", "mean"] {
-            fails(
-                &["entropy", "--p", &pf, "--reduction", red],
-                b,
-                &["P.npy", "row 3", "column 7", "NaN"],
-            );
-            fails(
-                &["kl", "--p", &pf, "--q", &qf, "--reduction", red],
-                b,
-                &["P.npy", "row 3", "column 7"],
-            );
-            fails(
-                &["js", "--p", &pf_ok, "--q", &qf_bad, "--reduction", red],
-                b,
-                &["Q2.npy", "row 3", "column 7"],
-            );
+            let r = ["--reduction", red];
+            #[rustfmt::skip]
+            let cases: &Failures<'_> = &[
+                (&with(&["entropy", "--p", &pf], &r), &["P.npy", "row 3", "column 7", "NaN"]),
+                (&with(&["kl", "--p", &pf, "--q", &qf], &r), &["P.npy", "row 3", "column 7"]),
+                (&with(&["js", "--p", &pf_ok, "--q", &qf_bad], &r), &["Q2.npy", "row 3", "column 7"]),
+            ];
+            fails_all(cases, b);
         }
     }
 }
@@ -1259,28 +962,15 @@ fn error_negative_probability() {
     p.data[2 * 6 + 1] = -0.1;
     let q = random_probs(112, 4, 6, |_, _| false);
     let (pf, qf) = (tmp.mat("P.npy", &p), tmp.mat("Q.npy", &q));
+    let tf = tmp.save("T.npy", &[4], &[0i32; 4]);
     for b in backends() {
-        fails(
-            &["entropy", "--p", &pf],
-            b,
-            &["P.npy", "row 2", "column 1", "negative"],
-        );
-        fails(
-            &["cross-entropy", "--p", &qf, "--q", &pf],
-            b,
-            &["P.npy", "row 2", "column 1"],
-        );
-        fails(
-            &[
-                "nll",
-                "--q",
-                &pf,
-                "--targets",
-                &tmp.save("T.npy", &[4], &[0i32; 4]),
-            ],
-            b,
-            &["P.npy", "row 2"],
-        );
+        #[rustfmt::skip]
+        let cases: &Failures<'_> = &[
+            (&["entropy", "--p", &pf], &["P.npy", "row 2", "column 1", "negative"]),
+            (&["cross-entropy", "--p", &qf, "--q", &pf], &["P.npy", "row 2", "column 1"]),
+            (&["nll", "--q", &pf, "--targets", &tf], &["P.npy", "row 2"]),
+        ];
+        fails_all(cases, b);
     }
 }
 
@@ -1299,12 +989,12 @@ fn error_infinite_probability_and_f64_underflow() {
     let qf = tmp.save("Q64.npy", &[3, 6], &q64);
     let p_ok = tmp.mat("POK.npy", &random_probs(123, 3, 6, |_, _| false));
     for b in backends() {
-        fails(&["entropy", "--p", &pf], b, &["P.npy", "row 1", "column 4"]);
-        fails(
-            &["kl", "--p", &p_ok, "--q", &qf],
-            b,
-            &["Q64.npy", "row 2", "column 5"],
-        );
+        #[rustfmt::skip]
+        let cases: &Failures<'_> = &[
+            (&["entropy", "--p", &pf], &["P.npy", "row 1", "column 4"]),
+            (&["kl", "--p", &p_ok, "--q", &qf], &["Q64.npy", "row 2", "column 5"]),
+        ];
+        fails_all(cases, b);
     }
 }
 
@@ -1316,12 +1006,12 @@ fn error_mismatched_shapes() {
     let q5 = tmp.mat("Q5.npy", &random_probs(133, 3, 5, |_, _| false));
     for b in backends() {
         for m in ["kl", "cross-entropy", "js"] {
-            fails(&[m, "--p", &p, "--q", &q], b, &["P.npy", "Q.npy", "shape"]);
-            fails(
-                &[m, "--p", &p, "--q", &q5],
-                b,
-                &["P.npy", "Q5.npy", "shape"],
-            );
+            #[rustfmt::skip]
+            let cases: &Failures<'_> = &[
+                (&[m, "--p", &p, "--q", &q], &["P.npy", "Q.npy", "shape"]),
+                (&[m, "--p", &p, "--q", &q5], &["P.npy", "Q5.npy", "shape"]),
+            ];
+            fails_all(cases, b);
         }
     }
 }
@@ -1333,35 +1023,19 @@ fn error_unnormalised_rows_without_normalize() {
     p.data[2 * 8..3 * 8].iter_mut().for_each(|x| *x *= 1.5);
     let q = random_probs(142, 4, 8, |_, _| false);
     let (pf, qf) = (tmp.mat("P.npy", &p), tmp.mat("Q.npy", &q));
+    let tf = tmp.save("T.npy", &[4], &[1u32; 4]);
     for b in backends() {
-        fails(
-            &["entropy", "--p", &pf],
-            b,
-            &["P.npy", "row 2", "--normalize"],
-        );
-        fails(
-            &["kl", "--p", &qf, "--q", &pf, "--reduction", "mean"],
-            b,
-            &["P.npy", "row 2"],
-        );
-        fails(
-            &[
-                "nll",
-                "--q",
-                &pf,
-                "--targets",
-                &tmp.save("T.npy", &[4], &[1u32; 4]),
-            ],
-            b,
-            &["P.npy", "row 2"],
-        );
+        #[rustfmt::skip]
+        let cases: &Failures<'_> = &[
+            (&["entropy", "--p", &pf], &["P.npy", "row 2", "--normalize"]),
+            (&["kl", "--p", &qf, "--q", &pf, "--reduction", "mean"], &["P.npy", "row 2"]),
+            (&["nll", "--q", &pf, "--targets", &tf], &["P.npy", "row 2"]),
+        ];
+        fails_all(cases, b);
         // The same file passes with --normalize.
         let v = json(&["entropy", "--p", &pf, "--normalize"], b);
-        check(
-            &v,
-            &reference("entropy", (&p, F::Probs), None, true),
-            "--normalize",
-        );
+        let want = reference_in("entropy", &p, None, true, Base::E);
+        check(&v, &want, "--normalize");
     }
 }
 
@@ -1382,17 +1056,18 @@ fn error_file_that_is_not_npy() {
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
     let truncated = truncated.to_str().unwrap();
     let missing = tmp.path("MISSING.npy");
+    let missing = missing.to_str().unwrap();
     let q = tmp.save("Q.npy", &[2], &[0.5f32, 0.5]);
     for b in backends() {
-        fails(&["entropy", "--p", bad], b, &["P.npy", ".npy"]);
-        fails(&["kl", "--p", &q, "--q", bad], b, &["P.npy"]);
-        fails(&["entropy", "--p", truncated], b, &["TRUNC.npy"]);
-        fails(
-            &["entropy", "--p", missing.to_str().unwrap()],
-            b,
-            &["MISSING.npy"],
-        );
-        fails(&["nll", "--q", &q, "--targets", bad], b, &["P.npy"]);
+        #[rustfmt::skip]
+        let cases: &Failures<'_> = &[
+            (&["entropy", "--p", bad], &["P.npy", ".npy"]),
+            (&["kl", "--p", &q, "--q", bad], &["P.npy"]),
+            (&["entropy", "--p", truncated], &["TRUNC.npy"]),
+            (&["entropy", "--p", missing], &["MISSING.npy"]),
+            (&["nll", "--q", &q, "--targets", bad], &["P.npy"]),
+        ];
+        fails_all(cases, b);
     }
 }
 
@@ -1417,26 +1092,18 @@ fn error_unsupported_layouts_and_dtypes() {
     let t = tmp.save("T.npy", &[1], &[1i64]);
     let weights_i = tmp.save("WI.npy", &[2], &[1i32, 1]);
     for b in backends() {
-        fails(&["entropy", "--p", &three_d], b, &["P3.npy", "3-D"]);
-        fails(&["entropy", "--p", &scalar], b, &["P0.npy", "0-D"]);
-        fails(&["entropy", "--p", fortran], b, &["PF.npy", "Fortran"]);
-        fails(&["entropy", "--p", &ints], b, &["PI.npy", "dtype"]);
-        fails(&["kl", "--p", &q, "--q", &half], b, &["PU8.npy", "dtype"]);
-        fails(
-            &["nll", "--q", &q, "--targets", &float_targets],
-            b,
-            &["TF.npy", "dtype"],
-        );
-        fails(
-            &["nll", "--q", &q, "--targets", &targets_2d],
-            b,
-            &["T2.npy", "1-D"],
-        );
-        fails(
-            &["nll", "--q", &q, "--targets", &t, "--weights", &weights_i],
-            b,
-            &["WI.npy", "dtype"],
-        );
+        #[rustfmt::skip]
+        let cases: &Failures<'_> = &[
+            (&["entropy", "--p", &three_d], &["P3.npy", "3-D"]),
+            (&["entropy", "--p", &scalar], &["P0.npy", "0-D"]),
+            (&["entropy", "--p", fortran], &["PF.npy", "Fortran"]),
+            (&["entropy", "--p", &ints], &["PI.npy", "dtype"]),
+            (&["kl", "--p", &q, "--q", &half], &["PU8.npy", "dtype"]),
+            (&["nll", "--q", &q, "--targets", &float_targets], &["TF.npy", "dtype"]),
+            (&["nll", "--q", &q, "--targets", &targets_2d], &["T2.npy", "1-D"]),
+            (&["nll", "--q", &q, "--targets", &t, "--weights", &weights_i], &["WI.npy", "dtype"]),
+        ];
+        fails_all(cases, b);
     }
 }
 
@@ -1450,48 +1117,18 @@ fn error_target_out_of_range_and_length() {
     let short = tmp.save("TS.npy", &[3], &[0i64, 1, 2]);
     let ok = tmp.save("TOK.npy", &[4], &[0i64, 1, 2, 3]);
     let weights_short = tmp.save("W.npy", &[4], &[1.0f32; 4]);
+    let nll = ["nll", "--q", &qf, "--targets"];
     for b in backends() {
-        fails(
-            &["nll", "--q", &qf, "--targets", &out_of_range],
-            b,
-            &["T.npy", "row 2", "5"],
-        );
-        fails(
-            &["nll", "--q", &qf, "--targets", &negative],
-            b,
-            &["TN.npy", "row 3"],
-        );
-        fails(
-            &["nll", "--q", &qf, "--targets", &short],
-            b,
-            &["TS.npy", "Q.npy"],
-        );
-        fails(
-            &[
-                "nll",
-                "--q",
-                &qf,
-                "--targets",
-                &ok,
-                "--weights",
-                &weights_short,
-            ],
-            b,
-            &["W.npy"],
-        );
+        #[rustfmt::skip]
+        let cases: &Failures<'_> = &[
+            (&with(&nll, &[&out_of_range]), &["T.npy", "row 2", "5"]),
+            (&with(&nll, &[&negative]), &["TN.npy", "row 3"]),
+            (&with(&nll, &[&short]), &["TS.npy", "Q.npy"]),
+            (&with(&nll, &[&ok, "--weights", &weights_short]), &["W.npy"]),
+        ];
+        fails_all(cases, b);
         // The ignore index is not out of range.
-        json(
-            &[
-                "nll",
-                "--q",
-                &qf,
-                "--targets",
-                &negative,
-                "--ignore-index",
-                "-3",
-            ],
-            b,
-        );
+        json(&with(&nll, &[&negative, "--ignore-index", "-3"]), b);
     }
 }
 
@@ -1499,13 +1136,19 @@ fn error_target_out_of_range_and_length() {
 fn usage_errors() {
     let tmp = Tmp::new("usage");
     let pf = tmp.save("P.npy", &[2], &[0.5f32, 0.5]);
-    usage_error(&[]);
-    usage_error(&["entropy"]);
-    usage_error(&["kl", "--p", &pf]);
-    usage_error(&["nll", "--q", &pf]);
-    usage_error(&["entropy", "--p", &pf, "--reduction", "batchmean"]);
-    usage_error(&["entropy", "--p", &pf, "--backend", "tpu"]);
-    usage_error(&["entropy", "--p", &pf, "--p-form", "odds"]);
-    usage_error(&["entropy", "--p", &pf, "--q", &pf]);
-    usage_error(&["variance", "--p", &pf]);
+    #[rustfmt::skip]
+    let cases: [&[&str]; 9] = [
+        &[],
+        &["entropy"],
+        &["kl", "--p", &pf],
+        &["nll", "--q", &pf],
+        &["entropy", "--p", &pf, "--reduction", "batchmean"],
+        &["entropy", "--p", &pf, "--backend", "tpu"],
+        &["entropy", "--p", &pf, "--p-form", "odds"],
+        &["entropy", "--p", &pf, "--q", &pf],
+        &["variance", "--p", &pf],
+    ];
+    for args in cases {
+        usage_error(args);
+    }
 }

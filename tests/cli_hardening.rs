@@ -127,14 +127,6 @@ fn failed(o: &Output, needles: &[&str]) {
     }
 }
 
-fn backends() -> Vec<&'static str> {
-    if common::gpu().is_some() {
-        vec!["cpu", "gpu"]
-    } else {
-        vec!["cpu"]
-    }
-}
-
 /// Item 2, CPU: a 4 GiB .npy under `ulimit -v` 2 GiB is an error naming the
 /// file ("does not fit"), not an abort.
 #[test]
@@ -217,7 +209,7 @@ fn f64_weights_are_converted_with_checks() {
     let (tiny, huge) = (t.path("W_TINY.npy"), t.path("W_HUGE.npy"));
     npy(&tiny, "<f8", &[3], &f64s(&[1e-300, 1.0, 1.0]), 0);
     npy(&huge, "<f8", &[3], &f64s(&[1.0, 1e300, 1.0]), 0);
-    for b in backends() {
+    for b in common::cli_backends() {
         let args = |w: &Path| {
             vec![
                 "nll".to_string(),
@@ -267,7 +259,7 @@ fn pq(t: &Tmp) -> (String, String) {
 fn unwritable_stdout() {
     let t = Tmp::new("stdout");
     let (p, q) = pq(&t);
-    for b in backends() {
+    for b in common::cli_backends() {
         let o = sh(&format!(
             "exec \"$B\" kl --p '{p}' --q '{q}' --backend {b} > /dev/full"
         ));
@@ -345,7 +337,7 @@ fn error_lines_name_the_file() {
             .collect::<Vec<_>>(),
         0,
     );
-    for b in backends() {
+    for b in common::cli_backends() {
         let o = run(&[
             "nll",
             "--q",
@@ -379,7 +371,7 @@ fn error_lines_name_the_file() {
 fn small_cli_defects() {
     let t = Tmp::new("small");
     let (p, q) = pq(&t);
-    for b in backends() {
+    for b in common::cli_backends() {
         let direct = run(&["kl", "--p", &p, "--q", &q, "--backend", b]);
         assert!(direct.status.success());
         let piped = sh(&format!(
@@ -415,7 +407,7 @@ fn small_cli_defects() {
             .collect::<Vec<_>>(),
         0,
     );
-    for b in backends() {
+    for b in common::cli_backends() {
         let q1s = q1.to_str().unwrap();
         for args in [
             vec![

@@ -27,16 +27,6 @@ const REDUCTIONS: [&str; 3] = ["none", "sum", "mean"];
 /// Fewer checked cases than this (per backend) means the manifest was misread.
 const MIN_CASES: usize = 80;
 
-/// The backends to run on: cpu always, gpu when an adapter exists (the shared
-/// probe: a printed note when there is none, a panic under `KULLBACK_REQUIRE_GPU=1`).
-fn backends() -> Vec<&'static str> {
-    if common::gpu().is_some() {
-        vec!["cpu", "gpu"]
-    } else {
-        vec!["cpu"]
-    }
-}
-
 /// A fresh directory under the system temp dir, removed on drop.
 struct Tmp(PathBuf);
 
@@ -320,7 +310,7 @@ fn cli_matches_scipy_reference() {
             skipped.join("\n  ")
         );
     }
-    let backends = backends();
+    let backends = common::cli_backends();
     // The cases split over a few threads; each runs the binary once per
     // backend and reduction.
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4));

@@ -6,8 +6,8 @@ mod common;
 
 use common::*;
 use kullback::{
-    Arg, BadValue, Base, Batch, Error, Form, Measure, NllOptions, Normalization, Options,
-    Reduction, Setting,
+    Arg, BadValue, Base, Batch, Context, Error, Form, Measure, NllOptions, Normalization, Options,
+    Output, Reduction, Setting,
 };
 
 const LN2: f64 = std::f64::consts::LN_2;
@@ -48,380 +48,128 @@ fn value(
     }
 }
 
+/// One call of a table, with reduction none unless its options say: label,
+/// measure, p (values, form), q, columns, options, the expected values.
+type ValueCase<'a> = (
+    &'a str,
+    Measure,
+    (&'a [f32], Form),
+    Option<(&'a [f32], Form)>,
+    usize,
+    Options,
+    &'a [f64],
+);
+
+/// [`value`] for every case of a table.
+fn values(failures: &mut Vec<String>, cases: &[ValueCase<'_>]) {
+    for &(label, measure, p, q, cols, opts, expected) in cases {
+        value(failures, label, measure, p, q, cols, opts, expected);
+    }
+}
+
 #[test]
 fn zero_rules() {
+    use Form::{LogProbs, Logits, Probs};
+    use Measure::{CrossEntropy as Ce, Entropy as H, Js, Kl};
     let mut f = Vec::new();
     let o = Options::default();
     let ni = f64::INFINITY;
-    // 0 · ln 0 = 0.
-    value(
-        &mut f,
-        "H([.5,.5,0])",
-        Measure::Entropy,
-        (&[0.5, 0.5, 0.0], Form::Probs),
-        None,
-        3,
-        o,
-        &[LN2],
-    );
-    // p = 0 terms are 0 whatever q is (q = 0 included).
+    let ninf = f32::NEG_INFINITY;
     let p = [0.0f32, 1.0, 0.0, 0.5, 0.5, 0.0];
     let q = [0.0f32, 1.0, 0.0, 0.5, 0.0, 0.5];
-    value(
-        &mut f,
-        "CE p=0,q=0",
-        Measure::CrossEntropy,
-        (&p, Form::Probs),
-        Some((&q, Form::Probs)),
-        3,
-        o,
-        &[0.0, ni],
-    );
-    value(
-        &mut f,
-        "KL p=0,q=0",
-        Measure::Kl,
-        (&p, Form::Probs),
-        Some((&q, Form::Probs)),
-        3,
-        o,
-        &[0.0, ni],
-    );
-    // q as log-probabilities: log q = -inf under p = 0 is 0, under p > 0 is +inf.
-    let lq = [
-        f32::NEG_INFINITY,
-        0.0,
-        f32::NEG_INFINITY,
-        (0.5f32).ln(),
-        f32::NEG_INFINITY,
-        (0.5f32).ln(),
-    ];
-    let l5 = (0.5f32).ln() as f64;
-    value(
-        &mut f,
-        "CE log q=-inf",
-        Measure::CrossEntropy,
-        (&p, Form::Probs),
-        Some((&lq, Form::LogProbs)),
-        3,
-        o,
-        &[0.0, ni],
-    );
-    value(
-        &mut f,
-        "KL log q=-inf",
-        Measure::Kl,
-        (&p, Form::Probs),
-        Some((&lq, Form::LogProbs)),
-        3,
-        o,
-        &[0.0, ni],
-    );
-    // p as log-probabilities with -inf: p = 0.
-    let lp = [f32::NEG_INFINITY, 0.0, f32::NEG_INFINITY];
-    value(
-        &mut f,
-        "H(log p = -inf)",
-        Measure::Entropy,
-        (&lp, Form::LogProbs),
-        None,
-        3,
-        o,
-        &[0.0],
-    );
-    value(
-        &mut f,
-        "KL(log p=-inf || q=0)",
-        Measure::Kl,
-        (&lp, Form::LogProbs),
-        Some((&[0.0f32, 1.0, 0.0], Form::Probs)),
-        3,
-        o,
-        &[0.0],
-    );
-    // Disjoint supports: KL +inf, JS ln 2 (1 bit), one-hot entropies 0.
+    let l5f = (0.5f32).ln();
+    let lq = [ninf, 0.0, ninf, l5f, ninf, l5f];
+    let lp = [ninf, 0.0, ninf];
     let a = [1.0f32, 0.0, 0.0, 0.0];
     let b = [0.0f32, 0.0, 0.0, 1.0];
-    value(
-        &mut f,
-        "JS disjoint",
-        Measure::Js,
-        (&a, Form::Probs),
-        Some((&b, Form::Probs)),
-        4,
-        o,
-        &[LN2],
-    );
-    value(
-        &mut f,
-        "JS disjoint bits",
-        Measure::Js,
-        (&a, Form::Probs),
-        Some((&b, Form::Probs)),
-        4,
-        o.base(Base::Two),
-        &[1.0],
-    );
-    value(
-        &mut f,
-        "JS same",
-        Measure::Js,
-        (&a, Form::Probs),
-        Some((&a, Form::Probs)),
-        4,
-        o,
-        &[0.0],
-    );
-    value(
-        &mut f,
-        "KL disjoint",
-        Measure::Kl,
-        (&a, Form::Probs),
-        Some((&b, Form::Probs)),
-        4,
-        o,
-        &[ni],
-    );
-    value(
-        &mut f,
-        "H one-hot",
-        Measure::Entropy,
-        (&a, Form::Probs),
-        None,
-        4,
-        o,
-        &[0.0],
-    );
-    value(
-        &mut f,
-        "CE one-hot same",
-        Measure::CrossEntropy,
-        (&a, Form::Probs),
-        Some((&a, Form::Probs)),
-        4,
-        o,
-        &[0.0],
-    );
     // JS with log forms where both sides are 0 in a column.
-    let la = [0.0f32, f32::NEG_INFINITY, f32::NEG_INFINITY];
-    let lb = [l5 as f32, l5 as f32, f32::NEG_INFINITY];
+    let l5 = l5f as f64;
+    let la = [0.0f32, ninf, ninf];
+    let lb = [l5f, l5f, ninf];
     let js = 0.5 * (1.0 * (0.0 - (0.75f64).ln()))
         + 0.5 * (0.5 * (l5 - 0.75f64.ln()) + 0.5 * (l5 - 0.25f64.ln()));
-    value(
-        &mut f,
-        "JS log forms, shared -inf column",
-        Measure::Js,
-        (&la, Form::LogProbs),
-        Some((&lb, Form::LogProbs)),
-        3,
-        o,
-        &[js],
-    );
-    // Masked logits.
-    let ninf = f32::NEG_INFINITY;
-    value(
-        &mut f,
-        "H masked logits",
-        Measure::Entropy,
-        (&[3.0, ninf, 3.0], Form::Logits),
-        None,
-        3,
-        o,
-        &[LN2],
-    );
-    value(
-        &mut f,
-        "KL masked q logit under p > 0",
-        Measure::Kl,
-        (&[0.0, 0.0, ninf], Form::Logits),
-        Some((&[0.0, ninf, 0.0], Form::Logits)),
-        3,
-        o,
-        &[ni],
-    );
-    value(
-        &mut f,
-        "KL masked p logit",
-        Measure::Kl,
-        (&[ninf, 0.0, ninf], Form::Logits),
-        Some((&[7.0, 7.0, ninf], Form::Logits)),
-        3,
-        o,
-        &[LN2],
-    );
-    value(
-        &mut f,
-        "JS disjoint masked logits",
-        Measure::Js,
-        (&[5.0, ninf], Form::Logits),
-        Some((&[ninf, -5.0], Form::Logits)),
-        2,
-        o,
-        &[LN2],
-    );
-    // +inf rows make sum and mean +inf; finite rows alongside.
     let p2 = [1.0f32, 0.0, 0.5, 0.5];
     let q2 = [0.0f32, 1.0, 0.5, 0.5];
-    value(
-        &mut f,
-        "KL sum with +inf row",
-        Measure::Kl,
-        (&p2, Form::Probs),
-        Some((&q2, Form::Probs)),
-        2,
-        o.reduction(Reduction::Sum),
-        &[ni],
-    );
-    value(
-        &mut f,
-        "KL mean with +inf row",
-        Measure::Kl,
-        (&p2, Form::Probs),
-        Some((&q2, Form::Probs)),
-        2,
-        o.reduction(Reduction::Mean),
-        &[ni],
-    );
-    // N = 1.
-    value(
-        &mut f,
-        "KL 1 column",
-        Measure::Kl,
-        (&[1.0, 1.0], Form::Probs),
-        Some((&[1.0, 1.0], Form::Probs)),
-        1,
-        o,
-        &[0.0, 0.0],
-    );
+    let (sum, mean) = (o.reduction(Reduction::Sum), o.reduction(Reduction::Mean));
+    #[rustfmt::skip]
+    let cases: &[ValueCase<'_>] = &[
+        // 0 · ln 0 = 0.
+        ("H([.5,.5,0])", H, (&[0.5, 0.5, 0.0], Probs), None, 3, o, &[LN2]),
+        // p = 0 terms are 0 whatever q is (q = 0 included).
+        ("CE p=0,q=0", Ce, (&p, Probs), Some((&q, Probs)), 3, o, &[0.0, ni]),
+        ("KL p=0,q=0", Kl, (&p, Probs), Some((&q, Probs)), 3, o, &[0.0, ni]),
+        // q as log-probabilities: log q = -inf under p = 0 is 0, under p > 0 is +inf.
+        ("CE log q=-inf", Ce, (&p, Probs), Some((&lq, LogProbs)), 3, o, &[0.0, ni]),
+        ("KL log q=-inf", Kl, (&p, Probs), Some((&lq, LogProbs)), 3, o, &[0.0, ni]),
+        // p as log-probabilities with -inf: p = 0.
+        ("H(log p = -inf)", H, (&lp, LogProbs), None, 3, o, &[0.0]),
+        ("KL(log p=-inf || q=0)", Kl, (&lp, LogProbs), Some((&[0.0, 1.0, 0.0], Probs)), 3, o, &[0.0]),
+        // Disjoint supports: KL +inf, JS ln 2 (1 bit), one-hot entropies 0.
+        ("JS disjoint", Js, (&a, Probs), Some((&b, Probs)), 4, o, &[LN2]),
+        ("JS disjoint bits", Js, (&a, Probs), Some((&b, Probs)), 4, o.base(Base::Two), &[1.0]),
+        ("JS same", Js, (&a, Probs), Some((&a, Probs)), 4, o, &[0.0]),
+        ("KL disjoint", Kl, (&a, Probs), Some((&b, Probs)), 4, o, &[ni]),
+        ("H one-hot", H, (&a, Probs), None, 4, o, &[0.0]),
+        ("CE one-hot same", Ce, (&a, Probs), Some((&a, Probs)), 4, o, &[0.0]),
+        ("JS log forms, shared -inf column", Js, (&la, LogProbs), Some((&lb, LogProbs)), 3, o, &[js]),
+        // Masked logits.
+        ("H masked logits", H, (&[3.0, ninf, 3.0], Logits), None, 3, o, &[LN2]),
+        ("KL masked q logit under p > 0", Kl, (&[0.0, 0.0, ninf], Logits), Some((&[0.0, ninf, 0.0], Logits)), 3, o, &[ni]),
+        ("KL masked p logit", Kl, (&[ninf, 0.0, ninf], Logits), Some((&[7.0, 7.0, ninf], Logits)), 3, o, &[LN2]),
+        ("JS disjoint masked logits", Js, (&[5.0, ninf], Logits), Some((&[ninf, -5.0], Logits)), 2, o, &[LN2]),
+        // +inf rows make sum and mean +inf; finite rows alongside.
+        ("KL sum with +inf row", Kl, (&p2, Probs), Some((&q2, Probs)), 2, sum, &[ni]),
+        ("KL mean with +inf row", Kl, (&p2, Probs), Some((&q2, Probs)), 2, mean, &[ni]),
+        // N = 1.
+        ("KL 1 column", Kl, (&[1.0, 1.0], Probs), Some((&[1.0, 1.0], Probs)), 1, o, &[0.0, 0.0]),
+    ];
+    values(&mut f, cases);
     report("zero rules", &f);
 }
 
 #[test]
 fn subnormal_probabilities() {
+    use Form::{LogProbs, Probs};
+    use Measure::{CrossEntropy as Ce, Entropy as H, Js, Kl};
     let mut f = Vec::new();
     let o = Options::default();
     let (s1, s2) = (1e-40f32, 3e-44f32);
     assert!(s1 != 0.0 && !s1.is_normal() && s2 != 0.0 && !s2.is_normal());
     let (l1, l2) = ((s1 as f64).ln(), (s2 as f64).ln());
     // In q: ln(1e-40) = -92.10 (WGSL's log gives -88.02 on lavapipe), ln(3e-44) = -100.93.
-    let p = [0.5f32, 0.5, 0.0, 1.0, 0.0, 0.0];
-    let q = [s1, 1.0, 0.0, s2, 1.0, 0.0];
+    let pq = [0.5f32, 0.5, 0.0, 1.0, 0.0, 0.0];
+    let sq = [s1, 1.0, 0.0, s2, 1.0, 0.0];
     let ce = [-0.5 * l1, -l2];
-    value(
-        &mut f,
-        "CE subnormal q",
-        Measure::CrossEntropy,
-        (&p, Form::Probs),
-        Some((&q, Form::Probs)),
-        3,
-        o,
-        &ce,
-    );
     let kl = [0.5 * (0.5f64.ln() - l1) + 0.5 * 0.5f64.ln(), -l2];
-    value(
-        &mut f,
-        "KL subnormal q",
-        Measure::Kl,
-        (&p, Form::Probs),
-        Some((&q, Form::Probs)),
-        3,
-        o,
-        &kl,
-    );
     // In p: a subnormal p is not zero: over q = 0 it gives +inf.
-    let p = [s1, 1.0, 0.0, s2, 0.0, 1.0];
-    let q = [0.0f32, 1.0, 0.0, 0.0, 0.0, 1.0];
-    value(
-        &mut f,
-        "KL subnormal p over q=0",
-        Measure::Kl,
-        (&p, Form::Probs),
-        Some((&q, Form::Probs)),
-        3,
-        o,
-        &[f64::INFINITY; 2],
-    );
-    value(
-        &mut f,
-        "CE subnormal p over q=0",
-        Measure::CrossEntropy,
-        (&p, Form::Probs),
-        Some((&q, Form::Probs)),
-        3,
-        o,
-        &[f64::INFINITY; 2],
-    );
+    let sp = [s1, 1.0, 0.0, s2, 0.0, 1.0];
+    let q0 = [0.0f32, 1.0, 0.0, 0.0, 0.0, 1.0];
     let h = [-(s1 as f64) * l1, -(s2 as f64) * l2];
-    value(
-        &mut f,
-        "H subnormal p",
-        Measure::Entropy,
-        (&p, Form::Probs),
-        None,
-        3,
-        o,
-        &h,
-    );
     // Renormalised rows whose sum is normal but whose terms are subnormal.
-    let p = [2e-38f32, 1e-40, 3e-44];
-    let expect = ref_measure(
-        Measure::Entropy,
-        Input::new(&p, 1, Form::Probs),
-        None,
-        3,
-        Normalization::Renormalize,
-        Base::E,
-    );
-    assert!(expect[0] > 0.03, "reference {expect:?}");
-    value(
-        &mut f,
-        "H renormalised tiny row",
-        Measure::Entropy,
-        (&p, Form::Probs),
-        None,
-        3,
-        o.normalization(Normalization::Renormalize),
-        &expect,
-    );
+    let tiny = [2e-38f32, 1e-40, 3e-44];
+    let renorm = Normalization::Renormalize;
+    let tiny_h = ref_measure(H, Input::new(&tiny, 1, Probs), None, 3, renorm, Base::E);
+    assert!(tiny_h[0] > 0.03, "reference {tiny_h:?}");
     // Log forms whose probabilities are subnormal in f32: exp(-92) = 1.1e-40.
-    let pp = [0.5f32, 0.5];
+    let half = [0.5f32, 0.5];
     let lq = [-92.0f32, 0.0];
-    let want = ref_measure(
-        Measure::Js,
-        Input::new(&pp, 1, Form::Probs),
-        Some(Input::new(&lq, 1, Form::LogProbs)),
-        2,
-        Normalization::Validate,
-        Base::E,
-    );
-    value(
-        &mut f,
-        "JS with q log-prob -92 (subnormal probability)",
-        Measure::Js,
-        (&pp, Form::Probs),
-        Some((&lq, Form::LogProbs)),
-        2,
-        o,
-        &want,
-    );
-    let want = ref_measure(
-        Measure::Kl,
-        Input::new(&pp, 1, Form::Probs),
-        Some(Input::new(&lq, 1, Form::LogProbs)),
-        2,
-        Normalization::Validate,
-        Base::E,
-    );
-    value(
-        &mut f,
-        "KL with q log-prob -92",
-        Measure::Kl,
-        (&pp, Form::Probs),
-        Some((&lq, Form::LogProbs)),
-        2,
-        o,
-        &want,
-    );
+    let oracle = |m| {
+        let (p, q) = (Input::new(&half, 1, Probs), Input::new(&lq, 1, LogProbs));
+        ref_measure(m, p, Some(q), 2, Normalization::Validate, Base::E)
+    };
+    let (js, kl92) = (oracle(Js), oracle(Kl));
+    #[rustfmt::skip]
+    let cases: &[ValueCase<'_>] = &[
+        ("CE subnormal q", Ce, (&pq, Probs), Some((&sq, Probs)), 3, o, &ce),
+        ("KL subnormal q", Kl, (&pq, Probs), Some((&sq, Probs)), 3, o, &kl),
+        ("KL subnormal p over q=0", Kl, (&sp, Probs), Some((&q0, Probs)), 3, o, &[f64::INFINITY; 2]),
+        ("CE subnormal p over q=0", Ce, (&sp, Probs), Some((&q0, Probs)), 3, o, &[f64::INFINITY; 2]),
+        ("H subnormal p", H, (&sp, Probs), None, 3, o, &h),
+        ("H renormalised tiny row", H, (&tiny, Probs), None, 3, o.normalization(renorm), &tiny_h),
+        ("JS with q log-prob -92 (subnormal probability)", Js, (&half, Probs), Some((&lq, LogProbs)), 2, o, &js),
+        ("KL with q log-prob -92", Kl, (&half, Probs), Some((&lq, LogProbs)), 2, o, &kl92),
+    ];
+    values(&mut f, cases);
     // f64 input: 1e-40 is representable (subnormal) in f32 and accepted.
     for bk in all() {
         let p64 = [1e-40f64, 1.0];
@@ -474,6 +222,43 @@ fn with_value(rows: usize, cols: usize, row: usize, col: usize, v: f32) -> Vec<f
     let mut x = vec![1.0 / cols as f32; rows * cols];
     x[row * cols + col] = v;
     x
+}
+
+/// A call on a context (of a table of calls that must fail).
+type Call<'a> = &'a dyn Fn(&Context) -> kullback::Result<Output>;
+/// The test of the error a call must give.
+type Wanted<'a> = &'a dyn Fn(&Error) -> bool;
+/// A call that must fail: label, the call, the error it must give.
+type ErrCase<'a> = (&'a str, Call<'a>, Wanted<'a>);
+
+/// The call of `m` over `p` (and `q`) of `cols` columns under `o`.
+fn call<'a>(
+    m: Measure,
+    p: Input<'a>,
+    q: Option<Input<'a>>,
+    cols: usize,
+    o: Options,
+) -> impl Fn(&Context) -> kullback::Result<Output> + 'a {
+    move |c| eval(c, m, p, q, cols, &o)
+}
+
+/// `rows` rows of probabilities.
+fn probs(data: &[f32], rows: usize) -> Input<'_> {
+    Input::new(data, rows, Form::Probs)
+}
+
+/// `rows` rows of logits.
+fn logits(data: &[f32], rows: usize) -> Input<'_> {
+    Input::new(data, rows, Form::Logits)
+}
+
+/// [`check_err`] for every case of a table, on every backend.
+fn errors(failures: &mut Vec<String>, cases: &[ErrCase<'_>]) {
+    for bk in all() {
+        for (label, call, want) in cases {
+            check_err(failures, label, &bk, call(&bk.ctx), want);
+        }
+    }
 }
 
 #[test]
@@ -560,117 +345,43 @@ fn bad_values_name_argument_row_and_column() {
                 }
             }
         }
-        // -inf probability: negative (or infinite), row and column named.
-        let p = with_value(rows, cols, 1, 3, f32::NEG_INFINITY);
-        let r = eval(
-            &bk.ctx,
-            Measure::Entropy,
-            Input::new(&p, rows, Form::Probs),
-            None,
-            cols,
-            &Options::default(),
-        );
-        check_err(&mut f, "-inf probability", &bk, r, &|e| {
-            matches!(
-                e,
-                Error::BadValue {
-                    arg: Arg::P,
-                    row: 1,
-                    col: Some(3),
-                    what: BadValue::Negative | BadValue::Infinite
-                }
-            )
-        });
-        // The first bad row is the one named.
-        let mut p = good.clone();
-        p[3 * cols + 1] = f32::NAN;
-        p[cols + 6] = -1.0;
-        let r = eval(
-            &bk.ctx,
-            Measure::Entropy,
-            Input::new(&p, rows, Form::Probs),
-            None,
-            cols,
-            &Options::default().reduction(Reduction::Mean),
-        );
-        check_err(
-            &mut f,
-            "first of two bad rows",
-            &bk,
-            r,
-            &bad(Arg::P, 1, 6, BadValue::Negative),
-        );
-        // A bad broadcast row is row 0 of its argument.
-        let one = with_value(1, cols, 0, 4, f32::NAN);
-        let r = eval(
-            &bk.ctx,
-            Measure::Kl,
-            Input::new(&good, rows, Form::Probs),
-            Some(Input::new(&one, 1, Form::Probs)),
-            cols,
-            &Options::default(),
-        );
-        check_err(&mut f, "NaN in a one-row q", &bk, r, &|e| {
-            matches!(
-                e,
-                Error::BadValue {
-                    arg: Arg::Q,
-                    col: Some(4),
-                    what: BadValue::Nan,
-                    ..
-                }
-            )
-        });
-        // All -inf logits: the row cannot be normalised.
-        let mut l = vec![0.5f32; rows * cols];
-        for v in &mut l[2 * cols..3 * cols] {
-            *v = f32::NEG_INFINITY;
-        }
-        for (m, arg) in [(Measure::Entropy, Arg::P), (Measure::Kl, Arg::Q)] {
-            let r = if arg == Arg::P {
-                eval(
-                    &bk.ctx,
-                    m,
-                    Input::new(&l, rows, Form::Logits),
-                    None,
-                    cols,
-                    &Options::default(),
-                )
-            } else {
-                let p = vec![0.1f32; rows * cols];
-                eval(
-                    &bk.ctx,
-                    m,
-                    Input::new(&p, rows, Form::Logits),
-                    Some(Input::new(&l, rows, Form::Logits)),
-                    cols,
-                    &Options::default(),
-                )
-            };
-            check_err(
-                &mut f,
-                &format!("all -inf logits in {arg}"),
-                &bk,
-                r,
-                &|e| matches!(e, Error::CannotNormalize { arg: a, row: 2, .. } if *a == arg),
-            );
-        }
-        let r = bk.ctx.nll(
-            &Batch::new(&l, rows, cols).form(Form::Logits),
-            &[0i64, 1, 2, 3][..],
-            &NllOptions::default(),
-        );
-        check_err(&mut f, "NLL all -inf logits", &bk, r, &|e| {
-            matches!(
-                e,
-                Error::CannotNormalize {
-                    arg: Arg::Q,
-                    row: 2,
-                    ..
-                }
-            )
-        });
     }
+    let o = Options::default();
+    // -inf probability: negative (or infinite), row and column named.
+    let minus_inf = with_value(rows, cols, 1, 3, f32::NEG_INFINITY);
+    // The first bad row is the one named.
+    let mut two_bad = good.clone();
+    two_bad[3 * cols + 1] = f32::NAN;
+    two_bad[cols + 6] = -1.0;
+    // A bad broadcast row is row 0 of its argument.
+    let one = with_value(1, cols, 0, 4, f32::NAN);
+    // All -inf logits: the row cannot be normalised.
+    let mut l = vec![0.5f32; rows * cols];
+    for v in &mut l[2 * cols..3 * cols] {
+        *v = f32::NEG_INFINITY;
+    }
+    let ok = vec![0.1f32; rows * cols];
+    let targets = [0i64, 1, 2, 3];
+    let nll = |c: &Context| {
+        let q = Batch::new(&l, rows, cols).form(Form::Logits);
+        c.nll(&q, &targets[..], &NllOptions::default())
+    };
+    #[rustfmt::skip]
+    let cases: &[ErrCase<'_>] = &[
+        ("-inf probability", &call(Measure::Entropy, probs(&minus_inf, rows), None, cols, o),
+            &|e| matches!(e, Error::BadValue { arg: Arg::P, row: 1, col: Some(3), what: BadValue::Negative | BadValue::Infinite })),
+        ("first of two bad rows", &call(Measure::Entropy, probs(&two_bad, rows), None, cols, o.reduction(Reduction::Mean)),
+            &bad(Arg::P, 1, 6, BadValue::Negative)),
+        ("NaN in a one-row q", &call(Measure::Kl, probs(&good, rows), Some(probs(&one, 1)), cols, o),
+            &|e| matches!(e, Error::BadValue { arg: Arg::Q, col: Some(4), what: BadValue::Nan, .. })),
+        ("all -inf logits in p", &call(Measure::Entropy, logits(&l, rows), None, cols, o),
+            &|e| matches!(e, Error::CannotNormalize { arg: Arg::P, row: 2, .. })),
+        ("all -inf logits in q", &call(Measure::Kl, logits(&ok, rows), Some(logits(&l, rows)), cols, o),
+            &|e| matches!(e, Error::CannotNormalize { arg: Arg::Q, row: 2, .. })),
+        ("NLL all -inf logits", &nll,
+            &|e| matches!(e, Error::CannotNormalize { arg: Arg::Q, row: 2, .. })),
+    ];
+    errors(&mut f, cases);
     report("bad values", &f);
 }
 
@@ -747,102 +458,28 @@ fn shapes_and_lengths() {
     let p6 = [1.0f32 / 3.0; 6];
     let p9 = [1.0f32 / 3.0; 9];
     let p8 = [0.25f32; 8];
-    for bk in all() {
-        let o = Options::default();
-        let r = bk
-            .ctx
-            .kl(&Batch::new(&p6, 2, 3), &Batch::new(&p9, 3, 3), &o);
-        check_err(&mut f, "2x3 vs 3x3", &bk, r, &|e| {
-            matches!(
-                e,
-                Error::ShapeMismatch {
-                    p_rows: 2,
-                    p_cols: 3,
-                    q_rows: 3,
-                    q_cols: 3
-                }
-            )
-        });
-        let r = bk
-            .ctx
-            .js(&Batch::new(&p6, 2, 3), &Batch::new(&p8, 2, 4), &o);
-        check_err(&mut f, "2x3 vs 2x4", &bk, r, &|e| {
-            matches!(
-                e,
-                Error::ShapeMismatch {
-                    p_rows: 2,
-                    p_cols: 3,
-                    q_rows: 2,
-                    q_cols: 4
-                }
-            )
-        });
-        let r = bk
-            .ctx
-            .kl(&Batch::new(&p6[..3], 1, 3), &Batch::new(&p8, 2, 4), &o);
-        check_err(&mut f, "1x3 vs 2x4", &bk, r, &|e| {
-            matches!(e, Error::ShapeMismatch { .. })
-        });
-        let r = bk.ctx.entropy(&Batch::new(&p6[..5], 2, 3), &o);
-        check_err(&mut f, "5 values for 2x3", &bk, r, &|e| {
-            matches!(
-                e,
-                Error::Length {
-                    arg: Arg::P,
-                    len: 5,
-                    rows: 2,
-                    cols: 3,
-                    expected: 6
-                }
-            )
-        });
-        let r = bk
-            .ctx
-            .cross_entropy(&Batch::new(&p6, 2, 3), &Batch::new(&p9, 2, 3), &o);
-        check_err(&mut f, "9 values in q for 2x3", &bk, r, &|e| {
-            matches!(
-                e,
-                Error::Length {
-                    arg: Arg::Q,
-                    len: 9,
-                    rows: 2,
-                    cols: 3,
-                    expected: 6
-                }
-            )
-        });
-        let empty: [f32; 0] = [];
-        let r = bk.ctx.entropy(&Batch::new(&empty, 0, 3), &o);
-        check_err(&mut f, "0 rows", &bk, r, &|e| {
-            matches!(
-                e,
-                Error::Empty {
-                    arg: Arg::P,
-                    rows: 0,
-                    cols: 3
-                }
-            )
-        });
-        let r = bk
-            .ctx
-            .kl(&Batch::new(&p6, 2, 3), &Batch::new(&empty, 2, 0), &o);
-        check_err(&mut f, "0 columns in q", &bk, r, &|e| {
-            matches!(
-                e,
-                Error::Empty {
-                    arg: Arg::Q,
-                    rows: 2,
-                    cols: 0
-                }
-            )
-        });
-        let r = bk
-            .ctx
-            .evaluate(Measure::Kl, &Batch::new(&p6, 2, 3), None, &o);
-        check_err(&mut f, "KL without q", &bk, r, &|e| {
-            matches!(e, Error::MissingArg { arg: Arg::Q, .. })
-        });
-    }
+    let empty: [f32; 0] = [];
+    let o = Options::default();
+    #[rustfmt::skip]
+    let cases: &[ErrCase<'_>] = &[
+        ("2x3 vs 3x3", &|c| c.kl(&Batch::new(&p6, 2, 3), &Batch::new(&p9, 3, 3), &o),
+            &|e| matches!(e, Error::ShapeMismatch { p_rows: 2, p_cols: 3, q_rows: 3, q_cols: 3 })),
+        ("2x3 vs 2x4", &|c| c.js(&Batch::new(&p6, 2, 3), &Batch::new(&p8, 2, 4), &o),
+            &|e| matches!(e, Error::ShapeMismatch { p_rows: 2, p_cols: 3, q_rows: 2, q_cols: 4 })),
+        ("1x3 vs 2x4", &|c| c.kl(&Batch::new(&p6[..3], 1, 3), &Batch::new(&p8, 2, 4), &o),
+            &|e| matches!(e, Error::ShapeMismatch { .. })),
+        ("5 values for 2x3", &|c| c.entropy(&Batch::new(&p6[..5], 2, 3), &o),
+            &|e| matches!(e, Error::Length { arg: Arg::P, len: 5, rows: 2, cols: 3, expected: 6 })),
+        ("9 values in q for 2x3", &|c| c.cross_entropy(&Batch::new(&p6, 2, 3), &Batch::new(&p9, 2, 3), &o),
+            &|e| matches!(e, Error::Length { arg: Arg::Q, len: 9, rows: 2, cols: 3, expected: 6 })),
+        ("0 rows", &|c| c.entropy(&Batch::new(&empty, 0, 3), &o),
+            &|e| matches!(e, Error::Empty { arg: Arg::P, rows: 0, cols: 3 })),
+        ("0 columns in q", &|c| c.kl(&Batch::new(&p6, 2, 3), &Batch::new(&empty, 2, 0), &o),
+            &|e| matches!(e, Error::Empty { arg: Arg::Q, rows: 2, cols: 0 })),
+        ("KL without q", &|c| c.evaluate(Measure::Kl, &Batch::new(&p6, 2, 3), None, &o),
+            &|e| matches!(e, Error::MissingArg { arg: Arg::Q, .. })),
+    ];
+    errors(&mut f, cases);
     report("shapes", &f);
 }
 
@@ -850,127 +487,82 @@ fn shapes_and_lengths() {
 fn row_sums() {
     let mut f = Vec::new();
     let cols = 4;
-    for bk in all() {
-        // Validate: a row off by more than the tolerance is an error naming it.
-        let mut p = vec![0.25f32; 3 * cols];
-        p[2 * cols] = 0.15; // row 2 sums to 0.9
-        for m in [Measure::Entropy, Measure::Kl] {
-            let good = vec![0.25f32; 3 * cols];
-            let r = eval(
-                &bk.ctx,
-                m,
-                Input::new(&p, 3, Form::Probs),
-                Some(Input::new(&good, 3, Form::Probs)),
-                cols,
-                &Options::default(),
-            );
-            check_err(
-                &mut f,
-                &format!("unnormalised p row 2, {m:?}"),
-                &bk,
-                r,
-                &|e| matches!(e, Error::NotNormalized { arg: Arg::P, row: 2, sum, tolerance } if (sum - 0.9).abs() < 1e-5 && *tolerance == kullback::DEFAULT_TOLERANCE),
-            );
-        }
-        let good = vec![0.25f32; 3 * cols];
-        let r = eval(
-            &bk.ctx,
-            Measure::Kl,
-            Input::new(&good, 3, Form::Probs),
-            Some(Input::new(&p, 3, Form::Probs)),
-            cols,
-            &Options::default().reduction(Reduction::Sum),
-        );
-        check_err(&mut f, "unnormalised q row 2, sum", &bk, r, &|e| {
-            matches!(
-                e,
-                Error::NotNormalized {
-                    arg: Arg::Q,
-                    row: 2,
-                    ..
-                }
-            )
-        });
-        // Log-probabilities: Σ exp(lp) is checked.
-        let lp: Vec<f32> = p.iter().map(|v| v.ln()).collect();
-        let r = eval(
-            &bk.ctx,
-            Measure::Entropy,
-            Input::new(&lp, 3, Form::LogProbs),
-            None,
-            cols,
-            &Options::default(),
-        );
-        check_err(&mut f, "unnormalised log-probs row 2", &bk, r, &|e| {
-            matches!(
-                e,
-                Error::NotNormalized {
-                    arg: Arg::P,
-                    row: 2,
-                    ..
-                }
-            )
-        });
-        // A tighter tolerance catches a smaller drift; the default lets it pass.
-        let mut d = vec![0.25f32; cols];
-        d[0] += 1e-4;
-        let r = eval(
-            &bk.ctx,
-            Measure::Entropy,
-            Input::new(&d, 1, Form::Probs),
-            None,
-            cols,
-            &Options::default().tolerance(1e-5),
-        );
-        check_err(&mut f, "drift 1e-4 under tolerance 1e-5", &bk, r, &|e| {
-            matches!(e, Error::NotNormalized { row: 0, .. })
-        });
-        match eval(
-            &bk.ctx,
-            Measure::Entropy,
-            Input::new(&d, 1, Form::Probs),
-            None,
-            cols,
-            &Options::default(),
-        ) {
-            Ok(out) => {
-                let want = ref_measure(
-                    Measure::Entropy,
-                    Input::new(&d, 1, Form::Probs),
-                    None,
-                    cols,
-                    Normalization::Validate,
-                    Base::E,
-                );
-                if !close(out.values[0] as f64, want[0]) {
-                    f.push(format!(
-                        "drift 1e-4 [{}]: got {}, expected {}",
-                        bk.name, out.values[0], want[0]
-                    ));
-                }
+    // Validate: a row off by more than the tolerance is an error naming it.
+    let mut p = vec![0.25f32; 3 * cols];
+    p[2 * cols] = 0.15; // row 2 sums to 0.9
+    let good = vec![0.25f32; 3 * cols];
+    // Log-probabilities: Σ exp(lp) is checked.
+    let lp: Vec<f32> = p.iter().map(|v| v.ln()).collect();
+    // A tighter tolerance catches a smaller drift; the default lets it pass.
+    let mut d = vec![0.25f32; cols];
+    d[0] += 1e-4;
+    // Renormalize: a row summing to 0 cannot be divided.
+    let renorm = Options::default().normalization(Normalization::Renormalize);
+    let mut z = vec![3.0f32; 3 * cols];
+    for v in &mut z[cols..2 * cols] {
+        *v = 0.0;
+    }
+    let ones = vec![1.0f32; 3 * cols];
+    let o = Options::default();
+    let row_2_of_p_sums_to_0_9 = |e: &Error| {
+        matches!(e, Error::NotNormalized { arg: Arg::P, row: 2, sum, tolerance }
+            if (sum - 0.9).abs() < 1e-5 && *tolerance == kullback::DEFAULT_TOLERANCE)
+    };
+    let row_1_of_p_is_zero = |e: &Error| {
+        matches!(
+            e,
+            Error::CannotNormalize {
+                arg: Arg::P,
+                row: 1,
+                ..
             }
-            Err(e) => f.push(format!(
-                "drift 1e-4 under the default tolerance [{}]: {e}",
-                bk.name
-            )),
-        }
-        // AsGiven: the terms of the unnormalised row, summed with no check.
-        let as_given = Options::default().normalization(Normalization::AsGiven);
-        let want = ref_measure(
-            Measure::Entropy,
-            Input::new(&p, 3, Form::Probs),
-            None,
-            cols,
-            Normalization::AsGiven,
-            Base::E,
-        );
+        )
+    };
+    let (p3, good3, z3) = (probs(&p, 3), probs(&good, 3), probs(&z, 3));
+    let (sum, mean) = (Reduction::Sum, Reduction::Mean);
+    #[rustfmt::skip]
+    let cases: &[ErrCase<'_>] = &[
+        ("unnormalised p row 2, Entropy", &call(Measure::Entropy, p3, Some(good3), cols, o), &row_2_of_p_sums_to_0_9),
+        ("unnormalised p row 2, Kl", &call(Measure::Kl, p3, Some(good3), cols, o), &row_2_of_p_sums_to_0_9),
+        ("unnormalised q row 2, sum", &call(Measure::Kl, good3, Some(p3), cols, o.reduction(sum)),
+            &|e| matches!(e, Error::NotNormalized { arg: Arg::Q, row: 2, .. })),
+        ("unnormalised log-probs row 2", &call(Measure::Entropy, Input::new(&lp, 3, Form::LogProbs), None, cols, o),
+            &|e| matches!(e, Error::NotNormalized { arg: Arg::P, row: 2, .. })),
+        ("drift 1e-4 under tolerance 1e-5", &call(Measure::Entropy, probs(&d, 1), None, cols, o.tolerance(1e-5)),
+            &|e| matches!(e, Error::NotNormalized { row: 0, .. })),
+        ("zero-sum p row 1, None", &call(Measure::Entropy, z3, None, cols, renorm), &row_1_of_p_is_zero),
+        ("zero-sum p row 1, Sum", &call(Measure::Entropy, z3, None, cols, renorm.reduction(sum)), &row_1_of_p_is_zero),
+        ("zero-sum p row 1, Mean", &call(Measure::Entropy, z3, None, cols, renorm.reduction(mean)), &row_1_of_p_is_zero),
+        ("zero-sum q row 1, JS", &call(Measure::Js, probs(&ones, 3), Some(z3), cols, renorm),
+            &|e| matches!(e, Error::CannotNormalize { arg: Arg::Q, row: 1, .. })),
+    ];
+    errors(&mut f, cases);
+    // The drift passes the default tolerance; Renormalize accepts
+    // log-probabilities above 0.
+    let up = [1.0f32, 2.0, 0.5, -1.0];
+    let oracle = |x: Input<'_>, norm| ref_measure(Measure::Entropy, x, None, cols, norm, Base::E);
+    let drift = oracle(probs(&d, 1), Normalization::Validate);
+    let up_h = oracle(
+        Input::new(&up, 1, Form::LogProbs),
+        Normalization::Renormalize,
+    );
+    #[rustfmt::skip]
+    let cases: &[ValueCase<'_>] = &[
+        ("drift 1e-4 under the default tolerance", Measure::Entropy, (&d, Form::Probs), None, cols, o, &drift),
+        ("renormalised positive log-probs", Measure::Entropy, (&up, Form::LogProbs), None, cols, renorm, &up_h),
+    ];
+    values(&mut f, cases);
+    // AsGiven: the terms of the unnormalised row, summed with no check.
+    let as_given = Normalization::AsGiven;
+    let want = oracle(p3, as_given);
+    for bk in all() {
         match eval(
             &bk.ctx,
             Measure::Entropy,
-            Input::new(&p, 3, Form::Probs),
+            p3,
             None,
             cols,
-            &as_given,
+            &o.normalization(as_given),
         ) {
             Ok(out) => {
                 if let Err(e) = check_output(&out, &want, 3.0, Reduction::None, ABS_TOL, REL_TOL) {
@@ -979,57 +571,6 @@ fn row_sums() {
             }
             Err(e) => f.push(format!("AsGiven [{}]: {e}", bk.name)),
         }
-        // Renormalize: a row summing to 0, or to a subnormal, cannot be divided.
-        let renorm = Options::default().normalization(Normalization::Renormalize);
-        let mut z = vec![3.0f32; 3 * cols];
-        for v in &mut z[cols..2 * cols] {
-            *v = 0.0;
-        }
-        for reduction in REDUCTIONS {
-            let r = eval(
-                &bk.ctx,
-                Measure::Entropy,
-                Input::new(&z, 3, Form::Probs),
-                None,
-                cols,
-                &renorm.reduction(reduction),
-            );
-            check_err(
-                &mut f,
-                &format!("zero-sum p row 1, {reduction:?}"),
-                &bk,
-                r,
-                &|e| {
-                    matches!(
-                        e,
-                        Error::CannotNormalize {
-                            arg: Arg::P,
-                            row: 1,
-                            ..
-                        }
-                    )
-                },
-            );
-        }
-        let ones = vec![1.0f32; 3 * cols];
-        let r = eval(
-            &bk.ctx,
-            Measure::Js,
-            Input::new(&ones, 3, Form::Probs),
-            Some(Input::new(&z, 3, Form::Probs)),
-            cols,
-            &renorm,
-        );
-        check_err(&mut f, "zero-sum q row 1, JS", &bk, r, &|e| {
-            matches!(
-                e,
-                Error::CannotNormalize {
-                    arg: Arg::Q,
-                    row: 1,
-                    ..
-                }
-            )
-        });
         // a subnormal sum is normalised like any other (it was refused before
         // the hardening issue, item 10): only an all-zero row cannot be
         let sub = [1e-40f32, 1e-40, 0.0, 2e-40];
@@ -1045,30 +586,6 @@ fn row_sums() {
             Base::E,
             &REDUCTIONS,
         );
-        // Renormalize accepts log-probabilities above 0.
-        let up = [1.0f32, 2.0, 0.5, -1.0];
-        let want = ref_measure(
-            Measure::Entropy,
-            Input::new(&up, 1, Form::LogProbs),
-            None,
-            cols,
-            Normalization::Renormalize,
-            Base::E,
-        );
-        match eval(
-            &bk.ctx,
-            Measure::Entropy,
-            Input::new(&up, 1, Form::LogProbs),
-            None,
-            cols,
-            &renorm,
-        ) {
-            Ok(out) if close(out.values[0] as f64, want[0]) => {}
-            other => f.push(format!(
-                "renormalised positive log-probs [{}]: {other:?}, expected {want:?}",
-                bk.name
-            )),
-        }
     }
     report("row sums", &f);
 }
@@ -1153,55 +670,26 @@ fn invalid_options() {
 #[test]
 fn f64_input_that_does_not_fit_f32() {
     let mut f = Vec::new();
+    // q = 1e-50 would become 0 and turn a finite KL into +inf: an error.
+    let p = [0.25f64, 0.25, 0.25, 0.25, 0.5, 0.5, 0.0, 0.0];
+    let q = [0.25f64, 0.25, 0.25, 0.25, 0.5, 0.5 - 1e-50, 1e-50, 0.0];
+    // A finite f64 beyond f32's range.
+    let big = [0.0f64, 1e39, 1.0];
+    let (o, nll) = (Options::default(), NllOptions::default());
+    let big_logits = || Batch::new(&big, 1, 3).form(Form::Logits);
+    #[rustfmt::skip]
+    let cases: &[ErrCase<'_>] = &[
+        ("f64 q 1e-50", &|c| c.kl(&Batch::new(&p, 2, 4), &Batch::new(&q, 2, 4), &o),
+            &bad(Arg::Q, 1, 2, BadValue::Underflow)),
+        ("f64 p 1e-50", &|c| c.entropy(&Batch::new(&q, 2, 4), &o),
+            &bad(Arg::P, 1, 2, BadValue::Underflow)),
+        ("f64 logit 1e39", &|c| c.entropy(&big_logits(), &o),
+            &bad(Arg::P, 0, 1, BadValue::Overflow)),
+        ("f64 NLL logit 1e39", &|c| c.nll(&big_logits(), &[0i64][..], &nll),
+            &bad(Arg::Q, 0, 1, BadValue::Overflow)),
+    ];
+    errors(&mut f, cases);
     for bk in all() {
-        // q = 1e-50 would become 0 and turn a finite KL into +inf: an error.
-        let p = [0.25f64, 0.25, 0.25, 0.25, 0.5, 0.5, 0.0, 0.0];
-        let q = [0.25f64, 0.25, 0.25, 0.25, 0.5, 0.5 - 1e-50, 1e-50, 0.0];
-        let r = bk.ctx.kl(
-            &Batch::new(&p, 2, 4),
-            &Batch::new(&q, 2, 4),
-            &Options::default(),
-        );
-        check_err(
-            &mut f,
-            "f64 q 1e-50",
-            &bk,
-            r,
-            &bad(Arg::Q, 1, 2, BadValue::Underflow),
-        );
-        let r = bk.ctx.entropy(&Batch::new(&q, 2, 4), &Options::default());
-        check_err(
-            &mut f,
-            "f64 p 1e-50",
-            &bk,
-            r,
-            &bad(Arg::P, 1, 2, BadValue::Underflow),
-        );
-        // A finite f64 beyond f32's range.
-        let big = [0.0f64, 1e39, 1.0];
-        let r = bk.ctx.entropy(
-            &Batch::new(&big, 1, 3).form(Form::Logits),
-            &Options::default(),
-        );
-        check_err(
-            &mut f,
-            "f64 logit 1e39",
-            &bk,
-            r,
-            &bad(Arg::P, 0, 1, BadValue::Overflow),
-        );
-        let r = bk.ctx.nll(
-            &Batch::new(&big, 1, 3).form(Form::Logits),
-            &[0i64][..],
-            &NllOptions::default(),
-        );
-        check_err(
-            &mut f,
-            "f64 NLL logit 1e39",
-            &bk,
-            r,
-            &bad(Arg::Q, 0, 1, BadValue::Overflow),
-        );
         // A logit of 1e-50 is just 0 in f32: no error, and the value is right.
         let l = [1e-50f64, 0.0];
         match bk.ctx.entropy(
@@ -1229,125 +717,39 @@ fn nll_targets_and_weights() {
     let mut f = Vec::new();
     let q = [0.2f32, 0.3, 0.5, 0.1, 0.1, 0.8, 0.6, 0.2, 0.2];
     let qb = Batch::new(&q, 3, 3);
+    let o = NllOptions::default();
+    let w2 = [1.0f32, 2.0];
+    let wn = [1.0f32, -2.0, 1.0];
+    let mut qn = q;
+    qn[4] = f32::NAN;
+    let mut qu = q;
+    qu[8] = 0.5; // row 2 sums to 1.3
+    let t012 = [0i64, 1, 2];
+    #[rustfmt::skip]
+    let cases: &[ErrCase<'_>] = &[
+        ("target 3 of 3 classes", &|c| c.nll(&qb, &[0i64, 3, 1][..], &o),
+            &|e| matches!(e, Error::TargetOutOfRange { row: 1, target: 3, classes: 3 })),
+        ("target -100 without ignore_index", &|c| c.nll(&qb, &[0i64, 1, -100][..], &o),
+            &|e| matches!(e, Error::TargetOutOfRange { row: 2, target: -100, classes: 3 })),
+        ("i32 target 7", &|c| c.nll(&qb, &[0i32, 1, 7][..], &o.ignore_index(-100)),
+            &|e| matches!(e, Error::TargetOutOfRange { row: 2, target: 7, .. })),
+        ("u32 target 5", &|c| c.nll(&qb, &[5u32, 1, 2][..], &o),
+            &|e| matches!(e, Error::TargetOutOfRange { row: 0, target: 5, .. })),
+        ("2 targets for 3 rows", &|c| c.nll(&qb, &[0i64, 1][..], &o),
+            &|e| matches!(e, Error::TargetCount { targets: 2, q_rows: 3, q_cols: 3 })),
+        ("no targets", &|c| c.nll(&qb, &[0i64; 0][..], &o),
+            &|e| matches!(e, Error::Empty { arg: Arg::Targets, .. })),
+        ("2 weights for 3 classes", &|c| c.nll(&qb, &t012[..], &o.weights(&w2)),
+            &|e| matches!(e, Error::Length { arg: Arg::Weights, len: 2, .. })),
+        ("negative weight", &|c| c.nll(&qb, &t012[..], &o.weights(&wn)),
+            &|e| matches!(e, Error::BadValue { arg: Arg::Weights, col: Some(1), what: BadValue::Negative, .. })),
+        ("NaN in q", &|c| c.nll(&Batch::new(&qn, 3, 3), &t012[..], &o),
+            &bad(Arg::Q, 1, 1, BadValue::Nan)),
+        ("unnormalised q row 2", &|c| c.nll(&Batch::new(&qu, 3, 3), &t012[..], &o.reduction(Reduction::Mean)),
+            &|e| matches!(e, Error::NotNormalized { arg: Arg::Q, row: 2, .. })),
+    ];
+    errors(&mut f, cases);
     for bk in all() {
-        let o = NllOptions::default();
-        let r = bk.ctx.nll(&qb, &[0i64, 3, 1][..], &o);
-        check_err(&mut f, "target 3 of 3 classes", &bk, r, &|e| {
-            matches!(
-                e,
-                Error::TargetOutOfRange {
-                    row: 1,
-                    target: 3,
-                    classes: 3
-                }
-            )
-        });
-        let r = bk.ctx.nll(&qb, &[0i64, 1, -100][..], &o);
-        check_err(&mut f, "target -100 without ignore_index", &bk, r, &|e| {
-            matches!(
-                e,
-                Error::TargetOutOfRange {
-                    row: 2,
-                    target: -100,
-                    classes: 3
-                }
-            )
-        });
-        let r = bk.ctx.nll(&qb, &[0i32, 1, 7][..], &o.ignore_index(-100));
-        check_err(&mut f, "i32 target 7", &bk, r, &|e| {
-            matches!(
-                e,
-                Error::TargetOutOfRange {
-                    row: 2,
-                    target: 7,
-                    ..
-                }
-            )
-        });
-        let r = bk.ctx.nll(&qb, &[5u32, 1, 2][..], &o);
-        check_err(&mut f, "u32 target 5", &bk, r, &|e| {
-            matches!(
-                e,
-                Error::TargetOutOfRange {
-                    row: 0,
-                    target: 5,
-                    ..
-                }
-            )
-        });
-        let r = bk.ctx.nll(&qb, &[0i64, 1][..], &o);
-        check_err(&mut f, "2 targets for 3 rows", &bk, r, &|e| {
-            matches!(
-                e,
-                Error::TargetCount {
-                    targets: 2,
-                    q_rows: 3,
-                    q_cols: 3,
-                }
-            )
-        });
-        let r = bk.ctx.nll(&qb, &[0i64; 0][..], &o);
-        check_err(&mut f, "no targets", &bk, r, &|e| {
-            matches!(
-                e,
-                Error::Empty {
-                    arg: Arg::Targets,
-                    ..
-                }
-            )
-        });
-        let w2 = [1.0f32, 2.0];
-        let r = bk.ctx.nll(&qb, &[0i64, 1, 2][..], &o.weights(&w2));
-        check_err(&mut f, "2 weights for 3 classes", &bk, r, &|e| {
-            matches!(
-                e,
-                Error::Length {
-                    arg: Arg::Weights,
-                    len: 2,
-                    ..
-                }
-            )
-        });
-        let wn = [1.0f32, -2.0, 1.0];
-        let r = bk.ctx.nll(&qb, &[0i64, 1, 2][..], &o.weights(&wn));
-        check_err(&mut f, "negative weight", &bk, r, &|e| {
-            matches!(
-                e,
-                Error::BadValue {
-                    arg: Arg::Weights,
-                    col: Some(1),
-                    what: BadValue::Negative,
-                    ..
-                }
-            )
-        });
-        let mut qn = q;
-        qn[4] = f32::NAN;
-        let r = bk.ctx.nll(&Batch::new(&qn, 3, 3), &[0i64, 1, 2][..], &o);
-        check_err(
-            &mut f,
-            "NaN in q",
-            &bk,
-            r,
-            &bad(Arg::Q, 1, 1, BadValue::Nan),
-        );
-        let mut qu = q;
-        qu[8] = 0.5; // row 2 sums to 1.3
-        let r = bk.ctx.nll(
-            &Batch::new(&qu, 3, 3),
-            &[0i64, 1, 2][..],
-            &o.reduction(Reduction::Mean),
-        );
-        check_err(&mut f, "unnormalised q row 2", &bk, r, &|e| {
-            matches!(
-                e,
-                Error::NotNormalized {
-                    arg: Arg::Q,
-                    row: 2,
-                    ..
-                }
-            )
-        });
         // Values: -ln q_t; q_t = 0 is +inf; i32 / u32 / i64 targets agree.
         let qz = [0.5f32, 0.5, 0.0];
         let r = bk.ctx.nll(&Batch::new(&qz, 1, 3), &[0u32, 2, 1][..], &o);

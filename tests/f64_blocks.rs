@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::{Rng, rand_logits_f64, rand_probs_f64};
 use kullback::{
     Arg, BadValue, Batch, Context, Error, Form, Measure, NllOptions, Normalization, Options,
     Output, Reduction,
@@ -24,59 +25,27 @@ fn contexts() -> Vec<(String, Context)> {
     v
 }
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    /// In [0, 1), with all 53 bits (most values change in f32).
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 /// Rows of f64 probabilities summing to 1 in f64, with exact zeros (one value
-/// in `zero_every`) and a few tiny values that stay non-zero in f32.
+/// in `zero_every`) and a few tiny values (1e-30) that stay non-zero in f32.
 fn probs(rows: usize, cols: usize, seed: u64, zero_every: u64) -> Vec<f64> {
-    let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
-    let mut v: Vec<f64> = (0..rows * cols)
-        .map(|_| {
-            let k = rng.next();
-            if zero_every > 0 && k.is_multiple_of(zero_every) {
-                0.0
-            } else if k % 997 == 1 {
-                1e-30
-            } else {
-                0.05 + rng.unit()
-            }
-        })
-        .collect();
-    for r in v.chunks_mut(cols) {
-        let s: f64 = r.iter().sum();
-        if s == 0.0 {
-            r[0] = 1.0;
-        } else {
-            r.iter_mut().for_each(|x| *x /= s);
-        }
-    }
-    v
+    let zero_frac = if zero_every > 0 {
+        1.0 / zero_every as f64
+    } else {
+        0.0
+    };
+    rand_probs_f64(
+        &mut Rng::new(seed),
+        rows,
+        cols,
+        zero_frac,
+        1.0 / 997.0,
+        1e-30,
+    )
 }
 
-/// f64 logits of magnitude up to ~30, a few masked (-inf).
-fn logits(n: usize, seed: u64) -> Vec<f64> {
-    let mut rng = Rng(seed.wrapping_mul(0x2545_f491_4f6c_dd1d) | 1);
-    (0..n)
-        .map(|_| {
-            if rng.next().is_multiple_of(211) {
-                f64::NEG_INFINITY
-            } else {
-                (rng.unit() - 0.5) * 60.0
-            }
-        })
-        .collect()
+/// f64 logits of magnitude up to 30, a few masked (-inf).
+fn logits(rows: usize, cols: usize, seed: u64) -> Vec<f64> {
+    rand_logits_f64(&mut Rng::new(seed), rows, cols, 30.0, 1.0 / 211.0)
 }
 
 fn to32(v: &[f64]) -> Vec<f32> {
@@ -117,7 +86,7 @@ fn every_measure_matches_f32_bit_for_bit() {
             let p = probs(rows, cols, seed + 1, 13);
             let q = probs(rows, cols, seed + 2, 0);
             let q1 = probs(1, cols, seed + 3, 0);
-            let lq = logits(rows * cols, seed + 4);
+            let lq = logits(rows, cols, seed + 4);
             let (p32, q32, q132, lq32) = (to32(&p), to32(&q), to32(&q1), to32(&lq));
             for (norm, red) in [
                 (Normalization::Validate, Reduction::None),
@@ -308,7 +277,7 @@ fn conversion_errors_name_the_first_bad_value() {
 #[test]
 fn conversion_errors_by_form_and_in_nll() {
     let (rows, cols) = (70_001usize, 5usize);
-    let mut l = logits(rows * cols, 9);
+    let mut l = logits(rows, cols, 9);
     // logits: 1e-50 is a fine logit (0 in f32), 1e300 overflows
     l[3 * cols + 1] = 1e-50;
     l[60_000 * cols + 4] = 1e300;

@@ -5,7 +5,7 @@
 mod common;
 
 use kullback::{
-    Arg, Batch, Context, Error, Form, Measure, NllOptions, Normalization, Options, Reduction,
+    Arg, Base, Batch, Context, Error, Form, Measure, NllOptions, Normalization, Options, Reduction,
 };
 
 fn gpu() -> Option<Context> {
@@ -15,34 +15,20 @@ fn gpu() -> Option<Context> {
 fn capped(cap: u64) -> Option<Context> {
     common::gpu_capped(cap)
 }
-fn kl64(p: &[f32], q: &[f32]) -> f64 {
-    p.iter()
-        .zip(q)
-        .map(|(&a, &b)| {
-            if a == 0.0 {
-                0.0
-            } else {
-                a as f64 * ((a as f64).ln() - (b as f64).ln())
-            }
-        })
-        .sum()
+fn dist(rows: usize, cols: usize, seed: u64) -> Vec<f32> {
+    common::rand_probs(&mut common::Rng::new(seed), rows, cols, 0.0)
 }
 
-fn dist(rows: usize, cols: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed;
-    let mut v: Vec<f32> = (0..rows * cols)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s % 1000) as f32 / 1000.0 + 0.001
-        })
-        .collect();
-    for r in v.chunks_mut(cols) {
-        let t: f64 = r.iter().map(|&x| x as f64).sum();
-        r.iter_mut().for_each(|x| *x = (*x as f64 / t) as f32);
-    }
-    v
+/// The oracle's per-row KL of probabilities.
+fn kl64(p: &[f32], q: &[f32], rows: usize, cols: usize) -> Vec<f64> {
+    common::ref_measure(
+        Measure::Kl,
+        common::Input::new(p, rows, Form::Probs),
+        Some(common::Input::new(q, rows, Form::Probs)),
+        cols,
+        Normalization::Validate,
+        Base::E,
+    )
 }
 
 #[test]
@@ -64,8 +50,8 @@ fn smoke_kl_shapes() {
                 &Options::default(),
             )
             .unwrap();
-        for r in 0..rows {
-            let e = kl64(&p[r * cols..(r + 1) * cols], &q[r * cols..(r + 1) * cols]);
+        let want = kl64(&p, &q, rows, cols);
+        for (r, &e) in want.iter().enumerate() {
             let g = out.values[r] as f64;
             assert!(
                 (g - e).abs() <= 2e-6 + 2e-5 * e.abs(),
@@ -80,10 +66,7 @@ fn smoke_kl_shapes() {
                 &Options::default().reduction(Reduction::Mean),
             )
             .unwrap();
-        let e: f64 = (0..rows)
-            .map(|r| kl64(&p[r * cols..(r + 1) * cols], &q[r * cols..(r + 1) * cols]))
-            .sum::<f64>()
-            / rows as f64;
+        let e: f64 = want.iter().sum::<f64>() / rows as f64;
         assert!(
             (s.values[0] as f64 - e).abs() <= 2e-6 + 2e-5 * e,
             "mean {} vs {e}",
@@ -95,18 +78,16 @@ fn smoke_kl_shapes() {
 #[test]
 fn smoke_logits_entropy() {
     let Some(ctx) = gpu() else { return };
-    let a: Vec<f32> = (0..3000)
-        .map(|i| 3000.0 + ((i * 37) % 101) as f32 * 0.37)
-        .collect();
-    let m = a.iter().cloned().fold(f32::MIN, f32::max) as f64;
-    let s: f64 = a.iter().map(|&x| (x as f64 - m).exp()).sum();
-    let h: f64 = -a
-        .iter()
-        .map(|&x| {
-            let lp = x as f64 - m - s.ln();
-            lp.exp() * lp
-        })
-        .sum::<f64>();
+    // logits around 3000 (a naive exp overflows)
+    let a = common::rand_logits(&mut common::Rng::new(3), 1, 3000, 10.0, 3000.0);
+    let h = common::ref_measure(
+        Measure::Entropy,
+        common::Input::new(&a, 1, Form::Logits),
+        None,
+        3000,
+        Normalization::Validate,
+        Base::E,
+    )[0];
     let out = ctx
         .entropy(
             &Batch::new(&a, 1, 3000).form(Form::Logits),
@@ -125,10 +106,12 @@ fn chunked_equals_unchunked() {
     let (Some(small), Some(full)) = (capped(64 * 1024), capped(1 << 30)) else {
         return;
     };
+    let mut rng = common::Rng::new(4);
     for &(rows, cols) in &[(70_001usize, 5usize), (2, 40_000), (40, 300), (2, 1)] {
         let n = rows * cols;
-        let p: Vec<f32> = (0..n).map(|i| ((i * 7919) % 97 + 1) as f32).collect();
-        let q: Vec<f32> = (0..n).map(|i| ((i * 104_729) % 89 + 1) as f32).collect();
+        // counts, renormalised below
+        let p = common::rand_counts(&mut rng, n, 1, 97);
+        let q = common::rand_counts(&mut rng, n, 1, 89);
         let o = Options::default().normalization(Normalization::Renormalize);
         let a = small
             .kl(&Batch::new(&p, rows, cols), &Batch::new(&q, rows, cols), &o)
@@ -163,9 +146,7 @@ fn chunked_equals_unchunked() {
 fn nll_logits_with_ignore() {
     let Some(ctx) = capped(1 << 30) else { return };
     let (rows, cols) = (4usize, 3000usize);
-    let q: Vec<f32> = (0..rows * cols)
-        .map(|i| ((i * 31) % 1000) as f32 * 0.01 - 5.0)
-        .collect();
+    let q = common::rand_logits(&mut common::Rng::new(5), rows, cols, 3.0, 0.0);
     let t: Vec<i64> = vec![3, -100, 2999, 0];
     let out = ctx
         .nll(
@@ -174,15 +155,17 @@ fn nll_logits_with_ignore() {
             &NllOptions::default().ignore_index(-100),
         )
         .unwrap();
-    for r in 0..rows {
-        let row = &q[r * cols..(r + 1) * cols];
-        let m = row.iter().cloned().fold(f32::MIN, f32::max) as f64;
-        let lse = m + row.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln();
-        let e = if t[r] < 0 {
-            0.0
-        } else {
-            lse - row[t[r] as usize] as f64
-        };
+    let (want, _) = common::ref_nll(
+        common::Input::new(&q, rows, Form::Logits),
+        cols,
+        &t,
+        Some(-100),
+        None,
+        0.0,
+        Normalization::Validate,
+        Base::E,
+    );
+    for (r, &e) in want.iter().enumerate() {
         assert!(
             (out.values[r] as f64 - e).abs() <= 2e-6 + 2e-5 * e.abs(),
             "row {r}: {} vs {e}",

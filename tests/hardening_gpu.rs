@@ -15,20 +15,7 @@ use kullback::{
 };
 
 fn probs(rows: usize, cols: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.max(1);
-    let mut v: Vec<f32> = (0..rows * cols)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s % 1000) as f32 / 1000.0 + 1e-3
-        })
-        .collect();
-    for r in v.chunks_mut(cols) {
-        let t: f64 = r.iter().map(|&x| x as f64).sum();
-        r.iter_mut().for_each(|x| *x = (*x as f64 / t) as f32);
-    }
-    v
+    common::rand_probs(&mut common::Rng::new(seed), rows, cols, 0.0)
 }
 
 fn poll_once<F: Future>(f: std::pin::Pin<&mut F>) -> Poll<F::Output> {

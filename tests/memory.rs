@@ -29,12 +29,7 @@ fn resident_memory_falls_back_after_each_call() {
     };
     let cols = 1000;
     let max_rows = (80 * MIB / 4 / cols as u64) as usize;
-    let mk = |seed: u32| -> Vec<f32> {
-        (0..max_rows * cols)
-            .map(|i| ((i as u32).wrapping_mul(2_654_435_761) ^ seed) % 1000 + 1)
-            .map(|x| x as f32)
-            .collect()
-    };
+    let mk = |seed| common::rand_counts(&mut common::Rng::new(seed), max_rows * cols, 1, 1000);
     let (p, q) = (mk(1), mk(2));
     let o = Options::default().normalization(kullback::Normalization::Renormalize);
     // warm: pipelines built, allocator arenas touched

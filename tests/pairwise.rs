@@ -1,7 +1,7 @@
 //! All pairs (issue 17): `Context::pairwise`, `pairwise_top_k` and
-//! `pairwise_tiles` on every backend against an f64 reference written here
-//! from the convention table (the per-row reference's rules for each element,
-//! `common::ref_dist` for the forms and normalisations), over the shapes of
+//! `pairwise_tiles` on every backend against the f64 oracle of tests/common
+//! (`ref_dist` for the forms and normalisations, `pair_row` for each pair,
+//! inputs from its seeded generator), over the shapes of
 //! the issue's acceptance: 1×1×1, 7×5×3, 33×65×257, 1000×1000×256 (a sample
 //! of its pairs), 3×2×1,000,003, 70,001×2×5, near-identical rows (KL ≤ 0.01,
 //! where a matrix-product form cancels), zeros, one-hot rows, +inf pairs,
@@ -26,73 +26,11 @@ const MEASURES: [Measure; 5] = [
 
 // ------------------------------------------------------------------ reference
 
-/// Neumaier-compensated sum.
-fn sum_f64(x: impl Iterator<Item = f64>) -> f64 {
-    let (mut s, mut c) = (0.0f64, 0.0f64);
-    for v in x {
-        let t = s + v;
-        c += if s.abs() >= v.abs() {
-            (s - t) + v
-        } else {
-            (v - t) + s
-        };
-        s = t;
-    }
-    s + c
-}
-
-/// One pair in nats (f64), from each row's (p, ln p); p = 0 exactly where
-/// ln p = -inf.
-fn ref_pair(m: Measure, (pp, lp): (&[f64], &[f64]), (qq, lq): (&[f64], &[f64])) -> f64 {
-    let n = pp.len();
-    let pz = |i: usize| lp[i] == f64::NEG_INFINITY;
-    let qz = |i: usize| lq[i] == f64::NEG_INFINITY;
-    match m {
-        Measure::Kl | Measure::CrossEntropy => {
-            if (0..n).any(|i| !pz(i) && qz(i)) {
-                return f64::INFINITY;
-            }
-            let t = (0..n).filter(|&i| !pz(i)).map(|i| {
-                if m == Measure::Kl {
-                    pp[i] * (lp[i] - lq[i])
-                } else {
-                    -pp[i] * lq[i]
-                }
-            });
-            sum_f64(t)
-        }
-        Measure::Js => sum_f64((0..n).map(|i| {
-            let s = pp[i] + qq[i];
-            let mut t = 0.0;
-            if !pz(i) && pp[i] > 0.0 {
-                t += 0.5 * pp[i] * (2.0 * pp[i] / s).ln();
-            }
-            if !qz(i) && qq[i] > 0.0 {
-                t += 0.5 * qq[i] * (2.0 * qq[i] / s).ln();
-            }
-            t
-        })),
-        Measure::Hellinger => 0.5 * sum_f64((0..n).map(|i| (pp[i].sqrt() - qq[i].sqrt()).powi(2))),
-        Measure::TotalVariation => 0.5 * sum_f64((0..n).map(|i| (pp[i] - qq[i]).abs())),
-        other => panic!("not a pairwise measure: {other:?}"),
-    }
-}
-
 /// One argument: f32 rows and their form.
-#[derive(Clone, Copy)]
-struct In<'a> {
-    data: &'a [f32],
-    rows: usize,
-    form: Form,
-}
+type In<'a> = common::Input<'a>;
 
-impl<'a> In<'a> {
-    fn new(data: &'a [f32], rows: usize, form: Form) -> Self {
-        In { data, rows, form }
-    }
-    fn batch(&self, cols: usize) -> Batch<'a> {
-        Batch::new(self.data, self.rows, cols).form(self.form)
-    }
+fn batch<'a>(x: &In<'a>, cols: usize) -> Batch<'a> {
+    Batch::new(x.data, x.rows, cols).form(x.form)
 }
 
 /// Every row of `x` as (p, ln p) in f64.
@@ -120,7 +58,7 @@ fn expected(
                 return 0.0;
             }
             let (a, b) = (&p[i], &q[j]);
-            ref_pair(m, (&a.0, &a.1), (&b.0, &b.1)) / lb
+            common::pair_row(m, (&a.0, &a.1), (&b.0, &b.1)) / lb
         })
         .collect()
 }
@@ -200,7 +138,7 @@ fn check_case(
         for m in MEASURES {
             let d = bk
                 .ctx
-                .pairwise(m, &p.batch(cols), Some(&q.batch(cols)), &opts)
+                .pairwise(m, &batch(&p, cols), Some(&batch(&q, cols)), &opts)
                 .unwrap_or_else(|e| panic!("{label} {} {m:?}: {e}", bk.name));
             assert_eq!((d.rows, d.cols), (p.rows, q.rows));
             assert_eq!(d.backend, bk.ctx.backend(), "{label}");
@@ -217,7 +155,7 @@ fn check_case(
             if self_too {
                 let d = bk
                     .ctx
-                    .pairwise(m, &p.batch(cols), None, &opts)
+                    .pairwise(m, &batch(&p, cols), None, &opts)
                     .unwrap_or_else(|e| panic!("{label} self {} {m:?}: {e}", bk.name));
                 let all;
                 let ps = match pairs {

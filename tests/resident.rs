@@ -15,27 +15,14 @@ fn device(limits: wgpu::Limits) -> Option<(wgpu::Device, wgpu::Queue)> {
     common::gpu_device(limits)
 }
 
-fn xorshift(seed: u64) -> impl FnMut() -> f32 {
-    let mut s = seed.max(1);
-    move || {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        ((s >> 40) as f32) / (1u64 << 24) as f32
-    }
-}
-
 fn probs(rows: usize, cols: usize, seed: u64) -> Vec<f32> {
-    let mut r = xorshift(seed);
-    let mut v: Vec<f32> = (0..rows * cols).map(|_| r() + 1e-3).collect();
-    for row in v.chunks_mut(cols) {
-        let s: f32 = row.iter().sum();
-        row.iter_mut().for_each(|x| *x /= s);
-    }
-    v
+    rand_probs(&mut Rng::new(seed), rows, cols, 0.0)
 }
 
-use common::{gpu_call, gpu_nll, out_buffer, read_records, storage};
+use common::{
+    Input, Rng, close, gpu_call, gpu_nll, out_buffer, rand_logits, rand_probs, read_records,
+    ref_measure, storage,
+};
 
 /// Encodes one measure and returns its decoded output.
 fn encoded(
@@ -69,10 +56,7 @@ fn encode_equals_host_bit_for_bit_on_downlevel_device() {
     let (rows, cols) = (37, 3001);
     let p = probs(rows, cols, 1);
     let q = probs(rows, cols, 2);
-    let logits: Vec<f32> = {
-        let mut r = xorshift(3);
-        (0..rows * cols).map(|_| 40.0 * r() - 20.0).collect()
-    };
+    let logits = rand_logits(&mut Rng::new(3), rows, cols, 8.0, 0.0);
     let (pb, qb, lb) = (
         storage(&device, &p),
         storage(&device, &q),
@@ -233,16 +217,17 @@ fn two_batches_in_one_encoder_before_one_submit() {
         .expect("host b");
     assert_eq!(ha.values, ra);
     assert_eq!(hb.values, rb);
-    // and against an f64 reference, so that both cannot be wrong together
-    for r in 0..b_rows {
-        let e: f64 = (0..b_cols)
-            .map(|c| -(pb[r * b_cols + c] as f64) * (qb[r * b_cols + c] as f64).ln())
-            .sum();
-        assert!(
-            (rb[r] as f64 - e).abs() <= 2e-6 + 2e-5 * e.abs(),
-            "row {r}: {} vs {e}",
-            rb[r]
-        );
+    // and against the f64 oracle, so that both cannot be wrong together
+    let want = ref_measure(
+        Measure::CrossEntropy,
+        Input::new(&pb, b_rows, Form::Probs),
+        Some(Input::new(&qb, b_rows, Form::Probs)),
+        b_cols,
+        Normalization::Validate,
+        kullback::Base::E,
+    );
+    for (r, e) in want.into_iter().enumerate() {
+        assert!(close(rb[r] as f64, e), "row {r}: {} vs {e}", rb[r]);
     }
 }
 
@@ -513,9 +498,17 @@ fn default_limits_device_chunks_an_input_beyond_its_binding_limit() {
         &Options::default().normalization(Normalization::AsGiven),
     )
     .expect("entropy");
-    let e = -(cols as f64) * (v as f64) * (v as f64).ln();
+    // every row is the same: the oracle of one
+    let e = ref_measure(
+        Measure::Entropy,
+        Input::new(&p[..cols], 1, Form::Probs),
+        None,
+        cols,
+        Normalization::AsGiven,
+        kullback::Base::E,
+    )[0];
     for x in out {
-        assert!((x as f64 - e).abs() <= 2e-6 + 2e-5 * e, "{x} vs {e}");
+        assert!(close(x as f64, e), "{x} vs {e}");
     }
 }
 

@@ -850,12 +850,9 @@ mod tests {
             0x7f7f_ffff,
             0xff7f_ffff,
         ];
-        let mut s = 99u32;
+        let mut rng = crate::test_support::random::Rng::new(99);
         for _ in 0..10_000 {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            vals.push(s);
+            vals.push(rng.next_u32());
         }
         for b in vals {
             assert_eq!(bad_probs(b), check_probs(b) != 0, "{b:#x}");

@@ -209,12 +209,9 @@ mod tests {
             });
         }
         // a deterministic sweep over all exponents and many mantissas
-        let mut s = 0x1234_5678u32;
+        let mut rng = crate::test_support::random::Rng::new(0x1234_5678);
         for _ in 0..200_000 {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            let x = f32::from_bits(s & 0x7f7f_ffff);
+            let x = f32::from_bits(rng.next_u32() & 0x7f7f_ffff);
             if x > 0.0 {
                 v.push(x);
             }

@@ -609,29 +609,15 @@ mod f64_tests {
     use super::super::tests::bits;
     use super::super::{block::Isa, run_with};
     use crate::job::Job;
+    use crate::test_support::random::{Rng, rand_probs_f64};
     use crate::{Batch, Form, Measure, NllOptions, Normalization, Options};
 
     /// f64 values of every kind: rows summing to about 1, zeros, tiny values,
     /// a NaN and a negative (bad rows decided by the general path).
-    fn values(n: usize, cols: usize, seed: u64) -> Vec<f64> {
-        let mut s = seed | 1;
-        let mut v: Vec<f64> = (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                match s % 29 {
-                    0 => 0.0,
-                    1 => 1e-40,
-                    _ => (s >> 11) as f64 / (1u64 << 53) as f64 + 0.01,
-                }
-            })
-            .collect();
-        for r in v.chunks_mut(cols) {
-            let t: f64 = r.iter().sum();
-            r.iter_mut().for_each(|x| *x /= t);
-        }
-        if n > 3 * cols {
+    fn values(rows: usize, cols: usize, seed: u64) -> Vec<f64> {
+        let mut rng = Rng::new(seed);
+        let mut v = rand_probs_f64(&mut rng, rows, cols, 1.0 / 29.0, 1.0 / 29.0, 1e-40);
+        if rows > 3 {
             v[2 * cols + cols / 2] = f64::NAN;
             v[3 * cols] = -0.5;
         }
@@ -649,8 +635,8 @@ mod f64_tests {
             (4, 70_001),
             (9, 4097),
         ] {
-            let p = values(rows * cols, cols, 3);
-            let q = values(rows * cols, cols, 5);
+            let p = values(rows, cols, 3);
+            let q = values(rows, cols, 5);
             let (p32, q32): (Vec<f32>, Vec<f32>) = (
                 p.iter().map(|&x| x as f32).collect(),
                 q.iter().map(|&x| x as f32).collect(),

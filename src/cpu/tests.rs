@@ -1,163 +1,21 @@
-//! The CPU backend against a plain f64 implementation written here, from the
-//! same f32 inputs (conventions.md: abs 2e-6 + rel 2e-5).
+//! The CPU backend against the tests' f64 oracle (tests/common/oracle.rs,
+//! through `crate::test_support`), from the same f32 inputs, within the
+//! crate's bound (abs 2e-6 + rel 2e-5), on every instruction set and thread
+//! count tried.
 
 use super::block::Isa;
 use super::run_with;
 use crate::batch::{Batch, Targets};
 use crate::job::Job;
+use crate::measure::Form::{LogProbs, Logits, Probs};
+use crate::measure::Measure::{CrossEntropy, Entropy, Js, Kl};
+use crate::measure::Normalization::{AsGiven, Renormalize, Validate};
 use crate::measure::{Base, Form, Measure, NllOptions, Normalization, Options};
 use crate::record::{Record, code, status_word};
-
-const ABS: f64 = 2e-6;
-const REL: f64 = 2e-5;
-
-/// A small deterministic generator (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    /// Uniform in [0, 1).
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn normal(&mut self) -> f64 {
-        let (a, b) = (self.unit().max(1e-300), self.unit());
-        (-2.0 * a.ln()).sqrt() * (std::f64::consts::TAU * b).cos()
-    }
-}
-
-/// Normalised probability rows (normalised in f64, rounded to f32), with
-/// about `zeros` of the entries exactly 0.
-fn probs(rng: &mut Rng, rows: usize, cols: usize, zeros: f64) -> Vec<f32> {
-    let mut out = Vec::with_capacity(rows * cols);
-    for _ in 0..rows {
-        let mut raw: Vec<f64> = (0..cols)
-            .map(|_| {
-                if rng.unit() < zeros {
-                    0.0
-                } else {
-                    (1.5 * rng.normal()).exp()
-                }
-            })
-            .collect();
-        if raw.iter().all(|&x| x == 0.0) {
-            raw[0] = 1.0;
-        }
-        let s: f64 = raw.iter().sum();
-        out.extend(raw.iter().map(|&x| (x / s) as f32));
-    }
-    out
-}
-
-fn logits(rng: &mut Rng, n: usize, scale: f64, offset: f64) -> Vec<f32> {
-    (0..n)
-        .map(|_| (offset + scale * rng.normal()) as f32)
-        .collect()
-}
-
-/// Data of one operand in the given form: probabilities as drawn, their logs,
-/// or logits.
-fn in_form(rng: &mut Rng, form: Form, rows: usize, cols: usize) -> Vec<f32> {
-    match form {
-        Form::Probs => probs(rng, rows, cols, 0.1),
-        Form::LogProbs => probs(rng, rows, cols, 0.1)
-            .iter()
-            .map(|&p| (p as f64).ln() as f32)
-            .collect(),
-        Form::Logits => logits(rng, rows * cols, 3.0, 1.0),
-    }
-}
-
-fn lse(x: &[f64]) -> f64 {
-    let m = x.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-    if m == f64::NEG_INFINITY {
-        return m;
-    }
-    m + x.iter().map(|&v| (v - m).exp()).sum::<f64>().ln()
-}
-
-/// A row as f64 probabilities and their logs (-inf for 0).
-fn ref_dist(form: Form, x: &[f32], renorm: bool) -> (Vec<f64>, Vec<f64>) {
-    match form {
-        Form::Probs => {
-            let mut p: Vec<f64> = x.iter().map(|&v| v as f64).collect();
-            if renorm {
-                let s: f64 = p.iter().sum();
-                p.iter_mut().for_each(|v| *v /= s);
-            }
-            let l = p.iter().map(|&v| v.ln()).collect();
-            (p, l)
-        }
-        Form::LogProbs | Form::Logits => {
-            let mut l: Vec<f64> = x.iter().map(|&v| v as f64).collect();
-            if renorm || form == Form::Logits {
-                let z = lse(&l);
-                l.iter_mut().for_each(|v| *v -= z);
-            }
-            (l.iter().map(|&v| v.exp()).collect(), l)
-        }
-    }
-}
-
-/// The f64 reference of one row (natural log).
-fn ref_value(m: Measure, p: (&[f64], &[f64]), q: Option<(&[f64], &[f64])>) -> f64 {
-    let (pp, lp) = p;
-    match m {
-        Measure::Entropy => -pp
-            .iter()
-            .zip(lp)
-            .filter(|(p, _)| **p > 0.0)
-            .map(|(p, l)| p * l)
-            .sum::<f64>(),
-        Measure::CrossEntropy | Measure::Kl => {
-            let (_, lq) = q.expect("q");
-            let mut s = 0.0;
-            for i in 0..pp.len() {
-                if pp[i] > 0.0 {
-                    if lq[i] == f64::NEG_INFINITY {
-                        return f64::INFINITY;
-                    }
-                    s += if m == Measure::Kl {
-                        pp[i] * (lp[i] - lq[i])
-                    } else {
-                        -pp[i] * lq[i]
-                    };
-                }
-            }
-            s
-        }
-        Measure::Js => {
-            let (qq, _) = q.expect("q");
-            let mut s = 0.0;
-            for i in 0..pp.len() {
-                let mix = 0.5 * (pp[i] + qq[i]);
-                if pp[i] > 0.0 {
-                    s += 0.5 * pp[i] * (pp[i] / mix).ln();
-                }
-                if qq[i] > 0.0 {
-                    s += 0.5 * qq[i] * (qq[i] / mix).ln();
-                }
-            }
-            s
-        }
-        Measure::Hellinger | Measure::TotalVariation => unreachable!("not per-row measures"),
-    }
-}
-
-fn close(got: f32, want: f64) -> bool {
-    if want.is_infinite() {
-        return got as f64 == want;
-    }
-    (got as f64 - want).abs() <= ABS + REL * want.abs()
-}
+use crate::test_support::oracle::{
+    Input, close, ln_base, log_sum_exp, nll_row, ref_measure, ref_row,
+};
+use crate::test_support::random::{Rng, rand_form, rand_logits, rand_probs};
 
 /// Runs a job on every instruction set and thread count tried, checks the
 /// results are bit-identical across thread counts, and returns them.
@@ -194,40 +52,39 @@ pub(super) fn bits(r: &[Record]) -> Vec<[u32; 6]> {
         .collect()
 }
 
-/// Checks a measure on `rows × cols` data against the reference.
-#[expect(clippy::too_many_arguments, reason = "a test helper")]
-fn check_measure(
-    m: Measure,
-    pf: Form,
-    p: &[f32],
-    p_rows: usize,
-    qf: Form,
-    q: &[f32],
-    q_rows: usize,
-    cols: usize,
-    norm: Normalization,
-) {
-    let pb = Batch::new(p, p_rows, cols).form(pf);
-    let qb = Batch::new(q, q_rows, cols).form(qf);
-    let opts = Options::default().normalization(norm);
-    let job = Job::measure(m, &pb, m.needs_q().then_some(&qb), &opts).expect("job");
-    let renorm = norm == Normalization::Renormalize;
+/// An operand as a batch of `cols` columns.
+fn batch<'a>(x: Input<'a>, cols: usize) -> Batch<'a> {
+    Batch::new(x.data, x.rows, cols).form(x.form)
+}
+
+/// A single row of probabilities.
+fn row(x: &[f32]) -> Input<'_> {
+    Input::row(x, Probs)
+}
+
+/// The job of `m` over `p` (and `q` when `m` reads it).
+fn job<'a>(m: Measure, p: Input<'a>, q: Input<'a>, cols: usize, opts: &Options) -> Job<'a> {
+    let (pb, qb) = (batch(p, cols), batch(q, cols));
+    Job::measure(m, &pb, m.needs_q().then_some(&qb), opts).expect("job")
+}
+
+/// Checks `m` over `p` and `q` (`rows × cols`, either one row) against the
+/// oracle: every record OK and within the bound.
+fn check_measure(m: Measure, p: Input<'_>, q: Input<'_>, cols: usize, norm: Normalization) {
+    let job = job(m, p, q, cols, &Options::default().normalization(norm));
     let rows = job.call.rows;
+    let want = ref_measure(m, p, Some(q), cols, norm, Base::E);
+    let (pf, qf) = (p.form, q.form);
     for recs in run_all(&job) {
         assert_eq!(recs.len(), rows);
-        for (r, rec) in recs.iter().enumerate() {
-            let pr = &p[(if p_rows == 1 { 0 } else { r }) * cols..][..cols];
-            let qr = &q[(if q_rows == 1 { 0 } else { r }) * cols..][..cols];
-            let (pp, lp) = ref_dist(pf, pr, renorm);
-            let (qq, lq) = ref_dist(qf, qr, renorm);
-            let want = ref_value(m, (&pp, &lp), m.needs_q().then_some((&qq[..], &lq[..])));
+        for (r, (rec, &want)) in recs.iter().zip(&want).enumerate() {
             assert_eq!(
                 rec.word(),
                 0,
                 "{m:?} {pf:?}/{qf:?} {norm:?} row {r}: {rec:?}"
             );
             assert!(
-                close(rec.value, want),
+                close(rec.value as f64, want),
                 "{m:?} {pf:?}/{qf:?} {norm:?} row {r} of {rows}x{cols}: got {}, want {want}",
                 rec.value
             );
@@ -235,13 +92,8 @@ fn check_measure(
     }
 }
 
-const MEASURES: [Measure; 4] = [
-    Measure::Entropy,
-    Measure::CrossEntropy,
-    Measure::Kl,
-    Measure::Js,
-];
-const FORMS: [Form; 3] = [Form::Probs, Form::LogProbs, Form::Logits];
+const MEASURES: [Measure; 4] = [Entropy, CrossEntropy, Kl, Js];
+const FORMS: [Form; 3] = [Probs, LogProbs, Logits];
 
 #[test]
 fn every_measure_and_form_pair() {
@@ -250,18 +102,15 @@ fn every_measure_and_form_pair() {
         let rows = 3;
         for pf in FORMS {
             for qf in FORMS {
-                let p = in_form(&mut rng, pf, rows, cols);
-                let q = in_form(&mut rng, qf, rows, cols);
+                let p = rand_form(&mut rng, rows, cols, pf, 0.1);
+                let q = rand_form(&mut rng, rows, cols, qf, 0.1);
                 for m in MEASURES {
-                    for norm in [
-                        Normalization::Validate,
-                        Normalization::Renormalize,
-                        Normalization::AsGiven,
-                    ] {
-                        if m == Measure::Entropy && qf != Form::Probs {
+                    for norm in [Validate, Renormalize, AsGiven] {
+                        if m == Entropy && qf != Probs {
                             continue;
                         }
-                        check_measure(m, pf, &p, rows, qf, &q, rows, cols, norm);
+                        let (p, q) = (Input::new(&p, rows, pf), Input::new(&q, rows, qf));
+                        check_measure(m, p, q, cols, norm);
                     }
                 }
             }
@@ -275,34 +124,21 @@ fn close_distributions_small_divergences() {
     // the cancellation of two entropies.
     let mut rng = Rng::new(2);
     let cols = 20_000;
-    let p = probs(&mut rng, 2, cols, 0.0);
+    let p = rand_probs(&mut rng, 2, cols, 0.0);
     let q: Vec<f32> = p
         .iter()
         .map(|&x| x * (1.0 + 1e-3 * rng.normal() as f32))
         .collect();
-    for m in [Measure::Kl, Measure::Js, Measure::CrossEntropy] {
-        check_measure(
-            m,
-            Form::Probs,
-            &p,
-            2,
-            Form::Probs,
-            &q,
-            2,
-            cols,
-            Normalization::Renormalize,
-        );
-        check_measure(
-            m,
-            Form::Probs,
-            &p,
-            2,
-            Form::Probs,
-            &q,
-            2,
-            cols,
-            Normalization::AsGiven,
-        );
+    for m in [Kl, Js, CrossEntropy] {
+        for norm in [Renormalize, AsGiven] {
+            check_measure(
+                m,
+                Input::new(&p, 2, Probs),
+                Input::new(&q, 2, Probs),
+                cols,
+                norm,
+            );
+        }
     }
 }
 
@@ -313,45 +149,22 @@ fn renormalize_large_counts() {
     let counts = |rng: &mut Rng| -> Vec<f32> {
         (0..2 * cols)
             .map(|i| {
-                if i % 3 == 0 {
-                    (rng.unit() * 4e6).round() as f32
-                } else {
-                    (rng.unit() * 10.0).round() as f32
-                }
+                let scale = if i % 3 == 0 { 4e6 } else { 10.0 };
+                (rng.uniform() * scale).round() as f32
             })
             .collect()
     };
     let p = counts(&mut rng);
     let q: Vec<f32> = counts(&mut rng).iter().map(|&x| x + 1.0).collect();
-    for m in MEASURES {
-        check_measure(
-            m,
-            Form::Probs,
-            &p,
-            2,
-            Form::Probs,
-            &q,
-            2,
-            cols,
-            Normalization::Renormalize,
-        );
-    }
     // near one-hot with a huge count
-    let mut p = vec![1.0f32; cols];
-    p[17] = 3e9;
-    let q = vec![2.0f32; cols];
-    for m in MEASURES {
-        check_measure(
-            m,
-            Form::Probs,
-            &p,
-            1,
-            Form::Probs,
-            &q,
-            1,
-            cols,
-            Normalization::Renormalize,
-        );
+    let mut one_hot = vec![1.0f32; cols];
+    one_hot[17] = 3e9;
+    let twos = vec![2.0f32; cols];
+    for (p, q, rows) in [(&p, &q, 2), (&one_hot, &twos, 1)] {
+        for m in MEASURES {
+            let (p, q) = (Input::new(p, rows, Probs), Input::new(q, rows, Probs));
+            check_measure(m, p, q, cols, Renormalize);
+        }
     }
 }
 
@@ -360,13 +173,14 @@ fn large_logits() {
     let mut rng = Rng::new(4);
     let cols = 5000;
     for offset in [7000.0, -7000.0, 3000.0] {
-        let p = logits(&mut rng, 2 * cols, 2.0, offset);
-        let q = logits(&mut rng, 2 * cols, 2.0, -offset);
+        let p = rand_logits(&mut rng, 2, cols, 2.0, offset);
+        let q = rand_logits(&mut rng, 2, cols, 2.0, -offset);
+        let (p, q) = (Input::new(&p, 2, Logits), Input::new(&q, 2, Logits));
         for m in MEASURES {
-            for norm in [Normalization::Validate, Normalization::Renormalize] {
-                check_measure(m, Form::Logits, &p, 2, Form::Logits, &q, 2, cols, norm);
-                let qp = probs(&mut rng, 2, cols, 0.0);
-                check_measure(m, Form::Logits, &p, 2, Form::Probs, &qp, 2, cols, norm);
+            for norm in [Validate, Renormalize] {
+                check_measure(m, p, q, cols, norm);
+                let qp = rand_probs(&mut rng, 2, cols, 0.0);
+                check_measure(m, p, Input::new(&qp, 2, Probs), cols, norm);
             }
         }
     }
@@ -376,14 +190,18 @@ fn large_logits() {
 fn broadcast_one_row_operands() {
     let mut rng = Rng::new(5);
     let cols = 777;
-    let many = probs(&mut rng, 5, cols, 0.05);
-    let one = probs(&mut rng, 1, cols, 0.0);
-    let l1 = logits(&mut rng, cols, 2.0, 0.0);
-    for m in [Measure::CrossEntropy, Measure::Kl, Measure::Js] {
-        let v = Normalization::Validate;
-        check_measure(m, Form::Probs, &many, 5, Form::Probs, &one, 1, cols, v);
-        check_measure(m, Form::Probs, &one, 1, Form::Probs, &many, 5, cols, v);
-        check_measure(m, Form::Probs, &many, 5, Form::Logits, &l1, 1, cols, v);
+    let many = rand_probs(&mut rng, 5, cols, 0.05);
+    let one = rand_probs(&mut rng, 1, cols, 0.0);
+    let l1 = rand_logits(&mut rng, 1, cols, 2.0, 0.0);
+    let (many, one, l1) = (
+        Input::new(&many, 5, Probs),
+        Input::row(&one, Probs),
+        Input::row(&l1, Logits),
+    );
+    for m in [CrossEntropy, Kl, Js] {
+        for (p, q) in [(many, one), (one, many), (many, l1)] {
+            check_measure(m, p, q, cols, Validate);
+        }
     }
 }
 
@@ -391,14 +209,14 @@ fn broadcast_one_row_operands() {
 fn one_column() {
     for m in MEASURES {
         for (pf, qf, p, q) in [
-            (Form::Probs, Form::Probs, 1.0f32, 1.0f32),
-            (Form::LogProbs, Form::Logits, 0.0, 12.5),
-            (Form::Logits, Form::Logits, -3.0, 4.0),
+            (Probs, Probs, 1.0f32, 1.0f32),
+            (LogProbs, Logits, 0.0, 12.5),
+            (Logits, Logits, -3.0, 4.0),
         ] {
-            if m == Measure::Entropy && qf != Form::Probs {
+            if m == Entropy && qf != Probs {
                 continue;
             }
-            check_measure(m, pf, &[p], 1, qf, &[q], 1, 1, Normalization::Validate);
+            check_measure(m, Input::row(&[p], pf), Input::row(&[q], qf), 1, Validate);
         }
     }
 }
@@ -407,122 +225,186 @@ fn one_column() {
 fn a_million_columns() {
     let mut rng = Rng::new(6);
     let cols = 1_000_003;
-    let p = probs(&mut rng, 3, cols, 0.01);
-    let q = probs(&mut rng, 3, cols, 0.0);
-    for m in [Measure::Kl, Measure::Entropy, Measure::Js] {
-        check_measure(
-            m,
-            Form::Probs,
-            &p,
-            3,
-            Form::Probs,
-            &q,
-            3,
-            cols,
-            Normalization::Validate,
-        );
+    let p = rand_probs(&mut rng, 3, cols, 0.01);
+    let q = rand_probs(&mut rng, 3, cols, 0.0);
+    let l = rand_logits(&mut rng, 2, cols, 4.0, 100.0);
+    let (p3, q3) = (Input::new(&p, 3, Probs), Input::new(&q, 3, Probs));
+    let (l2, q2) = (
+        Input::new(&l, 2, Logits),
+        Input::new(&q[..2 * cols], 2, Probs),
+    );
+    let (l1, q1) = (
+        Input::row(&l[..cols], Logits),
+        Input::row(&q[..cols], Probs),
+    );
+    for (m, p, q, norm) in [
+        (Kl, p3, q3, Validate),
+        (Entropy, p3, q3, Validate),
+        (Js, p3, q3, Validate),
+        (Kl, p3, q3, Renormalize),
+        (Entropy, l2, q2, Validate),
+        (Kl, l1, q1, Validate),
+    ] {
+        check_measure(m, p, q, cols, norm);
     }
-    check_measure(
-        Measure::Kl,
-        Form::Probs,
-        &p,
-        3,
-        Form::Probs,
-        &q,
-        3,
-        cols,
-        Normalization::Renormalize,
-    );
-    let l = logits(&mut rng, 2 * cols, 4.0, 100.0);
-    check_measure(
-        Measure::Entropy,
-        Form::Logits,
-        &l,
-        2,
-        Form::Probs,
-        &q[..2 * cols],
-        2,
-        cols,
-        Normalization::Validate,
-    );
-    check_measure(
-        Measure::Kl,
-        Form::Logits,
-        &l[..cols],
-        1,
-        Form::Probs,
-        &q[..cols],
-        1,
-        cols,
-        Normalization::Validate,
-    );
 }
 
-fn records(m: Measure, p: Batch<'_>, q: Batch<'_>, norm: Normalization) -> Vec<Record> {
-    let opts = Options::default().normalization(norm);
-    let job = Job::measure(m, &p, m.needs_q().then_some(&q), &opts).expect("job");
+/// The records of `m` over `p` (and `q`) of `cols` columns on the first
+/// instruction set, after checking that every other one gives the same
+/// status words and values within the bound.
+fn records(
+    m: Measure,
+    p: Input<'_>,
+    q: Input<'_>,
+    cols: usize,
+    norm: Normalization,
+) -> Vec<Record> {
+    let job = job(m, p, q, cols, &Options::default().normalization(norm));
     let mut all = run_all(&job);
     let first = all.remove(0);
     for other in all {
         // another instruction set: same status words, values within tolerance
         for (a, b) in first.iter().zip(&other) {
             assert_eq!(a.word(), b.word());
-            assert!(a.value.is_nan() && b.value.is_nan() || close(b.value, a.value as f64));
+            assert!(a.value.is_nan() && b.value.is_nan() || close(b.value as f64, a.value as f64));
         }
     }
     first
 }
 
+/// What a case expects of the value of its first record.
+#[derive(Clone, Copy, Debug)]
+enum Want {
+    /// Nothing beyond the status word.
+    Any,
+    /// Finite.
+    Finite,
+    /// Exactly this value.
+    Exactly(f32),
+    /// Within the bound of this f64 value.
+    Close(f64),
+    /// NaN (a row with a problem has no value).
+    Nan,
+}
+
+/// One call and what its first record must hold: the status word, the
+/// value, and the aux values (row sums, log-sum-exps) as (value, tolerance):
+/// within the tolerance, or exactly for a tolerance of 0.
+struct Case<'a> {
+    what: &'a str,
+    m: Measure,
+    p: Input<'a>,
+    q: Input<'a>,
+    cols: usize,
+    norm: Normalization,
+    word: u64,
+    value: Want,
+    aux_p: Option<(f64, f64)>,
+    aux_q: Option<(f64, f64)>,
+}
+
+impl<'a> Case<'a> {
+    /// A case of single rows of `p` and `q` (their lengths: `p`'s), an OK
+    /// status word and any value.
+    fn new(what: &'a str, m: Measure, p: Input<'a>, q: Input<'a>, norm: Normalization) -> Self {
+        let cols = p.data.len();
+        Case {
+            what,
+            m,
+            p,
+            q,
+            cols,
+            norm,
+            word: 0,
+            value: Want::Any,
+            aux_p: None,
+            aux_q: None,
+        }
+    }
+    fn word(self, col: usize, c: u32) -> Self {
+        Case {
+            word: status_word(col, c),
+            ..self
+        }
+    }
+    /// A row-level problem (no column).
+    fn row_word(self, c: u32) -> Self {
+        self.word(code::COL_NONE as usize, c)
+    }
+    fn value(self, value: Want) -> Self {
+        Case { value, ..self }
+    }
+    fn aux_p(self, v: f64, tol: f64) -> Self {
+        Case {
+            aux_p: Some((v, tol)),
+            ..self
+        }
+    }
+    fn aux_q(self, v: f64, tol: f64) -> Self {
+        Case {
+            aux_q: Some((v, tol)),
+            ..self
+        }
+    }
+}
+
+/// Runs every case of a table and checks what it expects.
+fn check_cases(cases: &[Case<'_>]) {
+    for c in cases {
+        let r = records(c.m, c.p, c.q, c.cols, c.norm)[0];
+        let what = format!("{} ({:?}, {:?}): {r:?}", c.what, c.m, c.norm);
+        assert_eq!(r.word(), c.word, "{what}");
+        match c.value {
+            Want::Any => {}
+            Want::Finite => assert!(r.value.is_finite(), "{what}"),
+            Want::Exactly(v) => assert_eq!(r.value, v, "{what}"),
+            Want::Close(v) => assert!(close(r.value as f64, v), "{what}: want {v}"),
+            Want::Nan => assert!(r.value.is_nan(), "{what}"),
+        }
+        for (name, got, want) in [("aux_p", r.aux_p, c.aux_p), ("aux_q", r.aux_q, c.aux_q)] {
+            match want {
+                None => {}
+                Some((v, 0.0)) => assert_eq!(got as f64, v, "{what}: {name}"),
+                Some((v, tol)) => assert!((got as f64 - v).abs() < tol, "{what}: {name}, want {v}"),
+            }
+        }
+    }
+}
+
 #[test]
 fn zero_rules() {
-    let v = Normalization::Validate;
-    // p = 0 where q = 0: the term is 0
+    use Want::*;
+    let inf = f32::INFINITY;
     let p = [0.5f32, 0.5, 0.0];
     let q = [0.25f32, 0.75, 0.0];
-    for m in [Measure::CrossEntropy, Measure::Kl, Measure::Js] {
-        let r = records(m, Batch::row(&p), Batch::row(&q), v);
-        assert!(
-            r[0].value.is_finite() && r[0].word() == 0,
-            "{m:?} {:?}",
-            r[0]
-        );
-    }
-    // p > 0 where q = 0: +inf (not for JS, which stays finite)
-    let q = [0.0f32, 1.0, 0.0];
-    for m in [Measure::CrossEntropy, Measure::Kl] {
-        let r = records(m, Batch::row(&p), Batch::row(&q), v);
-        assert_eq!(r[0].value, f32::INFINITY, "{m:?}");
-        assert_eq!(r[0].word(), 0);
-    }
-    // log q = -inf and a masked logit are q = 0 too
-    let lq = [f32::NEG_INFINITY, 0.0, f32::NEG_INFINITY];
-    for qf in [Form::LogProbs, Form::Logits] {
-        let r = records(Measure::Kl, Batch::row(&p), Batch::row(&lq).form(qf), v);
-        assert_eq!(r[0].value, f32::INFINITY, "{qf:?}");
-    }
-    // disjoint supports: JS = ln 2 exactly bounded
-    let a = [0.5f32, 0.5, 0.0, 0.0];
-    let b = [0.0f32, 0.0, 0.25, 0.75];
-    let r = records(Measure::Js, Batch::row(&a), Batch::row(&b), v);
-    assert!(close(r[0].value, std::f64::consts::LN_2), "{:?}", r[0]);
+    let q0 = [0.0f32, 1.0, 0.0];
+    let ninf = f32::NEG_INFINITY;
+    let lq = [ninf, 0.0, ninf];
+    let (a, b) = ([0.5f32, 0.5, 0.0, 0.0], [0.0f32, 0.0, 0.25, 0.75]);
+    let (one_hot, one) = ([0.0f32, 1.0, 0.0], [1.0f32]);
+    let (masked, hot) = ([0.0f32, ninf], [1.0f32, 0.0]);
+    #[rustfmt::skip]
+    let cases = [
+        // p = 0 where q = 0: the term is 0
+        Case::new("CE p = 0 = q", CrossEntropy, row(&p), row(&q), Validate).value(Finite),
+        Case::new("KL p = 0 = q", Kl, row(&p), row(&q), Validate).value(Finite),
+        Case::new("JS p = 0 = q", Js, row(&p), row(&q), Validate).value(Finite),
+        // p > 0 where q = 0: +inf (not for JS, which stays finite)
+        Case::new("CE p > 0 = q", CrossEntropy, row(&p), row(&q0), Validate).value(Exactly(inf)),
+        Case::new("KL p > 0 = q", Kl, row(&p), row(&q0), Validate).value(Exactly(inf)),
+        // log q = -inf and a masked logit are q = 0 too
+        Case::new("KL log q = -inf", Kl, row(&p), Input::row(&lq, LogProbs), Validate).value(Exactly(inf)),
+        Case::new("KL masked q logit", Kl, row(&p), Input::row(&lq, Logits), Validate).value(Exactly(inf)),
+        // disjoint supports: JS = ln 2 (never above it: checked below)
+        Case::new("JS disjoint", Js, row(&a), row(&b), Validate).value(Close(std::f64::consts::LN_2)),
+        // entropy of a one-hot is 0, of p = 0 entries nothing
+        Case::new("H one-hot", Entropy, row(&one_hot), row(&one), Validate).value(Exactly(0.0)),
+        // masked logits in p: p = 0 whatever q is (even q = 0)
+        Case::new("KL masked p logit", Kl, Input::row(&masked, Logits), row(&hot), Validate).value(Exactly(0.0)),
+    ];
+    check_cases(&cases);
+    let r = records(Js, row(&a), row(&b), 4, Validate);
     assert!(r[0].value <= std::f32::consts::LN_2 * (1.0 + 1e-6));
-    // entropy of a one-hot is 0, of p = 0 entries nothing
-    let r = records(
-        Measure::Entropy,
-        Batch::row(&[0.0f32, 1.0, 0.0]),
-        Batch::row(&[1.0f32]),
-        v,
-    );
-    assert_eq!(r[0].value, 0.0);
-    // masked logits in p: p = 0 whatever q is (even q = 0)
-    let lp = [0.0f32, f32::NEG_INFINITY];
-    let r = records(
-        Measure::Kl,
-        Batch::row(&lp).form(Form::Logits),
-        Batch::row(&[1.0f32, 0.0]),
-        v,
-    );
-    assert_eq!(r[0].value, 0.0);
 }
 
 #[test]
@@ -533,65 +415,37 @@ fn subnormal_inputs() {
         let p = [t, 0.5, 0.5 - t, 0.0];
         let q = [0.25f32, t, 0.75, 0.0];
         for m in MEASURES {
-            check_measure(
-                m,
-                Form::Probs,
-                &p,
-                1,
-                Form::Probs,
-                &q,
-                1,
-                4,
-                Normalization::Validate,
-            );
+            check_measure(m, row(&p), row(&q), 4, Validate);
         }
-        // a subnormal is not zero: p > 0 against a q of exactly 0 is +inf
         let q0 = [0.0f32, 0.5, 0.5, 0.0];
-        let r = records(
-            Measure::Kl,
-            Batch::row(&p),
-            Batch::row(&q0),
-            Normalization::Validate,
-        );
-        assert_eq!(r[0].value, f32::INFINITY);
-        // a subnormal q is not zero either: finite
-        let r = records(
-            Measure::Kl,
-            Batch::row(&[0.5f32, 0.5]),
-            Batch::row(&[t, 1.0]),
-            Normalization::AsGiven,
-        );
-        assert!(r[0].value.is_finite());
+        let (half, tq) = ([0.5f32, 0.5], [t, 1.0]);
         let want = 0.5 * (0.5 / t as f64).ln() + 0.5 * 0.5f64.ln();
-        assert!(close(r[0].value, want), "{} vs {want}", r[0].value);
+        #[rustfmt::skip]
+        let cases = [
+            // a subnormal is not zero: p > 0 against a q of exactly 0 is +inf
+            Case::new("subnormal p over q = 0", Kl, row(&p), row(&q0), Validate)
+                .value(Want::Exactly(f32::INFINITY)),
+            // a subnormal q is not zero either: finite, the value
+            Case::new("subnormal q", Kl, row(&half), row(&tq), AsGiven).value(Want::Close(want)),
+        ];
+        check_cases(&cases);
     }
     // subnormals in a vector chunk (many columns)
     let mut rng = Rng::new(7);
     let cols = 100;
-    let mut p = probs(&mut rng, 1, cols, 0.0);
-    let mut q = probs(&mut rng, 1, cols, 0.0);
+    let mut p = rand_probs(&mut rng, 1, cols, 0.0);
+    let mut q = rand_probs(&mut rng, 1, cols, 0.0);
     for i in (0..cols).step_by(3) {
         p[i] = 1e-40;
         q[(i + 1) % cols] = 3e-44;
     }
     for m in MEASURES {
-        check_measure(
-            m,
-            Form::Probs,
-            &p,
-            1,
-            Form::Probs,
-            &q,
-            1,
-            cols,
-            Normalization::AsGiven,
-        );
+        check_measure(m, row(&p), row(&q), cols, AsGiven);
     }
 }
 
 #[test]
 fn bad_values_name_the_first_column() {
-    let v = Normalization::Validate;
     let cols = 100;
     let base = vec![1.0f32 / cols as f32; cols];
     let cases: [(bool, usize, f32, u32); 9] = [
@@ -614,195 +468,96 @@ fn bad_values_name_the_first_column() {
             q[col] = x;
         }
         for m in MEASURES {
-            if m == Measure::Entropy && !in_p {
+            if m == Entropy && !in_p {
                 continue;
             }
-            let r = records(m, Batch::row(&p), Batch::row(&q), v);
-            assert_eq!(r[0].word(), status_word(col, c), "{m:?} col {col} {x}");
-            assert!(r[0].value.is_nan());
+            let what = format!("{m:?} col {col} {x}");
+            check_cases(&[Case::new(&what, m, row(&p), row(&q), Validate)
+                .word(col, c)
+                .value(Want::Nan)]);
         }
     }
     // -0.0 is a zero, not a negative value
-    let mut p = base.clone();
-    p[7] = -0.0;
-    p[8] += 1.0 / cols as f32;
-    let r = records(Measure::Kl, Batch::row(&p), Batch::row(&base), v);
-    assert_eq!(r[0].word(), 0);
+    let mut neg_zero = base.clone();
+    neg_zero[7] = -0.0;
+    neg_zero[8] += 1.0 / cols as f32;
     // the smallest column wins, and p's code at a column shared with q
-    let mut p = base.clone();
-    let mut q = base.clone();
-    p[50] = f32::NAN;
-    q[20] = -1.0;
-    q[60] = f32::NAN;
-    let r = records(Measure::Kl, Batch::row(&p), Batch::row(&q), v);
-    assert_eq!(r[0].word(), status_word(20, code::Q_NEGATIVE));
-    q[20] = base[20];
-    q[50] = f32::NAN;
-    let r = records(Measure::Kl, Batch::row(&p), Batch::row(&q), v);
-    assert_eq!(r[0].word(), status_word(50, code::P_NAN));
+    let mut p_nan50 = base.clone();
+    p_nan50[50] = f32::NAN;
+    let mut q_first = base.clone();
+    q_first[20] = -1.0;
+    q_first[60] = f32::NAN;
+    let mut q_shared = base.clone();
+    q_shared[50] = f32::NAN;
+    q_shared[60] = f32::NAN;
     // log forms: +inf and NaN are bad, -inf is not; log-probs above 0 are bad
     let mut lp = vec![(1.0 / cols as f32).ln(); cols];
     lp[9] = 0.5;
-    let r = records(
-        Measure::Entropy,
-        Batch::row(&lp).form(Form::LogProbs),
-        Batch::row(&base),
-        v,
-    );
-    assert_eq!(r[0].word(), status_word(9, code::P_POSITIVE_LOG));
-    let mut lg = vec![0.0f32; cols];
-    lg[77] = f32::INFINITY;
-    let r = records(
-        Measure::Kl,
-        Batch::row(&base),
-        Batch::row(&lg).form(Form::Logits),
-        v,
-    );
-    assert_eq!(r[0].word(), status_word(77, code::Q_INFINITE));
-    lg[77] = f32::NAN;
-    lg[78] = 1e30;
-    let r = records(
-        Measure::Kl,
-        Batch::row(&base),
-        Batch::row(&lg).form(Form::Logits),
-        v,
-    );
-    assert_eq!(r[0].word(), status_word(77, code::Q_NAN));
+    let mut lg_inf = vec![0.0f32; cols];
+    lg_inf[77] = f32::INFINITY;
+    let mut lg_nan = lg_inf.clone();
+    lg_nan[77] = f32::NAN;
+    lg_nan[78] = 1e30;
     // bad values in the first pass of the two-pass plan, and in a long row
-    let cols = 70_000;
-    let mut p = vec![1.0f32; cols];
-    p[65_537] = f32::NAN;
-    p[69_999] = -2.0;
-    let q = vec![1.0f32; cols];
-    let r = records(
-        Measure::Kl,
-        Batch::row(&p),
-        Batch::row(&q),
-        Normalization::Renormalize,
-    );
-    assert_eq!(r[0].word(), status_word(65_537, code::P_NAN));
+    let long = 70_000;
+    let mut p_long = vec![1.0f32; long];
+    p_long[65_537] = f32::NAN;
+    p_long[69_999] = -2.0;
+    let q_long = vec![1.0f32; long];
+    #[rustfmt::skip]
+    let cases = [
+        Case::new("-0.0 is a zero", Kl, row(&neg_zero), row(&base), Validate),
+        Case::new("smallest column wins", Kl, row(&p_nan50), row(&q_first), Validate).word(20, code::Q_NEGATIVE),
+        Case::new("p's code at a shared column", Kl, row(&p_nan50), row(&q_shared), Validate).word(50, code::P_NAN),
+        Case::new("log-prob above 0", Entropy, Input::row(&lp, LogProbs), row(&base), Validate).word(9, code::P_POSITIVE_LOG),
+        Case::new("+inf logit", Kl, row(&base), Input::row(&lg_inf, Logits), Validate).word(77, code::Q_INFINITE),
+        Case::new("NaN logit", Kl, row(&base), Input::row(&lg_nan, Logits), Validate).word(77, code::Q_NAN),
+        Case::new("two passes, long row", Kl, row(&p_long), row(&q_long), Renormalize).word(65_537, code::P_NAN),
+    ];
+    check_cases(&cases);
 }
 
 #[test]
 fn row_level_problems() {
-    // unnormalised under Validate: the sum is in aux
+    use code::*;
     let p = [0.5f32, 0.6];
     let q = [0.5f32, 0.5];
-    let r = records(
-        Measure::Kl,
-        Batch::row(&p),
-        Batch::row(&q),
-        Normalization::Validate,
-    );
-    assert_eq!(
-        r[0].word(),
-        status_word(code::COL_NONE as usize, code::P_SUM)
-    );
-    assert!((r[0].aux_p - 1.1).abs() < 1e-6);
-    let r = records(
-        Measure::Kl,
-        Batch::row(&q),
-        Batch::row(&p),
-        Normalization::Validate,
-    );
-    assert_eq!(
-        r[0].word(),
-        status_word(code::COL_NONE as usize, code::Q_SUM)
-    );
-    assert!((r[0].aux_q - 1.1).abs() < 1e-6);
-    // log-probs are validated too
     let lp = [0.5f32.ln(), 0.6f32.ln()];
-    let r = records(
-        Measure::Entropy,
-        Batch::row(&lp).form(Form::LogProbs),
-        Batch::row(&q),
-        Normalization::Validate,
-    );
-    assert_eq!(
-        r[0].word(),
-        status_word(code::COL_NONE as usize, code::P_SUM)
-    );
-    // within tolerance passes, and as given is not checked
-    let r = records(
-        Measure::Kl,
-        Batch::row(&[0.5f32, 0.5004]),
-        Batch::row(&q),
-        Normalization::Validate,
-    );
-    assert_eq!(r[0].word(), 0);
-    let r = records(
-        Measure::Kl,
-        Batch::row(&p),
-        Batch::row(&q),
-        Normalization::AsGiven,
-    );
-    assert_eq!(r[0].word(), 0);
+    let within = [0.5f32, 0.5004];
+    let all_masked = [f32::NEG_INFINITY; 3];
+    let ok = [0.0f32; 3];
+    let (masked, ok) = (Input::row(&all_masked, Logits), Input::row(&ok, Logits));
+    let nan = [f32::NAN, 0.0];
+    #[rustfmt::skip]
+    let mut cases = vec![
+        // unnormalised under Validate: the sum is in aux
+        Case::new("p sums to 1.1", Kl, row(&p), row(&q), Validate).row_word(P_SUM).aux_p(1.1, 1e-6),
+        Case::new("q sums to 1.1", Kl, row(&q), row(&p), Validate).row_word(Q_SUM).aux_q(1.1, 1e-6),
+        // log-probs are validated too
+        Case::new("log-probs sum to 1.1", Entropy, Input::row(&lp, LogProbs), row(&q), Validate).row_word(P_SUM),
+        // within tolerance passes, and as given is not checked
+        Case::new("within tolerance", Kl, row(&within), row(&q), Validate),
+        Case::new("as given", Kl, row(&p), row(&q), AsGiven),
+        // an element problem comes before a row problem
+        Case::new("NaN before the sum", Kl, row(&nan), row(&q), Validate).word(0, P_NAN),
+    ];
     // a zero row cannot be renormalised (a subnormal sum can: the hardening
     // issue, item 10; tests/hardening_numerics.rs checks its values)
-    for z in [[0.0f32, 0.0], [-0.0, 0.0]] {
-        let r = records(
-            Measure::Kl,
-            Batch::row(&z),
-            Batch::row(&q),
-            Normalization::Renormalize,
-        );
-        assert_eq!(
-            r[0].word(),
-            status_word(code::COL_NONE as usize, code::P_ZERO_SUM)
-        );
-        let r = records(
-            Measure::Kl,
-            Batch::row(&q),
-            Batch::row(&z),
-            Normalization::Renormalize,
-        );
-        assert_eq!(
-            r[0].word(),
-            status_word(code::COL_NONE as usize, code::Q_ZERO_SUM)
-        );
+    let zeros = [[0.0f32, 0.0], [-0.0, 0.0]];
+    for z in &zeros {
+        cases.push(Case::new("zero p", Kl, row(z), row(&q), Renormalize).row_word(P_ZERO_SUM));
+        cases.push(Case::new("zero q", Kl, row(&q), row(z), Renormalize).row_word(Q_ZERO_SUM));
     }
-    for tiny in [[1e-40f32, 0.0], [1e-45, 3e-45]] {
-        let r = records(
-            Measure::Kl,
-            Batch::row(&tiny),
-            Batch::row(&q),
-            Normalization::Renormalize,
-        );
-        assert_eq!(r[0].word(), 0, "{tiny:?}");
+    let tiny = [[1e-40f32, 0.0], [1e-45, 3e-45]];
+    for t in &tiny {
+        cases.push(Case::new("subnormal sum", Kl, row(t), row(&q), Renormalize));
     }
     // all -inf logits
-    let m = [f32::NEG_INFINITY; 3];
-    let ok = [0.0f32; 3];
-    for norm in [Normalization::Validate, Normalization::Renormalize] {
-        let r = records(
-            Measure::Entropy,
-            Batch::row(&m).form(Form::Logits),
-            Batch::row(&q),
-            norm,
-        );
-        assert_eq!(
-            r[0].word(),
-            status_word(code::COL_NONE as usize, code::P_ALL_MASKED)
-        );
-        let r = records(
-            Measure::Js,
-            Batch::row(&ok).form(Form::Logits),
-            Batch::row(&m).form(Form::Logits),
-            norm,
-        );
-        assert_eq!(
-            r[0].word(),
-            status_word(code::COL_NONE as usize, code::Q_ALL_MASKED)
-        );
+    for norm in [Validate, Renormalize] {
+        cases.push(Case::new("masked p", Entropy, masked, row(&q), norm).row_word(P_ALL_MASKED));
+        cases.push(Case::new("masked q", Js, ok, masked, norm).row_word(Q_ALL_MASKED));
     }
-    // an element problem comes before a row problem
-    let r = records(
-        Measure::Kl,
-        Batch::row(&[f32::NAN, 0.0]),
-        Batch::row(&q),
-        Normalization::Validate,
-    );
-    assert_eq!(r[0].word(), status_word(0, code::P_NAN));
+    check_cases(&cases);
 }
 
 #[test]
@@ -811,80 +566,30 @@ fn js_validate_next_to_logits_checks_the_probabilities() {
     // them are still validated as given, not silently divided.
     let l = [0.0f32, 1.0, 2.0];
     let bad = [0.2f32, 0.2, 0.2];
-    let r = records(
-        Measure::Js,
-        Batch::row(&l).form(Form::Logits),
-        Batch::row(&bad),
-        Normalization::Validate,
-    );
-    assert_eq!(
-        r[0].word(),
-        status_word(code::COL_NONE as usize, code::Q_SUM)
-    );
-    assert!((r[0].aux_q - 0.6).abs() < 1e-6);
-    check_measure(
-        Measure::Js,
-        Form::Logits,
-        &l,
-        1,
-        Form::Probs,
-        &bad,
-        1,
-        3,
-        Normalization::AsGiven,
-    );
+    let counts = [2.0f32, 2.0, 4.0];
+    let lse = log_sum_exp(&[0.0, 1.0, 2.0]);
+    let logits = Input::row(&l, Logits);
     // aux of normalised operands: the log-sum-exp and the row sum
-    let r = records(
-        Measure::Js,
-        Batch::row(&l).form(Form::Logits),
-        Batch::row(&[2.0f32, 2.0, 4.0]),
-        Normalization::Renormalize,
-    );
-    let want = lse(&[0.0, 1.0, 2.0]);
-    assert!((r[0].aux_p as f64 - want).abs() < 1e-6, "{:?}", r[0]);
-    assert_eq!(r[0].aux_q, 8.0);
+    #[rustfmt::skip]
+    let cases = [
+        Case::new("q sums to 0.6", Js, logits, row(&bad), Validate).row_word(code::Q_SUM).aux_q(0.6, 1e-6),
+        Case::new("renormalised", Js, logits, row(&counts), Renormalize).aux_p(lse, 1e-6).aux_q(8.0, 0.0),
+    ];
+    check_cases(&cases);
+    check_measure(Js, logits, row(&bad), 3, AsGiven);
 }
 
 #[test]
 fn log_base() {
     let p = [0.25f32, 0.75];
-    for (base, ln_b) in [
-        (Base::Two, std::f64::consts::LN_2),
-        (Base::Ten, std::f64::consts::LN_10),
-    ] {
+    for base in [Base::Two, Base::Ten] {
         let opts = Options::default().base(base);
         let pb = Batch::row(&p);
-        let job = Job::measure(Measure::Entropy, &pb, None, &opts).expect("job");
+        let job = Job::measure(Entropy, &pb, None, &opts).expect("job");
         let r = run_all(&job);
-        let want = -(0.25f64 * 0.25f64.ln() + 0.75 * 0.75f64.ln()) / ln_b;
-        assert!(close(r[0][0].value, want));
+        let want = ref_row(Entropy, (&p, Probs), None, Validate) / ln_base(base);
+        assert!(close(r[0][0].value as f64, want));
     }
-}
-
-/// f64 reference NLL of one row.
-fn ref_nll(
-    form: Form,
-    q: &[f32],
-    renorm: bool,
-    t: Option<usize>,
-    w: Option<&[f32]>,
-    eps: f64,
-) -> f64 {
-    let Some(t) = t else { return 0.0 };
-    let c = q.len();
-    let (_, lq) = ref_dist(form, q, renorm);
-    let wc = |j: usize| w.map_or(1.0, |w| w[j] as f64);
-    let mut s = 0.0;
-    for (j, &lqj) in lq.iter().enumerate() {
-        let pj = wc(j) * eps / c as f64 + if j == t { (1.0 - eps) * wc(t) } else { 0.0 };
-        if pj > 0.0 {
-            if lqj == f64::NEG_INFINITY {
-                return f64::INFINITY;
-            }
-            s -= pj * lqj;
-        }
-    }
-    s
 }
 
 #[test]
@@ -893,18 +598,12 @@ fn nll_forms_ignore_weights_smoothing() {
     let rows = 6;
     for cols in [1usize, 10, 5000] {
         let targets: Vec<i64> = (0..rows)
-            .map(|i| {
-                if i == 2 {
-                    -100
-                } else {
-                    (rng.next() % cols as u64) as i64
-                }
-            })
+            .map(|i| if i == 2 { -100 } else { rng.below(cols) as i64 })
             .collect();
-        let weights: Vec<f32> = (0..cols).map(|_| rng.unit() as f32 * 2.0).collect();
+        let weights: Vec<f32> = (0..cols).map(|_| rng.uniform() as f32 * 2.0).collect();
         for form in FORMS {
-            let q = in_form(&mut rng, form, rows, cols);
-            for norm in [Normalization::Validate, Normalization::Renormalize] {
+            let q = rand_form(&mut rng, rows, cols, form, 0.1);
+            for norm in [Validate, Renormalize] {
                 for eps in [0.0f32, 0.1] {
                     for w in [None, Some(&weights[..])] {
                         let mut opts = NllOptions::default()
@@ -919,17 +618,11 @@ fn nll_forms_ignore_weights_smoothing() {
                         for recs in run_all(&job) {
                             for (r, rec) in recs.iter().enumerate() {
                                 let t = (targets[r] >= 0).then_some(targets[r] as usize);
-                                let want = ref_nll(
-                                    form,
-                                    &q[r * cols..(r + 1) * cols],
-                                    norm == Normalization::Renormalize,
-                                    t,
-                                    w,
-                                    eps as f64,
-                                );
+                                let qr = &q[r * cols..(r + 1) * cols];
+                                let want = nll_row(qr, form, t, w, eps as f64, norm);
                                 assert_eq!(rec.word(), 0, "{form:?} {norm:?} {eps} row {r}");
                                 assert!(
-                                    close(rec.value, want),
+                                    close(rec.value as f64, want),
                                     "{form:?} {norm:?} eps {eps} w {} row {r} cols {cols}: {} vs {want}",
                                     w.is_some(),
                                     rec.value
@@ -952,15 +645,16 @@ fn nll_forms_ignore_weights_smoothing() {
 fn nll_zero_probability() {
     let q = [0.0f32, 1.0, 0.0];
     let qb = Batch::new(&q, 1, 3);
-    let run = |t: i64, eps: f32| {
+    for (t, eps, want) in [
+        (0i64, 0.0f32, f32::INFINITY),
+        (1, 0.0, 0.0),
+        // smoothing puts mass on every class: q = 0 anywhere is +inf
+        (1, 0.1, f32::INFINITY),
+    ] {
         let opts = NllOptions::default().label_smoothing(eps);
         let job = Job::nll(&qb, Targets::from(&[t][..]), &opts).expect("job");
-        run_all(&job)[0][0]
-    };
-    assert_eq!(run(0, 0.0).value, f32::INFINITY);
-    assert_eq!(run(1, 0.0).value, 0.0);
-    // smoothing puts mass on every class: q = 0 anywhere is +inf
-    assert_eq!(run(1, 0.1).value, f32::INFINITY);
+        assert_eq!(run_all(&job)[0][0].value, want, "target {t} eps {eps}");
+    }
     // a bad q in an ignored row is still reported
     let q = [0.5f32, f32::NAN];
     let qb = Batch::new(&q, 1, 2);
@@ -974,14 +668,12 @@ fn deterministic_across_threads_and_runs() {
     let mut rng = Rng::new(9);
     // many rows (threads share rows) and few long rows (threads share blocks)
     for (rows, cols) in [(64usize, 20_000usize), (3, 300_001)] {
-        let p = probs(&mut rng, rows, cols, 0.01);
-        let q = logits(&mut rng, rows * cols, 2.0, 0.0);
+        let p = rand_probs(&mut rng, rows, cols, 0.01);
+        let q = rand_logits(&mut rng, rows, cols, 2.0, 0.0);
         for m in MEASURES {
-            for norm in [Normalization::Validate, Normalization::Renormalize] {
-                let pb = Batch::new(&p, rows, cols);
-                let qb = Batch::new(&q, rows, cols).form(Form::Logits);
-                let opts = Options::default().normalization(norm);
-                let job = Job::measure(m, &pb, m.needs_q().then_some(&qb), &opts).expect("job");
+            for norm in [Validate, Renormalize] {
+                let (p, q) = (Input::new(&p, rows, Probs), Input::new(&q, rows, Logits));
+                let job = job(m, p, q, cols, &Options::default().normalization(norm));
                 for isa in Isa::available() {
                     let a = run_with(&job, 1, isa);
                     for threads in [2, 5, 16] {
@@ -1011,70 +703,31 @@ fn throughput() {
         env("KULLBACK_BENCH_COLS", 4096),
     );
     let n = env("KULLBACK_BENCH_REPEAT", 3);
-    let p = probs(&mut rng, rows, cols, 0.0);
-    let q = probs(&mut rng, rows, cols, 0.0);
-    let l = logits(&mut rng, rows * cols, 2.0, 0.0);
+    let p = rand_probs(&mut rng, rows, cols, 0.0);
+    let q = rand_probs(&mut rng, rows, cols, 0.0);
+    let l = rand_logits(&mut rng, rows, cols, 2.0, 0.0);
     let threads = super::threads::available();
-    let cases: [(&str, Measure, Form, &[f32], Normalization); 7] = [
-        (
-            "kl probs",
-            Measure::Kl,
-            Form::Probs,
-            &p,
-            Normalization::Validate,
-        ),
-        (
-            "entropy probs",
-            Measure::Entropy,
-            Form::Probs,
-            &p,
-            Normalization::Validate,
-        ),
-        (
-            "cross probs",
-            Measure::CrossEntropy,
-            Form::Probs,
-            &p,
-            Normalization::Validate,
-        ),
-        (
-            "js probs",
-            Measure::Js,
-            Form::Probs,
-            &p,
-            Normalization::Validate,
-        ),
-        (
-            "kl probs renorm",
-            Measure::Kl,
-            Form::Probs,
-            &p,
-            Normalization::Renormalize,
-        ),
-        (
-            "kl logits",
-            Measure::Kl,
-            Form::Logits,
-            &l,
-            Normalization::Validate,
-        ),
-        (
-            "js logits",
-            Measure::Js,
-            Form::Logits,
-            &l,
-            Normalization::Validate,
-        ),
+    let (p, q, l) = (
+        Input::new(&p, rows, Probs),
+        Input::new(&q, rows, Probs),
+        Input::new(&l, rows, Logits),
+    );
+    #[rustfmt::skip]
+    let cases = [
+        ("kl probs", Kl, p, Validate),
+        ("entropy probs", Entropy, p, Validate),
+        ("cross probs", CrossEntropy, p, Validate),
+        ("js probs", Js, p, Validate),
+        ("kl probs renorm", Kl, p, Renormalize),
+        ("kl logits", Kl, l, Validate),
+        ("js logits", Js, l, Validate),
     ];
     let only = std::env::var("KULLBACK_BENCH").ok();
-    for (name, m, form, pd, norm) in cases {
+    for (name, m, pd, norm) in cases {
         if only.as_ref().is_some_and(|o| o != name) {
             continue;
         }
-        let pb = Batch::new(pd, rows, cols).form(form);
-        let qb = Batch::new(&q, rows, cols);
-        let opts = Options::default().normalization(norm);
-        let job = Job::measure(m, &pb, m.needs_q().then_some(&qb), &opts).expect("job");
+        let job = job(m, pd, q, cols, &Options::default().normalization(norm));
         for isa in Isa::available() {
             for t in [1, threads] {
                 let _ = run_with(&job, t, isa);
@@ -1093,101 +746,81 @@ fn throughput() {
     }
 }
 
-/// Short rows of probabilities (the one-call row kernels where the machine
-/// has them): every width up to past a vector, zeros, rows whose sum fails
-/// the check, broadcast rows; statuses and aux values as on the baseline
-/// kernels (aux values within f32 rounding), values within the bound of the f64 reference.
-#[test]
-fn short_rows_match_the_general_path() {
-    let mut rng = Rng::new(77);
-    for cols in (1usize..=34).chain([100, 511, 512, 513]) {
-        let rows = 9;
-        for zeros in [0.0, 0.2] {
-            let mut p = probs(&mut rng, rows, cols, zeros);
-            let q = probs(&mut rng, rows, cols, zeros);
-            // row 3 sums to 1.5: a P_SUM status under Validate
-            for x in &mut p[3 * cols..4 * cols] {
-                *x *= 1.5;
-            }
-            for m in [Measure::Entropy, Measure::CrossEntropy, Measure::Kl] {
-                for q_rows in [rows, 1] {
-                    let pb = Batch::new(&p, rows, cols);
-                    let qb = Batch::new(&q[..q_rows * cols], q_rows, cols);
-                    let opts = Options::default();
-                    let job = Job::measure(m, &pb, m.needs_q().then_some(&qb), &opts).expect("job");
-                    let base = run_with(&job, 1, Isa::Base);
-                    for recs in run_all(&job) {
-                        for (r, (rec, b)) in recs.iter().zip(&base).enumerate() {
-                            let what = format!("{m:?} {cols} cols row {r} q_rows {q_rows}");
-                            assert_eq!(rec.word(), b.word(), "{what}");
-                            // row sums: the same within f32 rounding (other order)
-                            assert!((rec.aux_p as f64 - b.aux_p as f64).abs() <= 1e-6, "{what}");
-                            if rec.word() != 0 {
-                                assert!(rec.value.is_nan(), "{what}");
-                                continue;
-                            }
-                            let pr = &p[r * cols..][..cols];
-                            let qr = &q[(if q_rows == 1 { 0 } else { r }) * cols..][..cols];
-                            let (pp, lp) = ref_dist(Form::Probs, pr, false);
-                            let (qq, lq) = ref_dist(Form::Probs, qr, false);
-                            let want =
-                                ref_value(m, (&pp, &lp), m.needs_q().then_some((&qq[..], &lq[..])));
-                            assert!(close(rec.value, want), "{what}: {} vs {want}", rec.value);
-                            assert!((rec.aux_q as f64 - b.aux_q as f64).abs() <= 1e-6, "{what}");
-                        }
+/// Short rows of probabilities `p` and `q` (`rows × cols`) of entropy,
+/// cross-entropy and KL, q of every row and q broadcast: statuses as on the
+/// baseline kernels, aux values within f32 rounding of theirs (another
+/// order), values within the bound of the oracle, bit-identical over thread
+/// counts (`run_all`).
+fn check_short_rows(p: &[f32], q: &[f32], rows: usize, cols: usize) {
+    for m in [Entropy, CrossEntropy, Kl] {
+        for q_rows in [rows, 1] {
+            let (pi, qi) = (
+                Input::new(p, rows, Probs),
+                Input::new(&q[..q_rows * cols], q_rows, Probs),
+            );
+            let job = job(m, pi, qi, cols, &Options::default());
+            let base = run_with(&job, 1, Isa::Base);
+            let want = ref_measure(m, pi, Some(qi), cols, Validate, Base::E);
+            for recs in run_all(&job) {
+                for (r, (rec, b)) in recs.iter().zip(&base).enumerate() {
+                    let what = format!("{m:?} {cols} cols row {r} q_rows {q_rows}");
+                    assert_eq!(rec.word(), b.word(), "{what}");
+                    // row sums: the same within f32 rounding (other order)
+                    assert!((rec.aux_p as f64 - b.aux_p as f64).abs() <= 1e-6, "{what}");
+                    if rec.word() != 0 {
+                        assert!(rec.value.is_nan(), "{what}");
+                        continue;
                     }
+                    let want = want[r];
+                    assert!(
+                        close(rec.value as f64, want),
+                        "{what}: {} vs {want}",
+                        rec.value
+                    );
+                    assert!((rec.aux_q as f64 - b.aux_q as f64).abs() <= 1e-6, "{what}");
                 }
             }
         }
     }
 }
 
+/// Short rows of probabilities (the one-call row kernels where the machine
+/// has them): every width up to past a vector, zeros, rows whose sum fails
+/// the check, broadcast rows ([`check_short_rows`]).
+#[test]
+fn short_rows_match_the_general_path() {
+    let mut rng = Rng::new(77);
+    for cols in (1usize..=34).chain([100, 511, 512, 513]) {
+        let rows = 9;
+        for zeros in [0.0, 0.2] {
+            let mut p = rand_probs(&mut rng, rows, cols, zeros);
+            let q = rand_probs(&mut rng, rows, cols, zeros);
+            // row 3 sums to 1.5: a P_SUM status under Validate
+            for x in &mut p[3 * cols..4 * cols] {
+                *x *= 1.5;
+            }
+            check_short_rows(&p, &q, rows, cols);
+        }
+    }
+}
+
 /// Short rows summed 8 side by side (whole-vector widths unrolled): widths
-/// 1..=17, 64 and 100 over 37 rows (whole groups of 8 and a part group),
-/// zeros, a subnormal, a NaN row, a negative value, a row failing the sum
-/// check, and a broadcast q: statuses as on the baseline kernels, values
-/// within the bound of the f64 reference, bit-identical over thread counts
-/// (`run_all`).
+/// 1..=17, 24, 32, 64 and 100 over 37 rows (whole groups of 8 and a part
+/// group), zeros, a subnormal, a NaN row, a negative value, a row failing
+/// the sum check, and a broadcast q ([`check_short_rows`]).
 #[test]
 fn short_rows_side_by_side() {
     let mut rng = Rng::new(4242);
     for cols in (1usize..=17).chain([24, 32, 64, 100]) {
         let rows = 37;
-        let mut p = probs(&mut rng, rows, cols, 0.1);
-        let mut q = probs(&mut rng, rows, cols, 0.1);
+        let mut p = rand_probs(&mut rng, rows, cols, 0.1);
+        let mut q = rand_probs(&mut rng, rows, cols, 0.1);
         for x in &mut p[9 * cols..10 * cols] {
             *x *= 1.5;
         }
         p[13 * cols + cols / 2] = f32::NAN;
         q[21 * cols] = -0.25;
         p[30 * cols + cols - 1] = 1e-40;
-        for m in [Measure::Entropy, Measure::CrossEntropy, Measure::Kl] {
-            for q_rows in [rows, 1] {
-                let pb = Batch::new(&p, rows, cols);
-                let qb = Batch::new(&q[..q_rows * cols], q_rows, cols);
-                let opts = Options::default();
-                let job = Job::measure(m, &pb, m.needs_q().then_some(&qb), &opts).expect("job");
-                let base = run_with(&job, 1, Isa::Base);
-                for recs in run_all(&job) {
-                    for (r, (rec, b)) in recs.iter().zip(&base).enumerate() {
-                        let what = format!("{m:?} {cols} cols row {r} q_rows {q_rows}");
-                        assert_eq!(rec.word(), b.word(), "{what}");
-                        assert!((rec.aux_p as f64 - b.aux_p as f64).abs() <= 1e-6, "{what}");
-                        if rec.word() != 0 {
-                            assert!(rec.value.is_nan(), "{what}");
-                            continue;
-                        }
-                        let pr = &p[r * cols..][..cols];
-                        let qr = &q[(if q_rows == 1 { 0 } else { r }) * cols..][..cols];
-                        let (pp, lp) = ref_dist(Form::Probs, pr, false);
-                        let (qq, lq) = ref_dist(Form::Probs, qr, false);
-                        let want =
-                            ref_value(m, (&pp, &lp), m.needs_q().then_some((&qq[..], &lq[..])));
-                        assert!(close(rec.value, want), "{what}: {} vs {want}", rec.value);
-                        assert!((rec.aux_q as f64 - b.aux_q as f64).abs() <= 1e-6, "{what}");
-                    }
-                }
-            }
-        }
+        check_short_rows(&p, &q, rows, cols);
     }
 }

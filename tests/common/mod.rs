@@ -1,17 +1,22 @@
-//! Helpers shared by the test binaries: .npy reading, the tolerance check, an
-//! independent plain-f64 reference implementation of every measure and form,
-//! seeded input generators, and the list of backends each test runs on.
-//!
-//! The reference here is written from the convention table of the crate docs
-//! (README's "Conventions"), not from the library's code:
-//! f64 throughout, log-sum-exp relative to the row maximum, the zero rules
-//! decided on exact zeros (a probability of 0, a log-probability or logit of -inf).
+//! The one test support layer, shared by every test binary: the seeded
+//! generator ([`random`]), the f64 oracle of every measure ([`oracle`]; both
+//! also included by the crate's unit tests), the one GPU-or-skip decision
+//! ([`gpu_or_skip`] and the contexts, devices and CLI backends built on it),
+//! .npy reading, output checks against the oracle, and GPU buffer helpers.
 
 #![allow(
     dead_code,
     unreachable_pub,
     reason = "a helper module shared by the test binaries, each using a part of it"
 )]
+
+pub mod oracle;
+pub mod random;
+
+#[allow(unused_imports, reason = "each test binary uses a part of them")]
+pub use oracle::*;
+#[allow(unused_imports, reason = "each test binary uses a part of them")]
+pub use random::*;
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -21,11 +26,6 @@ use std::sync::{Mutex, OnceLock};
 use kullback::{
     Backend, Base, Context, ContextOptions, Form, Measure, Normalization, Output, Reduction,
 };
-
-/// The crate's accuracy bound (crate docs, "Accuracy"): abs 2e-6 + rel 2e-5 · |expected|.
-pub const ABS_TOL: f64 = 2e-6;
-/// See [`ABS_TOL`].
-pub const REL_TOL: f64 = 2e-5;
 
 // ------------------------------------------------------------------ .npy
 
@@ -60,24 +60,7 @@ pub fn read_i64(name: &str) -> Vec<i64> {
     open_npy(name).into_vec::<i64>().expect(name)
 }
 
-// ------------------------------------------------------------------ tolerance
-
-/// Whether `got` matches `expected` within `abs + rel·|expected|`. An infinite
-/// expectation must be met exactly, a NaN expectation by a NaN.
-pub fn close_tol(got: f64, expected: f64, abs: f64, rel: f64) -> bool {
-    if expected.is_nan() {
-        return got.is_nan();
-    }
-    if expected.is_infinite() {
-        return got == expected;
-    }
-    got.is_finite() && (got - expected).abs() <= abs + rel * expected.abs()
-}
-
-/// [`close_tol`] with the crate's bound.
-pub fn close(got: f64, expected: f64) -> bool {
-    close_tol(got, expected, ABS_TOL, REL_TOL)
-}
+// ------------------------------------------------------------------ checks against the oracle
 
 /// Panics listing the mismatches (up to 12) when `got` and `expected` differ
 /// beyond `abs + rel·|expected|` anywhere, or in length.
@@ -109,35 +92,6 @@ pub fn assert_values(label: &str, got: &[f32], expected: &[f64], abs: f64, rel: 
             got.len(),
             bad.iter().take(12).cloned().collect::<Vec<_>>().join("\n")
         );
-    }
-}
-
-/// The expected value and the allowed error of a reduction of per-row values
-/// `rows` (already in the output's base) counted `counted` times. The bound
-/// for a sum is the per-row bound summed: n·abs + rel·Σ|v|; a mean divides it
-/// (and the sum) by `counted`.
-pub fn reduced_expectation(
-    rows: &[f64],
-    reduction: Reduction,
-    counted: f64,
-    abs: f64,
-    rel: f64,
-) -> Vec<(f64, f64)> {
-    let n = rows.len() as f64;
-    let sum: f64 = rows.iter().sum();
-    let mag: f64 = rows.iter().filter(|v| v.is_finite()).map(|v| v.abs()).sum();
-    let tol = n * abs + rel * mag;
-    match reduction {
-        Reduction::None => rows.iter().map(|&v| (v, abs + rel * v.abs())).collect(),
-        Reduction::Sum => vec![(sum, tol)],
-        Reduction::Mean => {
-            if counted == 0.0 {
-                vec![(f64::NAN, 0.0)]
-            } else {
-                vec![(sum / counted, tol / counted)]
-            }
-        }
-        other => panic!("not covered here: {other:?}"),
     }
 }
 
@@ -343,6 +297,16 @@ pub fn backends_with_cap(cap: u64) -> Vec<Bk> {
     v
 }
 
+/// The `--backend` values a CLI test runs on: "cpu", and "gpu" when there is
+/// an adapter (the one GPU-or-skip decision: [`gpu`]).
+pub fn cli_backends() -> Vec<&'static str> {
+    if gpu().is_some() {
+        vec!["cpu", "gpu"]
+    } else {
+        vec!["cpu"]
+    }
+}
+
 /// Checks that an output names the backend it ran on.
 pub fn assert_ran_on(bk: &Bk, out: &Output) {
     let want = bk.ctx.backend();
@@ -354,353 +318,6 @@ pub fn assert_ran_on(bk: &Bk, out: &Output) {
         bk.name,
         out.adapter
     );
-}
-
-// ------------------------------------------------------------------ options
-
-/// ln(base) in f64, for the reference.
-pub fn ln_base(base: Base) -> f64 {
-    match base {
-        Base::E => 1.0,
-        Base::Two => 2f64.ln(),
-        Base::Ten => 10f64.ln(),
-        Base::Custom(b) => b.ln(),
-    }
-}
-
-// ------------------------------------------------------------------ reference (f64)
-
-/// One argument as the library receives it: f32 values, its rows (1 for a row
-/// compared with every row of the other argument) and its form.
-#[derive(Clone, Copy, Debug)]
-pub struct Input<'a> {
-    /// Row-major values.
-    pub data: &'a [f32],
-    /// Rows.
-    pub rows: usize,
-    /// Form.
-    pub form: Form,
-}
-
-impl<'a> Input<'a> {
-    /// An input.
-    pub fn new(data: &'a [f32], rows: usize, form: Form) -> Self {
-        Input { data, rows, form }
-    }
-    fn row(&self, r: usize, cols: usize) -> &'a [f32] {
-        let r = if self.rows == 1 { 0 } else { r };
-        &self.data[r * cols..(r + 1) * cols]
-    }
-}
-
-/// ln Σ exp(x) in f64, relative to the maximum; -inf for an all -inf row.
-pub fn log_sum_exp(x: &[f64]) -> f64 {
-    let m = x.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-    if m == f64::NEG_INFINITY {
-        return m;
-    }
-    m + x.iter().map(|&v| (v - m).exp()).sum::<f64>().ln()
-}
-
-/// `v as f64`, from the bits for zeros and subnormals: exact even in a
-/// process that reads subnormals as zero (tests/flush.rs sets MXCSR's DAZ).
-pub fn widen(v: f32) -> f64 {
-    let b = v.to_bits();
-    if b & 0x7f80_0000 != 0 {
-        return v as f64;
-    }
-    let m = (b & 0x007f_ffff) as f64 * 2f64.powi(-149);
-    if b >> 31 != 0 { -m } else { m }
-}
-
-/// One row's (p, ln p) in f64 per form and normalisation. ln p = -inf exactly
-/// where the input is a zero probability, a -inf log-probability or a -inf logit.
-pub fn ref_dist(x: &[f32], form: Form, norm: Normalization) -> (Vec<f64>, Vec<f64>) {
-    let x: Vec<f64> = x.iter().map(|&v| widen(v)).collect();
-    match form {
-        Form::Probs => {
-            let p: Vec<f64> = if norm == Normalization::Renormalize {
-                let s: f64 = x.iter().sum();
-                x.iter().map(|v| v / s).collect()
-            } else {
-                x
-            };
-            let lp = p.iter().map(|v| v.ln()).collect();
-            (p, lp)
-        }
-        Form::LogProbs | Form::Logits => {
-            let lp: Vec<f64> = if form == Form::Logits || norm == Normalization::Renormalize {
-                // (x - m) - ln s, with ln s = ln Σ e^(x - m) formed on its own:
-                // never lse - m (m + ln s loses ln s when |m| is large: 3.4e38).
-                let m = x.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                let ls = x.iter().map(|&v| (v - m).exp()).sum::<f64>().ln();
-                x.iter().map(|v| (v - m) - ls).collect()
-            } else {
-                x
-            };
-            let p = lp.iter().map(|v| v.exp()).collect();
-            (p, lp)
-        }
-        other => panic!("not covered here: {other:?}"),
-    }
-}
-
-fn sum_f64(x: &[f64]) -> f64 {
-    // Neumaier-compensated sum: the reference's own error stays far below the tolerance.
-    let (mut s, mut c) = (0.0f64, 0.0f64);
-    for &v in x {
-        let t = s + v;
-        if s.abs() >= v.abs() {
-            c += (s - t) + v;
-        } else {
-            c += (v - t) + s;
-        }
-        s = t;
-    }
-    s + c
-}
-
-/// p = 0 exactly where ln p = -inf: a zero probability, a -inf log-probability
-/// or logit. A finite logit far below the row maximum is p > 0 even where
-/// exp(ln p) underflows in f64 (over a q of 0 it still gives +inf).
-fn zero(_p: f64, lp: f64) -> bool {
-    lp == f64::NEG_INFINITY
-}
-
-/// The per-row values of `measure` in base `base` (nats / ln base), in f64,
-/// from the f32 inputs. `q` is ignored for entropy.
-pub fn ref_measure(
-    measure: Measure,
-    p: Input<'_>,
-    q: Option<Input<'_>>,
-    cols: usize,
-    norm: Normalization,
-    base: Base,
-) -> Vec<f64> {
-    let rows = p.rows.max(q.map_or(1, |q| q.rows));
-    let lb = ln_base(base);
-    (0..rows)
-        .map(|r| {
-            let (pp, lp) = ref_dist(p.row(r, cols), p.form, norm);
-            let nats = if measure == Measure::Entropy {
-                let t: Vec<f64> = (0..cols)
-                    .map(|i| {
-                        if zero(pp[i], lp[i]) {
-                            0.0
-                        } else {
-                            -pp[i] * lp[i]
-                        }
-                    })
-                    .collect();
-                sum_f64(&t)
-            } else {
-                let q = q.expect("q");
-                let (qq, lq) = ref_dist(q.row(r, cols), q.form, norm);
-                row_pair(measure, &pp, &lp, &qq, &lq)
-            };
-            nats / lb
-        })
-        .collect()
-}
-
-fn row_pair(measure: Measure, pp: &[f64], lp: &[f64], qq: &[f64], lq: &[f64]) -> f64 {
-    let n = pp.len();
-    let mut inf = false;
-    let mut t = Vec::with_capacity(n);
-    match measure {
-        Measure::CrossEntropy | Measure::Kl => {
-            for i in 0..n {
-                if zero(pp[i], lp[i]) {
-                    continue; // p = 0: 0 whatever q is
-                }
-                if zero(qq[i], lq[i]) {
-                    inf = true;
-                    continue;
-                }
-                t.push(if measure == Measure::Kl {
-                    pp[i] * (lp[i] - lq[i])
-                } else {
-                    -pp[i] * lq[i]
-                });
-            }
-        }
-        Measure::Js => {
-            for i in 0..n {
-                let (pz, qz) = (zero(pp[i], lp[i]), zero(qq[i], lq[i]));
-                if pz && qz {
-                    continue;
-                }
-                // ln m = ln(½(p + q)) = logaddexp(ln p, ln q) - ln 2.
-                let (a, b) = if lp[i] > lq[i] {
-                    (lp[i], lq[i])
-                } else {
-                    (lq[i], lp[i])
-                };
-                let lm = a + (b - a).exp().ln_1p() - 2f64.ln();
-                if !pz {
-                    t.push(0.5 * pp[i] * (lp[i] - lm));
-                }
-                if !qz {
-                    t.push(0.5 * qq[i] * (lq[i] - lm));
-                }
-            }
-        }
-        // ½ Σ (√p − √q)² and ½ Σ |p − q|: a zero's term is ½ (the other side)
-        Measure::Hellinger => {
-            t.extend((0..n).map(|i| 0.5 * (pp[i].sqrt() - qq[i].sqrt()).powi(2)));
-        }
-        Measure::TotalVariation => {
-            t.extend((0..n).map(|i| 0.5 * (pp[i] - qq[i]).abs()));
-        }
-        Measure::Entropy => unreachable!(),
-        other => panic!("not covered here: {other:?}"),
-    }
-    if inf { f64::INFINITY } else { sum_f64(&t) }
-}
-
-/// Per-row negative log-likelihood (weighted, smoothed as PyTorch's
-/// `F.cross_entropy`) in base `base`, and Σ wₜ over the rows not ignored.
-///   lᵢ = (1−ε)·w_t·(−ln q_t) + (ε/C)·Σ_c w_c·(−ln q_c), 0 for an ignored row.
-/// A class with w_c = 0 (or ε = 0) contributes nothing even where q_c = 0.
-#[allow(
-    clippy::too_many_arguments,
-    reason = "mirrors NllOptions field by field"
-)]
-pub fn ref_nll(
-    q: Input<'_>,
-    cols: usize,
-    targets: &[i64],
-    ignore: Option<i64>,
-    weights: Option<&[f32]>,
-    eps: f64,
-    norm: Normalization,
-    base: Base,
-) -> (Vec<f64>, f64) {
-    let lb = ln_base(base);
-    let w = |c: usize| weights.map_or(1.0, |w| w[c] as f64);
-    let mut counted = 0.0;
-    let vals = targets
-        .iter()
-        .enumerate()
-        .map(|(r, &t)| {
-            if ignore == Some(t) {
-                return 0.0;
-            }
-            let t = t as usize;
-            let (qq, lq) = ref_dist(q.row(r, cols), q.form, norm);
-            counted += w(t);
-            let nl = |c: usize| {
-                if zero(qq[c], lq[c]) {
-                    f64::INFINITY
-                } else {
-                    -lq[c]
-                }
-            };
-            let mut terms = Vec::new();
-            let wt = (1.0 - eps) * w(t);
-            if wt > 0.0 {
-                terms.push(wt * nl(t));
-            }
-            if eps > 0.0 {
-                for c in 0..cols {
-                    if w(c) > 0.0 {
-                        terms.push(eps / cols as f64 * w(c) * nl(c));
-                    }
-                }
-            }
-            if terms.iter().any(|v| v.is_infinite()) {
-                f64::INFINITY
-            } else {
-                sum_f64(&terms) / lb
-            }
-        })
-        .collect();
-    (vals, counted)
-}
-
-// ------------------------------------------------------------------ inputs
-
-/// A small seeded generator (SplitMix64): the tests need no `rand`.
-#[derive(Clone, Debug)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// A generator with seed `seed`.
-    pub fn new(seed: u64) -> Self {
-        Rng(seed ^ 0x9E37_79B9_7F4A_7C15)
-    }
-    /// 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in (0, 1).
-    pub fn uniform(&mut self) -> f64 {
-        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-    /// Standard normal (Box-Muller).
-    pub fn normal(&mut self) -> f64 {
-        let (u, v) = (self.uniform(), self.uniform());
-        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
-    }
-    /// Uniform integer in [0, n).
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.uniform() * n as f64) as usize % n
-    }
-}
-
-/// Random probability rows (normalised in f64, then rounded to f32), about
-/// `zero_frac` of the entries exactly 0 (never a whole row).
-pub fn rand_probs(rng: &mut Rng, rows: usize, cols: usize, zero_frac: f64) -> Vec<f32> {
-    let mut out = Vec::with_capacity(rows * cols);
-    for _ in 0..rows {
-        let mut x: Vec<f64> = (0..cols)
-            .map(|_| {
-                if rng.uniform() < zero_frac {
-                    0.0
-                } else {
-                    -rng.uniform().ln() * rng.uniform()
-                }
-            })
-            .collect();
-        if x.iter().all(|&v| v == 0.0) {
-            x[rng.below(cols)] = 1.0;
-        }
-        let s: f64 = x.iter().sum();
-        out.extend(x.iter().map(|v| (v / s) as f32));
-    }
-    out
-}
-
-/// Random logits: offset + scale · N(0, 1), rounded to f32.
-pub fn rand_logits(rng: &mut Rng, rows: usize, cols: usize, scale: f64, offset: f64) -> Vec<f32> {
-    (0..rows * cols)
-        .map(|_| (offset + scale * rng.normal()) as f32)
-        .collect()
-}
-
-/// ln of each probability, rounded to f32 (0 becomes -inf).
-pub fn log_of(p: &[f32]) -> Vec<f32> {
-    p.iter().map(|&v| (v as f64).ln() as f32).collect()
-}
-
-/// Random rows in `form`: probabilities with about `zero_frac` zeros, their
-/// logs, or logits with scale 3 (no masked classes).
-pub fn rand_form(rng: &mut Rng, rows: usize, cols: usize, form: Form, zero_frac: f64) -> Vec<f32> {
-    match form {
-        Form::Probs => rand_probs(rng, rows, cols, zero_frac),
-        Form::LogProbs => log_of(&rand_probs(rng, rows, cols, zero_frac)),
-        Form::Logits => rand_logits(rng, rows, cols, 3.0, 0.0),
-        other => panic!("not covered here: {other:?}"),
-    }
-}
-
-/// Random class targets in [0, classes).
-pub fn rand_targets(rng: &mut Rng, n: usize, classes: usize) -> Vec<i64> {
-    (0..n).map(|_| rng.below(classes) as i64).collect()
 }
 
 /// All measures.
