@@ -134,9 +134,10 @@ fn main() -> ExitCode {
             .map(|j| js64(row, &p[j * topics..(j + 1) * topics]))
             .collect();
         let listed = &near.indices[i * k..(i + 1) * k];
-        let last = near.values[i * k + k - 1] as f64;
-        for t in 0..k {
-            let (j, v) = (listed[t] as usize, near.values[i * k + t] as f64);
+        let values = &near.values[i * k..(i + 1) * k];
+        let last = values[k - 1] as f64;
+        for (&j, &v) in listed.iter().zip(values) {
+            let (j, v) = (j as usize, v as f64);
             if (v - exact[j]).abs() > tol(exact[j]) {
                 eprintln!("document {i}: JS to #{j} is {v}, f64 says {}", exact[j]);
                 bad += 1;

@@ -405,7 +405,7 @@ pub(crate) type PipelinesCell = OnceLock<Arc<PairPipelines>>;
 fn window(base: u64, first: u64, count: u64, elem: u64, align: u64) -> (u64, u64, u32) {
     let x = base + first * elem;
     let mut offset = x / align * align;
-    while (x - offset) % elem != 0 {
+    while !(x - offset).is_multiple_of(elem) {
         offset -= align;
     }
     let lead = (x - offset) / elem;
@@ -630,8 +630,11 @@ impl Recorder {
     }
 }
 
+/// One recorded dispatch: pipeline, bind group, parameter offset, grid.
+type Step = (Arc<wgpu::ComputePipeline>, wgpu::BindGroup, u32, (u32, u32));
+
 struct Built {
-    steps: Vec<(Arc<wgpu::ComputePipeline>, wgpu::BindGroup, u32, (u32, u32))>,
+    steps: Vec<Step>,
 }
 
 impl Built {
@@ -1092,6 +1095,11 @@ struct InFlight {
     bytes: u64,
 }
 
+/// A band of the matrix: its rows and its columns.
+type Band = (Range<u32>, Range<u32>);
+/// Where a band's values go.
+type BandSink<'a, E> = dyn FnMut(&Band, &[f32]) -> Result<(), E> + 'a;
+
 /// Computes each band on the device and hands its values (row-major,
 /// band rows × band columns) to `sink`, in order; the next band is computed
 /// while one is copied out.
@@ -1099,8 +1107,8 @@ fn run_bands<E: From<Error>>(
     gpu: &Gpu,
     job: &PairJob<'_>,
     prep: &Prepared,
-    bands: Vec<(Range<u32>, Range<u32>)>,
-    sink: &mut dyn FnMut(&(Range<u32>, Range<u32>), &[f32]) -> Result<(), E>,
+    bands: Vec<Band>,
+    sink: &mut BandSink<'_, E>,
 ) -> Result<(), E> {
     let call = TileCall {
         measure: job.measure,
@@ -1176,7 +1184,7 @@ fn run_bands<E: From<Error>>(
 fn finish_band<E: From<Error>>(
     gpu: &Gpu,
     f: InFlight,
-    sink: &mut dyn FnMut(&(Range<u32>, Range<u32>), &[f32]) -> Result<(), E>,
+    sink: &mut BandSink<'_, E>,
 ) -> Result<(), E> {
     let vals: Vec<f32> = read_back(gpu, &f.staging, f.bytes, f.index)?;
     sink(&f.band, &vals)
@@ -1730,7 +1738,7 @@ mod tests {
             ] {
                 let kc = chunk_cols(cols, fields, cap_elems, want);
                 assert!(
-                    kc <= KC_MAX && (kc == cols || kc % 32 == 0),
+                    kc <= KC_MAX && (kc == cols || kc.is_multiple_of(32)),
                     "{fields} {cols}: {kc}"
                 );
                 assert!(

@@ -333,6 +333,9 @@ fn tiles_with<E: From<Error>>(
     Ok(())
 }
 
+/// One band of nearest-k rows: its index, its values and its indices.
+type BandTask<'a> = (usize, (&'a mut [f32], &'a mut [u32]));
+
 /// For each row of p, the `k` rows of q with the smallest values, ascending
 /// (ties: the lower index first), into `values` and `indices` (M·k each),
 /// never holding more than a band × block of the matrix.
@@ -359,7 +362,7 @@ fn top_k_with(
     let work = m as u64 * n as u64 * job.cols as u64;
     let threads = threads.unwrap_or_else(|| workers(work));
     let ops = prepare(job, threads, isa)?;
-    let tasks: Vec<(usize, (&mut [f32], &mut [u32]))> = values
+    let tasks: Vec<BandTask<'_>> = values
         .chunks_mut(BAND * k)
         .zip(indices.chunks_mut(BAND * k))
         .enumerate()

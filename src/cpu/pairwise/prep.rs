@@ -270,7 +270,7 @@ fn prep_row<A: Arith>(
                 let b = xi.to_bits() & 0x7fff_ffff;
                 let zero = (b == 0) as u8;
                 let small = (b < 0x0080_0000) as u8;
-                *ci = zero * F_ZERO | small * F_SMALL;
+                *ci = (zero * F_ZERO) | (small * F_SMALL);
             }
             sum = sum64(x);
         }

@@ -23,7 +23,7 @@ fn rows(n: usize, k: usize, seed: u32, zeros: bool) -> Vec<f32> {
                 s ^= s << 13;
                 s ^= s >> 17;
                 s ^= s << 5;
-                if zeros && (s % 7 == 0 || c == 0) {
+                if zeros && (s.is_multiple_of(7) || c == 0) {
                     0.0
                 } else {
                     (s % 1000) as f64 + 1.0
