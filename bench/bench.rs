@@ -4,6 +4,8 @@
 //! ```text
 //! cargo run --release --example bench -- --measure kl --rows 4096 --cols 4096 --backend cpu [--repeat 7] [--json]
 //! cargo run --release --example bench -- --probe        # the read-bandwidth probe alone
+//! cargo run --release --example bench -- --gpu-probe    # the GPU's read and upload bandwidth alone
+//! cargo run --release --example bench -- --auto-overhead   # Backend::Auto against Backend::Cpu, 1 x 1,000 KL
 //! cargo run --release --example bench -- --measure kl --rows 4096 --cols 4096 --data DIR --values-out V.f32 --json   # bench/compare.py
 //! ```
 //! Measures: kl, cross-entropy, entropy, nll-logits (bench/compare.py's names
@@ -16,6 +18,7 @@
 //! GPU) beside the end-to-end time with upload and readback.
 
 mod bandwidth;
+mod gpu_probe;
 
 use std::time::Instant;
 
@@ -139,6 +142,23 @@ fn parse_args() -> Result<Args, String> {
                 }
                 std::process::exit(0);
             }
+            "--auto-overhead" => {
+                // Backend::Auto against Backend::Cpu on a 1 x 1,000 KL
+                match auto_overhead() {
+                    Ok(line) => println!("{line}"),
+                    Err(e) => return Err(format!("--auto-overhead: {e}")),
+                }
+                std::process::exit(0);
+            }
+            "--gpu-probe" => {
+                // the GPU's read and upload bandwidth alone
+                match gpu_probe::probe(7) {
+                    Ok(Some(g)) => println!("{}", probe_json(&g)),
+                    Ok(None) => println!("{{\"probe\": \"gpu\", \"adapter\": null}}"),
+                    Err(e) => return Err(format!("--gpu-probe: {e}")),
+                }
+                std::process::exit(0);
+            }
             "--data" => {
                 a.data = Some(value(i)?.into());
                 i += 1;
@@ -245,6 +265,53 @@ pub(crate) fn median(v: &mut [f64]) -> f64 {
     } else {
         0.5 * (v[n / 2 - 1] + v[n / 2])
     }
+}
+
+/// Seconds per call of a 1 x 1,000 KL through `Backend::Auto` and through
+/// `Backend::Cpu`: 15 rounds, each timing 2,000 calls of one then the other
+/// on the same data (the order alternating), medians of the rounds.
+fn auto_overhead() -> Result<String, Box<dyn std::error::Error>> {
+    let data = make_data(Which::Kl, 1, 1000);
+    let auto = Context::with_backend(Backend::Auto)?;
+    let cpu = Context::with_backend(Backend::Cpu)?;
+    let opts = Options::default();
+    let (p, q) = (Batch::new(&data.p, 1, 1000), Batch::new(&data.q, 1, 1000));
+    let time = |ctx: &Context| -> Result<f64, kullback::Error> {
+        let t0 = Instant::now();
+        for _ in 0..2000 {
+            ctx.kl(&p, &q, &opts)?;
+        }
+        Ok(t0.elapsed().as_secs_f64() / 2000.0)
+    };
+    time(&auto)?;
+    time(&cpu)?;
+    let (mut a, mut c) = (Vec::new(), Vec::new());
+    for round in 0..15 {
+        if round % 2 == 0 {
+            a.push(time(&auto)?);
+            c.push(time(&cpu)?);
+        } else {
+            c.push(time(&cpu)?);
+            a.push(time(&auto)?);
+        }
+    }
+    let (a, c) = (median(&mut a), median(&mut c));
+    Ok(format!(
+        "{{\"probe\": \"auto-overhead\", \"shape\": \"1x1000 kl\", \"auto_ran\": \"{}\", \"auto_s\": {a:.4e}, \"cpu_s\": {c:.4e}, \"overhead\": {:.4}}}",
+        auto.backend().name(),
+        a / c - 1.0
+    ))
+}
+
+fn probe_json(g: &gpu_probe::GpuProbe) -> String {
+    format!(
+        "{{\"probe\": \"gpu\", \"adapter\": {}, \"bytes\": {}, \"read_gbps\": {:.3}, \"upload_gbps\": {:.3}, \"timing\": {}}}",
+        json_str(&g.adapter),
+        g.bytes,
+        g.read_bps / 1e9,
+        g.upload_bps / 1e9,
+        json_str(g.timing)
+    )
 }
 
 fn json_str(s: &str) -> String {
@@ -376,6 +443,24 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
                 dev_med * 1e3,
                 bytes / dev_med / 1e9
             );
+        }
+        if let Some(g) = gpu_probe::probe(5)? {
+            let (kr, er) = (bytes / dev_med / g.read_bps, bytes / med / g.upload_bps);
+            fields.push(("device_read_gbps", format!("{:.3}", g.read_bps / 1e9)));
+            fields.push(("upload_gbps", format!("{:.3}", g.upload_bps / 1e9)));
+            fields.push(("kernel_read_ratio", format!("{kr:.3}")));
+            fields.push(("end_to_end_upload_ratio", format!("{er:.3}")));
+            fields.push(("probe_timing", json_str(g.timing)));
+            if !a.json {
+                println!(
+                    "same run: device read {:.2} GB/s ({}), upload {:.2} GB/s; kernel at {:.0}% of read, end-to-end at {:.0}% of upload",
+                    g.read_bps / 1e9,
+                    g.timing,
+                    g.upload_bps / 1e9,
+                    100.0 * kr,
+                    100.0 * er
+                );
+            }
         }
     }
     if a.json {

@@ -555,19 +555,30 @@ impl Context {
     /// the cost model's choice under `Backend::Auto` with a hardware GPU, the
     /// context's backend otherwise. `inputs` says whether the call takes
     /// logits (an online softmax: an exp per element) or not.
+    ///
+    /// The model's rates are this machine's where it has measured them: the
+    /// CPU backend's (a probe of ~10 ms once per process) and the adapter's
+    /// upload rate (8 MiB, once per device), both at the first placement
+    /// that needs them and only under `Auto` with a hardware GPU; a rate
+    /// set in the [`CostModel`] is kept.
     pub fn placement(&self, bytes: u64, rows: u64, inputs: InputKind) -> Ran {
-        let logits = inputs == InputKind::Logits;
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let work = Work::new(bytes, rows, inputs == InputKind::Logits, threads);
+        self.placed(work, |_| None)
+    }
+
+    /// [`Context::placement`] of `work`, refined by `plan_cost` (pipelines to
+    /// build, passes) when the model is consulted.
+    fn placed(&self, mut work: Work, plan_cost: impl FnOnce(&Gpu) -> Option<(u32, u32)>) -> Ran {
         match (&self.gpu, self.auto) {
             (None, _) => Ran::Cpu,
             (Some(_), None) => Ran::Gpu,
-            (Some(_), Some((class, model))) => {
-                let work = Work {
-                    bytes,
-                    rows,
-                    logits,
-                    threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
-                };
-                if prefer_gpu(class, &work, &model) {
+            (Some(g), Some((class, model))) => {
+                if let Some((new, passes)) = plan_cost(g) {
+                    work.new_pipelines = new;
+                    work.passes = passes;
+                }
+                if prefer_gpu(class, &work, &self.measured(g, model)) {
                     Ran::Gpu
                 } else {
                     Ran::Cpu
@@ -576,14 +587,34 @@ impl Context {
         }
     }
 
+    /// `model` with the rates it leaves open measured on this machine.
+    fn measured(&self, g: &Gpu, mut model: CostModel) -> CostModel {
+        if model.cpu_measured.is_none() {
+            model.cpu_measured = crate::probe::cpu_rates(&|m, p, q| {
+                let cpu = Context {
+                    gpu: None,
+                    auto: None,
+                    cpu: self.cpu.clone(),
+                };
+                cpu.evaluate(m, p, q, &Options::default()).is_ok()
+            });
+        }
+        if model.upload_measured.is_none() {
+            model.upload_measured = g.upload_rate();
+        }
+        model
+    }
+
     /// The GPU for this job, or None for the CPU.
     fn place(&self, job: &Job<'_>) -> Option<&Gpu> {
-        let inputs = if job.call.any_online() {
-            InputKind::Logits
-        } else {
-            InputKind::Probabilities
-        };
-        match self.placement(job.input_bytes(), job.call.rows as u64, inputs) {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let work = Work::new(
+            job.input_bytes(),
+            job.call.rows as u64,
+            job.call.any_online(),
+            threads,
+        );
+        match self.placed(work, |g| g.plan_cost(&job.call)) {
             Ran::Gpu => self.gpu.as_deref(),
             Ran::Cpu => None,
         }

@@ -2,6 +2,13 @@
 //! faster on the GPU (upload, kernels, readback, fixed latency) or on the CPU
 //! (memory-bound kernels on every core). A pure function of the adapter, the
 //! shape and the constants, so every branch is unit-tested without a GPU.
+//!
+//! The context fills in what it can measure before it asks: the adapter's
+//! upload rate (an 8 MiB timed upload, once per device), this machine's CPU
+//! rates (a probe of ~10 ms and 16 MiB, once per process), the passes the
+//! call's GPU plan makes over its input, and the pipelines it would still
+//! have to compile. Only under `Auto` with a hardware GPU: elsewhere nothing
+//! is probed.
 
 /// What `Auto` knows about the GPU it could use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,6 +55,17 @@ pub struct CostModel {
     pub cpu_thread: f64,
     /// The same for logits (an exp per element on top).
     pub cpu_thread_logits: f64,
+    /// Compiling one pipeline the call needs that the device has not built
+    /// yet (first use of a measure and form: pipelines are cached per device).
+    pub gpu_pipeline_s: f64,
+    /// Host → device bandwidth measured on this adapter (a short timed
+    /// upload at the first placement, cached in the context); `None`: the
+    /// class's constant above.
+    pub upload_measured: Option<f64>,
+    /// Input bytes per second the whole CPU backend reached on this machine
+    /// (probabilities, logits), measured once per process by a probe of
+    /// ≤ 32 MiB; `None`: from the per-thread constants above.
+    pub cpu_measured: Option<(f64, f64)>,
 }
 
 impl Default for CostModel {
@@ -62,6 +80,9 @@ impl Default for CostModel {
             cpu_memory: 20e9,
             cpu_thread: 6e9,
             cpu_thread_logits: 3e9,
+            gpu_pipeline_s: 20e-3,
+            upload_measured: None,
+            cpu_measured: None,
         }
     }
 }
@@ -77,6 +98,25 @@ pub struct Work {
     pub logits: bool,
     /// CPU threads available.
     pub threads: usize,
+    /// Passes the GPU kernels make over the input (2 where renormalised log
+    /// forms need their sums first).
+    pub passes: u32,
+    /// Pipelines the call needs that the device has not compiled yet.
+    pub new_pipelines: u32,
+}
+
+impl Work {
+    /// One pass, every pipeline built: what [`Context::placement`](crate::Context::placement) asks about.
+    pub fn new(bytes: u64, rows: u64, logits: bool, threads: usize) -> Work {
+        Work {
+            bytes,
+            rows,
+            logits,
+            threads,
+            passes: 1,
+            new_pipelines: 0,
+        }
+    }
 }
 
 /// Predicted seconds on the GPU, or `None` when `Auto` must not use it.
@@ -86,18 +126,31 @@ pub fn gpu_seconds(adapter: AdapterClass, w: &Work, m: &CostModel) -> Option<f64
         AdapterClass::Discrete => (m.upload_discrete, m.device_discrete),
         AdapterClass::Integrated => (m.upload_integrated, m.device_integrated),
     };
+    let upload = m.upload_measured.unwrap_or(upload);
     let bytes = w.bytes as f64;
-    Some(m.gpu_fixed_s + bytes / upload + bytes / device + (w.rows * 16) as f64 / upload)
+    Some(
+        m.gpu_fixed_s
+            + w.new_pipelines as f64 * m.gpu_pipeline_s
+            + bytes / upload
+            + w.passes.max(1) as f64 * bytes / device
+            + (w.rows * 16) as f64 / upload,
+    )
 }
 
 /// Predicted seconds on the CPU.
 pub fn cpu_seconds(w: &Work, m: &CostModel) -> f64 {
-    let per_thread = if w.logits {
-        m.cpu_thread_logits
-    } else {
-        m.cpu_thread
+    let rate = match (m.cpu_measured, w.logits) {
+        (Some((probs, _)), false) => probs,
+        (Some((_, logits)), true) => logits,
+        (None, logits) => {
+            let per_thread = if logits {
+                m.cpu_thread_logits
+            } else {
+                m.cpu_thread
+            };
+            (per_thread * w.threads.max(1) as f64).min(m.cpu_memory)
+        }
     };
-    let rate = (per_thread * w.threads.max(1) as f64).min(m.cpu_memory);
     m.cpu_fixed_s + w.bytes as f64 / rate
 }
 
@@ -111,12 +164,71 @@ mod tests {
     use super::*;
 
     fn work(rows: u64, cols: u64, operands: u64, logits: bool, threads: usize) -> Work {
-        Work {
-            bytes: rows * cols * 4 * operands,
-            rows,
-            logits,
-            threads,
-        }
+        Work::new(rows * cols * 4 * operands, rows, logits, threads)
+    }
+
+    #[test]
+    fn measured_rates_replace_the_constants() {
+        let m = CostModel::default();
+        let w = work(4096, 4096, 2, false, 2);
+        // a slow measured link (a PCIe x4 eGPU) moves the call to the CPU
+        assert!(prefer_gpu(
+            AdapterClass::Discrete,
+            &work(4096, 65536, 1, true, 2),
+            &m
+        ));
+        let slow = CostModel {
+            upload_measured: Some(1e9),
+            ..m
+        };
+        assert!(!prefer_gpu(
+            AdapterClass::Discrete,
+            &work(4096, 65536, 1, true, 2),
+            &slow
+        ));
+        let g = gpu_seconds(AdapterClass::Discrete, &w, &slow).unwrap();
+        let expect = slow.gpu_fixed_s
+            + w.bytes as f64 / 1e9
+            + w.bytes as f64 / slow.device_discrete
+            + (w.rows * 16) as f64 / 1e9;
+        assert!((g - expect).abs() < 1e-12);
+        // the measured CPU rate replaces threads × per-thread, per input kind
+        let fast_cpu = CostModel {
+            cpu_measured: Some((50e9, 1e9)),
+            ..m
+        };
+        let c = cpu_seconds(&w, &fast_cpu);
+        assert!((c - (fast_cpu.cpu_fixed_s + w.bytes as f64 / 50e9)).abs() < 1e-12);
+        let wl = work(4096, 4096, 1, true, 2);
+        let cl = cpu_seconds(&wl, &fast_cpu);
+        assert!((cl - (fast_cpu.cpu_fixed_s + wl.bytes as f64 / 1e9)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn two_passes_and_first_compiles_cost_on_the_gpu_only() {
+        let m = CostModel::default();
+        let one = work(1024, 4096, 1, true, 2);
+        let two = Work { passes: 2, ..one };
+        let fresh = Work {
+            new_pipelines: 3,
+            ..one
+        };
+        let g1 = gpu_seconds(AdapterClass::Integrated, &one, &m).unwrap();
+        let g2 = gpu_seconds(AdapterClass::Integrated, &two, &m).unwrap();
+        let g3 = gpu_seconds(AdapterClass::Integrated, &fresh, &m).unwrap();
+        assert!((g2 - g1 - one.bytes as f64 / m.device_integrated).abs() < 1e-12);
+        assert!((g3 - g1 - 3.0 * m.gpu_pipeline_s).abs() < 1e-12);
+        assert_eq!(cpu_seconds(&one, &m), cpu_seconds(&two, &m));
+        assert_eq!(cpu_seconds(&one, &m), cpu_seconds(&fresh, &m));
+        // a first call that would win on the GPU stays on the CPU while its
+        // pipelines would still have to be compiled
+        let mid = work(256, 16384, 1, true, 2);
+        assert!(prefer_gpu(AdapterClass::Discrete, &mid, &m));
+        let mid_fresh = Work {
+            new_pipelines: 2,
+            ..mid
+        };
+        assert!(!prefer_gpu(AdapterClass::Discrete, &mid_fresh, &m));
     }
 
     #[test]

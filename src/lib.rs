@@ -291,6 +291,7 @@ mod job;
 mod measure;
 mod pairs;
 mod pairwise;
+mod probe;
 mod record;
 mod resident;
 // The tests' one generator and f64 oracle (tests/common) serve the unit tests

@@ -68,14 +68,28 @@ pub(crate) fn pick_adapter(allow_software: bool) -> Result<wgpu::Adapter> {
         })
 }
 
-/// A device with the adapter's own limits (large bindings) and no optional
-/// features. `MemoryHints::MemoryUsage`: with the default (`Performance`)
+/// Whether host and device share memory: an integrated GPU or a software
+/// adapter (a virtual GPU may not).
+pub(crate) fn shares_memory(t: wgpu::DeviceType) -> bool {
+    matches!(t, wgpu::DeviceType::IntegratedGpu | wgpu::DeviceType::Cpu)
+}
+
+/// A device with the adapter's own limits (large bindings) and one optional
+/// feature, `MAPPABLE_PRIMARY_BUFFERS` where host and device share memory
+/// (inputs are then written into the storage buffers themselves; on a
+/// discrete GPU such buffers would live in slow host-visible memory). `MemoryHints::MemoryUsage`: with the default (`Performance`)
 /// buffers are carved from 128-256 MiB blocks, and one buffer kept in the
 /// pool keeps its whole block resident.
 pub(crate) fn request_device(adapter: &wgpu::Adapter) -> Result<(wgpu::Device, wgpu::Queue)> {
+    let mappable = wgpu::Features::MAPPABLE_PRIMARY_BUFFERS;
+    let features = if shares_memory(adapter.get_info().device_type) {
+        adapter.features() & mappable
+    } else {
+        wgpu::Features::empty()
+    };
     let desc = wgpu::DeviceDescriptor {
         label: Some("kullback"),
-        required_features: wgpu::Features::empty(),
+        required_features: features,
         required_limits: adapter.limits(),
         memory_hints: wgpu::MemoryHints::MemoryUsage,
         ..Default::default()

@@ -9,6 +9,7 @@ mod pipelines;
 mod plan;
 mod pool;
 mod readback;
+mod upload;
 mod wgsl;
 
 use std::sync::Arc;
@@ -24,9 +25,6 @@ pub(crate) use encode::{Operands, prepare};
 pub(crate) use pipelines::Pipelines;
 pub(crate) use plan::{TOTAL_OUTPUT_SIZE, plan, targets_words};
 
-/// Values of f64 input converted per upload chunk (1 MiB of f32).
-const UPLOAD_CHUNK: usize = 1 << 18;
-
 /// A device, its queue and the pipelines built on it.
 #[derive(Debug)]
 pub(crate) struct Gpu {
@@ -38,6 +36,11 @@ pub(crate) struct Gpu {
     /// Bytes of one input binding (the device's limit, or the caller's cap).
     pub(crate) cap: u64,
     pub(crate) pipelines: Arc<Pipelines>,
+    /// Host and device share memory and the device maps storage buffers
+    /// (`MAPPABLE_PRIMARY_BUFFERS`): inputs are written in place (see `upload`).
+    unified: bool,
+    /// Host-to-device bytes/s, measured at the first `Auto` placement.
+    upload_rate: std::sync::OnceLock<Option<f64>>,
     /// Buffers reused across host-path calls.
     pool: Arc<Pool>,
     /// The all-pairs pipelines, built on first use.
@@ -86,7 +89,13 @@ impl Gpu {
         };
         let info = device.adapter_info();
         let pipelines = Pipelines::for_device(&device)?;
+        let unified = device::shares_memory(info.device_type)
+            && device
+                .features()
+                .contains(wgpu::Features::MAPPABLE_PRIMARY_BUFFERS);
         Ok(Gpu {
+            unified,
+            upload_rate: std::sync::OnceLock::new(),
             adapter_name: info.name,
             class: crate::cost::AdapterClass::of(info.device_type),
             device,
@@ -99,19 +108,21 @@ impl Gpu {
         })
     }
 
-    pub(crate) fn adapter_name(&self) -> &str {
-        &self.adapter_name
+    /// This device's measured upload rate (see `upload::probe_rate`), once.
+    pub(crate) fn upload_rate(&self) -> Option<f64> {
+        *self.upload_rate.get_or_init(|| upload::probe_rate(self))
     }
 
-    /// An input buffer of `bytes` bytes (at least 4) from `scratch`.
-    fn input_buffer(
-        &self,
-        scratch: &mut Scratch,
-        label: &'static str,
-        bytes: u64,
-    ) -> Result<wgpu::Buffer> {
-        let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
-        scratch.buffer(&self.device, label, bytes.max(4), usage)
+    /// Pipelines `call` needs that this device has not compiled yet, and
+    /// whether its plan reads the input twice; `None` if it cannot be planned.
+    pub(crate) fn plan_cost(&self, call: &crate::call::Call) -> Option<(u32, u32)> {
+        let plan = plan::plan(call, &self.plan_limits(), (0, 0)).ok()?;
+        let new = self.pipelines.uncached(plan.steps.iter().map(|s| s.key));
+        Some((new, if call.two_pass { 2 } else { 1 }))
+    }
+
+    pub(crate) fn adapter_name(&self) -> &str {
+        &self.adapter_name
     }
 
     fn upload(
@@ -120,38 +131,18 @@ impl Gpu {
         label: &'static str,
         bytes: &[u8],
     ) -> Result<wgpu::Buffer> {
-        let buf = self.input_buffer(scratch, label, bytes.len() as u64)?;
-        if !bytes.is_empty() {
-            self.queue.write_buffer(&buf, 0, bytes);
-        }
-        Ok(buf)
+        self.upload_source(scratch, label, upload::Source::Bytes(bytes))
     }
 
-    /// [`Gpu::upload`] of an operand's values: f32 as they are; f64 converted
-    /// a chunk of [`UPLOAD_CHUNK`] values at a time into one host buffer of
-    /// that size, each chunk written at its place (no f32 copy of the whole
-    /// input on the host; the queue stages the writes as it does for f32).
+    /// An operand's values on the device: f32 as they are, f64 narrowed a
+    /// chunk at a time (no f32 copy of the whole input on the host).
     fn upload_data(
         &self,
         scratch: &mut Scratch,
         label: &'static str,
         data: Data<'_>,
     ) -> Result<wgpu::Buffer> {
-        let v = match data {
-            Data::F32(v) => return self.upload(scratch, label, bytemuck::cast_slice(v)),
-            Data::F64(v) => v,
-        };
-        let buf = self.input_buffer(scratch, label, v.len() as u64 * 4)?;
-        let mut chunk = crate::error::try_vec(UPLOAD_CHUNK.min(v.len()), "an f64 upload chunk")?;
-        chunk.resize(UPLOAD_CHUNK.min(v.len()), 0.0f32);
-        for (k, src) in v.chunks(UPLOAD_CHUNK).enumerate() {
-            let dst = &mut chunk[..src.len()];
-            crate::batch::convert(src, dst);
-            let offset = (k * UPLOAD_CHUNK * 4) as u64;
-            self.queue
-                .write_buffer(&buf, offset, bytemuck::cast_slice::<f32, u8>(dst));
-        }
-        Ok(buf)
+        self.upload_source(scratch, label, upload::Source::of(data))
     }
 
     /// Runs `f` inside an out-of-memory and a validation error scope on our

@@ -144,6 +144,14 @@ impl Pipelines {
 
     /// The rows pipeline for `key`, built on first use (in the caller's error
     /// scope, if any: the host path has one).
+    /// How many distinct `keys` are not built yet.
+    pub(crate) fn uncached(&self, keys: impl Iterator<Item = RowKey>) -> u32 {
+        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let new: std::collections::HashSet<RowKey> =
+            keys.filter(|k| !cache.contains_key(k)).collect();
+        new.len() as u32
+    }
+
     pub(crate) fn rows(&self, device: &wgpu::Device, key: RowKey) -> Arc<wgpu::ComputePipeline> {
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(p) = cache.get(&key) {

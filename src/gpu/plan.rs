@@ -335,52 +335,97 @@ pub(crate) fn plan(call: &Call, limits: &DeviceLimits, offsets: (u64, u64)) -> R
     }
 
     let chunks = chunks(rows, cols, layout, cap_elems);
-    let nll = call.nll;
-    let stride = |o: Option<Operand>, rows_if_none: usize| {
-        if o.map_or(rows_if_none, |o| o.rows) == 1 {
+    let base = base_params(call, layout, norm_at as u32);
+    let (inputs, chunk_params) = chunk_bindings(call, &chunks, &base, offsets, align_elems);
+    let mut params = Slots::default();
+    let steps = term_steps(call, &chunks, &chunk_params, vec4, max_dim, &mut params);
+    let totals = total_steps(call, max_dim, &mut params);
+    let totals_bytes = (rows as u64).div_ceil((WG * EPT) as u64).max(1) * TOTAL_SIZE;
+    Ok(GpuPlan {
+        steps,
+        inputs,
+        totals,
+        params,
+        partial_bytes,
+        records_bytes,
+        totals_bytes,
+    })
+}
+
+/// The element strides of p and q (0: one row broadcast). p holds class
+/// targets (read by row, not by stride) for a negative log-likelihood;
+/// entropy binds p's values in q's place too.
+fn strides(call: &Call) -> (u64, u64) {
+    let stride = |o: Option<Operand>| {
+        if o.map_or(1, |o| o.rows) == 1 {
             0
         } else {
-            cols as u64
+            call.cols as u64
         }
     };
-    // p: class targets (read by row, not by stride) for a negative
-    // log-likelihood; entropy binds p's values in q's place too
-    let p_stride = if nll.is_some() { 0 } else { stride(call.p, 1) };
-    let q_stride = match call.q {
-        Some(_) => stride(call.q, 1),
-        None => p_stride,
+    let p = if call.nll.is_some() {
+        0
+    } else {
+        stride(call.p)
     };
-    let weighted = nll.is_some_and(|n| n.weighted);
-    let base = RowParams {
+    let q = match call.q {
+        Some(_) => stride(call.q),
+        None => p,
+    };
+    (p, q)
+}
+
+/// The parameters every pass of `call` shares.
+fn base_params(call: &Call, layout: Layout, norm_at: u32) -> RowParams {
+    let (rows, cols) = (call.rows as u32, call.cols as u32);
+    let nll = call.nll;
+    let (p_stride, q_stride) = strides(call);
+    RowParams {
         rows,
         cols,
         threads_per_row: layout.threads_per_row,
-        blocks_per_row: bpr,
+        blocks_per_row: layout.blocks_per_row,
         p_stride: p_stride as u32,
         q_stride: q_stride as u32,
-        norm_at: norm_at as u32,
+        norm_at,
         tolerance: call.tolerance,
         inv_ln_base: (1.0 / call.ln_base) as f32,
         ignore_bits: nll.and_then(|n| n.ignore).unwrap_or(crate::call::IGNORED),
         has_ignore: nll.is_some_and(|n| n.ignore.is_some()) as u32,
         smoothing: nll.map_or(0.0, |n| n.smoothing),
-        weights_at: if weighted { rows } else { u32::MAX },
+        weights_at: if nll.is_some_and(|n| n.weighted) {
+            rows
+        } else {
+            u32::MAX
+        },
         // a base below 1 divides by ln(base) < 0: an infinite value is -inf
         inf_bits: (f32::INFINITY * call.ln_base.signum() as f32).to_bits(),
         nan_bits: f32::NAN.to_bits(),
         targets_signed: nll.is_some_and(|n| n.signed) as u32,
         ..Default::default()
-    };
+    }
+}
 
-    // per chunk: input bindings and parameters
+/// Per chunk: the input bindings (relative to the operands' buffers, which
+/// start at `offsets`) and the parameters.
+fn chunk_bindings(
+    call: &Call,
+    chunks: &[Chunk],
+    base: &RowParams,
+    offsets: (u64, u64),
+    align_elems: u64,
+) -> (Vec<(Span, Span)>, Vec<RowParams>) {
+    let (rows, cols) = (call.rows as u32, call.cols as u32);
+    let (p_stride, q_stride) = strides(call);
     let mut inputs = Vec::with_capacity(chunks.len());
     let mut chunk_params = Vec::with_capacity(chunks.len());
-    for c in &chunks {
-        let (p_span, p_lead) = if nll.is_some() {
-            ((offsets.0, targets_words(rows, cols, weighted) * 4), 0)
-        } else {
-            let r = range(c, p_stride, align_elems);
-            ((offsets.0 + r.offset_elems * 4, r.size_elems * 4), r.lead)
+    for c in chunks {
+        let (p_span, p_lead) = match call.nll {
+            Some(n) => ((offsets.0, targets_words(rows, cols, n.weighted) * 4), 0),
+            None => {
+                let r = range(c, p_stride, align_elems);
+                ((offsets.0 + r.offset_elems * 4, r.size_elems * 4), r.lead)
+            }
         };
         let rq = range(c, q_stride, align_elems);
         inputs.push((p_span, (offsets.1 + rq.offset_elems * 4, rq.size_elems * 4)));
@@ -393,13 +438,24 @@ pub(crate) fn plan(call: &Call, limits: &DeviceLimits, offsets: (u64, u64)) -> R
             item_count: c.items,
             p_lead,
             q_lead: rq.lead,
-            ..base
+            ..*base
         });
     }
+    (inputs, chunk_params)
+}
 
-    // term passes: every chunk, then the merge of long rows; the first pass
-    // of a two-pass plan likewise
-    let mut params = Slots::default();
+/// Term passes: every chunk, then the merge of long rows; the first pass of
+/// a two-pass plan likewise.
+fn term_steps(
+    call: &Call,
+    chunks: &[Chunk],
+    chunk_params: &[RowParams],
+    vec4: bool,
+    max_dim: u32,
+    params: &mut Slots,
+) -> Vec<Step> {
+    let rows = call.rows as u32;
+    let bpr = chunk_params.first().map_or(1, |p| p.blocks_per_row);
     let mut steps = Vec::new();
     let passes: &[bool] = if call.two_pass {
         &[true, false]
@@ -407,7 +463,7 @@ pub(crate) fn plan(call: &Call, limits: &DeviceLimits, offsets: (u64, u64)) -> R
         &[false]
     };
     for &sums in passes {
-        for (i, (c, cp)) in chunks.iter().zip(&chunk_params).enumerate() {
+        for (i, (c, cp)) in chunks.iter().zip(chunk_params).enumerate() {
             steps.push(Step {
                 key: key(call, sums, false, vec4),
                 chunk: i,
@@ -430,12 +486,15 @@ pub(crate) fn plan(call: &Call, limits: &DeviceLimits, offsets: (u64, u64)) -> R
             });
         }
     }
+    steps
+}
 
-    // batch total: levels of WG * EPT inputs per workgroup until one is left
+/// The batch total: levels of WG * EPT inputs per workgroup until one is left.
+fn total_steps(call: &Call, max_dim: u32, params: &mut Slots) -> Vec<TotalStep> {
     let mut totals = Vec::new();
     let per = (WG * EPT) as u64;
     if call.reduction != Reduction::None {
-        let mut count = rows as u64;
+        let mut count = call.rows as u64;
         let mut level = 0u32;
         loop {
             let groups = count.div_ceil(per);
@@ -460,16 +519,7 @@ pub(crate) fn plan(call: &Call, limits: &DeviceLimits, offsets: (u64, u64)) -> R
             level += 1;
         }
     }
-    let totals_bytes = (rows as u64).div_ceil(per).max(1) * TOTAL_SIZE;
-    Ok(GpuPlan {
-        steps,
-        inputs,
-        totals,
-        params,
-        partial_bytes,
-        records_bytes,
-        totals_bytes,
-    })
+    totals
 }
 
 #[cfg(test)]

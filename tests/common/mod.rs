@@ -29,8 +29,12 @@ use kullback::{
 
 // ------------------------------------------------------------------ .npy
 
-/// `tests/data`.
+/// `tests/data`, or `$KULLBACK_TEST_DATA` (prebuilt test binaries run from
+/// another checkout: bench/gpu-check.sh).
 pub fn data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("KULLBACK_TEST_DATA") {
+        return PathBuf::from(d);
+    }
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests")
         .join("data")

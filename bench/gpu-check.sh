@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# The GPU check: one command, on a Linux x86-64 machine with a GPU and no
+# network, that runs the GPU tests against the real adapter, the benchmarks of
+# the speed acceptance (with the device's read and upload bandwidth measured in
+# the same run) and PyTorch on the same data, and writes one JSON file.
+#
+#   bash bench/gpu-check.sh build        # here: prebuilt binaries into .gpu-check/ (git-ignored)
+#   bash bench/gpu-check.sh run [OUT]    # there, from the repository root: OUT (gpu-check.json)
+#
+# The machine there needs python3 with numpy (and torch with CUDA for the
+# comparison; without it those lines say "skipped"), a Vulkan driver, and the
+# Vulkan loader: if `ldconfig -p` has no libvulkan, the .deb files under .gl/
+# are unpacked first (see README, "GPU check"). GPU_CHECK_SMALL=1 runs small
+# shapes (a software adapter here: lavapipe proves the script, never speed).
+# The CLI test binaries are not run there: they find the CLI at the path it
+# was built at.
+set -u
+mode=${1:-run}
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+dir=.gpu-check
+
+build() {
+    set -e
+    rm -rf "$dir" && mkdir -p "$dir/tests"
+    cargo build --release --example bench
+    cp target/release/examples/bench "$dir/bench"
+    cargo test --release --all-features --no-run --message-format=json 2>/dev/null |
+        python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("profile", {}).get("test") and m.get("executable"):
+        print(m["target"]["name"], m["executable"])
+' | while read -r name exe; do
+        case $name in cli*) continue ;; esac
+        cp "$exe" "$dir/tests/$name"
+    done
+    ls "$dir/tests" | wc -l | xargs echo "test binaries:"
+}
+
+run() {
+    local out=${1:-gpu-check.json}
+    local work
+    work=$(mktemp -d)
+    if ! ldconfig -p 2>/dev/null | grep -q libvulkan && ls .gl/*.deb >/dev/null 2>&1; then
+        for f in .gl/*.deb; do dpkg -x "$f" /; done
+        ldconfig
+    fi
+    export KULLBACK_REQUIRE_GPU=1 KULLBACK_TEST_DATA="$root/tests/data" RUST_LOG=warn
+    # 1. the test binaries against the adapter (a missing adapter fails every GPU test)
+    : >"$work/tests.jsonl"
+    for t in "$dir"/tests/*; do
+        local name log rc
+        name=$(basename "$t")
+        log="$work/test-$name.log"
+        timeout 120 "$t" >"$log" 2>&1
+        rc=$?
+        python3 - "$name" "$rc" "$log" >>"$work/tests.jsonl" <<'PY'
+import json, re, sys
+name, rc, log = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+text = open(log, errors="replace").read()
+m = re.findall(r"test result: \w+\. (\d+) passed; (\d+) failed; (\d+) ignored", text)
+passed, failed, ignored = (sum(int(x[i]) for x in m) for i in range(3))
+fails = re.findall(r"^test (\S+) \.\.\. FAILED", text, re.M)
+print(json.dumps({"test_binary": name, "rc": rc, "passed": passed, "failed": failed,
+                  "ignored": ignored, "failures": fails, "timed_out": rc in (124, 137)}))
+PY
+    done
+    # 2. the same data for kullback and PyTorch
+    local kl_rows=4096 kl_cols=4096 nll_rows=4096 nll_cols=128000
+    if [ "${GPU_CHECK_SMALL:-0}" = 1 ]; then
+        kl_rows=256 kl_cols=4096 nll_rows=64 nll_cols=128000
+    fi
+    python3 - "$work" "$kl_rows" "$kl_cols" "$nll_rows" "$nll_cols" <<'PY'
+import os, sys
+import numpy as np
+work, kr, kc, nr, nc = sys.argv[1], *map(int, sys.argv[2:])
+rng = np.random.default_rng(20261207)
+os.makedirs(f"{work}/kl", exist_ok=True)
+os.makedirs(f"{work}/nll", exist_ok=True)
+for name in ("p", "q"):
+    x = rng.random((kr, kc), dtype=np.float32) + np.float32(1e-3)
+    (x / x.sum(1, keepdims=True)).astype(np.float32).tofile(f"{work}/kl/{name}.f32")
+rng.standard_normal((nr, nc), dtype=np.float32).__imul__(2).tofile(f"{work}/nll/logits.f32")
+rng.integers(0, nc, nr, dtype=np.int64).tofile(f"{work}/nll/targets.i64")
+PY
+    : >"$work/bench.jsonl"
+    ./"$dir/bench" --gpu-probe >>"$work/bench.jsonl" 2>>"$work/bench.err"
+    ./"$dir/bench" --measure kl --rows $kl_rows --cols $kl_cols --backend gpu --data "$work/kl" --json \
+        >>"$work/bench.jsonl" 2>>"$work/bench.err"
+    ./"$dir/bench" --measure nll-logits --rows $nll_rows --cols $nll_cols --backend gpu --data "$work/nll" --json \
+        >>"$work/bench.jsonl" 2>>"$work/bench.err"
+    python3 bench/torch_gpu.py "$work/kl" $kl_rows $kl_cols kl >>"$work/bench.jsonl" 2>>"$work/bench.err"
+    python3 bench/torch_gpu.py "$work/nll" $nll_rows $nll_cols nll-logits >>"$work/bench.jsonl" 2>>"$work/bench.err"
+    # 3. one file
+    python3 - "$work" "$out" <<'PY'
+import json, platform, sys
+work, out = sys.argv[1], sys.argv[2]
+def lines(p):
+    try:
+        return [json.loads(l) for l in open(p) if l.strip().startswith("{")]
+    except FileNotFoundError:
+        return []
+tests = lines(f"{work}/tests.jsonl")
+doc = {
+    "host": platform.node(), "machine": platform.machine(),
+    "tests": tests,
+    "tests_passed": sum(t["passed"] for t in tests),
+    "tests_failed": sum(t["failed"] for t in tests) + sum(1 for t in tests if t["rc"] and not t["failed"]),
+    "bench": lines(f"{work}/bench.jsonl"),
+    "bench_stderr": open(f"{work}/bench.err", errors="replace").read()[-4000:],
+}
+json.dump(doc, open(out, "w"), indent=1)
+print(f"{out}: {doc['tests_passed']} tests passed, {doc['tests_failed']} failed; {len(doc['bench'])} bench lines")
+PY
+}
+
+case $mode in
+build) build ;;
+run) run "${2:-gpu-check.json}" ;;
+*) echo "usage: $0 build | run [OUT.json]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,199 @@
+//! The GPU's limits, measured in the same run as the kernels they bound:
+//! device read bandwidth (a plain WGSL kernel summing a buffer with vec4
+//! loads, grid-stride, timed by timestamp queries where the adapter has them,
+//! else by the wall time of submit-and-wait) and host-to-device bandwidth
+//! (`Queue::write_buffer` of the same bytes, submitted and waited for).
+
+use std::time::Instant;
+
+use kullback::wgpu;
+
+/// What the probe measured.
+pub(crate) struct GpuProbe {
+    /// Device read bandwidth, bytes/s.
+    pub(crate) read_bps: f64,
+    /// Host-to-device bandwidth, bytes/s.
+    pub(crate) upload_bps: f64,
+    /// Bytes each pass read.
+    pub(crate) bytes: u64,
+    /// How the read kernel was timed.
+    pub(crate) timing: &'static str,
+    /// The adapter and its driver.
+    pub(crate) adapter: String,
+}
+
+const PROBE: &str = r"
+@group(0) @binding(0) var<storage, read> src: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read_write> dst: array<vec4<f32>>;
+
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let stride = nwg.x * 256u;
+    let n = arrayLength(&src);
+    var acc = vec4<f32>(0.0);
+    for (var i = gid.x; i < n; i += stride) {
+        acc += src[i];
+    }
+    dst[gid.x] = acc;
+}
+";
+
+const GROUPS: u32 = 4096;
+
+/// Measures both bandwidths over up to 1 GiB (the binding limit), median of `repeat`.
+pub(crate) fn probe(repeat: usize) -> Result<Option<GpuProbe>, Box<dyn std::error::Error>> {
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let Ok(adapter) = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
+        power_preference: wgpu::PowerPreference::HighPerformance,
+        ..Default::default()
+    })) else {
+        return Ok(None);
+    };
+    let info = adapter.get_info();
+    let want = wgpu::Features::TIMESTAMP_QUERY;
+    let stamps = adapter.features().contains(want);
+    let limits = adapter.limits();
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        label: Some("gpu-probe"),
+        required_features: if stamps {
+            want
+        } else {
+            wgpu::Features::empty()
+        },
+        required_limits: limits.clone(),
+        ..Default::default()
+    }))?;
+    let bytes = (1u64 << 30)
+        .min(limits.max_storage_buffer_binding_size)
+        .min(limits.max_buffer_size)
+        & !15;
+    let src = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("probe.src"),
+        size: bytes,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let dst = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("probe.dst"),
+        size: GROUPS as u64 * 256 * 16,
+        usage: wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    });
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some("probe"),
+        source: wgpu::ShaderSource::Wgsl(PROBE.into()),
+    });
+    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some("probe"),
+        layout: None,
+        module: &module,
+        entry_point: Some("main"),
+        compilation_options: Default::default(),
+        cache: None,
+    });
+    let bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: None,
+        layout: &pipeline.get_bind_group_layout(0),
+        entries: &[
+            wgpu::BindGroupEntry {
+                binding: 0,
+                resource: src.as_entire_binding(),
+            },
+            wgpu::BindGroupEntry {
+                binding: 1,
+                resource: dst.as_entire_binding(),
+            },
+        ],
+    });
+    let wait = |device: &wgpu::Device| {
+        device.poll(wgpu::PollType::Wait {
+            submission_index: None,
+            timeout: None,
+        })
+    };
+    // host to device: the same bytes from a host buffer
+    let host = vec![0x3c00_3c00u32; (bytes / 4) as usize];
+    let mut up = Vec::new();
+    for _ in 0..repeat.max(1) + 1 {
+        let t0 = Instant::now();
+        queue.write_buffer(&src, 0, bytemuck::cast_slice(&host));
+        queue.submit([]);
+        wait(&device)?;
+        up.push(t0.elapsed().as_secs_f64());
+    }
+    drop(host);
+    up.remove(0);
+    let qs = stamps.then(|| {
+        device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: None,
+            ty: wgpu::QueryType::Timestamp,
+            count: 2,
+        })
+    });
+    let resolve = device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 16,
+        usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    });
+    let readq = device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 16,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut reads = Vec::new();
+    for i in 0..repeat.max(1) + 1 {
+        let mut enc = device.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: None,
+                timestamp_writes: qs.as_ref().map(|qs| wgpu::ComputePassTimestampWrites {
+                    query_set: qs,
+                    beginning_of_pass_write_index: Some(0),
+                    end_of_pass_write_index: Some(1),
+                }),
+            });
+            pass.set_pipeline(&pipeline);
+            pass.set_bind_group(0, &bind, &[]);
+            pass.dispatch_workgroups(GROUPS, 1, 1);
+        }
+        if let Some(qs) = &qs {
+            enc.resolve_query_set(qs, 0..2, &resolve, 0);
+            enc.copy_buffer_to_buffer(&resolve, 0, &readq, 0, 16);
+        }
+        let t0 = Instant::now();
+        queue.submit([enc.finish()]);
+        wait(&device)?;
+        let wall = t0.elapsed().as_secs_f64();
+        let dt = if qs.is_some() {
+            readq
+                .slice(..)
+                .map_async(wgpu::MapMode::Read, |r| r.expect("map"));
+            wait(&device)?;
+            let ts: Vec<u64> = bytemuck::cast_slice(&readq.slice(..).get_mapped_range()?).to_vec();
+            readq.unmap();
+            (ts[1] - ts[0]) as f64 * queue.get_timestamp_period() as f64 * 1e-9
+        } else {
+            wall
+        };
+        if i > 0 {
+            reads.push(dt);
+        }
+    }
+    Ok(Some(GpuProbe {
+        read_bps: bytes as f64 / crate::median(&mut reads),
+        upload_bps: bytes as f64 / crate::median(&mut up),
+        bytes,
+        timing: if stamps {
+            "compute-pass timestamp_writes"
+        } else {
+            "wall time of submit and wait"
+        },
+        adapter: format!(
+            "{} ({:?}, driver {} {})",
+            info.name, info.backend, info.driver, info.driver_info
+        ),
+    }))
+}
