@@ -90,3 +90,36 @@ fn add_js(st: ptr<function, State>, pe: Elem, qe: Elem) {
 fn value_js(st: State, r: RowLogs) -> f32 {
     return st.t;
 }
+
+// √w of a weight w ≥ 0 (or −0) from its bits: a subnormal w = m·2⁻¹⁴⁹ is
+// √(2m)·2⁻⁷⁵ (GPUs may flush subnormals). The twin of terms.rs's sqrt_bits.
+fn sqrt_bits(w: f32) -> f32 {
+    let b = bitcast<u32>(w) & ABS_MASK;
+    if ((b & EXP_MASK) == 0u) {
+        return sqrt(f32((b & MANT_MASK) << 1u)) * bitcast<f32>(52u << 23u);
+    }
+    return sqrt(bitcast<f32>(b));
+}
+
+// ---- squared Hellinger: H² = ½ Σ (√p − √q)² (not 1 − Σ √(p q), which cancels
+// for close rows); a zero's term is ½ (the other side); never infinite.
+// Normalised values only (the plan normalises online forms first).
+fn add_hellinger(st: ptr<function, State>, pe: Elem, qe: Elem) {
+    (*st).sa = (*st).sa + pe.w;
+    let d = sqrt_bits(pe.w) - sqrt_bits(qe.w);
+    (*st).t = (*st).t + d * d;
+}
+
+fn value_hellinger(st: State, r: RowLogs) -> f32 {
+    return 0.5 * st.t;
+}
+
+// ---- total variation: ½ Σ |p − q|; never infinite. Normalised values only.
+fn add_tv(st: ptr<function, State>, pe: Elem, qe: Elem) {
+    (*st).sa = (*st).sa + pe.w;
+    (*st).t = (*st).t + abs(pe.w - qe.w);
+}
+
+fn value_tv(st: State, r: RowLogs) -> f32 {
+    return 0.5 * st.t;
+}

@@ -145,7 +145,8 @@ impl Call {
         q: Option<&I>,
         opts: &Options,
     ) -> Result<(Call, I::Checked, Option<I::Checked>)> {
-        let ln_base = opts.check()?;
+        opts.check()?;
+        let ln_base = measure.ln_base(opts.base)?;
         let (ps, pd) = p.check(Arg::P)?;
         let (rows, q) = match (measure.needs_q(), q) {
             (false, _) => (ps.rows, None),

@@ -243,6 +243,11 @@ impl Context {
         })
     }
 
+    /// `Backend::Auto` with a hardware GPU: calls are placed one by one.
+    pub(crate) fn is_auto(&self) -> bool {
+        self.auto.is_some()
+    }
+
     /// The backend this context runs on (with `Backend::Auto` and a hardware
     /// GPU, each call may still run on the CPU: see [`Context::placement`]).
     pub fn backend(&self) -> Ran {
@@ -261,7 +266,8 @@ impl Context {
     /// Evaluates `measure` for each row of `p` (and `q`). A `p` or `q` with one
     /// row is compared with every row of the other. The named methods
     /// ([`Context::entropy`], [`Context::cross_entropy`], [`Context::kl`],
-    /// [`Context::js`]) give each measure's formula, zero rules and an example.
+    /// [`Context::js`], [`Context::hellinger`], [`Context::total_variation`])
+    /// give each measure's formula, zero rules and an example.
     ///
     /// # Errors
     ///
@@ -279,7 +285,8 @@ impl Context {
     ///   whose sum is off 1 by more than the tolerance), [`Error::CannotNormalize`]
     ///   (a row with no non-zero probability to renormalise, or logits all −inf);
     /// * [`Error::InvalidOption`] (a base ≤ 0, = 1 or not finite; a negative
-    ///   or NaN tolerance), [`Error::TooLarge`] (rows or columns of 2³¹ or more;
+    ///   or NaN tolerance; a base other than e for Hellinger or total
+    ///   variation, which are not logarithmic), [`Error::TooLarge`] (rows or columns of 2³¹ or more;
     ///   scratch beyond one GPU binding), [`Error::OutOfMemory`],
     ///   [`Error::Device`] (the GPU reported an error).
     pub fn evaluate(
@@ -387,6 +394,58 @@ impl Context {
     /// ```
     pub fn js(&self, p: &Batch<'_>, q: &Batch<'_>, opts: &Options) -> Result<Output> {
         self.evaluate(Measure::Js, p, Some(q), opts)
+    }
+
+    /// Squared Hellinger distance of each row pair, computed as
+    /// H²(P, Q) = ½ Σᵢ (√pᵢ − √qᵢ)², between 0 and 1. For rows that sum to 1
+    /// this is 1 − Σᵢ √(pᵢ qᵢ), which cancels for close rows; the form
+    /// computed does not. The same form as [`Context::pairwise`]'s.
+    ///
+    /// Zero rules: a term with pᵢ = 0 is ½ qᵢ, with qᵢ = 0 ½ pᵢ; H² is never
+    /// infinite (disjoint supports give 1). √ of a subnormal is taken from
+    /// its bits. Not logarithmic: a [`Base`](crate::Base) other than e is
+    /// [`Error::InvalidOption`]. Like JS it needs normalised rows, so logits
+    /// and renormalised inputs take a first pass. Other errors: see
+    /// [`Context::evaluate`].
+    ///
+    /// ```
+    /// # use kullback::{Backend, Base, Batch, Context, Error, Options};
+    /// # fn main() -> kullback::Result<()> {
+    /// let ctx = Context::with_backend(Backend::Cpu)?;
+    /// let p = [1.0f32, 0.0, 0.25, 0.75];
+    /// let q = [0.0f32, 1.0, 0.25, 0.75];
+    /// let h = ctx.hellinger(&Batch::new(&p, 2, 2), &Batch::new(&q, 2, 2), &Options::default())?;
+    /// assert_eq!(h.values, [1.0, 0.0]); // disjoint supports: 1, not inf; equal rows: 0
+    /// let bits = Options::default().base(Base::Two);
+    /// let e = ctx.hellinger(&Batch::new(&p, 2, 2), &Batch::new(&q, 2, 2), &bits);
+    /// assert!(matches!(e, Err(Error::InvalidOption { .. }))); // not logarithmic
+    /// # Ok(()) }
+    /// ```
+    pub fn hellinger(&self, p: &Batch<'_>, q: &Batch<'_>, opts: &Options) -> Result<Output> {
+        self.evaluate(Measure::Hellinger, p, Some(q), opts)
+    }
+
+    /// Total variation distance of each row pair, ½ Σᵢ |pᵢ − qᵢ|, between 0
+    /// and 1.
+    ///
+    /// Zero rules: a term with pᵢ = 0 is ½ qᵢ, with qᵢ = 0 ½ pᵢ; never
+    /// infinite (disjoint supports give 1). Not logarithmic: a
+    /// [`Base`](crate::Base) other than e is [`Error::InvalidOption`]. Like JS
+    /// it needs normalised rows, so logits and renormalised inputs take a
+    /// first pass. Other errors: see [`Context::evaluate`].
+    ///
+    /// ```
+    /// # use kullback::{Backend, Batch, Context, Options};
+    /// # fn main() -> kullback::Result<()> {
+    /// let ctx = Context::with_backend(Backend::Cpu)?;
+    /// let p = [1.0f32, 0.0, 0.5, 0.5];
+    /// let q = [0.0f32, 1.0, 0.75, 0.25];
+    /// let tv = ctx.total_variation(&Batch::new(&p, 2, 2), &Batch::new(&q, 2, 2), &Options::default())?;
+    /// assert_eq!(tv.values, [1.0, 0.25]);
+    /// # Ok(()) }
+    /// ```
+    pub fn total_variation(&self, p: &Batch<'_>, q: &Batch<'_>, opts: &Options) -> Result<Output> {
+        self.evaluate(Measure::TotalVariation, p, Some(q), opts)
     }
 
     /// Negative log-likelihood of class targets, lᵢ = −ln q[i, tᵢ]: the

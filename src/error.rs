@@ -279,8 +279,11 @@ pub enum Setting {
     Temperature,
     /// The β of a generalized Jensen-Shannon divergence.
     Beta,
-    /// The k of a sparse teacher.
+    /// The k of a sparse teacher, or of a nearest-k call
+    /// ([`Context::pairwise_top_k`](crate::Context::pairwise_top_k)).
     TopK,
+    /// [`PairwiseOptions::exclude_self`](crate::PairwiseOptions::exclude_self).
+    ExcludeSelf,
 }
 
 /// What is wrong with a caller's GPU buffer ([`Error::Buffer`]).
@@ -314,6 +317,9 @@ pub enum BufferProblem {
     AliasesInput,
     /// The output is also the targets buffer.
     AliasesTargets,
+    /// It is also another buffer of the call (an all-pairs call's outputs and
+    /// status each need a buffer of their own).
+    AliasesOther,
 }
 
 impl fmt::Display for BufferProblem {
@@ -336,6 +342,9 @@ impl fmt::Display for BufferProblem {
             }
             BufferProblem::AliasesTargets => {
                 f.write_str("is also the targets buffer; use a buffer of its own")
+            }
+            BufferProblem::AliasesOther => {
+                f.write_str("is also another buffer of the call; use a buffer of its own")
             }
         }
     }

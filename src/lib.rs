@@ -33,7 +33,8 @@
 //!
 //! Each has its method, whose docs give the formula, the zero rules, the
 //! errors and an example: [`Context::entropy`], [`Context::cross_entropy`],
-//! [`Context::kl`], [`Context::js`], [`Context::nll`] (class targets);
+//! [`Context::kl`], [`Context::js`], [`Context::hellinger`],
+//! [`Context::total_variation`], [`Context::nll`] (class targets);
 //! [`Context::evaluate`] takes a [`Measure`] and lists the errors every
 //! measure shares.
 //!
@@ -57,6 +58,15 @@
 //! | KL D(P‖Q) | p (ln p − ln q) | 0 (whatever q is) | +inf |
 //! | Jensen-Shannon | ½ KL(P‖M) + ½ KL(Q‖M), M = ½(P + Q) | per the KL rule | finite (≤ ln 2 nats) |
 //! | negative log-likelihood of class t | −ln q_t | – | +inf when q_t = 0 |
+//! | squared Hellinger H²(P, Q) | ½ (√p − √q)² | ½ q | ½ p (finite; H² ≤ 1) |
+//! | total variation | ½ \|p − q\| | ½ q | ½ p (finite; ≤ 1) |
+//!
+//! Hellinger is computed as ½ Σ (√p − √q)², per row and for all pairs alike,
+//! which equals 1 − Σ √(p q) for rows that sum to 1 and does not cancel for
+//! close rows (√ of a subnormal is taken from its bits); neither it nor
+//! total variation is logarithmic, so they take no log base (a base other
+//! than e is [`Error::InvalidOption`]). Both need normalised values, so
+//! logits and renormalised inputs take a first pass, as JS does.
 //!
 //! * No silent epsilon clamping: a value that is mathematically +inf is +inf.
 //! * "p = 0" means a probability whose bits are zero, a log-probability of
@@ -102,6 +112,40 @@
 //!   has value 0 and is not counted; with class weights the mean is
 //!   Σ wₜ·lᵢ / Σ wₜ (PyTorch's). A mean over zero counted rows (every target
 //!   ignored) is NaN, as in PyTorch. [`Output::perplexity`] is exp(mean in nats).
+//!
+//! ## All pairs and nearest-k
+//!
+//! [`Context::pairwise`] gives the M × N matrix D[i, j] = measure(P_i, Q_j)
+//! of every row of p against every row of q (q omitted: p against itself;
+//! JS, Hellinger and total variation are then symmetric bit for bit with a
+//! zero diagonal, KL has a zero diagonal, cross-entropy's diagonal is
+//! H(P_i)); [`Context::pairwise_top_k`] each row's k nearest (values and
+//! indices, ascending, ties by the lower index, +inf last; k ≤
+//! [`MAX_TOP_K`]) without holding the matrix; [`Context::pairwise_tiles`]
+//! hands the matrix out tile by tile, for matrices larger than memory.
+//! Inputs are read as by the per-row measures (forms, normalisation, f64,
+//! the same errors). Each row is read, checked and normalised once, and the
+//! log of each element taken once; KL is summed per pair as Σ p (ln p − ln q)
+//! (never −H(P) − P·log Qᵀ, which cancels for close rows), JS with one log
+//! of the mixture per pair-element in exact parts, each pair in f32 runs
+//! added into f64 (CPU) or compensated f32 sums (GPU). The GPU-resident
+//! calls [`Context::encode_pairwise`] and [`Context::encode_pairwise_top_k`]
+//! record the same work into the caller's encoder, with a per-row status
+//! buffer ([`decode_pairwise_status`]).
+//!
+//! ```
+//! use kullback::{Backend, Batch, Context, Measure, PairwiseOptions};
+//! # fn main() -> kullback::Result<()> {
+//! let docs = [0.7f32, 0.2, 0.1, 0.0, 0.1, 0.9, 0.3, 0.3, 0.4]; // 3 rows x 3
+//! let protos = [0.6f32, 0.3, 0.1, 0.1, 0.1, 0.8];                 // 2 rows x 3
+//! let ctx = Context::with_backend(Backend::Cpu)?;
+//! let (p, q) = (Batch::new(&docs, 3, 3), Batch::new(&protos, 2, 3));
+//! let d = ctx.pairwise(Measure::Js, &p, Some(&q), &PairwiseOptions::default())?;
+//! assert_eq!(d.values.len(), 3 * 2);                              // D[i, j] at i * 2 + j
+//! let near = ctx.pairwise_top_k(Measure::Js, &p, Some(&q), 1, &PairwiseOptions::default())?;
+//! assert_eq!(near.indices, [0, 1, 0]);                            // each doc's nearest prototype
+//! # Ok(()) }
+//! ```
 //!
 //! ## Accuracy and determinism
 //!
@@ -261,6 +305,8 @@ mod error;
 mod gpu;
 mod job;
 mod measure;
+mod pairs;
+mod pairwise;
 mod probe;
 mod record;
 mod resident;
@@ -278,6 +324,11 @@ pub use context::{Backend, Context, ContextOptions, InputKind, Output, PollMode,
 pub use error::{Arg, BadValue, BufferProblem, Error, Result, Setting};
 pub use measure::{
     Base, DEFAULT_TOLERANCE, Form, Measure, NllOptions, Normalization, Options, Reduction,
+};
+pub use pairs::{MAX_TOP_K, PairwiseOptions, Tile, TileShape};
+pub use pairwise::{
+    GpuPairwiseOutput, GpuTopKOutput, PairwiseOutput, TopK, decode_pairwise_status,
+    pairwise_status_bytes,
 };
 pub use record::{RECORD_SIZE, Record, Status};
 pub use resident::{

@@ -26,6 +26,17 @@ pub enum Measure {
     /// Jensen-Shannon divergence ½ D(P‖M) + ½ D(Q‖M), M = ½ (P + Q); never
     /// infinite, at most ln 2 ([`Context::js`](crate::Context::js)).
     Js,
+    /// Squared Hellinger distance H²(P, Q) = ½ Σ (√p − √q)², computed in this
+    /// form (equal to 1 − Σ √(p q) for rows that sum to 1, but without its
+    /// cancellation for close rows); a term with p = 0 is ½ q, with q = 0
+    /// ½ p; in [0, 1], never infinite. Not logarithmic: a log base other than
+    /// e is an error ([`Context::hellinger`](crate::Context::hellinger)).
+    Hellinger,
+    /// Total variation distance ½ Σ |p − q|; a term with p = 0 is ½ q, with
+    /// q = 0 ½ p; in [0, 1], never infinite. Not logarithmic: a log base
+    /// other than e is an error
+    /// ([`Context::total_variation`](crate::Context::total_variation)).
+    TotalVariation,
 }
 
 /// A measure's description: everything but its per-element arithmetic.
@@ -47,15 +58,20 @@ pub(crate) struct Def {
     /// Its accumulator `t` is Σ w (ln p − ln q), rescaled with the running
     /// maxima of online forms.
     pub t_log_ratio: bool,
+    /// Its values are logarithms, so they take a log base (a base other
+    /// than e is an error for the others).
+    pub logarithmic: bool,
 }
 
 impl Measure {
     /// Every measure, in the order of their codes (the number the shaders see).
-    pub(crate) const ALL: [Measure; 4] = [
+    pub(crate) const ALL: [Measure; 6] = [
         Measure::Entropy,
         Measure::CrossEntropy,
         Measure::Kl,
         Measure::Js,
+        Measure::Hellinger,
+        Measure::TotalVariation,
     ];
 
     /// The measure's description.
@@ -68,6 +84,7 @@ impl Measure {
                 online: true,
                 q_zero_inf: false,
                 t_log_ratio: false,
+                logarithmic: true,
             },
             Measure::CrossEntropy => Def {
                 name: "cross-entropy",
@@ -76,6 +93,7 @@ impl Measure {
                 online: true,
                 q_zero_inf: true,
                 t_log_ratio: false,
+                logarithmic: true,
             },
             Measure::Kl => Def {
                 name: "kl",
@@ -84,6 +102,7 @@ impl Measure {
                 online: true,
                 q_zero_inf: true,
                 t_log_ratio: true,
+                logarithmic: true,
             },
             Measure::Js => Def {
                 name: "js",
@@ -92,6 +111,25 @@ impl Measure {
                 online: false,
                 q_zero_inf: false,
                 t_log_ratio: false,
+                logarithmic: true,
+            },
+            Measure::Hellinger => Def {
+                name: "hellinger",
+                ident: "hellinger",
+                needs_q: true,
+                online: false,
+                q_zero_inf: false,
+                t_log_ratio: false,
+                logarithmic: false,
+            },
+            Measure::TotalVariation => Def {
+                name: "total-variation",
+                ident: "tv",
+                needs_q: true,
+                online: false,
+                q_zero_inf: false,
+                t_log_ratio: false,
+                logarithmic: false,
             },
         }
     }
@@ -99,6 +137,28 @@ impl Measure {
     /// The name used by the CLI and in JSON output.
     pub fn name(self) -> &'static str {
         self.def().name
+    }
+
+    /// Whether results are logarithms (and so take a log base): every
+    /// measure but Hellinger and total variation.
+    pub fn is_logarithmic(self) -> bool {
+        self.def().logarithmic
+    }
+
+    /// ln(base) for this measure's values: the base checked, and for a
+    /// measure that is not logarithmic any base other than e refused.
+    pub(crate) fn ln_base(self, base: Base) -> Result<f64> {
+        let ln = base.ln()?;
+        if !self.def().logarithmic && ln != 1.0 {
+            return Err(Error::InvalidOption {
+                option: Setting::Base,
+                message: format!(
+                    "{} is not logarithmic: it takes no log base (got {base:?})",
+                    self.name()
+                ),
+            });
+        }
+        Ok(ln)
     }
 
     /// Whether the measure reads a second distribution `q`.

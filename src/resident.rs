@@ -323,7 +323,7 @@ impl Input for GpuBatch<'_> {
     }
 }
 
-fn check_buffer(
+pub(crate) fn check_buffer(
     name: &'static str,
     buffer: &wgpu::Buffer,
     offset: u64,

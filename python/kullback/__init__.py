@@ -104,9 +104,11 @@ __all__ = [
     "backends",
     "cross_entropy",
     "entropy",
+    "hellinger",
     "js",
     "kl",
     "nll",
+    "total_variation",
 ]
 
 
@@ -161,6 +163,8 @@ class Context:
         def cross_entropy(self, p: ArrayLike, q: ArrayLike, **options: Any) -> "Result": ...
         def kl(self, p: ArrayLike, q: ArrayLike, **options: Any) -> "Result": ...
         def js(self, p: ArrayLike, q: ArrayLike, **options: Any) -> "Result": ...
+        def hellinger(self, p: ArrayLike, q: ArrayLike, **options: Any) -> "Result": ...
+        def total_variation(self, p: ArrayLike, q: ArrayLike, **options: Any) -> "Result": ...
         def nll(self, q: ArrayLike, targets: ArrayLike, **options: Any) -> "Result": ...
 
 
@@ -296,6 +300,25 @@ def js(p: ArrayLike, q: ArrayLike, *, reduction: str = "none", base: Optional[fl
         "js", p, q, reduction, base, normalize, tolerance, p_form, q_form).result()
 
 
+def hellinger(p: ArrayLike, q: ArrayLike, *, reduction: str = "none",
+              base: Optional[float] = None, normalize: Union[str, bool] = "validate",
+              tolerance: float = DEFAULT_TOLERANCE, p_form: str = "probs",
+              q_form: str = "probs", backend: str = "auto",
+              context: Optional["Context"] = None) -> Result:
+    return _context(backend, context).evaluate(
+        "hellinger", p, q, reduction, base, normalize, tolerance, p_form, q_form).result()
+
+
+def total_variation(p: ArrayLike, q: ArrayLike, *, reduction: str = "none",
+                    base: Optional[float] = None, normalize: Union[str, bool] = "validate",
+                    tolerance: float = DEFAULT_TOLERANCE, p_form: str = "probs",
+                    q_form: str = "probs", backend: str = "auto",
+                    context: Optional["Context"] = None) -> Result:
+    return _context(backend, context).evaluate(
+        "total_variation", p, q, reduction, base, normalize, tolerance, p_form,
+        q_form).result()
+
+
 def nll(q: ArrayLike, targets: ArrayLike, *, reduction: str = "none",
         base: Optional[float] = None, normalize: Union[str, bool] = "validate",
         tolerance: float = DEFAULT_TOLERANCE, q_form: str = "probs",
@@ -351,6 +374,27 @@ js.__doc__ = _doc(
 
     >>> kullback.js([1.0, 0.0], [0.0, 1.0], base=2)
     1.0""")
+
+hellinger.__doc__ = _doc(
+    "Squared Hellinger distance H^2 = sum_i (sqrt(p_i) - sqrt(q_i))^2 / 2 of each row pair.",
+    ("p", "q") + _MEASURE_PARAMS,
+    """Computed in this form, which is 1 - sum_i sqrt(p_i q_i) for rows that
+    sum to 1 but does not cancel for close rows. A term with p_i = 0 is q_i / 2
+    (and with q_i = 0, p_i / 2); the value is finite, between 0 and 1. Not
+    logarithmic: a ``base`` other than e raises ``ValueError``.
+
+    >>> kullback.hellinger([1.0, 0.0], [0.0, 1.0])
+    1.0""")
+
+total_variation.__doc__ = _doc(
+    "Total variation distance sum_i |p_i - q_i| / 2 of each row pair.",
+    ("p", "q") + _MEASURE_PARAMS,
+    """A term with p_i = 0 is q_i / 2 (and with q_i = 0, p_i / 2); the value is
+    finite, between 0 and 1. Not logarithmic: a ``base`` other than e raises
+    ``ValueError``.
+
+    >>> kullback.total_variation([0.5, 0.5], [0.75, 0.25])
+    0.25""")
 
 nll.__doc__ = """Negative log-likelihood -ln q[t] of class targets: one per row of q.
 
@@ -410,6 +454,6 @@ def _method(fn):
     return method
 
 
-for _fn in (entropy, cross_entropy, kl, js, nll):
+for _fn in (entropy, cross_entropy, kl, js, hellinger, total_variation, nll):
     setattr(Context, _fn.__name__, _method(_fn))
 del _fn

@@ -61,7 +61,7 @@ class Context:
         row_offset: int = 0,
         offset_args: str = "",
     ) -> Output:
-        """entropy, cross_entropy, kl or js; rows of the arguments named in
+        """entropy, cross_entropy, kl, js, hellinger or total_variation; rows of the arguments named in
         ``offset_args`` ('p', 'q') are reported ``row_offset`` further down."""
     def nll(
         self,

@@ -42,7 +42,7 @@ import dask.array as da
 import kullback as _k
 from kullback import _kullback as _native
 
-__all__ = ["cross_entropy", "entropy", "js", "kl", "nll"]
+__all__ = ["cross_entropy", "entropy", "hellinger", "js", "kl", "nll", "total_variation"]
 
 
 def _array(x, name, ndims):
@@ -201,6 +201,19 @@ def js(p, q, *, reduction="none", base=None, normalize="validate",
                     tolerance=tolerance, p_form=p_form, q_form=q_form, backend=backend)
 
 
+def hellinger(p, q, *, reduction="none", base=None, normalize="validate",
+              tolerance=_k.DEFAULT_TOLERANCE, p_form="probs", q_form="probs", backend="auto"):
+    return _measure("hellinger", p, q, reduction, base=base, normalize=normalize,
+                    tolerance=tolerance, p_form=p_form, q_form=q_form, backend=backend)
+
+
+def total_variation(p, q, *, reduction="none", base=None, normalize="validate",
+                    tolerance=_k.DEFAULT_TOLERANCE, p_form="probs", q_form="probs",
+                    backend="auto"):
+    return _measure("total_variation", p, q, reduction, base=base, normalize=normalize,
+                    tolerance=tolerance, p_form=p_form, q_form=q_form, backend=backend)
+
+
 def nll(q, targets, *, reduction="none", base=None, normalize="validate",
         tolerance=_k.DEFAULT_TOLERANCE, q_form="probs", ignore_index=None, weight=None,
         label_smoothing=0.0, backend="auto"):
@@ -230,7 +243,7 @@ def nll(q, targets, *, reduction="none", base=None, normalize="validate",
     return _graph(_nll_call, reduction, o, _layout([("q", q2)], t1), scalar)
 
 
-for _fn in (entropy, cross_entropy, kl, js, nll):
+for _fn in (entropy, cross_entropy, kl, js, hellinger, total_variation, nll):
     _fn.__doc__ = (
         "``kullback.%s`` over Dask arrays chunked along rows (see ``help(kullback.dask)``).\n\n"
         "    Returns a lazy Dask array: shape (rows,) of float32 under reduction 'none', 0-d\n"

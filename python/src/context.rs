@@ -13,16 +13,20 @@ use crate::errors::{RowOffset, panicked, to_py};
 use crate::inputs::{Floats, TargetArray, weights};
 use crate::options;
 
-/// The measure named `name` ('entropy', 'cross_entropy', 'kl', 'js').
+/// The measure named `name` ('entropy', 'cross_entropy', 'kl', 'js',
+/// 'hellinger', 'total_variation').
 fn parse_measure(name: &str) -> PyResult<Measure> {
     Ok(match name {
         "entropy" => Measure::Entropy,
         "cross_entropy" => Measure::CrossEntropy,
         "kl" => Measure::Kl,
         "js" => Measure::Js,
+        "hellinger" => Measure::Hellinger,
+        "total_variation" => Measure::TotalVariation,
         other => {
             return Err(PyValueError::new_err(format!(
-                "unknown measure {other:?} (entropy, cross_entropy, kl, js)"
+                "unknown measure {other:?} (entropy, cross_entropy, kl, js, hellinger, \
+                 total_variation)"
             )));
         }
     })
@@ -108,7 +112,7 @@ impl PyContext {
         self.ctx.kept_bytes()
     }
 
-    /// entropy, cross_entropy, kl or js of p (and q).
+    /// entropy, cross_entropy, kl, js, hellinger or total_variation of p (and q).
     #[pyo3(signature = (measure, p, q, reduction, base, normalize, tolerance, p_form, q_form, row_offset = 0, offset_args = ""))]
     #[allow(
         clippy::too_many_arguments,

@@ -45,6 +45,10 @@ def measure(name, p32, q32=None, p_form="probs", q_form="probs", normalize="vali
             lm = np.log(m)
             v = 0.5 * (np.where(pos, p * (lp - lm), 0).sum(-1)
                        + np.where(q > 0, q * (lq - lm), 0).sum(-1))
+        elif name == "hellinger":
+            v = 0.5 * ((np.sqrt(p) - np.sqrt(q)) ** 2).sum(-1)
+        elif name == "total_variation":
+            v = 0.5 * np.abs(p - q).sum(-1)
         else:
             raise ValueError(name)
     return v / (1.0 if base is None else np.log(base))

@@ -1,11 +1,14 @@
-//! `kullback`: entropy, cross-entropy, KL, Jensen-Shannon and negative
-//! log-likelihood of distributions stored in `.npy` files.
+//! `kullback`: entropy, cross-entropy, KL, Jensen-Shannon, squared Hellinger,
+//! total variation and negative log-likelihood of distributions stored in
+//! `.npy` files.
 //!
 //! ```text
 //! kullback entropy       --p P.npy [--p-form F]
 //! kullback cross-entropy --p P.npy --q Q.npy [--p-form F] [--q-form F]
 //! kullback kl            --p P.npy --q Q.npy [--p-form F] [--q-form F]
 //! kullback js            --p P.npy --q Q.npy [--p-form F] [--q-form F]
+//! kullback hellinger     --p P.npy --q Q.npy [--p-form F] [--q-form F]   (no --base)
+//! kullback total-variation --p P.npy --q Q.npy [--p-form F] [--q-form F] (no --base)
 //! kullback nll           --q Q.npy --targets T.npy [--q-form F] [--ignore-index K]
 //!                        [--weights W.npy] [--label-smoothing E] [--out-grad G.npy]
 //! kullback distill       --student S.npy (--teacher T.npy [--teacher-form logits|log-probs]
@@ -15,7 +18,16 @@
 //!                        [--out OUT.npy] [--out-grad G.npy]
 //! common: [--reduction none|sum|mean] [--base e|2|10|B] [--normalize]
 //!         [--backend auto|gpu|cpu] [--out OUT.npy]
+//! kullback pairwise MEASURE --p P.npy [--q Q.npy] [--p-form F] [--q-form F] [--base B]
+//!                        [--normalize] [--backend ...] --out D.npy
+//!                        [--top-k K --out-index I.npy [--exclude-self]]
 //! ```
+//!
+//! `pairwise` writes the M × N matrix D[i, j] = MEASURE(P_i, Q_j) (q omitted:
+//! p against itself) to D.npy as 2-D float32 in C order, a band of rows at a
+//! time (memory is bounded by the band, not the matrix); with `--top-k` it
+//! writes each row's k nearest instead: [M, K] float32 values to `--out` and
+//! [M, K] uint32 indices to `--out-index`.
 //!
 //! Prints one JSON object on stdout. Bad input: exit status 1, nothing on
 //! stdout, and `error: FILE: problem` as the last line of stderr.
@@ -28,8 +40,8 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kullback::{
     Arg, Backend, Base, Batch, Context, DistillOptions, Divergence, Error, Form, Measure,
-    NllOptions, Normalization, Options, Output, Reduction, RowMask, SparseTeacher, Tail, Targets,
-    Teacher, Values,
+    NllOptions, Normalization, Options, Output, PairwiseOptions, Reduction, RowMask, SparseTeacher,
+    Tail, Targets, Teacher, TileShape, Values,
 };
 use npyz::{DType, NpyFile, Order, TypeChar, WriterBuilder};
 use serde_json::Value;
@@ -61,12 +73,18 @@ enum Command {
     Kl(PairArgs),
     /// Jensen-Shannon divergence ½ D(P‖M) + ½ D(Q‖M), M = ½ (P + Q).
     Js(PairArgs),
+    /// Squared Hellinger distance ½ Σ (√p − √q)² (takes no --base).
+    Hellinger(PairArgs),
+    /// Total variation distance ½ Σ |p − q| (takes no --base).
+    TotalVariation(PairArgs),
     /// Negative log-likelihood -log q[t] of class targets t (with --out-grad,
     /// from logits, also its gradient with respect to the logits).
     Nll(NllArgs),
     /// Distillation loss T²·D(teacher, student) at temperature T and its
     /// gradient with respect to the student's logits (--out-grad).
     Distill(DistillArgs),
+    /// All pairs: the matrix D[i, j] = MEASURE(P_i, Q_j), or each row's nearest k.
+    Pairwise(PairwiseArgs),
 }
 
 #[derive(Args, Debug)]
@@ -136,6 +154,76 @@ enum DivergenceArg {
     ForwardKl,
     ReverseKl,
     Jsd,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum PairMeasure {
+    Kl,
+    CrossEntropy,
+    Js,
+    Hellinger,
+    TotalVariation,
+}
+
+impl From<PairMeasure> for Measure {
+    fn from(m: PairMeasure) -> Measure {
+        match m {
+            PairMeasure::Kl => Measure::Kl,
+            PairMeasure::CrossEntropy => Measure::CrossEntropy,
+            PairMeasure::Js => Measure::Js,
+            PairMeasure::Hellinger => Measure::Hellinger,
+            PairMeasure::TotalVariation => Measure::TotalVariation,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+struct PairwiseArgs {
+    /// kl, cross-entropy, js, hellinger (½ Σ (√p − √q)²) or total-variation (½ Σ |p − q|).
+    #[arg(value_enum)]
+    measure: PairMeasure,
+    /// p: .npy, [rows, cols] or [cols]: the rows of the matrix.
+    #[arg(long, value_name = "P.npy")]
+    p: PathBuf,
+    /// q: .npy, [rows, cols] or [cols]: its columns; omitted, p against itself.
+    #[arg(long, value_name = "Q.npy")]
+    q: Option<PathBuf>,
+    /// How p is given.
+    #[arg(long, value_enum, default_value_t = FormArg::Probs)]
+    p_form: FormArg,
+    /// How q is given.
+    #[arg(long, value_enum, default_value_t = FormArg::Probs)]
+    q_form: FormArg,
+    /// Log base of the results: e, 2, 10 or any number > 0 other than 1 (kl,
+    /// cross-entropy, js only: hellinger and total-variation take none).
+    #[arg(long, value_name = "BASE", default_value = "e", value_parser = parse_base)]
+    base: Base,
+    /// Divide each row by its sum instead of requiring it to sum to 1.
+    #[arg(long)]
+    normalize: bool,
+    /// Backend; `auto` lets KULLBACK_BACKEND choose, else a hardware GPU or the CPU.
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+    backend: BackendArg,
+    /// The matrix as 2-D float32 [M, N] (with --top-k: the values, [M, K]).
+    #[arg(long, value_name = "D.npy")]
+    out: PathBuf,
+    /// Each row's K nearest (smallest) instead of the matrix.
+    #[arg(long, value_name = "K", requires = "out_index")]
+    top_k: Option<usize>,
+    /// With --top-k: the indices (rows of q), 2-D uint32 [M, K].
+    #[arg(long, value_name = "I.npy", requires = "top_k")]
+    out_index: Option<PathBuf>,
+    /// With --top-k and q omitted: leave each row's own index out.
+    #[arg(long, requires = "top_k")]
+    exclude_self: bool,
+    /// Rows of the matrix computed and written at a time (default: about
+    /// 64 MiB of them); bounds the memory.
+    #[arg(long, value_name = "R", hide = true)]
+    rows_per_band: Option<usize>,
+    /// Float inputs (by flag name: p, q) holding bfloat16, read from a '<u2'
+    /// .npy or an ml_dtypes '<V2' one.
+    #[arg(long, value_name = "ARG[,ARG]", value_delimiter = ',')]
+    bf16: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -340,9 +428,11 @@ fn show(path: &Path) -> String {
 fn check_out(command: &Command) -> Result<(), String> {
     let (outs, inputs): (Vec<(&str, &Path)>, Vec<&Path>) = match command {
         Command::Entropy(a) => (outs(&a.common.out, &None), vec![&a.p]),
-        Command::CrossEntropy(a) | Command::Kl(a) | Command::Js(a) => {
-            (outs(&a.common.out, &None), vec![&a.p, &a.q])
-        }
+        Command::CrossEntropy(a)
+        | Command::Kl(a)
+        | Command::Js(a)
+        | Command::Hellinger(a)
+        | Command::TotalVariation(a) => (outs(&a.common.out, &None), vec![&a.p, &a.q]),
         Command::Nll(a) => {
             let mut v: Vec<&Path> = vec![&a.q, &a.targets];
             v.extend(a.weights.as_deref());
@@ -356,6 +446,20 @@ fn check_out(command: &Command) -> Result<(), String> {
                     .flat_map(|p| p.as_deref()),
             );
             (outs(&a.out, &a.out_grad), v)
+        }
+        Command::Pairwise(a) => {
+            let mut inputs: Vec<&Path> = vec![&a.p];
+            inputs.extend(a.q.as_deref());
+            for out in std::iter::once(&a.out).chain(a.out_index.as_ref()) {
+                refuse_input(out, &inputs)?;
+            }
+            if a.out_index.as_ref().is_some_and(|i| same_file(i, &a.out)) {
+                return Err(format!(
+                    "{}: --out-index is also --out; write them to two paths",
+                    show(&a.out)
+                ));
+            }
+            return Ok(());
         }
     };
     if let [(_, a), (_, b)] = outs[..] {
@@ -375,6 +479,20 @@ fn check_out(command: &Command) -> Result<(), String> {
                     show(input)
                 ));
             }
+        }
+    }
+    Ok(())
+}
+
+/// Refuses an output path that names one of `inputs`.
+fn refuse_input(out: &Path, inputs: &[&Path]) -> Result<(), String> {
+    for input in inputs {
+        if same_file(out, input) {
+            return Err(format!(
+                "{}: --out is also an input ({}); write the output to another path",
+                show(out),
+                show(input)
+            ));
         }
     }
     Ok(())
@@ -407,6 +525,9 @@ fn same_file(a: &Path, b: &Path) -> bool {
 /// Parses nothing, prints nothing: load -> evaluate -> the JSON text.
 fn run(command: &Command) -> Result<String, String> {
     check_out(command)?;
+    if let Command::Pairwise(a) = command {
+        return pairwise(a);
+    }
     let (name, files, common, output) = match command {
         Command::Entropy(a) => {
             let files = Files {
@@ -421,6 +542,9 @@ fn run(command: &Command) -> Result<String, String> {
         Command::CrossEntropy(a) => pair(Measure::CrossEntropy, a)?,
         Command::Kl(a) => pair(Measure::Kl, a)?,
         Command::Js(a) => pair(Measure::Js, a)?,
+        Command::Hellinger(a) => pair(Measure::Hellinger, a)?,
+        Command::TotalVariation(a) => pair(Measure::TotalVariation, a)?,
+        Command::Pairwise(_) => unreachable!("handled above"),
         Command::Nll(a) => {
             let files = Files {
                 q: Some(&a.q),
@@ -603,6 +727,151 @@ fn load_mask(path: &Path) -> Result<MaskVec, String> {
             dtype_name(&dtype)
         )),
     }
+}
+
+/// Rows of the matrix per band written to the .npy: about 64 MiB of f32.
+const BAND_BYTES: usize = 64 << 20;
+
+/// `kullback pairwise`: the matrix (or the nearest k) into .npy files.
+fn pairwise(a: &PairwiseArgs) -> Result<String, String> {
+    let files = Files {
+        p: Some(&a.p),
+        q: a.q.as_deref(),
+        ..Files::default()
+    };
+    let p = Matrix::load(&a.p, bf16_names(&a.bf16, "p", &["p", "q"])?)?;
+    let q = match &a.q {
+        Some(path) => Some(Matrix::load(path, bf16_names(&a.bf16, "q", &["p", "q"])?)?),
+        None => None,
+    };
+    let backend = match a.backend {
+        BackendArg::Auto => Backend::Auto,
+        BackendArg::Gpu => Backend::Gpu,
+        BackendArg::Cpu => Backend::Cpu,
+    };
+    let ctx = Context::with_backend(backend).map_err(|e| e.to_string())?;
+    let opts = PairwiseOptions::default()
+        .base(a.base)
+        .normalization(if a.normalize {
+            Normalization::Renormalize
+        } else {
+            Normalization::Validate
+        })
+        .exclude_self(a.exclude_self);
+    let measure = Measure::from(a.measure);
+    let pb = p.batch(a.p_form);
+    let qb = q.as_ref().map(|q| q.batch(a.q_form));
+    let n = q.as_ref().map_or(p.rows, |q| q.rows);
+    let mut fields: Vec<(&str, Value)> = vec![("measure", measure.name().into())];
+    let (ran, adapter, extra) = match (a.top_k, &a.out_index) {
+        (Some(k), Some(index_path)) => {
+            let t = ctx
+                .pairwise_top_k(measure, &pb, qb.as_ref(), k, &opts)
+                .map_err(|e| files.explain(&e))?;
+            write_2d(&a.out, &t.values, t.rows, t.k)?;
+            write_2d(index_path, &t.indices, t.rows, t.k)?;
+            (t.backend, t.adapter, Some(("top_k", Value::from(k))))
+        }
+        _ => {
+            // a band of whole rows at a time, written as it comes
+            let rows = a
+                .rows_per_band
+                .unwrap_or((BAND_BYTES / 4 / n.max(1)).max(1));
+            let mut writer: Option<npyz::NpyWriter<f32, BufWriter<File>>> = None;
+            let fail = |e: std::io::Error| format!("{}: cannot write: {e}", show(&a.out));
+            let ran = ctx
+                .pairwise_tiles(
+                    measure,
+                    &pb,
+                    qb.as_ref(),
+                    &opts,
+                    TileShape::full_rows(rows),
+                    |t| {
+                        if writer.is_none() {
+                            let file = File::create(&a.out).map_err(fail)?;
+                            let w = npyz::WriteOptions::new()
+                                .default_dtype()
+                                .shape(&[p.rows as u64, n as u64])
+                                .writer(BufWriter::with_capacity(1 << 20, file))
+                                .begin_nd()
+                                .map_err(fail)?;
+                            writer = Some(w);
+                        }
+                        if let Some(w) = writer.as_mut() {
+                            w.extend(t.values.iter().copied()).map_err(fail)?;
+                        }
+                        Ok::<(), CliError>(())
+                    },
+                )
+                .map_err(|e| match e {
+                    CliError::Lib(e) => files.explain(&e),
+                    CliError::Msg(m) => m,
+                })?;
+            if let Some(w) = writer {
+                w.finish().map_err(fail)?;
+            }
+            (
+                ran,
+                ctx.adapter_name()
+                    .map(str::to_string)
+                    .filter(|_| ran == kullback::Ran::Gpu),
+                None,
+            )
+        }
+    };
+    fields.extend([
+        ("backend", ran.name().into()),
+        ("adapter", adapter.into()),
+        ("rows", p.rows.into()),
+        ("cols", p.cols.into()),
+        ("reduction", "none".into()),
+        ("q_rows", n.into()),
+        ("pairwise", true.into()),
+    ]);
+    fields.extend(extra);
+    let body: Vec<String> = fields
+        .iter()
+        .map(|(k, v)| format!("{}:{v}", Value::from(*k)))
+        .collect();
+    Ok(format!("{{{}}}", body.join(",")))
+}
+
+/// The CLI's error while streaming tiles: the library's (explained with the
+/// file names), or its own (already a message).
+enum CliError {
+    Lib(Error),
+    Msg(String),
+}
+
+impl From<Error> for CliError {
+    fn from(e: Error) -> Self {
+        CliError::Lib(e)
+    }
+}
+
+impl From<String> for CliError {
+    fn from(s: String) -> Self {
+        CliError::Msg(s)
+    }
+}
+
+/// Writes `values` as a 2-D [rows, cols] .npy (C order).
+fn write_2d<T: npyz::AutoSerialize + Copy>(
+    path: &Path,
+    values: &[T],
+    rows: usize,
+    cols: usize,
+) -> Result<(), String> {
+    let fail = |e: std::io::Error| format!("{}: cannot write: {e}", show(path));
+    let file = File::create(path).map_err(fail)?;
+    let mut w = npyz::WriteOptions::new()
+        .default_dtype()
+        .shape(&[rows as u64, cols as u64])
+        .writer(BufWriter::new(file))
+        .begin_nd()
+        .map_err(fail)?;
+    w.extend(values.iter().copied()).map_err(fail)?;
+    w.finish().map_err(fail)
 }
 
 type Evaluated<'a> = (

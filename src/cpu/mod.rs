@@ -28,6 +28,8 @@ pub(crate) mod ln;
 mod plan;
 mod selfcheck;
 mod terms;
+// all pairs: a module of its own (kernels, packing, drivers)
+pub(crate) mod pairwise;
 #[cfg(test)]
 mod tests;
 pub(crate) mod threads;

@@ -11,7 +11,7 @@
 
 use super::kernel::Elem;
 use super::kernel::{FL_Q_ZERO_HIT, Lanes, State};
-use super::ln::{ABS_MASK, Arith, EXP_MASK, ln_hilo};
+use super::ln::{ABS_MASK, Arith, EXP_MASK, MANT_MASK, ln_hilo};
 use crate::measure::Measure;
 
 /// What a row's value needs besides its state: ln Σ w of online p and q
@@ -208,6 +208,65 @@ impl Term for Js {
     }
 }
 
+/// √w of a weight w ≥ 0 (or −0) from its bits: a subnormal w = m·2⁻¹⁴⁹ is
+/// √(2m)·2⁻⁷⁵, so no subnormal is computed on (DAZ, flushing hardware) —
+/// the twin of the shader's `sqrt_bits`.
+#[inline(always)]
+fn sqrt_bits(w: f32) -> f32 {
+    let b = w.to_bits() & ABS_MASK;
+    // 2⁻⁷⁵: the biased exponent 127 − 75, mantissa 0
+    let tiny = (((b & MANT_MASK) << 1) as f32).sqrt() * f32::from_bits(52 << 23);
+    let normal = f32::from_bits(b).sqrt();
+    if (b & EXP_MASK) == 0 { tiny } else { normal }
+}
+
+/// Squared Hellinger distance H² = ½ Σ (√p − √q)², this form rather than
+/// 1 − Σ √(p q), which cancels for close rows (as the all-pairs kernels);
+/// never infinite; normalised values only.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Hellinger;
+
+impl Term for Hellinger {
+    const MEASURE: Option<Measure> = Some(Measure::Hellinger);
+    #[inline(always)]
+    fn accumulate<const L: usize, A: Arith>(acc: &mut Lanes<L>, i: usize, pe: Elem, qe: Elem) {
+        acc.sa[i] += pe.w;
+        acc.sb[i] += qe.w;
+        // a zero's weight is ±0: its term is ½ (the other side)
+        let d = sqrt_bits(pe.w) - sqrt_bits(qe.w);
+        acc.t[i] += d * d;
+    }
+    #[inline(always)]
+    fn flush<const L: usize>(acc: &Lanes<L>, st: &mut State) {
+        st.t += sum(&acc.t);
+    }
+    fn value(st: &State, _: &RowLogs) -> f64 {
+        0.5 * st.t
+    }
+}
+
+/// Total variation distance ½ Σ |p − q|; never infinite; normalised values
+/// only.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Tv;
+
+impl Term for Tv {
+    const MEASURE: Option<Measure> = Some(Measure::TotalVariation);
+    #[inline(always)]
+    fn accumulate<const L: usize, A: Arith>(acc: &mut Lanes<L>, i: usize, pe: Elem, qe: Elem) {
+        acc.sa[i] += pe.w;
+        acc.sb[i] += qe.w;
+        acc.t[i] += (pe.w - qe.w).abs();
+    }
+    #[inline(always)]
+    fn flush<const L: usize>(acc: &Lanes<L>, st: &mut State) {
+        st.t += sum(&acc.t);
+    }
+    fn value(st: &State, _: &RowLogs) -> f64 {
+        0.5 * st.t
+    }
+}
+
 /// The first pass of the two-pass plan: row sums only (its finalize is
 /// `kernel::normaliser`).
 #[derive(Clone, Copy, Debug)]
@@ -249,6 +308,14 @@ macro_rules! with_term {
                 type $T = $crate::cpu::terms::Js;
                 $body
             }
+            $crate::measure::Measure::Hellinger => {
+                type $T = $crate::cpu::terms::Hellinger;
+                $body
+            }
+            $crate::measure::Measure::TotalVariation => {
+                type $T = $crate::cpu::terms::Tv;
+                $body
+            }
         }
     };
 }
@@ -267,5 +334,29 @@ mod tests {
             assert_eq!(with_term!(m, T => T::NEEDS_Q), m.needs_q());
         }
         assert!(Sums::NEEDS_Q && Sums::MEASURE.is_none());
+    }
+
+    /// √ of every subnormal and of normals around them, from the bits.
+    #[test]
+    fn sqrt_bits_is_exact_on_subnormals() {
+        for b in [
+            0u32,
+            1,
+            2,
+            3,
+            0x40_0000,
+            0x7f_ffff,
+            0x80_0000,
+            0x3f80_0000,
+            0x8000_0000,
+        ] {
+            let w = f32::from_bits(b);
+            let want = (w as f64).abs().sqrt();
+            let got = sqrt_bits(w) as f64;
+            assert!(
+                (got - want).abs() <= want * 1.2e-7,
+                "{b:#x}: {got} vs {want}"
+            );
+        }
     }
 }

@@ -2,6 +2,8 @@
 
 mod device;
 mod encode;
+// all pairs: a module of its own (prep, tiles, nearest-k, resident encoding)
+pub(crate) mod pairwise;
 mod params;
 mod pipelines;
 mod plan;
@@ -41,6 +43,8 @@ pub(crate) struct Gpu {
     upload_rate: std::sync::OnceLock<Option<f64>>,
     /// Buffers reused across host-path calls.
     pool: Arc<Pool>,
+    /// The all-pairs pipelines, built on first use.
+    pub(crate) pairwise: pairwise::PipelinesCell,
 }
 
 impl Gpu {
@@ -100,6 +104,7 @@ impl Gpu {
             cap,
             pipelines,
             pool: Arc::new(Pool::new(pool_bytes)),
+            pairwise: Default::default(),
         })
     }
 

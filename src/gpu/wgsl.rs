@@ -20,7 +20,7 @@ pub(crate) const SUMS: u32 = 255;
 pub(crate) const TARGETS: u32 = 3;
 
 /// The number the shaders see for a measure: its place in `Measure::ALL`.
-fn code(m: Measure) -> u32 {
+pub(crate) fn code(m: Measure) -> u32 {
     Measure::ALL.iter().position(|&x| x == m).unwrap_or(0) as u32
 }
 
@@ -189,6 +189,32 @@ pub(crate) static TOTAL: LazyLock<String> = LazyLock::new(|| {
     .concat()
 });
 
+/// The all-pairs kernels' sources (prep, tile, topk): the shared constants
+/// and those of `gpu::pairwise`, the prelude, the shared head of
+/// shaders/pairwise.wgsl and one of its `// ==== ` sections each.
+pub(crate) static PAIRWISE: LazyLock<[String; 3]> = LazyLock::new(|| {
+    let src = include_str!("../../shaders/pairwise.wgsl");
+    let mut parts = src.split("\n// ==== ");
+    let head = parts.next().unwrap_or_default();
+    let mut extra = String::new();
+    for (name, v) in crate::gpu::pairwise::wgsl_constants() {
+        let _ = writeln!(extra, "const {name}: u32 = {v}u;");
+    }
+    let mut out = parts.map(|section| {
+        [
+            constants().as_str(),
+            extra.as_str(),
+            include_str!("../../shaders/common.wgsl"),
+            head,
+            "\n// ",
+            section,
+        ]
+        .concat()
+    });
+    let mut next = || out.next().unwrap_or_default();
+    [next(), next(), next()]
+});
+
 #[cfg(test)]
 mod tests {
     /// The shader files define none of the generated constants themselves
@@ -201,8 +227,17 @@ mod tests {
             include_str!("../../shaders/rows.wgsl"),
             include_str!("../../shaders/measures.wgsl"),
             include_str!("../../shaders/total.wgsl"),
+            include_str!("../../shaders/pairwise.wgsl"),
         ];
-        for line in super::constants().lines().skip(1) {
+        let extra: Vec<String> = crate::gpu::pairwise::wgsl_constants()
+            .iter()
+            .map(|(n, v)| format!("const {n}: u32 = {v}u;"))
+            .collect();
+        for line in super::constants()
+            .lines()
+            .skip(1)
+            .chain(extra.iter().map(|s| s.as_str()))
+        {
             let name = line
                 .strip_prefix("const ")
                 .and_then(|l| l.split(':').next())

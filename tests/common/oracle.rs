@@ -159,7 +159,7 @@ fn zero(lp: f64) -> bool {
 }
 
 /// A row as the measures see it: probabilities and their logs.
-type Dist<'a> = (&'a [f64], &'a [f64]);
+pub type Dist<'a> = (&'a [f64], &'a [f64]);
 
 /// Entropy of one row, in nats: Σ −p ln p (0 where p = 0).
 pub fn entropy_row((pp, lp): Dist<'_>) -> f64 {
@@ -220,6 +220,40 @@ pub fn js_row((pp, lp): Dist<'_>, (qq, lq): Dist<'_>) -> f64 {
     sum_f64(&t)
 }
 
+/// Squared Hellinger distance of one pair of rows: ½ Σ (√p − √q)² (a zero's
+/// term is ½ the other side); finite, at most 1.
+pub fn hellinger_row((pp, _): Dist<'_>, (qq, _): Dist<'_>) -> f64 {
+    let t: Vec<f64> = (0..pp.len())
+        .map(|i| 0.5 * (pp[i].sqrt() - qq[i].sqrt()).powi(2))
+        .collect();
+    sum_f64(&t)
+}
+
+/// Total variation distance of one pair of rows: ½ Σ |p − q|; finite, at
+/// most 1.
+pub fn tv_row((pp, _): Dist<'_>, (qq, _): Dist<'_>) -> f64 {
+    let t: Vec<f64> = (0..pp.len()).map(|i| 0.5 * (pp[i] - qq[i]).abs()).collect();
+    sum_f64(&t)
+}
+
+/// One pair of rows of a measure between two distributions, in nats, from
+/// their (p, ln p).
+pub fn pair_row(measure: Measure, p: Dist<'_>, q: Dist<'_>) -> f64 {
+    if measure == Measure::CrossEntropy {
+        cross_entropy_row(p, q)
+    } else if measure == Measure::Kl {
+        kl_row(p, q)
+    } else if measure == Measure::Js {
+        js_row(p, q)
+    } else if measure == Measure::Hellinger {
+        hellinger_row(p, q)
+    } else if measure == Measure::TotalVariation {
+        tv_row(p, q)
+    } else {
+        panic!("not covered here: {measure:?}")
+    }
+}
+
 /// One row of `measure` in nats, from the f32 row `p` (and `q`, for every
 /// measure but entropy) in their forms.
 pub fn ref_row(
@@ -234,16 +268,7 @@ pub fn ref_row(
     }
     let q = q.unwrap_or_else(|| panic!("{measure:?} needs q"));
     let (qq, lq) = ref_dist(q.0, q.1, norm);
-    let (p, q) = ((&pp[..], &lp[..]), (&qq[..], &lq[..]));
-    if measure == Measure::CrossEntropy {
-        cross_entropy_row(p, q)
-    } else if measure == Measure::Kl {
-        kl_row(p, q)
-    } else if measure == Measure::Js {
-        js_row(p, q)
-    } else {
-        panic!("not covered here: {measure:?}")
-    }
+    pair_row(measure, (&pp, &lp), (&qq, &lq))
 }
 
 /// The per-row values of `measure` in base `base` (nats / ln base), in f64,
