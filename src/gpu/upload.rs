@@ -93,6 +93,9 @@ fn map_for_write(
     }
 }
 
+/// How long a map may take once the queue is done with the buffer.
+const MAP_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Maps retried after a failed one: under concurrent calls on lavapipe a map
 /// callback occasionally reports a failure that the next attempt does not.
 const MAP_TRIES: u32 = 4;
@@ -111,18 +114,32 @@ fn map_once(
         submission_index: after,
         timeout: None,
     };
-    gpu.device
-        .poll(poll)
-        .map_err(|e| Error::Device(format!("waiting for an upload slot: {e}")))?;
-    let r = match rx.try_recv() {
-        Ok(r) => r,
-        // not resolved by that poll (a buffer with no submission): wait for all
-        Err(_) => {
-            gpu.device
-                .poll(wgpu::PollType::wait_indefinitely())
-                .map_err(|e| Error::Device(format!("waiting for an upload slot: {e}")))?;
-            rx.try_recv()
-                .map_err(|_| Error::Device("an upload buffer was never mapped".into()))?
+    let polled = |p| {
+        gpu.device
+            .poll(p)
+            .map(|_| ())
+            .map_err(|e| Error::Device(format!("waiting for an upload slot: {e}")))
+    };
+    polled(poll)?;
+    // The callback may be fired by another thread's poll, which can still be
+    // on its way to it when ours returns: wait for it, polling again now and
+    // then, rather than expect it at once.
+    let deadline = Instant::now() + MAP_WAIT;
+    let r = loop {
+        match rx.recv_timeout(std::time::Duration::from_millis(1)) {
+            Ok(r) => break r,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(Error::Device("an upload buffer's map was dropped".into()));
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {
+                polled(wgpu::PollType::Poll)?;
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                return Err(Error::Device(format!(
+                    "an upload buffer was not mapped within {} s",
+                    MAP_WAIT.as_secs()
+                )));
+            }
         }
     };
     r.map_err(|e| Error::Device(format!("mapping an upload buffer: {e}")))
