@@ -23,8 +23,9 @@ dir=.gpu-check
 build() {
     set -e
     rm -rf "$dir" && mkdir -p "$dir/tests"
-    cargo build --release --example bench
+    cargo build --release --example bench --example pairwise_bench
     cp target/release/examples/bench "$dir/bench"
+    cp target/release/examples/pairwise_bench "$dir/pairwise_bench"
     cargo test --release --all-features --no-run --message-format=json 2>/dev/null |
         python3 -c '
 import json, sys
@@ -100,6 +101,13 @@ PY
         >>"$work/bench.jsonl" 2>>"$work/bench.err"
     ./"$dir/bench" --measure nll-logits --rows $nll_rows --cols $nll_cols --backend gpu --data "$work/nll" --json \
         >>"$work/bench.jsonl" 2>>"$work/bench.err"
+    # all pairs (issue 17's shapes): kl and js, M = N, K = 256
+    local pw=4096
+    if [ "${GPU_CHECK_SMALL:-0}" = 1 ]; then pw=256; fi
+    for m in kl js; do
+        ./"$dir/pairwise_bench" --measure $m -M $pw -N $pw -K 256 --backend gpu --repeat 5 --json \
+            >>"$work/bench.jsonl" 2>>"$work/bench.err"
+    done
     python3 bench/torch_gpu.py "$work/kl" $kl_rows $kl_cols kl >>"$work/bench.jsonl" 2>>"$work/bench.err"
     python3 bench/torch_gpu.py "$work/nll" $nll_rows $nll_cols nll-logits >>"$work/bench.jsonl" 2>>"$work/bench.err"
     # 3. one file
