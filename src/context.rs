@@ -562,7 +562,7 @@ impl Context {
     /// that needs them and only under `Auto` with a hardware GPU; a rate
     /// set in the [`CostModel`] is kept.
     pub fn placement(&self, bytes: u64, rows: u64, inputs: InputKind) -> Ran {
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = rayon_core::current_num_threads();
         let work = Work::new(bytes, rows, inputs == InputKind::Logits, threads);
         self.placed(work, |_| None)
     }
@@ -607,7 +607,7 @@ impl Context {
 
     /// The GPU for this job, or None for the CPU.
     fn place(&self, job: &Job<'_>) -> Option<&Gpu> {
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = rayon_core::current_num_threads();
         let work = Work::new(
             job.input_bytes(),
             job.call.rows as u64,

@@ -3,9 +3,12 @@
 //! third of a 64 × 4096 call), and a caller already inside rayon shares its
 //! workers instead of oversubscribing the cores.
 
-/// Number of workers: the machine's available parallelism.
+/// Number of workers: the size of rayon's pool.
 pub(crate) fn available() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    // the pool the work runs on (it honours RAYON_NUM_THREADS); asked per
+    // call, so never `available_parallelism`, which reads cgroup files each
+    // time (~70 us per call here)
+    rayon_core::current_num_threads()
 }
 
 /// Calls `f(first_index, part)` on `threads` contiguous, nearly equal parts of
