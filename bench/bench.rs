@@ -575,29 +575,12 @@ fn device_time(
         usage: wgpu::BufferUsages::STORAGE,
         mapped_at_creation: false,
     });
-    let qs = stamps.then(|| {
-        device.create_query_set(&wgpu::QuerySetDescriptor {
-            label: None,
-            ty: wgpu::QueryType::Timestamp,
-            count: 2,
-        })
-    });
-    let resolve = device.create_buffer(&wgpu::BufferDescriptor {
-        label: None,
-        size: 16,
-        usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
-        mapped_at_creation: false,
-    });
-    let readq = device.create_buffer(&wgpu::BufferDescriptor {
-        label: None,
-        size: 16,
-        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
+    let st = gpu_probe::Stamps::new(&device, stamps);
+    let qs = st.set.as_ref();
     let mut times = Vec::new();
     for i in 0..a.warmup + a.repeat {
         let mut enc = device.create_command_encoder(&Default::default());
-        if let Some(qs) = &qs {
+        if let Some(qs) = qs {
             enc.write_timestamp(qs, 0);
         }
         let o = GpuOutput::new(&out);
@@ -616,32 +599,11 @@ fn device_time(
                 ctx.encode_nll(&mut enc, &GpuNll::new(lq, GpuTargets::i32(&t, rows), o))?
             }
         }
-        if let Some(qs) = &qs {
+        if let Some(qs) = qs {
             enc.write_timestamp(qs, 1);
-            enc.resolve_query_set(qs, 0..2, &resolve, 0);
-            enc.copy_buffer_to_buffer(&resolve, 0, &readq, 0, 16);
         }
-        let t0 = Instant::now();
-        queue.submit([enc.finish()]);
-        device.poll(wgpu::PollType::Wait {
-            submission_index: None,
-            timeout: None,
-        })?;
-        let wall = t0.elapsed().as_secs_f64();
-        let dt = if qs.is_some() {
-            readq
-                .slice(..)
-                .map_async(wgpu::MapMode::Read, |r| r.expect("map"));
-            device.poll(wgpu::PollType::Wait {
-                submission_index: None,
-                timeout: None,
-            })?;
-            let ts: Vec<u64> = bytemuck::cast_slice(&readq.slice(..).get_mapped_range()?).to_vec();
-            readq.unmap();
-            (ts[1] - ts[0]) as f64 * queue.get_timestamp_period() as f64 * 1e-9
-        } else {
-            wall
-        };
+        st.resolve(&mut enc);
+        let dt = st.time(&device, &queue, enc)?;
         if i >= a.warmup {
             times.push(dt);
         }

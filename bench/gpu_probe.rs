@@ -40,6 +40,77 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
 
 const GROUPS: u32 = 4096;
 
+/// Two timestamps around the work of one encoder, resolved and read back;
+/// without timestamp queries, the wall time of submit-and-wait.
+pub(crate) struct Stamps {
+    /// The query set (`None`: the adapter has no timestamp queries).
+    pub(crate) set: Option<wgpu::QuerySet>,
+    resolve: wgpu::Buffer,
+    read: wgpu::Buffer,
+}
+
+impl Stamps {
+    pub(crate) fn new(device: &wgpu::Device, enabled: bool) -> Stamps {
+        let buffer = |usage| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: None,
+                size: 16,
+                usage,
+                mapped_at_creation: false,
+            })
+        };
+        Stamps {
+            set: enabled.then(|| {
+                device.create_query_set(&wgpu::QuerySetDescriptor {
+                    label: None,
+                    ty: wgpu::QueryType::Timestamp,
+                    count: 2,
+                })
+            }),
+            resolve: buffer(wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC),
+            read: buffer(wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST),
+        }
+    }
+
+    /// Records the copy of both timestamps to the readback buffer.
+    pub(crate) fn resolve(&self, enc: &mut wgpu::CommandEncoder) {
+        if let Some(qs) = &self.set {
+            enc.resolve_query_set(qs, 0..2, &self.resolve, 0);
+            enc.copy_buffer_to_buffer(&self.resolve, 0, &self.read, 0, 16);
+        }
+    }
+
+    /// Submits `enc`, waits, and returns the seconds between the two
+    /// timestamps (or the wall time of submit-and-wait).
+    pub(crate) fn time(
+        &self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        enc: wgpu::CommandEncoder,
+    ) -> Result<f64, Box<dyn std::error::Error>> {
+        let wait = || {
+            device.poll(wgpu::PollType::Wait {
+                submission_index: None,
+                timeout: None,
+            })
+        };
+        let t0 = Instant::now();
+        queue.submit([enc.finish()]);
+        wait()?;
+        let wall = t0.elapsed().as_secs_f64();
+        if self.set.is_none() {
+            return Ok(wall);
+        }
+        self.read
+            .slice(..)
+            .map_async(wgpu::MapMode::Read, |r| r.expect("map"));
+        wait()?;
+        let ts: Vec<u64> = bytemuck::cast_slice(&self.read.slice(..).get_mapped_range()?).to_vec();
+        self.read.unmap();
+        Ok((ts[1] - ts[0]) as f64 * queue.get_timestamp_period() as f64 * 1e-9)
+    }
+}
+
 /// Measures both bandwidths over up to 1 GiB (the binding limit), median of `repeat`.
 pub(crate) fn probe(repeat: usize) -> Result<Option<GpuProbe>, Box<dyn std::error::Error>> {
     let instance =
@@ -124,32 +195,15 @@ pub(crate) fn probe(repeat: usize) -> Result<Option<GpuProbe>, Box<dyn std::erro
     }
     drop(host);
     up.remove(0);
-    let qs = stamps.then(|| {
-        device.create_query_set(&wgpu::QuerySetDescriptor {
-            label: None,
-            ty: wgpu::QueryType::Timestamp,
-            count: 2,
-        })
-    });
-    let resolve = device.create_buffer(&wgpu::BufferDescriptor {
-        label: None,
-        size: 16,
-        usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
-        mapped_at_creation: false,
-    });
-    let readq = device.create_buffer(&wgpu::BufferDescriptor {
-        label: None,
-        size: 16,
-        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
+    let st = Stamps::new(&device, stamps);
+    let qs = st.set.as_ref();
     let mut reads = Vec::new();
     for i in 0..repeat.max(1) + 1 {
         let mut enc = device.create_command_encoder(&Default::default());
         {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: None,
-                timestamp_writes: qs.as_ref().map(|qs| wgpu::ComputePassTimestampWrites {
+                timestamp_writes: qs.map(|qs| wgpu::ComputePassTimestampWrites {
                     query_set: qs,
                     beginning_of_pass_write_index: Some(0),
                     end_of_pass_write_index: Some(1),
@@ -159,25 +213,8 @@ pub(crate) fn probe(repeat: usize) -> Result<Option<GpuProbe>, Box<dyn std::erro
             pass.set_bind_group(0, &bind, &[]);
             pass.dispatch_workgroups(GROUPS, 1, 1);
         }
-        if let Some(qs) = &qs {
-            enc.resolve_query_set(qs, 0..2, &resolve, 0);
-            enc.copy_buffer_to_buffer(&resolve, 0, &readq, 0, 16);
-        }
-        let t0 = Instant::now();
-        queue.submit([enc.finish()]);
-        wait(&device)?;
-        let wall = t0.elapsed().as_secs_f64();
-        let dt = if qs.is_some() {
-            readq
-                .slice(..)
-                .map_async(wgpu::MapMode::Read, |r| r.expect("map"));
-            wait(&device)?;
-            let ts: Vec<u64> = bytemuck::cast_slice(&readq.slice(..).get_mapped_range()?).to_vec();
-            readq.unmap();
-            (ts[1] - ts[0]) as f64 * queue.get_timestamp_period() as f64 * 1e-9
-        } else {
-            wall
-        };
+        st.resolve(&mut enc);
+        let dt = st.time(&device, &queue, enc)?;
         if i > 0 {
             reads.push(dt);
         }
