@@ -587,6 +587,18 @@ impl Context {
         }
     }
 
+    /// Where a loss and gradient (src/train) of `rows` rows of logits
+    /// reading `bytes` bytes runs: the GPU of a GPU context; under
+    /// `Backend::Auto` with a hardware GPU, the cost model's choice for a
+    /// logits call of that size (as [`Context::placement`]); else the CPU.
+    pub(crate) fn train_gpu(&self, bytes: u64, rows: u64) -> Option<&Gpu> {
+        let threads = rayon_core::current_num_threads();
+        match self.placed(Work::new(bytes, rows, true, threads), |_| None) {
+            Ran::Gpu => self.gpu.as_deref(),
+            Ran::Cpu => None,
+        }
+    }
+
     /// `model` with the rates it leaves open measured on this machine.
     fn measured(&self, g: &Gpu, mut model: CostModel) -> CostModel {
         if model.cpu_measured.is_none() {

@@ -334,4 +334,7 @@ pub use record::{RECORD_SIZE, Record, Status};
 pub use resident::{
     GpuBatch, GpuCall, GpuNll, GpuOutput, GpuTargets, Workspace, decode_output, output_bytes,
 };
-pub use train::{DistillOptions, Divergence, RowMask, SparseTeacher, Tail, Teacher};
+pub use train::{
+    DistillOptions, Divergence, GpuDistill, GpuGrad, GpuNllGrad, GpuRowMask, RowMask,
+    SparseTeacher, Tail, Teacher, grad_output_bytes,
+};

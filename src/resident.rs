@@ -463,7 +463,7 @@ fn record_call(
 }
 
 impl Context {
-    fn gpu_or_err(&self) -> Result<&Gpu> {
+    pub(crate) fn gpu_or_err(&self) -> Result<&Gpu> {
         self.gpu
             .as_deref()
             .ok_or_else(|| Error::Unsupported("GPU-resident batches need a GPU context".into()))

@@ -9,6 +9,8 @@ mod pipelines;
 mod plan;
 mod pool;
 mod readback;
+// loss and gradient (src/train's GPU path)
+pub(crate) mod train;
 mod upload;
 mod wgsl;
 
@@ -45,6 +47,8 @@ pub(crate) struct Gpu {
     pool: Arc<Pool>,
     /// The all-pairs pipelines, built on first use.
     pub(crate) pairwise: pairwise::PipelinesCell,
+    /// The loss-and-gradient pipeline, built on first use.
+    pub(crate) train: train::TrainCell,
 }
 
 impl Gpu {
@@ -105,6 +109,7 @@ impl Gpu {
             pipelines,
             pool: Arc::new(Pool::new(pool_bytes)),
             pairwise: Default::default(),
+            train: Default::default(),
         })
     }
 

@@ -62,6 +62,10 @@ fn constants() -> String {
         ("ST_Q_ZERO_SUM", code::Q_ZERO_SUM),
         ("ST_P_ALL_MASKED", code::P_ALL_MASKED),
         ("ST_Q_ALL_MASKED", code::Q_ALL_MASKED),
+        ("ST_INF_TARGET", code::INF_TARGET),
+        ("ST_INF_SMOOTHING", code::INF_SMOOTHING),
+        ("ST_INF_TEACHER_MASS", code::INF_TEACHER_MASS),
+        ("ST_INF_STUDENT_MASS", code::INF_STUDENT_MASS),
         ("COL_NONE", code::COL_NONE),
         ("CODE_NONE", u32::MAX),
     ];
@@ -189,6 +193,22 @@ pub(crate) static TOTAL: LazyLock<String> = LazyLock::new(|| {
     .concat()
 });
 
+/// The loss-and-gradient kernel's source: the shared constants and those
+/// of `gpu::train`, the prelude, shaders/train.wgsl.
+pub(crate) static TRAIN: LazyLock<String> = LazyLock::new(|| {
+    let mut extra = String::new();
+    for (name, v) in crate::gpu::train::wgsl_constants() {
+        let _ = writeln!(extra, "const {name}: u32 = {v}u;");
+    }
+    [
+        constants().as_str(),
+        extra.as_str(),
+        include_str!("../../shaders/common.wgsl"),
+        include_str!("../../shaders/train.wgsl"),
+    ]
+    .concat()
+});
+
 /// The all-pairs kernels' sources (prep, tile, topk): the shared constants
 /// and those of `gpu::pairwise`, the prelude, the shared head of
 /// shaders/pairwise.wgsl and one of its `// ==== ` sections each.
@@ -228,9 +248,11 @@ mod tests {
             include_str!("../../shaders/measures.wgsl"),
             include_str!("../../shaders/total.wgsl"),
             include_str!("../../shaders/pairwise.wgsl"),
+            include_str!("../../shaders/train.wgsl"),
         ];
         let extra: Vec<String> = crate::gpu::pairwise::wgsl_constants()
             .iter()
+            .chain(crate::gpu::train::wgsl_constants().iter())
             .map(|(n, v)| format!("const {n}: u32 = {v}u;"))
             .collect();
         for line in super::constants()
@@ -289,6 +311,12 @@ mod tests {
             std::mem::size_of::<TotalParams>() as u64,
         );
         check(&super::TOTAL, "Total", TOTAL_SIZE);
+        check(
+            &super::TRAIN,
+            "Params",
+            std::mem::size_of::<crate::gpu::train::TrainParams>() as u64,
+        );
+        check(&super::TRAIN, "Record", crate::record::RECORD_SIZE);
         check(&super::TOTAL, "Record", crate::record::RECORD_SIZE);
     }
 }

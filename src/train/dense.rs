@@ -108,7 +108,7 @@ impl RowKernel for Nll<'_> {
             return Err(Error::InfiniteLoss {
                 row,
                 col: t,
-                why: "the target class has a -inf logit",
+                why: super::WHY_TARGET,
             });
         }
         if eps > 0.0 && ninf {
@@ -116,7 +116,7 @@ impl RowKernel for Nll<'_> {
                 return Err(Error::InfiniteLoss {
                     row,
                     col: c,
-                    why: "label smoothing puts mass on a class with a -inf logit",
+                    why: super::WHY_SMOOTHING,
                 });
             }
         }
@@ -364,11 +364,11 @@ impl Dense<'_> {
         let (hit, why) = match self.div {
             Divergence::ForwardKl => (
                 s.iter().zip(t).position(|(&s, &t)| s == ni && t != ni),
-                "the teacher puts mass on a column the student masks with -inf",
+                super::WHY_TEACHER_MASS,
             ),
             Divergence::ReverseKl => (
                 s.iter().zip(t).position(|(&s, &t)| t == ni && s != ni),
-                "the student puts mass on a column where the teacher has probability 0",
+                super::WHY_STUDENT_MASS,
             ),
             Divergence::Jsd => (None, ""),
         };
