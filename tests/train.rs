@@ -1941,3 +1941,68 @@ fn gpu_resident_distill_and_nll() {
         Err(Error::Unsupported(_))
     ));
 }
+
+/// A binding cap of 64 KiB splits 40 rows of 1,000 columns over three
+/// dispatches (the row mask, targets and weights sliced with them): the
+/// same bits as one dispatch.
+#[test]
+fn gpu_rows_split_over_dispatches() {
+    let (Some(gpu), Some(capped)) = (common::gpu(), common::gpu_capped(64 * 1024)) else {
+        return;
+    };
+    let mut rng = Rng(14);
+    let (rows, cols) = (40, 1000);
+    let (s, t) = logits(&mut rng, rows, cols, Flavor::Masked);
+    let mask: Vec<u8> = (0..rows).map(|r| (r % 7 != 3) as u8).collect();
+    let student = Batch::new(&s, rows, cols).form(Form::Logits);
+    let teacher = Teacher::Dense(Batch::new(&t, rows, cols).form(Form::Logits));
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for div in [
+        Divergence::ForwardKl,
+        Divergence::ReverseKl,
+        Divergence::Jsd,
+    ] {
+        let opts = DistillOptions::default()
+            .divergence(div)
+            .temperature(2.0)
+            .reduction(Reduction::Mean)
+            .mask(&mask);
+        let (mut a, mut b) = (vec![0f32; rows * cols], vec![0f32; rows * cols]);
+        let oa = gpu.distill(&student, &teacher, &opts, &mut a).unwrap();
+        let ob = capped.distill(&student, &teacher, &opts, &mut b).unwrap();
+        assert_eq!(bits(&a), bits(&b), "{div:?}");
+        assert_eq!(bits(&oa.values), bits(&ob.values), "{div:?}");
+    }
+    let w: Vec<f32> = (0..cols)
+        .map(|c| {
+            if c % 5 == 1 {
+                0.0
+            } else {
+                0.5 + (c % 3) as f32
+            }
+        })
+        .collect();
+    let targets: Vec<i64> = (0..rows)
+        .map(|r| {
+            if r % 9 == 4 {
+                -100
+            } else {
+                (r * 37 % cols) as i64 / 5 * 5
+            }
+        })
+        .collect();
+    let opts = NllOptions::default()
+        .weights(&w)
+        .ignore_index(-100)
+        .label_smoothing(0.2)
+        .reduction(Reduction::Sum);
+    let (mut a, mut b) = (vec![0f32; rows * cols], vec![0f32; rows * cols]);
+    let oa = gpu.nll_grad(&student, &targets, &opts, &mut a).unwrap();
+    let ob = capped.nll_grad(&student, &targets, &opts, &mut b).unwrap();
+    assert_eq!(bits(&a), bits(&b), "nll");
+    assert_eq!(bits(&oa.values), bits(&ob.values), "nll");
+    // and the CPU's value within the bound
+    let mut c = vec![0f32; rows * cols];
+    let oc = cpu().nll_grad(&student, &targets, &opts, &mut c).unwrap();
+    check_loss(oa.values[0], oc.values[0] as f64, rows as f64, "nll vs cpu");
+}
