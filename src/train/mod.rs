@@ -66,9 +66,10 @@
 //! No temporary of the batch's size besides the caller's gradient: per
 //! worker a row of conversion buffer (f64 inputs only) and k sorted indices.
 //! The NLL, the forward KL and sparse teachers read the logits twice (row
-//! statistics, then gradient and loss) and write the gradient once; the
-//! reverse KL and the JSD need their row's KL before the gradient and read
-//! the rows three times.
+//! statistics, then gradient and loss) and write the gradient once; so does
+//! the reverse KL, whose row KL is summed in the first pass relative to the
+//! running argmax. The JSD needs its row's KL(q_S ‖ M) before the gradient,
+//! and M needs both rows' normalisers, so it reads the rows three times.
 //!
 //! ## Backends
 //!
