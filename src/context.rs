@@ -617,8 +617,9 @@ impl Context {
         model
     }
 
-    /// The GPU for this job, or None for the CPU.
-    fn place(&self, job: &Job<'_>) -> Option<&Gpu> {
+    /// The GPU for this job (with its plan if the cost model made it, so
+    /// that a call is planned once), or None for the CPU.
+    fn place(&self, job: &Job<'_>) -> Option<(&Gpu, Option<crate::gpu::GpuPlan>)> {
         let threads = rayon_core::current_num_threads();
         let work = Work::new(
             job.input_bytes(),
@@ -626,16 +627,23 @@ impl Context {
             job.call.any_online(),
             threads,
         );
-        match self.placed(work, |g| g.plan_cost(&job.call)) {
-            Ran::Gpu => self.gpu.as_deref(),
+        let mut planned = None;
+        let ran = self.placed(work, |g| {
+            let plan = g.plan(&job.call).ok()?;
+            let cost = g.plan_cost(&job.call, &plan);
+            planned = Some(plan);
+            Some(cost)
+        });
+        match ran {
+            Ran::Gpu => self.gpu.as_deref().map(|g| (g, planned)),
             Ran::Cpu => None,
         }
     }
 
     fn start(&self, job: &Job<'_>) -> Result<Started> {
         match self.place(job) {
-            Some(g) => Ok(Started::Gpu(
-                g.submit(job)?,
+            Some((g, plan)) => Ok(Started::Gpu(
+                g.submit(job, plan)?,
                 job.call,
                 g.adapter_name().to_string(),
             )),
@@ -645,9 +653,9 @@ impl Context {
 
     fn run(&self, job: &Job<'_>) -> Result<Output> {
         match self.place(job) {
-            Some(g) => output(
+            Some((g, plan)) => output(
                 &job.call,
-                &g.run(job)?,
+                &g.run(job, plan)?,
                 Ran::Gpu,
                 Some(g.adapter_name().to_string()),
             ),

@@ -4,6 +4,7 @@ use std::fmt;
 
 /// Which argument of a call a problem was found in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Arg {
     /// The first distribution `p` (the "true" or teacher distribution).
     P,

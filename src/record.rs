@@ -314,26 +314,7 @@ pub(crate) fn decode(row: usize, rec: &Record, ctx: &DecodeCtx) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The fields of `struct NAME { .. }` in a WGSL source, as "name: type".
-    fn wgsl_fields(src: &str, name: &str) -> Vec<String> {
-        let start = src
-            .find(&format!("struct {name} {{"))
-            .unwrap_or_else(|| panic!("struct {name}"));
-        let body = &src[start..];
-        let body = &body[body.find('{').unwrap_or(0) + 1..body.find('}').unwrap_or(0)];
-        body.lines()
-            .map(|l| {
-                l.split("//")
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .trim_end_matches(',')
-            })
-            .filter(|l| !l.is_empty())
-            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
-            .collect()
-    }
+    use crate::test_support::wgsl_fields;
 
     #[test]
     fn record_layout_equals_the_shaders() {

@@ -615,6 +615,39 @@ fn distill_dense_grid() {
     }
 }
 
+/// Rows of several blocks (the CPU's blocks are 512 columns), where the
+/// running maxima move from block to block: the reverse KL's pass-1 sum is
+/// rebased each time its reference column moves.
+#[test]
+fn distill_dense_multi_block() {
+    let mut rng = Rng(4);
+    for cols in [1500usize] {
+        for &div in &DIVS {
+            for temp in [0.5, 4.0] {
+                for flavor in [Flavor::Plain, Flavor::Masked, Flavor::Huge] {
+                    for logprobs in [false, true] {
+                        let case = Case {
+                            rows: 4,
+                            cols,
+                            temp,
+                            div,
+                            flavor,
+                            sparse: logprobs.then_some(0),
+                            bucket: true,
+                            reduction: Reduction::None,
+                            mask: false,
+                            // the reference's own derivatives are checked
+                            // by the grids above
+                            fd: false,
+                        };
+                        run_case(&mut rng, &case);
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn distill_sparse_grid() {
     let mut rng = Rng(2);

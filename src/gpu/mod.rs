@@ -25,7 +25,7 @@ pub(crate) use pool::{DEFAULT_POOL_BYTES, Pool, Scratch};
 
 pub(crate) use encode::{Operands, prepare};
 pub(crate) use pipelines::Pipelines;
-pub(crate) use plan::{TOTAL_OUTPUT_SIZE, plan, targets_words};
+pub(crate) use plan::{GpuPlan, TOTAL_OUTPUT_SIZE, plan, targets_words};
 
 /// A device, its queue and the pipelines built on it.
 #[derive(Debug)]
@@ -118,12 +118,16 @@ impl Gpu {
         *self.upload_rate.get_or_init(|| upload::probe_rate(self))
     }
 
-    /// Pipelines `call` needs that this device has not compiled yet, and
-    /// whether its plan reads the input twice; `None` if it cannot be planned.
-    pub(crate) fn plan_cost(&self, call: &crate::call::Call) -> Option<(u32, u32)> {
-        let plan = plan::plan(call, &self.plan_limits(), (0, 0)).ok()?;
+    /// The host path's plan of `call` on this device.
+    pub(crate) fn plan(&self, call: &crate::call::Call) -> Result<GpuPlan> {
+        plan::plan(call, &self.plan_limits(), (0, 0))
+    }
+
+    /// Pipelines `plan` needs that this device has not compiled yet, and
+    /// how many times it reads the input (the cost model's terms).
+    pub(crate) fn plan_cost(&self, call: &crate::call::Call, plan: &GpuPlan) -> (u32, u32) {
         let new = self.pipelines.uncached(plan.steps.iter().map(|s| s.key));
-        Some((new, if call.two_pass { 2 } else { 1 }))
+        (new, if call.two_pass { 2 } else { 1 })
     }
 
     pub(crate) fn adapter_name(&self) -> &str {
@@ -195,14 +199,19 @@ impl Gpu {
 
     /// The host path: upload, record, submit once, read back only the
     /// results (the output records; see [`crate::record::OutputDesc`]).
-    pub(crate) fn run(&self, job: &Job<'_>) -> Result<Vec<Record>> {
-        self.submit(job)?.wait(self)
+    /// `plan` is the job's plan if the placement made it already.
+    pub(crate) fn run(&self, job: &Job<'_>, plan: Option<GpuPlan>) -> Result<Vec<Record>> {
+        self.submit(job, plan)?.wait(self)
     }
 
-    /// Uploads and submits `job`; the results are read when the returned
-    /// [`Pending`] is waited for or awaited.
-    pub(crate) fn submit(&self, job: &Job<'_>) -> Result<Pending> {
-        let plan = plan::plan(&job.call, &self.plan_limits(), (0, 0))?;
+    /// Uploads and submits `job` (planned now unless `plan` is given); the
+    /// results are read when the returned [`Pending`] is waited for or
+    /// awaited.
+    pub(crate) fn submit(&self, job: &Job<'_>, plan: Option<GpuPlan>) -> Result<Pending> {
+        let plan = match plan {
+            Some(p) => p,
+            None => self.plan(&job.call)?,
+        };
         let bytes = job.input_bytes() + plan.records_bytes;
         self.scoped("the inputs and records of a call", bytes, || {
             self.submit_inner(job, &plan)

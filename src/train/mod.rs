@@ -68,9 +68,10 @@
 //! (The GPU host path uploads the inputs and reads the gradient back
 //! through device buffers of their size, as every GPU call does.)
 //! The NLL, the forward KL and sparse teachers read the logits twice (row
-//! statistics, then gradient and loss) and write the gradient once; the
-//! reverse KL and the JSD need their row's KL before the gradient and read
-//! the rows three times.
+//! statistics, then gradient and loss) and write the gradient once; so does
+//! the reverse KL, whose row KL is summed in the first pass relative to the
+//! running argmax. The JSD needs its row's KL(q_S ‖ M) before the gradient,
+//! and M needs both rows' normalisers, so it reads the rows three times.
 //!
 //! ## Backends
 //!
