@@ -621,26 +621,29 @@ fn distill_dense_grid() {
 #[test]
 fn distill_dense_multi_block() {
     let mut rng = Rng(4);
-    for cols in [1500usize] {
-        for &div in &DIVS {
-            for temp in [0.5, 4.0] {
-                for flavor in [Flavor::Plain, Flavor::Masked, Flavor::Huge] {
-                    for logprobs in [false, true] {
-                        let case = Case {
-                            rows: 4,
-                            cols,
-                            temp,
-                            div,
-                            flavor,
-                            sparse: logprobs.then_some(0),
-                            bucket: true,
-                            reduction: Reduction::None,
-                            mask: false,
-                            // the reference's own derivatives are checked
-                            // by the grids above
-                            fd: false,
-                        };
-                        run_case(&mut rng, &case);
+    let ctxs: Vec<Context> = std::iter::once(cpu()).chain(common::gpu()).collect();
+    for ctx in &ctxs {
+        for cols in [1500usize] {
+            for &div in &DIVS {
+                for temp in [0.5, 4.0] {
+                    for flavor in [Flavor::Plain, Flavor::Masked, Flavor::Huge] {
+                        for logprobs in [false, true] {
+                            let case = Case {
+                                rows: 4,
+                                cols,
+                                temp,
+                                div,
+                                flavor,
+                                sparse: logprobs.then_some(0),
+                                bucket: true,
+                                reduction: Reduction::None,
+                                mask: false,
+                                // the reference's own derivatives are checked
+                                // by the grids above
+                                fd: false,
+                            };
+                            run_case(ctx, &mut rng, &case);
+                        }
                     }
                 }
             }

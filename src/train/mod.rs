@@ -69,9 +69,11 @@
 //! through device buffers of their size, as every GPU call does.)
 //! The NLL, the forward KL and sparse teachers read the logits twice (row
 //! statistics, then gradient and loss) and write the gradient once; so does
-//! the reverse KL, whose row KL is summed in the first pass relative to the
-//! running argmax. The JSD needs its row's KL(q_S ‖ M) before the gradient,
-//! and M needs both rows' normalisers, so it reads the rows three times.
+//! the reverse KL on the CPU, whose row KL is summed in the first pass
+//! relative to the running argmax (the GPU kernel does not rebase yet: it
+//! reads the reverse KL's rows three times). The JSD needs its row's
+//! KL(q_S ‖ M) before the gradient, and M needs both rows' normalisers, so
+//! it reads the rows three times.
 //!
 //! ## Backends
 //!
