@@ -13,9 +13,12 @@
 //! from DIR (p.f32 and q.f32, or logits.f32 and targets.i64: little-endian,
 //! row-major) instead of generating them; `--values-out FILE` writes the
 //! per-row results there (raw little-endian f32). `--backend gpu` also reports the
-//! device time of the GPU-resident path (timestamp queries where the adapter
-//! has them, else wall time of submit-and-wait with the data already on the
-//! GPU) beside the end-to-end time with upload and readback.
+//! device time of the GPU-resident path with the data already on the GPU
+//! (`--stamps pass|encoder|wall`, default the best the adapter has: the
+//! timestamp_writes of the measure's compute pass, else encoder timestamps
+//! around it, else the wall time of submit-and-wait; the output says which;
+//! scratch comes from a reused workspace, so no zero-fill is timed) beside
+//! the end-to-end time with upload and readback.
 
 mod bandwidth;
 mod gpu_probe;
@@ -24,8 +27,8 @@ use std::time::Instant;
 
 use kullback::wgpu;
 use kullback::{
-    Backend, Batch, Context, Form, GpuBatch, GpuCall, GpuNll, GpuOutput, GpuTargets, Measure,
-    NllOptions, Options, output_bytes,
+    Backend, Batch, Context, Form, GpuBatch, GpuCall, GpuNll, GpuOutput, GpuTargets, GpuTimestamps,
+    Measure, NllOptions, Options, output_bytes,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -83,6 +86,49 @@ struct Args {
     values_out: Option<std::path::PathBuf>,
     /// f32, or f16 / bf16 (the inputs rounded, read as half: half the bytes).
     dtype: String,
+    /// How the GPU-resident device time is taken (`None`: the best the adapter has).
+    stamps: Option<Stamping>,
+}
+
+/// How `device_time` times the measure, best first.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Stamping {
+    /// `ComputePassDescriptor::timestamp_writes` on the measure's own pass
+    /// (TIMESTAMP_QUERY): its dispatches only.
+    Pass,
+    /// `CommandEncoder::write_timestamp` around the recording
+    /// (TIMESTAMP_QUERY_INSIDE_ENCODERS): also any copy recorded before the
+    /// pass (NLL targets; scratch is reused from a workspace, so no zero-fill).
+    Encoder,
+    /// Wall time of submit-and-wait.
+    Wall,
+}
+
+impl Stamping {
+    fn parse(s: &str) -> Option<Stamping> {
+        match s {
+            "pass" => Some(Stamping::Pass),
+            "encoder" => Some(Stamping::Encoder),
+            "wall" => Some(Stamping::Wall),
+            _ => None,
+        }
+    }
+    fn features(self) -> wgpu::Features {
+        match self {
+            Stamping::Pass => wgpu::Features::TIMESTAMP_QUERY,
+            Stamping::Encoder => {
+                wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
+            }
+            Stamping::Wall => wgpu::Features::empty(),
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Stamping::Pass => "compute-pass timestamp_writes",
+            Stamping::Encoder => "encoder timestamps",
+            Stamping::Wall => "wall time of submit and wait",
+        }
+    }
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -97,6 +143,7 @@ fn parse_args() -> Result<Args, String> {
         data: None,
         values_out: None,
         dtype: "f32".into(),
+        stamps: None,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -176,6 +223,14 @@ fn parse_args() -> Result<Args, String> {
             }
             "--values-out" => {
                 a.values_out = Some(value(i)?.into());
+                i += 1;
+            }
+            "--stamps" => {
+                let v = value(i)?;
+                a.stamps = Some(
+                    Stamping::parse(&v)
+                        .ok_or_else(|| format!("--stamps {v}: expected pass, encoder or wall"))?,
+                );
                 i += 1;
             }
             other => return Err(format!("unknown argument {other}")),
@@ -540,15 +595,15 @@ fn device_time(
     })) else {
         return Ok(None);
     };
-    let want = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
-    let stamps = adapter.features().contains(want);
+    // the best the adapter has, or the one asked for (if it has it)
+    let how = [Stamping::Pass, Stamping::Encoder, Stamping::Wall]
+        .into_iter()
+        .filter(|s| a.stamps.is_none_or(|w| w == *s))
+        .find(|s| adapter.features().contains(s.features()))
+        .unwrap_or(Stamping::Wall);
     let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
         label: Some("bench"),
-        required_features: if stamps {
-            want
-        } else {
-            wgpu::Features::empty()
-        },
+        required_features: how.features(),
         required_limits: adapter.limits(),
         ..Default::default()
     }))?;
@@ -575,15 +630,20 @@ fn device_time(
         usage: wgpu::BufferUsages::STORAGE,
         mapped_at_creation: false,
     });
-    let st = gpu_probe::Stamps::new(&device, stamps);
+    let st = gpu_probe::Stamps::new(&device, how != Stamping::Wall);
     let qs = st.set.as_ref();
+    // scratch reused from call to call, as an application would: after the
+    // first call wgpu has nothing to zero-fill
+    let workspace = kullback::Workspace::new();
     let mut times = Vec::new();
-    for i in 0..a.warmup + a.repeat {
+    for i in 0..a.warmup.max(1) + a.repeat {
         let mut enc = device.create_command_encoder(&Default::default());
-        if let Some(qs) = qs {
-            enc.write_timestamp(qs, 0);
+        let mut o = GpuOutput::new(&out).workspace(&workspace);
+        match (how, qs) {
+            (Stamping::Pass, Some(qs)) => o = o.timestamps(GpuTimestamps::new(qs, 0, 1)),
+            (Stamping::Encoder, Some(qs)) => enc.write_timestamp(qs, 0),
+            _ => {}
         }
-        let o = GpuOutput::new(&out);
         match w.measure() {
             Some(m) => {
                 let call = GpuCall::new(m, GpuBatch::new(&p, rows, cols), o);
@@ -599,21 +659,14 @@ fn device_time(
                 ctx.encode_nll(&mut enc, &GpuNll::new(lq, GpuTargets::i32(&t, rows), o))?
             }
         }
-        if let Some(qs) = qs {
+        if let (Stamping::Encoder, Some(qs)) = (how, qs) {
             enc.write_timestamp(qs, 1);
         }
         st.resolve(&mut enc);
         let dt = st.time(&device, &queue, enc)?;
-        if i >= a.warmup {
+        if i >= a.warmup.max(1) {
             times.push(dt);
         }
     }
-    Ok(Some((
-        median(&mut times),
-        if stamps {
-            "timestamp queries"
-        } else {
-            "wall time of submit and wait"
-        },
-    )))
+    Ok(Some((median(&mut times), how.name())))
 }

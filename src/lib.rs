@@ -336,6 +336,7 @@ pub use pairwise::{
 };
 pub use record::{RECORD_SIZE, Record, Status};
 pub use resident::{
-    GpuBatch, GpuCall, GpuNll, GpuOutput, GpuTargets, Workspace, decode_output, output_bytes,
+    GpuBatch, GpuCall, GpuNll, GpuOutput, GpuTargets, GpuTimestamps, Workspace, decode_output,
+    output_bytes,
 };
 pub use train::{DistillOptions, Divergence, RowMask, SparseTeacher, Tail, Teacher};

@@ -264,7 +264,8 @@ impl Gpu {
             q: &q_buf,
         };
         let total_out = total.as_ref().map(|t| (t, 0));
-        encode::prepare(self, sc, plan, ops, (&records, 0), total_out)?.record(self, &mut enc);
+        encode::prepare(self, sc, plan, ops, (&records, 0), total_out)?
+            .record(self, &mut enc, None);
         let (out, bytes) = match &total {
             None => (&records, plan.records_bytes),
             Some(t) => (t, TOTAL_OUTPUT_SIZE),
