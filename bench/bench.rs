@@ -4,7 +4,7 @@
 //! ```text
 //! cargo run --release --example bench -- --measure kl --rows 4096 --cols 4096 --backend cpu [--repeat 7] [--json]
 //! cargo run --release --example bench -- --probe        # the read-bandwidth probe alone
-//! cargo run --release --example bench -- --gpu-probe    # the GPU's read and upload bandwidth alone
+//! cargo run --release --example bench -- --gpu-probe    # the GPU's read and upload bandwidth, FMA and log rates
 //! cargo run --release --example bench -- --auto-overhead   # Backend::Auto against Backend::Cpu, 1 x 1,000 KL
 //! cargo run --release --example bench -- --measure kl --rows 4096 --cols 4096 --data DIR --values-out V.f32 --json   # bench/compare.py
 //! ```
@@ -371,11 +371,13 @@ fn auto_overhead() -> Result<String, Box<dyn std::error::Error>> {
 
 fn probe_json(g: &gpu_probe::GpuProbe) -> String {
     format!(
-        "{{\"probe\": \"gpu\", \"adapter\": {}, \"bytes\": {}, \"read_gbps\": {:.3}, \"upload_gbps\": {:.3}, \"timing\": {}}}",
+        "{{\"probe\": \"gpu\", \"adapter\": {}, \"bytes\": {}, \"read_gbps\": {:.3}, \"upload_gbps\": {:.3}, \"fma_g_per_s\": {:.3}, \"log_g_per_s\": {:.3}, \"timing\": {}}}",
         json_str(&g.adapter),
         g.bytes,
         g.read_bps / 1e9,
         g.upload_bps / 1e9,
+        g.fma_per_s / 1e9,
+        g.log_per_s / 1e9,
         json_str(g.timing)
     )
 }
