@@ -542,13 +542,15 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
                 100.0 * bytes / med / bw
             );
         }
-    } else if let Some((dev_med, how)) = device_time(a, &data)? {
+    } else if let Some((dev_med, how, subgroups)) = device_time(a, &data)? {
         fields.push(("kernel_median_s", format!("{dev_med:.6e}")));
+        fields.push(("kernel_subgroups", subgroups.to_string()));
         fields.push(("kernel_gbps", format!("{:.3}", bytes / dev_med / 1e9)));
         fields.push(("kernel_timing", json_str(how)));
         if !a.json {
             println!(
-                "device time ({how}), data already on the GPU: median {:.3} ms, {:.2} GB/s; end-to-end above includes upload and readback",
+                "device time ({how}, subgroups {}), data already on the GPU: median {:.3} ms, {:.2} GB/s; end-to-end above includes upload and readback",
+                if subgroups { "on" } else { "off" },
                 dev_med * 1e3,
                 bytes / dev_med / 1e9
             );
@@ -582,12 +584,13 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// A device time: median seconds, how it was taken, whether the reductions
+/// used subgroups.
+type DeviceTime = (f64, &'static str, bool);
+
 /// Device time of the GPU-resident path on a device of our own (so that
 /// timestamp queries can be enabled where the adapter has them).
-fn device_time(
-    a: &Args,
-    data: &Data,
-) -> Result<Option<(f64, &'static str)>, Box<dyn std::error::Error>> {
+fn device_time(a: &Args, data: &Data) -> Result<Option<DeviceTime>, Box<dyn std::error::Error>> {
     use wgpu::util::DeviceExt;
     let instance =
         wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
@@ -605,7 +608,9 @@ fn device_time(
         .unwrap_or(Stamping::Wall);
     let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
         label: Some("bench"),
-        required_features: how.features(),
+        // subgroups as a context would request them (KULLBACK_SUBGROUPS=off
+        // still turns them off in the context made over this device)
+        required_features: how.features() | (adapter.features() & wgpu::Features::SUBGROUP),
         required_limits: adapter.limits(),
         ..Default::default()
     }))?;
@@ -670,5 +675,5 @@ fn device_time(
             times.push(dt);
         }
     }
-    Ok(Some((median(&mut times), how.name())))
+    Ok(Some((median(&mut times), how.name(), ctx.uses_subgroups())))
 }
