@@ -135,6 +135,7 @@ fn timestamps_need_the_feature() {
         return;
     };
     if !has {
+        eprintln!("note: the adapter has no TIMESTAMP_QUERY: no query set to refuse");
         return;
     }
     let qs = other.create_query_set(&wgpu::QuerySetDescriptor {
