@@ -276,6 +276,8 @@ pub enum Setting {
     MaxBindingBytes,
     /// The environment variable `KULLBACK_BACKEND`.
     BackendEnv,
+    /// The environment variable `KULLBACK_SUBGROUPS`.
+    SubgroupsEnv,
     /// The temperature of a distillation loss.
     Temperature,
     /// The β of a generalized Jensen-Shannon divergence.

@@ -53,22 +53,31 @@ pub(crate) struct Gpu {
 
 impl Gpu {
     /// Picks an adapter (software ones only if `allow_software`) and makes a device.
-    pub(crate) fn create(allow_software: bool, cap: Option<u64>, pool_bytes: u64) -> Result<Gpu> {
+    /// `subgroups`: request `Features::SUBGROUP` where the adapter has it,
+    /// and use it in the reductions.
+    pub(crate) fn create(
+        allow_software: bool,
+        cap: Option<u64>,
+        pool_bytes: u64,
+        subgroups: bool,
+    ) -> Result<Gpu> {
         let adapter = device::pick_adapter(allow_software)?;
         let info = adapter.get_info();
-        let (device, queue) = device::request_device(&adapter)?;
-        let mut g = Gpu::from_device(device, queue, cap, pool_bytes)?;
+        let (device, queue) = device::request_device(&adapter, subgroups)?;
+        let mut g = Gpu::from_device(device, queue, cap, pool_bytes, subgroups)?;
         g.adapter_name = info.name;
         g.class = crate::cost::AdapterClass::of(info.device_type);
         Ok(g)
     }
 
-    /// Wraps the caller's device.
+    /// Wraps the caller's device (subgroups where it has the feature and
+    /// `subgroups` allows them).
     pub(crate) fn from_device(
         device: wgpu::Device,
         queue: wgpu::Queue,
         cap: Option<u64>,
         pool_bytes: u64,
+        subgroups: bool,
     ) -> Result<Gpu> {
         let limits = device.limits();
         if limits.max_storage_buffers_per_shader_stage < 4 {
@@ -92,7 +101,8 @@ impl Gpu {
             None => device_cap,
         };
         let info = device.adapter_info();
-        let pipelines = Pipelines::for_device(&device)?;
+        let subgroups = subgroups && device.features().contains(wgpu::Features::SUBGROUP);
+        let pipelines = Pipelines::for_device(&device, subgroups)?;
         let unified = device::shares_memory(info.device_type)
             && device
                 .features()
@@ -268,7 +278,8 @@ impl Gpu {
             q: &q_buf,
         };
         let total_out = total.as_ref().map(|t| (t, 0));
-        encode::prepare(self, sc, plan, ops, (&records, 0), total_out)?.record(self, &mut enc);
+        encode::prepare(self, sc, plan, ops, (&records, 0), total_out)?
+            .record(self, &mut enc, None);
         let (out, bytes) = match &total {
             None => (&records, plan.records_bytes),
             Some(t) => (t, TOTAL_OUTPUT_SIZE),
