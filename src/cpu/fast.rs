@@ -86,8 +86,8 @@ fn prefetch_next(x: &[f32], n: usize) {
     _mm_prefetch::<_MM_HINT_T0>(p);
 }
 
-/// Bytes ahead of the loads to prefetch.
-const PREFETCH: usize = 2048;
+/// Bytes ahead of the loads to prefetch (the AVX-512 loops' too).
+pub(super) const PREFETCH: usize = 2048;
 
 /// All lanes set where the probability is not a positive normal number (zero,
 /// subnormal, negative, infinite or NaN): (b + 0x7f80_0000) wraps the normal

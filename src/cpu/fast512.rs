@@ -36,15 +36,16 @@
 )]
 
 use std::arch::x86_64::{
-    __m512, __mmask16, _CMP_GE_OQ, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_ZERO, _mm512_add_pd,
-    _mm512_add_ps, _mm512_castps512_ps256, _mm512_cmp_ps_mask, _mm512_cvtps_pd, _mm512_div_ps,
-    _mm512_extractf32x8_ps, _mm512_fmadd_ps, _mm512_fnmadd_ps, _mm512_fpclass_ps_mask,
-    _mm512_getexp_ps, _mm512_getmant_ps, _mm512_loadu_ps, _mm512_mask_add_ps, _mm512_mask_mul_ps,
-    _mm512_mask3_fmadd_ps, _mm512_maskz_loadu_ps, _mm512_max_ps, _mm512_mul_ps,
-    _mm512_reduce_add_pd, _mm512_reduce_max_ps, _mm512_scalef_ps, _mm512_set1_ps,
-    _mm512_setzero_ps, _mm512_sub_ps,
+    __m512, __mmask16, _CMP_GE_OQ, _MM_HINT_T0, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_ZERO,
+    _mm_prefetch, _mm512_add_pd, _mm512_add_ps, _mm512_castps512_ps256, _mm512_cmp_ps_mask,
+    _mm512_cvtps_pd, _mm512_div_ps, _mm512_extractf32x8_ps, _mm512_fmadd_ps, _mm512_fnmadd_ps,
+    _mm512_fpclass_ps_mask, _mm512_getexp_ps, _mm512_getmant_ps, _mm512_loadu_ps,
+    _mm512_mask_add_ps, _mm512_mask_mul_ps, _mm512_mask3_fmadd_ps, _mm512_maskz_loadu_ps,
+    _mm512_max_ps, _mm512_mul_ps, _mm512_reduce_add_pd, _mm512_reduce_max_ps, _mm512_scalef_ps,
+    _mm512_set1_ps, _mm512_setzero_ps, _mm512_sub_ps,
 };
 
+use super::fast::PREFETCH;
 use super::kernel::{Lanes, State, check_probs, probs_elem, status_key};
 use super::ln::Fused;
 use super::terms::{Cross, Entropy, Kl, Term};
@@ -67,6 +68,19 @@ const NOT_FINITE: i32 = 0x01 | 0x08 | 0x10 | 0x80;
 const SEG_ENTROPY: u8 = 0;
 const SEG_CROSS: u8 = 1;
 const SEG_KL: u8 = 2;
+
+/// Asks for the cache line of `x[i]` (a hint: an address past the end of
+/// the data is harmless, a prefetch never faults).
+#[target_feature(enable = "avx512f,avx512dq,avx2,fma")]
+#[inline]
+fn prefetch(x: &[f32], i: usize) {
+    _mm_prefetch::<_MM_HINT_T0>(x.as_ptr().wrapping_add(i).cast::<i8>());
+}
+
+/// Values ahead of the loads to prefetch: the AVX2 loops' distance. Without
+/// it the hardware prefetcher alone kept KL over 4096 × 4096 on two cores
+/// at 60–65% of the read bandwidth on a Xeon (Emerald Rapids, 2 cores).
+const AHEAD: usize = PREFETCH / 4;
 
 /// Loads 16 values from `x[i..i + 16]`.
 #[target_feature(enable = "avx512f,avx512dq,avx2,fma")]
@@ -135,6 +149,11 @@ fn segment<const K: u8>(p: &[f32], q: &[f32], n: usize) -> (Sums, __mmask16) {
     let mut special: __mmask16 = 0;
     let mut i = 0;
     while i < n {
+        // one line of each operand a trip (16 values, 64 bytes)
+        prefetch(p, i + AHEAD);
+        if K != SEG_ENTROPY {
+            prefetch(q, i + AHEAD);
+        }
         let pv = load(p, i);
         special |= _mm512_fpclass_ps_mask::<NOT_POS_NORMAL>(pv);
         s.sa = _mm512_add_ps(s.sa, pv);
@@ -351,6 +370,8 @@ pub(super) fn lse(x: &[f32], pos_ok: bool, sub: usize) -> Option<(f32, f64)> {
     let mut bad: __mmask16 = 0;
     let body = x.len() - x.len() % (2 * STEP);
     for c in x[..body].chunks_exact(2 * STEP) {
+        prefetch(c, AHEAD);
+        prefetch(c, AHEAD + STEP);
         let (a, b) = (load(c, 0), load(c, STEP));
         bad |= _mm512_fpclass_ps_mask::<NOT_FINITE>(a) | _mm512_fpclass_ps_mask::<NOT_FINITE>(b);
         m0 = _mm512_max_ps(m0, a);
@@ -375,6 +396,10 @@ pub(super) fn lse(x: &[f32], pos_ok: bool, sub: usize) -> Option<(f32, f64)> {
         let (mut s0, mut s1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
         let n = seg.len() - seg.len() % (2 * STEP);
         for c in seg[..n].chunks_exact(2 * STEP) {
+            // the next block (this thread's next columns, or a hint past
+            // the data) comes in while this one computes
+            prefetch(c, x.len());
+            prefetch(c, x.len() + STEP);
             let l0 = _mm512_sub_ps(load(c, 0), mv);
             let l1 = _mm512_sub_ps(load(c, STEP), mv);
             s0 = _mm512_add_ps(s0, exp_neg(l0));
