@@ -46,9 +46,16 @@ use crate::record::Record;
 
 /// Whether the CPU backend runs its AVX2 + FMA kernels (or the AVX-512
 /// ones, which imply them): the training kernels (`crate::train`) follow the
-/// same choice, so `KULLBACK_CPU_ISA` pins their bits too.
+/// same choice (their AVX-512 build gives the AVX2 build's bits).
 pub(crate) fn avx2_chosen() -> bool {
     !matches!(Isa::chosen(), Isa::Base)
+}
+
+/// Whether the CPU kernels run the AVX-512 loops (which implies AVX2 and
+/// FMA).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn avx512_chosen() -> bool {
+    matches!(Isa::chosen(), Isa::Avx512)
 }
 
 /// Elements per worker below which fewer threads are started.

@@ -53,7 +53,23 @@ fn part_avx2<K: RowKernel>(k: &K, r0: usize, p: &mut [Slot<'_>]) -> Result<(), (
     part::<K, crate::cpu::ln::Fused>(k, r0, p)
 }
 
+/// The same source built with AVX-512 enabled: its 16-lane loops become one
+/// zmm register instead of two ymm. Element by element the operations are
+/// the same (Rust never reassociates or contracts float arithmetic; `Fused`
+/// asks for its FMAs explicitly), so the bits are the AVX2 build's.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq,avx2,fma")]
+fn part_avx512<K: RowKernel>(k: &K, r0: usize, p: &mut [Slot<'_>]) -> Result<(), (usize, Error)> {
+    part::<K, crate::cpu::ln::Fused>(k, r0, p)
+}
+
 fn dispatch<K: RowKernel>(k: &K, r0: usize, p: &mut [Slot<'_>]) -> Result<(), (usize, Error)> {
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::avx512_chosen() {
+        // SAFETY: `avx512_chosen` is true only where the CPU has AVX-512 F
+        // and DQ, AVX2 and FMA.
+        return unsafe { part_avx512(k, r0, p) };
+    }
     #[cfg(target_arch = "x86_64")]
     if crate::cpu::avx2_chosen() {
         // SAFETY: `avx2_chosen` is true only where the CPU has AVX2 and FMA.

@@ -8,7 +8,7 @@
 
 use crate::cpu::ln::{Arith, exp_normal as exp, ln_pos};
 
-/// Lanes of the vector loops (two AVX2 registers).
+/// Lanes of the vector loops (two AVX2 registers, one AVX-512 register).
 pub(super) const L: usize = 16;
 /// Columns of one block: its maximum and its exponentials are taken while it
 /// sits in L1. Fixed, so results do not depend on how rows are split.

@@ -81,8 +81,8 @@
 //! the context's backend: the GPU of a GPU context; under `Backend::Auto`
 //! with a hardware GPU, where the cost model places a logits call of the
 //! same input bytes and rows ([`Context::placement`]); else the CPU (all
-//! cores, the AVX2 kernels where the CPU has them). A sparse teacher runs on
-//! the CPU. The [`Output`]'s `backend` says which ran.
+//! cores, the kernels built for AVX-512 or AVX2 where the CPU has them: the
+//! same Rust source, so the same bits). A sparse teacher runs on the CPU. The [`Output`]'s `backend` says which ran.
 //!
 //! On the GPU (shaders/train.wgsl) one workgroup streams each row: pass 1
 //! takes both online log-sum-exps and every check, pass 2 writes the
