@@ -5,7 +5,7 @@
 //! cargo run --release --example bench -- --measure kl --rows 4096 --cols 4096 --backend cpu [--repeat 7] [--json]
 //! cargo run --release --example bench -- --measure kl --rows 4096 --cols 4096 --backend cpu --dtype f32,f16,bf16 --repeat 5   # formats alternating
 //! cargo run --release --example bench -- --probe        # the read-bandwidth probe alone
-//! cargo run --release --example bench -- --gpu-probe    # the GPU's read and upload bandwidth alone
+//! cargo run --release --example bench -- --gpu-probe    # the GPU's read and upload bandwidth, FMA and log rates
 //! cargo run --release --example bench -- --auto-overhead   # Backend::Auto against Backend::Cpu, 1 x 1,000 KL
 //! cargo run --release --example bench -- --measure kl --rows 4096 --cols 4096 --data DIR --values-out V.f32 --json   # bench/compare.py
 //! ```
@@ -14,9 +14,12 @@
 //! from DIR (p.f32 and q.f32, or logits.f32 and targets.i64: little-endian,
 //! row-major) instead of generating them; `--values-out FILE` writes the
 //! per-row results there (raw little-endian f32). `--backend gpu` also reports the
-//! device time of the GPU-resident path (timestamp queries where the adapter
-//! has them, else wall time of submit-and-wait with the data already on the
-//! GPU) beside the end-to-end time with upload and readback. `--dtype` takes
+//! device time of the GPU-resident path with the data already on the GPU
+//! (`--stamps pass|encoder|wall`, default the best the adapter has: the
+//! timestamp_writes of the measure's compute pass, else encoder timestamps
+//! around it, else the wall time of submit-and-wait; the output says which;
+//! scratch comes from a reused workspace, so no zero-fill is timed) beside
+//! the end-to-end time with upload and readback. `--dtype` takes
 //! one format (f32, f16, bf16: the inputs rounded to it, read as it) or a
 //! comma-separated list: then each of `--repeat` rounds times one call per
 //! format back to back on the same (rounded) data, and each format's line
@@ -30,8 +33,8 @@ use std::time::Instant;
 
 use kullback::wgpu;
 use kullback::{
-    Backend, Batch, Context, Form, GpuBatch, GpuCall, GpuNll, GpuOutput, GpuTargets, Measure,
-    NllOptions, Options, output_bytes,
+    Backend, Batch, Context, Form, GpuBatch, GpuCall, GpuNll, GpuOutput, GpuTargets, GpuTimestamps,
+    Measure, NllOptions, Options, output_bytes,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -90,6 +93,49 @@ struct Args {
     /// f32, or f16 / bf16 (the inputs rounded, read as half: half the bytes);
     /// several, comma-separated, alternate round by round.
     dtype: String,
+    /// How the GPU-resident device time is taken (`None`: the best the adapter has).
+    stamps: Option<Stamping>,
+}
+
+/// How `device_time` times the measure, best first.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Stamping {
+    /// `ComputePassDescriptor::timestamp_writes` on the measure's own pass
+    /// (TIMESTAMP_QUERY): its dispatches only.
+    Pass,
+    /// `CommandEncoder::write_timestamp` around the recording
+    /// (TIMESTAMP_QUERY_INSIDE_ENCODERS): also any copy recorded before the
+    /// pass (NLL targets; scratch is reused from a workspace, so no zero-fill).
+    Encoder,
+    /// Wall time of submit-and-wait.
+    Wall,
+}
+
+impl Stamping {
+    fn parse(s: &str) -> Option<Stamping> {
+        match s {
+            "pass" => Some(Stamping::Pass),
+            "encoder" => Some(Stamping::Encoder),
+            "wall" => Some(Stamping::Wall),
+            _ => None,
+        }
+    }
+    fn features(self) -> wgpu::Features {
+        match self {
+            Stamping::Pass => wgpu::Features::TIMESTAMP_QUERY,
+            Stamping::Encoder => {
+                wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
+            }
+            Stamping::Wall => wgpu::Features::empty(),
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Stamping::Pass => "compute-pass timestamp_writes",
+            Stamping::Encoder => "encoder timestamps",
+            Stamping::Wall => "wall time of submit and wait",
+        }
+    }
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -104,6 +150,7 @@ fn parse_args() -> Result<Args, String> {
         data: None,
         values_out: None,
         dtype: "f32".into(),
+        stamps: None,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -185,6 +232,14 @@ fn parse_args() -> Result<Args, String> {
             }
             "--values-out" => {
                 a.values_out = Some(value(i)?.into());
+                i += 1;
+            }
+            "--stamps" => {
+                let v = value(i)?;
+                a.stamps = Some(
+                    Stamping::parse(&v)
+                        .ok_or_else(|| format!("--stamps {v}: expected pass, encoder or wall"))?,
+                );
                 i += 1;
             }
             other => return Err(format!("unknown argument {other}")),
@@ -325,11 +380,13 @@ fn auto_overhead() -> Result<String, Box<dyn std::error::Error>> {
 
 fn probe_json(g: &gpu_probe::GpuProbe) -> String {
     format!(
-        "{{\"probe\": \"gpu\", \"adapter\": {}, \"bytes\": {}, \"read_gbps\": {:.3}, \"upload_gbps\": {:.3}, \"timing\": {}}}",
+        "{{\"probe\": \"gpu\", \"adapter\": {}, \"bytes\": {}, \"read_gbps\": {:.3}, \"upload_gbps\": {:.3}, \"fma_g_per_s\": {:.3}, \"log_g_per_s\": {:.3}, \"timing\": {}}}",
         json_str(&g.adapter),
         g.bytes,
         g.read_bps / 1e9,
         g.upload_bps / 1e9,
+        g.fma_per_s / 1e9,
+        g.log_per_s / 1e9,
         json_str(g.timing)
     )
 }
@@ -579,13 +636,15 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
                 100.0 * bytes / med / bw
             );
         }
-    } else if let Some((dev_med, how)) = device_time(a, &data)? {
+    } else if let Some((dev_med, how, subgroups)) = device_time(a, &data)? {
         fields.push(("kernel_median_s", format!("{dev_med:.6e}")));
+        fields.push(("kernel_subgroups", subgroups.to_string()));
         fields.push(("kernel_gbps", format!("{:.3}", bytes / dev_med / 1e9)));
         fields.push(("kernel_timing", json_str(how)));
         if !a.json {
             println!(
-                "device time ({how}), data already on the GPU: median {:.3} ms, {:.2} GB/s; end-to-end above includes upload and readback",
+                "device time ({how}, subgroups {}), data already on the GPU: median {:.3} ms, {:.2} GB/s; end-to-end above includes upload and readback",
+                if subgroups { "on" } else { "off" },
                 dev_med * 1e3,
                 bytes / dev_med / 1e9
             );
@@ -619,12 +678,13 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// A device time: median seconds, how it was taken, whether the reductions
+/// used subgroups.
+type DeviceTime = (f64, &'static str, bool);
+
 /// Device time of the GPU-resident path on a device of our own (so that
 /// timestamp queries can be enabled where the adapter has them).
-fn device_time(
-    a: &Args,
-    data: &Data,
-) -> Result<Option<(f64, &'static str)>, Box<dyn std::error::Error>> {
+fn device_time(a: &Args, data: &Data) -> Result<Option<DeviceTime>, Box<dyn std::error::Error>> {
     use wgpu::util::DeviceExt;
     let instance =
         wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
@@ -634,15 +694,17 @@ fn device_time(
     })) else {
         return Ok(None);
     };
-    let want = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
-    let stamps = adapter.features().contains(want);
+    // the best the adapter has, or the one asked for (if it has it)
+    let how = [Stamping::Pass, Stamping::Encoder, Stamping::Wall]
+        .into_iter()
+        .filter(|s| a.stamps.is_none_or(|w| w == *s))
+        .find(|s| adapter.features().contains(s.features()))
+        .unwrap_or(Stamping::Wall);
     let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
         label: Some("bench"),
-        required_features: if stamps {
-            want
-        } else {
-            wgpu::Features::empty()
-        },
+        // subgroups as a context would request them (KULLBACK_SUBGROUPS=off
+        // still turns them off in the context made over this device)
+        required_features: how.features() | (adapter.features() & wgpu::Features::SUBGROUP),
         required_limits: adapter.limits(),
         ..Default::default()
     }))?;
@@ -669,15 +731,20 @@ fn device_time(
         usage: wgpu::BufferUsages::STORAGE,
         mapped_at_creation: false,
     });
-    let st = gpu_probe::Stamps::new(&device, stamps);
+    let st = gpu_probe::Stamps::new(&device, how != Stamping::Wall);
     let qs = st.set.as_ref();
+    // scratch reused from call to call, as an application would: after the
+    // first call wgpu has nothing to zero-fill
+    let workspace = kullback::Workspace::new();
     let mut times = Vec::new();
-    for i in 0..a.warmup + a.repeat {
+    for i in 0..a.warmup.max(1) + a.repeat {
         let mut enc = device.create_command_encoder(&Default::default());
-        if let Some(qs) = qs {
-            enc.write_timestamp(qs, 0);
+        let mut o = GpuOutput::new(&out).workspace(&workspace);
+        match (how, qs) {
+            (Stamping::Pass, Some(qs)) => o = o.timestamps(GpuTimestamps::new(qs, 0, 1)),
+            (Stamping::Encoder, Some(qs)) => enc.write_timestamp(qs, 0),
+            _ => {}
         }
-        let o = GpuOutput::new(&out);
         match w.measure() {
             Some(m) => {
                 let call = GpuCall::new(m, GpuBatch::new(&p, rows, cols), o);
@@ -693,21 +760,14 @@ fn device_time(
                 ctx.encode_nll(&mut enc, &GpuNll::new(lq, GpuTargets::i32(&t, rows), o))?
             }
         }
-        if let Some(qs) = qs {
+        if let (Stamping::Encoder, Some(qs)) = (how, qs) {
             enc.write_timestamp(qs, 1);
         }
         st.resolve(&mut enc);
         let dt = st.time(&device, &queue, enc)?;
-        if i >= a.warmup {
+        if i >= a.warmup.max(1) {
             times.push(dt);
         }
     }
-    Ok(Some((
-        median(&mut times),
-        if stamps {
-            "timestamp queries"
-        } else {
-            "wall time of submit and wait"
-        },
-    )))
+    Ok(Some((median(&mut times), how.name(), ctx.uses_subgroups())))
 }

@@ -128,8 +128,25 @@ doc = {
     "bench": lines(f"{work}/bench.jsonl"),
     "bench_stderr": open(f"{work}/bench.err", errors="replace").read()[-4000:],
 }
+# issue 17's bounds: all-pairs kl / cross-entropy as a fraction of the f32 FMA
+# peak (one FMA per pair-element), js of the log rate (one log per
+# pair-element), both peaks measured by `bench --gpu-probe` in this run. The
+# pairwise figures are end-to-end from host slices (pairwise_bench's median).
+probe = next((b for b in doc["bench"] if b.get("probe") == "gpu" and "fma_g_per_s" in b), None)
+doc["pairwise_vs_peaks"] = []
+for b in doc["bench"]:
+    if "pair_elem_per_s" not in b or probe is None:
+        continue
+    row = {"measure": b.get("measure"), "backend": b.get("backend"), "pair_elem_g_per_s": b["pair_elem_per_s"] / 1e9}
+    if b.get("measure") in ("kl", "cross-entropy") and probe["fma_g_per_s"] > 0:
+        row["fraction_of_fma_peak"] = b["pair_elem_per_s"] / 1e9 / probe["fma_g_per_s"]
+    if b.get("measure") == "js" and probe["log_g_per_s"] > 0:
+        row["fraction_of_log_rate"] = b["pair_elem_per_s"] / 1e9 / probe["log_g_per_s"]
+    doc["pairwise_vs_peaks"].append(row)
 json.dump(doc, open(out, "w"), indent=1)
 print(f"{out}: {doc['tests_passed']} tests passed, {doc['tests_failed']} failed; {len(doc['bench'])} bench lines")
+for r in doc["pairwise_vs_peaks"]:
+    print("pairwise", r)
 PY
 }
 

@@ -1,8 +1,10 @@
 //! Times kullback's loss and gradient (issue 18) on .npy inputs:
 //! `cargo run --release --example train-bench -- --mode distill|nll --student S.npy
-//! [--teacher T.npy] [--targets Y.npy] [--temperature 2] [--repeat 3]`.
+//! [--teacher T.npy] [--divergence forward-kl|reverse-kl|jsd] [--targets Y.npy]
+//! [--temperature 2] [--repeat 3]`.
 //!
-//! The forward-KL distillation at the temperature (mean over rows) or the
+//! The distillation at the temperature (forward KL unless `--divergence`
+//! says otherwise; mean over rows) or the
 //! NLL of integer targets (mean), on the CPU backend; the gradient goes into
 //! one buffer allocated once. Prints one JSON line: the median and minimum of
 //! `repeat` timed calls after one untimed call, the loss, and the gradient's
@@ -10,7 +12,9 @@
 
 use std::time::Instant;
 
-use kullback::{Backend, Batch, Context, DistillOptions, Form, NllOptions, Reduction, Teacher};
+use kullback::{
+    Backend, Batch, Context, DistillOptions, Divergence, Form, NllOptions, Reduction, Teacher,
+};
 
 /// One loss-and-gradient call into the given buffer, returning the loss.
 type LossCall<'a> = dyn FnMut(&mut [f32]) -> f32 + 'a;
@@ -46,8 +50,15 @@ fn main() {
         "distill" => {
             teacher_vals = read_f32(&arg("--teacher").expect("--teacher T.npy")).0;
             let teacher = Teacher::Dense(Batch::new(&teacher_vals, rows, cols).form(Form::Logits));
+            let divergence = match arg("--divergence").as_deref() {
+                None | Some("forward-kl") => Divergence::ForwardKl,
+                Some("reverse-kl") => Divergence::ReverseKl,
+                Some("jsd") => Divergence::Jsd,
+                Some(d) => panic!("--divergence forward-kl|reverse-kl|jsd, not {d}"),
+            };
             let opts = DistillOptions::default()
                 .temperature(temp)
+                .divergence(divergence)
                 .reduction(Reduction::Mean);
             let ctx = ctx.clone();
             Box::new(move |g| {

@@ -533,12 +533,16 @@ fn tree_levels(base: u32, first: u32, n: u32) {
 // Binary-tree reduction of each segment of n (a power of two) states; the
 // segment's total lands in its first slot, visible to its lane 0. Two barriers
 // instead of log2(n): lanes 0, 8, 16, .. take the first three levels over their
-// own 8 slots, then lane 0 the rest. Same tree, same sums, same bits as a
-// level-by-level reduction; barriers are costly (lavapipe runs them as
-// coroutine switches).
-fn tree_reduce(lid: u32, lane: u32, n: u32) {
-    let g = min(n, 8u);
-    if (lane % g == 0u) {
+// own 8 slots (or, with subgroups, butterflies take the levels within a
+// subgroup: shaders/subgroups.wgsl), then lane 0 the rest. Same tree, same
+// sums, same bits as a level-by-level reduction; barriers are costly (lavapipe
+// runs them as coroutine switches).
+fn tree_reduce(inv: Invocation, lane: u32, n: u32) {
+    let lid = inv.lid;
+    var g = min(n, 8u);
+    if (SUBGROUPS && full_subgroups(inv)) {
+        g = subgroup_levels(inv, n);
+    } else if (lane % g == 0u) {
         tree_levels(lid, 1u, g);
     }
     workgroupBarrier();
@@ -553,8 +557,9 @@ fn tree_reduce(lid: u32, lane: u32, n: u32) {
 fn rows_main(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
+    inv: Invocation,
 ) {
+    let lid = inv.lid;
     let item = wid.x + wid.y * nwg.x;
     if (item >= params.item_count) {
         return;
@@ -607,7 +612,7 @@ fn rows_main(
     }
     shared_states[lid] = st;
     workgroupBarrier();
-    tree_reduce(lid, lane, tpr);
+    tree_reduce(inv, lane, tpr);
     if (in_range && lane == 0u) {
         let total = shared_states[lid];
         if (params.blocks_per_row == 1u) {
@@ -624,8 +629,9 @@ fn rows_main(
 fn merge_main(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
+    inv: Invocation,
 ) {
+    let lid = inv.lid;
     let item = wid.x + wid.y * nwg.x;
     if (item >= params.item_count) {
         return;
@@ -638,7 +644,7 @@ fn merge_main(
     }
     shared_states[lid] = st;
     workgroupBarrier();
-    tree_reduce(lid, lid, WG);
+    tree_reduce(inv, lid, WG);
     if (lid == 0u) {
         finalize(row, shared_states[0]);
     }

@@ -96,8 +96,9 @@ fn tree_levels(base: u32, first: u32, n: u32) {
 fn total_main(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
+    inv: Invocation,
 ) {
+    let lid = inv.lid;
     let group = wid.x + wid.y * nwg.x;
     let span = WG * EPT;
     let begin = group * span;
@@ -113,12 +114,15 @@ fn total_main(
     shared_totals[lid] = t;
     workgroupBarrier();
     // a binary tree in two barriers (see tree_reduce in rows.wgsl)
-    if (lid % 8u == 0u) {
+    var g = 8u;
+    if (SUBGROUPS && full_subgroups(inv)) {
+        g = subgroup_levels(inv, WG);
+    } else if (lid % 8u == 0u) {
         tree_levels(lid, 1u, 8u);
     }
     workgroupBarrier();
     if (lid == 0u) {
-        tree_levels(0u, 8u, WG);
+        tree_levels(0u, g, WG);
     }
     if (lid != 0u) {
         return;

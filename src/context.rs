@@ -135,6 +135,11 @@ pub struct ContextOptions {
     /// (default 256 MiB): a call that needs more allocates the rest and
     /// frees it when it is done. [`Context::trim`] frees what is kept.
     pub pool_bytes: Option<u64>,
+    /// Whether the GPU reductions use subgroup operations where the device
+    /// has `wgpu::Features::SUBGROUP` (the results are the same bits either
+    /// way). `None`: yes, unless the environment variable
+    /// `KULLBACK_SUBGROUPS=off` (or `on`, the default) says otherwise.
+    pub subgroups: Option<bool>,
 }
 
 impl ContextOptions {
@@ -157,6 +162,29 @@ impl ContextOptions {
     pub fn pool_bytes(mut self, bytes: u64) -> Self {
         self.pool_bytes = Some(bytes);
         self
+    }
+    /// Uses subgroup operations in the GPU reductions where the device has
+    /// them (`true`, the default), or never (`false`).
+    pub fn subgroups(mut self, on: bool) -> Self {
+        self.subgroups = Some(on);
+        self
+    }
+    /// `subgroups`, or `KULLBACK_SUBGROUPS=on|off` where it is `None`.
+    fn use_subgroups(&self) -> Result<bool> {
+        if let Some(on) = self.subgroups {
+            return Ok(on);
+        }
+        match std::env::var("KULLBACK_SUBGROUPS") {
+            Ok(v) if !v.trim().is_empty() => match v.trim() {
+                "on" => Ok(true),
+                "off" => Ok(false),
+                _ => Err(Error::InvalidOption {
+                    option: Setting::SubgroupsEnv,
+                    message: format!("KULLBACK_SUBGROUPS={v}: expected on or off"),
+                }),
+            },
+            _ => Ok(true),
+        }
     }
     fn pool(&self) -> u64 {
         self.pool_bytes.unwrap_or(crate::gpu::DEFAULT_POOL_BYTES)
@@ -198,11 +226,17 @@ impl Context {
                     true,
                     opts.max_binding_bytes,
                     opts.pool(),
+                    opts.use_subgroups()?,
                 )?)),
                 auto: None,
                 cpu: Arc::default(),
             },
-            Backend::Auto => match Gpu::create(false, opts.max_binding_bytes, opts.pool()) {
+            Backend::Auto => match Gpu::create(
+                false,
+                opts.max_binding_bytes,
+                opts.pool(),
+                opts.use_subgroups()?,
+            ) {
                 Ok(g) => Context {
                     auto: Some((g.class, opts.cost_model)),
                     gpu: Some(Arc::new(g)),
@@ -225,7 +259,9 @@ impl Context {
         Context::from_device_with_options(device, queue, ContextOptions::default())
     }
 
-    /// [`Context::from_device`] with options (`max_binding_bytes` and `pool_bytes` apply).
+    /// [`Context::from_device`] with options (`max_binding_bytes`, `pool_bytes`
+    /// and `subgroups` apply; subgroups only where the device was created with
+    /// `wgpu::Features::SUBGROUP`).
     pub fn from_device_with_options(
         device: wgpu::Device,
         queue: wgpu::Queue,
@@ -237,6 +273,7 @@ impl Context {
                 queue,
                 opts.max_binding_bytes,
                 opts.pool(),
+                opts.use_subgroups()?,
             )?)),
             auto: None,
             cpu: Arc::default(),
@@ -261,6 +298,14 @@ impl Context {
     /// The GPU adapter's name, when this context runs on a GPU.
     pub fn adapter_name(&self) -> Option<&str> {
         self.gpu.as_ref().map(|g| g.adapter_name())
+    }
+
+    /// Whether this context's GPU reductions use subgroup operations (the
+    /// device has `wgpu::Features::SUBGROUP` and
+    /// [`ContextOptions::subgroups`] allows them). The bits of every result
+    /// are the same either way.
+    pub fn uses_subgroups(&self) -> bool {
+        self.gpu.as_ref().is_some_and(|g| g.pipelines.subgroups)
     }
 
     /// Evaluates `measure` for each row of `p` (and `q`). A `p` or `q` with one
@@ -587,6 +632,18 @@ impl Context {
         }
     }
 
+    /// Where a loss and gradient (src/train) of `rows` rows of logits
+    /// reading `bytes` bytes runs: the GPU of a GPU context; under
+    /// `Backend::Auto` with a hardware GPU, the cost model's choice for a
+    /// logits call of that size (as [`Context::placement`]); else the CPU.
+    pub(crate) fn train_gpu(&self, bytes: u64, rows: u64) -> Option<&Gpu> {
+        let threads = rayon_core::current_num_threads();
+        match self.placed(Work::new(bytes, rows, true, threads), |_| None) {
+            Ran::Gpu => self.gpu.as_deref(),
+            Ran::Cpu => None,
+        }
+    }
+
     /// `model` with the rates it leaves open measured on this machine.
     fn measured(&self, g: &Gpu, mut model: CostModel) -> CostModel {
         if model.cpu_measured.is_none() {
@@ -605,8 +662,9 @@ impl Context {
         model
     }
 
-    /// The GPU for this job, or None for the CPU.
-    fn place(&self, job: &Job<'_>) -> Option<&Gpu> {
+    /// The GPU for this job (with its plan if the cost model made it, so
+    /// that a call is planned once), or None for the CPU.
+    fn place(&self, job: &Job<'_>) -> Option<(&Gpu, Option<crate::gpu::GpuPlan>)> {
         let threads = rayon_core::current_num_threads();
         let work = Work::new(
             job.input_bytes(),
@@ -614,16 +672,23 @@ impl Context {
             job.call.any_online(),
             threads,
         );
-        match self.placed(work, |g| g.plan_cost(&job.call)) {
-            Ran::Gpu => self.gpu.as_deref(),
+        let mut planned = None;
+        let ran = self.placed(work, |g| {
+            let plan = g.plan(&job.call).ok()?;
+            let cost = g.plan_cost(&job.call, &plan);
+            planned = Some(plan);
+            Some(cost)
+        });
+        match ran {
+            Ran::Gpu => self.gpu.as_deref().map(|g| (g, planned)),
             Ran::Cpu => None,
         }
     }
 
     fn start(&self, job: &Job<'_>) -> Result<Started> {
         match self.place(job) {
-            Some(g) => Ok(Started::Gpu(
-                g.submit(job)?,
+            Some((g, plan)) => Ok(Started::Gpu(
+                g.submit(job, plan)?,
                 job.call,
                 g.adapter_name().to_string(),
             )),
@@ -633,9 +698,9 @@ impl Context {
 
     fn run(&self, job: &Job<'_>) -> Result<Output> {
         match self.place(job) {
-            Some(g) => output(
+            Some((g, plan)) => output(
                 &job.call,
-                &g.run(job)?,
+                &g.run(job, plan)?,
                 Ran::Gpu,
                 Some(g.adapter_name().to_string()),
             ),

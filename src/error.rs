@@ -4,6 +4,7 @@ use std::fmt;
 
 /// Which argument of a call a problem was found in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Arg {
     /// The first distribution `p` (the "true" or teacher distribution).
     P,
@@ -275,6 +276,8 @@ pub enum Setting {
     MaxBindingBytes,
     /// The environment variable `KULLBACK_BACKEND`.
     BackendEnv,
+    /// The environment variable `KULLBACK_SUBGROUPS`.
+    SubgroupsEnv,
     /// The temperature of a distillation loss.
     Temperature,
     /// The β of a generalized Jensen-Shannon divergence.

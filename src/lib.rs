@@ -165,7 +165,11 @@
 //! included (this is how CI runs the shaders without a GPU); [`Backend::Cpu`]
 //! never touches wgpu. The environment variable `KULLBACK_BACKEND=auto|gpu|cpu`
 //! replaces `Auto`, never an explicit choice. Every [`Output`] says which
-//! backend ran and the adapter's name.
+//! backend ran and the adapter's name. Where the device has
+//! `wgpu::Features::SUBGROUP`, the GPU reductions take their first levels by
+//! subgroup butterflies (the same pairing as the tree in workgroup memory, so
+//! the same bits); [`ContextOptions::subgroups`] or `KULLBACK_SUBGROUPS=off`
+//! turns them off ([`Context::uses_subgroups`] says which ran).
 //!
 //! The CPU backend runs AVX-512 (F and DQ) loops, else AVX2 + FMA loops,
 //! where the CPU has them (chosen at run time; a portable path elsewhere;
@@ -332,6 +336,10 @@ pub use pairwise::{
 };
 pub use record::{RECORD_SIZE, Record, Status};
 pub use resident::{
-    GpuBatch, GpuCall, GpuNll, GpuOutput, GpuTargets, Workspace, decode_output, output_bytes,
+    GpuBatch, GpuCall, GpuNll, GpuOutput, GpuTargets, GpuTimestamps, Workspace, decode_output,
+    output_bytes,
 };
-pub use train::{DistillOptions, Divergence, RowMask, SparseTeacher, Tail, Teacher};
+pub use train::{
+    DistillOptions, Divergence, GpuDistill, GpuGrad, GpuNllGrad, GpuRowMask, RowMask,
+    SparseTeacher, Tail, Teacher, grad_output_bytes,
+};

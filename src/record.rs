@@ -94,6 +94,15 @@ pub(crate) mod code {
     pub(crate) const Q_ZERO_SUM: u32 = 19;
     pub(crate) const P_ALL_MASKED: u32 = 20;
     pub(crate) const Q_ALL_MASKED: u32 = 21;
+    /// Loss and gradient (src/train): the loss is infinite at `column`. The
+    /// target class has a −inf logit,
+    pub(crate) const INF_TARGET: u32 = 22;
+    /// label smoothing puts mass on a class with a −inf logit,
+    pub(crate) const INF_SMOOTHING: u32 = 23;
+    /// the teacher on a column the student masks (forward KL),
+    pub(crate) const INF_TEACHER_MASS: u32 = 24;
+    /// or the student on one the teacher masks (reverse KL).
+    pub(crate) const INF_STUDENT_MASS: u32 = 25;
     /// Column of row-level problems.
     pub(crate) const COL_NONE: u32 = u32::MAX;
 }
@@ -212,6 +221,25 @@ pub(crate) fn decode_output(records: &[Record], d: &OutputDesc) -> Result<Decode
     })
 }
 
+/// Why a row's loss is infinite (the message of [`Error::InfiniteLoss`]):
+/// one wording for the CPU's training kernels and the GPU's status codes.
+pub(crate) const WHY_TARGET: &str = "the target class has a -inf logit";
+pub(crate) const WHY_SMOOTHING: &str = "label smoothing puts mass on a class with a -inf logit";
+pub(crate) const WHY_TEACHER_MASS: &str =
+    "the teacher puts mass on a column the student masks with -inf";
+pub(crate) const WHY_STUDENT_MASS: &str =
+    "the student puts mass on a column where the teacher has probability 0";
+
+/// The wording of an infinite-loss code.
+fn infinite_why(c: u32) -> &'static str {
+    match c {
+        code::INF_TARGET => WHY_TARGET,
+        code::INF_SMOOTHING => WHY_SMOOTHING,
+        code::INF_TEACHER_MASS => WHY_TEACHER_MASS,
+        _ => WHY_STUDENT_MASS,
+    }
+}
+
 /// Turns a bad row's record into the error the host path returns.
 pub(crate) fn decode(row: usize, rec: &Record, ctx: &DecodeCtx) -> Error {
     let st = rec.status();
@@ -271,6 +299,14 @@ pub(crate) fn decode(row: usize, rec: &Record, ctx: &DecodeCtx) -> Error {
             row,
             why: "every value is -inf (probability 0)",
         },
+        c @ (code::INF_TARGET
+        | code::INF_SMOOTHING
+        | code::INF_TEACHER_MASS
+        | code::INF_STUDENT_MASS) => Error::InfiniteLoss {
+            row,
+            col: col.unwrap_or(0),
+            why: infinite_why(c),
+        },
         other => Error::Device(format!("row {row}: unknown status word {other:#x}")),
     }
 }
@@ -278,26 +314,7 @@ pub(crate) fn decode(row: usize, rec: &Record, ctx: &DecodeCtx) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The fields of `struct NAME { .. }` in a WGSL source, as "name: type".
-    fn wgsl_fields(src: &str, name: &str) -> Vec<String> {
-        let start = src
-            .find(&format!("struct {name} {{"))
-            .unwrap_or_else(|| panic!("struct {name}"));
-        let body = &src[start..];
-        let body = &body[body.find('{').unwrap_or(0) + 1..body.find('}').unwrap_or(0)];
-        body.lines()
-            .map(|l| {
-                l.split("//")
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .trim_end_matches(',')
-            })
-            .filter(|l| !l.is_empty())
-            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
-            .collect()
-    }
+    use crate::test_support::wgsl_fields;
 
     #[test]
     fn record_layout_equals_the_shaders() {
@@ -312,6 +329,7 @@ mod tests {
         for src in [
             include_str!("../shaders/rows.wgsl"),
             include_str!("../shaders/total.wgsl"),
+            include_str!("../shaders/train.wgsl"),
         ] {
             assert_eq!(wgsl_fields(src, "Record"), want);
         }

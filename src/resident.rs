@@ -112,6 +112,59 @@ pub struct GpuOutput<'a> {
     /// ones on every call (freed once the submission is done); a
     /// [`Workspace`] reuses its own.
     pub workspace: Option<&'a Workspace>,
+    /// Timestamps of the compute pass that runs the call (profiling); `None`
+    /// records none.
+    pub timestamps: Option<GpuTimestamps<'a>>,
+}
+
+/// Where the one compute pass of a GPU-resident call writes its timestamps
+/// (`wgpu::ComputePassTimestampWrites`): its beginning at index `begin` and
+/// its end at index `end` of a `QueryType::Timestamp` set, on a device with
+/// `wgpu::Features::TIMESTAMP_QUERY`. The pass holds the call's term, merge
+/// and total dispatches; the copy of NLL targets and wgpu's zero-fill of
+/// fresh scratch buffers are recorded before it, outside the two stamps.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct GpuTimestamps<'a> {
+    /// The query set.
+    pub query_set: &'a wgpu::QuerySet,
+    /// The index written at the beginning of the pass.
+    pub begin: u32,
+    /// The index written at its end.
+    pub end: u32,
+}
+
+impl<'a> GpuTimestamps<'a> {
+    /// Stamps at `begin` and `end` of `query_set`.
+    pub fn new(query_set: &'a wgpu::QuerySet, begin: u32, end: u32) -> Self {
+        GpuTimestamps {
+            query_set,
+            begin,
+            end,
+        }
+    }
+
+    /// An error unless wgpu would accept these writes on `device`.
+    fn check(&self, device: &wgpu::Device) -> Result<()> {
+        let qs = self.query_set;
+        let problem = if !device.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
+            Some("the device was created without TIMESTAMP_QUERY".to_string())
+        } else if !matches!(qs.ty(), wgpu::QueryType::Timestamp) {
+            Some("the query set is not a timestamp set".to_string())
+        } else if self.begin >= qs.count() || self.end >= qs.count() || self.begin == self.end {
+            Some(format!(
+                "indices {} and {} in a set of {}: two distinct indices below its count",
+                self.begin,
+                self.end,
+                qs.count()
+            ))
+        } else {
+            None
+        };
+        problem.map_or(Ok(()), |p| {
+            Err(Error::Unsupported(format!("GPU timestamps: {p}")))
+        })
+    }
 }
 
 impl<'a> GpuOutput<'a> {
@@ -121,6 +174,7 @@ impl<'a> GpuOutput<'a> {
             buffer,
             offset: 0,
             workspace: None,
+            timestamps: None,
         }
     }
     /// Sets the byte offset.
@@ -131,6 +185,11 @@ impl<'a> GpuOutput<'a> {
     /// Takes the call's scratch buffers from `workspace`.
     pub fn workspace(mut self, workspace: &'a Workspace) -> Self {
         self.workspace = Some(workspace);
+        self
+    }
+    /// Writes the call's pass timestamps (see [`GpuTimestamps`]).
+    pub fn timestamps(mut self, timestamps: GpuTimestamps<'a>) -> Self {
+        self.timestamps = Some(timestamps);
         self
     }
 }
@@ -413,6 +472,9 @@ fn record_call(
     nll: Option<TargetsCopy<'_>>,
 ) -> Result<()> {
     let plan = crate::gpu::plan(call, &gpu.plan_limits(), offsets)?;
+    if let Some(ts) = &out.timestamps {
+        ts.check(&gpu.device)?;
+    }
     let mut sc = match out.workspace {
         Some(w) => Scratch::pooled(&w.pool),
         None => Scratch::fresh(),
@@ -458,12 +520,17 @@ fn record_call(
     if let (Some(n), Some(h)) = (&nll, &holder) {
         enc.copy_buffer_to_buffer(n.targets.buffer, n.targets.offset, h, 0, t_bytes);
     }
-    recording.record(gpu, enc);
+    let stamps = out.timestamps.map(|t| wgpu::ComputePassTimestampWrites {
+        query_set: t.query_set,
+        beginning_of_pass_write_index: Some(t.begin),
+        end_of_pass_write_index: Some(t.end),
+    });
+    recording.record(gpu, enc, stamps);
     Ok(())
 }
 
 impl Context {
-    fn gpu_or_err(&self) -> Result<&Gpu> {
+    pub(crate) fn gpu_or_err(&self) -> Result<&Gpu> {
         self.gpu
             .as_deref()
             .ok_or_else(|| Error::Unsupported("GPU-resident batches need a GPU context".into()))

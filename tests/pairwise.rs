@@ -13,7 +13,8 @@ mod common;
 
 use common::{Bk, Rng, close, ref_dist};
 use kullback::{
-    Base, Batch, Error, Form, Measure, Normalization, PairwiseOptions, Ran, Setting, TileShape,
+    Arg, BadValue, Base, Batch, Error, Form, Measure, Normalization, PairwiseOptions, Ran, Setting,
+    TileShape,
 };
 
 const MEASURES: [Measure; 5] = [
@@ -615,7 +616,7 @@ fn f64_input() {
             matches!(
                 e,
                 Err(Error::BadValue {
-                    arg: kullback::Arg::Q,
+                    arg: Arg::Q,
                     row: 3,
                     col: Some(4),
                     ..
@@ -648,110 +649,110 @@ fn bad_input_names_argument_row_and_column() {
             &PairwiseOptions::default().normalization(norm),
         )
     };
-    for bk in &bks {
-        let v = Normalization::Validate;
-        let mut bp = p.clone();
-        bp[4 * k + 2] = f32::NAN;
-        bp[5 * k + 1] = -1.0;
-        let mut bq = q.clone();
-        bq[k + 3] = f32::INFINITY;
-        let e = run(bk, &bp, Form::Probs, &bq, Form::Probs, v).expect_err("bad");
-        assert!(
+    // (what, p, its form, q, its form, normalisation, the error expected)
+    type Want = fn(&Error) -> bool;
+    type Case<'a> = (
+        &'a str,
+        &'a [f32],
+        Form,
+        &'a [f32],
+        Form,
+        Normalization,
+        Want,
+    );
+    let v = Normalization::Validate;
+    let mut bp = p.clone();
+    bp[4 * k + 2] = f32::NAN;
+    bp[5 * k + 1] = -1.0;
+    let mut bq = q.clone();
+    bq[k + 3] = f32::INFINITY;
+    let mut sp = p.clone();
+    sp[2 * k] += 0.01;
+    let mut zq = q.clone();
+    zq[3 * k..4 * k].fill(0.0);
+    let mut lq = common::log_of(&q);
+    lq[2 * k + 5] = 0.5;
+    let mut mq = common::log_of(&q);
+    mq[4 * k..5 * k].fill(f32::NEG_INFINITY);
+    let probs = Form::Probs;
+    let cases: [Case<'_>; 6] = [
+        ("p's NaN before q's inf", &bp, probs, &bq, probs, v, |e| {
             matches!(
                 e,
                 Error::BadValue {
-                    arg: kullback::Arg::P,
+                    arg: Arg::P,
                     row: 4,
                     col: Some(2),
-                    what: kullback::BadValue::Nan
+                    what: BadValue::Nan
                 }
-            ),
-            "{}: {e}",
-            bk.name
-        );
-        let e = run(bk, &p, Form::Probs, &bq, Form::Probs, v).expect_err("bad");
-        assert!(
+            )
+        }),
+        ("q's inf", &p, probs, &bq, probs, v, |e| {
             matches!(
                 e,
                 Error::BadValue {
-                    arg: kullback::Arg::Q,
+                    arg: Arg::Q,
                     row: 1,
                     col: Some(3),
-                    what: kullback::BadValue::Infinite
+                    what: BadValue::Infinite
                 }
-            ),
-            "{}: {e}",
-            bk.name
-        );
-        let mut sp = p.clone();
-        sp[2 * k] += 0.01;
-        let e = run(bk, &sp, Form::Probs, &q, Form::Probs, v).expect_err("sum");
-        assert!(
+            )
+        }),
+        ("p's row sum", &sp, probs, &q, probs, v, |e| {
             matches!(
                 e,
                 Error::NotNormalized {
-                    arg: kullback::Arg::P,
+                    arg: Arg::P,
                     row: 2,
                     ..
                 }
-            ),
-            "{}: {e}",
-            bk.name
-        );
-        let mut zq = q.clone();
-        zq[3 * k..4 * k].fill(0.0);
-        let e = run(
-            bk,
+            )
+        }),
+        (
+            "q's zero row",
             &p,
-            Form::Probs,
+            probs,
             &zq,
-            Form::Probs,
+            probs,
             Normalization::Renormalize,
-        )
-        .expect_err("zero");
-        assert!(
-            matches!(
-                e,
-                Error::CannotNormalize {
-                    arg: kullback::Arg::Q,
-                    row: 3,
-                    ..
-                }
-            ),
-            "{}: {e}",
-            bk.name
-        );
-        let mut lq = common::log_of(&q);
-        lq[2 * k + 5] = 0.5;
-        let e = run(bk, &p, Form::Probs, &lq, Form::LogProbs, v).expect_err("positive log");
-        assert!(
+            |e| {
+                matches!(
+                    e,
+                    Error::CannotNormalize {
+                        arg: Arg::Q,
+                        row: 3,
+                        ..
+                    }
+                )
+            },
+        ),
+        ("q's positive log", &p, probs, &lq, Form::LogProbs, v, |e| {
             matches!(
                 e,
                 Error::BadValue {
-                    arg: kullback::Arg::Q,
+                    arg: Arg::Q,
                     row: 2,
                     col: Some(5),
-                    what: kullback::BadValue::PositiveLog
+                    what: BadValue::PositiveLog
                 }
-            ),
-            "{}: {e}",
-            bk.name
-        );
-        let mut mq = common::log_of(&q);
-        mq[4 * k..5 * k].fill(f32::NEG_INFINITY);
-        let e = run(bk, &p, Form::Probs, &mq, Form::Logits, v).expect_err("masked");
-        assert!(
+            )
+        }),
+        ("q's masked row", &p, probs, &mq, Form::Logits, v, |e| {
             matches!(
                 e,
                 Error::CannotNormalize {
-                    arg: kullback::Arg::Q,
+                    arg: Arg::Q,
                     row: 4,
                     ..
                 }
-            ),
-            "{}: {e}",
-            bk.name
-        );
+            )
+        }),
+    ];
+    for bk in &bks {
+        for (what, p, pf, q, qf, norm, want) in &cases {
+            let e = run(bk, p, *pf, q, *qf, *norm).expect_err(what);
+            assert!(want(&e), "{} {what}: {e}", bk.name);
+        }
     }
     // shapes and options
     let ctx = common::cpu();

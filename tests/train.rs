@@ -5,6 +5,8 @@
 //! row ‖g − g_ref‖₁ ≤ 1e-4·‖g_ref‖₁ + 1e-6; losses within abs 2e-6·max(1,
 //! T²) + rel 2e-5.
 
+mod common;
+
 use kullback::{
     Backend, Base, Batch, Context, DistillOptions, Divergence, Error, Form, NllOptions, Reduction,
     RowMask, Setting, SparseTeacher, Tail, Targets, Teacher,
@@ -388,8 +390,7 @@ struct Case {
     fd: bool,
 }
 
-fn run_case(rng: &mut Rng, c: &Case) {
-    let ctx = cpu();
+fn run_case(ctx: &Context, rng: &mut Rng, c: &Case) {
     let (rows, cols) = (c.rows, c.cols);
     let (s, tl) = logits(rng, rows, cols, c.flavor);
     let mask: Vec<bool> = (0..rows).map(|r| !c.mask || r % 3 != 1).collect();
@@ -457,12 +458,12 @@ fn run_case(rng: &mut Rng, c: &Case) {
             };
             // keep the vectors alive for the call below
             let t = Teacher::Sparse(SparseTeacher::new(targets, &l_all, k));
-            run_checked(&ctx, c, &student, t, &opts, &s, &refs, &mask);
+            run_checked(ctx, c, &student, t, &opts, &s, &refs, &mask);
             return;
         }
         _ => Teacher::Dense(Batch::new(&t_vals, rows, cols).form(form)),
     };
-    run_checked(&ctx, c, &student, teacher, &opts, &s, &refs, &mask);
+    run_checked(ctx, c, &student, teacher, &opts, &s, &refs, &mask);
 }
 
 #[expect(
@@ -507,6 +508,12 @@ fn run_checked(
     let out = ctx
         .distill(student, &teacher, opts, &mut grad)
         .unwrap_or_else(|e| panic!("{what}: {e} {:?} {:?}", &refs[..1], &s[..cols]));
+    // a dense teacher runs on the context's backend, a sparse one on the CPU
+    let ran = match teacher {
+        Teacher::Sparse(_) => kullback::Ran::Cpu,
+        _ => ctx.backend(),
+    };
+    assert_eq!(out.backend, ran, "{what}");
     let count = mask.iter().filter(|&&m| m).count() as f64;
     let scale = match c.reduction {
         Reduction::Mean => 1.0 / count,
@@ -599,7 +606,43 @@ fn distill_dense_grid() {
                                 mask: i > 0,
                                 fd: i == 0 && !logprobs,
                             };
-                            run_case(&mut rng, &case);
+                            run_case(&cpu(), &mut rng, &case);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Rows of several blocks (the CPU's blocks are 512 columns), where the
+/// running maxima move from block to block: the reverse KL's pass-1 sum is
+/// rebased each time its reference column moves.
+#[test]
+fn distill_dense_multi_block() {
+    let mut rng = Rng(4);
+    let ctxs: Vec<Context> = std::iter::once(cpu()).chain(common::gpu()).collect();
+    for ctx in &ctxs {
+        for cols in [1500usize] {
+            for &div in &DIVS {
+                for temp in [0.5, 4.0] {
+                    for flavor in [Flavor::Plain, Flavor::Masked, Flavor::Huge] {
+                        for logprobs in [false, true] {
+                            let case = Case {
+                                rows: 4,
+                                cols,
+                                temp,
+                                div,
+                                flavor,
+                                sparse: logprobs.then_some(0),
+                                bucket: true,
+                                reduction: Reduction::None,
+                                mask: false,
+                                // the reference's own derivatives are checked
+                                // by the grids above
+                                fd: false,
+                            };
+                            run_case(ctx, &mut rng, &case);
                         }
                     }
                 }
@@ -633,7 +676,7 @@ fn distill_sparse_grid() {
                                     mask: i > 0,
                                     fd: i == 0,
                                 };
-                                run_case(&mut rng, &case);
+                                run_case(&cpu(), &mut rng, &case);
                             }
                         }
                     }
@@ -735,8 +778,12 @@ fn distill_256k_columns() {
 
 #[test]
 fn nll_grid() {
+    nll_grid_on(&cpu(), true);
+}
+
+/// The NLL grid on `ctx`; `fd`: check the reference by finite differences.
+fn nll_grid_on(ctx: &Context, fd: bool) {
     let mut rng = Rng(4);
-    let ctx = cpu();
     for cols in [1usize, 3, 257] {
         for flavor in [Flavor::Plain, Flavor::Masked, Flavor::Huge] {
             for weighted in [false, true] {
@@ -789,6 +836,22 @@ fn nll_grid() {
                             let out = ctx
                                 .nll_grad(&batch, &targets, &opts, &mut grad)
                                 .unwrap_or_else(|e| panic!("{what}: {e}"));
+                            assert_eq!(out.backend, ctx.backend(), "{what}");
+                            // bit-identical rerun
+                            let mut again = vec![0f32; rows * cols];
+                            let out2 = ctx
+                                .nll_grad(&batch, &targets, &opts, &mut again)
+                                .expect("rerun");
+                            assert!(
+                                grad.iter()
+                                    .zip(&again)
+                                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                                "{what}: rerun differs"
+                            );
+                            assert_eq!(
+                                out.values.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                                out2.values.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+                            );
                             let wt = |t: i64| if weighted { w[t as usize] as f64 } else { 1.0 };
                             let count: f64 =
                                 targets.iter().filter(|&&t| t != -100).map(|&t| wt(t)).sum();
@@ -809,7 +872,7 @@ fn nll_grid() {
                                 let wref = weighted.then_some(&w[..]);
                                 let (loss, gr) =
                                     nll_ref(&zr, targets[r] as usize, wref, eps as f64);
-                                if reduction == Reduction::None {
+                                if fd && reduction == Reduction::None {
                                     let h = if flavor == Flavor::Huge { 1e-3 } else { 1e-5 };
                                     check_fd(
                                         &zr,
@@ -1574,4 +1637,408 @@ fn torch_reference() {
             );
         }
     }
+}
+
+// ------------------------------------------------------------ the GPU backend
+
+/// The dense distillation grid on the GPU backend against the same f64
+/// references (T ∈ {0.5, 2}; the references' finite differences are the CPU
+/// grid's).
+#[test]
+fn gpu_distill_dense_grid() {
+    let Some(gpu) = common::gpu() else { return };
+    let mut rng = Rng(11);
+    for cols in [1usize, 3, 257] {
+        for &div in &DIVS {
+            for temp in [0.5, 2.0] {
+                for flavor in [Flavor::Plain, Flavor::Masked, Flavor::Huge] {
+                    for logprobs in [false, true] {
+                        for (i, reduction) in [Reduction::None, Reduction::Sum, Reduction::Mean]
+                            .into_iter()
+                            .enumerate()
+                        {
+                            let case = Case {
+                                rows: 4,
+                                cols,
+                                temp,
+                                div,
+                                flavor,
+                                sparse: logprobs.then_some(0),
+                                bucket: true,
+                                reduction,
+                                mask: i > 0,
+                                fd: false,
+                            };
+                            run_case(&gpu, &mut rng, &case);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The NLL grid (ignore index, class weights, label smoothing, −inf logits,
+/// logits of 10⁴, reductions) on the GPU backend.
+#[test]
+fn gpu_nll_grid() {
+    let Some(gpu) = common::gpu() else { return };
+    nll_grid_on(&gpu, false);
+}
+
+/// Two rows of 100,000 columns (each streamed by one workgroup) on the GPU,
+/// every divergence and the NLL, against the f64 references.
+#[test]
+fn gpu_long_rows() {
+    let Some(gpu) = common::gpu() else { return };
+    let mut rng = Rng(12);
+    let (rows, cols) = (2, 100_000);
+    let (s, t) = logits(&mut rng, rows, cols, Flavor::Plain);
+    let student = Batch::new(&s, rows, cols).form(Form::Logits);
+    let teacher = Teacher::Dense(Batch::new(&t, rows, cols).form(Form::Logits));
+    for div in [Div::Fwd, Div::Rev, Div::Jsd(0.5)] {
+        let (divergence, beta) = match div {
+            Div::Fwd => (Divergence::ForwardKl, 0.5),
+            Div::Rev => (Divergence::ReverseKl, 0.5),
+            Div::Jsd(b) => (Divergence::Jsd, b as f32),
+        };
+        let temp = 2.0;
+        let opts = DistillOptions::default()
+            .divergence(divergence)
+            .beta(beta)
+            .temperature(temp as f32);
+        let mut grad = vec![f32::NAN; rows * cols];
+        let out = gpu.distill(&student, &teacher, &opts, &mut grad).unwrap();
+        assert_eq!(out.backend, kullback::Ran::Gpu);
+        for r in 0..rows {
+            let range = r * cols..(r + 1) * cols;
+            let tr = TRef::Dense(f64s(&t[range.clone()]));
+            let (loss, gr) = distill_ref(&f64s(&s[range.clone()]), &tr, temp, div);
+            let what = format!("GPU 2 x 100k {div:?} row {r}");
+            check_row(&grad[range], &gr, &what);
+            check_loss(out.values[r], loss, temp * temp, &what);
+        }
+    }
+    let targets: Vec<i64> = (0..rows).map(|_| rng.below(cols) as i64).collect();
+    let opts = NllOptions::default().label_smoothing(0.1);
+    let mut grad = vec![f32::NAN; rows * cols];
+    let out = gpu.nll_grad(&student, &targets, &opts, &mut grad).unwrap();
+    for (r, &tr) in targets.iter().enumerate() {
+        let range = r * cols..(r + 1) * cols;
+        let (loss, gr) = nll_ref(&f64s(&s[range.clone()]), tr as usize, None, 0.1);
+        let what = format!("GPU 2 x 100k nll row {r}");
+        check_row(&grad[range], &gr, &what);
+        check_loss(out.values[r], loss, 1.0, &what);
+    }
+}
+
+/// An infinite loss on the GPU is the host path's error naming the row and
+/// column, as on the CPU; so are NaN logits.
+#[test]
+fn gpu_infinite_loss_and_bad_values() {
+    let Some(gpu) = common::gpu() else { return };
+    let ni = f32::NEG_INFINITY;
+    let (rows, cols) = (3, 600);
+    let s: Vec<f32> = (0..rows * cols).map(|i| (i % 7) as f32 * 0.3).collect();
+    let t: Vec<f32> = (0..rows * cols).map(|i| (i % 5) as f32 * 0.2).collect();
+    let mut bad_s = s.clone();
+    bad_s[cols + 550] = ni;
+    bad_s[cols + 590] = ni;
+    let mut bad_t = t.clone();
+    bad_t[2 * cols + 17] = ni;
+    let cases = [
+        (Divergence::ForwardKl, &bad_s, &t, 1, 550),
+        (Divergence::ReverseKl, &s, &bad_t, 2, 17),
+    ];
+    for (div, sv, tv, row_want, col_want) in cases {
+        for ctx in [cpu(), gpu.clone()] {
+            let mut grad = vec![0f32; rows * cols];
+            let e = ctx
+                .distill(
+                    &Batch::new(sv, rows, cols).form(Form::Logits),
+                    &Teacher::Dense(Batch::new(tv, rows, cols).form(Form::Logits)),
+                    &DistillOptions::default().divergence(div),
+                    &mut grad,
+                )
+                .expect_err("an infinite loss");
+            assert!(
+                matches!(e, Error::InfiniteLoss { row, col, .. } if row == row_want && col == col_want),
+                "{:?} {div:?}: {e}",
+                ctx.backend()
+            );
+        }
+    }
+    // NLL: the target's logit is −inf; label smoothing over a −inf logit
+    let mut z = s.clone();
+    z[2 * cols + 4] = ni;
+    z[cols + 9] = ni;
+    for (targets, eps, want) in [
+        (vec![0i64, 1, 4], 0.0f32, (2, 4)),
+        (vec![0i64, 1, 5], 0.1, (1, 9)),
+    ] {
+        for ctx in [cpu(), gpu.clone()] {
+            let mut grad = vec![0f32; rows * cols];
+            let e = ctx
+                .nll_grad(
+                    &Batch::new(&z, rows, cols).form(Form::Logits),
+                    &targets,
+                    &NllOptions::default().label_smoothing(eps),
+                    &mut grad,
+                )
+                .expect_err("an infinite loss");
+            assert!(
+                matches!(e, Error::InfiniteLoss { row, col, .. } if (row, col) == want),
+                "{:?}: {e}",
+                ctx.backend()
+            );
+        }
+    }
+    // a NaN logit of the student
+    let mut nan = s.clone();
+    nan[cols + 3] = f32::NAN;
+    let mut grad = vec![0f32; rows * cols];
+    let e = gpu
+        .distill(
+            &Batch::new(&nan, rows, cols).form(Form::Logits),
+            &Teacher::Dense(Batch::new(&t, rows, cols).form(Form::Logits)),
+            &DistillOptions::default(),
+            &mut grad,
+        )
+        .expect_err("NaN");
+    assert!(
+        matches!(
+            e,
+            Error::BadValue {
+                row: 1,
+                col: Some(3),
+                ..
+            }
+        ),
+        "{e}"
+    );
+}
+
+/// The GPU-resident path: logits, teacher, targets and mask in our own
+/// buffers, the gradient written at an offset of a larger buffer, the
+/// records decoded; the same bits as the host path on the GPU backend.
+#[test]
+fn gpu_resident_distill_and_nll() {
+    use kullback::wgpu::{self, util::DeviceExt};
+    use kullback::{GpuBatch, GpuDistill, GpuGrad, GpuNllGrad, GpuOutput, GpuRowMask, GpuTargets};
+    let Some((device, queue)) = common::gpu_device(wgpu::Limits::downlevel_defaults()) else {
+        return;
+    };
+    let ctx = Context::from_device(device.clone(), queue.clone()).expect("context");
+    let mut rng = Rng(13);
+    let (rows, cols) = (5, 300);
+    let (s, t) = logits(&mut rng, rows, cols, Flavor::Masked);
+    let sb = common::storage(&device, &s);
+    let tb = common::storage(&device, &t);
+    let align = device.limits().min_storage_buffer_offset_alignment as u64;
+    // the gradient one alignment into a larger buffer
+    let gbytes = align + (rows * cols * 4) as u64;
+    let gbuf = common::out_buffer(&device, gbytes);
+    let obytes = kullback::grad_output_bytes(rows);
+    let obuf = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("records"),
+        size: obytes,
+        usage: wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    });
+    let read_grad = |buf: &wgpu::Buffer| -> Vec<f32> {
+        let recs = common::read_records(&device, &queue, buf, align, (rows * cols * 4) as u64);
+        bytemuck::cast_slice::<kullback::Record, f32>(&recs).to_vec()
+    };
+    let mask = [1u32, 0, 1, 1, 0];
+    let mask_bool: Vec<bool> = mask.iter().map(|&m| m != 0).collect();
+    let mbuf = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some("mask"),
+        contents: bytemuck::cast_slice(&mask),
+        usage: wgpu::BufferUsages::COPY_SRC,
+    });
+    let student = GpuBatch::new(&sb, rows, cols).form(Form::Logits);
+    let teacher = GpuBatch::new(&tb, rows, cols).form(Form::Logits);
+    let counted = mask.iter().filter(|&&m| m != 0).count() as f32;
+    for div in [
+        Divergence::ForwardKl,
+        Divergence::ReverseKl,
+        Divergence::Jsd,
+    ] {
+        let opts = DistillOptions::default()
+            .divergence(div)
+            .beta(0.1)
+            .temperature(2.0);
+        let call = GpuDistill::new(
+            student,
+            teacher,
+            GpuGrad::new(&gbuf).offset(align),
+            GpuOutput::new(&obuf),
+        )
+        .options(opts)
+        .mask(GpuRowMask {
+            buffer: &mbuf,
+            offset: 0,
+        })
+        .grad_scale(1.0 / counted);
+        let mut enc = device.create_command_encoder(&Default::default());
+        ctx.encode_distill(&mut enc, &call).expect("encode");
+        queue.submit([enc.finish()]);
+        let recs = common::read_records(&device, &queue, &obuf, 0, obytes);
+        let losses = call.decode(&recs).expect("decode");
+        let got = read_grad(&gbuf);
+        // the host path on the same device, mean over the counted rows
+        let mut want = vec![0f32; rows * cols];
+        let host = ctx
+            .distill(
+                &Batch::new(&s, rows, cols).form(Form::Logits),
+                &Teacher::Dense(Batch::new(&t, rows, cols).form(Form::Logits)),
+                &opts.reduction(Reduction::Mean).mask(&mask_bool),
+                &mut want,
+            )
+            .expect("host");
+        assert_eq!(host.backend, kullback::Ran::Gpu);
+        let d = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(d(&got), d(&want), "{div:?}: gradient");
+        let mean = losses.iter().map(|&v| v as f64).sum::<f64>() / counted as f64;
+        assert_eq!(mean as f32, host.values[0], "{div:?}: loss");
+        for r in 0..rows {
+            assert_eq!(recs[r].aux_p, mask[r] as f32, "row weight");
+        }
+    }
+    // the NLL with i32 targets, an ignored row and class weights; then a
+    // target out of range, reported in its row's record
+    let mut targets: Vec<i32> = vec![0, -100, 7, 2, 11];
+    for r in 0..rows {
+        while targets[r] >= 0 && s[r * cols + targets[r] as usize] == f32::NEG_INFINITY {
+            targets[r] += 1;
+        }
+    }
+    let w: Vec<f32> = (0..cols).map(|c| 0.5 + (c % 3) as f32 * 0.25).collect();
+    let opts = NllOptions::default()
+        .ignore_index(-100)
+        .weights(&w)
+        .label_smoothing(0.0);
+    let tbuf = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some("targets"),
+        contents: bytemuck::cast_slice(&targets),
+        usage: wgpu::BufferUsages::COPY_SRC,
+    });
+    let call = GpuNllGrad::new(
+        student,
+        GpuTargets::i32(&tbuf, rows),
+        GpuGrad::new(&gbuf).offset(align),
+        GpuOutput::new(&obuf),
+    )
+    .options(opts);
+    let mut enc = device.create_command_encoder(&Default::default());
+    ctx.encode_nll_grad(&mut enc, &call).expect("encode");
+    queue.submit([enc.finish()]);
+    let recs = common::read_records(&device, &queue, &obuf, 0, obytes);
+    let losses = call.decode(&recs).expect("decode");
+    let got = read_grad(&gbuf);
+    let mut want = vec![0f32; rows * cols];
+    let host = ctx
+        .nll_grad(
+            &Batch::new(&s, rows, cols).form(Form::Logits),
+            &targets,
+            &opts,
+            &mut want,
+        )
+        .expect("host");
+    let d = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(d(&got), d(&want), "nll gradient");
+    assert_eq!(d(&losses), d(&host.values), "nll losses");
+    let bad_targets: Vec<i32> = vec![0, 2, 3, cols as i32 + 3, 4];
+    let tbad = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some("targets"),
+        contents: bytemuck::cast_slice(&bad_targets),
+        usage: wgpu::BufferUsages::COPY_SRC,
+    });
+    let call = GpuNllGrad::new(
+        student,
+        GpuTargets::i32(&tbad, rows),
+        GpuGrad::new(&gbuf),
+        GpuOutput::new(&obuf),
+    );
+    let mut enc = device.create_command_encoder(&Default::default());
+    ctx.encode_nll_grad(&mut enc, &call).expect("encode");
+    queue.submit([enc.finish()]);
+    let recs = common::read_records(&device, &queue, &obuf, 0, obytes);
+    let e = call.decode(&recs).expect_err("out of range");
+    assert!(
+        matches!(e, Error::TargetOutOfRange { row: 3, target, .. } if target == cols as i64 + 3),
+        "{e}"
+    );
+    // a mean is refused (the caller scales)
+    let call = call.options(NllOptions::default().reduction(Reduction::Mean));
+    let mut enc = device.create_command_encoder(&Default::default());
+    assert!(matches!(
+        ctx.encode_nll_grad(&mut enc, &call),
+        Err(Error::Unsupported(_))
+    ));
+}
+
+/// A binding cap of 64 KiB splits 40 rows of 1,000 columns over three
+/// dispatches (the row mask, targets and weights sliced with them): the
+/// same bits as one dispatch.
+#[test]
+fn gpu_rows_split_over_dispatches() {
+    let (Some(gpu), Some(capped)) = (common::gpu(), common::gpu_capped(64 * 1024)) else {
+        return;
+    };
+    let mut rng = Rng(14);
+    let (rows, cols) = (40, 1000);
+    let (s, t) = logits(&mut rng, rows, cols, Flavor::Masked);
+    let mask: Vec<u8> = (0..rows).map(|r| (r % 7 != 3) as u8).collect();
+    let student = Batch::new(&s, rows, cols).form(Form::Logits);
+    let teacher = Teacher::Dense(Batch::new(&t, rows, cols).form(Form::Logits));
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for div in [
+        Divergence::ForwardKl,
+        Divergence::ReverseKl,
+        Divergence::Jsd,
+    ] {
+        let opts = DistillOptions::default()
+            .divergence(div)
+            .temperature(2.0)
+            .reduction(Reduction::Mean)
+            .mask(&mask);
+        let (mut a, mut b) = (vec![0f32; rows * cols], vec![0f32; rows * cols]);
+        let oa = gpu.distill(&student, &teacher, &opts, &mut a).unwrap();
+        let ob = capped.distill(&student, &teacher, &opts, &mut b).unwrap();
+        assert_eq!(bits(&a), bits(&b), "{div:?}");
+        assert_eq!(bits(&oa.values), bits(&ob.values), "{div:?}");
+    }
+    let w: Vec<f32> = (0..cols)
+        .map(|c| {
+            if c % 5 == 1 {
+                0.0
+            } else {
+                0.5 + (c % 3) as f32
+            }
+        })
+        .collect();
+    let targets: Vec<i64> = (0..rows)
+        .map(|r| {
+            if r % 9 == 4 {
+                -100
+            } else {
+                (r * 37 % cols) as i64 / 5 * 5
+            }
+        })
+        .collect();
+    let opts = NllOptions::default()
+        .weights(&w)
+        .ignore_index(-100)
+        .label_smoothing(0.2)
+        .reduction(Reduction::Sum);
+    let (mut a, mut b) = (vec![0f32; rows * cols], vec![0f32; rows * cols]);
+    let oa = gpu.nll_grad(&student, &targets, &opts, &mut a).unwrap();
+    let ob = capped.nll_grad(&student, &targets, &opts, &mut b).unwrap();
+    assert_eq!(bits(&a), bits(&b), "nll");
+    assert_eq!(bits(&oa.values), bits(&ob.values), "nll");
+    // and the CPU's value within the bound
+    let mut c = vec![0f32; rows * cols];
+    let oc = cpu().nll_grad(&student, &targets, &opts, &mut c).unwrap();
+    check_loss(oa.values[0], oc.values[0] as f64, rows as f64, "nll vs cpu");
 }

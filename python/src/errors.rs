@@ -24,7 +24,8 @@ impl RowOffset {
             Arg::P => self.p,
             Arg::Q => self.q,
             Arg::Targets => self.targets,
-            Arg::Weights | Arg::Mask | Arg::Indices | Arg::Gradient => false,
+            // per-class or per-call arguments, never split by rows
+            _ => false,
         }
     }
 

@@ -919,7 +919,8 @@ impl Files<'_> {
             Arg::Weights => self.weights,
             Arg::Mask => self.mask,
             Arg::Indices => self.indices,
-            Arg::Gradient => None,
+            // the gradient is an output; later arguments are named by kind
+            _ => None,
         };
         path.map_or_else(|| arg.to_string(), show)
     }

@@ -53,8 +53,12 @@ pub(super) trait Term: 'static {
     /// w = ±0 for a zero, so plain sums need no select.
     fn accumulate<const L: usize, A: Arith>(acc: &mut Lanes<L>, i: usize, pe: Elem, qe: Elem);
     /// Adds the lanes of its own sums into the f64 state (Σ w of p and q are
-    /// added by the caller).
-    fn flush<const L: usize>(acc: &Lanes<L>, st: &mut State);
+    /// added by the caller). By default the terms that sum into `t` alone
+    /// (the bounded measures: no +inf to flag).
+    #[inline(always)]
+    fn flush<const L: usize>(acc: &Lanes<L>, st: &mut State) {
+        st.t += sum(&acc.t);
+    }
     /// The row's value in nats.
     fn value(st: &State, r: &RowLogs) -> f64;
 }
@@ -199,10 +203,6 @@ impl Term for Js {
         let normal = (s.to_bits() & EXP_MASK) != 0;
         acc.t[i] += if normal { tp + tq } else { 0.0 };
     }
-    #[inline(always)]
-    fn flush<const L: usize>(acc: &Lanes<L>, st: &mut State) {
-        st.t += sum(&acc.t);
-    }
     fn value(st: &State, _: &RowLogs) -> f64 {
         st.t
     }
@@ -236,12 +236,8 @@ impl Term for Hellinger {
         let d = sqrt_bits(pe.w) - sqrt_bits(qe.w);
         acc.t[i] += d * d;
     }
-    #[inline(always)]
-    fn flush<const L: usize>(acc: &Lanes<L>, st: &mut State) {
-        st.t += sum(&acc.t);
-    }
     fn value(st: &State, _: &RowLogs) -> f64 {
-        0.5 * st.t
+        half_t(st)
     }
 }
 
@@ -258,13 +254,15 @@ impl Term for Tv {
         acc.sb[i] += qe.w;
         acc.t[i] += (pe.w - qe.w).abs();
     }
-    #[inline(always)]
-    fn flush<const L: usize>(acc: &Lanes<L>, st: &mut State) {
-        st.t += sum(&acc.t);
-    }
     fn value(st: &State, _: &RowLogs) -> f64 {
-        0.5 * st.t
+        half_t(st)
     }
+}
+
+/// ½ Σ t: the value of the measures defined as half a sum of distances.
+#[inline(always)]
+fn half_t(st: &State) -> f64 {
+    0.5 * st.t
 }
 
 /// The first pass of the two-pass plan: row sums only (its finalize is

@@ -74,19 +74,25 @@ pub(crate) fn shares_memory(t: wgpu::DeviceType) -> bool {
     matches!(t, wgpu::DeviceType::IntegratedGpu | wgpu::DeviceType::Cpu)
 }
 
-/// A device with the adapter's own limits (large bindings) and one optional
-/// feature, `MAPPABLE_PRIMARY_BUFFERS` where host and device share memory
-/// (inputs are then written into the storage buffers themselves; on a
-/// discrete GPU such buffers would live in slow host-visible memory). `MemoryHints::MemoryUsage`: with the default (`Performance`)
+/// A device with the adapter's own limits (large bindings) and two optional
+/// features where the adapter has them: `MAPPABLE_PRIMARY_BUFFERS` where host
+/// and device share memory (inputs are then written into the storage buffers
+/// themselves; on a discrete GPU such buffers would live in slow host-visible
+/// memory), and `SUBGROUP` if `subgroups` (the reductions' butterflies). `MemoryHints::MemoryUsage`: with the default (`Performance`)
 /// buffers are carved from 128-256 MiB blocks, and one buffer kept in the
 /// pool keeps its whole block resident.
-pub(crate) fn request_device(adapter: &wgpu::Adapter) -> Result<(wgpu::Device, wgpu::Queue)> {
-    let mappable = wgpu::Features::MAPPABLE_PRIMARY_BUFFERS;
-    let features = if shares_memory(adapter.get_info().device_type) {
-        adapter.features() & mappable
-    } else {
-        wgpu::Features::empty()
-    };
+pub(crate) fn request_device(
+    adapter: &wgpu::Adapter,
+    subgroups: bool,
+) -> Result<(wgpu::Device, wgpu::Queue)> {
+    let mut wanted = wgpu::Features::empty();
+    if shares_memory(adapter.get_info().device_type) {
+        wanted |= wgpu::Features::MAPPABLE_PRIMARY_BUFFERS;
+    }
+    if subgroups {
+        wanted |= wgpu::Features::SUBGROUP;
+    }
+    let features = adapter.features() & wanted;
     let desc = wgpu::DeviceDescriptor {
         label: Some("kullback"),
         required_features: features,

@@ -43,11 +43,17 @@ pub(crate) struct Recording {
 }
 
 impl Recording {
-    /// Records the dispatches into `enc` (one compute pass).
-    pub(crate) fn record(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder) {
+    /// Records the dispatches into `enc` (one compute pass, with the
+    /// caller's timestamp writes if any: GPU-resident calls, for profiling).
+    pub(crate) fn record(
+        &self,
+        gpu: &Gpu,
+        enc: &mut wgpu::CommandEncoder,
+        timestamp_writes: Option<wgpu::ComputePassTimestampWrites<'_>>,
+    ) {
         let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("kullback"),
-            timestamp_writes: None,
+            timestamp_writes,
         });
         for Dispatch(pipeline, group, slot, grid) in &self.steps {
             pass.set_pipeline(pipeline);

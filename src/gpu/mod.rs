@@ -9,6 +9,8 @@ mod pipelines;
 mod plan;
 mod pool;
 mod readback;
+// loss and gradient (src/train's GPU path)
+pub(crate) mod train;
 mod upload;
 mod wgsl;
 
@@ -23,7 +25,7 @@ pub(crate) use pool::{DEFAULT_POOL_BYTES, Pool, Scratch};
 
 pub(crate) use encode::{Operands, prepare};
 pub(crate) use pipelines::Pipelines;
-pub(crate) use plan::{TOTAL_OUTPUT_SIZE, plan, targets_words};
+pub(crate) use plan::{GpuPlan, TOTAL_OUTPUT_SIZE, plan, targets_words};
 
 /// A device, its queue and the pipelines built on it.
 #[derive(Debug)]
@@ -45,26 +47,37 @@ pub(crate) struct Gpu {
     pool: Arc<Pool>,
     /// The all-pairs pipelines, built on first use.
     pub(crate) pairwise: pairwise::PipelinesCell,
+    /// The loss-and-gradient pipeline, built on first use.
+    pub(crate) train: train::TrainCell,
 }
 
 impl Gpu {
     /// Picks an adapter (software ones only if `allow_software`) and makes a device.
-    pub(crate) fn create(allow_software: bool, cap: Option<u64>, pool_bytes: u64) -> Result<Gpu> {
+    /// `subgroups`: request `Features::SUBGROUP` where the adapter has it,
+    /// and use it in the reductions.
+    pub(crate) fn create(
+        allow_software: bool,
+        cap: Option<u64>,
+        pool_bytes: u64,
+        subgroups: bool,
+    ) -> Result<Gpu> {
         let adapter = device::pick_adapter(allow_software)?;
         let info = adapter.get_info();
-        let (device, queue) = device::request_device(&adapter)?;
-        let mut g = Gpu::from_device(device, queue, cap, pool_bytes)?;
+        let (device, queue) = device::request_device(&adapter, subgroups)?;
+        let mut g = Gpu::from_device(device, queue, cap, pool_bytes, subgroups)?;
         g.adapter_name = info.name;
         g.class = crate::cost::AdapterClass::of(info.device_type);
         Ok(g)
     }
 
-    /// Wraps the caller's device.
+    /// Wraps the caller's device (subgroups where it has the feature and
+    /// `subgroups` allows them).
     pub(crate) fn from_device(
         device: wgpu::Device,
         queue: wgpu::Queue,
         cap: Option<u64>,
         pool_bytes: u64,
+        subgroups: bool,
     ) -> Result<Gpu> {
         let limits = device.limits();
         if limits.max_storage_buffers_per_shader_stage < 4 {
@@ -88,7 +101,8 @@ impl Gpu {
             None => device_cap,
         };
         let info = device.adapter_info();
-        let pipelines = Pipelines::for_device(&device)?;
+        let subgroups = subgroups && device.features().contains(wgpu::Features::SUBGROUP);
+        let pipelines = Pipelines::for_device(&device, subgroups)?;
         let unified = device::shares_memory(info.device_type)
             && device
                 .features()
@@ -105,6 +119,7 @@ impl Gpu {
             pipelines,
             pool: Arc::new(Pool::new(pool_bytes)),
             pairwise: Default::default(),
+            train: Default::default(),
         })
     }
 
@@ -113,12 +128,16 @@ impl Gpu {
         *self.upload_rate.get_or_init(|| upload::probe_rate(self))
     }
 
-    /// Pipelines `call` needs that this device has not compiled yet, and
-    /// whether its plan reads the input twice; `None` if it cannot be planned.
-    pub(crate) fn plan_cost(&self, call: &crate::call::Call) -> Option<(u32, u32)> {
-        let plan = plan::plan(call, &self.plan_limits(), (0, 0)).ok()?;
+    /// The host path's plan of `call` on this device.
+    pub(crate) fn plan(&self, call: &crate::call::Call) -> Result<GpuPlan> {
+        plan::plan(call, &self.plan_limits(), (0, 0))
+    }
+
+    /// Pipelines `plan` needs that this device has not compiled yet, and
+    /// how many times it reads the input (the cost model's terms).
+    pub(crate) fn plan_cost(&self, call: &crate::call::Call, plan: &GpuPlan) -> (u32, u32) {
         let new = self.pipelines.uncached(plan.steps.iter().map(|s| s.key));
-        Some((new, if call.two_pass { 2 } else { 1 }))
+        (new, if call.two_pass { 2 } else { 1 })
     }
 
     pub(crate) fn adapter_name(&self) -> &str {
@@ -190,14 +209,19 @@ impl Gpu {
 
     /// The host path: upload, record, submit once, read back only the
     /// results (the output records; see [`crate::record::OutputDesc`]).
-    pub(crate) fn run(&self, job: &Job<'_>) -> Result<Vec<Record>> {
-        self.submit(job)?.wait(self)
+    /// `plan` is the job's plan if the placement made it already.
+    pub(crate) fn run(&self, job: &Job<'_>, plan: Option<GpuPlan>) -> Result<Vec<Record>> {
+        self.submit(job, plan)?.wait(self)
     }
 
-    /// Uploads and submits `job`; the results are read when the returned
-    /// [`Pending`] is waited for or awaited.
-    pub(crate) fn submit(&self, job: &Job<'_>) -> Result<Pending> {
-        let plan = plan::plan(&job.call, &self.plan_limits(), (0, 0))?;
+    /// Uploads and submits `job` (planned now unless `plan` is given); the
+    /// results are read when the returned [`Pending`] is waited for or
+    /// awaited.
+    pub(crate) fn submit(&self, job: &Job<'_>, plan: Option<GpuPlan>) -> Result<Pending> {
+        let plan = match plan {
+            Some(p) => p,
+            None => self.plan(&job.call)?,
+        };
         let bytes = job.input_bytes() + plan.records_bytes;
         self.scoped("the inputs and records of a call", bytes, || {
             self.submit_inner(job, &plan)
@@ -254,7 +278,8 @@ impl Gpu {
             q: &q_buf,
         };
         let total_out = total.as_ref().map(|t| (t, 0));
-        encode::prepare(self, sc, plan, ops, (&records, 0), total_out)?.record(self, &mut enc);
+        encode::prepare(self, sc, plan, ops, (&records, 0), total_out)?
+            .record(self, &mut enc, None);
         let (out, bytes) = match &total {
             None => (&records, plan.records_bytes),
             Some(t) => (t, TOTAL_OUTPUT_SIZE),

@@ -1612,26 +1612,7 @@ pub(crate) fn status_bytes(p_rows: usize, q_rows: Option<usize>) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The fields of `struct NAME { .. }` in WGSL source, as "name: type".
-    fn wgsl_fields(src: &str, name: &str) -> Vec<String> {
-        let start = src
-            .find(&format!("struct {name} {{"))
-            .unwrap_or_else(|| panic!("struct {name}"));
-        let body = &src[start..];
-        let body = &body[body.find('{').unwrap_or(0) + 1..body.find('}').unwrap_or(0)];
-        body.lines()
-            .map(|l| {
-                l.split("//")
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .trim_end_matches(',')
-            })
-            .filter(|l| !l.is_empty())
-            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
-            .collect()
-    }
+    use crate::test_support::wgsl_fields;
 
     /// The parameter blocks and the record have the layouts of their WGSL
     /// twins (naga lays them out), and no padding the host would not write.

@@ -34,6 +34,8 @@ pub(crate) struct Pipelines {
     pub(crate) rows_bgl: wgpu::BindGroupLayout,
     pub(crate) total_bgl: wgpu::BindGroupLayout,
     pub(crate) total: wgpu::ComputePipeline,
+    /// The reductions use subgroup operations (shaders/subgroups.wgsl).
+    pub(crate) subgroups: bool,
     cache: Mutex<HashMap<RowKey, Arc<wgpu::ComputePipeline>>>,
 }
 
@@ -67,29 +69,40 @@ impl Pipelines {
     /// The pipelines of `device`: built once per context; clones of a
     /// context share them. (A registry keyed by `wgpu::Device` is not safe:
     /// its equality compares ids that repeat across wgpu instances.)
-    pub(crate) fn for_device(device: &wgpu::Device) -> Result<Arc<Pipelines>> {
+    /// `subgroups`: the device has `Features::SUBGROUP` and the reductions use it.
+    pub(crate) fn for_device(device: &wgpu::Device, subgroups: bool) -> Result<Arc<Pipelines>> {
         // our shaders failing validation is our bug: report it, never panic in
         // the caller's uncaptured-error handler
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let p = Arc::new(Pipelines::new(device));
+        let p = Arc::new(Pipelines::new(device, subgroups));
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::Device(format!("building kullback's pipelines: {e}")));
         }
         Ok(p)
     }
 
-    fn new(device: &wgpu::Device) -> Pipelines {
+    fn new(device: &wgpu::Device, subgroups: bool) -> Pipelines {
+        use crate::gpu::wgsl;
+        let (rows, rows_vec4, total) = if subgroups {
+            (
+                &wgsl::ROWS_SUBGROUPS,
+                &wgsl::ROWS_VEC4_SUBGROUPS,
+                &wgsl::TOTAL_SUBGROUPS,
+            )
+        } else {
+            (&wgsl::ROWS, &wgsl::ROWS_VEC4, &wgsl::TOTAL)
+        };
         let rows_module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some("kullback.rows"),
-            source: wgpu::ShaderSource::Wgsl(crate::gpu::wgsl::ROWS.as_str().into()),
+            source: wgpu::ShaderSource::Wgsl(rows.as_str().into()),
         });
         let rows_vec4_module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some("kullback.rows.vec4"),
-            source: wgpu::ShaderSource::Wgsl(crate::gpu::wgsl::ROWS_VEC4.as_str().into()),
+            source: wgpu::ShaderSource::Wgsl(rows_vec4.as_str().into()),
         });
         let total_module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some("kullback.total"),
-            source: wgpu::ShaderSource::Wgsl(crate::gpu::wgsl::TOTAL.as_str().into()),
+            source: wgpu::ShaderSource::Wgsl(total.as_str().into()),
         });
         // p, q, partial states, records, params: four storage buffers, the
         // budget of Limits::downlevel_defaults()
@@ -138,6 +151,7 @@ impl Pipelines {
             rows_bgl,
             total_bgl,
             total,
+            subgroups,
             cache: Mutex::new(HashMap::new()),
         }
     }

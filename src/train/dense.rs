@@ -3,8 +3,10 @@
 //!
 //! Pass 1 reads a row once (block maxima, log-sum-exp, every check); the
 //! forward KL and the NLL then write the gradient and add up the loss in one
-//! more pass. The reverse KL and the JSD need a sum over the row (their KL
-//! term) before the gradient, so they read the row three times.
+//! more pass. The reverse KL's row sum (its KL term) is taken in pass 1 too
+//! (see `Rev`). The JSD needs a sum over the row that depends on both rows'
+//! normalisers (its mixture) before the gradient, so it reads the row three
+//! times.
 
 use std::mem::MaybeUninit;
 
@@ -108,7 +110,7 @@ impl RowKernel for Nll<'_> {
             return Err(Error::InfiniteLoss {
                 row,
                 col: t,
-                why: "the target class has a -inf logit",
+                why: super::WHY_TARGET,
             });
         }
         if eps > 0.0 && ninf {
@@ -116,7 +118,7 @@ impl RowKernel for Nll<'_> {
                 return Err(Error::InfiniteLoss {
                     row,
                     col: c,
-                    why: "label smoothing puts mass on a class with a -inf logit",
+                    why: super::WHY_SMOOTHING,
                 });
             }
         }
@@ -242,21 +244,27 @@ fn jsd_elem<A: Arith>(s: f32, t: f32, c: &Rc) -> (f32, f32, f32) {
     (a, b, q)
 }
 
-/// A divergence's two per-column functions for the passes after pass 1:
-/// terms summed over the row, and the gradient. Methods rather than
-/// closures, so that they are inlined into the `avx2,fma` kernels (a
-/// closure is compiled without its caller's target features).
+/// A divergence's gradient of one column, for the last pass. Methods
+/// rather than closures, so that they are inlined into the `avx2,fma`
+/// kernels (a closure is compiled without its caller's target features).
 trait Cols {
-    /// Two terms of the row sums.
-    fn sum<A: Arith>(&self, s: f32, t: f32) -> (f32, f32);
     /// The gradient of one column.
     fn grad<A: Arith>(&self, s: f32, t: f32) -> f32;
+}
+
+/// A divergence that needs a pass of row sums between pass 1 and the
+/// gradient (the JSD: its mixture needs both rows' normalisers).
+trait ColSums: Cols {
+    /// Two terms of the row sums.
+    fn sum<A: Arith>(&self, s: f32, t: f32) -> (f32, f32);
 }
 
 /// The reverse KL relative to the student's argmax column *: with
 /// e_c = ((s_c − s*) − (t_c − t*))/T, the gradient factor
 /// ln q_c − ln p_c − KL is e_c − Σ q e, which keeps its digits when the KL
-/// is large (logits of 10⁴) and the factor at * is tiny.
+/// is large (logits of 10⁴) and the factor at * is tiny. Σ q e comes from
+/// pass 1 ([`sum_exp_e`], rebased when the running argmax moves), so the
+/// reverse KL reads the row twice, as the forward KL does.
 struct Rev {
     c: Rc,
     s0: f32,
@@ -275,12 +283,6 @@ impl Rev {
 
 impl Cols for Rev {
     #[inline(always)]
-    fn sum<A: Arith>(&self, s: f32, t: f32) -> (f32, f32) {
-        let (x, _) = self.c.logs(s, t);
-        let v = exp::<A>(x) * self.e(s, t);
-        (if s == f32::NEG_INFINITY { 0.0 } else { v }, 0.0)
-    }
-    #[inline(always)]
     fn grad<A: Arith>(&self, s: f32, t: f32) -> f32 {
         let (x, _) = self.c.logs(s, t);
         let v = self.g * exp::<A>(x) * (self.e(s, t) - self.sum_e);
@@ -297,12 +299,15 @@ struct Jsd {
     kl_qm: f32,
 }
 
-impl Cols for Jsd {
+impl ColSums for Jsd {
     #[inline(always)]
     fn sum<A: Arith>(&self, s: f32, t: f32) -> (f32, f32) {
         let (a, b, _) = jsd_elem::<A>(s, t, &self.c);
         (a, b)
     }
+}
+
+impl Cols for Jsd {
     #[inline(always)]
     fn grad<A: Arith>(&self, s: f32, t: f32) -> f32 {
         let c = &self.c;
@@ -314,10 +319,44 @@ impl Cols for Jsd {
     }
 }
 
+/// Pass 1 of the reverse KL over one block of the student `s` and teacher
+/// `t`, all s ≤ `shift`: Σ v and Σ v·e with v = exp((s − shift)·k) and
+/// e = ((s − s0) − (t − t0))·k (0 where s is −inf), in f32 lanes as
+/// [`super::lse::sum_exp`] sums (whose bits Σ v equals).
+#[inline(always)]
+fn sum_exp_e<A: Arith>(s: &[f32], t: &[f32], shift: f32, k: f32, s0: f32, t0: f32) -> (f64, f64) {
+    // a function, not a closure: inlined into the caller's `avx2,fma` code
+    #[inline(always)]
+    fn ve<A: Arith>(s: f32, t: f32, shift: f32, k: f32, s0: f32, t0: f32) -> (f32, f32) {
+        let v = exp::<A>((s - shift) * k);
+        let e = ((s - s0) - (t - t0)) * k;
+        (v, if s == f32::NEG_INFINITY { 0.0 } else { v * e })
+    }
+    let (mut a, mut b) = ([0f32; L], [0f32; L]);
+    let sc = s.chunks_exact(L);
+    let n = s.len() - sc.remainder().len();
+    for (sc, tc) in sc.zip(t.chunks_exact(L)) {
+        for i in 0..L {
+            let (v, w) = ve::<A>(sc[i], tc[i], shift, k, s0, t0);
+            a[i] += v;
+            b[i] += w;
+        }
+    }
+    for i in n..s.len() {
+        let (v, w) = ve::<A>(s[i], t[i], shift, k, s0, t0);
+        a[i - n] += v;
+        b[i - n] += w;
+    }
+    (
+        a.iter().map(|&v| v as f64).sum(),
+        b.iter().map(|&v| v as f64).sum(),
+    )
+}
+
 /// Sums `f.sum(s, t)` over a row (f32 lanes, flushed per block into f64),
 /// for the loss passes that write nothing.
 #[inline(always)]
-fn row_sum2<A: Arith, F: Cols>(s: &[f32], t: &[f32], f: &F) -> (f64, f64) {
+fn row_sum2<A: Arith, F: ColSums>(s: &[f32], t: &[f32], f: &F) -> (f64, f64) {
     let (mut ta, mut tb) = (0f64, 0f64);
     for (sb, tb_) in s.chunks(BLK).zip(t.chunks(BLK)) {
         let (mut la, mut lb) = ([0f32; L], [0f32; L]);
@@ -364,11 +403,11 @@ impl Dense<'_> {
         let (hit, why) = match self.div {
             Divergence::ForwardKl => (
                 s.iter().zip(t).position(|(&s, &t)| s == ni && t != ni),
-                "the teacher puts mass on a column the student masks with -inf",
+                super::WHY_TEACHER_MASS,
             ),
             Divergence::ReverseKl => (
                 s.iter().zip(t).position(|(&s, &t)| t == ni && s != ni),
-                "the student puts mass on a column where the teacher has probability 0",
+                super::WHY_STUDENT_MASS,
             ),
             Divergence::Jsd => (None, ""),
         };
@@ -404,8 +443,10 @@ impl RowKernel for Dense<'_> {
         let (mut ls, mut lt) = (Lse::EMPTY, Lse::EMPTY);
         // reported after a row of −inf, the more basic error
         let mut infinite = Ok(());
-        // the reverse KL's reference column: the student's first maximum
+        // the reverse KL's reference column: the student's first maximum so
+        // far, and Σ exp((s − max)·k)·e relative to it (see `Rev`)
         let mut arg_s = 0usize;
+        let mut sum_ve = 0f64;
         for (b, (sb, tb)) in s.chunks(BLK).zip(t.chunks(BLK)).enumerate() {
             let (ms, ni_s, bad_s) = max_min_bad(sb);
             if bad_s {
@@ -427,10 +468,28 @@ impl RowKernel for Dense<'_> {
             if (ni_s || ni_t) && infinite.is_ok() {
                 infinite = self.infinite(row, b * BLK, sb, tb);
             }
-            if self.div == Divergence::ReverseKl && ms > ls.max {
-                arg_s = b * BLK + sb.iter().position(|&v| v == ms).unwrap_or(0);
+            if self.div == Divergence::ReverseKl {
+                // the student's sums and Σ v·e in one loop (its exps once)
+                if ms != f32::NEG_INFINITY {
+                    if ms > ls.max {
+                        let j = b * BLK + sb.iter().position(|&v| v == ms).unwrap_or(0);
+                        // e relative to column j is e relative to the old
+                        // reference − Δ: rebase the sum, then rescale it
+                        if !ls.empty() {
+                            let delta =
+                                ((s[j] - s[arg_s]) as f64 - (t[j] - t[arg_s]) as f64) * k as f64;
+                            sum_ve -= delta * ls.sum;
+                        }
+                        sum_ve *= ls.raise(ms, k);
+                        arg_s = j;
+                    }
+                    let (sv, sve) = sum_exp_e::<A>(sb, tb, ls.max, k, s[arg_s], t[arg_s]);
+                    ls.sum += sv;
+                    sum_ve += sve;
+                }
+            } else {
+                ls.add_block::<A>(sb, ms, k);
             }
-            ls.add_block::<A>(sb, ms, k);
             lt.add_block::<A>(tb, mt, k);
         }
         for (l, arg) in [(&ls, Arg::Q), (&lt, Arg::P)] {
@@ -483,15 +542,15 @@ impl RowKernel for Dense<'_> {
             }
             Divergence::ReverseKl => {
                 let (s0, t0) = (s[arg_s], t[arg_s]);
-                let mut f = Rev {
+                // Σ q e, from pass 1's sums
+                let sum_e = sum_ve / ls.sum;
+                let f = Rev {
                     c,
                     s0,
                     t0,
                     g: self.g as f32,
-                    sum_e: 0.0,
+                    sum_e: sum_e as f32,
                 };
-                let (sum_e, _) = row_sum2::<A, _>(s, t, &f);
-                f.sum_e = sum_e as f32;
                 row_map::<A, _>(s, t, grad, &f);
                 // KL = ln q* − ln p* + Σ q e
                 ss.logp64(s0) - st.logp64(t0) + sum_e

@@ -130,12 +130,23 @@ impl Lse {
         if mb == f32::NEG_INFINITY {
             return;
         }
-        if mb > self.max {
-            // exp(−inf) = 0 when nothing was met before
-            self.sum *= (((self.max - mb) as f64) * k as f64).exp();
-            self.max = mb;
-        }
+        self.raise(mb, k);
         self.sum += sum_exp::<A>(blk, self.max, k);
+    }
+
+    /// Makes `mb` the maximum if it is above the one met so far, rescaling
+    /// the sum; returns the factor applied (1 when unchanged; 0 when nothing
+    /// was met before: exp(−inf)).
+    #[inline(always)]
+    pub(super) fn raise(&mut self, mb: f32, k: f32) -> f64 {
+        if mb > self.max {
+            let f = (((self.max - mb) as f64) * k as f64).exp();
+            self.sum *= f;
+            self.max = mb;
+            f
+        } else {
+            1.0
+        }
     }
 
     /// Adds one value (f64 arithmetic; for the few indexed columns of a

@@ -65,30 +65,58 @@
 //!
 //! No temporary of the batch's size besides the caller's gradient: per
 //! worker a row of conversion buffer (f64 inputs only) and k sorted indices.
+//! (The GPU host path uploads the inputs and reads the gradient back
+//! through device buffers of their size, as every GPU call does.)
 //! The NLL, the forward KL and sparse teachers read the logits twice (row
-//! statistics, then gradient and loss) and write the gradient once; the
-//! reverse KL and the JSD need their row's KL before the gradient and read
-//! the rows three times.
+//! statistics, then gradient and loss) and write the gradient once; so does
+//! the reverse KL on the CPU, whose row KL is summed in the first pass
+//! relative to the running argmax (the GPU kernel does not rebase yet: it
+//! reads the reverse KL's rows three times). The JSD needs its row's
+//! KL(q_S ‖ M) before the gradient, and M needs both rows' normalisers, so
+//! it reads the rows three times.
 //!
 //! ## Backends
 //!
-//! These calls run on the CPU backend (all cores, the AVX2 kernels where the
-//! CPU has them) whatever the context's backend; the [`Output`] says so.
+//! [`Context::nll_grad`] and [`Context::distill`] with a dense teacher run on
+//! the context's backend: the GPU of a GPU context; under `Backend::Auto`
+//! with a hardware GPU, where the cost model places a logits call of the
+//! same input bytes and rows ([`Context::placement`]); else the CPU (all
+//! cores, the AVX2 kernels where the CPU has them). A sparse teacher runs on
+//! the CPU. The [`Output`]'s `backend` says which ran.
+//!
+//! On the GPU (shaders/train.wgsl) one workgroup streams each row: pass 1
+//! takes both online log-sum-exps and every check, pass 2 writes the
+//! gradient and sums the loss (the reverse KL and the JSD sum first and
+//! write in a pass 3), each a tree in workgroup memory with no atomics. Each
+//! row's loss and status (the per-row [`Record`](crate::Record)) comes back
+//! with the gradient; the status gives the host path's error (the first bad
+//! row; within a row the first bad column), and the losses are reduced on
+//! the host in row order, so results are bit-identical from run to run.
+//! Rows are split over several dispatches only where a binding would
+//! exceed the device's limit. [`resident`] records the same kernel over the
+//! caller's buffers.
+//!
 //! A gradient with respect to the teacher is not computed.
 
 mod dense;
 mod drive;
+mod gpu;
 mod lse;
 mod options;
+pub mod resident;
 mod sparse;
 
 pub use options::{DistillOptions, Divergence, RowMask, SparseTeacher, Tail, Teacher};
+pub use resident::{GpuDistill, GpuGrad, GpuNllGrad, GpuRowMask, grad_output_bytes};
 
 use crate::batch::{Batch, Targets};
 use crate::context::{Context, Output, Ran};
 use crate::error::{Arg, Error, Result, Setting};
 use crate::job::Job;
 use crate::measure::{Form, NllOptions, Reduction};
+
+// the wording of Error::InfiniteLoss, shared with the GPU records' decoder
+use crate::record::{WHY_SMOOTHING, WHY_STUDENT_MASS, WHY_TARGET, WHY_TEACHER_MASS};
 
 /// The gradient slice must hold rows × cols values.
 fn check_grad(grad: &[f32], rows: usize, cols: usize) -> Result<()> {
@@ -124,8 +152,16 @@ fn reduction_scale(reduction: Reduction, count: f64) -> f64 {
     }
 }
 
-/// The output of per-row losses `losses` (already in the result's unit).
-fn output(losses: &[f64], reduction: Reduction, count: f64, cols: usize) -> Output {
+/// The output of per-row losses `losses` (already in the result's unit),
+/// reduced in row order in f64 (the same bits whatever ran them), from the
+/// GPU `gpu` or the CPU.
+fn output(
+    losses: &[f64],
+    reduction: Reduction,
+    count: f64,
+    cols: usize,
+    gpu: Option<&crate::gpu::Gpu>,
+) -> Output {
     let sum = || losses.iter().sum::<f64>();
     let values = match reduction {
         Reduction::Sum => vec![sum() as f32],
@@ -139,8 +175,8 @@ fn output(losses: &[f64], reduction: Reduction, count: f64, cols: usize) -> Outp
         reduction,
         counted: count,
         perplexity: None,
-        backend: Ran::Cpu,
-        adapter: None,
+        backend: if gpu.is_some() { Ran::Gpu } else { Ran::Cpu },
+        adapter: gpu.map(|g| g.adapter_name().to_string()),
     }
 }
 
@@ -201,21 +237,42 @@ impl Context {
             .sum();
         let inv_ln = 1.0 / job.call.ln_base;
         let reduction = job.call.reduction;
-        let kernel = dense::Nll {
-            q,
-            cols,
-            targets: &nll.targets,
-            weights: nll.weights.as_deref(),
-            eps: opts.label_smoothing,
-            sum_w: nll
-                .weights
-                .as_ref()
-                .map_or(cols as f64, |w| w.iter().map(|&v| v as f64).sum()),
-            g: inv_ln * reduction_scale(reduction, count),
+        let sum_w = nll
+            .weights
+            .as_ref()
+            .map_or(cols as f64, |w| w.iter().map(|&v| v as f64).sum());
+        let g = inv_ln * reduction_scale(reduction, count);
+        let on = self.train_gpu(job.input_bytes(), rows as u64);
+        let losses = match on {
+            Some(gpu_) => {
+                let n = gpu::Nll {
+                    q,
+                    cols,
+                    targets: &nll.targets,
+                    weights: nll.weights.as_deref(),
+                    eps: opts.label_smoothing,
+                    sum_w,
+                    g,
+                    inv_ln,
+                };
+                gpu::nll(gpu_, &n, grad)?
+            }
+            None => {
+                let kernel = dense::Nll {
+                    q,
+                    cols,
+                    targets: &nll.targets,
+                    weights: nll.weights.as_deref(),
+                    eps: opts.label_smoothing,
+                    sum_w,
+                    g,
+                };
+                let mut losses = drive::run(&kernel, rows, cols, grad)?;
+                losses.iter_mut().for_each(|v| *v *= inv_ln);
+                losses
+            }
         };
-        let mut losses = drive::run(&kernel, rows, cols, grad)?;
-        losses.iter_mut().for_each(|v| *v *= inv_ln);
-        let mut out = output(&losses, reduction, count, cols);
+        let mut out = output(&losses, reduction, count, cols, on);
         if reduction == Reduction::Mean {
             out.perplexity = Some((out.values[0] as f64 / inv_ln).exp());
         }
@@ -285,6 +342,7 @@ impl Context {
         let tf = opts.temperature as f64;
         let k = 1.0 / opts.temperature;
         let g = tf * reduction_scale(opts.reduction, count);
+        let mut on = None;
         let losses = match teacher {
             Teacher::Dense(tb) => {
                 if !matches!(tb.form, Form::Logits | Form::LogProbs) {
@@ -302,19 +360,40 @@ impl Context {
                         q_cols: cols,
                     });
                 }
-                let kernel = dense::Dense {
-                    s,
-                    t,
-                    t_form: tb.form,
-                    cols,
-                    div: opts.divergence,
-                    beta: opts.beta,
-                    k,
-                    t2: tf * tf,
-                    g,
-                    mask: opts.mask,
-                };
-                drive::run(&kernel, rows, cols, grad)?
+                let bytes = 4 * 2 * (rows * cols) as u64;
+                on = self.train_gpu(bytes, rows as u64);
+                match on {
+                    Some(gpu_) => {
+                        let d = gpu::Dense {
+                            s,
+                            t,
+                            t_form: tb.form,
+                            cols,
+                            div: opts.divergence,
+                            beta: opts.beta,
+                            k,
+                            t2: tf * tf,
+                            g,
+                            mask: opts.mask,
+                        };
+                        gpu::dense(gpu_, &d, grad)?
+                    }
+                    None => {
+                        let kernel = dense::Dense {
+                            s,
+                            t,
+                            t_form: tb.form,
+                            cols,
+                            div: opts.divergence,
+                            beta: opts.beta,
+                            k,
+                            t2: tf * tf,
+                            g,
+                            mask: opts.mask,
+                        };
+                        drive::run(&kernel, rows, cols, grad)?
+                    }
+                }
             }
             Teacher::Sparse(sp) => {
                 if sp.k == 0 || sp.k > cols {
@@ -359,6 +438,6 @@ impl Context {
                 drive::run(&kernel, rows, cols, grad)?
             }
         };
-        Ok(output(&losses, opts.reduction, count, cols))
+        Ok(output(&losses, opts.reduction, count, cols, on))
     }
 }

@@ -124,7 +124,7 @@ impl Sparse<'_> {
                         return Err(Error::InfiniteLoss {
                             row,
                             col: x.col,
-                            why: "the teacher puts mass on a column the student masks with -inf",
+                            why: super::WHY_TEACHER_MASS,
                         });
                     }
                     loss += x.lp.exp() * (x.lp - x.lq);
@@ -149,7 +149,7 @@ impl Sparse<'_> {
                         return Err(Error::InfiniteLoss {
                             row,
                             col: x.col,
-                            why: "the student puts mass on a column where the teacher has probability 0",
+                            why: super::WHY_STUDENT_MASS,
                         });
                     }
                     kl += x.lq.exp() * (x.lq - x.lp);

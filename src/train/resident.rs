@@ -1,0 +1,490 @@
+//! The GPU-resident loss and gradient: logits (and a teacher, or class
+//! targets) in the caller's buffers, the work recorded into the caller's
+//! encoder, the gradient written into the caller's buffer at an offset and
+//! one [`Record`] per row (the row's loss and status) into the caller's
+//! output buffer. Nothing is submitted, waited for or read back here.
+//!
+//! ## Layout
+//!
+//! * gradient: `rows × cols` f32, row-major, at byte `grad.offset` (usage
+//!   `STORAGE`, offset a multiple of `min_storage_buffer_offset_alignment`,
+//!   not a buffer the call reads). It is the gradient of the *sum* of the
+//!   row losses times [`GpuDistill::grad_scale`] (or
+//!   [`GpuNllGrad::grad_scale`]): for a mean, pass 1 / (counted rows). Rows
+//!   that are ignored, masked or bad get a zero gradient.
+//! * output: `rows` [`Record`]s ([`RECORD_SIZE`] bytes each) at byte
+//!   `output.offset` (usage `COPY_DST`, offset a multiple of 4): `value` the
+//!   row's loss (T²·divergence, or the NLL in the call's base; 0 for an
+//!   ignored row, NaN for a bad one), `aux_p` the row's weight (wₜ for the
+//!   NLL, 1 for a counted distillation row, 0 for an ignored one), and the
+//!   status (`code`, `column`, `index`) the host path turns into its error:
+//!   read the records back and pass them to [`GpuDistill::decode`] or
+//!   [`GpuNllGrad::decode`].
+//! * row mask (distillation, optional): one u32 per row (0 ignores the row)
+//!   at byte `mask.offset` (usage `COPY_SRC`, offset a multiple of 4).
+//!
+//! Each input and the gradient must fit one storage binding of the device.
+
+use crate::call::Call;
+use crate::context::Context;
+use crate::error::{Arg, BufferProblem, Error, Result, Setting};
+use crate::gpu::train::{Bindings, TrainParams, Window, flag, record, rows_bytes};
+use crate::gpu::{Gpu, Scratch};
+use crate::measure::{Form, NllOptions, Reduction};
+use crate::record::{self, DecodeCtx, RECORD_SIZE, Record};
+use crate::resident::{GpuBatch, GpuOutput, GpuTargets, check_buffer};
+
+use super::options::DistillOptions;
+
+/// Where a GPU-resident gradient goes: byte `offset` of `buffer` (see the
+/// [module docs](self) for the layout).
+#[derive(Clone, Copy, Debug)]
+pub struct GpuGrad<'a> {
+    /// The buffer (usage `STORAGE`).
+    pub buffer: &'a wgpu::Buffer,
+    /// Byte offset of row 0's first value.
+    pub offset: u64,
+}
+
+impl<'a> GpuGrad<'a> {
+    /// The gradient at offset 0 of `buffer`.
+    pub fn new(buffer: &'a wgpu::Buffer) -> Self {
+        GpuGrad { buffer, offset: 0 }
+    }
+    /// Sets the byte offset.
+    pub fn offset(mut self, offset: u64) -> Self {
+        self.offset = offset;
+        self
+    }
+}
+
+/// A row mask in a caller's buffer: one u32 per row, 0 ignores the row.
+#[derive(Clone, Copy, Debug)]
+pub struct GpuRowMask<'a> {
+    /// The buffer (usage `COPY_SRC`).
+    pub buffer: &'a wgpu::Buffer,
+    /// Byte offset (a multiple of 4).
+    pub offset: u64,
+}
+
+/// Distillation from a dense teacher over the caller's buffers: what
+/// [`Context::encode_distill`] records.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct GpuDistill<'a> {
+    /// The student's logits ([`Form::Logits`]).
+    pub student: GpuBatch<'a>,
+    /// The teacher, logits or log-probabilities, of the student's shape.
+    pub teacher: GpuBatch<'a>,
+    /// Divergence, β, temperature (`mask` must be `None` and the reduction
+    /// `None` or `Sum`: see [`GpuDistill::grad_scale`]).
+    pub options: DistillOptions<'a>,
+    /// Rows that count (default: all).
+    pub mask: Option<GpuRowMask<'a>>,
+    /// The gradient's factor (default 1: the gradient of the sum of rows).
+    pub grad_scale: f32,
+    /// Where the gradient goes.
+    pub grad: GpuGrad<'a>,
+    /// Where the per-row records go (and the scratch they need).
+    pub output: GpuOutput<'a>,
+}
+
+impl<'a> GpuDistill<'a> {
+    /// Distillation of `student` from `teacher` with the default options.
+    pub fn new(
+        student: GpuBatch<'a>,
+        teacher: GpuBatch<'a>,
+        grad: GpuGrad<'a>,
+        output: GpuOutput<'a>,
+    ) -> Self {
+        GpuDistill {
+            student,
+            teacher,
+            options: DistillOptions::default(),
+            mask: None,
+            grad_scale: 1.0,
+            grad,
+            output,
+        }
+    }
+    /// Sets the options.
+    pub fn options(mut self, options: DistillOptions<'a>) -> Self {
+        self.options = options;
+        self
+    }
+    /// Sets the row mask.
+    pub fn mask(mut self, mask: GpuRowMask<'a>) -> Self {
+        self.mask = Some(mask);
+        self
+    }
+    /// Sets the gradient's factor (1 / counted rows for a mean).
+    pub fn grad_scale(mut self, scale: f32) -> Self {
+        self.grad_scale = scale;
+        self
+    }
+    /// The per-row losses of the records read back, or the error the host
+    /// path returns for the same input.
+    pub fn decode(&self, records: &[Record]) -> Result<Vec<f32>> {
+        decode_rows(records, self.student.cols)
+    }
+}
+
+/// The NLL of class targets and its gradient over the caller's buffers:
+/// what [`Context::encode_nll_grad`] records.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct GpuNllGrad<'a> {
+    /// The logits ([`Form::Logits`]), one row per target.
+    pub logits: GpuBatch<'a>,
+    /// One target per row (usage `COPY_SRC`).
+    pub targets: GpuTargets<'a>,
+    /// Ignore index, class weights, label smoothing, base (the reduction
+    /// `None` or `Sum`: see [`GpuNllGrad::grad_scale`]).
+    pub options: NllOptions<'a>,
+    /// The gradient's factor (default 1: the gradient of the sum of rows).
+    pub grad_scale: f32,
+    /// Where the gradient goes.
+    pub grad: GpuGrad<'a>,
+    /// Where the per-row records go (and the scratch they need).
+    pub output: GpuOutput<'a>,
+}
+
+impl<'a> GpuNllGrad<'a> {
+    /// The NLL of `targets` under `logits`, with the default options.
+    pub fn new(
+        logits: GpuBatch<'a>,
+        targets: GpuTargets<'a>,
+        grad: GpuGrad<'a>,
+        output: GpuOutput<'a>,
+    ) -> Self {
+        GpuNllGrad {
+            logits,
+            targets,
+            options: NllOptions::default(),
+            grad_scale: 1.0,
+            grad,
+            output,
+        }
+    }
+    /// Sets the options.
+    pub fn options(mut self, options: NllOptions<'a>) -> Self {
+        self.options = options;
+        self
+    }
+    /// Sets the gradient's factor (1 / Σ wₜ over counted rows for a mean).
+    pub fn grad_scale(mut self, scale: f32) -> Self {
+        self.grad_scale = scale;
+        self
+    }
+    /// The per-row losses of the records read back, or the error the host
+    /// path returns for the same input.
+    pub fn decode(&self, records: &[Record]) -> Result<Vec<f32>> {
+        decode_rows(records, self.logits.cols)
+    }
+}
+
+/// Bytes of the output of a GPU-resident loss and gradient over `rows` rows.
+pub fn grad_output_bytes(rows: usize) -> u64 {
+    rows as u64 * RECORD_SIZE
+}
+
+fn decode_rows(records: &[Record], cols: usize) -> Result<Vec<f32>> {
+    let ctx = DecodeCtx {
+        tolerance: 0.0,
+        classes: cols,
+    };
+    let mut out = crate::error::try_vec(records.len(), "the per-row losses")?;
+    for (row, r) in records.iter().enumerate() {
+        if !r.is_ok() {
+            return Err(record::decode(row, r, &ctx));
+        }
+        out.push(r.value);
+    }
+    Ok(out)
+}
+
+fn per_row_only(reduction: Reduction) -> Result<()> {
+    match reduction {
+        Reduction::None | Reduction::Sum => Ok(()),
+        _ => Err(Error::Unsupported(
+            "a GPU-resident loss gradient writes per-row losses and the gradient of their sum: \
+             use Reduction::None or Sum, and grad_scale(1 / count) for a mean"
+                .into(),
+        )),
+    }
+}
+
+fn logits_only(b: &GpuBatch<'_>, what: &str) -> Result<()> {
+    if b.form != Form::Logits {
+        return Err(Error::Unsupported(format!(
+            "the {what} of a loss with a gradient must be logits (Form::Logits), got {:?}",
+            b.form
+        )));
+    }
+    Ok(())
+}
+
+fn finite_scale(s: f32) -> Result<()> {
+    if !s.is_finite() {
+        return Err(Error::InvalidOption {
+            option: Setting::Reduction,
+            message: format!("grad_scale must be finite, got {s}"),
+        });
+    }
+    Ok(())
+}
+
+/// What the kernel reads besides the logits.
+enum Side<'a> {
+    Teacher(&'a GpuBatch<'a>, Option<&'a GpuRowMask<'a>>),
+    Targets(&'a GpuTargets<'a>, Option<&'a [f32]>),
+}
+
+/// Checks the caller's buffers, then records the copies in, the dispatch
+/// and the copy of the records out.
+fn encode(
+    gpu: &Gpu,
+    enc: &mut wgpu::CommandEncoder,
+    s: &GpuBatch<'_>,
+    side: Side<'_>,
+    grad: &GpuGrad<'_>,
+    out: &GpuOutput<'_>,
+    mut params: TrainParams,
+) -> Result<()> {
+    let (rows, cols) = (s.rows, s.cols);
+    let limits = gpu.plan_limits();
+    let align = limits.align;
+    let bytes = rows as u64 * cols as u64 * 4;
+    if bytes > limits.max_binding {
+        return Err(Error::TooLarge {
+            what: "bytes of a GPU-resident loss gradient's binding".into(),
+            size: bytes,
+            limit: limits.max_binding,
+        });
+    }
+    let storage = wgpu::BufferUsages::STORAGE;
+    let copy_src = wgpu::BufferUsages::COPY_SRC;
+    check_buffer("student", s.buffer, s.offset, bytes, storage, align)?;
+    check_buffer("gradient", grad.buffer, grad.offset, bytes, storage, align)?;
+    let rec_bytes = grad_output_bytes(rows);
+    let copy_dst = wgpu::BufferUsages::COPY_DST;
+    check_buffer("output", out.buffer, out.offset, rec_bytes, copy_dst, 4)?;
+    let mut reads = vec![s.buffer];
+    let has_mask = matches!(side, Side::Teacher(_, Some(_)));
+    match &side {
+        Side::Teacher(t, mask) => {
+            check_buffer("teacher", t.buffer, t.offset, bytes, storage, align)?;
+            reads.push(t.buffer);
+            if let Some(m) = mask {
+                check_buffer("mask", m.buffer, m.offset, rows as u64 * 4, copy_src, 4)?;
+            }
+        }
+        Side::Targets(t, _) => {
+            check_buffer("targets", t.buffer, t.offset, rows as u64 * 4, copy_src, 4)?;
+        }
+    }
+    if reads.contains(&grad.buffer) {
+        return Err(Error::Buffer {
+            name: "gradient",
+            problem: BufferProblem::AliasesInput,
+        });
+    }
+    let mut sc = match out.workspace {
+        Some(w) => Scratch::pooled(&w.pool),
+        None => Scratch::fresh(),
+    };
+    params.rows = rows as u32;
+    let rows_len = rows_bytes(rows, has_mask);
+    let what = "the scratch of a GPU-resident loss gradient";
+    gpu.scoped(what, rows_len + (rows + cols) as u64 * 4, || {
+        let sc = &mut sc;
+        let usage = storage | copy_src | copy_dst;
+        let rows_buf = sc.buffer(&gpu.device, "kullback.train.rows", rows_len, usage)?;
+        let (t_win, holder);
+        match side {
+            Side::Teacher(t, mask) => {
+                if let Some(m) = mask {
+                    enc.copy_buffer_to_buffer(
+                        m.buffer,
+                        m.offset,
+                        &rows_buf,
+                        rec_bytes,
+                        rows as u64 * 4,
+                    );
+                    params.flags |= flag::MASK;
+                    params.mask_at = (rows as u64 * RECORD_SIZE / 4) as u32;
+                }
+                t_win = Window {
+                    buffer: t.buffer,
+                    offset: t.offset,
+                    size: bytes,
+                };
+                holder = None;
+            }
+            Side::Targets(t, weights) => {
+                let w_len = weights.map_or(0, |w| w.len());
+                let t_bytes = (rows + w_len) as u64 * 4;
+                let h = sc.buffer(&gpu.device, "kullback.targets", t_bytes, storage | copy_dst)?;
+                if let Some(w) = weights {
+                    gpu.queue
+                        .write_buffer(&h, rows as u64 * 4, bytemuck::cast_slice(w));
+                    params.flags |= flag::WEIGHTS;
+                }
+                enc.copy_buffer_to_buffer(t.buffer, t.offset, &h, 0, rows as u64 * 4);
+                holder = Some((h, t_bytes));
+                t_win = Window {
+                    buffer: s.buffer,
+                    offset: 0,
+                    size: 4,
+                };
+            }
+        }
+        let t_win = match &holder {
+            Some((h, n)) => Window::whole(h, *n),
+            None => t_win,
+        };
+        let b = Bindings {
+            s: Window {
+                buffer: s.buffer,
+                offset: s.offset,
+                size: bytes,
+            },
+            t: t_win,
+            grad: Window {
+                buffer: grad.buffer,
+                offset: grad.offset,
+                size: bytes,
+            },
+            rows: Window::whole(&rows_buf, rows_len),
+        };
+        record(gpu, sc, enc, &b, &params)?;
+        enc.copy_buffer_to_buffer(&rows_buf, 0, out.buffer, out.offset, rec_bytes);
+        Ok(())
+    })
+}
+
+impl Context {
+    /// Records a distillation loss and its gradient over the caller's GPU
+    /// buffers into `encoder` (layout in the [module docs](crate::train::resident)):
+    /// the same kernel as [`Context::distill`] on a GPU context. Errors:
+    /// those of the options ([`Context::distill`]), [`Error::Unsupported`]
+    /// for a host-slice mask, a mean, or forms other than logits (student)
+    /// and logits or log-probabilities (teacher); [`Error::ShapeMismatch`];
+    /// [`Error::Buffer`] for a buffer that does not fit (usage, offset,
+    /// size, a gradient that is also an input); [`Error::TooLarge`] past one
+    /// binding. Bad values and infinite losses are reported per row in the
+    /// records (see [`GpuDistill::decode`]).
+    pub fn encode_distill(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        call: &GpuDistill<'_>,
+    ) -> Result<()> {
+        let gpu = self.gpu_or_err()?;
+        let o = &call.options;
+        o.check()?;
+        if o.mask.is_some() {
+            return Err(Error::Unsupported(
+                "a GPU-resident distillation takes its row mask as a GpuRowMask".into(),
+            ));
+        }
+        per_row_only(o.reduction)?;
+        finite_scale(call.grad_scale)?;
+        let (s, t) = (&call.student, &call.teacher);
+        logits_only(s, "student")?;
+        if !matches!(t.form, Form::Logits | Form::LogProbs) {
+            return Err(Error::Unsupported(format!(
+                "a dense teacher must be logits or log-probabilities, got {:?}",
+                t.form
+            )));
+        }
+        crate::call::Input::check(s, Arg::Q)?;
+        if (t.rows, t.cols) != (s.rows, s.cols) {
+            return Err(Error::ShapeMismatch {
+                p_rows: t.rows,
+                p_cols: t.cols,
+                q_rows: s.rows,
+                q_cols: s.cols,
+            });
+        }
+        let temp = o.temperature as f64;
+        let params = super::gpu::distill_params(
+            o.divergence,
+            t.form,
+            s.cols,
+            o.beta,
+            1.0 / o.temperature,
+            temp * temp,
+            temp * call.grad_scale as f64,
+        );
+        let side = Side::Teacher(t, call.mask.as_ref());
+        encode(gpu, encoder, s, side, &call.grad, &call.output, params)
+    }
+
+    /// Records the NLL of class targets and its gradient over the caller's
+    /// GPU buffers into `encoder` (layout in the [module docs](crate::train::resident)):
+    /// the same kernel as [`Context::nll_grad`] on a GPU context. Errors:
+    /// those of the options ([`Context::nll`]), [`Error::Unsupported`] for a
+    /// mean or inputs other than logits, [`Error::Buffer`],
+    /// [`Error::TooLarge`]. Targets out of range, bad values and infinite
+    /// losses are reported per row in the records (see
+    /// [`GpuNllGrad::decode`]).
+    pub fn encode_nll_grad(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        call: &GpuNllGrad<'_>,
+    ) -> Result<()> {
+        let gpu = self.gpu_or_err()?;
+        let opts = &call.options;
+        per_row_only(opts.common.reduction)?;
+        finite_scale(call.grad_scale)?;
+        logits_only(&call.logits, "logits")?;
+        let t = &call.targets;
+        let ignore = || match opts.ignore_index {
+            None => Ok(None),
+            Some(i) => Ok(Some(i32::try_from(i).map_err(|_| Error::InvalidOption {
+                option: Setting::IgnoreIndex,
+                message: format!("ignore index {i} does not fit the i32 targets of the GPU path"),
+            })? as u32)),
+        };
+        let (c, ()) = Call::nll(&call.logits, t.len, opts, ignore, t.signed)?;
+        if c.rows != call.logits.rows {
+            return Err(Error::Unsupported(format!(
+                "a loss gradient needs one row of logits per target: {} targets, {} row(s) of logits",
+                c.rows, call.logits.rows
+            )));
+        }
+        let cols = call.logits.cols;
+        let inv_ln = 1.0 / c.ln_base;
+        let mut params = TrainParams {
+            cols: cols as u32,
+            mode: crate::gpu::train::mode::NLL,
+            t_form: Form::Logits.code(),
+            k: 1.0,
+            g: (inv_ln * call.grad_scale as f64) as f32,
+            t2: inv_ln as f32,
+            eps: opts.label_smoothing,
+            sum_w: opts
+                .weights
+                .map_or(cols as f64, |w| w.iter().map(|&v| v as f64).sum())
+                as f32,
+            ..TrainParams::default()
+        };
+        if t.signed {
+            params.flags |= flag::SIGNED;
+        }
+        if let Some(i) = ignore()? {
+            params.flags |= flag::IGNORE;
+            params.ignore = i;
+        }
+        let side = Side::Targets(t, opts.weights);
+        encode(
+            gpu,
+            encoder,
+            &call.logits,
+            side,
+            &call.grad,
+            &call.output,
+            params,
+        )
+    }
+}
