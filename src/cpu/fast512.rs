@@ -185,15 +185,18 @@ fn segment_masked<const K: u8>(p: &[f32], q: &[f32], n: usize, col: usize, st: &
             let qv = load(q, i);
             special |= _mm512_fpclass_ps_mask::<NOT_POS_NORMAL>(qv);
             let q_ok = !_mm512_fpclass_ps_mask::<BAD_PROB>(qv);
-            // q beside a zero p: Σ q takes it, there is no term
-            s.sb = _mm512_mask_add_ps(s.sb, !special | (p_zero & q_ok), s.sb, qv);
-            if K == SEG_KL {
+            let x = if K == SEG_KL {
                 let r = _mm512_div_ps(pv, qv);
                 special |= _mm512_fpclass_ps_mask::<NOT_POS_NORMAL>(r);
-                (r, q_ok)
+                r
             } else {
-                (qv, q_ok)
-            }
+                qv
+            };
+            // after the ratio's test: a lane whose ratio is out of range
+            // goes to the scalar rules, which add its q themselves. q beside
+            // a zero p: Σ q takes it, there is no term
+            s.sb = _mm512_mask_add_ps(s.sb, !special | (p_zero & q_ok), s.sb, qv);
+            (x, q_ok)
         };
         let ok = !special;
         s.sa = _mm512_mask_add_ps(s.sa, ok, s.sa, pv);
