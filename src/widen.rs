@@ -94,11 +94,16 @@ pub(crate) fn bf16(x: half::bf16) -> f32 {
     f32::from_bits((x.to_bits() as u32) << 16)
 }
 
-/// Whether this machine widens f16 with F16C (and AVX2) instructions.
+/// Whether this machine widens f16 with F16C (and AVX2) instructions: it
+/// has every feature the `x86` loops enable (F16C, AVX2 and FMA).
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn f16c() -> bool {
     static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *HAS.get_or_init(|| is_x86_feature_detected!("f16c") && is_x86_feature_detected!("avx2"))
+    *HAS.get_or_init(|| {
+        is_x86_feature_detected!("f16c")
+            && is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+    })
 }
 
 /// `src` widened into `dst` (equal lengths): every element of `dst` is
@@ -107,7 +112,7 @@ pub(crate) fn f16_into(src: &[half::f16], dst: &mut [MaybeUninit<f32>]) {
     assert_eq!(src.len(), dst.len(), "widening needs equal lengths");
     #[cfg(target_arch = "x86_64")]
     if f16c() {
-        // SAFETY: the CPU has F16C and AVX2 (checked just above).
+        // SAFETY: the CPU has F16C, AVX2 and FMA (checked just above).
         unsafe { x86::f16_into(src, dst) };
         return;
     }
@@ -122,7 +127,7 @@ pub(crate) fn bf16_into(src: &[half::bf16], dst: &mut [MaybeUninit<f32>]) {
     assert_eq!(src.len(), dst.len(), "widening needs equal lengths");
     #[cfg(target_arch = "x86_64")]
     if f16c() {
-        // SAFETY: the CPU has AVX2 (checked just above).
+        // SAFETY: the CPU has AVX2 and FMA (checked just above).
         unsafe { x86::bf16_into(src, dst) };
         return;
     }
@@ -179,7 +184,7 @@ pub(crate) mod x86 {
     }
 
     /// # Safety
-    /// The CPU must have AVX2 and F16C; equal lengths.
+    /// The CPU must have AVX2, FMA and F16C; equal lengths.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn f16_into(src: &[half::f16], dst: &mut [MaybeUninit<f32>]) {
         let n = src.len().min(dst.len());
@@ -198,7 +203,7 @@ pub(crate) mod x86 {
     }
 
     /// # Safety
-    /// The CPU must have AVX2; equal lengths.
+    /// The CPU must have AVX2 and FMA; equal lengths.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn bf16_into(src: &[half::bf16], dst: &mut [MaybeUninit<f32>]) {
         let n = src.len().min(dst.len());
