@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --example bench -- --measure kl --rows 4096 --cols 4096 --backend cpu [--repeat 7] [--json]
+//! cargo run --release --example bench -- --measure kl --rows 4096 --cols 4096 --backend cpu --dtype f32,f16,bf16 --repeat 5   # formats alternating
 //! cargo run --release --example bench -- --probe        # the read-bandwidth probe alone
 //! cargo run --release --example bench -- --gpu-probe    # the GPU's read and upload bandwidth, FMA and log rates
 //! cargo run --release --example bench -- --auto-overhead   # Backend::Auto against Backend::Cpu, 1 x 1,000 KL
@@ -18,7 +19,12 @@
 //! timestamp_writes of the measure's compute pass, else encoder timestamps
 //! around it, else the wall time of submit-and-wait; the output says which;
 //! scratch comes from a reused workspace, so no zero-fill is timed) beside
-//! the end-to-end time with upload and readback.
+//! the end-to-end time with upload and readback. `--dtype` takes
+//! one format (f32, f16, bf16: the inputs rounded to it, read as it) or a
+//! comma-separated list: then each of `--repeat` rounds times one call per
+//! format back to back on the same (rounded) data, and each format's line
+//! gives its median, the bytes it read and GB/s, and its time relative to
+//! the first format's (the median of the per-round ratios).
 
 mod bandwidth;
 mod gpu_probe;
@@ -84,7 +90,8 @@ struct Args {
     json: bool,
     data: Option<std::path::PathBuf>,
     values_out: Option<std::path::PathBuf>,
-    /// f32, or f16 / bf16 (the inputs rounded, read as half: half the bytes).
+    /// f32, or f16 / bf16 (the inputs rounded, read as half: half the bytes);
+    /// several, comma-separated, alternate round by round.
     dtype: String,
     /// How the GPU-resident device time is taken (`None`: the best the adapter has).
     stamps: Option<Stamping>,
@@ -183,8 +190,10 @@ fn parse_args() -> Result<Args, String> {
             "--json" => a.json = true,
             "--dtype" => {
                 let v = value(i)?;
-                if !["f32", "f16", "bf16"].contains(&v.as_str()) {
-                    return Err(format!("--dtype {v}: expected f32, f16 or bf16"));
+                if !v.split(',').all(|d| ["f32", "f16", "bf16"].contains(&d)) {
+                    return Err(format!(
+                        "--dtype {v}: expected f32, f16 or bf16 (or a comma-separated list)"
+                    ));
                 }
                 a.dtype = v;
                 i += 1;
@@ -420,6 +429,88 @@ impl Halves {
     }
 }
 
+/// `--dtype A,B,..`: every round times one call per format, back to back on
+/// the same data (rounded to each format), so that the machine's swings hit
+/// every format alike; one line per format.
+fn alternate(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    let (rows, cols, w) = (a.rows, a.cols, a.which);
+    let data = match &a.data {
+        Some(dir) => read_data(w, dir)?,
+        None => make_data(w, rows, cols),
+    };
+    let dtypes: Vec<&str> = a.dtype.split(',').collect();
+    let halves: Vec<Halves> = dtypes.iter().map(|d| Halves::of(&data, d)).collect();
+    let ctx = Context::with_backend(a.backend)?;
+    let (opts, nll_opts) = (Options::default(), NllOptions::default());
+    let eval = |h: &Halves| -> kullback::Result<kullback::Output> {
+        match w.measure() {
+            Some(m) => {
+                let p = Batch::new(h.p(&data), rows, cols);
+                let q = Batch::new(h.q(&data), rows, cols);
+                ctx.evaluate(m, &p, (w.streams() == 2).then_some(&q), &opts)
+            }
+            None => ctx.nll(
+                &Batch::new(h.p(&data), rows, cols).form(Form::Logits),
+                &data.targets,
+                &nll_opts,
+            ),
+        }
+    };
+    for _ in 0..a.warmup {
+        for h in &halves {
+            eval(h)?;
+        }
+    }
+    let mut times = vec![Vec::new(); dtypes.len()];
+    let mut backend = "";
+    for _ in 0..a.repeat {
+        for (h, t) in halves.iter().zip(&mut times) {
+            let t0 = Instant::now();
+            let out = eval(h)?;
+            t.push(t0.elapsed().as_secs_f64());
+            backend = out.backend.name();
+        }
+    }
+    let elems = rows * cols;
+    for (k, d) in dtypes.iter().enumerate() {
+        let width = if *d == "f32" { 4 } else { 2 };
+        let bytes = (elems * width * w.streams() + data.targets.len() * 8) as f64;
+        let mut ratios: Vec<f64> = times[k].iter().zip(&times[0]).map(|(x, y)| x / y).collect();
+        let ratio = median(&mut ratios);
+        let med = median(&mut times[k].clone());
+        let line = [
+            ("measure", json_str(w.name())),
+            ("dtype", json_str(d)),
+            ("rows", rows.to_string()),
+            ("cols", cols.to_string()),
+            ("backend", json_str(backend)),
+            ("rounds", a.repeat.to_string()),
+            ("median_s", format!("{med:.6e}")),
+            ("bytes_read", format!("{bytes:.0}")),
+            ("gbps", format!("{:.3}", bytes / med / 1e9)),
+            ("elem_per_s", format!("{:.6e}", elems as f64 / med)),
+            ("time_vs_first", format!("{ratio:.3}")),
+        ];
+        if a.json {
+            let body: Vec<String> = line.iter().map(|(k, v)| format!("\"{k}\": {v}")).collect();
+            println!("{{{}}}", body.join(", "));
+        } else {
+            println!(
+                "{} {rows} x {cols} {d} on {backend}: median {:.3} ms of {} alternating rounds, {:.1} MB read, {:.2} GB/s, {:.3} G elements/s, time {:.3}x {}'s (median of per-round ratios)",
+                w.name(),
+                med * 1e3,
+                a.repeat,
+                bytes / 1e6,
+                bytes / med / 1e9,
+                elems as f64 / med / 1e9,
+                ratio,
+                dtypes[0]
+            );
+        }
+    }
+    Ok(())
+}
+
 fn json_str(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
@@ -439,6 +530,9 @@ fn main() {
 }
 
 fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    if a.dtype.contains(',') {
+        return alternate(a);
+    }
     let (rows, cols, w) = (a.rows, a.cols, a.which);
     let data = match &a.data {
         Some(dir) => read_data(w, dir)?,

@@ -414,12 +414,8 @@ impl<'a> Data<'a> {
         match *self {
             Data::F32(v) => dst.copy_from_slice(&v[range]),
             Data::F64(v) => convert(&v[range], dst),
-            Data::F16(v) => widen_f16(&v[range], dst),
-            Data::BF16(v) => {
-                for (d, s) in dst.iter_mut().zip(&v[range]) {
-                    *d = widen_bf16(*s);
-                }
-            }
+            Data::F16(v) => crate::widen::f16_slice(&v[range], dst),
+            Data::BF16(v) => crate::widen::bf16_slice(&v[range], dst),
         }
     }
 
@@ -427,11 +423,10 @@ impl<'a> Data<'a> {
     /// the front of `buf` (at least `range.len()` long; it needs no
     /// initialising, so a block's buffer costs nothing beyond the values).
     #[inline]
-    pub(crate) fn f32s<'s>(
-        &'s self,
-        range: Range<usize>,
-        buf: &'s mut [MaybeUninit<f32>],
-    ) -> &'s [f32] {
+    pub(crate) fn f32s<'s>(&self, range: Range<usize>, buf: &'s mut [MaybeUninit<f32>]) -> &'s [f32]
+    where
+        'a: 's,
+    {
         if let Data::F32(v) = *self {
             return &v[range];
         }
@@ -444,52 +439,66 @@ impl<'a> Data<'a> {
                     d.write(narrow(s));
                 }
             }
-            Data::F16(v) => {
-                // through a small initialised buffer: the slice conversion
-                // (F16C where the CPU has it) writes into f32s
-                let mut tmp = [0f32; 64];
-                for (o, s) in out.chunks_mut(64).zip(v[range].chunks(64)) {
-                    let t = &mut tmp[..s.len()];
-                    widen_f16(s, t);
-                    for (d, &x) in o.iter_mut().zip(t.iter()) {
-                        d.write(x);
-                    }
-                }
-            }
-            Data::BF16(v) => {
-                for (d, s) in out.iter_mut().zip(&v[range]) {
-                    d.write(widen_bf16(*s));
-                }
-            }
+            Data::F16(v) => crate::widen::f16_into(&v[range], out),
+            Data::BF16(v) => crate::widen::bf16_into(&v[range], out),
         }
         // SAFETY: every element of `out` was written just above (the
         // ranges have `n` elements), and `MaybeUninit<f32>` has the layout
         // of `f32`.
         unsafe { &*(std::ptr::from_mut(out) as *const [f32]) }
     }
-}
 
-/// f16 to f32, exactly (every f16 is a normal f32 or zero, inf, NaN):
-/// `half`'s slice conversion, F16C instructions where the CPU has them (they
-/// convert subnormal halves exactly whatever MXCSR's DAZ says), integer bit
-/// operations elsewhere.
-#[inline]
-fn widen_f16(src: &[half::f16], dst: &mut [f32]) {
-    use half::slice::HalfFloatSliceExt;
-    src.convert_to_f32_slice(dst);
-}
+    /// Asks the caches for the values `range` (clamped to the data; a hint
+    /// that changes no result), a line at a time: the tile after the one
+    /// being computed comes in meanwhile.
+    #[inline]
+    pub(crate) fn prefetch(&self, range: Range<usize>) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+            let w = self.width();
+            let end = range.end.min(self.len());
+            let base = match *self {
+                Data::F32(v) => v.as_ptr().cast::<i8>(),
+                Data::F64(v) => v.as_ptr().cast::<i8>(),
+                Data::F16(v) => v.as_ptr().cast::<i8>(),
+                Data::BF16(v) => v.as_ptr().cast::<i8>(),
+            };
+            let mut b = range.start * w;
+            while b < end * w {
+                // SAFETY: a prefetch is a hint; the address is inside the data.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(b)) };
+                b += 64;
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = range;
+    }
 
-/// bf16 to f32: its bits are the top half of the f32's (exact, NaN payloads
-/// kept; vectorises as a shift).
-#[inline(always)]
-fn widen_bf16(x: half::bf16) -> f32 {
-    f32::from_bits((x.to_bits() as u32) << 16)
+    /// How the GPU holds these values when they are uploaded as stored:
+    /// half as half (the kernels widen them), the others as f32.
+    pub(crate) fn dtype(&self) -> crate::widen::Dtype {
+        match self {
+            Data::F16(_) => crate::widen::Dtype::F16,
+            Data::BF16(_) => crate::widen::Dtype::BF16,
+            _ => crate::widen::Dtype::F32,
+        }
+    }
+
+    /// Bytes of one stored value.
+    pub(crate) fn width(&self) -> usize {
+        match self {
+            Data::F32(_) => 4,
+            Data::F64(_) => 8,
+            Data::F16(_) | Data::BF16(_) => 2,
+        }
+    }
 }
 
 /// f16's unit roundoff, 2⁻¹¹ (see [`Values::F16`]).
-pub(crate) const HALF_ROUNDOFF: f32 = 1.0 / 2048.0;
+pub(crate) const HALF_ROUNDOFF: f32 = crate::widen::F16_ROUNDOFF;
 /// bfloat16's unit roundoff, 2⁻⁸ (see [`Values::BF16`]).
-pub(crate) const BF16_ROUNDOFF: f32 = 1.0 / 256.0;
+pub(crate) const BF16_ROUNDOFF: f32 = crate::widen::BF16_ROUNDOFF;
 
 /// `dst[i] = src[i] as f32` (the checked conversion; equal lengths).
 #[inline]

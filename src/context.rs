@@ -674,7 +674,7 @@ impl Context {
         );
         let mut planned = None;
         let ran = self.placed(work, |g| {
-            let plan = g.plan(&job.call).ok()?;
+            let plan = g.plan(job).ok()?;
             let cost = g.plan_cost(&job.call, &plan);
             planned = Some(plan);
             Some(cost)

@@ -24,7 +24,7 @@ impl<'a> Input for Batch<'a> {
 /// checked sum by: Σ p·u for probabilities; for log-probabilities
 /// Σ p·|ln p|·u ≤ u·ln(cols) on top (the entropy bounds the weighted
 /// logs). 0 for f32 and f64.
-fn roundoff(u: f32, form: crate::measure::Form, cols: usize) -> f32 {
+pub(crate) fn roundoff(u: f32, form: crate::measure::Form, cols: usize) -> f32 {
     match form {
         crate::measure::Form::LogProbs => u * (1.0 + (cols.max(1) as f32).ln()),
         _ => u,
@@ -108,7 +108,7 @@ impl<'a> Job<'a> {
         [self.p, self.q]
             .iter()
             .flatten()
-            .map(|d| d.len() as u64 * 4)
+            .map(|d| d.len() as u64 * d.dtype().bytes())
             .sum()
     }
 }

@@ -80,10 +80,16 @@
 //!   an f64 value that would change in f32 (a non-zero probability that
 //!   underflows, a finite value that overflows), a class target out of range.
 //! * Inputs are f32, f64 (checked, narrowed where read) or half precision
-//!   (`half::f16`, `half::bf16`, re-exported as [`half`]; widened to f32
-//!   exactly where read, a block or an upload chunk at a time, so zeros,
-//!   subnormals and infinities follow the half formats' own bits). The
-//!   GPU-resident path takes f32 buffers only.
+//!   (`half::f16`, `half::bf16`, re-exported as [`half`]; read as half, half
+//!   the bytes of f32, and widened to f32 exactly where read: in the CPU
+//!   kernels' loads (F16C for f16 where the CPU has it, integer bit
+//!   operations elsewhere; bf16 by a shift), on the GPU packed two per u32
+//!   and widened by integer operations in the shader, so zeros, subnormals
+//!   and infinities follow the half formats' own bits and the results are
+//!   the f32 path's on the widened values, bit for bit). GPU-resident
+//!   batches of the per-row measures and the NLL may hold f16 or bf16 the
+//!   same way ([`GpuBatch::dtype`], [`Dtype`]); the all-pairs calls take f32
+//!   batches only.
 //! * Row sums ([`Normalization`]): `Validate` (default) checks |Σp − 1| ≤
 //!   [`Options::tolerance`] (default [`DEFAULT_TOLERANCE`]; Σ exp(lp) for
 //!   log-probabilities; for half inputs plus the format's unit roundoff u,
@@ -320,6 +326,7 @@ mod probe;
 mod record;
 mod resident;
 pub mod train;
+mod widen;
 // The tests' one generator and f64 oracle (tests/common) serve the unit tests
 // too: included, not copied; they name this crate `kullback`, as the
 // integration tests do.
@@ -348,3 +355,4 @@ pub use train::{
     DistillOptions, Divergence, GpuDistill, GpuGrad, GpuNllGrad, GpuRowMask, RowMask,
     SparseTeacher, Tail, Teacher, grad_output_bytes,
 };
+pub use widen::Dtype;

@@ -341,8 +341,14 @@ fn resident_side<'a>(
     opts: &PairwiseOptions,
     align: u64,
 ) -> Result<crate::gpu::pairwise::ResidentSide<'a>> {
-    let bytes = b.rows as u64 * b.cols as u64 * 4;
     let name = if arg == crate::Arg::P { "p" } else { "q" };
+    if b.dtype != crate::widen::Dtype::F32 {
+        return Err(Error::Unsupported(format!(
+            "{name}: GPU-resident all-pairs batches must be f32, not {:?}",
+            b.dtype
+        )));
+    }
+    let bytes = b.rows as u64 * b.cols as u64 * 4;
     crate::resident::check_buffer(
         name,
         b.buffer,

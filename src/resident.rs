@@ -15,10 +15,14 @@ use crate::error::{Arg, BufferProblem, Error, Result, Setting};
 use crate::gpu::{Gpu, Operands, Scratch, TOTAL_OUTPUT_SIZE};
 use crate::measure::{Form, Measure, NllOptions, Options, Reduction};
 use crate::record::{self, DecodeCtx, OutputDesc, RECORD_SIZE, Record};
+use crate::widen::Dtype;
 
-/// A batch of `rows` × `cols` f32 values (row-major) at byte `offset` of a
-/// caller's buffer (usage `STORAGE`, offset a multiple of the device's
-/// `min_storage_buffer_offset_alignment`).
+/// A batch of `rows` × `cols` values (row-major; f32, or f16 / bf16 packed
+/// two per u32: see [`GpuBatch::dtype`]) at byte `offset` of a caller's
+/// buffer (usage `STORAGE`, offset a multiple of the device's
+/// `min_storage_buffer_offset_alignment`). Half values occupy
+/// `rows * cols * 2` bytes rounded up to a multiple of 4 (the binding is
+/// whole u32s).
 #[derive(Clone, Copy, Debug)]
 pub struct GpuBatch<'a> {
     /// The buffer.
@@ -31,6 +35,10 @@ pub struct GpuBatch<'a> {
     pub cols: usize,
     /// How the values are given.
     pub form: Form,
+    /// How the values are stored: f32 (the default), or f16 / bf16 packed
+    /// two per u32, widened exactly where the kernel reads them (per-row
+    /// measures and the NLL; the all-pairs code takes f32 only).
+    pub dtype: Dtype,
 }
 
 impl<'a> GpuBatch<'a> {
@@ -42,6 +50,7 @@ impl<'a> GpuBatch<'a> {
             rows,
             cols,
             form: Form::Probs,
+            dtype: Dtype::F32,
         }
     }
     /// Sets the byte offset.
@@ -52,6 +61,11 @@ impl<'a> GpuBatch<'a> {
     /// Sets the form.
     pub fn form(mut self, form: Form) -> Self {
         self.form = form;
+        self
+    }
+    /// Sets how the values are stored.
+    pub fn dtype(mut self, dtype: Dtype) -> Self {
+        self.dtype = dtype;
         self
     }
 }
@@ -300,8 +314,17 @@ impl<'a> GpuCall<'a> {
     /// error the host path returns for the same input: [`decode_output`]
     /// with this call's options and columns.
     pub fn decode(&self, records: &[Record]) -> Result<Vec<f32>> {
-        decode_output(records, &self.options, self.p.cols)
+        // the row-sum check allowed half operands' roundoff: say so
+        let r = roundoff(&self.p).max(self.q.as_ref().map_or(0.0, roundoff));
+        let opts = self.options.tolerance(self.options.tolerance + r);
+        decode_output(records, &opts, self.p.cols)
     }
+}
+
+/// What the row-sum check of `b` allows on top of the tolerance (as the
+/// host path: see `Values::F16`).
+fn roundoff(b: &GpuBatch<'_>) -> f32 {
+    crate::job::roundoff(b.dtype.roundoff(), b.form, b.cols)
 }
 
 /// The negative log-likelihood of class targets in a caller's buffer: what
@@ -339,7 +362,9 @@ impl<'a> GpuNll<'a> {
     /// The values of this call's output, read back from the GPU, or the
     /// error the host path returns for the same input.
     pub fn decode(&self, records: &[Record]) -> Result<Vec<f32>> {
-        decode_output(records, &self.options.common, self.q.cols)
+        let c = &self.options.common;
+        let opts = c.tolerance(c.tolerance + roundoff(&self.q));
+        decode_output(records, &opts, self.q.cols)
     }
 }
 
@@ -376,7 +401,8 @@ impl Input for GpuBatch<'_> {
             rows: self.rows,
             cols: self.cols,
             form: self.form,
-            roundoff: 0.0,
+            // as the host path allows for half values
+            roundoff: crate::job::roundoff(self.dtype.roundoff(), self.form, self.cols),
         };
         Ok((shape, ()))
     }
@@ -415,9 +441,9 @@ pub(crate) fn check_buffer(
     }
 }
 
-/// Bytes of a batch's values.
+/// Bytes of a batch's values (half ones rounded up to whole u32s).
 fn bytes(b: &GpuBatch<'_>) -> u64 {
-    b.rows as u64 * b.cols as u64 * 4
+    (b.rows as u64 * b.cols as u64 * b.dtype.bytes()).next_multiple_of(4)
 }
 
 /// Checks the input batches (`p` absent for a negative log-likelihood) and
@@ -462,6 +488,10 @@ struct TargetsCopy<'a> {
 /// fail is checked and made before the first command is recorded: a buffer
 /// of another device is refused by the bind group made over it, inside our
 /// error scopes.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the one recording path of both resident calls"
+)]
 fn record_call(
     gpu: &Gpu,
     enc: &mut wgpu::CommandEncoder,
@@ -470,8 +500,9 @@ fn record_call(
     offsets: (u64, u64),
     out: &GpuOutput<'_>,
     nll: Option<TargetsCopy<'_>>,
+    dtypes: (Dtype, Dtype),
 ) -> Result<()> {
-    let plan = crate::gpu::plan(call, &gpu.plan_limits(), offsets)?;
+    let plan = crate::gpu::plan_stored(call, &gpu.plan_limits(), offsets, dtypes)?;
     if let Some(ts) = &out.timestamps {
         ts.check(&gpu.device)?;
     }
@@ -575,7 +606,17 @@ impl Context {
             q: q.buffer,
         };
         let offsets = (call.p.offset, q.offset);
-        record_call(gpu, encoder, &plan_call, ops, offsets, &call.output, None)
+        let dtypes = (call.p.dtype, q.dtype);
+        record_call(
+            gpu,
+            encoder,
+            &plan_call,
+            ops,
+            offsets,
+            &call.output,
+            None,
+            dtypes,
+        )
     }
 
     /// [`Context::encode`] for the negative log-likelihood of class targets
@@ -618,6 +659,7 @@ impl Context {
             offsets,
             &call.output,
             Some(copy),
+            (Dtype::F32, call.q.dtype),
         )
     }
 

@@ -269,3 +269,66 @@ fn rounded_rows_pass_the_default_check() {
         }
     }
 }
+
+/// Half inputs through bindings capped at 64 KiB (rows split over chunks,
+/// chunks that start inside a u32 of packed halves, scalar and vec4 loads):
+/// the bits of the widened f32 call on the same context, and within the
+/// crate's bound of the f64 oracle of the half values.
+#[test]
+fn half_inputs_on_chunked_bindings() {
+    let Some(ctx) = gpu_capped(64 * 1024) else {
+        return;
+    };
+    let mut rng = Rng::new(0x5eed);
+    let mut checked = 0;
+    for (rows, cols) in [(3usize, 40_001usize), (2000, 37), (64, 4096), (5, 70_000)] {
+        let p = rand_probs(&mut rng, rows, cols, 0.1);
+        let q = rand_probs(&mut rng, rows, cols, 0.0);
+        for h in [Half::F16, Half::BF16] {
+            let (hp, hq) = (round(&p, h), round(&q, h));
+            let extra = allowance(h, Form::Probs, cols);
+            for m in [Measure::Entropy, Measure::Kl, Measure::Js] {
+                let o = Options::default();
+                let wide_o = o.tolerance(o.tolerance + extra);
+                let one = m == Measure::Entropy;
+                let qb = Batch::new(values(h, &hq), rows, cols);
+                let half = ctx
+                    .evaluate(
+                        m,
+                        &Batch::new(values(h, &hp), rows, cols),
+                        (!one).then_some(&qb),
+                        &o,
+                    )
+                    .expect("half call");
+                let wq = Batch::new(&hq.2, rows, cols);
+                let wide = ctx
+                    .evaluate(
+                        m,
+                        &Batch::new(&hp.2, rows, cols),
+                        (!one).then_some(&wq),
+                        &wide_o,
+                    )
+                    .expect("widened f32 call");
+                let label = format!("{rows}x{cols} {h:?} {m:?}");
+                let bits = |o: &Output| o.values.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&half), bits(&wide), "{label}: half vs widened f32");
+                let want = ref_measure(
+                    m,
+                    Input::new(&hp.2, rows, Form::Probs),
+                    Some(Input::new(&hq.2, rows, Form::Probs)),
+                    cols,
+                    Normalization::Validate,
+                    Base::E,
+                );
+                for (r, (g, e)) in half.values.iter().zip(&want).enumerate() {
+                    assert!(
+                        close_tol(*g as f64, *e, 2e-6, 2e-5),
+                        "{label} row {r}: {g:e}, oracle {e:e}"
+                    );
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 24);
+}

@@ -18,7 +18,9 @@ use super::kernel::{
 };
 use super::ln::{Arith, POS_INF_BITS, Plain};
 use super::terms::{Fast, Sums, Term};
+use crate::batch::Data;
 use crate::record::code;
+use std::mem::MaybeUninit;
 
 /// Lanes of the chunk loop: two vector registers' worth (LLVM's loop
 /// vectoriser leaves a loop of exactly one vector of trips scalar).
@@ -36,7 +38,7 @@ pub(super) const BLOCK: usize = 4096;
 pub(super) enum Isa {
     /// The target's baseline (SSE2 on x86-64).
     Base,
-    /// AVX2 and FMA.
+    /// AVX2, FMA and F16C.
     #[cfg(target_arch = "x86_64")]
     Avx2,
     /// AVX-512F and DQ (with AVX2 and FMA).
@@ -105,7 +107,10 @@ impl Isa {
     pub(super) fn detect() -> Isa {
         #[cfg(target_arch = "x86_64")]
         {
-            let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+            // F16C too (every AVX2 CPU has it): the AVX2 loops widen f16 with it
+            let avx2 = is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c");
             if avx2 && is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512dq") {
                 return Isa::Avx512;
             }
@@ -384,6 +389,42 @@ pub(super) struct BlockIo<'a> {
     pub col0: usize,
     /// NLL fast path: (column in the block, w_t) of a target term to add.
     pub target: Option<(usize, f32)>,
+    /// Operands that are not f32 in the caller's memory (f64, f16, bf16):
+    /// their values and the element index of the block's first column. Such
+    /// an operand's slice above is empty; [`block_impl`] converts its values
+    /// a segment ([`SUB`] columns, an L1-sized tile) at a time, or the whole
+    /// block first where the kernel reads it before its segments (maxima,
+    /// exponents, an NLL target).
+    pub conv: Conv<'a>,
+}
+
+/// The converted operands of a block (see [`BlockIo::conv`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Conv<'a> {
+    pub p: Option<(Data<'a>, usize)>,
+    pub q: Option<(Data<'a>, usize)>,
+}
+
+impl Conv<'_> {
+    fn any(&self) -> bool {
+        self.p.is_some() || self.q.is_some()
+    }
+}
+
+/// `o`'s columns `c0..c1` of the block as f32: converted into `buf`, or the
+/// block's own slice.
+#[inline(always)]
+fn conv_cols<'s>(
+    o: Option<(Data<'s>, usize)>,
+    own: &'s [f32],
+    (c0, c1): (usize, usize),
+    buf: &'s mut [MaybeUninit<f32>],
+) -> &'s [f32] {
+    match o {
+        Some((d, at)) => d.f32s(at + c0..at + c1, buf),
+        None if own.is_empty() => own,
+        None => &own[c0..c1],
+    }
 }
 
 /// A compiled kernel. Safety: only call one that [`pick`] returned for this
@@ -477,7 +518,7 @@ fn slow<T: Term, const L: usize, A: Arith, P: Decode, Q: Decode>(
 /// block maximum of an online q.
 ///
 /// # Safety
-/// The CPU must have AVX2 and FMA.
+/// The CPU must have AVX2, FMA and F16C.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn fast_cols<T: Term, const L: usize, P: Decode, Q: Decode>(
@@ -497,7 +538,7 @@ unsafe fn fast_cols<T: Term, const L: usize, P: Decode, Q: Decode>(
             return k;
         }
     }
-    // SAFETY (every call below): the caller guarantees AVX2 and FMA.
+    // SAFETY (every call below): the caller guarantees AVX2, FMA and F16C.
     unsafe {
         match (T::FAST, P::KIND, Q::KIND) {
             (Fast::Kl, K::Probs, K::Probs) => Some(fast::kl(&io.p[c..c1], &io.q[c..c1], st)),
@@ -507,6 +548,49 @@ unsafe fn fast_cols<T: Term, const L: usize, P: Decode, Q: Decode>(
                 Some(fast::exp_sums(&io.q[c..c1], qm, dq.pos_ok, st))
             }
             _ => None,
+        }
+    }
+}
+
+/// The hand-written AVX2 loop of [`super::fast`] for `(M, P, Q)` over
+/// columns `c0..c1` of a block of half values (whole steps only), widened
+/// in its loads: `true` when it added to `st` exactly what [`segment`]
+/// adds from the widened values (a segment of ordinary values), `false`
+/// with nothing added (the caller then converts the segment).
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn fused_half<'a, T: Term, P: Decode, Q: Decode>(
+    io: &BlockIo<'a>,
+    (c0, c1): (usize, usize),
+    st: &mut State,
+) -> bool {
+    use super::fast::{Fused, fused};
+    use DecKind as K;
+    if !(c1 - c0).is_multiple_of(super::fast::STEP) {
+        return false;
+    }
+    let which = match (T::FAST, P::KIND, Q::KIND) {
+        (Fast::Kl, K::Probs, K::Probs) => Fused::Kl,
+        (Fast::Cross, K::Probs, K::Probs) => Fused::Cross,
+        (Fast::Entropy, K::Probs, K::None) => Fused::Entropy,
+        _ => return false,
+    };
+    let at = |o: Option<(Data<'a>, usize)>| o.map(|(d, a)| (d, a + c0..a + c1));
+    // SAFETY (every call): the caller guarantees the CPU features.
+    unsafe {
+        match (at(io.conv.p), at(io.conv.q), which) {
+            (Some((Data::F16(p), rp)), None, Fused::Entropy) => fused(which, &p[rp], &[], st),
+            (Some((Data::BF16(p), rp)), None, Fused::Entropy) => fused(which, &p[rp], &[], st),
+            (Some((Data::F16(p), rp)), Some((Data::F16(q), rq)), _) => {
+                fused(which, &p[rp], &q[rq], st)
+            }
+            (Some((Data::BF16(p), rp)), Some((Data::BF16(q), rq)), _) => {
+                fused(which, &p[rp], &q[rq], st)
+            }
+            _ => false,
         }
     }
 }
@@ -546,7 +630,7 @@ unsafe fn fast512_cols<T: Term, P: Decode, Q: Decode>(
 fn max_of<const L: usize, const FAST: bool>(x: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if FAST && !x.is_empty() {
-        // SAFETY: FAST kernels are only picked on machines with AVX2 and FMA.
+        // SAFETY: FAST kernels are only picked on machines with AVX2, FMA and F16C.
         if let Some(m) = unsafe { super::fast::max(x) } {
             return m;
         }
@@ -555,15 +639,46 @@ fn max_of<const L: usize, const FAST: bool>(x: &[f32]) -> f32 {
 }
 
 /// One block into a state. `FAST`: the build has AVX2 and FMA, and uses the
-/// hand-written loops where there is one.
+/// hand-written loops where there is one. Converted operands
+/// ([`BlockIo::conv`]) go by segment-sized tiles, or, where the kernel reads
+/// the whole block before its segments, are converted whole first.
 #[inline(always)]
 fn block_impl<T: Term, const L: usize, A: Arith, P: Decode, Q: Decode, const FAST: bool>(
     dp: &Dec,
     dq: &Dec,
     io: &BlockIo<'_>,
 ) -> State {
+    let whole = (P::ONLINE && dp.online)
+        || (Q::ONLINE && dq.online)
+        || P::POW2
+        || Q::POW2
+        || io.target.is_some();
+    let mut pb = [const { MaybeUninit::<f32>::uninit() }; BLOCK];
+    let mut qb = [const { MaybeUninit::<f32>::uninit() }; BLOCK];
+    let converted;
+    let io = if whole && io.conv.any() {
+        let n = io.len;
+        converted = BlockIo {
+            p: conv_cols(io.conv.p, io.p, (0, n), &mut pb),
+            q: conv_cols(io.conv.q, io.q, (0, n), &mut qb),
+            conv: Conv::default(),
+            ..*io
+        };
+        &converted
+    } else {
+        io
+    };
+    block_core::<T, L, A, P, Q, FAST>(dp, dq, io)
+}
+
+/// [`block_impl`] once whole-block conversions are done.
+#[inline(always)]
+fn block_core<T: Term, const L: usize, A: Arith, P: Decode, Q: Decode, const FAST: bool>(
+    dp: &Dec,
+    dq: &Dec,
+    io: &BlockIo<'_>,
+) -> State {
     use super::kernel::{FL_P_SEEN, FL_Q_SEEN};
-    let zeros = [0.0f32; L];
     let mut pd = P::new(dp);
     let mut qd = Q::new(dq);
     let mut st = State::EMPTY;
@@ -579,7 +694,7 @@ fn block_impl<T: Term, const L: usize, A: Arith, P: Decode, Q: Decode, const FAS
         && io.len > 0
     {
         let x = &io.q[..io.len];
-        // SAFETY: FAST kernels are only picked on machines with AVX2 and FMA,
+        // SAFETY: FAST kernels are only picked on machines with AVX2, FMA and F16C,
         // wide ones (L_WIDE) on machines with AVX-512F/DQ.
         let lse = unsafe {
             if L == L_WIDE {
@@ -635,79 +750,53 @@ fn block_impl<T: Term, const L: usize, A: Arith, P: Decode, Q: Decode, const FAS
     let mut c0 = 0;
     while c0 < n {
         let c1 = (c0 + SUB).min(n);
-        let mut c = c0;
-        // the lanes of `acc` hold something to flush
-        let mut slow_used = !FAST;
-        #[cfg(target_arch = "x86_64")]
-        if FAST {
-            // hand-written steps; a step with a special value goes through
-            // `slow`, and the loop resumes after it
-            let qm = qd.max();
-            // SAFETY: FAST kernels are only picked on machines with AVX2 and FMA.
-            while let Some(k) = unsafe { fast_cols::<T, L, P, Q>(dq, io, qm, c, c1, &mut st) } {
-                c += k;
-                if c + L > c1 {
-                    break;
-                }
-                slow_used = true;
-                let pc = if P::READS {
-                    &io.p[c..c + L]
-                } else {
-                    &zeros[..]
-                };
-                let qc = if Q::READS {
-                    &io.q[c..c + L]
-                } else {
-                    &zeros[..]
-                };
-                slow::<T, L, A, P, Q>(&pd, &qd, pc, qc, L, io.col0 + c, &mut acc, &mut key);
-                c += L;
+        if io.conv.any() {
+            // the next segment's values come in while this one computes
+            for (d, at) in [io.conv.p, io.conv.q].into_iter().flatten() {
+                d.prefetch(at + c1..at + c1 + SUB);
             }
-        }
-        while c + L <= c1 {
-            slow_used = true;
-            let pc: &[f32; L] = if P::READS {
-                io.p[c..c + L].try_into().unwrap_or(&zeros)
+            // half values widened in the hand-written loop's loads
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: FAST kernels are only picked on machines with AVX2, FMA
+            // and F16C.
+            if FAST && L == L_NARROW && unsafe { fused_half::<T, P, Q>(io, (c0, c1), &mut st) } {
+                c0 = c1;
+                continue;
+            }
+            // else this segment's values converted into L1-sized tiles: the
+            // same segment, column for column, as from f32 values
+            let mut pt = [const { MaybeUninit::<f32>::uninit() }; SUB];
+            let mut qt = [const { MaybeUninit::<f32>::uninit() }; SUB];
+            let p = if P::READS {
+                conv_cols(io.conv.p, io.p, (c0, c1), &mut pt)
             } else {
-                &zeros
+                io.p
             };
-            let qc: &[f32; L] = if Q::READS {
-                io.q[c..c + L].try_into().unwrap_or(&zeros)
+            let q = if Q::READS {
+                conv_cols(io.conv.q, io.q, (c0, c1), &mut qt)
             } else {
-                &zeros
+                io.q
             };
-            let mut bad = 0u32;
-            if P::CHECKS {
-                for x in pc {
-                    bad |= pd.is_bad(x.to_bits()) as u32;
-                }
-            }
-            if Q::CHECKS {
-                for x in qc {
-                    bad |= qd.is_bad(x.to_bits()) as u32;
-                }
-            }
-            let col = io.col0 + c;
-            if bad == 0 {
-                for i in 0..L {
-                    let pe = pd.elem::<A>(pc[i], (col + i) as u32);
-                    let qe = qd.elem::<A>(qc[i], (col + i) as u32);
-                    T::accumulate::<L, A>(&mut acc, i, pe, qe);
-                }
-            } else {
-                slow::<T, L, A, P, Q>(&pd, &qd, pc, qc, L, col, &mut acc, &mut key);
-            }
-            c += L;
-        }
-        if c < c1 {
-            let k = c1 - c;
-            let pc = if P::READS { &io.p[c..c1] } else { &zeros[..k] };
-            let qc = if Q::READS { &io.q[c..c1] } else { &zeros[..k] };
-            slow::<T, L, A, P, Q>(&pd, &qd, pc, qc, k, io.col0 + c, &mut acc, &mut key);
-            slow_used = true;
-        }
-        if slow_used {
-            acc.flush::<T>(&mut st);
+            let tile = BlockIo {
+                p,
+                q,
+                len: c1 - c0,
+                col0: io.col0 + c0,
+                target: None,
+                conv: Conv::default(),
+            };
+            segment::<T, L, A, P, Q, FAST>(
+                &pd,
+                &qd,
+                dq,
+                &tile,
+                (0, c1 - c0),
+                &mut st,
+                &mut acc,
+                &mut key,
+            );
+        } else {
+            segment::<T, L, A, P, Q, FAST>(&pd, &qd, dq, io, (c0, c1), &mut st, &mut acc, &mut key);
         }
         c0 = c1;
     }
@@ -715,6 +804,102 @@ fn block_impl<T: Term, const L: usize, A: Arith, P: Decode, Q: Decode, const FAS
     // the AVX-512 loops record the bad columns they meet in `st.key`
     st.key = st.key.min(key);
     st
+}
+
+/// Columns `c0..c1` (one segment, at most [`SUB`]) of `io` into `st`, the
+/// body of [`block_impl`]'s segment loop.
+#[inline(always)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the inlined body of the segment loop"
+)]
+fn segment<T: Term, const L: usize, A: Arith, P: Decode, Q: Decode, const FAST: bool>(
+    pd: &P,
+    qd: &Q,
+    dq: &Dec,
+    io: &BlockIo<'_>,
+    (c0, c1): (usize, usize),
+    st: &mut State,
+    acc: &mut Lanes<L>,
+    key: &mut u64,
+) {
+    let zeros = [0.0f32; L];
+    // read by the hand-written loops only
+    let _ = dq;
+    let mut c = c0;
+    // the lanes of `acc` hold something to flush
+    let mut slow_used = !FAST;
+    #[cfg(target_arch = "x86_64")]
+    if FAST {
+        // hand-written steps; a step with a special value goes through
+        // `slow`, and the loop resumes after it
+        let qm = qd.max();
+        // SAFETY: FAST kernels are only picked on machines with AVX2, FMA and F16C.
+        while let Some(k) = unsafe { fast_cols::<T, L, P, Q>(dq, io, qm, c, c1, st) } {
+            c += k;
+            if c + L > c1 {
+                break;
+            }
+            slow_used = true;
+            let pc = if P::READS {
+                &io.p[c..c + L]
+            } else {
+                &zeros[..]
+            };
+            let qc = if Q::READS {
+                &io.q[c..c + L]
+            } else {
+                &zeros[..]
+            };
+            slow::<T, L, A, P, Q>(pd, qd, pc, qc, L, io.col0 + c, acc, key);
+            c += L;
+        }
+    }
+    while c + L <= c1 {
+        slow_used = true;
+        let pc: &[f32; L] = if P::READS {
+            io.p[c..c + L].try_into().unwrap_or(&zeros)
+        } else {
+            &zeros
+        };
+        let qc: &[f32; L] = if Q::READS {
+            io.q[c..c + L].try_into().unwrap_or(&zeros)
+        } else {
+            &zeros
+        };
+        let mut bad = 0u32;
+        if P::CHECKS {
+            for x in pc {
+                bad |= pd.is_bad(x.to_bits()) as u32;
+            }
+        }
+        if Q::CHECKS {
+            for x in qc {
+                bad |= qd.is_bad(x.to_bits()) as u32;
+            }
+        }
+        let col = io.col0 + c;
+        if bad == 0 {
+            for i in 0..L {
+                let pe = pd.elem::<A>(pc[i], (col + i) as u32);
+                let qe = qd.elem::<A>(qc[i], (col + i) as u32);
+                T::accumulate::<L, A>(acc, i, pe, qe);
+            }
+        } else {
+            slow::<T, L, A, P, Q>(pd, qd, pc, qc, L, col, acc, key);
+        }
+        c += L;
+    }
+    if c < c1 {
+        let k = c1 - c;
+        let pc = if P::READS { &io.p[c..c1] } else { &zeros[..k] };
+        let qc = if Q::READS { &io.q[c..c1] } else { &zeros[..k] };
+        slow::<T, L, A, P, Q>(pd, qd, pc, qc, k, io.col0 + c, acc, key);
+        slow_used = true;
+    }
+    if slow_used {
+        acc.flush::<T>(st);
+    }
 }
 
 /// NLL fast path: the one term of an unsmoothed target, if it is in this block.
@@ -746,7 +931,7 @@ unsafe fn block_base<T: Term, P: Decode, Q: Decode>(dp: &Dec, dq: &Dec, io: &Blo
 /// AVX2 + FMA build of a kernel.
 ///
 /// # Safety
-/// The CPU must have AVX2 and FMA.
+/// The CPU must have AVX2, FMA and F16C.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn block_avx2<T: Term, P: Decode, Q: Decode>(dp: &Dec, dq: &Dec, io: &BlockIo<'_>) -> State {

@@ -60,7 +60,7 @@ use super::ln::{LN2_HI, LN2_LO};
 pub(super) const STEP: usize = 16;
 
 /// Loads 8 values from `x[i..i + 8]` as their bits.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn load(x: &[f32], i: usize) -> __m256i {
     let s = &x[i..i + 8];
@@ -70,16 +70,16 @@ fn load(x: &[f32], i: usize) -> __m256i {
 
 /// Asks for the cache line `PREFETCH` bytes after `x` (a hint: an address
 /// past the end of the data is harmless).
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn prefetch(x: &[f32]) {
+fn prefetch<E>(x: &[E]) {
     let p = x.as_ptr().wrapping_byte_add(PREFETCH).cast::<i8>();
     _mm_prefetch::<_MM_HINT_T0>(p);
 }
 
 /// Asks for the cache line `n` values after `x` (a hint: an address past the
 /// end of the data is harmless).
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn prefetch_next(x: &[f32], n: usize) {
     let p = x.as_ptr().wrapping_add(n).cast::<i8>();
@@ -92,7 +92,7 @@ pub(super) const PREFETCH: usize = 2048;
 /// All lanes set where the probability is not a positive normal number (zero,
 /// subnormal, negative, infinite or NaN): (b + 0x7f80_0000) wraps the normal
 /// range onto the lowest signed integers.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn special_prob(b: __m256i) -> __m256i {
     let t = _mm256_add_epi32(b, _mm256_set1_epi32(0x7f80_0000));
@@ -101,7 +101,7 @@ fn special_prob(b: __m256i) -> __m256i {
 
 /// All lanes set where a log value is not finite, or is positive while
 /// `pos_max` is 0 (with `pos_max` = i32::MAX positive values are allowed).
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn special_log(b: __m256i, pos_max: __m256i) -> __m256i {
     let abs = _mm256_and_si256(b, _mm256_set1_epi32(0x7fff_ffff));
@@ -110,7 +110,7 @@ fn special_log(b: __m256i, pos_max: __m256i) -> __m256i {
 }
 
 /// Whether any lane of `m` is set.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn any(m: __m256i) -> bool {
     _mm256_testz_si256(m, m) == 0
@@ -119,7 +119,7 @@ fn any(m: __m256i) -> bool {
 /// ln x = k·ln 2 + a for the bits `b` of a positive normal x: returns (k, a)
 /// with a = ln m, m in [√½, √2), as r + r²·Q(r), r = m − 1 (Q of degree 6
 /// interpolating (ln(1 + r) − r) / r² at Chebyshev nodes: |error| < 1.3e-7).
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn ln_core(b: __m256i) -> (__m256i, __m256) {
     let ix = _mm256_sub_epi32(b, _mm256_set1_epi32(0x3f35_04f3));
@@ -142,7 +142,7 @@ fn ln_core(b: __m256i) -> (__m256i, __m256) {
 }
 
 /// ln x for the bits of a positive normal x.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn ln(b: __m256i) -> __m256 {
     let (k, a) = ln_core(b);
@@ -156,7 +156,7 @@ fn ln(b: __m256i) -> __m256 {
 /// degree 4 interpolating (e^r − 1) / r at Chebyshev nodes (relative error
 /// < 2.1e-7; the reduction with ln 2 in one f32 adds at most 2.4e-7 for
 /// n = −126).
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn exp_neg(l: __m256) -> __m256 {
     let c = |v: f32| _mm256_set1_ps(v);
@@ -181,7 +181,7 @@ fn exp_neg(l: __m256) -> __m256 {
 
 /// Adds the lanes of `a + b` to `acc` in f64 (each lane holds at most 64
 /// terms), in a fixed order.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn flush(acc: &mut f64, a: __m256, b: __m256) {
     let v = _mm256_add_ps(a, b);
@@ -195,7 +195,7 @@ fn flush(acc: &mut f64, a: __m256, b: __m256) {
 /// [`kl`] step by step: stops at the first step holding a special value.
 /// The ratio p / q must be a normal number too, else the step goes to the
 /// scalar path.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline(never)]
 fn kl_checked(p: &[f32], q: &[f32], st: &mut State) -> usize {
     let n = p.len().min(q.len());
@@ -239,7 +239,7 @@ fn kl_checked(p: &[f32], q: &[f32], st: &mut State) -> usize {
 }
 
 /// [`cross`] step by step: stops at the first step holding a special value.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline(never)]
 fn cross_checked(p: &[f32], q: &[f32], st: &mut State) -> usize {
     let n = p.len().min(q.len());
@@ -279,7 +279,7 @@ fn cross_checked(p: &[f32], q: &[f32], st: &mut State) -> usize {
 }
 
 /// [`entropy`] step by step: stops at the first step holding a special value.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline(never)]
 fn entropy_checked(p: &[f32], st: &mut State) -> usize {
     let (mut sa0, mut sa1, mut u0, mut u1) = (
@@ -317,14 +317,14 @@ const ROW_KL: u8 = 2;
 /// when it stays at most 0x7eff_ffff (zeros, subnormals and negative values
 /// wrap above it, infinities and NaN land above it). One operation and no
 /// branch per vector: the hot loop checks nothing until the segment's end.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn track(acc: __m256i, b: __m256i) -> __m256i {
     _mm256_max_epu32(acc, _mm256_sub_epi32(b, _mm256_set1_epi32(0x0080_0000)))
 }
 
 /// Whether every value folded by [`track`] was a positive normal number.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn all_normal(acc: __m256i) -> bool {
     let top = _mm256_set1_epi32(0x7eff_ffff);
@@ -334,7 +334,7 @@ fn all_normal(acc: __m256i) -> bool {
 /// ln x = k·ln 2 + a split in two f32 vectors (k as f32, a = ln m), so that
 /// a loop accumulates p·a and p·k apart and multiplies Σ p·k by ln 2 in f64
 /// once per segment: two FMAs per vector instead of three, and no f32 ln 2.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn ln_parts(b: __m256i) -> (__m256, __m256) {
     let (k, a) = ln_core(b);
@@ -345,9 +345,9 @@ fn ln_parts(b: __m256i) -> (__m256, __m256) {
 /// with no check inside the loop: (Σ p, Σ q, Σ p·a, Σ p·k) of the terms
 /// p ln x = p·(a + k ln 2), x = p, q or p / q by `K`, or `None` when a value
 /// (or ratio) was not a positive normal number, and nothing is added.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn segment<const K: u8>(p: &[f32], q: &[f32]) -> Option<(f64, f64, f64, f64)> {
+fn segment<const K: u8, E: Src>(p: &[E], q: &[E]) -> Option<(f64, f64, f64, f64)> {
     let n = if K == ROW_ENTROPY {
         p.len()
     } else {
@@ -369,14 +369,16 @@ fn segment<const K: u8>(p: &[f32], q: &[f32]) -> Option<(f64, f64, f64, f64)> {
             prefetch(qc);
         }
         for h in [0, 8] {
-            let pb = load(pc, h);
+            // SAFETY: this function's features are the ones `bits8` needs.
+            let pb = unsafe { E::bits8(pc, h) };
             let pf = _mm256_castsi256_ps(pb);
             chk = track(chk, pb);
             sa = _mm256_add_ps(sa, pf);
             let x = if K == ROW_ENTROPY {
                 pb
             } else {
-                let qb = load(qc, h);
+                // SAFETY: as above.
+                let qb = unsafe { E::bits8(qc, h) };
                 let qf = _mm256_castsi256_ps(qb);
                 chk = track(chk, qb);
                 sb = _mm256_add_ps(sb, qf);
@@ -408,10 +410,10 @@ fn segment<const K: u8>(p: &[f32], q: &[f32]) -> Option<(f64, f64, f64, f64)> {
 /// (the ratio rounded once, within 6e-8 of ln p − ln q, and a normal
 /// number). The whole segment in one unchecked loop when every value is
 /// ordinary, else step by step up to the first special one.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline(never)]
 pub(super) fn kl(p: &[f32], q: &[f32], st: &mut State) -> usize {
-    let Some((sa, sb, a, k)) = segment::<ROW_KL>(p, q) else {
+    let Some((sa, sb, a, k)) = segment::<ROW_KL, f32>(p, q) else {
         return kl_checked(p, q, st);
     };
     st.sa += sa;
@@ -422,10 +424,10 @@ pub(super) fn kl(p: &[f32], q: &[f32], st: &mut State) -> usize {
 
 /// Cross-entropy terms of probabilities: `sa += Σ p`, `sb += Σ q`,
 /// `v += Σ p ln q` ([`kl`]'s plan).
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline(never)]
 pub(super) fn cross(p: &[f32], q: &[f32], st: &mut State) -> usize {
-    let Some((sa, sb, a, k)) = segment::<ROW_CROSS>(p, q) else {
+    let Some((sa, sb, a, k)) = segment::<ROW_CROSS, f32>(p, q) else {
         return cross_checked(p, q, st);
     };
     st.sa += sa;
@@ -436,10 +438,10 @@ pub(super) fn cross(p: &[f32], q: &[f32], st: &mut State) -> usize {
 
 /// Entropy terms of probabilities: `sa += Σ p`, `u += Σ p ln p` ([`kl`]'s
 /// plan).
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline(never)]
 pub(super) fn entropy(p: &[f32], st: &mut State) -> usize {
-    let Some((sa, _, a, k)) = segment::<ROW_ENTROPY>(p, &[]) else {
+    let Some((sa, _, a, k)) = segment::<ROW_ENTROPY, f32>(p, &[]) else {
         return entropy_checked(p, st);
     };
     st.sa += sa;
@@ -447,9 +449,88 @@ pub(super) fn entropy(p: &[f32], st: &mut State) -> usize {
     p.len() / STEP * STEP
 }
 
+/// The values [`segment`] reads: f32, or half precision widened in the
+/// load itself (F16C's `vcvtph2ps` for f16, a 16-bit shift for bf16), so
+/// that a half segment runs the f32 segment's arithmetic on the same f32
+/// values without a converted copy.
+pub(super) trait Src: Copy {
+    /// The f32 bits of values `x[i..i + 8]`.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C.
+    unsafe fn bits8(x: &[Self], i: usize) -> __m256i;
+}
+
+impl Src for f32 {
+    #[inline(always)]
+    unsafe fn bits8(x: &[f32], i: usize) -> __m256i {
+        // SAFETY: the caller guarantees the CPU features.
+        unsafe { load(x, i) }
+    }
+}
+
+impl Src for half::f16 {
+    #[inline(always)]
+    unsafe fn bits8(x: &[half::f16], i: usize) -> __m256i {
+        let s = &x[i..i + 8];
+        // SAFETY: `s` holds 8 values; the caller guarantees the CPU features.
+        unsafe { crate::widen::x86::load_f16(s.as_ptr()) }
+    }
+}
+
+impl Src for half::bf16 {
+    #[inline(always)]
+    unsafe fn bits8(x: &[half::bf16], i: usize) -> __m256i {
+        let s = &x[i..i + 8];
+        // SAFETY: `s` holds 8 values; the caller guarantees the CPU features.
+        unsafe { crate::widen::x86::load_bf16(s.as_ptr()) }
+    }
+}
+
+/// Which one-pass terms [`fused`] accumulates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Fused {
+    Kl,
+    Cross,
+    Entropy,
+}
+
+/// [`kl`], [`cross`] or [`entropy`] over one segment of half values (whole
+/// steps only), widened in the loads: `true` with the same additions to
+/// `st` as those make on the widened values when every value (and KL
+/// ratio) is a positive normal number; `false`, and nothing added, else
+/// (the caller then converts the segment and takes the f32 path, which
+/// decides the special values).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline(never)]
+pub(super) fn fused<E: Src>(which: Fused, p: &[E], q: &[E], st: &mut State) -> bool {
+    let r = match which {
+        Fused::Kl => segment::<ROW_KL, E>(p, q),
+        Fused::Cross => segment::<ROW_CROSS, E>(p, q),
+        Fused::Entropy => segment::<ROW_ENTROPY, E>(p, &[]),
+    };
+    let Some((sa, sb, a, k)) = r else {
+        return false;
+    };
+    st.sa += sa;
+    let t = a + std::f64::consts::LN_2 * k;
+    match which {
+        Fused::Kl => {
+            st.sb += sb;
+            st.d += t;
+        }
+        Fused::Cross => {
+            st.sb += sb;
+            st.v += t;
+        }
+        Fused::Entropy => st.u += t,
+    }
+    true
+}
+
 /// Sums of an online log operand relative to the block maximum `m`:
 /// `sb += Σ e^(x − m)`. Positive values stop it unless `pos_ok`.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline(never)]
 pub(super) fn exp_sums(x: &[f32], m: f32, pos_ok: bool, st: &mut State) -> usize {
     let pos_max = _mm256_set1_epi32(if pos_ok { i32::MAX } else { 0 });
@@ -477,7 +558,7 @@ pub(super) fn exp_sums(x: &[f32], m: f32, pos_ok: bool, st: &mut State) -> usize
 
 /// The maximum of `x`, or `None` when `x` holds a value that is not finite
 /// (the caller's scalar maximum then skips NaN and +inf and counts -inf).
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline(never)]
 pub(super) fn max(x: &[f32]) -> Option<f32> {
     let never = _mm256_set1_epi32(i32::MAX);
@@ -522,7 +603,7 @@ pub(super) fn max(x: &[f32]) -> Option<f32> {
 /// holds a value that is not finite (a -inf, NaN or +inf), or a positive
 /// value while `!pos_ok`: the caller's general path then decides its rules
 /// and status. `x` must not be empty.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline(never)]
 pub(super) fn lse(x: &[f32], pos_ok: bool, sub: usize) -> Option<(f32, f64)> {
     let lowest = _mm256_set1_ps(f32::MIN);
@@ -603,7 +684,7 @@ pub(super) fn lse(x: &[f32], pos_ok: bool, sub: usize) -> Option<(f32, f64)> {
 
 /// Loads `x[i..i + 8]`, or the fewer than 8 values left with 1.0 in the
 /// lanes past the end, as bits, with the mask of the real lanes.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn load_part(x: &[f32], i: usize) -> (__m256i, __m256i) {
     if i + 8 <= x.len() {
@@ -625,7 +706,7 @@ fn load_part(x: &[f32], i: usize) -> (__m256i, __m256i) {
 /// 1.0 (ln 1 = 0: its terms are 0; the sums are masked): (Σ p, Σ q, terms).
 /// `None` when a value (or a KL ratio) is not a positive normal number: the
 /// caller's general path decides the rules and status words of that row.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn row_lanes<const K: u8, const V: usize>(
     p: &[f32],
@@ -672,7 +753,7 @@ fn row_lanes<const K: u8, const V: usize>(
 
 /// [`row_lanes`] for rows of exactly `V` vectors (8·V columns): no padding
 /// and no masks, the loop unrolled.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn row_full<const K: u8, const V: usize>(p: &[f32], q: &[f32]) -> Option<(__m256, __m256, __m256)> {
     let p = &p[..8 * V];
@@ -714,7 +795,7 @@ fn row_full<const K: u8, const V: usize>(p: &[f32], q: &[f32]) -> Option<(__m256
 /// ((x0 + x1) + (x2 + x3)) + ((x4 + x5) + (x6 + x7)) of `v[i]`, the same
 /// order in every lane, so that a row's sum does not depend on its place in
 /// the group (nor on which rows share it).
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn sum8(v: &[__m256; 8]) -> [f64; 8] {
     let h01 = _mm256_hadd_ps(v[0], v[1]);
@@ -743,7 +824,7 @@ fn sum8(v: &[__m256; 8]) -> [f64; 8] {
 /// Writes the sums of the rows of a group of 8 into the states `out` (at
 /// most 8; the lane vectors past `out.len()` are zero and unused): only the
 /// fields the measure accumulates, the others are left as they are.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn put8<const K: u8>(sa: &[__m256; 8], sb: &[__m256; 8], acc: &[__m256; 8], out: &mut [State]) {
     let a = sum8(sa);
@@ -771,7 +852,7 @@ fn put8<const K: u8>(sa: &[__m256; 8], sb: &[__m256; 8], acc: &[__m256; 8], out:
 /// fields of the measure's sums are written), until `out` is full or a row holds a value the
 /// general path must decide. Returns the number of rows done. The lanes of
 /// 8 rows at a time are summed side by side ([`sum8`]).
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn rows_impl<const K: u8>(
     p: &[f32],
@@ -793,7 +874,7 @@ fn rows_impl<const K: u8>(
 /// [`rows_impl`] one row at a time, each row's lanes added in f64
 /// ([`hsum`]): for rows wider than 64 columns, where the side-by-side sums
 /// gain nothing.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn rows_each<const K: u8>(
     p: &[f32],
@@ -829,7 +910,7 @@ fn rows_each<const K: u8>(
 }
 
 /// Horizontal sum of the 8 lanes in f64, in a fixed order.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn hsum(v: __m256) -> f64 {
     let lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
@@ -840,7 +921,7 @@ fn hsum(v: __m256) -> f64 {
 }
 
 /// [`rows_impl`] with rows of `V` whole vectors, or any width for `V` = 0.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn rows_run<const K: u8, const V: usize>(
     p: &[f32],
@@ -901,7 +982,7 @@ fn rows_run<const K: u8, const V: usize>(
 }
 
 /// Short rows' KL states ([`rows_impl`]).
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline(never)]
 pub(super) fn kl_rows(
     p: &[f32],
@@ -914,7 +995,7 @@ pub(super) fn kl_rows(
 }
 
 /// Short rows' cross-entropy states ([`rows_impl`]).
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline(never)]
 pub(super) fn cross_rows(
     p: &[f32],
@@ -927,7 +1008,7 @@ pub(super) fn cross_rows(
 }
 
 /// Short rows' entropy states ([`rows_impl`]; `q` is not read).
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline(never)]
 pub(super) fn entropy_rows(
     p: &[f32],

@@ -23,6 +23,8 @@ mod block;
 mod fast;
 #[cfg(target_arch = "x86_64")]
 mod fast512;
+#[cfg(test)]
+mod half_tests;
 mod kernel;
 pub(crate) mod ln;
 mod plan;

@@ -15,9 +15,7 @@
 //! probability row under `Validate` next to logits, in Jensen-Shannon) are used
 //! as given and their sum is checked.
 
-use std::mem::MaybeUninit;
-
-use super::block::{BLOCK, BlockFn, BlockIo, Dec, DecKind, Isa, SUB, pick, pick_sums};
+use super::block::{BLOCK, BlockFn, BlockIo, Conv, Dec, DecKind, Isa, SUB, pick, pick_sums};
 use super::kernel::{self, Norm, Rel, RowEnd, Side, State, Target};
 use super::terms::{RowLogs, Term, with_term};
 use crate::batch::Data;
@@ -274,39 +272,35 @@ impl<'j> Plan<'j> {
         d
     }
 
-    /// Whether an operand is not f32 (converted a block at a time).
+    /// Whether an operand is not f32 (converted where it is read).
     fn f64_input(&self) -> bool {
         [self.job.p, self.job.q]
             .iter()
             .any(|o| o.is_some_and(|d| d.is_converted()))
     }
 
-    /// State of columns `c0..c1` (one block) of `row`. f64 operands are
-    /// converted into buffers of one block on this thread's stack.
+    /// State of columns `c0..c1` (one block) of `row`. f32 operands are read
+    /// in place; the others (f64, f16, bf16) are converted by the kernel,
+    /// tile by tile ([`BlockIo::conv`](super::block::BlockIo)).
     fn block(&self, pass: Pass, row: usize, c0: usize, c1: usize, norm: &RowNorm) -> State {
         let cols = self.cols;
-        fn slice<'s>(
-            o: &'s Option<HostOp<'_>>,
-            row: usize,
-            cols: usize,
-            c: (usize, usize),
-            buf: &'s mut [MaybeUninit<f32>],
-        ) -> &'s [f32] {
-            o.as_ref().map_or(&[][..], |o| {
-                let r = o.row_range(row, cols);
-                o.data.f32s(r.start + c.0..r.start + c.1, buf)
-            })
-        }
-        if !self.f64_input() {
-            let p = slice(&self.p_in, row, cols, (c0, c1), &mut []);
-            let q = slice(&self.q_in, row, cols, (c0, c1), &mut []);
-            return self.block_io(pass, row, (c0, c1), norm, p, q);
-        }
-        let mut pb = [const { MaybeUninit::<f32>::uninit() }; BLOCK];
-        let mut qb = [const { MaybeUninit::<f32>::uninit() }; BLOCK];
-        let p = slice(&self.p_in, row, cols, (c0, c1), &mut pb);
-        let q = slice(&self.q_in, row, cols, (c0, c1), &mut qb);
-        self.block_io(pass, row, (c0, c1), norm, p, q)
+        let mut conv = Conv::default();
+        let side = |o: &Option<HostOp<'j>>, conv: &mut Option<(Data<'j>, usize)>| {
+            let Some(o) = o.as_ref() else {
+                return &[][..];
+            };
+            let r = o.row_range(row, cols);
+            match o.data {
+                Data::F32(v) => &v[r.start + c0..r.start + c1],
+                d => {
+                    *conv = Some((d, r.start + c0));
+                    &[][..]
+                }
+            }
+        };
+        let p = side(&self.p_in, &mut conv.p);
+        let q = side(&self.q_in, &mut conv.q);
+        self.block_io(pass, row, (c0, c1), norm, (p, q), conv)
     }
 
     /// [`Plan::block`] over the block's f32 columns `p` and `q`.
@@ -316,8 +310,8 @@ impl<'j> Plan<'j> {
         row: usize,
         (c0, c1): (usize, usize),
         norm: &RowNorm,
-        p: &[f32],
-        q: &[f32],
+        (p, q): (&[f32], &[f32]),
+        conv: Conv<'_>,
     ) -> State {
         let mut io = BlockIo {
             p,
@@ -325,6 +319,7 @@ impl<'j> Plan<'j> {
             len: c1 - c0,
             col0: c0,
             target: None,
+            conv,
         };
         let mut dp = self.dec(&self.p, pass, &norm.p);
         let dq = self.dec(&self.q, pass, &norm.q);

@@ -25,7 +25,7 @@ pub(crate) use pool::{DEFAULT_POOL_BYTES, Pool, Scratch};
 
 pub(crate) use encode::{Operands, prepare};
 pub(crate) use pipelines::Pipelines;
-pub(crate) use plan::{GpuPlan, TOTAL_OUTPUT_SIZE, plan, targets_words};
+pub(crate) use plan::{GpuPlan, TOTAL_OUTPUT_SIZE, plan_stored, targets_words};
 
 /// A device, its queue and the pipelines built on it.
 #[derive(Debug)]
@@ -128,9 +128,12 @@ impl Gpu {
         *self.upload_rate.get_or_init(|| upload::probe_rate(self))
     }
 
-    /// The host path's plan of `call` on this device.
-    pub(crate) fn plan(&self, call: &crate::call::Call) -> Result<GpuPlan> {
-        plan::plan(call, &self.plan_limits(), (0, 0))
+    /// The host path's plan of `job` on this device: half operands are
+    /// uploaded and read as half (entropy binds p in q's place).
+    pub(crate) fn plan(&self, job: &Job<'_>) -> Result<GpuPlan> {
+        let p = job.p.map_or(crate::widen::Dtype::F32, |d| d.dtype());
+        let q = job.q.map_or(p, |d| d.dtype());
+        plan::plan_stored(&job.call, &self.plan_limits(), (0, 0), (p, q))
     }
 
     /// Pipelines `plan` needs that this device has not compiled yet, and
@@ -162,6 +165,18 @@ impl Gpu {
         data: Data<'_>,
     ) -> Result<wgpu::Buffer> {
         self.upload_source(scratch, label, upload::Source::of(data))
+    }
+
+    /// An operand's values on the device as the rows kernel reads them:
+    /// [`Gpu::upload_data`], but f16 and bf16 as they are (half the bytes;
+    /// the kernel widens them).
+    fn upload_stored(
+        &self,
+        scratch: &mut Scratch,
+        label: &'static str,
+        data: Data<'_>,
+    ) -> Result<wgpu::Buffer> {
+        self.upload_source(scratch, label, upload::Source::stored(data))
     }
 
     /// Runs `f` inside an out-of-memory and a validation error scope on our
@@ -220,7 +235,7 @@ impl Gpu {
     pub(crate) fn submit(&self, job: &Job<'_>, plan: Option<GpuPlan>) -> Result<Pending> {
         let plan = match plan {
             Some(p) => p,
-            None => self.plan(&job.call)?,
+            None => self.plan(job)?,
         };
         let bytes = job.input_bytes() + plan.records_bytes;
         self.scoped("the inputs and records of a call", bytes, || {
@@ -244,13 +259,13 @@ impl Gpu {
                 words.resize(padded as usize, 0);
                 (
                     self.upload(sc, "kullback.targets", bytemuck::cast_slice(&words))?,
-                    self.upload_data(sc, "kullback.q", q)?,
+                    self.upload_stored(sc, "kullback.q", q)?,
                 )
             }
             (None, p) => {
-                let p = self.upload_data(sc, "kullback.p", p.unwrap_or(Data::F32(&[])))?;
+                let p = self.upload_stored(sc, "kullback.p", p.unwrap_or(Data::F32(&[])))?;
                 let q = match job.q {
-                    Some(q) => self.upload_data(sc, "kullback.q", q)?,
+                    Some(q) => self.upload_stored(sc, "kullback.q", q)?,
                     // entropy: q is never read; bind p twice (both read-only)
                     None => p.clone(),
                 };

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
+use crate::widen::Dtype;
 
 /// Override constants of the rows kernel (see the top of shaders/rows.wgsl).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -12,6 +13,8 @@ pub(crate) struct RowKey {
     pub merge: bool,
     /// The inputs are read four values per load (the vec4 module).
     pub vec4: bool,
+    /// How p and q are stored (a half one picks a module of its own).
+    pub dtypes: (Dtype, Dtype),
     pub measure: u32,
     pub p_form: u32,
     pub q_form: u32,
@@ -30,6 +33,9 @@ pub(crate) struct RowKey {
 pub(crate) struct Pipelines {
     rows_module: wgpu::ShaderModule,
     rows_vec4_module: wgpu::ShaderModule,
+    /// Modules for operands stored as half, built on first use (with
+    /// subgroup reductions where `subgroups` says).
+    half_modules: Mutex<HashMap<(bool, Dtype, Dtype), wgpu::ShaderModule>>,
     rows_layout: wgpu::PipelineLayout,
     pub(crate) rows_bgl: wgpu::BindGroupLayout,
     pub(crate) total_bgl: wgpu::BindGroupLayout,
@@ -147,6 +153,7 @@ impl Pipelines {
         Pipelines {
             rows_module,
             rows_vec4_module,
+            half_modules: Mutex::new(HashMap::new()),
             rows_layout,
             rows_bgl,
             total_bgl,
@@ -185,6 +192,24 @@ impl Pipelines {
             ("RENORM", b(key.renorm)),
             ("CHECK_SUMS", b(key.check_sums)),
         ];
+        let module = if key.dtypes.0.is_half() || key.dtypes.1.is_half() {
+            let mut m = self.half_modules.lock().unwrap_or_else(|e| e.into_inner());
+            m.entry((key.vec4, key.dtypes.0, key.dtypes.1))
+                .or_insert_with(|| {
+                    let vec = if key.vec4 { 4 } else { 1 };
+                    device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                        label: Some("kullback.rows.half"),
+                        source: wgpu::ShaderSource::Wgsl(
+                            crate::gpu::wgsl::rows_half(vec, key.dtypes, self.subgroups).into(),
+                        ),
+                    })
+                })
+                .clone()
+        } else if key.vec4 {
+            self.rows_vec4_module.clone()
+        } else {
+            self.rows_module.clone()
+        };
         let pipeline = Arc::new(
             device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(if key.merge {
@@ -193,11 +218,7 @@ impl Pipelines {
                     "kullback.rows"
                 }),
                 layout: Some(&self.rows_layout),
-                module: if key.vec4 {
-                    &self.rows_vec4_module
-                } else {
-                    &self.rows_module
-                },
+                module: &module,
                 entry_point: Some(if key.merge { "merge_main" } else { "rows_main" }),
                 compilation_options: wgpu::PipelineCompilationOptions {
                     constants: &constants,

@@ -11,6 +11,7 @@ use crate::gpu::pipelines::RowKey;
 use crate::gpu::wgsl;
 use crate::measure::{Form, Normalization, Reduction};
 use crate::record::RECORD_SIZE;
+use crate::widen::Dtype;
 
 /// Threads per workgroup (`WG` in shaders/common.wgsl).
 pub(crate) const WG: u32 = 256;
@@ -265,7 +266,7 @@ pub(crate) struct GpuPlan {
 
 /// The pipeline key of a pass of `call` (`sums`: the first of two passes;
 /// `merge`: the merge of long rows' partial states).
-fn key(call: &Call, sums: bool, merge: bool, vec4: bool) -> RowKey {
+fn key(call: &Call, sums: bool, merge: bool, vec4: bool, dtypes: (Dtype, Dtype)) -> RowKey {
     let (p, q) = (call.p, call.q);
     let norm = |o: Option<Operand>| o.is_some_and(|o| o.normalized);
     // a normalised log form is online in the first pass, plain in the second
@@ -277,6 +278,7 @@ fn key(call: &Call, sums: bool, merge: bool, vec4: bool) -> RowKey {
     RowKey {
         merge,
         vec4,
+        dtypes,
         measure: if sums {
             wgsl::SUMS
         } else {
@@ -298,8 +300,34 @@ fn key(call: &Call, sums: bool, merge: bool, vec4: bool) -> RowKey {
 /// Plans `call` on a device with `limits`. `offsets`: the byte offsets where
 /// the batch starts in the buffers of p (for a negative log-likelihood: of the
 /// targets, followed by the class weights) and q. Errors: scratch that does
-/// not fit one binding.
+/// not fit one binding. f32 operands (the unit tests' plans; the calls
+/// name their operands' formats through [`plan_stored`]).
+#[cfg(test)]
 pub(crate) fn plan(call: &Call, limits: &DeviceLimits, offsets: (u64, u64)) -> Result<GpuPlan> {
+    plan_stored(call, limits, offsets, (Dtype::F32, Dtype::F32))
+}
+
+/// [`plan`] for operands stored as `dtypes` (p's is ignored for a negative
+/// log-likelihood, whose p binding holds the targets; entropy binds p in
+/// q's place, so q's is p's). Half operands' bindings start on the device's
+/// offset alignment (an even value, so a whole u32) and are rounded up to
+/// whole u32s; they take vec4 loads where f32 ones would (rows of a multiple
+/// of 4 columns, 4-value-aligned offsets), so that a half call reduces the
+/// same columns in the same order as the f32 call on the widened values.
+pub(crate) fn plan_stored(
+    call: &Call,
+    limits: &DeviceLimits,
+    offsets: (u64, u64),
+    dtypes: (Dtype, Dtype),
+) -> Result<GpuPlan> {
+    let dtypes = (
+        if call.nll.is_some() {
+            Dtype::F32
+        } else {
+            dtypes.0
+        },
+        dtypes.1,
+    );
     let (rows, cols) = (call.rows as u32, call.cols as u32);
     let align_elems = limits.align / 4;
     let max_dim = limits.max_dim;
@@ -308,9 +336,12 @@ pub(crate) fn plan(call: &Call, limits: &DeviceLimits, offsets: (u64, u64)) -> R
     let cap_elems = (limits.cap / 4)
         .saturating_sub(align_elems)
         .max(BLOCK as u64);
-    let aligned = limits.align.is_multiple_of(16)
-        && offsets.0.is_multiple_of(16)
-        && offsets.1.is_multiple_of(16);
+    // (four values: 16 bytes of f32, 8 of half)
+    let quad = |offset: u64, d: Dtype| {
+        let b = 4 * d.bytes();
+        limits.align.is_multiple_of(b) && offset.is_multiple_of(b)
+    };
+    let aligned = quad(offsets.0, dtypes.0) && quad(offsets.1, dtypes.1);
     let vec4 =
         cols.is_multiple_of(4) && aligned && (cols <= BLOCK || cap_elems >= 4 * BLOCK as u64);
     let layout = Layout::new(cols, if vec4 { 4 } else { 1 });
@@ -336,9 +367,17 @@ pub(crate) fn plan(call: &Call, limits: &DeviceLimits, offsets: (u64, u64)) -> R
 
     let chunks = chunks(rows, cols, layout, cap_elems);
     let base = base_params(call, layout, norm_at as u32);
-    let (inputs, chunk_params) = chunk_bindings(call, &chunks, &base, offsets, align_elems);
+    let (inputs, chunk_params) =
+        chunk_bindings(call, &chunks, &base, offsets, limits.align, dtypes);
     let mut params = Slots::default();
-    let steps = term_steps(call, &chunks, &chunk_params, vec4, max_dim, &mut params);
+    let steps = term_steps(
+        call,
+        &chunks,
+        &chunk_params,
+        (vec4, dtypes),
+        max_dim,
+        &mut params,
+    );
     let totals = total_steps(call, max_dim, &mut params);
     let totals_bytes = (rows as u64).div_ceil((WG * EPT) as u64).max(1) * TOTAL_SIZE;
     Ok(GpuPlan {
@@ -413,8 +452,17 @@ fn chunk_bindings(
     chunks: &[Chunk],
     base: &RowParams,
     offsets: (u64, u64),
-    align_elems: u64,
+    align: u64,
+    dtypes: (Dtype, Dtype),
 ) -> (Vec<(Span, Span)>, Vec<RowParams>) {
+    // a binding of `r` in an operand of `width` bytes a value, whole u32s
+    let span = |at: u64, r: &Range, width: u64| {
+        (
+            at + r.offset_elems * width,
+            (r.size_elems * width).next_multiple_of(4),
+        )
+    };
+    let (pw, qw) = (dtypes.0.bytes(), dtypes.1.bytes());
     let (rows, cols) = (call.rows as u32, call.cols as u32);
     let (p_stride, q_stride) = strides(call);
     let mut inputs = Vec::with_capacity(chunks.len());
@@ -423,12 +471,12 @@ fn chunk_bindings(
         let (p_span, p_lead) = match call.nll {
             Some(n) => ((offsets.0, targets_words(rows, cols, n.weighted) * 4), 0),
             None => {
-                let r = range(c, p_stride, align_elems);
-                ((offsets.0 + r.offset_elems * 4, r.size_elems * 4), r.lead)
+                let r = range(c, p_stride, align / pw);
+                (span(offsets.0, &r, pw), r.lead)
             }
         };
-        let rq = range(c, q_stride, align_elems);
-        inputs.push((p_span, (offsets.1 + rq.offset_elems * 4, rq.size_elems * 4)));
+        let rq = range(c, q_stride, align / qw);
+        inputs.push((p_span, span(offsets.1, &rq, qw)));
         chunk_params.push(RowParams {
             row0: c.row0,
             col0: c.col0,
@@ -450,7 +498,7 @@ fn term_steps(
     call: &Call,
     chunks: &[Chunk],
     chunk_params: &[RowParams],
-    vec4: bool,
+    (vec4, dtypes): (bool, (Dtype, Dtype)),
     max_dim: u32,
     params: &mut Slots,
 ) -> Vec<Step> {
@@ -465,7 +513,7 @@ fn term_steps(
     for &sums in passes {
         for (i, (c, cp)) in chunks.iter().zip(chunk_params).enumerate() {
             steps.push(Step {
-                key: key(call, sums, false, vec4),
+                key: key(call, sums, false, vec4, dtypes),
                 chunk: i,
                 slot: params.push(cp),
                 grid: grid(c.items, max_dim),
@@ -479,7 +527,7 @@ fn term_steps(
                 ..chunk_params[0]
             };
             steps.push(Step {
-                key: key(call, sums, true, vec4),
+                key: key(call, sums, true, vec4, dtypes),
                 chunk: 0,
                 slot: params.push(&mp),
                 grid: grid(rows, max_dim),

@@ -23,15 +23,20 @@ pub(crate) const RING_CHUNK: u64 = 16 << 20;
 /// Slots in the ring: one being filled, two on the queue.
 pub(crate) const RING_SLOTS: usize = 3;
 
-/// What an upload reads: bytes as they are, or f64 values narrowed to f32.
+/// What an upload reads: bytes as they are, half values as they are (two
+/// per u32, the last word padded with zeros), or f64 values narrowed to f32.
 #[derive(Clone, Copy)]
 pub(crate) enum Source<'a> {
     Bytes(&'a [u8]),
+    /// The bytes of f16 or bf16 values: the kernels widen them where they
+    /// read them, so the upload moves half the bytes of f32.
+    Half(&'a [u8]),
     /// Values converted to f32 (f64 narrowed, half widened) as they are written.
     Convert(Data<'a>),
 }
 
 impl<'a> Source<'a> {
+    /// `data` as f32 on the device.
     pub(crate) fn of(data: Data<'a>) -> Source<'a> {
         match data {
             Data::F32(v) => Source::Bytes(bytemuck::cast_slice(v)),
@@ -39,10 +44,21 @@ impl<'a> Source<'a> {
         }
     }
 
+    /// `data` as f32, or half values as they are (for kernels that widen
+    /// them: see [`Data::dtype`]).
+    pub(crate) fn stored(data: Data<'a>) -> Source<'a> {
+        match data {
+            Data::F16(v) => Source::Half(bytemuck::cast_slice(v)),
+            Data::BF16(v) => Source::Half(bytemuck::cast_slice(v)),
+            other => Source::of(other),
+        }
+    }
+
     /// Bytes on the device.
     fn len(&self) -> u64 {
         match self {
             Source::Bytes(b) => b.len() as u64,
+            Source::Half(b) => (b.len() as u64).next_multiple_of(4),
             Source::Convert(d) => d.len() as u64 * 4,
         }
     }
@@ -52,6 +68,14 @@ impl<'a> Source<'a> {
     fn fill(&self, at: u64, dst: &mut [u8]) {
         match self {
             Source::Bytes(b) => dst.copy_from_slice(&b[at as usize..at as usize + dst.len()]),
+            Source::Half(b) => {
+                // the padding past the last value is zeros
+                let from = (at as usize).min(b.len());
+                let to = (at as usize + dst.len()).min(b.len());
+                let (data, pad) = dst.split_at_mut(to - from);
+                data.copy_from_slice(&b[from..to]);
+                pad.fill(0);
+            }
             Source::Convert(d) => {
                 let range = at as usize / 4..(at as usize + dst.len()) / 4;
                 match bytemuck::try_cast_slice_mut::<u8, f32>(dst) {
@@ -164,7 +188,7 @@ fn write_mapped(
             .map_err(|e| Error::Device(format!("writing an upload buffer: {e}")))?;
         match src {
             Source::Bytes(b) => view.copy_from_slice(&b[at as usize..(at + size) as usize]),
-            Source::Convert(_) => {
+            Source::Half(_) | Source::Convert(_) => {
                 let len = CONVERT_BYTES.min(size) as usize;
                 let mut tmp = crate::error::try_vec(len, "an f64 upload chunk")?;
                 tmp.resize(len, 0u8);
@@ -217,7 +241,8 @@ impl Gpu {
             let mut tmp;
             let b = match src {
                 Source::Bytes(b) => b,
-                Source::Convert(_) => {
+                Source::Half(b) if b.len() as u64 == bytes => b,
+                Source::Half(_) | Source::Convert(_) => {
                     tmp = crate::error::try_vec(bytes as usize, "an f64 upload chunk")?;
                     tmp.resize(bytes as usize, 0u8);
                     src.fill(0, &mut tmp);
