@@ -122,7 +122,8 @@ struct DistillArgs {
     /// How per-row losses are combined (mean: over the rows that count).
     #[arg(long, value_enum, default_value_t = ReductionArg::None)]
     reduction: ReductionArg,
-    /// Backend; the loss and gradient run on the CPU.
+    /// Backend; `auto` lets KULLBACK_BACKEND choose, else a hardware GPU or
+    /// the CPU (a sparse teacher runs on the CPU).
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     backend: BackendArg,
     /// Write the values to OUT.npy (1-D float32) and leave them out of the JSON.
