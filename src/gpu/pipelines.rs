@@ -200,7 +200,7 @@ impl Pipelines {
                     device.create_shader_module(wgpu::ShaderModuleDescriptor {
                         label: Some("kullback.rows.half"),
                         source: wgpu::ShaderSource::Wgsl(
-                            crate::gpu::wgsl::rows_half(vec, key.dtypes, self.subgroups).into(),
+                            crate::gpu::wgsl::rows(vec, key.dtypes, self.subgroups).into(),
                         ),
                     })
                 })

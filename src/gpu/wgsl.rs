@@ -218,8 +218,9 @@ fn invocation(subgroups: bool, kernel_part: &str) -> String {
 /// as `dtypes`: the shared constants, the inputs (and the half widening
 /// where one is half), the prelude, the kernel, the measures' functions and
 /// their generated dispatch, and the reduction's builtins (see
-/// [`invocation`]).
-fn rows(vec: u32, dtypes: (Dtype, Dtype), subgroups: bool) -> String {
+/// [`invocation`]). The f32 variants are kept below; those with a half
+/// operand are built on first use by the pipelines.
+pub(crate) fn rows(vec: u32, dtypes: (Dtype, Dtype), subgroups: bool) -> String {
     let half = if dtypes.0.is_half() || dtypes.1.is_half() {
         include_str!("../../shaders/half.wgsl")
     } else {
@@ -250,13 +251,6 @@ fn total(subgroups: bool) -> String {
         .as_str(),
     ]
     .concat()
-}
-
-/// The rows kernel with `vec` values per load of operands stored as
-/// `dtypes`, at least one of them half, with or without subgroup
-/// reductions (built on first use by the pipelines).
-pub(crate) fn rows_half(vec: u32, dtypes: (Dtype, Dtype), subgroups: bool) -> String {
-    rows(vec, dtypes, subgroups)
 }
 
 /// Both operands f32.
@@ -417,10 +411,10 @@ mod tests {
         };
         use crate::widen::Dtype;
         let half = [
-            super::rows_half(1, (Dtype::F16, Dtype::BF16), false),
-            super::rows_half(4, (Dtype::BF16, Dtype::F32), false),
-            super::rows_half(1, (Dtype::F16, Dtype::F16), true),
-            super::rows_half(4, (Dtype::F32, Dtype::F16), true),
+            super::rows(1, (Dtype::F16, Dtype::BF16), false),
+            super::rows(4, (Dtype::BF16, Dtype::F32), false),
+            super::rows(1, (Dtype::F16, Dtype::F16), true),
+            super::rows(4, (Dtype::F32, Dtype::F16), true),
         ];
         for rows in [
             &*super::ROWS,
