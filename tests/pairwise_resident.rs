@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::Rng;
+use common::{Rng, read_buffer};
 use kullback::wgpu;
 use kullback::{
     Batch, Context, ContextOptions, Error, Form, GpuBatch, GpuPairwiseOutput, GpuTopKOutput,
@@ -22,34 +22,6 @@ const MEASURES: [Measure; 5] = [
     Measure::Hellinger,
     Measure::TotalVariation,
 ];
-
-fn read_words(
-    device: &wgpu::Device,
-    queue: &wgpu::Queue,
-    src: &wgpu::Buffer,
-    offset: u64,
-    bytes: u64,
-) -> Vec<u32> {
-    let staging = device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("staging"),
-        size: bytes,
-        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
-    let mut enc = device.create_command_encoder(&Default::default());
-    enc.copy_buffer_to_buffer(src, offset, &staging, 0, bytes);
-    queue.submit([enc.finish()]);
-    staging
-        .slice(..)
-        .map_async(wgpu::MapMode::Read, |r| r.expect("map"));
-    device
-        .poll(wgpu::PollType::Wait {
-            submission_index: None,
-            timeout: None,
-        })
-        .expect("poll");
-    bytemuck::cast_slice::<u8, u32>(&staging.slice(..).get_mapped_range().expect("view")).to_vec()
-}
 
 fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
@@ -103,7 +75,7 @@ fn run_matrix(
     ctx.encode_pairwise(&mut enc, m_, &gp, gq.as_ref(), opts, &o)
         .expect("encode");
     queue.submit([enc.finish()]);
-    let vals = read_words(device, queue, &out, 512, (p.1 * n * 4) as u64);
+    let vals = read_buffer::<u32>(device, queue, &out, 512, (p.1 * n * 4) as u64);
     let st = common::read_records(device, queue, &status, 256, s_bytes);
     (vals, decode_pairwise_status(&st, p.1, opts, k))
 }
@@ -193,8 +165,8 @@ fn top_k_encode_equals_host() {
                 )
                 .expect("encode");
                 queue.submit([enc.finish()]);
-                let v = read_words(&device, &queue, &vals, 0, (m * kk * 4) as u64);
-                let i = read_words(&device, &queue, &idxs, 0, (m * kk * 4) as u64);
+                let v = read_buffer::<u32>(&device, &queue, &vals, 0, (m * kk * 4) as u64);
+                let i = read_buffer::<u32>(&device, &queue, &idxs, 0, (m * kk * 4) as u64);
                 let qh = Batch::new(&q, n, k);
                 let want = ctx
                     .pairwise_top_k(

@@ -12,53 +12,24 @@ use kullback::{
     Context, GpuBatch, GpuOutput, GpuTimestamps, Measure, Options, Reduction, output_bytes,
 };
 
-/// A device with `features` where the first adapter has them (`None`: it has
-/// not, or there is no adapter, as [`gpu_or_skip`] decides).
+/// A device with the adapter's limits and `features` where it has them
+/// (`None`: there is no adapter, as [`gpu_or_skip`] decides).
 fn device_with(features: wgpu::Features) -> Option<(wgpu::Device, wgpu::Queue, bool)> {
-    let instance =
-        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-    let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::PRIMARY));
-    let adapter = gpu_or_skip(adapters.into_iter().next().ok_or("no adapter"))?;
-    let has = adapter.features().contains(features);
-    let desc = wgpu::DeviceDescriptor {
-        label: Some("test"),
-        required_features: if has {
-            features
-        } else {
-            wgpu::Features::empty()
-        },
-        required_limits: adapter.limits(),
-        ..Default::default()
-    };
-    let (d, q) = pollster::block_on(adapter.request_device(&desc)).expect("device");
-    Some((d, q, has))
+    gpu_device_with(None, features)
 }
 
 fn read_stamps(device: &wgpu::Device, queue: &wgpu::Queue, qs: &wgpu::QuerySet) -> [u64; 2] {
-    let buffer = |usage| {
-        device.create_buffer(&wgpu::BufferDescriptor {
-            label: None,
-            size: 16,
-            usage,
-            mapped_at_creation: false,
-        })
-    };
-    let resolve = buffer(wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC);
-    let read = buffer(wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
+    let resolve = device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 16,
+        usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    });
     let mut enc = device.create_command_encoder(&Default::default());
     enc.resolve_query_set(qs, 0..2, &resolve, 0);
-    enc.copy_buffer_to_buffer(&resolve, 0, &read, 0, 16);
     queue.submit([enc.finish()]);
-    read.slice(..)
-        .map_async(wgpu::MapMode::Read, |r| r.expect("map"));
-    device
-        .poll(wgpu::PollType::Wait {
-            submission_index: None,
-            timeout: None,
-        })
-        .expect("poll");
-    let view = read.slice(..).get_mapped_range().expect("view");
-    bytemuck::pod_read_unaligned(&view[..16])
+    let v: Vec<u64> = read_buffer(device, queue, &resolve, 0, 16);
+    [v[0], v[1]]
 }
 
 #[test]

@@ -582,18 +582,24 @@ const DIVS: [Div; 5] = [
 ];
 const TEMPS: [f64; 4] = [0.5, 1.0, 2.0, 4.0];
 
-#[test]
-fn distill_dense_grid() {
-    let mut rng = Rng(1);
-    for cols in [1usize, 3, 257] {
+/// The dense distillation grid on `ctx`: rows of `cols` columns, every
+/// divergence, flavor and teacher form at `temps`, for each of `reductions`
+/// (masks on all but the first); the reference's finite differences on the
+/// first reduction's logits cases where `fd`.
+fn dense_grid(
+    ctx: &Context,
+    rng: &mut Rng,
+    cols: &[usize],
+    temps: &[f64],
+    reductions: &[Reduction],
+    fd: bool,
+) {
+    for &cols in cols {
         for &div in &DIVS {
-            for &temp in &TEMPS {
+            for &temp in temps {
                 for flavor in [Flavor::Plain, Flavor::Masked, Flavor::Huge] {
                     for logprobs in [false, true] {
-                        for (i, reduction) in [Reduction::None, Reduction::Sum, Reduction::Mean]
-                            .into_iter()
-                            .enumerate()
-                        {
+                        for (i, &reduction) in reductions.iter().enumerate() {
                             let case = Case {
                                 rows: 4,
                                 cols,
@@ -604,9 +610,9 @@ fn distill_dense_grid() {
                                 bucket: true,
                                 reduction,
                                 mask: i > 0,
-                                fd: i == 0 && !logprobs,
+                                fd: fd && i == 0 && !logprobs,
                             };
-                            run_case(&cpu(), &mut rng, &case);
+                            run_case(ctx, rng, &case);
                         }
                     }
                 }
@@ -615,39 +621,29 @@ fn distill_dense_grid() {
     }
 }
 
+const REDUCTIONS: [Reduction; 3] = [Reduction::None, Reduction::Sum, Reduction::Mean];
+
+#[test]
+fn distill_dense_grid() {
+    dense_grid(&cpu(), &mut Rng(1), &[1, 3, 257], &TEMPS, &REDUCTIONS, true);
+}
+
 /// Rows of several blocks (the CPU's blocks are 512 columns), where the
 /// running maxima move from block to block: the reverse KL's pass-1 sum is
-/// rebased each time its reference column moves.
+/// rebased each time its reference column moves. The reference's own
+/// derivatives are checked by the grids above.
 #[test]
 fn distill_dense_multi_block() {
     let mut rng = Rng(4);
-    let ctxs: Vec<Context> = std::iter::once(cpu()).chain(common::gpu()).collect();
-    for ctx in &ctxs {
-        for cols in [1500usize] {
-            for &div in &DIVS {
-                for temp in [0.5, 4.0] {
-                    for flavor in [Flavor::Plain, Flavor::Masked, Flavor::Huge] {
-                        for logprobs in [false, true] {
-                            let case = Case {
-                                rows: 4,
-                                cols,
-                                temp,
-                                div,
-                                flavor,
-                                sparse: logprobs.then_some(0),
-                                bucket: true,
-                                reduction: Reduction::None,
-                                mask: false,
-                                // the reference's own derivatives are checked
-                                // by the grids above
-                                fd: false,
-                            };
-                            run_case(ctx, &mut rng, &case);
-                        }
-                    }
-                }
-            }
-        }
+    for ctx in std::iter::once(cpu()).chain(common::gpu()) {
+        dense_grid(
+            &ctx,
+            &mut rng,
+            &[1500],
+            &[0.5, 4.0],
+            &[Reduction::None],
+            false,
+        );
     }
 }
 
@@ -1647,35 +1643,14 @@ fn torch_reference() {
 #[test]
 fn gpu_distill_dense_grid() {
     let Some(gpu) = common::gpu() else { return };
-    let mut rng = Rng(11);
-    for cols in [1usize, 3, 257] {
-        for &div in &DIVS {
-            for temp in [0.5, 2.0] {
-                for flavor in [Flavor::Plain, Flavor::Masked, Flavor::Huge] {
-                    for logprobs in [false, true] {
-                        for (i, reduction) in [Reduction::None, Reduction::Sum, Reduction::Mean]
-                            .into_iter()
-                            .enumerate()
-                        {
-                            let case = Case {
-                                rows: 4,
-                                cols,
-                                temp,
-                                div,
-                                flavor,
-                                sparse: logprobs.then_some(0),
-                                bucket: true,
-                                reduction,
-                                mask: i > 0,
-                                fd: false,
-                            };
-                            run_case(&gpu, &mut rng, &case);
-                        }
-                    }
-                }
-            }
-        }
-    }
+    dense_grid(
+        &gpu,
+        &mut Rng(11),
+        &[1, 3, 257],
+        &[0.5, 2.0],
+        &REDUCTIONS,
+        false,
+    );
 }
 
 /// The NLL grid (ignore index, class weights, label smoothing, −inf logits,

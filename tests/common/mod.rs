@@ -238,17 +238,33 @@ fn make_gpu(cap: Option<u64>) -> Option<Context> {
 pub fn gpu_device(
     limits: kullback::wgpu::Limits,
 ) -> Option<(kullback::wgpu::Device, kullback::wgpu::Queue)> {
+    gpu_device_with(Some(limits), kullback::wgpu::Features::empty()).map(|(d, q, _)| (d, q))
+}
+
+/// [`gpu_device`] with `features` where the adapter has them all (the
+/// third value says whether it had), and `limits` (`None`: the adapter's).
+pub fn gpu_device_with(
+    limits: Option<kullback::wgpu::Limits>,
+    features: kullback::wgpu::Features,
+) -> Option<(kullback::wgpu::Device, kullback::wgpu::Queue, bool)> {
     use kullback::wgpu;
     let instance =
         wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
     let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::PRIMARY));
     let adapter = gpu_or_skip(adapters.into_iter().next().ok_or("no adapter"))?;
+    let has = adapter.features().contains(features);
     let desc = wgpu::DeviceDescriptor {
         label: Some("test"),
-        required_limits: limits,
+        required_features: if has {
+            features
+        } else {
+            wgpu::Features::empty()
+        },
+        required_limits: limits.unwrap_or_else(|| adapter.limits()),
         ..Default::default()
     };
-    Some(pollster::block_on(adapter.request_device(&desc)).expect("device"))
+    let (d, q) = pollster::block_on(adapter.request_device(&desc)).expect("device");
+    Some((d, q, has))
 }
 
 /// The CPU context.
@@ -482,13 +498,15 @@ pub fn out_buffer(device: &kullback::wgpu::Device, bytes: u64) -> kullback::wgpu
     })
 }
 
-pub fn read_records(
+/// `bytes` of `src` from `offset` (a multiple of `T`'s size), copied through
+/// a mappable buffer.
+pub fn read_buffer<T: bytemuck::Pod>(
     device: &kullback::wgpu::Device,
     queue: &kullback::wgpu::Queue,
     src: &kullback::wgpu::Buffer,
     offset: u64,
     bytes: u64,
-) -> Vec<kullback::Record> {
+) -> Vec<T> {
     let staging = device.create_buffer(&kullback::wgpu::BufferDescriptor {
         label: Some("staging"),
         size: bytes,
@@ -507,10 +525,19 @@ pub fn read_records(
             timeout: None,
         })
         .expect("poll");
-    bytemuck::cast_slice::<u8, kullback::Record>(
-        &staging.slice(..).get_mapped_range().expect("view"),
-    )
-    .to_vec()
+    // mapped ranges are aligned to wgpu::MAP_ALIGNMENT (8 bytes)
+    bytemuck::cast_slice::<u8, T>(&staging.slice(..).get_mapped_range().expect("view")).to_vec()
+}
+
+/// The records in `bytes` of `src` from `offset`.
+pub fn read_records(
+    device: &kullback::wgpu::Device,
+    queue: &kullback::wgpu::Queue,
+    src: &kullback::wgpu::Buffer,
+    offset: u64,
+    bytes: u64,
+) -> Vec<kullback::Record> {
+    read_buffer(device, queue, src, offset, bytes)
 }
 
 /// The [`kullback::GpuCall`] of `measure` over `p` (and `q`) into `out`.
