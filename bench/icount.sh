@@ -56,7 +56,10 @@ for ln in asm.splitlines():
     if m and cur is not None:
         funcs[cur].append((int(m.group(1), 16), m.group(2).strip()))
 names = ["fast512::kl", "fast512::cross", "fast512::entropy", "fast512::lse",
-         "fast::kl", "fast::cross", "fast::entropy", "fast::lse"]
+         "fast::kl", "fast::cross", "fast::entropy", "fast::lse",
+         # short rows: every loop of the row kernels (one per unrolled width;
+         # the 16-column row loop is the one with one vdivps and no mask)
+         "short512::kl_rows", "fast::kl_rows"]
 for name in names:
     for fn, body in funcs.items():
         if not fn.endswith(name):

@@ -710,10 +710,8 @@ impl Context {
 
     /// `job` on the CPU, its records in the context's kept buffer.
     fn run_cpu(&self, job: &Job<'_>) -> Result<Output> {
-        self.cpu.with(|records| {
-            crate::cpu::run_into(job, records)?;
-            output(&job.call, records, Ran::Cpu, None)
-        })
+        let d = crate::cpu::decoded(job, &self.cpu)?;
+        Ok(output_of(&job.call, d, Ran::Cpu, None))
     }
 }
 
@@ -731,9 +729,14 @@ fn output(
     adapter: Option<String>,
 ) -> Result<Output> {
     let d = record::decode_output(records, &call.output_desc())?;
+    Ok(output_of(call, d, backend, adapter))
+}
+
+/// The [`Output`] of a call's decoded values.
+fn output_of(call: &Call, d: record::Decoded, backend: Ran, adapter: Option<String>) -> Output {
     let perplexity = (call.is_nll() && call.reduction == Reduction::Mean)
         .then(|| (d.values[0] as f64 * call.ln_base).exp());
-    Ok(Output {
+    Output {
         values: d.values,
         rows: call.rows,
         cols: call.cols,
@@ -742,7 +745,7 @@ fn output(
         perplexity,
         backend,
         adapter,
-    })
+    }
 }
 
 #[cfg(test)]

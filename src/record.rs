@@ -187,14 +187,12 @@ pub(crate) struct Decoded {
 /// The values of a call's output records, or the error of its first bad row.
 pub(crate) fn decode_output(records: &[Record], d: &OutputDesc) -> Result<Decoded, Error> {
     if d.reduction == Reduction::None {
-        // one pass: values out, the first bad row's error as soon as it is met
-        let mut values = crate::error::try_vec(records.len(), "the output values")?;
-        for (i, x) in records.iter().enumerate() {
-            if !x.is_ok() {
-                return Err(decode(i, x, &d.ctx));
-            }
-            values.push(x.value);
-        }
+        let n = records.len();
+        let mut values = crate::error::try_vec(n, "the output values")?;
+        write_values(records, &mut values.spare_capacity_mut()[..n])
+            .map_err(|i| decode(i, &records[i], &d.ctx))?;
+        // SAFETY: `write_values` wrote all n values (it returned Ok).
+        unsafe { values.set_len(n) };
         let counted = if d.weighted {
             records.iter().map(|x| x.aux_p as f64).sum()
         } else {
@@ -219,6 +217,24 @@ pub(crate) fn decode_output(records: &[Record], d: &OutputDesc) -> Result<Decode
         values: vec![total.value],
         counted: total.aux_p as f64,
     })
+}
+
+/// The values of per-row records into `values` (as long), in one pass that
+/// stops at the first bad record: `Err` with its index (all of `values` is
+/// written when `Ok`). The one reading of per-row records: the decoder's, and
+/// the CPU's, which decodes each chunk of rows as it is made.
+pub(crate) fn write_values(
+    records: &[Record],
+    values: &mut [std::mem::MaybeUninit<f32>],
+) -> Result<(), usize> {
+    debug_assert_eq!(records.len(), values.len());
+    for (i, (x, v)) in records.iter().zip(values).enumerate() {
+        if !x.is_ok() {
+            return Err(i);
+        }
+        v.write(x.value);
+    }
+    Ok(())
 }
 
 /// Why a row's loss is infinite (the message of [`Error::InfiniteLoss`]):

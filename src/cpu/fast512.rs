@@ -56,7 +56,7 @@ pub(super) const STEP: usize = 16;
 
 /// `vfpclassps` categories: QNaN, +0, −0, +inf, −inf, denormal, negative
 /// finite, SNaN: every value that is not a positive normal number.
-const NOT_POS_NORMAL: i32 = 0xff;
+pub(super) const NOT_POS_NORMAL: i32 = 0xff;
 /// ±0.
 const ZERO: i32 = 0x06;
 /// A probability that is bad: NaN, ±inf, negative finite.
@@ -97,7 +97,7 @@ fn load(x: &[f32], i: usize) -> __m512 {
 /// r + r²·Q(r), r = m − 1, with the AVX2 loop's polynomial (Estrin's scheme).
 #[target_feature(enable = "avx512f,avx512dq,avx2,fma")]
 #[inline]
-fn ln_parts(x: __m512) -> (__m512, __m512) {
+pub(super) fn ln_parts(x: __m512) -> (__m512, __m512) {
     let c = |v: f32| _mm512_set1_ps(v);
     let e = _mm512_getexp_ps(x);
     let m = _mm512_getmant_ps::<_MM_MANT_NORM_1_2, _MM_MANT_SIGN_ZERO>(x);

@@ -12,7 +12,11 @@
 //! - [`threads`]: scoped workers.
 //!
 //! Rows of at most `SUB` columns of probabilities go through one-call row
-//! kernels ([`plan::Plan::rows_into`]) instead of the block machinery.
+//! kernels ([`plan::Plan::rows_into`]) instead of the block machinery
+//! ([`short512`] for rows of at most 64 columns on AVX-512, else the AVX2
+//! ones in [`fast`]). Where workers split the rows, each decodes its rows'
+//! records a chunk at a time into the output values ([`decoded`]): no
+//! records buffer in memory.
 //!
 //! Threads share rows when there are many, and the super-blocks of each row
 //! when there are few long ones; either way a row's state is the same left
@@ -29,6 +33,8 @@ mod kernel;
 pub(crate) mod ln;
 mod plan;
 mod selfcheck;
+#[cfg(target_arch = "x86_64")]
+mod short512;
 mod terms;
 // all pairs: a module of its own (kernels, packing, drivers)
 pub(crate) mod pairwise;
@@ -44,7 +50,7 @@ use plan::{Pass, Plan, RowNorm};
 use crate::error::{Error, Result};
 use crate::job::Job;
 use crate::measure::Reduction;
-use crate::record::Record;
+use crate::record::{self, Record};
 
 /// Whether the CPU backend runs its AVX2 + FMA kernels (or the AVX-512
 /// ones, which imply them): the training kernels (`crate::train`) follow the
@@ -81,6 +87,68 @@ pub(crate) fn run_into(job: &Job<'_>, out: &mut Vec<Record>) -> Result<()> {
         out.extend(total);
     }
     Ok(())
+}
+
+/// The decoded output of `job`: per-row values straight from the workers
+/// ([`values`]) where the rows are split over them and nothing needs the
+/// whole records (no reduction, no row weights), else the records in
+/// `scratch`'s kept buffer and [`record::decode_output`]. Both give the same
+/// values and the same error (the first bad row's).
+pub(crate) fn decoded(job: &Job<'_>, scratch: &Scratch) -> Result<record::Decoded> {
+    let desc = job.call.output_desc();
+    let isa = Isa::chosen();
+    if desc.reduction == Reduction::None && !desc.weighted {
+        let plan = Plan::new(job, isa);
+        let threads = workers(&plan, threads::available());
+        if splits_rows(&plan, threads) {
+            let values = values(&plan, threads, &desc.ctx)?;
+            return Ok(record::Decoded {
+                counted: values.len() as f64,
+                values,
+            });
+        }
+    }
+    scratch.with(|records| {
+        run_into(job, records)?;
+        record::decode_output(records, &desc)
+    })
+}
+
+/// Rows a worker decodes at a time in [`values`]: their records (6 KiB) stay
+/// in L1 between being written and read.
+const CHUNK: usize = 256;
+
+/// The per-row values of a row-split plan, each worker decoding its rows a
+/// [`CHUNK`] at a time, or the first bad row's error. No records buffer: a
+/// write and a read of 24 bytes a row in memory, beside the 128 bytes a
+/// 16-column KL row reads, was a third more traffic for short rows.
+fn values(plan: &Plan<'_>, threads: usize, ctx: &record::DecodeCtx) -> Result<Vec<f32>> {
+    let n = plan.rows;
+    let mut out = crate::error::try_vec(n, "the output values")?;
+    // the first bad row met by any worker (each stops at its own first)
+    let bad = std::sync::Mutex::new(None::<(usize, Record)>);
+    threads::split_mut(&mut out.spare_capacity_mut()[..n], threads, |r0, part| {
+        let mut recs = [Record::default(); CHUNK];
+        for (c, vals) in part.chunks_mut(CHUNK).enumerate() {
+            let r = r0 + c * CHUNK;
+            let recs = &mut recs[..vals.len()];
+            plan.rows_into(r, recs);
+            if let Err(i) = record::write_values(recs, vals) {
+                let mut b = bad.lock().unwrap_or_else(|e| e.into_inner());
+                if b.is_none_or(|(row, _)| r + i < row) {
+                    *b = Some((r + i, recs[i]));
+                }
+                return;
+            }
+        }
+    });
+    if let Some((row, rec)) = bad.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        return Err(record::decode(row, &rec, ctx));
+    }
+    // SAFETY: no worker met a bad row, so each wrote every value of its part
+    // (`write_values` writes all of a chunk when it returns Ok).
+    unsafe { out.set_len(n) };
+    Ok(out)
 }
 
 /// Records buffers kept between calls by a context: calls take the buffer
@@ -157,6 +225,19 @@ fn run_with(job: &Job<'_>, threads: usize, isa: Isa) -> Vec<Record> {
     out
 }
 
+/// Workers for `plan` out of `threads`: fewer for little work.
+fn workers(plan: &Plan<'_>, threads: usize) -> usize {
+    threads
+        .min(plan.rows.saturating_mul(plan.cols) / MIN_WORK)
+        .max(1)
+}
+
+/// Whether `threads` workers share the rows (each a contiguous run of whole
+/// rows), not the super-blocks of a few long rows.
+fn splits_rows(plan: &Plan<'_>, threads: usize) -> bool {
+    threads == 1 || plan.supers() <= 1 || plan.rows >= 4 * threads
+}
+
 /// [`run_into`] on `threads` workers with the kernels built for `isa`:
 /// every record of `out` is written.
 fn fill(job: &Job<'_>, threads: usize, isa: Isa, out: &mut Vec<Record>) -> Result<()> {
@@ -171,13 +252,12 @@ fn fill(job: &Job<'_>, threads: usize, isa: Isa, out: &mut Vec<Record>) -> Resul
         out.resize(rows, Record::default());
     }
     let out = &mut out[..];
-    let work = rows.saturating_mul(plan.cols);
-    let threads = threads.min(work / MIN_WORK).max(1);
-    let supers = plan.supers();
-    if threads == 1 || supers <= 1 || rows >= 4 * threads {
+    let threads = workers(&plan, threads);
+    if splits_rows(&plan, threads) {
         threads::split_mut(out, threads, |r0, recs| plan.rows_into(r0, recs));
         return Ok(());
     }
+    let supers = plan.supers();
     // Few long rows: threads share the super-blocks of a group of rows.
     let group = (MAX_SCRATCH / supers).clamp(1, rows);
     let mut scratch = vec![State::EMPTY; group * supers];

@@ -123,7 +123,15 @@ fn short_kernel(
     }
     #[cfg(target_arch = "x86_64")]
     {
-        use super::fast;
+        use super::{fast, short512};
+        if isa == Isa::Avx512 && call.cols <= short512::MAX_COLS {
+            return match (call.measure, q) {
+                (Measure::Kl, DecKind::Probs) => Some(short512::kl_rows),
+                (Measure::CrossEntropy, DecKind::Probs) => Some(short512::cross_rows),
+                (Measure::Entropy, DecKind::None) => Some(short512::entropy_rows),
+                _ => None,
+            };
+        }
         match (call.measure, q) {
             (Measure::Kl, DecKind::Probs) => Some(fast::kl_rows),
             (Measure::CrossEntropy, DecKind::Probs) => Some(fast::cross_rows),
@@ -469,21 +477,21 @@ impl<'j> Plan<'j> {
         kernel::finalize(st, &end)
     }
 
-    /// [`kernel::finalize`] for a row state from a short-row kernel (one pass,
-    /// probabilities as given, no NLL, no bad value, no zero): the same
-    /// record, without the branches that cannot apply.
+    /// [`kernel::finalize`] for the row states of a short-row kernel (one
+    /// pass, probabilities as given, no NLL, no bad value, no zero): the same
+    /// records, without the branches that cannot apply, the measure chosen
+    /// once for the run.
+    fn finalize_short(&self, states: &[State], out: &mut [Record]) {
+        with_term!(self.job.call.measure, T => self.finalize_short_as::<T>(states, out));
+    }
+
+    /// [`Plan::finalize_short`] for the measure `T`.
     #[inline(always)]
-    fn finalize_short(&self, st: &State) -> Record {
+    fn finalize_short_as<T: Term>(&self, states: &[State], out: &mut [Record]) {
         let row_key = |c: u32| kernel::status_key(code::COL_NONE as usize, c);
-        let tol = self.job.call.tolerance;
-        let mut key = kernel::KEY_NONE;
-        if self.p.side.check_sum && ((st.sa as f32) - 1.0).abs() > tol {
-            key = key.min(row_key(code::P_SUM));
-        }
-        if self.q.side.check_sum && ((st.sb as f32) - 1.0).abs() > tol {
-            key = key.min(row_key(code::Q_SUM));
-        }
-        let (status, column) = crate::record::key_parts(key);
+        let call = &self.job.call;
+        let (tol, ln_base) = (call.tolerance, call.ln_base);
+        let (check_p, check_q) = (self.p.side.check_sum, self.q.side.check_sum);
         // as finalize: nothing online
         let logs = RowLogs {
             la: 0.0,
@@ -491,19 +499,28 @@ impl<'j> Plan<'j> {
             inv_sa: 1.0,
             p_online: false,
         };
-        let value = with_term!(self.job.call.measure, T => T::value(st, &logs));
-        let value = if status == code::OK {
-            kernel::positive_zero((value / self.job.call.ln_base) as f32)
-        } else {
-            f32::NAN
-        };
-        Record {
-            value,
-            aux_p: st.sa as f32,
-            aux_q: st.sb as f32,
-            code: status,
-            column,
-            index: 0,
+        for (rec, st) in out.iter_mut().zip(states) {
+            let mut key = kernel::KEY_NONE;
+            if check_p && ((st.sa as f32) - 1.0).abs() > tol {
+                key = key.min(row_key(code::P_SUM));
+            }
+            if check_q && ((st.sb as f32) - 1.0).abs() > tol {
+                key = key.min(row_key(code::Q_SUM));
+            }
+            let (status, column) = crate::record::key_parts(key);
+            let value = if status == code::OK {
+                kernel::positive_zero(kernel::in_base(T::value(st, &logs), ln_base) as f32)
+            } else {
+                f32::NAN
+            };
+            *rec = Record {
+                value,
+                aux_p: st.sa as f32,
+                aux_q: st.sb as f32,
+                code: status,
+                column,
+                index: 0,
+            };
         }
     }
 
@@ -577,9 +594,7 @@ impl<'j> Plan<'j> {
             let (q, sq) = view(&self.q_in, (r, w.0), cols, &qb);
             // SAFETY: `f` was picked for this machine's instruction set.
             let done = unsafe { f(p, q, cols, (sp, sq), &mut states[..n]) };
-            for (rec, st) in out[k..k + done].iter_mut().zip(&states[..done]) {
-                *rec = self.finalize_short(st);
-            }
+            self.finalize_short(&states[..done], &mut out[k..k + done]);
             k += done;
             if done < n {
                 // a row with a zero or a bad value: the general path
