@@ -307,10 +307,39 @@ fn entropy_checked(p: &[f32], st: &mut State) -> usize {
     c
 }
 
-/// Which terms a segment or short row accumulates.
-const ROW_ENTROPY: u8 = 0;
-const ROW_CROSS: u8 = 1;
-const ROW_KL: u8 = 2;
+/// Which terms a segment or short row accumulates (the AVX-512 row kernels'
+/// too).
+pub(super) const ROW_ENTROPY: u8 = 0;
+pub(super) const ROW_CROSS: u8 = 1;
+pub(super) const ROW_KL: u8 = 2;
+
+/// A short row's sums into its state: Σ p, Σ q and the terms' sum into the
+/// fields measure `K` accumulates (the others are left as they are).
+#[inline(always)]
+pub(super) fn put_row<const K: u8>(st: &mut State, sa: f64, sb: f64, t: f64) {
+    st.sa = sa;
+    match K {
+        ROW_ENTROPY => st.u = t,
+        ROW_CROSS => {
+            st.sb = sb;
+            st.v = t;
+        }
+        _ => {
+            st.sb = sb;
+            st.d = t;
+        }
+    }
+}
+
+/// Whether `rows` rows of `cols` values, `stride` apart, lie inside `len`
+/// values: checked once per run, so that the row loops take their rows
+/// without a check per row.
+pub(super) fn rows_fit(len: usize, rows: usize, stride: usize, cols: usize) -> bool {
+    rows.saturating_sub(1)
+        .checked_mul(stride)
+        .and_then(|o| o.checked_add(cols))
+        .is_some_and(|end| end <= len)
+}
 
 /// Folds the bits `b` into `acc`, the running unsigned maximum of
 /// b − 0x0080_0000: every value seen was a positive normal number exactly
@@ -831,18 +860,7 @@ fn put8<const K: u8>(sa: &[__m256; 8], sb: &[__m256; 8], acc: &[__m256; 8], out:
     let t = sum8(acc);
     let b = if K == ROW_ENTROPY { [0.0; 8] } else { sum8(sb) };
     for (j, st) in out.iter_mut().enumerate() {
-        st.sa = a[j];
-        match K {
-            ROW_ENTROPY => st.u = t[j],
-            ROW_CROSS => {
-                st.sb = b[j];
-                st.v = t[j];
-            }
-            _ => {
-                st.sb = b[j];
-                st.d = t[j];
-            }
-        }
+        put_row::<K>(st, a[j], b[j], t[j]);
     }
 }
 
@@ -893,18 +911,8 @@ fn rows_each<const K: u8>(
         let Some((sa, sb, acc)) = row_lanes::<K, 0>(pr, qr) else {
             return k;
         };
-        st.sa = hsum(sa);
-        match K {
-            ROW_ENTROPY => st.u = hsum(acc),
-            ROW_CROSS => {
-                st.sb = hsum(sb);
-                st.v = hsum(acc);
-            }
-            _ => {
-                st.sb = hsum(sb);
-                st.d = hsum(acc);
-            }
-        }
+        let b = if K == ROW_ENTROPY { 0.0 } else { hsum(sb) };
+        put_row::<K>(st, hsum(sa), b, hsum(acc));
     }
     out.len()
 }
@@ -934,12 +942,7 @@ fn rows_run<const K: u8, const V: usize>(
     // every row read lies inside the slices: checked once here (the general
     // path takes the rows otherwise, which never happens), so that the loop
     // below takes its rows without a check per row
-    let fits = |x: &[f32], stride: usize| {
-        (out.len().saturating_sub(1))
-            .checked_mul(stride)
-            .and_then(|o| o.checked_add(cols))
-            .is_some_and(|end| end <= x.len())
-    };
+    let fits = |x: &[f32], stride: usize| rows_fit(x.len(), out.len(), stride, cols);
     if out.is_empty() || !fits(p, strides.0) || (K != ROW_ENTROPY && !fits(q, strides.1)) {
         return 0;
     }

@@ -29,7 +29,7 @@ use std::arch::x86_64::{
     _mm512_set1_ps, _mm512_setzero_ps, _mm512_shuffle_f32x4, _mm512_shuffle_ps, _mm512_storeu_pd,
 };
 
-use super::fast::PREFETCH;
+use super::fast::{PREFETCH, ROW_CROSS, ROW_ENTROPY, ROW_KL, put_row, rows_fit};
 use super::fast512::{NOT_POS_NORMAL, ln_parts};
 use super::kernel::State;
 use super::ln::{LN2_HI, LN2_LO};
@@ -38,10 +38,6 @@ use super::ln::{LN2_HI, LN2_LO};
 pub(super) const MAX_COLS: usize = 64;
 /// Rows summed side by side.
 const GROUP: usize = 16;
-
-const ROW_ENTROPY: u8 = 0;
-const ROW_CROSS: u8 = 1;
-const ROW_KL: u8 = 2;
 
 /// ln x for a positive normal x, rounded once: k·LN2_HI + (k·LN2_LO + ln m).
 #[target_feature(enable = "avx512f,avx512dq,avx2,fma")]
@@ -208,18 +204,7 @@ fn put16<const K: u8>(
         widen(sum16(sb))
     };
     for (j, st) in out.iter_mut().enumerate() {
-        st.sa = a[j];
-        match K {
-            ROW_ENTROPY => st.u = t[j],
-            ROW_CROSS => {
-                st.sb = b[j];
-                st.v = t[j];
-            }
-            _ => {
-                st.sb = b[j];
-                st.d = t[j];
-            }
-        }
+        put_row::<K>(st, a[j], b[j], t[j]);
     }
 }
 
@@ -255,14 +240,7 @@ fn rows_run<const K: u8, const V: usize>(
     strides: (usize, usize),
     out: &mut [State],
 ) -> usize {
-    // every row read lies inside the slices: checked once here, so that the
-    // loop takes its rows without a check per row
-    let fits = |x: &[f32], stride: usize| {
-        (out.len().saturating_sub(1))
-            .checked_mul(stride)
-            .and_then(|o| o.checked_add(cols))
-            .is_some_and(|end| end <= x.len())
-    };
+    let fits = |x: &[f32], stride: usize| rows_fit(x.len(), out.len(), stride, cols);
     if out.is_empty() || !fits(p, strides.0) || (K != ROW_ENTROPY && !fits(q, strides.1)) {
         return 0;
     }
