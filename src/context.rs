@@ -708,7 +708,8 @@ impl Context {
         }
     }
 
-    /// `job` on the CPU, its records in the context's kept buffer.
+    /// `job` on the CPU (records, where it needs them, in the context's kept
+    /// buffer).
     fn run_cpu(&self, job: &Job<'_>) -> Result<Output> {
         let d = crate::cpu::decoded(job, &self.cpu)?;
         Ok(output_of(&job.call, d, Ran::Cpu, None))

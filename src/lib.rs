@@ -183,8 +183,11 @@
 //! choice: the same instruction set gives the same bits on every machine,
 //! and AVX-512 gives other bits than AVX2, within the same bound) on all cores, through rayon's
 //! persistent thread pool (a caller already inside rayon shares its
-//! workers). A context keeps the CPU path's per-row records buffer between
-//! calls (up to 64 MiB), so that a call allocates only its result; a GPU
+//! workers). Per-row calls decode each worker's rows a chunk at a time
+//! straight into the result; a sum or a mean (or a call over a few long rows
+//! whose blocks the workers share) goes through a per-row records buffer,
+//! which a context keeps between calls (up to 64 MiB), so that a call
+//! allocates only its result; a GPU
 //! context keeps up to [`ContextOptions::pool_bytes`] of buffers (default
 //! 256 MiB). [`Context::trim`] frees both.
 //!
