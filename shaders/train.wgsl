@@ -31,7 +31,7 @@ struct Params {
     flags: u32,    // TF_*
     ignore: u32,   // the ignore index's bits (with TF_IGNORE)
     mask_at: u32,  // word of row 0's mask word in `rowbuf` (with TF_MASK)
-    pad: u32,
+    tg_at: u32,    // word of the teacher's gradient in `grad` (with TF_TGRAD)
 }
 
 // src/record.rs `Record`: a row's loss and status (a test there compares the fields).
@@ -49,7 +49,9 @@ struct Record {
 // Distillation: the teacher's values, row-major. NLL: one target per row, then
 // (with TF_WEIGHTS) the class weights' bits.
 @group(0) @binding(1) var<storage, read> t_buf: array<u32>;
-// The gradient, row-major.
+// The gradient, row-major; with TF_TGRAD the gradient with respect to the
+// teacher follows from word `tg_at` (one binding for both: the downlevel
+// budget is four storage buffers).
 @group(0) @binding(2) var<storage, read_write> grad: array<f32>;
 // One Record per row (6 words each), then (with TF_MASK) one mask word per row
 // from word `mask_at`: 0 ignores the row.
@@ -175,8 +177,12 @@ fn wg_sum2(lid: u32, a: f32, b: f32) -> vec2<f32> {
 }
 
 fn zero_row(base: u32, lid: u32) {
+    let tg = (P.flags & TF_TGRAD) != 0u;
     for (var c = lid; c < P.cols; c += WG) {
         grad[base + c] = 0.0;
+        if (tg) {
+            grad[P.tg_at + base + c] = 0.0;
+        }
     }
 }
 
@@ -201,6 +207,10 @@ fn train_main(
     let k = P.k;
     let nll = P.mode == TR_NLL;
     let logprob = P.t_form == F_LOGPROBS;
+    let tgrad = (P.flags & TF_TGRAD) != 0u;
+    // the forward KL's teacher gradient is taken relative to the teacher's
+    // first maximum (`arg` follows the teacher's maxima instead)
+    let t_arg = tgrad && P.mode == TR_FWD;
     if (lid == 0u) {
         w_head = row_head(row);
     }
@@ -231,7 +241,7 @@ fn train_main(
             bad = key_min(bad, vec2<u32>(c, sc));
         } else if (!masked(sb)) {
             let x = bitcast<f32>(sb);
-            if (x > ls.x || arg == COL_NONE) {
+            if (!t_arg && (x > ls.x || arg == COL_NONE)) {
                 arg = c;
             }
             ls = lse_add(ls, x, k);
@@ -246,7 +256,11 @@ fn train_main(
             if (tc != CODE_NONE) {
                 bad = key_min(bad, vec2<u32>(c, tc));
             } else if (!masked(tb)) {
-                lt = lse_add(lt, bitcast<f32>(tb), k);
+                let y = bitcast<f32>(tb);
+                if (t_arg && (y > lt.x || arg == COL_NONE)) {
+                    arg = c;
+                }
+                lt = lse_add(lt, y, k);
             }
             if (P.mode == TR_FWD && masked(sb) && !masked(tb)) {
                 inf = key_min(inf, vec2<u32>(c, ST_INF_TEACHER_MASS));
@@ -270,10 +284,12 @@ fn train_main(
             let a = vec2<f32>(w_sm[lid], w_ss[lid]);
             let b = vec2<f32>(w_sm[o], w_ss[o]);
             let s2 = lse_merge(a, b, k);
-            // the first column holding the maximum
+            // the first column holding the maximum (of the teacher with t_arg)
             let ao = w_arg[o];
             let al = w_arg[lid];
-            let take = ao != COL_NONE && (al == COL_NONE || b.x > a.x || (b.x == a.x && ao < al));
+            let xa = select(a.x, w_tm[lid], t_arg);
+            let xb = select(b.x, w_tm[o], t_arg);
+            let take = ao != COL_NONE && (al == COL_NONE || xb > xa || (xb == xa && ao < al));
             w_arg[lid] = select(al, ao, take);
             w_sm[lid] = s2.x;
             w_ss[lid] = s2.y;
@@ -349,6 +365,42 @@ fn train_main(
 
     // ---- distillation
     let dk = ln_ss - ln_st;
+    if (P.mode == TR_FWD && tgrad) {
+        // the loss and the student's gradient are the operations below
+        // (the same bits); the teacher's, T·p ⊙ (e − Σ p e) with
+        // e = ((t − t*) − (s − s*))/T relative to the teacher's first maximum
+        // *, needs Σ p e first: a pass of sums, then one that writes
+        let ta = bitcast<f32>(t_buf[base + s0]);
+        let sa = bitcast<f32>(s_buf[base + s0]);
+        var total = 0.0;
+        var part = 0.0;
+        for (var c = lid; c < cols; c += WG) {
+            let sb = s_buf[base + c];
+            let tb = t_buf[base + c];
+            let s = bitcast<f32>(sb);
+            let t = bitcast<f32>(tb);
+            let p = select(exp_neg((t - mt) * k - ln_st), 0.0, masked(tb));
+            let d = ((t - mt) - (s - ms)) * k + dk;
+            total += select(p * d, 0.0, masked(tb));
+            part += select(p * (((t - ta) - (s - sa)) * k), 0.0, masked(tb));
+        }
+        let sums = wg_sum2(lid, total, part);
+        for (var c = lid; c < cols; c += WG) {
+            let sb = s_buf[base + c];
+            let tb = t_buf[base + c];
+            let s = bitcast<f32>(sb);
+            let t = bitcast<f32>(tb);
+            let q = select(exp_neg((s - ms) * k - ln_ss), 0.0, masked(sb));
+            let p = select(exp_neg((t - mt) * k - ln_st), 0.0, masked(tb));
+            grad[base + c] = P.g * (q - p);
+            let e = ((t - ta) - (s - sa)) * k;
+            grad[P.tg_at + base + c] = select(P.g * p * (e - sums.y), 0.0, masked(tb));
+        }
+        if (lid == 0u) {
+            write_record(row, P.t2 * sums.x, 1.0, ST_OK, 0u, 0u);
+        }
+        return;
+    }
     if (P.mode == TR_FWD) {
         var total = 0.0;
         for (var c = lid; c < cols; c += WG) {
@@ -389,6 +441,12 @@ fn train_main(
             let q = exp_neg((s - ms) * k - ln_ss);
             let e = ((s - sa) - (t - ta)) * k;
             grad[base + c] = select(P.g * q * (e - sum_e), 0.0, masked(sb));
+            if (tgrad) {
+                // T·(p − q)
+                let tb = t_buf[base + c];
+                let p = select(exp_neg((bitcast<f32>(tb) - mt) * k - ln_st), 0.0, masked(tb));
+                grad[P.tg_at + base + c] = P.g * (p - select(q, 0.0, masked(sb)));
+            }
         }
         if (lid == 0u) {
             // KL = ln q* − ln p* + Σ q e
@@ -420,6 +478,12 @@ fn train_main(
         let y = (bitcast<f32>(tb) - mt) * k - ln_st;
         let ln_m = select(log_add(P.ln_b + y, P.ln_1b + x), P.ln_1b + x, masked(tb));
         grad[base + c] = select(gj * exp_neg(x) * (x - ln_m - kl_qm), 0.0, masked(sb));
+        if (tgrad) {
+            // Tβ·p ⊙ (ln p − ln M − KL(p ‖ M))
+            let ln_mt = select(ln_m, P.ln_b + y, masked(sb));
+            let gt = P.g * P.beta * exp_neg(y) * (y - ln_mt - sums.x);
+            grad[P.tg_at + base + c] = select(gt, 0.0, masked(tb));
+        }
     }
     if (lid == 0u) {
         write_record(row, P.t2 * (P.beta * sums.x + (1.0 - P.beta) * sums.y), 1.0, ST_OK, 0u, 0u);
