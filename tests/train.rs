@@ -2110,8 +2110,10 @@ fn gpu_resident_distill_and_nll() {
     let sb = common::storage(&device, &s);
     let tb = common::storage(&device, &t);
     let align = device.limits().min_storage_buffer_offset_alignment as u64;
-    // the gradient one alignment into a larger buffer
-    let gbytes = align + (rows * cols * 4) as u64;
+    // the gradient one alignment into a larger buffer, and the teacher's
+    // gradient after it (3 words of gap: an offset off the storage alignment)
+    let tg_off = align + (rows * cols * 4) as u64 + 12;
+    let gbytes = tg_off + (rows * cols * 4) as u64;
     let gbuf = common::out_buffer(&device, gbytes);
     let obytes = kullback::grad_output_bytes(rows);
     let obuf = device.create_buffer(&wgpu::BufferDescriptor {
@@ -2120,10 +2122,11 @@ fn gpu_resident_distill_and_nll() {
         usage: wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
         mapped_at_creation: false,
     });
-    let read_grad = |buf: &wgpu::Buffer| -> Vec<f32> {
-        let recs = common::read_records(&device, &queue, buf, align, (rows * cols * 4) as u64);
+    let read_at = |buf: &wgpu::Buffer, at: u64| -> Vec<f32> {
+        let recs = common::read_records(&device, &queue, buf, at, (rows * cols * 4) as u64);
         bytemuck::cast_slice::<kullback::Record, f32>(&recs).to_vec()
     };
+    let read_grad = |buf: &wgpu::Buffer| read_at(buf, align);
     let mask = [1u32, 0, 1, 1, 0];
     let mask_bool: Vec<bool> = mask.iter().map(|&m| m != 0).collect();
     let mbuf = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
@@ -2134,16 +2137,19 @@ fn gpu_resident_distill_and_nll() {
     let student = GpuBatch::new(&sb, rows, cols).form(Form::Logits);
     let teacher = GpuBatch::new(&tb, rows, cols).form(Form::Logits);
     let counted = mask.iter().filter(|&&m| m != 0).count() as f32;
-    for div in [
+    for (div, with_t) in [
         Divergence::ForwardKl,
         Divergence::ReverseKl,
         Divergence::Jsd,
-    ] {
+    ]
+    .into_iter()
+    .flat_map(|d| [(d, false), (d, true)])
+    {
         let opts = DistillOptions::default()
             .divergence(div)
             .beta(0.1)
             .temperature(2.0);
-        let call = GpuDistill::new(
+        let mut call = GpuDistill::new(
             student,
             teacher,
             GpuGrad::new(&gbuf).offset(align),
@@ -2155,6 +2161,9 @@ fn gpu_resident_distill_and_nll() {
             offset: 0,
         })
         .grad_scale(1.0 / counted);
+        if with_t {
+            call = call.teacher_grad(GpuGrad::new(&gbuf).offset(tg_off));
+        }
         let mut enc = device.create_command_encoder(&Default::default());
         ctx.encode_distill(&mut enc, &call).expect("encode");
         queue.submit([enc.finish()]);
@@ -2178,6 +2187,38 @@ fn gpu_resident_distill_and_nll() {
         assert_eq!(mean as f32, host.values[0], "{div:?}: loss");
         for r in 0..rows {
             assert_eq!(recs[r].aux_p, mask[r] as f32, "row weight");
+        }
+        if with_t {
+            // the host path's teacher gradient, bit for bit
+            let (mut gs, mut gt) = (vec![0f32; rows * cols], vec![0f32; rows * cols]);
+            ctx.distill_with_teacher_grad(
+                &Batch::new(&s, rows, cols).form(Form::Logits),
+                &Teacher::Dense(Batch::new(&t, rows, cols).form(Form::Logits)),
+                &opts.reduction(Reduction::Mean).mask(&mask_bool),
+                &mut gs,
+                &mut gt,
+            )
+            .expect("host");
+            assert_eq!(d(&got), d(&gs), "{div:?}: gradient");
+            assert_eq!(
+                d(&read_at(&gbuf, tg_off)),
+                d(&gt),
+                "{div:?}: teacher gradient"
+            );
+            // a teacher gradient elsewhere, or over the student's, is refused
+            let other = common::out_buffer(&device, gbytes);
+            for bad in [
+                GpuGrad::new(&other).offset(tg_off),
+                GpuGrad::new(&gbuf).offset(align + 4),
+            ] {
+                let c = call.teacher_grad(bad);
+                let mut enc = device.create_command_encoder(&Default::default());
+                let e = ctx.encode_distill(&mut enc, &c).unwrap_err();
+                assert!(
+                    matches!(&e, Error::Unsupported(m) if m.contains("gradient's buffer")),
+                    "{e}"
+                );
+            }
         }
     }
     // the NLL with i32 targets, an ignored row and class weights; then a
