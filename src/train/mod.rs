@@ -69,11 +69,13 @@
 //! through device buffers of their size, as every GPU call does.)
 //! The NLL, the forward KL and sparse teachers read the logits twice (row
 //! statistics, then gradient and loss) and write the gradient once; so does
-//! the reverse KL on the CPU, whose row KL is summed in the first pass
-//! relative to the running argmax (the GPU kernel does not rebase yet: it
-//! reads the reverse KL's rows three times). The JSD needs its row's
-//! KL(q_S ‖ M) before the gradient, and M needs both rows' normalisers, so
-//! it reads the rows three times.
+//! the reverse KL, whose row KL is summed in the first pass relative to the
+//! running argmax (rebased as it moves: per block on the CPU, per thread
+//! and at each step of the workgroup's tree on the GPU), and so does the
+//! forward KL with the teacher's gradient (the same sum, roles swapped).
+//! The JSD needs its row's KL(q_S ‖ M) before the gradient, and M needs
+//! both rows' normalisers, so it reads the rows three times on both
+//! backends.
 //!
 //! ## Backends
 //!
@@ -85,9 +87,10 @@
 //! same Rust source, so the same bits). A sparse teacher runs on the CPU. The [`Output`]'s `backend` says which ran.
 //!
 //! On the GPU (shaders/train.wgsl) one workgroup streams each row: pass 1
-//! takes both online log-sum-exps and every check, pass 2 writes the
-//! gradient and sums the loss (the reverse KL and the JSD sum first and
-//! write in a pass 3), each a tree in workgroup memory with no atomics. Each
+//! takes both online log-sum-exps, the reverse KL's rebased row sum and
+//! every check, pass 2 writes the gradient and sums the loss (the JSD sums
+//! first and writes in a pass 3), each a tree in workgroup memory with no
+//! atomics. Each
 //! row's loss and status (the per-row [`Record`](crate::Record)) comes back
 //! with the gradient; the status gives the host path's error (the first bad
 //! row; within a row the first bad column), and the losses are reduced on
