@@ -1000,6 +1000,71 @@ fn teacher_grad_long_row() {
     }
 }
 
+/// −inf on one side only, where the loss stays finite: a teacher column
+/// the student keeps (forward KL, JSD), a student column the teacher keeps
+/// (reverse KL, JSD). The teacher's gradient is 0 at a −inf teacher value
+/// and finite everywhere, on both backends, against the f64 reference.
+#[test]
+fn teacher_grad_one_sided_masks() {
+    let mut rng = Rng(22);
+    let (rows, cols) = (3, 40);
+    let ni = f32::NEG_INFINITY;
+    for ctx in std::iter::once(cpu()).chain(common::gpu()) {
+        for (div, teacher_side) in [
+            (Div::Fwd, true),
+            (Div::Rev, false),
+            (Div::Jsd(0.1), true),
+            (Div::Jsd(0.9), false),
+            (Div::Jsd(0.5), true),
+        ] {
+            let (mut s, mut t) = logits(&mut rng, rows, cols, Flavor::Plain);
+            for r in 0..rows {
+                for c in (r..cols).step_by(3 + r) {
+                    if teacher_side {
+                        t[r * cols + c] = ni;
+                    } else {
+                        s[r * cols + c] = ni;
+                    }
+                }
+            }
+            let (divergence, beta) = match div {
+                Div::Fwd => (Divergence::ForwardKl, 0.5),
+                Div::Rev => (Divergence::ReverseKl, 0.5),
+                Div::Jsd(b) => (Divergence::Jsd, b as f32),
+            };
+            for temp in [0.5, 4.0] {
+                let opts = DistillOptions::default()
+                    .divergence(divergence)
+                    .beta(beta)
+                    .temperature(temp as f32);
+                let (mut gs, mut gt) = (vec![f32::NAN; rows * cols], vec![f32::NAN; rows * cols]);
+                ctx.distill_with_teacher_grad(
+                    &Batch::new(&s, rows, cols).form(Form::Logits),
+                    &Teacher::Dense(Batch::new(&t, rows, cols).form(Form::Logits)),
+                    &opts,
+                    &mut gs,
+                    &mut gt,
+                )
+                .unwrap();
+                for r in 0..rows {
+                    let range = r * cols..(r + 1) * cols;
+                    let (sr, tr) = (f64s(&s[range.clone()]), f64s(&t[range.clone()]));
+                    let want = teacher_grad_ref(&sr, &tr, temp, div);
+                    let what = format!("{:?} one-sided {div:?} T={temp} row {r}", ctx.backend());
+                    let f = |x: &[f64]| distill_ref(&sr, &TRef::Dense(x.to_vec()), temp, div).0;
+                    check_fd(&tr, &want, 1e-5 * temp, f, &what);
+                    check_row(&gt[range.clone()], &want, &what);
+                    for (c, &tv) in t[range].iter().enumerate() {
+                        if tv == ni {
+                            assert_eq!(gt[r * cols + c], 0.0, "{what}: column {c}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The teacher gradient's errors: a sparse teacher, a teacher gradient of
 /// the wrong length (named), and the checks `distill` makes.
 #[test]
