@@ -1,7 +1,9 @@
-//! Loss and gradient (`Context::nll_grad`, `Context::distill`) against a
-//! plain float64 reference written here from the formulas of the issue and
-//! the crate docs (not from the library's code): the analytic gradient,
-//! itself checked by central finite differences of the float64 loss. Per
+//! Loss and gradient (`Context::nll_grad`, `Context::distill`,
+//! `Context::distill_with_teacher_grad`) against a plain float64 reference
+//! written here from the formulas of the issue and the crate docs (not from
+//! the library's code): the analytic gradients (the student's and the
+//! teacher's), each checked by central finite differences of the float64
+//! loss. Per
 //! row ‖g − g_ref‖₁ ≤ 1e-4·‖g_ref‖₁ + 1e-6; losses within abs 2e-6·max(1,
 //! T²) + rel 2e-5.
 
