@@ -7,8 +7,11 @@
 // workgroup memory: no atomics, the same bits on every run. Pass 1 takes the
 // row statistics (an online log-sum-exp relative to the running maximum, for
 // the student and the teacher, and every check); pass 2 writes the gradient
-// and sums the loss (NLL, forward KL). The reverse KL and the JSD need a sum
-// over the row before the gradient: their pass 2 sums, pass 3 writes.
+// (and the teacher's, where asked) and sums the loss. The reverse KL's row
+// sum (and the forward KL teacher gradient's) is taken in pass 1, rebased as
+// its reference column moves (see `rebase`). The JSD needs a sum over the
+// row that depends on both normalisers before the gradient: its pass 2
+// sums, pass 3 writes.
 //
 // A −inf logit is a masked column: probability 0, gradient 0. Values are told
 // apart by their bits (WGSL may assume finite math), and a masked column's
@@ -31,7 +34,7 @@ struct Params {
     flags: u32,    // TF_*
     ignore: u32,   // the ignore index's bits (with TF_IGNORE)
     mask_at: u32,  // word of row 0's mask word in `rowbuf` (with TF_MASK)
-    pad: u32,
+    tg_at: u32,    // word of the teacher's gradient in `grad` (with TF_TGRAD)
 }
 
 // src/record.rs `Record`: a row's loss and status (a test there compares the fields).
@@ -49,7 +52,9 @@ struct Record {
 // Distillation: the teacher's values, row-major. NLL: one target per row, then
 // (with TF_WEIGHTS) the class weights' bits.
 @group(0) @binding(1) var<storage, read> t_buf: array<u32>;
-// The gradient, row-major.
+// The gradient, row-major; with TF_TGRAD the gradient with respect to the
+// teacher follows from word `tg_at` (one binding for both: the downlevel
+// budget is four storage buffers).
 @group(0) @binding(2) var<storage, read_write> grad: array<f32>;
 // One Record per row (6 words each), then (with TF_MASK) one mask word per row
 // from word `mask_at`: 0 ignores the row.
@@ -65,6 +70,8 @@ var<workgroup> w_ts: array<f32, WG>;
 var<workgroup> w_bad: array<vec2<u32>, WG>;
 var<workgroup> w_inf: array<vec2<u32>, WG>;
 var<workgroup> w_arg: array<u32, WG>;
+// Σ v·e of the rebased sum (see `rebase` in train_main)
+var<workgroup> w_se: array<f32, WG>;
 // the row's state for uniform branches: (what, code, column, index)
 var<workgroup> w_head: vec4<u32>;
 
@@ -175,9 +182,20 @@ fn wg_sum2(lid: u32, a: f32, b: f32) -> vec2<f32> {
 }
 
 fn zero_row(base: u32, lid: u32) {
+    let tg = (P.flags & TF_TGRAD) != 0u;
     for (var c = lid; c < P.cols; c += WG) {
         grad[base + c] = 0.0;
+        if (tg) {
+            grad[P.tg_at + base + c] = 0.0;
+        }
     }
+}
+
+// (primary, other) values at word i: (student, teacher), or swapped with t_arg.
+fn prim(i: u32, t_arg: bool) -> vec2<f32> {
+    let s = bitcast<f32>(s_buf[i]);
+    let t = bitcast<f32>(t_buf[i]);
+    return select(vec2<f32>(s, t), vec2<f32>(t, s), t_arg);
 }
 
 // ln(e^a + e^b) for finite a, b.
@@ -201,6 +219,17 @@ fn train_main(
     let k = P.k;
     let nll = P.mode == TR_NLL;
     let logprob = P.t_form == F_LOGPROBS;
+    let tgrad = (P.flags & TF_TGRAD) != 0u;
+    // The reverse KL's gradient factor ln q − ln p − KL is e − Σ q e with
+    // e = ((s − s*) − (t − t*))/T relative to the student's first maximum *,
+    // which keeps its digits when the KL is large (logits of 10⁴); the
+    // forward KL's teacher gradient the same with the roles swapped (the
+    // "primary" row is the teacher: t_arg). Pass 1 sums v·e (v = e^((x − m)k)
+    // of the primary row x) relative to each thread's running maximum, and
+    // rebases the sum when that moves (e relative to a new reference c is e
+    // relative to the old one − Δ, Δ = e_c), so the row is read twice in all.
+    let t_arg = tgrad && P.mode == TR_FWD;
+    let rebase = P.mode == TR_REV || t_arg;
     if (lid == 0u) {
         w_head = row_head(row);
     }
@@ -224,14 +253,20 @@ fn train_main(
     var bad = key_none();
     var inf = key_none();
     var arg = COL_NONE;
+    var se = 0.0;
+    var xa = 0.0; // the primary row's value at `arg`, and the other row's
+    var ya = 0.0;
     for (var c = lid; c < cols; c += WG) {
+        let ls0 = ls;
+        let lt0 = lt;
+        let arg0 = arg;
         let sb = s_buf[base + c];
         let sc = bad_code(sb, ST_Q_NAN, ST_Q_INFINITE, CODE_NONE, false);
         if (sc != CODE_NONE) {
             bad = key_min(bad, vec2<u32>(c, sc));
         } else if (!masked(sb)) {
             let x = bitcast<f32>(sb);
-            if (x > ls.x || arg == COL_NONE) {
+            if (!t_arg && (x > ls.x || arg == COL_NONE)) {
                 arg = c;
             }
             ls = lse_add(ls, x, k);
@@ -246,13 +281,33 @@ fn train_main(
             if (tc != CODE_NONE) {
                 bad = key_min(bad, vec2<u32>(c, tc));
             } else if (!masked(tb)) {
-                lt = lse_add(lt, bitcast<f32>(tb), k);
+                let y = bitcast<f32>(tb);
+                if (t_arg && (y > lt.x || arg == COL_NONE)) {
+                    arg = c;
+                }
+                lt = lse_add(lt, y, k);
             }
             if (P.mode == TR_FWD && masked(sb) && !masked(tb)) {
                 inf = key_min(inf, vec2<u32>(c, ST_INF_TEACHER_MASS));
             }
             if (P.mode == TR_REV && masked(tb) && !masked(sb)) {
                 inf = key_min(inf, vec2<u32>(c, ST_INF_STUDENT_MASS));
+            }
+            // a masked or bad primary value adds nothing; a masked other
+            // value with a finite primary is an infinite loss (the row's
+            // sums are discarded)
+            let xb = select(sb, tb, t_arg);
+            let x = bitcast<f32>(xb);
+            let y = bitcast<f32>(select(tb, sb, t_arg));
+            let p0 = select(ls0, lt0, t_arg);
+            if (rebase && arg != arg0) {
+                // c is the new reference: rebase, rescale (its own e is 0)
+                let dl = ((x - xa) - (y - ya)) * k;
+                se = select(0.0, (se - dl * p0.y) * exp_neg((p0.x - x) * k), arg0 != COL_NONE);
+                xa = x;
+                ya = y;
+            } else if (rebase && !masked(xb) && select(sc, tc, t_arg) == CODE_NONE) {
+                se += exp_neg((x - p0.x) * k) * (((x - xa) - (y - ya)) * k);
             }
         }
     }
@@ -263,6 +318,7 @@ fn train_main(
     w_bad[lid] = bad;
     w_inf[lid] = inf;
     w_arg[lid] = arg;
+    w_se[lid] = se;
     workgroupBarrier();
     for (var h = WG / 2u; h > 0u; h = h >> 1u) {
         if (lid < h) {
@@ -270,11 +326,33 @@ fn train_main(
             let a = vec2<f32>(w_sm[lid], w_ss[lid]);
             let b = vec2<f32>(w_sm[o], w_ss[o]);
             let s2 = lse_merge(a, b, k);
-            // the first column holding the maximum
+            // the first column holding the maximum (of the teacher with t_arg)
             let ao = w_arg[o];
             let al = w_arg[lid];
-            let take = ao != COL_NONE && (al == COL_NONE || b.x > a.x || (b.x == a.x && ao < al));
-            w_arg[lid] = select(al, ao, take);
+            let xa = select(a.x, w_tm[lid], t_arg);
+            let xb = select(b.x, w_tm[o], t_arg);
+            let take = ao != COL_NONE && (al == COL_NONE || xb > xa || (xb == xa && ao < al));
+            let sel = select(al, ao, take);
+            w_arg[lid] = sel;
+            if (rebase && sel != COL_NONE) {
+                // both sums relative to the chosen reference, then at the
+                // merged maximum
+                let pa = select(a, vec2<f32>(w_tm[lid], w_ts[lid]), t_arg);
+                let pb = select(b, vec2<f32>(w_tm[o], w_ts[o]), t_arg);
+                var sea = w_se[lid];
+                var seb = w_se[o];
+                let xs = prim(base + sel, t_arg);
+                if (al != COL_NONE && al != sel) {
+                    let xl = prim(base + al, t_arg);
+                    sea -= ((xs.x - xl.x) - (xs.y - xl.y)) * k * pa.y;
+                }
+                if (ao != COL_NONE && ao != sel) {
+                    let xo = prim(base + ao, t_arg);
+                    seb -= ((xs.x - xo.x) - (xs.y - xo.y)) * k * pb.y;
+                }
+                let m = max(pa.x, pb.x);
+                w_se[lid] = sea * exp_neg((pa.x - m) * k) + seb * exp_neg((pb.x - m) * k);
+            }
             w_sm[lid] = s2.x;
             w_ss[lid] = s2.y;
             let t2 = lse_merge(vec2<f32>(w_tm[lid], w_ts[lid]), vec2<f32>(w_tm[o], w_ts[o]), k);
@@ -305,10 +383,13 @@ fn train_main(
     }
     let status = workgroupUniformLoad(&w_head);
     let ms = w_sm[0];
-    let ln_ss = log(w_ss[0]);
+    let w_ss0 = w_ss[0];
+    let w_ts0 = w_ts[0];
+    let ln_ss = log(w_ss0);
     let mt = w_tm[0];
-    let ln_st = log(w_ts[0]);
+    let ln_st = log(w_ts0);
     let s0 = w_arg[0];
+    let se_tot = w_se[0];
     workgroupBarrier();
     if (status.x != ROW_RUN) {
         zero_row(base, lid);
@@ -350,6 +431,11 @@ fn train_main(
     // ---- distillation
     let dk = ln_ss - ln_st;
     if (P.mode == TR_FWD) {
+        // with the teacher's gradient, T·p ⊙ (e − Σ p e) relative to the
+        // teacher's first maximum * (pass 1's rebased sum)
+        let ta = bitcast<f32>(t_buf[base + s0]);
+        let sa = bitcast<f32>(s_buf[base + s0]);
+        let sum_e = se_tot / w_ts0;
         var total = 0.0;
         for (var c = lid; c < cols; c += WG) {
             let sb = s_buf[base + c];
@@ -361,6 +447,10 @@ fn train_main(
             let d = ((t - mt) - (s - ms)) * k + dk;
             total += select(p * d, 0.0, masked(tb));
             grad[base + c] = P.g * (q - p);
+            if (tgrad) {
+                let e = ((t - ta) - (s - sa)) * k;
+                grad[P.tg_at + base + c] = select(P.g * p * (e - sum_e), 0.0, masked(tb));
+            }
         }
         let tot = wg_sum(lid, total);
         if (lid == 0u) {
@@ -373,15 +463,8 @@ fn train_main(
         // and ln q − ln p − KL = e − Σ q e keeps its digits when the KL is large
         let sa = bitcast<f32>(s_buf[base + s0]);
         let ta = bitcast<f32>(t_buf[base + s0]);
-        var part = 0.0;
-        for (var c = lid; c < cols; c += WG) {
-            let sb = s_buf[base + c];
-            let s = bitcast<f32>(sb);
-            let t = bitcast<f32>(t_buf[base + c]);
-            let q = exp_neg((s - ms) * k - ln_ss);
-            part += select(q * (((s - sa) - (t - ta)) * k), 0.0, masked(sb));
-        }
-        let sum_e = wg_sum(lid, part);
+        // Σ q e from pass 1
+        let sum_e = se_tot / w_ss0;
         for (var c = lid; c < cols; c += WG) {
             let sb = s_buf[base + c];
             let s = bitcast<f32>(sb);
@@ -389,6 +472,12 @@ fn train_main(
             let q = exp_neg((s - ms) * k - ln_ss);
             let e = ((s - sa) - (t - ta)) * k;
             grad[base + c] = select(P.g * q * (e - sum_e), 0.0, masked(sb));
+            if (tgrad) {
+                // T·(p − q)
+                let tb = t_buf[base + c];
+                let p = select(exp_neg((bitcast<f32>(tb) - mt) * k - ln_st), 0.0, masked(tb));
+                grad[P.tg_at + base + c] = P.g * (p - select(q, 0.0, masked(sb)));
+            }
         }
         if (lid == 0u) {
             // KL = ln q* − ln p* + Σ q e
@@ -420,6 +509,12 @@ fn train_main(
         let y = (bitcast<f32>(tb) - mt) * k - ln_st;
         let ln_m = select(log_add(P.ln_b + y, P.ln_1b + x), P.ln_1b + x, masked(tb));
         grad[base + c] = select(gj * exp_neg(x) * (x - ln_m - kl_qm), 0.0, masked(sb));
+        if (tgrad) {
+            // Tβ·p ⊙ (ln p − ln M − KL(p ‖ M))
+            let ln_mt = select(ln_m, P.ln_b + y, masked(sb));
+            let gt = P.g * P.beta * exp_neg(y) * (y - ln_mt - sums.x);
+            grad[P.tg_at + base + c] = select(gt, 0.0, masked(tb));
+        }
     }
     if (lid == 0u) {
         write_record(row, P.t2 * (P.beta * sums.x + (1.0 - P.beta) * sums.y), 1.0, ST_OK, 0u, 0u);

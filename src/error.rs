@@ -20,6 +20,9 @@ pub enum Arg {
     Indices,
     /// The caller's gradient buffer of a training loss.
     Gradient,
+    /// The caller's buffer for the gradient with respect to a
+    /// distillation's teacher.
+    TeacherGradient,
 }
 
 impl fmt::Display for Arg {
@@ -32,6 +35,7 @@ impl fmt::Display for Arg {
             Arg::Mask => "mask",
             Arg::Indices => "teacher indices",
             Arg::Gradient => "gradient",
+            Arg::TeacherGradient => "teacher gradient",
         })
     }
 }

@@ -271,6 +271,117 @@ fn distill_dense_forward_kl_with_mask() {
     }
 }
 
+/// `--out-teacher-grad`: the gradient with respect to a dense teacher
+/// (logits and log-probs), against the f64 formulas of the issue (forward
+/// KL: T·p ⊙ (ln p − ln q − KL); reverse KL: T·(p − q); the JSD at β = ½:
+/// T/2·p ⊙ (ln p − ln M − KL(p ‖ M))), with a mask and a mean; the student's
+/// gradient file is the one plain `distill` writes.
+#[test]
+fn distill_out_teacher_grad() {
+    let tmp = Tmp::new("tgrad");
+    let (rows, cols) = (3usize, 5usize);
+    let s = logits(7, rows * cols);
+    let t = logits(8, rows * cols);
+    let sp = tmp.save("s.npy", &[rows as u64, cols as u64], &s);
+    let temp = 2.0;
+    let mp = tmp.save("m.npy", &[rows as u64], &[1u8, 1, 0]);
+    // the teacher as logits, and as log-probabilities (T = 1) of the same
+    let lp_t: Vec<f32> = (0..rows)
+        .flat_map(|r| {
+            log_softmax(
+                &t[r * cols..(r + 1) * cols]
+                    .iter()
+                    .map(|&v| v as f64)
+                    .collect::<Vec<_>>(),
+            )
+            .into_iter()
+            .map(|v| v as f32)
+        })
+        .collect();
+    for (form, tv) in [("logits", &t), ("log-probs", &lp_t)] {
+        let tp = tmp.save(&format!("t-{form}.npy"), &[rows as u64, cols as u64], tv);
+        for div in ["forward-kl", "reverse-kl", "jsd"] {
+            let (g, tg, g0) = (
+                tmp.path(&format!("g-{form}-{div}.npy")),
+                tmp.path(&format!("tg-{form}-{div}.npy")),
+                tmp.path(&format!("g0-{form}-{div}.npy")),
+            );
+            let args = |grad: &str, extra: &[&str]| {
+                let mut a = vec![
+                    "distill",
+                    "--student",
+                    &sp,
+                    "--teacher",
+                    &tp,
+                    "--teacher-form",
+                    form,
+                    "--divergence",
+                    div,
+                    "--beta",
+                    "0.5",
+                    "--temperature",
+                    "2",
+                    "--mask",
+                    &mp,
+                    "--reduction",
+                    "mean",
+                    "--backend",
+                    "cpu",
+                    "--out-grad",
+                ]
+                .into_iter()
+                .map(String::from)
+                .collect::<Vec<_>>();
+                a.push(grad.to_string());
+                a.extend(extra.iter().map(|s| s.to_string()));
+                a
+            };
+            let a = args(&g, &["--out-teacher-grad", &tg]);
+            let v = json(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+            let a0 = args(&g0, &[]);
+            let v0 = json(&a0.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+            assert_eq!(v["values"], v0["values"], "{form} {div}");
+            let (grad, _) = read_grad(&g);
+            let (grad0, _) = read_grad(&g0);
+            assert_eq!(grad, grad0, "{form} {div}: the student's gradient");
+            let (tgrad, shape) = read_grad(&tg);
+            assert_eq!(shape, vec![rows as u64, cols as u64]);
+            for r in 0..rows {
+                let row = |x: &[f32]| {
+                    x[r * cols..(r + 1) * cols]
+                        .iter()
+                        .map(|&v| v as f64 / temp)
+                        .collect::<Vec<_>>()
+                };
+                let got = &tgrad[r * cols..(r + 1) * cols];
+                if r == 2 {
+                    assert!(got.iter().all(|&g| g == 0.0), "masked row");
+                    continue;
+                }
+                let (lq, lp) = (log_softmax(&row(&s)), log_softmax(&row(tv)));
+                let lm: Vec<f64> = lp
+                    .iter()
+                    .zip(&lq)
+                    .map(|(p, q)| (0.5 * p.exp() + 0.5 * q.exp()).ln())
+                    .collect();
+                let kl = |a: &[f64], b: &[f64]| -> f64 {
+                    a.iter().zip(b).map(|(x, y)| x.exp() * (x - y)).sum()
+                };
+                let (kpq, kpm) = (kl(&lp, &lq), kl(&lp, &lm));
+                for c in 0..cols {
+                    let p = lp[c].exp();
+                    let want = match div {
+                        "forward-kl" => temp * p * (lp[c] - lq[c] - kpq),
+                        "reverse-kl" => temp * (p - lq[c].exp()),
+                        _ => temp * 0.5 * p * (lp[c] - lm[c] - kpm),
+                    } / 2.0;
+                    close(got[c] as f64, want, 1e-6);
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn distill_sparse_matches_the_library() {
     let tmp = Tmp::new("sparse");
@@ -403,6 +514,45 @@ fn distill_errors_name_the_file() {
             &sp,
         ],
         &["--out-grad is also an input"],
+    );
+    // a sparse teacher has no teacher gradient
+    let tgp = tmp.path("tg.npy");
+    f(
+        &[
+            "--teacher-index",
+            &ip,
+            "--teacher-logprob",
+            &lp,
+            "--divergence",
+            "forward-kl",
+            "--out-teacher-grad",
+            &tgp,
+        ],
+        &["--out-teacher-grad needs a dense --teacher"],
+    );
+    f(
+        &[
+            "--teacher",
+            &tp,
+            "--divergence",
+            "forward-kl",
+            "--out-teacher-grad",
+            &tp,
+        ],
+        &["--out-teacher-grad is also an input"],
+    );
+    f(
+        &[
+            "--teacher",
+            &tp,
+            "--divergence",
+            "forward-kl",
+            "--out-grad",
+            &tgp,
+            "--out-teacher-grad",
+            &tgp,
+        ],
+        &["--out-grad and --out-teacher-grad name the same file"],
     );
     // a dense and a sparse teacher together is a usage error
     let a = base(&[

@@ -1,7 +1,9 @@
-//! Loss and gradient (`Context::nll_grad`, `Context::distill`) against a
-//! plain float64 reference written here from the formulas of the issue and
-//! the crate docs (not from the library's code): the analytic gradient,
-//! itself checked by central finite differences of the float64 loss. Per
+//! Loss and gradient (`Context::nll_grad`, `Context::distill`,
+//! `Context::distill_with_teacher_grad`) against a plain float64 reference
+//! written here from the formulas of the issue and the crate docs (not from
+//! the library's code): the analytic gradients (the student's and the
+//! teacher's), each checked by central finite differences of the float64
+//! loss. Per
 //! row ‖g − g_ref‖₁ ≤ 1e-4·‖g_ref‖₁ + 1e-6; losses within abs 2e-6·max(1,
 //! T²) + rel 2e-5.
 
@@ -264,6 +266,50 @@ fn distill_ref(s: &[f64], t: &TRef, temp: f64, d: Div) -> (f64, Vec<f64>) {
     (temp * temp * div, ga.iter().map(|g| g * temp).collect())
 }
 
+/// The gradient of the row loss T²·div with respect to a dense teacher's
+/// values t (p_T = softmax(t / T), whether t are logits or log-probs), from
+/// the derivation: with a_c = ∂div/∂p_c, ∂div/∂(t_c/T) = p_c (a_c − Σ p a);
+/// forward KL: a = ln p − ln q + 1 (the 1 cancels); reverse KL: a = −q/p,
+/// so p (a − Σ p a) = p − q; JSD: a = β(ln p + 1 − ln M) − β(βp + (1 − β)q)/M
+/// = β(ln p − ln M). Then d/dt = (1/T) d/d(t/T), times T². Checked against
+/// finite differences of `distill_ref`'s loss.
+fn teacher_grad_ref(s: &[f64], t: &[f64], temp: f64, d: Div) -> Vec<f64> {
+    let lq = log_softmax(&s.iter().map(|v| v / temp).collect::<Vec<_>>());
+    let lp = log_softmax(&t.iter().map(|v| v / temp).collect::<Vec<_>>());
+    let ni = f64::NEG_INFINITY;
+    let p_times = |f: &dyn Fn(usize) -> f64| -> Vec<f64> {
+        (0..lp.len())
+            .map(|c| {
+                if lp[c] == ni {
+                    0.0
+                } else {
+                    temp * lp[c].exp() * f(c)
+                }
+            })
+            .collect()
+    };
+    match d {
+        Div::Fwd => {
+            let k = kl(&lp, &lq);
+            p_times(&|c| lp[c] - lq[c] - k)
+        }
+        Div::Rev => lp
+            .iter()
+            .zip(&lq)
+            .map(|(p, q)| temp * (p.exp() - q.exp()))
+            .collect(),
+        Div::Jsd(b) => {
+            let lm: Vec<f64> = lp
+                .iter()
+                .zip(&lq)
+                .map(|(p, q)| log_add(b.ln() + p, (1.0 - b).ln() + q))
+                .collect();
+            let k = kl(&lp, &lm);
+            p_times(&|c| b * (lp[c] - lm[c] - k))
+        }
+    }
+}
+
 /// NLL row loss Σ p_c (−ln q_c) and its gradient (Σp)·q − p.
 fn nll_ref(z: &[f64], t: usize, w: Option<&[f32]>, eps: f64) -> (f64, Vec<f64>) {
     let c = z.len();
@@ -503,6 +549,13 @@ fn run_checked(
             "{what}: {e} (reference: row {r}) {:?}",
             &refs[..2]
         );
+        if let Teacher::Dense(_) = teacher {
+            let mut gt = vec![0f32; rows * cols];
+            let e2 = ctx
+                .distill_with_teacher_grad(student, &teacher, opts, &mut grad, &mut gt)
+                .expect_err(&what);
+            assert_eq!(e.to_string(), e2.to_string(), "{what}");
+        }
         return;
     }
     let out = ctx
@@ -571,6 +624,113 @@ fn run_checked(
         out.values.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
         out2.values.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
     );
+    match teacher {
+        Teacher::Dense(_) => check_teacher_grad(
+            ctx,
+            c,
+            student,
+            &teacher,
+            opts,
+            (&grad, &out),
+            s,
+            refs,
+            mask,
+        ),
+        // a sparse teacher has no gradient of its own
+        _ => {
+            let mut gt = vec![0f32; rows * cols];
+            let e = ctx
+                .distill_with_teacher_grad(student, &teacher, opts, &mut again, &mut gt)
+                .expect_err(&what);
+            assert!(matches!(e, Error::Unsupported(_)), "{what}: {e}");
+        }
+    }
+}
+
+/// `distill_with_teacher_grad` on a dense teacher: the loss and student
+/// gradient of plain `distill` (`plain`) bit for bit, the teacher's gradient
+/// against [`teacher_grad_ref`] (itself against finite differences where
+/// the case asks), bit-identical on a rerun.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one test case's inputs, references and plain results"
+)]
+fn check_teacher_grad(
+    ctx: &Context,
+    c: &Case,
+    student: &Batch<'_>,
+    teacher: &Teacher<'_>,
+    opts: &DistillOptions<'_>,
+    plain: (&[f32], &kullback::Output),
+    s: &[f32],
+    refs: &[TRef],
+    mask: &[bool],
+) {
+    let (rows, cols) = (c.rows, c.cols);
+    let what = format!(
+        "teacher grad: C={cols} T={} {:?} {:?} logprobs={} {:?} mask={}",
+        c.temp,
+        c.div,
+        c.flavor,
+        c.sparse.is_some(),
+        c.reduction,
+        c.mask
+    );
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let run = || {
+        let mut gs = vec![f32::NAN; rows * cols];
+        let mut gt = vec![f32::NAN; rows * cols];
+        let out = ctx
+            .distill_with_teacher_grad(student, teacher, opts, &mut gs, &mut gt)
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        (gs, gt, out)
+    };
+    let (gs, gt, out) = run();
+    assert_eq!(out.backend, ctx.backend(), "{what}");
+    assert_eq!(
+        bits(plain.0),
+        bits(&gs),
+        "{what}: the student's gradient moved"
+    );
+    assert_eq!(
+        bits(&plain.1.values),
+        bits(&out.values),
+        "{what}: the loss moved"
+    );
+    let count = mask.iter().filter(|&&m| m).count() as f64;
+    let scale = match c.reduction {
+        Reduction::Mean => 1.0 / count,
+        _ => 1.0,
+    };
+    for r in 0..rows {
+        let g = &gt[r * cols..(r + 1) * cols];
+        if !mask[r] {
+            assert!(g.iter().all(|&v| v == 0.0), "{what}: masked row {r}");
+            continue;
+        }
+        let TRef::Dense(t) = &refs[r] else {
+            unreachable!()
+        };
+        let sr = f64s(&s[r * cols..(r + 1) * cols]);
+        let want = teacher_grad_ref(&sr, t, c.temp, c.div);
+        if c.fd {
+            let h = if c.flavor == Flavor::Huge { 1e-3 } else { 1e-5 } * c.temp;
+            let f = |x: &[f64]| distill_ref(&sr, &TRef::Dense(x.to_vec()), c.temp, c.div).0;
+            check_fd(t, &want, h, f, &what);
+        }
+        let want: Vec<f64> = want.iter().map(|v| v * scale).collect();
+        check_row(g, &want, &format!("{what} row {r}"));
+        // a masked teacher column gets 0
+        for (i, &tv) in t.iter().enumerate() {
+            if tv == f64::NEG_INFINITY {
+                assert_eq!(g[i], 0.0, "{what}: row {r} column {i}");
+            }
+        }
+    }
+    let (gs2, gt2, out2) = run();
+    assert_eq!(bits(&gs), bits(&gs2), "{what}: rerun");
+    assert_eq!(bits(&gt), bits(&gt2), "{what}: rerun");
+    assert_eq!(bits(&out.values), bits(&out2.values), "{what}: rerun");
 }
 
 const DIVS: [Div; 5] = [
@@ -610,7 +770,7 @@ fn dense_grid(
                                 bucket: true,
                                 reduction,
                                 mask: i > 0,
-                                fd: fd && i == 0 && !logprobs,
+                                fd: fd && i == 0,
                             };
                             run_case(ctx, rng, &case);
                         }
@@ -767,6 +927,213 @@ fn distill_256k_columns() {
                 "{what}: direction: fd {num} vs {an}"
             );
         }
+    }
+}
+
+/// One row of 70,000 columns (many of the CPU's 512-column blocks, with the
+/// maxima moving between them, and each GPU thread many columns): the
+/// teacher's gradient of every divergence on both backends against the f64
+/// reference, checked itself by finite differences on sampled columns; −inf
+/// teacher columns (masked in both) in the second row.
+#[test]
+fn teacher_grad_long_row() {
+    let mut rng = Rng(21);
+    let (rows, cols) = (2, 70_000);
+    let (mut s, mut t) = logits(&mut rng, rows, cols, Flavor::Plain);
+    for c in (cols..2 * cols).step_by(7) {
+        s[c] = f32::NEG_INFINITY;
+        t[c] = f32::NEG_INFINITY;
+    }
+    let student = Batch::new(&s, rows, cols).form(Form::Logits);
+    let teacher = Teacher::Dense(Batch::new(&t, rows, cols).form(Form::Logits));
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for ctx in std::iter::once(cpu()).chain(common::gpu()) {
+        for div in [Div::Fwd, Div::Rev, Div::Jsd(0.1), Div::Jsd(0.9)] {
+            let (divergence, beta) = match div {
+                Div::Fwd => (Divergence::ForwardKl, 0.5),
+                Div::Rev => (Divergence::ReverseKl, 0.5),
+                Div::Jsd(b) => (Divergence::Jsd, b as f32),
+            };
+            let temp = 2.0;
+            let opts = DistillOptions::default()
+                .divergence(divergence)
+                .beta(beta)
+                .temperature(temp as f32);
+            let (mut gs, mut gt) = (vec![f32::NAN; rows * cols], vec![f32::NAN; rows * cols]);
+            let out = ctx
+                .distill_with_teacher_grad(&student, &teacher, &opts, &mut gs, &mut gt)
+                .unwrap();
+            assert_eq!(out.backend, ctx.backend());
+            let mut plain = vec![0f32; rows * cols];
+            let po = ctx.distill(&student, &teacher, &opts, &mut plain).unwrap();
+            assert_eq!(bits(&plain), bits(&gs));
+            assert_eq!(bits(&po.values), bits(&out.values));
+            for r in 0..rows {
+                let range = r * cols..(r + 1) * cols;
+                let (sr, tr) = (f64s(&s[range.clone()]), f64s(&t[range.clone()]));
+                let want = teacher_grad_ref(&sr, &tr, temp, div);
+                let what = format!("{:?} 70k teacher grad {div:?} row {r}", ctx.backend());
+                check_row(&gt[range], &want, &what);
+                if ctx.backend() != kullback::Ran::Cpu {
+                    continue;
+                }
+                let f = |x: &[f64]| distill_ref(&sr, &TRef::Dense(x.to_vec()), temp, div).0;
+                let h = 1e-4;
+                let mut y = tr.clone();
+                for _ in 0..16 {
+                    let c = rng.below(cols);
+                    if tr[c] == f64::NEG_INFINITY {
+                        continue;
+                    }
+                    y[c] = tr[c] + h;
+                    let a = f(&y);
+                    y[c] = tr[c] - h;
+                    let b = f(&y);
+                    y[c] = tr[c];
+                    let num = (a - b) / (2.0 * h);
+                    assert!(
+                        (num - want[c]).abs() <= 1e-5 * want[c].abs() + 1e-9,
+                        "{what}: column {c}: fd {num} vs {}",
+                        want[c]
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// −inf on one side only, where the loss stays finite: a teacher column
+/// the student keeps (forward KL, JSD), a student column the teacher keeps
+/// (reverse KL, JSD). The teacher's gradient is 0 at a −inf teacher value
+/// and finite everywhere, on both backends, against the f64 reference.
+#[test]
+fn teacher_grad_one_sided_masks() {
+    let mut rng = Rng(22);
+    let (rows, cols) = (3, 40);
+    let ni = f32::NEG_INFINITY;
+    for ctx in std::iter::once(cpu()).chain(common::gpu()) {
+        for (div, teacher_side) in [
+            (Div::Fwd, true),
+            (Div::Rev, false),
+            (Div::Jsd(0.1), true),
+            (Div::Jsd(0.9), false),
+            (Div::Jsd(0.5), true),
+        ] {
+            let (mut s, mut t) = logits(&mut rng, rows, cols, Flavor::Plain);
+            for r in 0..rows {
+                for c in (r..cols).step_by(3 + r) {
+                    if teacher_side {
+                        t[r * cols + c] = ni;
+                    } else {
+                        s[r * cols + c] = ni;
+                    }
+                }
+            }
+            let (divergence, beta) = match div {
+                Div::Fwd => (Divergence::ForwardKl, 0.5),
+                Div::Rev => (Divergence::ReverseKl, 0.5),
+                Div::Jsd(b) => (Divergence::Jsd, b as f32),
+            };
+            for temp in [0.5, 4.0] {
+                let opts = DistillOptions::default()
+                    .divergence(divergence)
+                    .beta(beta)
+                    .temperature(temp as f32);
+                let (mut gs, mut gt) = (vec![f32::NAN; rows * cols], vec![f32::NAN; rows * cols]);
+                ctx.distill_with_teacher_grad(
+                    &Batch::new(&s, rows, cols).form(Form::Logits),
+                    &Teacher::Dense(Batch::new(&t, rows, cols).form(Form::Logits)),
+                    &opts,
+                    &mut gs,
+                    &mut gt,
+                )
+                .unwrap();
+                for r in 0..rows {
+                    let range = r * cols..(r + 1) * cols;
+                    let (sr, tr) = (f64s(&s[range.clone()]), f64s(&t[range.clone()]));
+                    let want = teacher_grad_ref(&sr, &tr, temp, div);
+                    let what = format!("{:?} one-sided {div:?} T={temp} row {r}", ctx.backend());
+                    let f = |x: &[f64]| distill_ref(&sr, &TRef::Dense(x.to_vec()), temp, div).0;
+                    check_fd(&tr, &want, 1e-5 * temp, f, &what);
+                    check_row(&gt[range.clone()], &want, &what);
+                    for (c, &tv) in t[range].iter().enumerate() {
+                        if tv == ni {
+                            assert_eq!(gt[r * cols + c], 0.0, "{what}: column {c}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The teacher gradient's errors: a sparse teacher, a teacher gradient of
+/// the wrong length (named), and the checks `distill` makes.
+#[test]
+fn teacher_grad_errors() {
+    let s = [1.0f32, 0.0, -1.0, 0.5, 0.5, 0.0];
+    let t = [0.0f32, 1.0, 0.5, 0.0, 0.0, 2.0];
+    let student = Batch::new(&s, 2, 3).form(Form::Logits);
+    let teacher = Teacher::Dense(Batch::new(&t, 2, 3).form(Form::Logits));
+    let opts = DistillOptions::default();
+    let mut contexts = vec![cpu()];
+    contexts.extend(common::gpu());
+    for ctx in &contexts {
+        let mut g = vec![0f32; 6];
+        let mut gt = vec![0f32; 5];
+        let e = ctx
+            .distill_with_teacher_grad(&student, &teacher, &opts, &mut g, &mut gt)
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::Length {
+                    arg: kullback::Arg::TeacherGradient,
+                    len: 5,
+                    expected: 6,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("teacher gradient"), "{e}");
+        let mut gt = vec![0f32; 6];
+        let mut g5 = vec![0f32; 5];
+        let e = ctx
+            .distill_with_teacher_grad(&student, &teacher, &opts, &mut g5, &mut gt)
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::Length {
+                    arg: kullback::Arg::Gradient,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let ix = [0i64, 1];
+        let l = [-0.5f32, -1.5];
+        let sparse = Teacher::Sparse(SparseTeacher::new(&ix, &l, 1));
+        let e = ctx
+            .distill_with_teacher_grad(&student, &sparse, &opts, &mut g, &mut gt)
+            .unwrap_err();
+        assert!(
+            matches!(&e, Error::Unsupported(m) if m.contains("dense teacher")),
+            "{e}"
+        );
+        // an infinite loss is the same error as distill's
+        let mut tm = t;
+        tm[4] = f32::NEG_INFINITY;
+        let t2 = Teacher::Dense(Batch::new(&tm, 2, 3).form(Form::Logits));
+        let rev = opts.divergence(Divergence::ReverseKl);
+        let e = ctx
+            .distill_with_teacher_grad(&student, &t2, &rev, &mut g, &mut gt)
+            .unwrap_err();
+        assert!(
+            matches!(e, Error::InfiniteLoss { row: 1, col: 1, .. }),
+            "{e}"
+        );
     }
 }
 
@@ -1810,8 +2177,10 @@ fn gpu_resident_distill_and_nll() {
     let sb = common::storage(&device, &s);
     let tb = common::storage(&device, &t);
     let align = device.limits().min_storage_buffer_offset_alignment as u64;
-    // the gradient one alignment into a larger buffer
-    let gbytes = align + (rows * cols * 4) as u64;
+    // the gradient one alignment into a larger buffer, and the teacher's
+    // gradient after it (3 words of gap: an offset off the storage alignment)
+    let tg_off = align + (rows * cols * 4) as u64 + 12;
+    let gbytes = tg_off + (rows * cols * 4) as u64;
     let gbuf = common::out_buffer(&device, gbytes);
     let obytes = kullback::grad_output_bytes(rows);
     let obuf = device.create_buffer(&wgpu::BufferDescriptor {
@@ -1820,10 +2189,11 @@ fn gpu_resident_distill_and_nll() {
         usage: wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
         mapped_at_creation: false,
     });
-    let read_grad = |buf: &wgpu::Buffer| -> Vec<f32> {
-        let recs = common::read_records(&device, &queue, buf, align, (rows * cols * 4) as u64);
+    let read_at = |buf: &wgpu::Buffer, at: u64| -> Vec<f32> {
+        let recs = common::read_records(&device, &queue, buf, at, (rows * cols * 4) as u64);
         bytemuck::cast_slice::<kullback::Record, f32>(&recs).to_vec()
     };
+    let read_grad = |buf: &wgpu::Buffer| read_at(buf, align);
     let mask = [1u32, 0, 1, 1, 0];
     let mask_bool: Vec<bool> = mask.iter().map(|&m| m != 0).collect();
     let mbuf = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
@@ -1834,16 +2204,19 @@ fn gpu_resident_distill_and_nll() {
     let student = GpuBatch::new(&sb, rows, cols).form(Form::Logits);
     let teacher = GpuBatch::new(&tb, rows, cols).form(Form::Logits);
     let counted = mask.iter().filter(|&&m| m != 0).count() as f32;
-    for div in [
+    for (div, with_t) in [
         Divergence::ForwardKl,
         Divergence::ReverseKl,
         Divergence::Jsd,
-    ] {
+    ]
+    .into_iter()
+    .flat_map(|d| [(d, false), (d, true)])
+    {
         let opts = DistillOptions::default()
             .divergence(div)
             .beta(0.1)
             .temperature(2.0);
-        let call = GpuDistill::new(
+        let mut call = GpuDistill::new(
             student,
             teacher,
             GpuGrad::new(&gbuf).offset(align),
@@ -1855,6 +2228,9 @@ fn gpu_resident_distill_and_nll() {
             offset: 0,
         })
         .grad_scale(1.0 / counted);
+        if with_t {
+            call = call.teacher_grad(GpuGrad::new(&gbuf).offset(tg_off));
+        }
         let mut enc = device.create_command_encoder(&Default::default());
         ctx.encode_distill(&mut enc, &call).expect("encode");
         queue.submit([enc.finish()]);
@@ -1878,6 +2254,38 @@ fn gpu_resident_distill_and_nll() {
         assert_eq!(mean as f32, host.values[0], "{div:?}: loss");
         for r in 0..rows {
             assert_eq!(recs[r].aux_p, mask[r] as f32, "row weight");
+        }
+        if with_t {
+            // the host path's teacher gradient, bit for bit
+            let (mut gs, mut gt) = (vec![0f32; rows * cols], vec![0f32; rows * cols]);
+            ctx.distill_with_teacher_grad(
+                &Batch::new(&s, rows, cols).form(Form::Logits),
+                &Teacher::Dense(Batch::new(&t, rows, cols).form(Form::Logits)),
+                &opts.reduction(Reduction::Mean).mask(&mask_bool),
+                &mut gs,
+                &mut gt,
+            )
+            .expect("host");
+            assert_eq!(d(&got), d(&gs), "{div:?}: gradient");
+            assert_eq!(
+                d(&read_at(&gbuf, tg_off)),
+                d(&gt),
+                "{div:?}: teacher gradient"
+            );
+            // a teacher gradient elsewhere, or over the student's, is refused
+            let other = common::out_buffer(&device, gbytes);
+            for bad in [
+                GpuGrad::new(&other).offset(tg_off),
+                GpuGrad::new(&gbuf).offset(align + 4),
+            ] {
+                let c = call.teacher_grad(bad);
+                let mut enc = device.create_command_encoder(&Default::default());
+                let e = ctx.encode_distill(&mut enc, &c).unwrap_err();
+                assert!(
+                    matches!(&e, Error::Unsupported(m) if m.contains("gradient's buffer")),
+                    "{e}"
+                );
+            }
         }
     }
     // the NLL with i32 targets, an ignored row and class weights; then a
@@ -1983,6 +2391,34 @@ fn gpu_rows_split_over_dispatches() {
         let ob = capped.distill(&student, &teacher, &opts, &mut b).unwrap();
         assert_eq!(bits(&a), bits(&b), "{div:?}");
         assert_eq!(bits(&oa.values), bits(&ob.values), "{div:?}");
+        // with the teacher's gradient (two gradients per binding: more
+        // dispatches), the same bits again
+        let (mut c, mut ct) = (vec![0f32; rows * cols], vec![0f32; rows * cols]);
+        let (mut d, mut dt) = (vec![0f32; rows * cols], vec![0f32; rows * cols]);
+        let oc = gpu
+            .distill_with_teacher_grad(&student, &teacher, &opts, &mut c, &mut ct)
+            .unwrap();
+        let od = capped
+            .distill_with_teacher_grad(&student, &teacher, &opts, &mut d, &mut dt)
+            .unwrap();
+        assert_eq!(bits(&a), bits(&c), "{div:?}");
+        assert_eq!(bits(&a), bits(&d), "{div:?}");
+        assert_eq!(bits(&ct), bits(&dt), "{div:?}");
+        assert_eq!(bits(&oa.values), bits(&oc.values), "{div:?}");
+        assert_eq!(bits(&oa.values), bits(&od.values), "{div:?}");
+        // and the CPU's teacher gradient within the bound, row by row
+        let (mut e, mut et) = (vec![0f32; rows * cols], vec![0f32; rows * cols]);
+        cpu()
+            .distill_with_teacher_grad(&student, &teacher, &opts, &mut e, &mut et)
+            .unwrap();
+        for r in 0..rows {
+            let range = r * cols..(r + 1) * cols;
+            check_row(
+                &ct[range.clone()],
+                &f64s(&et[range]),
+                &format!("{div:?} row {r}"),
+            );
+        }
     }
     let w: Vec<f32> = (0..cols)
         .map(|c| {

@@ -15,7 +15,7 @@
 //!                        | --teacher-index I.npy --teacher-logprob L.npy [--tail bucket|renormalize])
 //!                        --divergence forward-kl|reverse-kl|jsd [--beta B] --temperature T
 //!                        [--mask M.npy] [--reduction none|sum|mean] [--backend auto|gpu|cpu]
-//!                        [--out OUT.npy] [--out-grad G.npy]
+//!                        [--out OUT.npy] [--out-grad G.npy] [--out-teacher-grad TG.npy]
 //! common: [--reduction none|sum|mean] [--base e|2|10|B] [--normalize]
 //!         [--backend auto|gpu|cpu] [--out OUT.npy]
 //! kullback pairwise MEASURE --p P.npy [--q Q.npy] [--p-form F] [--q-form F] [--base B]
@@ -132,6 +132,10 @@ struct DistillArgs {
     /// Write the gradient with respect to the student's logits (2-D float32, the student's shape).
     #[arg(long, value_name = "G.npy")]
     out_grad: Option<PathBuf>,
+    /// Write the gradient with respect to the teacher's values (a dense
+    /// --teacher only, logits or log-probs; 2-D float32, the teacher's shape).
+    #[arg(long, value_name = "TG.npy")]
+    out_teacher_grad: Option<PathBuf>,
     /// Float inputs (by flag name: student, teacher, teacher-logprob) holding
     /// bfloat16, read from a '<u2' .npy or an ml_dtypes '<V2' one.
     #[arg(long, value_name = "ARG[,ARG]", value_delimiter = ',')]
@@ -446,7 +450,13 @@ fn check_out(command: &Command) -> Result<(), String> {
                     .into_iter()
                     .flat_map(|p| p.as_deref()),
             );
-            (outs(&a.out, &a.out_grad), v)
+            let mut o = outs(&a.out, &a.out_grad);
+            o.extend(
+                a.out_teacher_grad
+                    .as_deref()
+                    .map(|p| ("--out-teacher-grad", p)),
+            );
+            (o, v)
         }
         Command::Pairwise(a) => {
             let mut inputs: Vec<&Path> = vec![&a.p];
@@ -463,12 +473,11 @@ fn check_out(command: &Command) -> Result<(), String> {
             return Ok(());
         }
     };
-    if let [(_, a), (_, b)] = outs[..] {
-        if same_file(a, b) {
-            return Err(format!(
-                "{}: --out and --out-grad name the same file",
-                show(a)
-            ));
+    for (i, &(fa, a)) in outs.iter().enumerate() {
+        for &(fb, b) in &outs[i + 1..] {
+            if same_file(a, b) {
+                return Err(format!("{}: {fa} and {fb} name the same file", show(a)));
+            }
         }
     }
     for (flag, out) in outs {
@@ -685,13 +694,30 @@ fn distill(a: &DistillArgs) -> Result<String, String> {
             );
         }
     };
+    if a.out_teacher_grad.is_some() && !matches!(teacher, Teacher::Dense(_)) {
+        return Err(
+            "--out-teacher-grad needs a dense --teacher (logits or log-probs): a sparse \
+             top-k teacher has no gradient of its own"
+                .into(),
+        );
+    }
     let ctx = context(a.backend)?;
     let mut grad = grad_buffer(student.rows, student.cols)?;
-    let out = ctx
-        .distill(&student.batch(FormArg::Logits), &teacher, &opts, &mut grad)
-        .map_err(|e| files.explain(&e))?;
+    let s = student.batch(FormArg::Logits);
+    let (out, tgrad) = match &a.out_teacher_grad {
+        Some(_) => {
+            let mut tg = grad_buffer(student.rows, student.cols)?;
+            let out = ctx.distill_with_teacher_grad(&s, &teacher, &opts, &mut grad, &mut tg);
+            (out, Some(tg))
+        }
+        None => (ctx.distill(&s, &teacher, &opts, &mut grad), None),
+    };
+    let out = out.map_err(|e| files.explain(&e))?;
     if let Some(path) = &a.out_grad {
         write_grad(path, &grad, student.rows, student.cols)?;
+    }
+    if let (Some(path), Some(tg)) = (&a.out_teacher_grad, &tgrad) {
+        write_grad(path, tg, student.rows, student.cols)?;
     }
     finish("distill", &out, a.out.as_deref())
 }

@@ -34,6 +34,9 @@ pub(crate) mod flag {
     pub(crate) const SIGNED: u32 = 4;
     /// Targets equal to `ignore` are ignored.
     pub(crate) const IGNORE: u32 = 8;
+    /// The gradient with respect to the teacher follows the student's in
+    /// the gradient binding, from word `tg_at`.
+    pub(crate) const TGRAD: u32 = 16;
 }
 
 /// The constants the shader shares with Rust (written by `gpu::wgsl`).
@@ -47,6 +50,7 @@ pub(crate) fn wgsl_constants() -> Vec<(&'static str, u32)> {
         ("TF_MASK", flag::MASK),
         ("TF_SIGNED", flag::SIGNED),
         ("TF_IGNORE", flag::IGNORE),
+        ("TF_TGRAD", flag::TGRAD),
     ]
 }
 
@@ -70,7 +74,7 @@ pub(crate) struct TrainParams {
     pub flags: u32,
     pub ignore: u32,
     pub mask_at: u32,
-    pub pad: u32,
+    pub tg_at: u32,
 }
 
 /// The train kernel's layout and pipeline, built on first use.
@@ -172,6 +176,8 @@ impl<'a> Window<'a> {
 }
 
 /// The four storage bindings of one dispatch (see shaders/train.wgsl).
+/// With [`flag::TGRAD`] the gradient's window holds the teacher's gradient
+/// too, from word `tg_at`.
 pub(crate) struct Bindings<'a> {
     /// The student's logits (the NLL's logits).
     pub s: Window<'a>,
@@ -273,9 +279,10 @@ fn sub<'a>(d: Data<'a>, r: std::ops::Range<usize>) -> Data<'a> {
     }
 }
 
-/// Rows per dispatch so that every binding fits the device's limit.
-fn chunk_rows(gpu: &Gpu, rows: usize, cols: usize) -> Result<usize> {
-    let row_bytes = cols as u64 * 4;
+/// Rows per dispatch so that every binding fits the device's limit (the
+/// gradient's binding holds `grads` gradients).
+fn chunk_rows(gpu: &Gpu, rows: usize, cols: usize, grads: u64) -> Result<usize> {
+    let row_bytes = cols as u64 * 4 * grads;
     let n = (gpu.cap / row_bytes).min(rows as u64) as usize;
     if n == 0 {
         return Err(Error::TooLarge {
@@ -287,27 +294,44 @@ fn chunk_rows(gpu: &Gpu, rows: usize, cols: usize) -> Result<usize> {
     Ok(n)
 }
 
+/// Little-endian f32 bytes `b` into `out`.
+fn copy_f32s(b: &[u8], out: &mut [f32]) {
+    match bytemuck::try_cast_slice::<u8, f32>(b) {
+        Ok(v) => out.copy_from_slice(v),
+        Err(_) => {
+            for (d, b) in out.iter_mut().zip(b.chunks_exact(4)) {
+                *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
+    }
+}
+
 impl Gpu {
     /// The host path of a loss and gradient: uploads, dispatches and reads
-    /// back one record per row, writing the gradient into `grad`; `params`
-    /// gives everything but the rows, the flags for weights and mask, and
-    /// `mask_at`, set here per chunk of rows.
+    /// back one record per row, writing the gradient into `grad` (and the
+    /// teacher's into `tgrad`, a dense teacher's only); `params` gives
+    /// everything but the rows, the flags for weights, mask and teacher
+    /// gradient, and `mask_at` and `tg_at`, set here per chunk of rows.
     pub(crate) fn train_rows(
         &self,
         s: Data<'_>,
         aux: &Aux<'_>,
         params: TrainParams,
         grad: &mut [f32],
+        mut tgrad: Option<&mut [f32]>,
     ) -> Result<Vec<Record>> {
         let cols = params.cols as usize;
         let rows = grad.len() / cols.max(1);
-        let n = chunk_rows(self, rows, cols)?;
+        let grads = 1 + tgrad.is_some() as u64;
+        let n = chunk_rows(self, rows, cols, grads)?;
         let mut records = crate::error::try_vec(rows, "the per-row records")?;
         for r0 in (0..rows).step_by(n) {
             let r1 = (r0 + n).min(rows);
-            let bytes = ((r1 - r0) * cols) as u64 * 4 * 3;
+            let bytes = ((r1 - r0) * cols) as u64 * 4 * (2 + grads);
+            let vals = r0 * cols..r1 * cols;
+            let tg = tgrad.as_deref_mut().map(|t| &mut t[vals.clone()]);
             let part = self.scoped("the inputs and gradient of a loss", bytes, || {
-                self.train_chunk(s, aux, params, r0..r1, &mut grad[r0 * cols..r1 * cols])
+                self.train_chunk(s, aux, params, r0..r1, &mut grad[vals], tg)
             })?;
             records.extend(part);
         }
@@ -321,6 +345,7 @@ impl Gpu {
         mut params: TrainParams,
         range: std::ops::Range<usize>,
         grad: &mut [f32],
+        tgrad: Option<&mut [f32]>,
     ) -> Result<Vec<Record>> {
         let cols = params.cols as usize;
         let rows = range.len();
@@ -364,7 +389,17 @@ impl Gpu {
             self.queue
                 .write_buffer(&rows_buf, rec_bytes, bytemuck::cast_slice(&row_words));
         }
-        let grad_buf = sc.buffer(&self.device, "kullback.grad", grad_bytes, out_usage)?;
+        // the teacher's gradient after the student's, in the same binding
+        let grads_bytes = grad_bytes * (1 + tgrad.is_some() as u64);
+        if tgrad.is_some() {
+            params.flags |= flag::TGRAD;
+            params.tg_at = u32::try_from(rows * cols).map_err(|_| Error::TooLarge {
+                what: "values of one loss-gradient dispatch".into(),
+                size: (rows * cols) as u64,
+                limit: u32::MAX as u64,
+            })?;
+        }
+        let grad_buf = sc.buffer(&self.device, "kullback.grad", grads_bytes, out_usage)?;
         let mut enc = self
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -373,17 +408,17 @@ impl Gpu {
         let b = Bindings {
             s: Window::whole(&s_buf, grad_bytes),
             t: Window::whole(&t_buf, t_bytes),
-            grad: Window::whole(&grad_buf, grad_bytes),
+            grad: Window::whole(&grad_buf, grads_bytes),
             rows: Window::whole(&rows_buf, rows_len),
         };
         record(self, sc, &mut enc, &b, &params)?;
         // one staging buffer: the records, then the gradient
         let usage = wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST;
-        let total = rec_bytes + grad_bytes;
+        let total = rec_bytes + grads_bytes;
         let staging = sc.buffer(&self.device, "kullback.readback", total, usage)?;
         sc.detach(&staging);
         enc.copy_buffer_to_buffer(&rows_buf, 0, &staging, 0, rec_bytes);
-        enc.copy_buffer_to_buffer(&grad_buf, 0, &staging, rec_bytes, grad_bytes);
+        enc.copy_buffer_to_buffer(&grad_buf, 0, &staging, rec_bytes, grads_bytes);
         let index = self.queue.submit([enc.finish()]);
         let (tx, rx) = std::sync::mpsc::channel();
         staging
@@ -413,14 +448,10 @@ impl Gpu {
                 .get_mapped_range()
                 .map_err(|e| Error::Device(format!("reading the results: {e}")))?;
             let (recs, g) = view.split_at(rec_bytes as usize);
-            let g = &g[..grad_bytes as usize];
-            match bytemuck::try_cast_slice::<u8, f32>(g) {
-                Ok(v) => grad.copy_from_slice(v),
-                Err(_) => {
-                    for (d, b) in grad.iter_mut().zip(g.chunks_exact(4)) {
-                        *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-                    }
-                }
+            let (g, h) = g.split_at(grad_bytes as usize);
+            copy_f32s(g, grad);
+            if let Some(t) = tgrad {
+                copy_f32s(&h[..grad_bytes as usize], t);
             }
             let mut out = crate::error::try_vec(rows, "the records read back")?;
             out.extend(

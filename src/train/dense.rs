@@ -94,7 +94,13 @@ impl RowKernel for Nll<'_> {
     }
 
     #[inline(always)]
-    fn row<A: Arith>(&self, row: usize, grad: &mut [f32], buf: &mut Self::Scratch) -> Result<f64> {
+    fn row<A: Arith>(
+        &self,
+        row: usize,
+        grad: &mut [f32],
+        _tgrad: &mut [f32],
+        buf: &mut Self::Scratch,
+    ) -> Result<f64> {
         let t = self.targets[row];
         if t == IGNORED {
             grad.fill(0.0);
@@ -162,7 +168,8 @@ impl RowKernel for Nll<'_> {
     }
 }
 
-/// Distillation from a dense teacher.
+/// Distillation from a dense teacher (and, where the caller asks, the
+/// gradient with respect to the teacher's values: see `Tg`).
 pub(super) struct Dense<'a> {
     pub(super) s: Data<'a>,
     pub(super) t: Data<'a>,
@@ -244,12 +251,44 @@ fn jsd_elem<A: Arith>(s: f32, t: f32, c: &Rc) -> (f32, f32, f32) {
     (a, b, q)
 }
 
+/// Forward KL with the teacher's gradient, one column: (gradient, the
+/// teacher's gradient, p·(ln p − ln q)). The student's gradient and the loss
+/// term are [`fwd_elem`]'s operations, so their bits are plain `distill`'s.
+/// The teacher's, T·p ⊙ (ln p − ln q − KL), is formed relative to the
+/// teacher's argmax (as `Rev` does for the student).
+#[inline(always)]
+fn fwd_elem2<A: Arith>(s: f32, t: f32, c: &Rc, g: f32, r: &Tg) -> (f32, f32, f32) {
+    let (x, y) = c.logs(s, t);
+    let (q, p) = (exp::<A>(x), exp::<A>(y));
+    let masked = t == f32::NEG_INFINITY;
+    let term = if masked { 0.0 } else { p * c.d(s, t) };
+    let e = ((t - r.t0) - (s - r.s0)) * c.k;
+    let gt = r.g * p * (e - r.sum_e);
+    (g * (q - p), if masked { 0.0 } else { gt }, term)
+}
+
+/// The teacher gradient's constants of the forward KL: relative to the
+/// teacher's argmax column *, e_c = ((t_c − t*) − (s_c − s*))/T and
+/// ln p_c − ln q_c − KL = e_c − Σ p e, which keeps its digits when the KL is
+/// large.
+struct Tg {
+    t0: f32,
+    s0: f32,
+    /// The teacher gradient's factor (T · the reduction's scale).
+    g: f32,
+    /// Σ p e (from pass 1).
+    sum_e: f32,
+}
+
 /// A divergence's gradient of one column, for the last pass. Methods
 /// rather than closures, so that they are inlined into the `avx2,fma`
 /// kernels (a closure is compiled without its caller's target features).
 trait Cols {
     /// The gradient of one column.
     fn grad<A: Arith>(&self, s: f32, t: f32) -> f32;
+    /// The gradients of one column with respect to the student (the bits
+    /// of [`Cols::grad`]) and the teacher.
+    fn grads<A: Arith>(&self, s: f32, t: f32) -> (f32, f32);
 }
 
 /// A divergence that needs a pass of row sums between pass 1 and the
@@ -288,6 +327,15 @@ impl Cols for Rev {
         let v = self.g * exp::<A>(x) * (self.e(s, t) - self.sum_e);
         if s == f32::NEG_INFINITY { 0.0 } else { v }
     }
+    /// The teacher's: T·(p − q) (0 where both are masked).
+    #[inline(always)]
+    fn grads<A: Arith>(&self, s: f32, t: f32) -> (f32, f32) {
+        let (x, y) = self.c.logs(s, t);
+        let q = exp::<A>(x);
+        let v = self.g * q * (self.e(s, t) - self.sum_e);
+        let gs = if s == f32::NEG_INFINITY { 0.0 } else { v };
+        (gs, self.g * (exp::<A>(y) - q))
+    }
 }
 
 /// The generalized JSD.
@@ -297,6 +345,10 @@ struct Jsd {
     g: f32,
     /// KL(q ‖ M) (set after the sum pass).
     kl_qm: f32,
+    /// T β · the reduction's scale (the teacher's gradient).
+    gt: f32,
+    /// KL(p ‖ M) (set after the sum pass).
+    kl_pm: f32,
 }
 
 impl ColSums for Jsd {
@@ -316,6 +368,20 @@ impl Cols for Jsd {
         let ln_m = log_add::<A>(c.ln_b + y, c.ln_1b + x);
         let v = self.g * q * (x - ln_m - self.kl_qm);
         if s == f32::NEG_INFINITY { 0.0 } else { v }
+    }
+    /// The teacher's: Tβ·p ⊙ (ln p − ln M − KL(p ‖ M)).
+    #[inline(always)]
+    fn grads<A: Arith>(&self, s: f32, t: f32) -> (f32, f32) {
+        let c = &self.c;
+        let (x, y) = c.logs(s, t);
+        let (q, p) = (exp::<A>(x), exp::<A>(y));
+        let ln_m = log_add::<A>(c.ln_b + y, c.ln_1b + x);
+        let v = self.g * q * (x - ln_m - self.kl_qm);
+        let w = self.gt * p * (y - ln_m - self.kl_pm);
+        (
+            if s == f32::NEG_INFINITY { 0.0 } else { v },
+            if t == f32::NEG_INFINITY { 0.0 } else { w },
+        )
     }
 }
 
@@ -380,6 +446,46 @@ fn row_sum2<A: Arith, F: ColSums>(s: &[f32], t: &[f32], f: &F) -> (f64, f64) {
     (ta, tb)
 }
 
+/// Adds one block (columns `c0..c0 + len` of the rows) of the row `x` to
+/// its log-sum-exp `l` and Σ v·e relative to the running argmax `arg` of x
+/// (rebased when it moves), e = ((x − x*) − (y − y*))·k against the other
+/// row `y`: the reverse KL's pass 1 (x the student) and, for the teacher's
+/// gradient, the forward KL's (x the teacher). `l` ends with the bits of
+/// [`Lse::add_block`].
+#[expect(clippy::too_many_arguments, reason = "one block of two rows' state")]
+#[inline(always)]
+fn add_rebased<A: Arith>(
+    l: &mut Lse,
+    sum_ve: &mut f64,
+    arg: &mut usize,
+    x: &[f32],
+    y: &[f32],
+    c0: usize,
+    len: usize,
+    mb: f32,
+    k: f32,
+) {
+    if mb == f32::NEG_INFINITY {
+        return;
+    }
+    let (xb, yb) = (&x[c0..c0 + len], &y[c0..c0 + len]);
+    if mb > l.max {
+        let j = c0 + xb.iter().position(|&v| v == mb).unwrap_or(0);
+        // e relative to column j is e relative to the old reference − Δ:
+        // rebase the sum, then rescale it
+        if !l.empty() {
+            let a = *arg;
+            let delta = ((x[j] - x[a]) as f64 - (y[j] - y[a]) as f64) * k as f64;
+            *sum_ve -= delta * l.sum;
+        }
+        *sum_ve *= l.raise(mb, k);
+        *arg = j;
+    }
+    let (v, ve) = sum_exp_e::<A>(xb, yb, l.max, k, x[*arg], y[*arg]);
+    l.sum += v;
+    *sum_ve += ve;
+}
+
 /// Writes `grad[c] = f.grad(s[c], t[c])`.
 #[inline(always)]
 fn row_map<A: Arith, F: Cols>(s: &[f32], t: &[f32], grad: &mut [f32], f: &F) {
@@ -393,6 +499,81 @@ fn row_map<A: Arith, F: Cols>(s: &[f32], t: &[f32], grad: &mut [f32], f: &F) {
     for i in n..s.len() {
         grad[i] = f.grad::<A>(s[i], t[i]);
     }
+}
+
+/// Writes `(grad[c], tgrad[c]) = f.grads(s[c], t[c])`.
+#[inline(always)]
+fn row_map2<A: Arith, F: Cols>(s: &[f32], t: &[f32], grad: &mut [f32], tgrad: &mut [f32], f: &F) {
+    let sc = s.chunks_exact(L);
+    let n = s.len() - sc.remainder().len();
+    let gs = grad[..n].chunks_exact_mut(L);
+    for (((sc, tc), gc), hc) in sc
+        .zip(t.chunks_exact(L))
+        .zip(gs)
+        .zip(tgrad[..n].chunks_exact_mut(L))
+    {
+        for i in 0..L {
+            (gc[i], hc[i]) = f.grads::<A>(sc[i], tc[i]);
+        }
+    }
+    for i in n..s.len() {
+        (grad[i], tgrad[i]) = f.grads::<A>(s[i], t[i]);
+    }
+}
+
+/// The forward KL's gradient pass: writes the student's gradient (and the
+/// teacher's where `TG`, with `tg`) and returns the row's KL.
+#[inline(always)]
+fn fwd_pass<A: Arith, const TG: bool>(
+    s: &[f32],
+    t: &[f32],
+    grad: &mut [f32],
+    tgrad: &mut [f32],
+    c: &Rc,
+    g: f32,
+    tg: &Tg,
+) -> f64 {
+    let mut total = 0f64;
+    for (bi, (sb, tb)) in s.chunks(BLK).zip(t.chunks(BLK)).enumerate() {
+        let c0 = bi * BLK;
+        let gb = &mut grad[c0..c0 + sb.len()];
+        let mut lanes = [0f32; L];
+        let sc = sb.chunks_exact(L);
+        let n = sb.len() - sc.remainder().len();
+        if TG {
+            let hb = &mut tgrad[c0..c0 + sb.len()];
+            let gh = gb[..n].chunks_exact_mut(L).zip(hb[..n].chunks_exact_mut(L));
+            for ((sc, tc), (gc, hc)) in sc.zip(tb.chunks_exact(L)).zip(gh) {
+                for i in 0..L {
+                    let (gr, gt, term) = fwd_elem2::<A>(sc[i], tc[i], c, g, tg);
+                    gc[i] = gr;
+                    hc[i] = gt;
+                    lanes[i] += term;
+                }
+            }
+            for i in n..sb.len() {
+                let (gr, gt, term) = fwd_elem2::<A>(sb[i], tb[i], c, g, tg);
+                gb[i] = gr;
+                hb[i] = gt;
+                lanes[i - n] += term;
+            }
+        } else {
+            for ((sc, tc), gc) in sc.zip(tb.chunks_exact(L)).zip(gb[..n].chunks_exact_mut(L)) {
+                for i in 0..L {
+                    let (gr, term) = fwd_elem::<A>(sc[i], tc[i], c, g);
+                    gc[i] = gr;
+                    lanes[i] += term;
+                }
+            }
+            for i in n..sb.len() {
+                let (gr, term) = fwd_elem::<A>(sb[i], tb[i], c, g);
+                gb[i] = gr;
+                lanes[i - n] += term;
+            }
+        }
+        total += lanes.iter().map(|&v| v as f64).sum::<f64>();
+    }
+    total
 }
 
 impl Dense<'_> {
@@ -429,11 +610,21 @@ impl RowKernel for Dense<'_> {
     }
 
     #[inline(always)]
-    fn row<A: Arith>(&self, row: usize, grad: &mut [f32], bufs: &mut Bufs) -> Result<f64> {
+    fn row<A: Arith>(
+        &self,
+        row: usize,
+        grad: &mut [f32],
+        tgrad: &mut [f32],
+        bufs: &mut Bufs,
+    ) -> Result<f64> {
         if self.mask.is_some_and(|m| !m.counts(row)) {
             grad.fill(0.0);
+            tgrad.fill(0.0);
             return Ok(0.0);
         }
+        // the teacher's gradient is asked for (the slice is empty otherwise)
+        let want_t = !tgrad.is_empty();
+        let fwd_t = want_t && self.div == Divergence::ForwardKl;
         let cols = self.cols;
         let range = row * cols..(row + 1) * cols;
         let s = self.s.f32s(range.clone(), &mut bufs.0);
@@ -444,8 +635,10 @@ impl RowKernel for Dense<'_> {
         // reported after a row of −inf, the more basic error
         let mut infinite = Ok(());
         // the reverse KL's reference column: the student's first maximum so
-        // far, and Σ exp((s − max)·k)·e relative to it (see `Rev`)
-        let mut arg_s = 0usize;
+        // far, and Σ exp((s − max)·k)·e relative to it (see `Rev`); for the
+        // forward KL's teacher gradient the same with the roles swapped
+        // (see `Tg`)
+        let mut arg = 0usize;
         let mut sum_ve = 0f64;
         for (b, (sb, tb)) in s.chunks(BLK).zip(t.chunks(BLK)).enumerate() {
             let (ms, ni_s, bad_s) = max_min_bad(sb);
@@ -468,29 +661,18 @@ impl RowKernel for Dense<'_> {
             if (ni_s || ni_t) && infinite.is_ok() {
                 infinite = self.infinite(row, b * BLK, sb, tb);
             }
+            let (c0, len) = (b * BLK, sb.len());
             if self.div == Divergence::ReverseKl {
                 // the student's sums and Σ v·e in one loop (its exps once)
-                if ms != f32::NEG_INFINITY {
-                    if ms > ls.max {
-                        let j = b * BLK + sb.iter().position(|&v| v == ms).unwrap_or(0);
-                        // e relative to column j is e relative to the old
-                        // reference − Δ: rebase the sum, then rescale it
-                        if !ls.empty() {
-                            let delta =
-                                ((s[j] - s[arg_s]) as f64 - (t[j] - t[arg_s]) as f64) * k as f64;
-                            sum_ve -= delta * ls.sum;
-                        }
-                        sum_ve *= ls.raise(ms, k);
-                        arg_s = j;
-                    }
-                    let (sv, sve) = sum_exp_e::<A>(sb, tb, ls.max, k, s[arg_s], t[arg_s]);
-                    ls.sum += sv;
-                    sum_ve += sve;
-                }
+                add_rebased::<A>(&mut ls, &mut sum_ve, &mut arg, s, t, c0, len, ms, k);
             } else {
                 ls.add_block::<A>(sb, ms, k);
             }
-            lt.add_block::<A>(tb, mt, k);
+            if fwd_t {
+                add_rebased::<A>(&mut lt, &mut sum_ve, &mut arg, t, s, c0, len, mt, k);
+            } else {
+                lt.add_block::<A>(tb, mt, k);
+            }
         }
         for (l, arg) in [(&ls, Arg::Q), (&lt, Arg::P)] {
             if l.empty() {
@@ -517,31 +699,26 @@ impl RowKernel for Dense<'_> {
         let div = match self.div {
             Divergence::ForwardKl => {
                 let g = self.g as f32;
-                let mut total = 0f64;
-                for (sb, (tb, gb)) in s.chunks(BLK).zip(t.chunks(BLK).zip(grad.chunks_mut(BLK))) {
-                    let mut lanes = [0f32; L];
-                    let sc = sb.chunks_exact(L);
-                    let n = sb.len() - sc.remainder().len();
-                    for ((sc, tc), gc) in
-                        sc.zip(tb.chunks_exact(L)).zip(gb[..n].chunks_exact_mut(L))
-                    {
-                        for i in 0..L {
-                            let (gr, term) = fwd_elem::<A>(sc[i], tc[i], &c, g);
-                            gc[i] = gr;
-                            lanes[i] += term;
-                        }
-                    }
-                    for i in n..sb.len() {
-                        let (gr, term) = fwd_elem::<A>(sb[i], tb[i], &c, g);
-                        gb[i] = gr;
-                        lanes[i - n] += term;
-                    }
-                    total += lanes.iter().map(|&v| v as f64).sum::<f64>();
+                if fwd_t {
+                    let tg = Tg {
+                        t0: t[arg],
+                        s0: s[arg],
+                        g,
+                        sum_e: (sum_ve / lt.sum) as f32,
+                    };
+                    fwd_pass::<A, true>(s, t, grad, tgrad, &c, g, &tg)
+                } else {
+                    let tg = Tg {
+                        t0: 0.0,
+                        s0: 0.0,
+                        g,
+                        sum_e: 0.0,
+                    };
+                    fwd_pass::<A, false>(s, t, grad, &mut [], &c, g, &tg)
                 }
-                total
             }
             Divergence::ReverseKl => {
-                let (s0, t0) = (s[arg_s], t[arg_s]);
+                let (s0, t0) = (s[arg], t[arg]);
                 // Σ q e, from pass 1's sums
                 let sum_e = sum_ve / ls.sum;
                 let f = Rev {
@@ -551,7 +728,11 @@ impl RowKernel for Dense<'_> {
                     g: self.g as f32,
                     sum_e: sum_e as f32,
                 };
-                row_map::<A, _>(s, t, grad, &f);
+                if want_t {
+                    row_map2::<A, _>(s, t, grad, tgrad, &f);
+                } else {
+                    row_map::<A, _>(s, t, grad, &f);
+                }
                 // KL = ln q* − ln p* + Σ q e
                 ss.logp64(s0) - st.logp64(t0) + sum_e
             }
@@ -560,10 +741,17 @@ impl RowKernel for Dense<'_> {
                     c,
                     g: (self.g * (1.0 - beta)) as f32,
                     kl_qm: 0.0,
+                    gt: (self.g * beta) as f32,
+                    kl_pm: 0.0,
                 };
                 let (a, b) = row_sum2::<A, _>(s, t, &f);
                 f.kl_qm = b as f32;
-                row_map::<A, _>(s, t, grad, &f);
+                f.kl_pm = a as f32;
+                if want_t {
+                    row_map2::<A, _>(s, t, grad, tgrad, &f);
+                } else {
+                    row_map::<A, _>(s, t, grad, &f);
+                }
                 beta * a + (1.0 - beta) * b
             }
         };

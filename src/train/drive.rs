@@ -20,14 +20,24 @@ pub(super) trait RowKernel: Sync {
     type Scratch;
     /// A worker's scratch.
     fn scratch(&self) -> Result<Self::Scratch>;
-    /// Writes the gradient of row `row` into `grad` (its `cols` values) and
-    /// returns its loss. Must be `#[inline(always)]`: it is compiled inside
-    /// the `avx2,fma` wrapper below.
-    fn row<A: Arith>(&self, row: usize, grad: &mut [f32], s: &mut Self::Scratch) -> Result<f64>;
+    /// Writes the gradient of row `row` into `grad` (its `cols` values),
+    /// and the gradient with respect to the teacher into `tgrad` where it is
+    /// not empty (only a dense teacher is asked for one), and returns its
+    /// loss. Must be `#[inline(always)]`: it is compiled inside the
+    /// `avx2,fma` wrapper below.
+    fn row<A: Arith>(
+        &self,
+        row: usize,
+        grad: &mut [f32],
+        tgrad: &mut [f32],
+        s: &mut Self::Scratch,
+    ) -> Result<f64>;
 }
 
 struct Slot<'g> {
     grad: &'g mut [f32],
+    /// Empty where no teacher gradient is asked for.
+    tgrad: &'g mut [f32],
     loss: f64,
 }
 
@@ -41,7 +51,7 @@ fn part<K: RowKernel, A: Arith>(
     let mut s = k.scratch().map_err(|e| (r0, e))?;
     for (i, slot) in part.iter_mut().enumerate() {
         slot.loss = k
-            .row::<A>(r0 + i, slot.grad, &mut s)
+            .row::<A>(r0 + i, slot.grad, slot.tgrad, &mut s)
             .map_err(|e| (r0 + i, e))?;
     }
     Ok(())
@@ -79,15 +89,30 @@ fn dispatch<K: RowKernel>(k: &K, r0: usize, p: &mut [Slot<'_>]) -> Result<(), (u
 }
 
 /// The losses of `rows` rows of `cols` columns, their gradients written into
-/// `grad` (`rows × cols`); the error of the lowest failing row.
+/// `grad` (`rows × cols`) and, where given, the teacher's into `tgrad` (of
+/// the same size); the error of the lowest failing row.
 pub(super) fn run<K: RowKernel>(
     k: &K,
     rows: usize,
     cols: usize,
     grad: &mut [f32],
+    tgrad: Option<&mut [f32]>,
 ) -> Result<Vec<f64>> {
     let mut slots: Vec<Slot<'_>> = try_vec(rows, "the per-row losses")?;
-    slots.extend(grad.chunks_mut(cols).map(|grad| Slot { grad, loss: 0.0 }));
+    match tgrad {
+        Some(tg) => slots.extend(grad.chunks_mut(cols).zip(tg.chunks_mut(cols)).map(
+            |(grad, tgrad)| Slot {
+                grad,
+                tgrad,
+                loss: 0.0,
+            },
+        )),
+        None => slots.extend(grad.chunks_mut(cols).map(|grad| Slot {
+            grad,
+            tgrad: &mut [],
+            loss: 0.0,
+        })),
+    }
     let work = rows.saturating_mul(cols);
     let nthreads = threads::available().min(work / MIN_WORK).max(1);
     let first: Mutex<Option<(usize, Error)>> = Mutex::new(None);

@@ -57,7 +57,8 @@ pub(super) fn nll(gpu: &Gpu, n: &Nll<'_>, grad: &mut [f32]) -> Result<Vec<f64>> 
         ignore: crate::call::IGNORED,
         ..TrainParams::default()
     };
-    let records = gpu.train_rows(n.q, &Aux::Targets(n.targets, n.weights), params, grad)?;
+    let aux = Aux::Targets(n.targets, n.weights);
+    let records = gpu.train_rows(n.q, &aux, params, grad, None)?;
     losses(&records, n.cols)
 }
 
@@ -109,8 +110,14 @@ pub(crate) fn distill_params(
     }
 }
 
-/// The per-row distillation losses and their gradient on `gpu`.
-pub(super) fn dense(gpu: &Gpu, d: &Dense<'_>, grad: &mut [f32]) -> Result<Vec<f64>> {
+/// The per-row distillation losses and their gradient on `gpu` (and the
+/// teacher's into `tgrad` where given).
+pub(super) fn dense(
+    gpu: &Gpu,
+    d: &Dense<'_>,
+    grad: &mut [f32],
+    tgrad: Option<&mut [f32]>,
+) -> Result<Vec<f64>> {
     let params = distill_params(d.div, d.t_form, d.cols, d.beta, d.k, d.t2, d.g);
     let rows = grad.len() / d.cols.max(1);
     let words: Option<Vec<u32>> = match d.mask {
@@ -121,6 +128,7 @@ pub(super) fn dense(gpu: &Gpu, d: &Dense<'_>, grad: &mut [f32]) -> Result<Vec<f6
         }
         None => None,
     };
-    let records = gpu.train_rows(d.s, &Aux::Teacher(d.t, words.as_deref()), params, grad)?;
+    let aux = Aux::Teacher(d.t, words.as_deref());
+    let records = gpu.train_rows(d.s, &aux, params, grad, tgrad)?;
     losses(&records, d.cols)
 }

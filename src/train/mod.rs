@@ -69,11 +69,13 @@
 //! through device buffers of their size, as every GPU call does.)
 //! The NLL, the forward KL and sparse teachers read the logits twice (row
 //! statistics, then gradient and loss) and write the gradient once; so does
-//! the reverse KL on the CPU, whose row KL is summed in the first pass
-//! relative to the running argmax (the GPU kernel does not rebase yet: it
-//! reads the reverse KL's rows three times). The JSD needs its row's
-//! KL(q_S ‖ M) before the gradient, and M needs both rows' normalisers, so
-//! it reads the rows three times.
+//! the reverse KL, whose row KL is summed in the first pass relative to the
+//! running argmax (rebased as it moves: per block on the CPU, per thread
+//! and at each step of the workgroup's tree on the GPU), and so does the
+//! forward KL with the teacher's gradient (the same sum, roles swapped).
+//! The JSD needs its row's KL(q_S ‖ M) before the gradient, and M needs
+//! both rows' normalisers, so it reads the rows three times on both
+//! backends.
 //!
 //! ## Backends
 //!
@@ -85,9 +87,10 @@
 //! same Rust source, so the same bits). A sparse teacher runs on the CPU. The [`Output`]'s `backend` says which ran.
 //!
 //! On the GPU (shaders/train.wgsl) one workgroup streams each row: pass 1
-//! takes both online log-sum-exps and every check, pass 2 writes the
-//! gradient and sums the loss (the reverse KL and the JSD sum first and
-//! write in a pass 3), each a tree in workgroup memory with no atomics. Each
+//! takes both online log-sum-exps, the reverse KL's rebased row sum and
+//! every check, pass 2 writes the gradient and sums the loss (the JSD sums
+//! first and writes in a pass 3), each a tree in workgroup memory with no
+//! atomics. Each
 //! row's loss and status (the per-row [`Record`](crate::Record)) comes back
 //! with the gradient; the status gives the host path's error (the first bad
 //! row; within a row the first bad column), and the losses are reduced on
@@ -96,7 +99,24 @@
 //! exceed the device's limit. [`resident`] records the same kernel over the
 //! caller's buffers.
 //!
-//! A gradient with respect to the teacher is not computed.
+//! **Teacher gradient.** [`Context::distill_with_teacher_grad`] also
+//! writes the gradient with respect to a dense teacher's values t (logits
+//! or log-probabilities; p_T = softmax(t / T) either way), with the same
+//! mask and reduction scaling:
+//!
+//! | divergence | ∂loss/∂t |
+//! |---|---|
+//! | forward KL | T·p_T ⊙ (ln p_T − ln q_S − KL(p_T ‖ q_S)) |
+//! | reverse KL | T·(p_T − q_S) |
+//! | generalized JSD | Tβ·p_T ⊙ (ln p_T − ln M − KL(p_T ‖ M)) |
+//!
+//! (the mirror images of the student's: the reverse KL's is the forward
+//! KL's student gradient negated, and so on). It is written in the
+//! gradient pass, next to the student's, with no other temporary; the
+//! forward KL then takes its row KL in pass 1 relative to the teacher's
+//! running argmax (the reverse KL's device, roles swapped), so that the
+//! teacher's factor keeps its digits for logits of 10⁴. A sparse teacher
+//! has none ([`Error::Unsupported`]).
 
 mod dense;
 mod drive;
@@ -118,11 +138,11 @@ use crate::measure::{Form, NllOptions, Reduction};
 // the wording of Error::InfiniteLoss, shared with the GPU records' decoder
 use crate::record::{WHY_SMOOTHING, WHY_STUDENT_MASS, WHY_TARGET, WHY_TEACHER_MASS};
 
-/// The gradient slice must hold rows × cols values.
-fn check_grad(grad: &[f32], rows: usize, cols: usize) -> Result<()> {
+/// The gradient slice `arg` must hold rows × cols values.
+fn check_grad(grad: &[f32], arg: Arg, rows: usize, cols: usize) -> Result<()> {
     if grad.len() != rows * cols {
         return Err(Error::Length {
-            arg: Arg::Gradient,
+            arg,
             len: grad.len(),
             rows,
             cols,
@@ -222,7 +242,7 @@ impl Context {
                 logits.rows
             )));
         }
-        check_grad(grad, rows, cols)?;
+        check_grad(grad, Arg::Gradient, rows, cols)?;
         let (Some(q), Some(nll)) = (job.q, job.nll.as_ref()) else {
             return Err(Error::MissingArg {
                 arg: Arg::Q,
@@ -267,7 +287,7 @@ impl Context {
                     sum_w,
                     g,
                 };
-                let mut losses = drive::run(&kernel, rows, cols, grad)?;
+                let mut losses = drive::run(&kernel, rows, cols, grad, None)?;
                 losses.iter_mut().for_each(|v| *v *= inv_ln);
                 losses
             }
@@ -318,6 +338,75 @@ impl Context {
         opts: &DistillOptions<'_>,
         grad: &mut [f32],
     ) -> Result<Output> {
+        self.distill_impl(student, teacher, opts, grad, None)
+    }
+
+    /// [`Context::distill`] that also writes the gradient of the same loss
+    /// with respect to the teacher's values into `teacher_grad` (the
+    /// teacher's `rows × cols`, row-major), for a divergence between two
+    /// models that both learn. The loss and the student's gradient are
+    /// `distill`'s, bit for bit.
+    ///
+    /// The teacher must be dense ([`Teacher::Dense`]), logits or
+    /// log-probabilities: either way p_T = softmax(t / T) and the gradient
+    /// is with respect to the given values t. With the row mask and the
+    /// reduction's scale of the student's gradient (a masked row gets 0):
+    ///
+    /// | divergence | ∂loss/∂t |
+    /// |---|---|
+    /// | forward KL | T·p_T ⊙ (ln p_T − ln q_S − KL(p_T ‖ q_S)) |
+    /// | reverse KL | T·(p_T − q_S) |
+    /// | generalized JSD | Tβ·p_T ⊙ (ln p_T − ln M − KL(p_T ‖ M)) |
+    ///
+    /// A −inf teacher value (a masked column) gets 0. It runs where
+    /// `distill` runs a dense teacher (the context's backend).
+    ///
+    /// Errors: those of [`Context::distill`]; [`Error::Unsupported`] for a
+    /// sparse teacher (its top-k log-probabilities are not a function of
+    /// teacher values this call sees); [`Error::Length`] naming
+    /// [`Arg::TeacherGradient`] for a `teacher_grad` of another size.
+    ///
+    /// ```
+    /// use kullback::{Backend, Batch, Context, DistillOptions, Divergence, Form, Teacher};
+    /// # fn main() -> kullback::Result<()> {
+    /// let ctx = Context::with_backend(Backend::Cpu)?;
+    /// let s = [1.0f32, 0.0, -1.0];
+    /// let t = [0.0f32, 1.0, 0.5];
+    /// let (mut gs, mut gt) = ([0f32; 3], [0f32; 3]);
+    /// let opts = DistillOptions::default().divergence(Divergence::Jsd).beta(0.5);
+    /// let teacher = Teacher::Dense(Batch::new(&t, 1, 3).form(Form::Logits));
+    /// let student = Batch::new(&s, 1, 3).form(Form::Logits);
+    /// let out = ctx.distill_with_teacher_grad(&student, &teacher, &opts, &mut gs, &mut gt)?;
+    /// assert!(out.values[0] > 0.0);
+    /// // softmax's gradients sum to 0 over a row
+    /// assert!(gt.iter().sum::<f32>().abs() < 1e-6);
+    /// // the JSD is symmetric at β = ½: swapping the roles swaps the gradients
+    /// let (mut hs, mut ht) = ([0f32; 3], [0f32; 3]);
+    /// let swapped = Teacher::Dense(Batch::new(&s, 1, 3).form(Form::Logits));
+    /// let student2 = Batch::new(&t, 1, 3).form(Form::Logits);
+    /// ctx.distill_with_teacher_grad(&student2, &swapped, &opts, &mut hs, &mut ht)?;
+    /// assert!(gt.iter().zip(&hs).all(|(a, b)| (a - b).abs() < 1e-6));
+    /// # Ok(()) }
+    /// ```
+    pub fn distill_with_teacher_grad(
+        &self,
+        student: &Batch<'_>,
+        teacher: &Teacher<'_>,
+        opts: &DistillOptions<'_>,
+        grad: &mut [f32],
+        teacher_grad: &mut [f32],
+    ) -> Result<Output> {
+        self.distill_impl(student, teacher, opts, grad, Some(teacher_grad))
+    }
+
+    fn distill_impl(
+        &self,
+        student: &Batch<'_>,
+        teacher: &Teacher<'_>,
+        opts: &DistillOptions<'_>,
+        grad: &mut [f32],
+        teacher_grad: Option<&mut [f32]>,
+    ) -> Result<Output> {
         opts.check()?;
         let s = student.checked(Arg::Q)?;
         check_logits(student, "student")?;
@@ -334,7 +423,18 @@ impl Context {
                 });
             }
         }
-        check_grad(grad, rows, cols)?;
+        check_grad(grad, Arg::Gradient, rows, cols)?;
+        if let Some(tg) = teacher_grad.as_deref() {
+            if !matches!(teacher, Teacher::Dense(_)) {
+                return Err(Error::Unsupported(
+                    "a gradient with respect to the teacher needs a dense teacher (Teacher::Dense, \
+                     logits or log-probabilities): a sparse top-k teacher's log-probabilities \
+                     are not a function of values this call sees"
+                        .into(),
+                ));
+            }
+            check_grad(tg, Arg::TeacherGradient, rows, cols)?;
+        }
         let count = match &opts.mask {
             Some(m) => (0..rows).filter(|&i| m.counts(i)).count(),
             None => rows,
@@ -376,7 +476,7 @@ impl Context {
                             g,
                             mask: opts.mask,
                         };
-                        gpu::dense(gpu_, &d, grad)?
+                        gpu::dense(gpu_, &d, grad, teacher_grad)?
                     }
                     None => {
                         let kernel = dense::Dense {
@@ -391,7 +491,7 @@ impl Context {
                             g,
                             mask: opts.mask,
                         };
-                        drive::run(&kernel, rows, cols, grad)?
+                        drive::run(&kernel, rows, cols, grad, teacher_grad)?
                     }
                 }
             }
@@ -435,7 +535,7 @@ impl Context {
                     tolerance: opts.tolerance,
                     mask: opts.mask,
                 };
-                drive::run(&kernel, rows, cols, grad)?
+                drive::run(&kernel, rows, cols, grad, None)?
             }
         };
         Ok(output(&losses, opts.reduction, count, cols, on))

@@ -22,6 +22,12 @@
 //!   [`GpuNllGrad::decode`].
 //! * row mask (distillation, optional): one u32 per row (0 ignores the row)
 //!   at byte `mask.offset` (usage `COPY_SRC`, offset a multiple of 4).
+//! * teacher gradient (distillation, optional: [`GpuDistill::teacher_grad`]):
+//!   `rows × cols` f32 with the student gradient's scaling, in the
+//!   *gradient's buffer*, at a byte offset (a multiple of 4) at or after the
+//!   end of the student's gradient. The kernel binds both gradients as one
+//!   window (it stays within the four storage buffers of downlevel devices),
+//!   which must fit one storage binding.
 //!
 //! Each input and the gradient must fit one storage binding of the device.
 
@@ -85,6 +91,11 @@ pub struct GpuDistill<'a> {
     pub grad_scale: f32,
     /// Where the gradient goes.
     pub grad: GpuGrad<'a>,
+    /// Where the gradient with respect to the teacher's values goes
+    /// (default: not computed); in `grad`'s buffer, after the student's (see
+    /// the [module docs](self)). The formulas are
+    /// [`Context::distill_with_teacher_grad`]'s.
+    pub teacher_grad: Option<GpuGrad<'a>>,
     /// Where the per-row records go (and the scratch they need).
     pub output: GpuOutput<'a>,
 }
@@ -104,12 +115,19 @@ impl<'a> GpuDistill<'a> {
             mask: None,
             grad_scale: 1.0,
             grad,
+            teacher_grad: None,
             output,
         }
     }
     /// Sets the options.
     pub fn options(mut self, options: DistillOptions<'a>) -> Self {
         self.options = options;
+        self
+    }
+    /// Also writes the gradient with respect to the teacher, at `grad` (in
+    /// the student gradient's buffer, after it).
+    pub fn teacher_grad(mut self, grad: GpuGrad<'a>) -> Self {
+        self.teacher_grad = Some(grad);
         self
     }
     /// Sets the row mask.
@@ -242,12 +260,17 @@ enum Side<'a> {
 
 /// Checks the caller's buffers, then records the copies in, the dispatch
 /// and the copy of the records out.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call's buffers and parameters"
+)]
 fn encode(
     gpu: &Gpu,
     enc: &mut wgpu::CommandEncoder,
     s: &GpuBatch<'_>,
     side: Side<'_>,
     grad: &GpuGrad<'_>,
+    tgrad: Option<&GpuGrad<'_>>,
     out: &GpuOutput<'_>,
     mut params: TrainParams,
 ) -> Result<()> {
@@ -266,6 +289,34 @@ fn encode(
     let copy_src = wgpu::BufferUsages::COPY_SRC;
     check_buffer("student", s.buffer, s.offset, bytes, storage, align)?;
     check_buffer("gradient", grad.buffer, grad.offset, bytes, storage, align)?;
+    // the window of the gradient binding: the student's gradient, and the
+    // teacher's after it in the same buffer
+    let mut grad_window = bytes;
+    if let Some(tg) = tgrad {
+        check_buffer("teacher gradient", tg.buffer, tg.offset, bytes, storage, 4)?;
+        if tg.buffer != grad.buffer || tg.offset < grad.offset + bytes {
+            return Err(Error::Unsupported(
+                "a GPU-resident teacher gradient goes in the gradient's buffer, at or after the \
+                 end of the student's gradient (both share one storage binding)"
+                    .into(),
+            ));
+        }
+        grad_window = tg.offset + bytes - grad.offset;
+        if grad_window > limits.max_binding {
+            return Err(Error::TooLarge {
+                what: "bytes of a GPU-resident gradient binding (student and teacher)".into(),
+                size: grad_window,
+                limit: limits.max_binding,
+            });
+        }
+        params.flags |= flag::TGRAD;
+        params.tg_at =
+            u32::try_from((tg.offset - grad.offset) / 4).map_err(|_| Error::TooLarge {
+                what: "words between the student's and the teacher's gradients".into(),
+                size: (tg.offset - grad.offset) / 4,
+                limit: u32::MAX as u64,
+            })?;
+    }
     let rec_bytes = grad_output_bytes(rows);
     let copy_dst = wgpu::BufferUsages::COPY_DST;
     check_buffer("output", out.buffer, out.offset, rec_bytes, copy_dst, 4)?;
@@ -353,7 +404,7 @@ fn encode(
             grad: Window {
                 buffer: grad.buffer,
                 offset: grad.offset,
-                size: bytes,
+                size: grad_window,
             },
             rows: Window::whole(&rows_buf, rows_len),
         };
@@ -371,8 +422,9 @@ impl Context {
     /// for a host-slice mask, a mean, or forms other than logits (student)
     /// and logits or log-probabilities (teacher); [`Error::ShapeMismatch`];
     /// [`Error::Buffer`] for a buffer that does not fit (usage, offset,
-    /// size, a gradient that is also an input); [`Error::TooLarge`] past one
-    /// binding. Bad values and infinite losses are reported per row in the
+    /// size, a gradient that is also an input); [`Error::Unsupported`] for a
+    /// teacher gradient outside the gradient's buffer or overlapping the
+    /// student's; [`Error::TooLarge`] past one binding. Bad values and infinite losses are reported per row in the
     /// records (see [`GpuDistill::decode`]).
     pub fn encode_distill(
         &self,
@@ -417,7 +469,8 @@ impl Context {
             temp * call.grad_scale as f64,
         );
         let side = Side::Teacher(t, call.mask.as_ref());
-        encode(gpu, encoder, s, side, &call.grad, &call.output, params)
+        let tg = call.teacher_grad.as_ref();
+        encode(gpu, encoder, s, side, &call.grad, tg, &call.output, params)
     }
 
     /// Records the NLL of class targets and its gradient over the caller's
@@ -483,6 +536,7 @@ impl Context {
             &call.logits,
             side,
             &call.grad,
+            None,
             &call.output,
             params,
         )

@@ -233,7 +233,13 @@ impl RowKernel for Sparse<'_> {
     }
 
     #[inline(always)]
-    fn row<A: Arith>(&self, row: usize, grad: &mut [f32], sc: &mut Scratch) -> Result<f64> {
+    fn row<A: Arith>(
+        &self,
+        row: usize,
+        grad: &mut [f32],
+        _tgrad: &mut [f32],
+        sc: &mut Scratch,
+    ) -> Result<f64> {
         if self.mask.is_some_and(|m| !m.counts(row)) {
             grad.fill(0.0);
             return Ok(0.0);
