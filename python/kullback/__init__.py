@@ -12,6 +12,8 @@ kullback (a vectorised CPU backend, or WGSL compute shaders on a GPU).
     0.8155...
 
 The same calls over Dask arrays chunked along rows are in ``kullback.dask``.
+For training, ``nll_grad`` and ``distill`` return a loss with its gradient
+with respect to the logits.
 
 Shapes
 ------

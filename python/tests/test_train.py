@@ -410,3 +410,16 @@ def test_where_it_ran(backend):
     out, g, tg = ctx.distill(s, None, "logits", idx, lt, "forward-kl", 0.5, 1.0, "bucket", 1e-3,
                              None, "none", False)
     assert out.backend == "cpu" and tg is None and not out.scalar
+
+
+def test_readme_example_runs():
+    """python/README.md's training example runs as written."""
+    import pathlib
+    import re
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text("utf-8")
+    part = readme.split("## Training: loss and gradient", 1)[1]
+    code = re.search(r"```python\n(.*?)```", part, re.S).group(1)
+    ns = {}
+    exec(compile(code, "README.md", "exec"), ns)
+    assert ns["grad"].shape == (4, 10) and ns["grad"].dtype == np.float32
+    assert ns["teacher_grad"].shape == (4, 10)
