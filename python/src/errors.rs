@@ -49,8 +49,9 @@ impl RowOffset {
 }
 
 /// The crate's hints name its Rust API; in Python the same choice is a keyword.
-const PYTHON_SPELLING: [(&str, &str); 4] = [
+const PYTHON_SPELLING: [(&str, &str); 5] = [
     ("Normalization::Renormalize", "normalize='renormalize'"),
+    ("Teacher::Dense", "teacher=..."),
     ("Backend::Cpu", "backend='cpu'"),
     ("Backend::Gpu", "backend='gpu'"),
     ("Backend::Auto", "backend='auto'"),
