@@ -12,6 +12,8 @@ kullback (a vectorised CPU backend, or WGSL compute shaders on a GPU).
     0.8155...
 
 The same calls over Dask arrays chunked along rows are in ``kullback.dask``.
+For training, ``nll_grad`` and ``distill`` return a loss with its gradient
+with respect to the logits.
 
 Shapes
 ------
@@ -83,7 +85,7 @@ from __future__ import annotations
 
 import inspect as _inspect
 import threading as _threading
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 
 import numpy as _np
 from numpy.typing import ArrayLike, NDArray
@@ -92,6 +94,11 @@ from . import _kullback as _native
 
 #: What a call returns: a float (1-D inputs, or a reduction), or float32 per row.
 Result = Union[float, NDArray[_np.float32]]
+
+#: What a training call returns: the loss (as ``Result``), then the gradient(s),
+#: new float32 arrays of the logits' shape.
+Grads = Union[Tuple[Result, NDArray[_np.float32]],
+              Tuple[Result, NDArray[_np.float32], NDArray[_np.float32]]]
 
 __version__ = _native.__version__
 
@@ -103,11 +110,13 @@ __all__ = [
     "DEFAULT_TOLERANCE",
     "backends",
     "cross_entropy",
+    "distill",
     "entropy",
     "hellinger",
     "js",
     "kl",
     "nll",
+    "nll_grad",
     "total_variation",
 ]
 
@@ -166,6 +175,10 @@ class Context:
         def hellinger(self, p: ArrayLike, q: ArrayLike, **options: Any) -> "Result": ...
         def total_variation(self, p: ArrayLike, q: ArrayLike, **options: Any) -> "Result": ...
         def nll(self, q: ArrayLike, targets: ArrayLike, **options: Any) -> "Result": ...
+        def nll_grad(self, logits: ArrayLike, targets: ArrayLike,
+                     **options: Any) -> Tuple["Result", NDArray[_np.float32]]: ...
+        def distill(self, student: ArrayLike, teacher: Optional[ArrayLike] = None,
+                    **options: Any) -> "Grads": ...
 
 
 _defaults = {}
@@ -439,6 +452,135 @@ nll.__doc__ = """Negative log-likelihood -ln q[t] of class targets: one per row 
        _PARAMS["backend"], _PARAMS["context"], _RETURNS)
 
 
+def nll_grad(logits: ArrayLike, targets: ArrayLike, *, reduction: str = "none",
+             base: Optional[float] = None, ignore_index: Optional[int] = None,
+             weight: Optional[ArrayLike] = None, label_smoothing: float = 0.0,
+             backend: str = "auto",
+             context: Optional["Context"] = None) -> Tuple[Result, NDArray[_np.float32]]:
+    out, grad = _context(backend, context).nll_grad(
+        logits, targets, reduction, base, ignore_index, weight, label_smoothing)
+    return out.result(), grad
+
+
+nll_grad.__doc__ = """Cross-entropy of class targets from logits, and its gradient.
+
+    The loss of ``nll(logits, targets, q_form='logits', ...)`` (PyTorch's
+    ``F.cross_entropy``) and its gradient with respect to the logits, in one
+    call (the Rust ``Context::nll_grad``).
+
+    Parameters
+    ----------
+    logits : array-like, shape (classes,) or (rows, classes)
+        Unnormalised logits, one row per target (-inf masks a class).
+    targets : int or array-like of int, shape (rows,)
+        Class indices in [0, classes), or ``ignore_index``.
+    %s
+    %s
+    ignore_index : int, optional
+        A target equal to it is ignored: loss 0, gradient 0, not counted.
+    weight : array-like, shape (classes,), optional
+        Class weights (finite, >= 0); the mean is sum_i w[t_i] l_i / sum_i w[t_i].
+    label_smoothing : float in [0, 1], default 0
+        The target distribution is p_c = (1 - e) w_t [c = t] + e w_c / classes.
+    %s
+    %s
+
+    Returns
+    -------
+    (loss, grad)
+        ``loss`` as ``nll`` gives it (a float for a reduction or one target,
+        else float32 per row); ``grad`` a new float32 array of the logits'
+        shape: (sum_c p_c) softmax(z) - p per row, of the per-row losses' sum
+        ('none', 'sum') or of the mean; divided by ln(base).
+
+    >>> loss, grad = kullback.nll_grad([[2.0, 0.5, -1.0]], [0], reduction="mean")
+    >>> round(loss, 4), grad.shape
+    (0.2413, (1, 3))
+""" % (_PARAMS["reduction"], _PARAMS["base"], _PARAMS["backend"], _PARAMS["context"])
+
+
+def distill(student: ArrayLike, teacher: Optional[ArrayLike] = None, *,
+            teacher_form: str = "logits", teacher_indices: Optional[ArrayLike] = None,
+            teacher_logprobs: Optional[ArrayLike] = None, divergence: str = "forward-kl",
+            beta: float = 0.5, temperature: float = 1.0, tail: str = "bucket",
+            tolerance: float = DEFAULT_TOLERANCE, mask: Optional[ArrayLike] = None,
+            reduction: str = "none", teacher_grad: bool = False, backend: str = "auto",
+            context: Optional["Context"] = None) -> Grads:
+    out, grad, tgrad = _context(backend, context).distill(
+        student, teacher, teacher_form, teacher_indices, teacher_logprobs, divergence, beta,
+        temperature, tail, tolerance, mask, reduction, bool(teacher_grad))
+    if teacher_grad:
+        return out.result(), grad, tgrad
+    return out.result(), grad
+
+
+distill.__doc__ = """Distillation loss of student logits against a teacher, and its gradient.
+
+    With q_S = softmax(student / T) and p_T = softmax(teacher / T) (teacher
+    logits and log-probabilities alike), per row (natural log):
+
+    ==========  ===========================================  ==============================
+    divergence  loss                                         gradient w.r.t. the student
+    ==========  ===========================================  ==============================
+    forward-kl  T^2 KL(p_T || q_S)                           T (q_S - p_T)
+    reverse-kl  T^2 KL(q_S || p_T)                           T q_S (ln q_S - ln p_T - KL)
+    jsd         T^2 (b KL(p_T || M) + (1-b) KL(q_S || M)),   T (1-b) q_S (ln q_S - ln M -
+                M = b p_T + (1-b) q_S                        KL(q_S || M))
+    ==========  ===========================================  ==============================
+
+    The Rust ``Context::distill`` (``distill_with_teacher_grad`` with
+    ``teacher_grad=True``); the CLI's ``kullback distill``.
+
+    Parameters
+    ----------
+    student : array-like, shape (cols,) or (rows, cols)
+        Student logits (-inf masks a column).
+    teacher : array-like, shape of the student, optional
+        A dense teacher: logits or log-probabilities (``teacher_form``).
+    teacher_form : {'logits', 'log_probs'}, default 'logits'
+        How the dense teacher is given (the temperature applies to both).
+    teacher_indices : array-like of int, shape (k,) or (rows, k), optional
+        A sparse teacher instead: its top-k column indices per row (distinct,
+        in [0, cols); int32, int64 and uint32 are read without a copy).
+    teacher_logprobs : array-like, shape of teacher_indices, optional
+        ln p_T at those columns, the temperature already applied (<= 0).
+    divergence : {'forward-kl', 'reverse-kl', 'jsd'}, default 'forward-kl'
+    beta : float in (0, 1), default 0.5
+        b of the generalized JSD (0.5: the ordinary JSD). 0 and 1 are errors
+        ("use forward-kl", "use reverse-kl").
+    temperature : float > 0, default 1
+    tail : {'bucket', 'renormalize'}, default 'bucket'
+        A sparse teacher's remaining mass 1 - sum_k p_k: one more bucket
+        (against the student's mass outside the indices), or both
+        distributions renormalised over the k columns.
+    tolerance : float, default 1e-3
+        How far above 1 a sparse row's sum_k exp(l_k) may be.
+    mask : array-like of bool or int, shape (rows,), optional
+        0/False ignores a row: loss 0, gradient 0, not counted by the mean.
+    %s
+    teacher_grad : bool, default False
+        Also return the gradient with respect to the dense teacher's values
+        (forward-kl: T p_T (ln p_T - ln q_S - KL); reverse-kl: T (p_T - q_S);
+        jsd: T b p_T (ln p_T - ln M - KL(p_T || M))). A sparse teacher has
+        none (ValueError).
+    %s
+    %s
+
+    Returns
+    -------
+    (loss, grad) or, with ``teacher_grad``, (loss, grad, teacher_grad)
+        ``loss``: a float for a reduction or a 1-D student, else float32 per
+        row; the gradients are new float32 arrays of the student's shape, of
+        the per-row losses' sum ('none', 'sum') or of the mean over the rows
+        that count.
+
+    >>> loss, grad = kullback.distill([1.0, 0.0, -1.0], [0.0, 1.0, 0.5],
+    ...                               divergence="jsd", temperature=2.0)
+    >>> round(loss, 4), grad.shape
+    (0.1414, (3,))
+""" % (_PARAMS["reduction"], _PARAMS["backend"], _PARAMS["context"])
+
+
 def _method(fn):
     """The module function ``fn`` as a ``Context`` method (no backend, no context)."""
     def method(self, *args, **kwargs):
@@ -454,6 +596,7 @@ def _method(fn):
     return method
 
 
-for _fn in (entropy, cross_entropy, kl, js, hellinger, total_variation, nll):
+for _fn in (entropy, cross_entropy, kl, js, hellinger, total_variation, nll, nll_grad,
+            distill):
     setattr(Context, _fn.__name__, _method(_fn))
 del _fn

@@ -23,8 +23,10 @@ anything else (complex, object, ...)   ``TypeError``
 The library itself has no half-precision kernels yet: float16 and bfloat16 are
 widened here, which costs a float32 copy of the input.
 
-Targets: int32, int64 and uint32 arrays are read as they are; other integer
-arrays are converted to int64; a Python int is one target.
+Targets (and a sparse teacher's indices): int32, int64 and uint32 arrays are
+read as they are; other integer arrays are converted to int64; a Python int is
+one target. A row mask: bool and uint8 arrays are read as they are; other
+integer arrays become ``mask != 0``.
 """
 
 import numpy as np
@@ -58,17 +60,29 @@ def _readable(a, dtype):
     return np.require(a, dtype=dtype, requirements=["C_CONTIGUOUS", "ALIGNED"])
 
 
-def targets(obj):
+def targets(obj, arg="targets"):
     """``obj`` as a C-contiguous int32, int64 or uint32 array (0-d: one target)."""
     a = np.asarray(obj)
     dt = a.dtype
     if dt.kind not in "iu":
-        raise TypeError("targets must be integer class indices, got dtype %s" % dt)
+        raise TypeError("%s must be integer class indices, got dtype %s" % (arg, dt))
     if dt.kind == "u" and dt.itemsize >= 8 and a.size:
         big = np.flatnonzero(a.reshape(-1) > _I64_MAX)
         if big.size:
             i = int(big[0])
             raise ValueError(
-                "targets row %d: class %d is outside the range of int64" % (i, int(a.reshape(-1)[i]))
+                "%s row %d: class %d is outside the range of int64" % (arg, i, int(a.reshape(-1)[i]))
             )
     return _readable(a, np.int64)
+
+
+def mask(obj):
+    """A row mask as a C-contiguous bool array: bool as it is, integers as
+    ``!= 0`` (uint8 arrays are read as they are and never come here)."""
+    a = np.asarray(obj)
+    dt = a.dtype
+    if dt.kind == "b":
+        return _readable(a, np.bool_)
+    if dt.kind in "iu":
+        return _readable(a != 0, np.bool_)
+    raise TypeError("mask must be bool or integer (0: the row is ignored), got dtype %s" % dt)

@@ -1,7 +1,7 @@
 """Stubs of the native module ``kullback._kullback`` (PyO3). The public API is
 ``kullback`` (``__init__.py``, annotated there); this module is its engine."""
 
-from typing import Any, Optional, Union
+from typing import Any, Optional, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -79,6 +79,37 @@ class Context:
         offset_args: str = "",
     ) -> Output:
         """The negative log-likelihood; ``offset_args`` may name 'q' and 't' (targets)."""
+    def nll_grad(
+        self,
+        logits: ArrayLike,
+        targets: Any,
+        reduction: str,
+        base: Base,
+        ignore_index: Optional[int],
+        weight: Optional[ArrayLike],
+        label_smoothing: float,
+    ) -> Tuple[Output, npt.NDArray[np.float32]]:
+        """The NLL of class targets under logits and its gradient with respect to
+        the logits (a new float32 array of their shape); errors name the keyword."""
+    def distill(
+        self,
+        student: ArrayLike,
+        teacher: Optional[ArrayLike],
+        teacher_form: str,
+        teacher_indices: Optional[ArrayLike],
+        teacher_logprobs: Optional[ArrayLike],
+        divergence: str,
+        beta: float,
+        temperature: float,
+        tail: str,
+        tolerance: float,
+        mask: Optional[ArrayLike],
+        reduction: str,
+        teacher_grad: bool,
+    ) -> Tuple[Output, npt.NDArray[np.float32], Optional[npt.NDArray[np.float32]]]:
+        """A distillation loss, its gradient with respect to the student's logits
+        and, with ``teacher_grad``, the dense teacher's (None otherwise): new
+        float32 arrays of the student's shape; errors name the keyword."""
 
 def _address(obj: ArrayLike) -> int:
     """The address of the first value the binding hands to the library for ``obj``."""

@@ -4,13 +4,17 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use kullback::{ContextOptions, Measure, NllOptions, Output, Reduction};
-use numpy::PyArray1;
+use kullback::{
+    Arg, Batch, ContextOptions, DistillOptions, Form, Measure, NllOptions, Output, Reduction,
+    SparseTeacher, Teacher, Values,
+};
+use numpy::ndarray::IxDyn;
+use numpy::{PyArray1, PyArrayDyn, PyArrayMethods};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
-use crate::errors::{RowOffset, panicked, to_py};
-use crate::inputs::{Floats, TargetArray, weights};
+use crate::errors::{Names, RowOffset, panicked, to_py, to_py_named};
+use crate::inputs::{Floats, IndexArray, MaskArray, TargetArray, weights};
 use crate::options;
 
 /// The measure named `name` ('entropy', 'cross_entropy', 'kl', 'js',
@@ -54,6 +58,32 @@ where
         Err(payload) => Err(panicked(payload)),
     }
 }
+
+/// Runs a training call `f` without the GIL; its errors name the Python
+/// keyword arguments `names`.
+fn run_named<F>(py: Python<'_>, names: Names, f: F) -> PyResult<Output>
+where
+    F: FnOnce() -> kullback::Result<Output> + Send,
+{
+    match py.detach(|| catch_unwind(AssertUnwindSafe(f))) {
+        Ok(Ok(out)) => Ok(out),
+        Ok(Err(e)) => Err(to_py_named(e, names)),
+        Err(payload) => Err(panicked(payload)),
+    }
+}
+
+/// A new float32 array of `like`'s shape (1-D or 2-D), zeroed, for a gradient.
+fn gradient<'py>(py: Python<'py>, like: &Floats<'_>) -> Bound<'py, PyArrayDyn<f32>> {
+    let shape: &[usize] = if like.ndim == 1 {
+        &[like.cols]
+    } else {
+        &[like.rows, like.cols]
+    };
+    PyArrayDyn::zeros(py, IxDyn(shape), false)
+}
+
+/// A gradient (loss, gradient) or (loss, gradient, teacher's gradient).
+type Grads = (PyOutput, Py<PyArrayDyn<f32>>, Option<Py<PyArrayDyn<f32>>>);
 
 /// A device (or the CPU) to run calls on; `Send + Sync`, so one context can
 /// serve several Python threads at once.
@@ -201,6 +231,187 @@ impl PyContext {
             ctx.nll(&qb, tb, &opts)
         })?;
         Ok(PyOutput::new(py, out, scalar))
+    }
+
+    /// The NLL of class targets under logits, and its gradient with respect
+    /// to the logits (a new float32 array of the logits' shape).
+    #[pyo3(signature = (logits, targets, reduction, base, ignore_index, weight, label_smoothing))]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the keyword arguments of the Python call"
+    )]
+    fn nll_grad(
+        &self,
+        py: Python<'_>,
+        logits: &Bound<'_, PyAny>,
+        targets: &Bound<'_, PyAny>,
+        reduction: &Bound<'_, PyAny>,
+        base: &Bound<'_, PyAny>,
+        ignore_index: Option<i64>,
+        weight: Option<&Bound<'_, PyAny>>,
+        label_smoothing: f64,
+    ) -> PyResult<(PyOutput, Py<PyArrayDyn<f32>>)> {
+        let reduction = options::reduction(reduction)?;
+        let mut opts = NllOptions::default()
+            .reduction(reduction)
+            .base(options::base(base)?)
+            .label_smoothing(label_smoothing as f32);
+        let z = Floats::new(logits, "logits")?;
+        let t = TargetArray::new(targets)?;
+        let w = weight.map(weights).transpose()?;
+        if let Some(i) = ignore_index {
+            opts = opts.ignore_index(i);
+        }
+        if let Some(w) = &w {
+            opts = opts.weights(w);
+        }
+        let scalar = reduction != Reduction::None || t.scalar;
+        let zb = z.batch(Form::Logits)?;
+        let tb = t.targets()?;
+        let grad = gradient(py, &z);
+        let out = {
+            let mut g = grad.readwrite();
+            let g = g.as_slice_mut()?;
+            let ctx = &self.ctx;
+            let names = Names {
+                p: "p",
+                q: "logits",
+            };
+            run_named(py, names, || ctx.nll_grad(&zb, tb, &opts, g))?
+        };
+        Ok((PyOutput::new(py, out, scalar), grad.unbind()))
+    }
+
+    /// A distillation loss of student logits against a dense or sparse
+    /// teacher, its gradient with respect to the student's logits and, with
+    /// `teacher_grad`, with respect to a dense teacher's values (new float32
+    /// arrays of the student's shape).
+    #[pyo3(signature = (student, teacher, teacher_form, teacher_indices, teacher_logprobs, divergence, beta, temperature, tail, tolerance, mask, reduction, teacher_grad))]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the keyword arguments of the Python call"
+    )]
+    fn distill(
+        &self,
+        py: Python<'_>,
+        student: &Bound<'_, PyAny>,
+        teacher: Option<&Bound<'_, PyAny>>,
+        teacher_form: &Bound<'_, PyAny>,
+        teacher_indices: Option<&Bound<'_, PyAny>>,
+        teacher_logprobs: Option<&Bound<'_, PyAny>>,
+        divergence: &Bound<'_, PyAny>,
+        beta: f64,
+        temperature: f64,
+        tail: &Bound<'_, PyAny>,
+        tolerance: f64,
+        mask: Option<&Bound<'_, PyAny>>,
+        reduction: &Bound<'_, PyAny>,
+        teacher_grad: bool,
+    ) -> PyResult<Grads> {
+        let reduction = options::reduction(reduction)?;
+        let mut opts = DistillOptions::default()
+            .divergence(options::divergence(divergence)?)
+            .beta(beta as f32)
+            .temperature(temperature as f32)
+            .tail(options::tail(tail)?)
+            .tolerance(tolerance as f32)
+            .reduction(reduction);
+        let t_form = options::teacher_form(teacher_form)?;
+        let s = Floats::new(student, "student")?;
+        let m = mask.map(MaskArray::new).transpose()?;
+        if let Some(m) = &m {
+            opts = opts.mask(m.row_mask()?);
+        }
+        let dense;
+        let indices;
+        let logprobs;
+        let converted: Vec<f32>;
+        let (teacher, p_name) = match (teacher, teacher_indices, teacher_logprobs) {
+            (Some(t), None, None) => {
+                dense = Floats::new(t, "teacher")?;
+                (Teacher::Dense(dense.batch(t_form)?), "teacher")
+            }
+            (None, Some(i), Some(l)) => {
+                indices = IndexArray::new(i)?;
+                logprobs = Floats::new(l, "teacher_logprobs")?;
+                let lshape = if logprobs.ndim == 1 {
+                    vec![logprobs.cols]
+                } else {
+                    vec![logprobs.rows, logprobs.cols]
+                };
+                if lshape != indices.shape {
+                    return Err(PyValueError::new_err(format!(
+                        "teacher_indices, teacher_logprobs: the indices have shape {:?} but the \
+                         log-probabilities {lshape:?}; they must have the same shape",
+                        indices.shape
+                    )));
+                }
+                let lp: &[f32] = match logprobs.values()? {
+                    Values::F32(v) => v,
+                    Values::F64(v) => {
+                        converted = kullback::f32_from_f64(v, Arg::P).map_err(|e| {
+                            to_py_named(
+                                e,
+                                Names {
+                                    p: "teacher_logprobs",
+                                    q: "student",
+                                },
+                            )
+                        })?;
+                        &converted
+                    }
+                    // the binding hands the crate float32 or float64 only
+                    _ => {
+                        return Err(PyValueError::new_err(
+                            "teacher_logprobs must be float32 or float64",
+                        ));
+                    }
+                };
+                let sparse = SparseTeacher::new(indices.targets()?, lp, indices.k());
+                (Teacher::Sparse(sparse), "teacher_logprobs")
+            }
+            (Some(_), _, _) => {
+                return Err(PyValueError::new_err(
+                    "give teacher, or teacher_indices with teacher_logprobs, not both",
+                ));
+            }
+            (None, None, None) => {
+                return Err(PyValueError::new_err(
+                    "distill needs a teacher: teacher (dense logits or log-probabilities), or \
+                     teacher_indices with teacher_logprobs (its top-k)",
+                ));
+            }
+            (None, _, _) => {
+                return Err(PyValueError::new_err(
+                    "a sparse teacher needs both teacher_indices and teacher_logprobs",
+                ));
+            }
+        };
+        let scalar = reduction != Reduction::None || s.ndim == 1;
+        let sb: Batch<'_> = s.batch(Form::Logits)?;
+        let grad = gradient(py, &s);
+        let tgrad = teacher_grad.then(|| gradient(py, &s));
+        let names = Names {
+            p: p_name,
+            q: "student",
+        };
+        let out = {
+            let mut g = grad.readwrite();
+            let g = g.as_slice_mut()?;
+            let mut tg = tgrad.as_ref().map(|a| a.readwrite());
+            let tg = tg.as_mut().map(|a| a.as_slice_mut()).transpose()?;
+            let ctx = &self.ctx;
+            let teacher = &teacher;
+            run_named(py, names, || match tg {
+                Some(tg) => ctx.distill_with_teacher_grad(&sb, teacher, &opts, g, tg),
+                None => ctx.distill(&sb, teacher, &opts, g),
+            })?
+        };
+        Ok((
+            PyOutput::new(py, out, scalar),
+            grad.unbind(),
+            tgrad.map(Bound::unbind),
+        ))
     }
 
     fn __repr__(&self) -> String {

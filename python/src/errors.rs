@@ -4,7 +4,7 @@
 //! be had is `MemoryError`, the device (no adapter, a failed device) is
 //! `RuntimeError`; the message is the crate's, naming argument, row and column.
 
-use kullback::{Arg, Error};
+use kullback::{Arg, Error, Setting};
 use pyo3::PyErr;
 use pyo3::exceptions::{PyMemoryError, PyRuntimeError, PyValueError};
 
@@ -49,8 +49,9 @@ impl RowOffset {
 }
 
 /// The crate's hints name its Rust API; in Python the same choice is a keyword.
-const PYTHON_SPELLING: [(&str, &str); 4] = [
+const PYTHON_SPELLING: [(&str, &str); 5] = [
     ("Normalization::Renormalize", "normalize='renormalize'"),
+    ("Teacher::Dense", "teacher=..."),
     ("Backend::Cpu", "backend='cpu'"),
     ("Backend::Gpu", "backend='gpu'"),
     ("Backend::Auto", "backend='auto'"),
@@ -60,9 +61,82 @@ const PYTHON_SPELLING: [(&str, &str); 4] = [
 /// message, with its hints in Python's spelling.
 pub(crate) fn to_py(e: Error, offset: RowOffset) -> PyErr {
     let e = offset.rebase(e);
-    let msg = PYTHON_SPELLING
+    let msg = python_spelling(e.to_string());
+    exception(&e, msg)
+}
+
+fn python_spelling(msg: String) -> String {
+    PYTHON_SPELLING
         .iter()
-        .fold(e.to_string(), |m, (rust, py)| m.replace(rust, py));
+        .fold(msg, |m, (rust, py)| m.replace(rust, py))
+}
+
+/// The Python keyword argument each of the crate's arguments and options is,
+/// for a call whose keywords are not the crate's names (the training calls:
+/// the crate's `p` is the teacher, its `q` the student or the logits).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Names {
+    pub(crate) p: &'static str,
+    pub(crate) q: &'static str,
+}
+
+impl Names {
+    fn arg(&self, arg: Arg) -> Option<&'static str> {
+        Some(match arg {
+            Arg::P => self.p,
+            Arg::Q => self.q,
+            Arg::Targets => "targets",
+            Arg::Weights => "weight",
+            Arg::Mask => "mask",
+            Arg::Indices => "teacher_indices",
+            _ => return None,
+        })
+    }
+
+    /// The keywords an error is about, as a prefix ("student: ", "teacher, student: ").
+    fn prefix(&self, e: &Error) -> Option<String> {
+        let one = |a: Arg| self.arg(a).map(str::to_string);
+        match e {
+            Error::BadValue { arg, .. }
+            | Error::Empty { arg, .. }
+            | Error::Length { arg, .. }
+            | Error::NotNormalized { arg, .. }
+            | Error::CannotNormalize { arg, .. } => one(*arg),
+            Error::TargetOutOfRange { .. } => one(Arg::Targets),
+            Error::TeacherIndex { .. } => one(Arg::Indices),
+            Error::TargetCount { .. } => Some(format!("{}, targets", self.q)),
+            Error::ShapeMismatch { .. } => Some(format!("{}, {}", self.p, self.q)),
+            Error::InvalidOption { option, .. } => Some(
+                match option {
+                    Setting::Temperature => "temperature",
+                    Setting::Beta => "beta",
+                    Setting::TopK => "teacher_indices",
+                    Setting::Tolerance => "tolerance",
+                    Setting::LabelSmoothing => "label_smoothing",
+                    Setting::IgnoreIndex => "ignore_index",
+                    Setting::Base => "base",
+                    _ => return None,
+                }
+                .to_string(),
+            ),
+            _ => None,
+        }
+    }
+}
+
+/// The Python exception for `e` from a call whose arguments are `names`:
+/// the crate's message, prefixed with the keyword argument it is about
+/// (as the CLI prefixes the file).
+pub(crate) fn to_py_named(e: Error, names: Names) -> PyErr {
+    let msg = python_spelling(e.to_string());
+    let msg = match names.prefix(&e) {
+        Some(p) => format!("{p}: {msg}"),
+        None => msg,
+    };
+    exception(&e, msg)
+}
+
+fn exception(e: &Error, msg: String) -> PyErr {
     match e {
         Error::Empty { .. }
         | Error::Length { .. }
@@ -73,6 +147,8 @@ pub(crate) fn to_py(e: Error, offset: RowOffset) -> PyErr {
         | Error::CannotNormalize { .. }
         | Error::TargetOutOfRange { .. }
         | Error::InvalidOption { .. }
+        | Error::InfiniteLoss { .. }
+        | Error::TeacherIndex { .. }
         | Error::MissingArg { .. }
         | Error::Unsupported(_)
         | Error::TooLarge { .. } => PyValueError::new_err(msg),

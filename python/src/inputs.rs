@@ -206,3 +206,105 @@ pub(crate) fn weights(obj: &Bound<'_, PyAny>) -> PyResult<Vec<f32>> {
         _ => Err(PyValueError::new_err("weight must be float32 or float64")),
     }
 }
+
+/// A sparse teacher's column indices: a 1-D (one row) or 2-D `rows × k`
+/// array of int32, int64 or uint32, borrowed (other integers converted to
+/// int64 once).
+pub(crate) struct IndexArray<'py> {
+    array: IntArray<'py>,
+    pub(crate) shape: Vec<usize>,
+}
+
+impl<'py> IndexArray<'py> {
+    pub(crate) fn new(obj: &Bound<'py, PyAny>) -> PyResult<IndexArray<'py>> {
+        let array = match borrow_ints(obj)? {
+            Some(a) => a,
+            None => {
+                let converted = helper(obj.py(), "targets")?.call1((obj, "teacher_indices"))?;
+                borrow_ints(&converted)?.ok_or_else(|| {
+                    PyValueError::new_err("teacher_indices: conversion gave no integer array")
+                })?
+            }
+        };
+        let untyped: &Bound<'py, PyUntypedArray> = match &array {
+            IntArray::I32(a) => a.as_untyped(),
+            IntArray::I64(a) => a.as_untyped(),
+            IntArray::U32(a) => a.as_untyped(),
+        };
+        let shape = untyped.shape().to_vec();
+        if !matches!(shape.len(), 1 | 2) {
+            return Err(PyValueError::new_err(format!(
+                "teacher_indices must be 1-D (k indices of one row) or 2-D (rows x k), got shape \
+                 {shape:?}"
+            )));
+        }
+        Ok(IndexArray { array, shape })
+    }
+
+    /// Indices per row (the last axis).
+    pub(crate) fn k(&self) -> usize {
+        self.shape.last().copied().unwrap_or(0)
+    }
+
+    pub(crate) fn targets(&self) -> PyResult<Targets<'_>> {
+        let e = |_| PyValueError::new_err("teacher_indices are not contiguous and aligned");
+        Ok(match &self.array {
+            IntArray::I32(a) => Targets::I32(a.as_slice().map_err(e)?),
+            IntArray::I64(a) => Targets::I64(a.as_slice().map_err(e)?),
+            IntArray::U32(a) => Targets::U32(a.as_slice().map_err(e)?),
+        })
+    }
+}
+
+/// A row mask: 1-D bool or uint8, borrowed (other integers and bools
+/// converted once by `kullback._inputs.mask`).
+pub(crate) enum MaskArray<'py> {
+    Bool(PyReadonlyArrayDyn<'py, bool>),
+    U8(PyReadonlyArrayDyn<'py, u8>),
+}
+
+fn borrow_mask<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Option<MaskArray<'py>>> {
+    if let Ok(a) = obj.cast::<PyArrayDyn<bool>>()
+        && readable(a.as_untyped())
+    {
+        return Ok(Some(MaskArray::Bool(a.try_readonly()?)));
+    }
+    if let Ok(a) = obj.cast::<PyArrayDyn<u8>>()
+        && readable(a.as_untyped())
+    {
+        return Ok(Some(MaskArray::U8(a.try_readonly()?)));
+    }
+    Ok(None)
+}
+
+impl<'py> MaskArray<'py> {
+    pub(crate) fn new(obj: &Bound<'py, PyAny>) -> PyResult<MaskArray<'py>> {
+        let mask = match borrow_mask(obj)? {
+            Some(m) => m,
+            None => {
+                let converted = helper(obj.py(), "mask")?.call1((obj,))?;
+                borrow_mask(&converted)?
+                    .ok_or_else(|| PyValueError::new_err("mask: conversion gave no bool array"))?
+            }
+        };
+        let untyped: &Bound<'py, PyUntypedArray> = match &mask {
+            MaskArray::Bool(a) => a.as_untyped(),
+            MaskArray::U8(a) => a.as_untyped(),
+        };
+        if untyped.ndim() != 1 {
+            return Err(PyValueError::new_err(format!(
+                "mask must be 1-D (one flag per row), got shape {:?}",
+                untyped.shape()
+            )));
+        }
+        Ok(mask)
+    }
+
+    pub(crate) fn row_mask(&self) -> PyResult<kullback::RowMask<'_>> {
+        let e = |_| PyValueError::new_err("mask is not contiguous and aligned");
+        Ok(match self {
+            MaskArray::Bool(a) => kullback::RowMask::Bool(a.as_slice().map_err(e)?),
+            MaskArray::U8(a) => kullback::RowMask::U8(a.as_slice().map_err(e)?),
+        })
+    }
+}

@@ -109,3 +109,31 @@ pub(crate) fn common(
         .normalization(normalization(normalize)?)
         .tolerance(tolerance as f32))
 }
+
+/// `divergence`: 'forward-kl', 'reverse-kl', 'jsd' (the CLI's names; '_' for
+/// '-' too).
+pub(crate) fn divergence(v: &Bound<'_, PyAny>) -> PyResult<kullback::Divergence> {
+    const ALLOWED: &str = "'forward-kl', 'reverse-kl' or 'jsd'";
+    kullback::Divergence::parse(&name("divergence", ALLOWED, v)?.replace('_', "-"))
+        .ok_or_else(|| bad("divergence", ALLOWED, v))
+}
+
+/// `tail`: 'bucket' or 'renormalize' (a sparse teacher's remaining mass).
+pub(crate) fn tail(v: &Bound<'_, PyAny>) -> PyResult<kullback::Tail> {
+    const ALLOWED: &str = "'bucket' or 'renormalize'";
+    Ok(match name("tail", ALLOWED, v)?.as_str() {
+        "bucket" => kullback::Tail::Bucket,
+        "renormalize" => kullback::Tail::Renormalize,
+        _ => return Err(bad("tail", ALLOWED, v)),
+    })
+}
+
+/// `teacher_form`: 'logits' or 'log_probs' (a dense teacher).
+pub(crate) fn teacher_form(v: &Bound<'_, PyAny>) -> PyResult<Form> {
+    const ALLOWED: &str = "'logits' or 'log_probs'";
+    Ok(match name("teacher_form", ALLOWED, v)?.as_str() {
+        "logits" => Form::Logits,
+        "log_probs" | "logprobs" => Form::LogProbs,
+        _ => return Err(bad("teacher_form", ALLOWED, v)),
+    })
+}
