@@ -346,34 +346,17 @@ fn row_ctx(row: u32) -> RowCtx {
     return c;
 }
 
-// Values per block: a thread's vec4 load, or four of its scalar loads. An
-// operand with a running maximum (online forms; probabilities summed relative
-// to a power of two) raises it once per block, to the block's largest, so the
-// per-element work is one exp (or a power of two) and no branch: about 1.25
-// exps per element rather than up to 2.
-const BLOCK_VALUES: u32 = 4u;
-
-// The largest of the first n values of an operand's block that enter its
-// running sum: values that are not bad (check_value) and not probability 0
-// (-inf in log forms, zero bits for probabilities); for `scaled` probabilities
-// their binary exponents. `found`: whether there was one.
-struct BlockMax {
-    m: f32,
-    found: bool,
-}
-
-fn block_max(b4: vec4<u32>, n: u32, form: u32, is_p: bool, scaled: bool) -> BlockMax {
-    var r = BlockMax(0.0, false);
+// Which of the first n values of an operand's block enter its running sum
+// (shaders/common.wgsl `block_max`): not bad (check_value) and not probability
+// 0 (-inf in log forms, zero bits for probabilities).
+fn block_keep(b4: vec4<u32>, n: u32, form: u32, is_p: bool, scaled: bool) -> vec4<bool> {
+    var keep = vec4<bool>(false);
     for (var j = 0u; j < n; j = j + 1u) {
         let b = b4[j];
         let zero = select(b == NEG_INF_BITS, is_zero_bits(b), scaled);
-        if (!zero && check_value(b, form, is_p) == ST_OK) {
-            let x = select(bitcast<f32>(b), f32(split_pow2(b).k), scaled);
-            r.m = select(x, max(r.m, x), r.found);
-            r.found = true;
-        }
+        keep[j] = !zero && check_value(b, form, is_p) == ST_OK;
     }
-    return r;
+    return keep;
 }
 
 // Raises an operand's running maximum to its block's largest value before
@@ -381,14 +364,14 @@ fn block_max(b4: vec4<u32>, n: u32, form: u32, is_p: bool, scaled: bool) -> Bloc
 // states are rescaled while reading; `merge` rescales when states meet).
 fn open_block(st: ptr<function, State>, b4: vec4<u32>, n: u32, is_p: bool) {
     let scaled = select(Q_SCALED, P_SCALED, is_p);
-    let bm = block_max(b4, n, select(Q_FORM, P_FORM, is_p), is_p, scaled);
+    let keep = block_keep(b4, n, select(Q_FORM, P_FORM, is_p), is_p, scaled);
+    let bm = block_max(b4, keep, scaled);
     if (!bm.found) {
         return;
     }
     let flag = select(FL_Q_SEEN, FL_P_SEEN, is_p);
     let seen = ((*st).flags & flag) != 0u;
-    let m = select((*st).mb, (*st).ma, is_p);
-    if (!seen || bm.m > m) {
+    if (block_raises(bm, seen, select((*st).mb, (*st).ma, is_p))) {
         if (scaled && is_p) {
             (*st).sa = rescale_pow2((*st).sa, (*st).ma, bm.m);
             (*st).ma = bm.m;

@@ -8,12 +8,15 @@
 //! block; on shapes of every plan (scalar and vec4 loads, one block, several
 //! blocks merged, rows split by a binding cap); against the f64 reference,
 //! and bad values after a block's maximum and rows of all -inf as the same
-//! errors as before, on every backend.
+//! errors as before, on every backend. The all-pairs preparation reads its
+//! rows' normalisers the same way (its own test at the end).
 
 mod common;
 
 use common::*;
-use kullback::{Arg, BadValue, Base, Error, Form, Measure, Normalization, Reduction};
+use kullback::{
+    Arg, BadValue, Base, Batch, Error, Form, Measure, Normalization, PairwiseOptions, Reduction,
+};
 
 fn all() -> Vec<Bk> {
     backends_with_cap(64 * 1024)
@@ -250,4 +253,60 @@ fn bad_values_within_blocks_are_the_same_errors() {
         }
     }
     report("bad values within blocks", &failures);
+}
+
+#[test]
+fn pairwise_normalisers_read_blockwise_match_f64() {
+    let mut failures = Vec::new();
+    let mut rng = Rng::new(18);
+    for bk in all() {
+        for &(rows, cols) in &[(3usize, 7usize), (4, 1024), (2, 40_000)] {
+            for (k, order) in ORDERS.iter().enumerate() {
+                let p = ordered(&mut rng, rows, cols, k);
+                let q = ordered(&mut rng, rows + 1, cols, (k + 2) % ORDERS.len());
+                let probs = rising_probs(&mut rng, rows, cols);
+                let cases = [
+                    (&p, Form::Logits, Normalization::Validate),
+                    (&p, Form::LogProbs, Normalization::Renormalize),
+                    (&probs, Form::Probs, Normalization::Renormalize),
+                ];
+                for (x, form, norm) in cases {
+                    let rp: Vec<_> = x.chunks(cols).map(|r| ref_dist(r, form, norm)).collect();
+                    let rq: Vec<_> = q
+                        .chunks(cols)
+                        .map(|r| ref_dist(r, Form::Logits, norm))
+                        .collect();
+                    for m in [Measure::Kl, Measure::Js] {
+                        let label = format!("{rows}x{cols} {order} {form:?} {m:?} [{}]", bk.name);
+                        let got = bk.ctx.pairwise(
+                            m,
+                            &Batch::new(x, rows, cols).form(form),
+                            Some(&Batch::new(&q, rows + 1, cols).form(Form::Logits)),
+                            &PairwiseOptions::default().normalization(norm),
+                        );
+                        let got = match got {
+                            Ok(d) => d.values,
+                            Err(e) => {
+                                failures.push(format!("{label}: {e}"));
+                                continue;
+                            }
+                        };
+                        for i in 0..rows {
+                            for j in 0..rows + 1 {
+                                let (a, b) = (&rp[i], &rq[j]);
+                                let want = pair_row(m, (&a.0, &a.1), (&b.0, &b.1));
+                                let g = got[i * (rows + 1) + j] as f64;
+                                if !close(g, want) {
+                                    failures.push(format!(
+                                        "{label} D[{i}, {j}] = {g:e}, want {want:e}"
+                                    ));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    report("pairwise normalisers read blockwise", &failures);
 }
