@@ -133,6 +133,7 @@ struct PrepParams {
     region_row0: u32,   // region row of row0
     nan_bits: u32,
     tpr: u32,           // threads per row (a power of two); PREP_WG / tpr rows per workgroup
+    dtype: u32,         // raw values: 0 f32, 1 f16, 2 bf16 (two per u32, value 2k low)
 }
 
 // A row's normaliser while it is read: the first bad column's key, and
@@ -156,6 +157,16 @@ struct Norm {
 @group(0) @binding(4) var<uniform> pp: PrepParams;
 
 var<workgroup> red: array<Norm, PREP_WG>;
+
+// Raw value i (of the binding) as f32 bits: halves widened by integer
+// operations (shaders/half.wgsl), the same bits as the CPU's widening.
+fn raw_value(i: u32) -> u32 {
+    if (pp.dtype == 0u) {
+        return raw[i];
+    }
+    let h = raw[i >> 1u] >> ((i & 1u) << 4u);
+    return select(widen_bf16(h), widen_f16(h), pp.dtype == 1u);
+}
 var<workgroup> row_flags: array<atomic<u32>, PREP_WG>;
 
 fn norm_none() -> Norm {
@@ -265,7 +276,7 @@ fn prep_stats(
             for (var j = 0u; j < BLOCK_VALUES; j = j + 1u) {
                 let cj = c + j * pp.tpr;
                 if (cj < pp.cols) {
-                    let b = raw[base + cj];
+                    let b = raw_value(base + cj);
                     let k = classify(b);
                     if (k != 0u) {
                         let key = key_min(vec2<u32>(n.col, n.code), vec2<u32>(pp.col0 + cj, code_base + k));
@@ -440,7 +451,7 @@ fn prep_write(
             for (var c = w * 32u; c < c_end; c = c + 1u) {
                 var e = Elem(0.0, 0.0, 0.0, 0u);
                 if (!bad) {
-                    e = prep_elem(raw[base + c], n, ls);
+                    e = prep_elem(raw_value(base + c), n, ls);
                 }
                 let at = c * pp.region_rows + rr;
                 region[at] = bitcast<u32>(e.f0);
