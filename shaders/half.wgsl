@@ -3,7 +3,8 @@
 // only, so that the result is exact on every device (WGSL lets an
 // implementation flush subnormals, `unpack2x16float`'s included) and equal,
 // bit for bit, to the CPU's widening (src/widen.rs), NaNs made quiet alike.
-// Included in the rows kernel only when an input is f16 or bf16.
+// Included in the rows kernel only when an input is f16 or bf16, and in the
+// all-pairs kernels (their preparation reads f32 or halves, per call).
 
 // The f32 bits of the f16 in the low 16 bits of `h_in` (the high bits are
 // ignored).

@@ -133,6 +133,7 @@ struct PrepParams {
     region_row0: u32,   // region row of row0
     nan_bits: u32,
     tpr: u32,           // threads per row (a power of two); PREP_WG / tpr rows per workgroup
+    dtype: u32,         // raw values: 0 f32, 1 f16, 2 bf16 (two per u32, value 2k low)
 }
 
 // A row's normaliser while it is read: the first bad column's key, and
@@ -156,6 +157,16 @@ struct Norm {
 @group(0) @binding(4) var<uniform> pp: PrepParams;
 
 var<workgroup> red: array<Norm, PREP_WG>;
+
+// Raw value i (of the binding) as f32 bits: halves widened by integer
+// operations (shaders/half.wgsl), the same bits as the CPU's widening.
+fn raw_value(i: u32) -> u32 {
+    if (pp.dtype == 0u) {
+        return raw[i];
+    }
+    let h = raw[i >> 1u] >> ((i & 1u) << 4u);
+    return select(widen_bf16(h), widen_f16(h), pp.dtype == 1u);
+}
 var<workgroup> row_flags: array<atomic<u32>, PREP_WG>;
 
 fn norm_none() -> Norm {
@@ -190,40 +201,37 @@ fn classify(b: u32) -> u32 {
     return 0u;
 }
 
-// Adds element bits b to a running normaliser.
-fn norm_add(n: ptr<function, Norm>, b: u32) {
-    if (is_log_mode()) {
-        if (b == NEG_INF_BITS) {
-            return;
-        }
-        let x = bitcast<f32>(b);
+// Adds a block of element bits (those where keep[j]: good and not
+// probability 0) to a running normaliser: its maximum raised once per block
+// (shaders/common.wgsl `block_max`), then each element relative to it.
+fn norm_block(n: ptr<function, Norm>, b4: vec4<u32>, keep: vec4<bool>) {
+    let log_mode = is_log_mode();
+    let bm = block_max(b4, keep, !log_mode);
+    if (!bm.found) {
+        return;
+    }
+    if (block_raises(bm, (*n).seen != 0u, (*n).m)) {
         if ((*n).seen == 0u) {
-            (*n).m = x;
-            (*n).s = 1.0;
-        } else if (x > (*n).m) {
-            (*n).s = (*n).s * exp_acc(max((*n).m, x - 128.0) - x) + 1.0;
-            (*n).m = x;
+            (*n).s = 0.0;
+        } else if (log_mode) {
+            (*n).s = (*n).s * exp_acc(max((*n).m, bm.m - 128.0) - bm.m);
         } else {
-            (*n).s = (*n).s + exp_acc(max(x, (*n).m - 128.0) - (*n).m);
+            (*n).s = (*n).s * pow2(i32((*n).m) - i32(bm.m));
         }
-        (*n).seen = 1u;
-        return;
-    }
-    if (is_zero_bits(b)) {
-        return;
-    }
-    let d = split_pow2(b);
-    let k = f32(d.k);
-    if ((*n).seen == 0u) {
-        (*n).m = k;
-        (*n).s = d.m;
-    } else if (k > (*n).m) {
-        (*n).s = (*n).s * pow2(i32((*n).m) - d.k) + d.m;
-        (*n).m = k;
-    } else {
-        (*n).s = (*n).s + d.m * pow2(d.k - i32((*n).m));
+        (*n).m = bm.m;
     }
     (*n).seen = 1u;
+    for (var j = 0u; j < BLOCK_VALUES; j = j + 1u) {
+        if (keep[j]) {
+            let b = b4[j];
+            if (log_mode) {
+                (*n).s = (*n).s + exp_acc(max(bitcast<f32>(b), (*n).m - 128.0) - (*n).m);
+            } else {
+                let d = split_pow2(b);
+                (*n).s = (*n).s + d.m * pow2(d.k - i32((*n).m));
+            }
+        }
+    }
 }
 
 fn norm_merge(a: Norm, b: Norm) -> Norm {
@@ -261,16 +269,27 @@ fn prep_stats(
     if (live) {
         let base = pp.raw_lead + r * pp.raw_stride;
         let code_base = select(ST_P_NAN, ST_Q_NAN, pp.is_q != 0u) - 1u;
-        for (var c = lane; c < pp.cols; c = c + pp.tpr) {
-            let b = raw[base + c];
-            let k = classify(b);
-            if (k != 0u) {
-                let key = key_min(vec2<u32>(n.col, n.code), vec2<u32>(pp.col0 + c, code_base + k));
-                n.col = key.x;
-                n.code = key.y;
-            } else {
-                norm_add(&n, b);
+        // blocks of BLOCK_VALUES lane-strided values: c, c + tpr, ..
+        for (var c = lane; c < pp.cols; c = c + BLOCK_VALUES * pp.tpr) {
+            var b4 = vec4<u32>(0u);
+            var keep = vec4<bool>(false);
+            for (var j = 0u; j < BLOCK_VALUES; j = j + 1u) {
+                let cj = c + j * pp.tpr;
+                if (cj < pp.cols) {
+                    let b = raw_value(base + cj);
+                    let k = classify(b);
+                    if (k != 0u) {
+                        let key = key_min(vec2<u32>(n.col, n.code), vec2<u32>(pp.col0 + cj, code_base + k));
+                        n.col = key.x;
+                        n.code = key.y;
+                    } else {
+                        b4[j] = b;
+                        // probability 0 (a zero, or -inf in log modes) adds nothing
+                        keep[j] = select(!is_zero_bits(b), b != NEG_INF_BITS, is_log_mode());
+                    }
+                }
             }
+            norm_block(&n, b4, keep);
         }
     }
     red[lid] = n;
@@ -432,7 +451,7 @@ fn prep_write(
             for (var c = w * 32u; c < c_end; c = c + 1u) {
                 var e = Elem(0.0, 0.0, 0.0, 0u);
                 if (!bad) {
-                    e = prep_elem(raw[base + c], n, ls);
+                    e = prep_elem(raw_value(base + c), n, ls);
                 }
                 let at = c * pp.region_rows + rr;
                 region[at] = bitcast<u32>(e.f0);

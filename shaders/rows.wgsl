@@ -289,17 +289,17 @@ fn plain_elem(b: u32, form: u32, n: Norm, norm: bool, is_p: bool) -> Elem {
 }
 
 // p of a negative log-likelihood at column `col`: the smoothed, weighted
-// one-hot of the row's target.
+// one-hot of the row's target, from the row's constants (no divide here).
 fn nll_weight(col: u32, ctx: RowCtx) -> f32 {
-    if (ctx.ignored) {
-        return 0.0;
+    var ws = 0.0;
+    if (ctx.smoothed) {
+        var wc = 1.0;
+        if (params.weights_at != 0xffffffffu) {
+            wc = bitcast<f32>(p_word(params.weights_at + col));
+        }
+        ws = wc * ctx.w_smooth;
     }
-    var wc = 1.0;
-    if (params.weights_at != 0xffffffffu) {
-        wc = bitcast<f32>(p_word(params.weights_at + col));
-    }
-    let eps = params.smoothing;
-    return wc * eps / f32(params.cols) + select(0.0, (1.0 - eps) * ctx.wt, col == ctx.tgt);
+    return ws + select(0.0, ctx.w_hot, col == ctx.tgt);
 }
 
 // What a row's elements share: its target (NLL) and its normalisers (the
@@ -307,9 +307,12 @@ fn nll_weight(col: u32, ctx: RowCtx) -> f32 {
 struct RowCtx {
     row: u32,
     tgt: u32,
-    ignored: bool,
-    // the target's class weight (1 without weights)
-    wt: f32,
+    // NLL: the target's weight (1 - smoothing) w_t (0 for an ignored row) and
+    // the smoothing's weight per class before its class weight, smoothing /
+    // cols (taken where `smoothed`: smoothing > 0 and the row is not ignored)
+    w_hot: f32,
+    w_smooth: f32,
+    smoothed: bool,
     np: Norm,
     nq: Norm,
 }
@@ -318,14 +321,20 @@ fn row_ctx(row: u32) -> RowCtx {
     var c: RowCtx;
     c.row = row;
     c.tgt = 0u;
-    c.ignored = false;
-    c.wt = 1.0;
+    c.w_hot = 0.0;
+    c.w_smooth = 0.0;
+    c.smoothed = false;
     if (P_FORM == F_TARGETS) {
         c.tgt = p_word(row);
-        c.ignored = params.has_ignore != 0u && c.tgt == params.ignore_bits;
+        let ignored = params.has_ignore != 0u && c.tgt == params.ignore_bits;
+        var wt = 1.0;
         if (params.weights_at != 0xffffffffu) {
-            c.wt = bitcast<f32>(p_word(params.weights_at + min(c.tgt, params.cols - 1u)));
+            wt = bitcast<f32>(p_word(params.weights_at + min(c.tgt, params.cols - 1u)));
         }
+        let eps = params.smoothing;
+        c.w_hot = select((1.0 - eps) * wt, 0.0, ignored);
+        c.w_smooth = eps / f32(params.cols);
+        c.smoothed = !ignored && eps != 0.0;
     }
     c.np = Norm(0.0, 0.0, 1.0);
     c.nq = Norm(0.0, 0.0, 1.0);
@@ -337,11 +346,66 @@ fn row_ctx(row: u32) -> RowCtx {
     return c;
 }
 
+// Which of the first n values of an operand's block enter its running sum
+// (shaders/common.wgsl `block_max`): not bad (check_value) and not probability
+// 0 (-inf in log forms, zero bits for probabilities).
+fn block_keep(b4: vec4<u32>, n: u32, form: u32, is_p: bool, scaled: bool) -> vec4<bool> {
+    var keep = vec4<bool>(false);
+    for (var j = 0u; j < n; j = j + 1u) {
+        let b = b4[j];
+        let zero = select(b == NEG_INF_BITS, is_zero_bits(b), scaled);
+        keep[j] = !zero && check_value(b, form, is_p) == ST_OK;
+    }
+    return keep;
+}
+
+// Raises an operand's running maximum to its block's largest value before
+// the block's elements are added (the one place where online and scaled
+// states are rescaled while reading; `merge` rescales when states meet).
+fn open_block(st: ptr<function, State>, b4: vec4<u32>, n: u32, is_p: bool) {
+    let scaled = select(Q_SCALED, P_SCALED, is_p);
+    let keep = block_keep(b4, n, select(Q_FORM, P_FORM, is_p), is_p, scaled);
+    let bm = block_max(b4, keep, scaled);
+    if (!bm.found) {
+        return;
+    }
+    let flag = select(FL_Q_SEEN, FL_P_SEEN, is_p);
+    let seen = ((*st).flags & flag) != 0u;
+    if (block_raises(bm, seen, select((*st).mb, (*st).ma, is_p))) {
+        if (scaled && is_p) {
+            (*st).sa = rescale_pow2((*st).sa, (*st).ma, bm.m);
+            (*st).ma = bm.m;
+        } else if (scaled) {
+            (*st).sb = rescale_pow2((*st).sb, (*st).mb, bm.m);
+            (*st).mb = bm.m;
+        } else if (is_p) {
+            rescale_p(st, bm.m);
+        } else {
+            rescale_q(st, bm.m);
+        }
+    }
+    (*st).flags = (*st).flags | flag;
+}
+
+// Adds the first n values of a block (column col + j * step for value j) to
+// the state: the running maxima first (`open_block`), then each element.
+fn accumulate_block(st: ptr<function, State>, ctx: RowCtx, col: u32, step: u32,
+                    p4: vec4<u32>, q4: vec4<u32>, n: u32) {
+    if ((P_ONLINE || P_SCALED) && P_FORM != F_TARGETS) {
+        open_block(st, p4, n, true);
+    }
+    if (HAS_Q && (Q_ONLINE || Q_SCALED)) {
+        open_block(st, q4, n, false);
+    }
+    for (var j = 0u; j < n; j = j + 1u) {
+        accumulate(st, ctx, col + j * step, p4[j], q4[j]);
+    }
+}
+
 // Adds the element at column `col` of row `ctx.row`, the values of p and q
 // given by their bits (pb is not read for class targets, qb not without q),
-// to the state. An online operand is rescaled only when its running maximum
-// grows (a rescale to the same maximum changes nothing): one exp per element
-// plus one per new maximum.
+// to the state, whose running maxima already hold the element's block
+// (`accumulate_block`).
 fn accumulate(st: ptr<function, State>, ctx: RowCtx, col: u32, pb: u32, qb: u32) {
     // ---- p side
     var pe = Elem(true, 0.0, 0.0, false);
@@ -358,11 +422,6 @@ fn accumulate(st: ptr<function, State>, ctx: RowCtx, col: u32, pb: u32, qb: u32)
             let masked = pb == NEG_INF_BITS;
             if (!masked) {
                 let x = bitcast<f32>(pb);
-                let seen = ((*st).flags & FL_P_SEEN) != 0u;
-                if (!seen || x > (*st).ma) {
-                    rescale_p(st, x);
-                }
-                (*st).flags = (*st).flags | FL_P_SEEN;
                 // far below the maximum the weight is 0 in f32 (and x - ma may
                 // not fit f32): term 0, but still p > 0 for the zero rules
                 let far = x < (*st).ma - 128.0;
@@ -373,12 +432,7 @@ fn accumulate(st: ptr<function, State>, ctx: RowCtx, col: u32, pb: u32, qb: u32)
             pe = Elem(is_zero_bits(pb), 0.0, 0.0, false);
             if (!pe.zero) {
                 let d = split_pow2(pb);
-                let seen = ((*st).flags & FL_P_SEEN) != 0u;
-                let k = select(f32(d.k), max((*st).ma, f32(d.k)), seen);
-                (*st).sa = rescale_pow2((*st).sa, (*st).ma, k);
-                (*st).ma = k;
-                (*st).flags = (*st).flags | FL_P_SEEN;
-                pe.w = d.m * pow2(d.k - i32(k));
+                pe.w = d.m * pow2(d.k - i32((*st).ma));
             }
         } else {
             pe = plain_elem(pb, P_FORM, ctx.np, NORMALIZED && P_NORM, true);
@@ -396,11 +450,6 @@ fn accumulate(st: ptr<function, State>, ctx: RowCtx, col: u32, pb: u32, qb: u32)
             let masked = qb == NEG_INF_BITS;
             if (!masked) {
                 let y = bitcast<f32>(qb);
-                let seen = ((*st).flags & FL_Q_SEEN) != 0u;
-                if (!seen || y > (*st).mb) {
-                    rescale_q(st, y);
-                }
-                (*st).flags = (*st).flags | FL_Q_SEEN;
                 // a log-probability below -f32::MAX does not fit f32: see `Elem::far`
                 if ((*st).mb > 0.0 && y < (*st).mb - F32_MAX) {
                     qe = Elem(false, 0.0, 0.0, true);
@@ -413,12 +462,7 @@ fn accumulate(st: ptr<function, State>, ctx: RowCtx, col: u32, pb: u32, qb: u32)
             qe = Elem(is_zero_bits(qb), 0.0, 0.0, false);
             if (!qe.zero) {
                 let d = split_pow2(qb);
-                let seen = ((*st).flags & FL_Q_SEEN) != 0u;
-                let k = select(f32(d.k), max((*st).mb, f32(d.k)), seen);
-                (*st).sb = rescale_pow2((*st).sb, (*st).mb, k);
-                (*st).mb = k;
-                (*st).flags = (*st).flags | FL_Q_SEEN;
-                qe.w = d.m * pow2(d.k - i32(k));
+                qe.w = d.m * pow2(d.k - i32((*st).mb));
             }
         } else {
             qe = plain_elem(qb, Q_FORM, ctx.nq, NORMALIZED && Q_NORM, false);
@@ -578,35 +622,40 @@ fn rows_main(
     if (in_range) {
         let ctx = row_ctx(row);
         // loads of VEC values: lane, lane + T, .. of this block, up to the
-        // row's end (leads and strides are multiples of VEC)
+        // row's end (leads and strides are multiples of VEC); a block of
+        // BLOCK_VALUES values is one vec4 load, or BLOCK_VALUES scalar loads
+        // lane-strided (neighbouring threads still read neighbouring values)
         let span = tpr * EPT;
         let u_end = min((blk + 1u) * span, params.chunk_cols / VEC);
         let p_row = (params.p_lead + r_local * params.p_stride) / VEC;
         let q_row = (params.q_lead + r_local * params.q_stride) / VEC;
-        for (var u = blk * span + lane; u < u_end; u = u + tpr) {
-            let col = params.col0 + u * VEC;
+        let loads = select(1u, BLOCK_VALUES, VEC == 1u);
+        for (var u = blk * span + lane; u < u_end; u = u + loads * tpr) {
+            var p4 = vec4<u32>(0u);
+            var q4 = vec4<u32>(0u);
             if (VEC == 1u) {
-                var pb = 0u;
-                var qb = 0u;
-                if (P_FORM != F_TARGETS) {
-                    pb = p_word(p_row + u);
+                var n = 0u;
+                for (var j = 0u; j < BLOCK_VALUES; j = j + 1u) {
+                    let uj = u + j * tpr;
+                    if (uj < u_end) {
+                        if (P_FORM != F_TARGETS) {
+                            p4[j] = p_word(p_row + uj);
+                        }
+                        if (HAS_Q) {
+                            q4[j] = q_word(q_row + uj);
+                        }
+                        n = j + 1u;
+                    }
                 }
-                if (HAS_Q) {
-                    qb = q_word(q_row + u);
-                }
-                accumulate(&st, ctx, col, pb, qb);
+                accumulate_block(&st, ctx, params.col0 + u, tpr, p4, q4, n);
             } else {
-                var p4 = vec4<u32>(0u);
-                var q4 = vec4<u32>(0u);
                 if (P_FORM != F_TARGETS) {
                     p4 = p_quad(p_row + u);
                 }
                 if (HAS_Q) {
                     q4 = q_quad(q_row + u);
                 }
-                for (var j = 0u; j < 4u; j = j + 1u) {
-                    accumulate(&st, ctx, col + j, p4[j], q4[j]);
-                }
+                accumulate_block(&st, ctx, params.col0 + u * VEC, 1u, p4, q4, 4u);
             }
         }
     }

@@ -86,10 +86,10 @@
 //!   operations elsewhere; bf16 by a shift), on the GPU packed two per u32
 //!   and widened by integer operations in the shader, so zeros, subnormals
 //!   and infinities follow the half formats' own bits and the results are
-//!   the f32 path's on the widened values, bit for bit). GPU-resident
-//!   batches of the per-row measures and the NLL may hold f16 or bf16 the
-//!   same way ([`GpuBatch::dtype`], [`Dtype`]); the all-pairs calls take f32
-//!   batches only.
+//!   the f32 path's on the widened values, bit for bit; the all-pairs
+//!   calls' preparation widens them the same way). GPU-resident batches of
+//!   the per-row measures, the NLL and the all-pairs calls may hold f16 or
+//!   bf16 the same way ([`GpuBatch::dtype`], [`Dtype`]).
 //! * Row sums ([`Normalization`]): `Validate` (default) checks |Σp − 1| ≤
 //!   [`Options::tolerance`] (default [`DEFAULT_TOLERANCE`]; Σ exp(lp) for
 //!   log-probabilities; for half inputs plus the format's unit roundoff u,

@@ -342,13 +342,8 @@ fn resident_side<'a>(
     align: u64,
 ) -> Result<crate::gpu::pairwise::ResidentSide<'a>> {
     let name = if arg == crate::Arg::P { "p" } else { "q" };
-    if b.dtype != crate::widen::Dtype::F32 {
-        return Err(Error::Unsupported(format!(
-            "{name}: GPU-resident all-pairs batches must be f32, not {:?}",
-            b.dtype
-        )));
-    }
-    let bytes = b.rows as u64 * b.cols as u64 * 4;
+    // f16 and bf16 packed two per u32 (the prep kernel widens them): whole words
+    let bytes = (b.rows as u64 * b.cols as u64 * b.dtype.bytes()).next_multiple_of(4);
     crate::resident::check_buffer(
         name,
         b.buffer,
@@ -361,6 +356,7 @@ fn resident_side<'a>(
         buffer: b.buffer,
         offset: b.offset,
         rows: b.rows as u32,
+        dtype: b.dtype,
         mode: pairs::RowMode::of(b.form, opts.normalization),
     })
 }

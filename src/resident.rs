@@ -36,8 +36,8 @@ pub struct GpuBatch<'a> {
     /// How the values are given.
     pub form: Form,
     /// How the values are stored: f32 (the default), or f16 / bf16 packed
-    /// two per u32, widened exactly where the kernel reads them (per-row
-    /// measures and the NLL; the all-pairs code takes f32 only).
+    /// two per u32, widened exactly where the kernels read them (per-row
+    /// measures, the NLL, and the all-pairs calls' preparation).
     pub dtype: Dtype,
 }
 

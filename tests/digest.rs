@@ -21,8 +21,15 @@ use kullback::{Base, Batch, Context, Form, Measure, NllOptions, Normalization, O
 ///   up to 1,024 loads spread over up to 32 threads, vec4 loads where rows
 ///   start on 16-byte boundaries, batch totals read coalesced: the same
 ///   values summed in another order.
+/// - GPU 0x04b1_32d5_9fd4_232f -> 0x51e7_c99a_befd_52ff (issue 16 §2): the
+///   online log-sum-exp raises a row's running maximum once per block of
+///   four values (and probabilities being renormalised their power of two),
+///   rather than at each new maximum, and the NLL's smoothing weight per
+///   class is ε / cols once per row (times w_c) rather than w_c ε / cols per
+///   element: 22 of the 429 outputs moved, by at most 3.6e-7 relative; the
+///   errors are the same.
 const CPU_AVX2: u64 = 0x85df_d5c9_cd05_5ca6;
-const GPU_LLVMPIPE: u64 = 0x04b1_32d5_9fd4_232f;
+const GPU_LLVMPIPE: u64 = 0x51e7_c99a_befd_52ff;
 
 /// FNV-1a, 64 bits.
 struct Fnv(u64);

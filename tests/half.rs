@@ -332,3 +332,112 @@ fn half_inputs_on_chunked_bindings() {
     }
     assert_eq!(checked, 24);
 }
+
+/// All pairs of half inputs: on the GPU the prep kernel reads them packed two
+/// per u32 and widens them, so every D[i, j] (and every error) is the f32
+/// call's on the widened values, bit for bit, and within the crate's bound
+/// of float64 from the same half values. Odd column counts put a packed word
+/// across two rows; the capped context splits rows and columns over
+/// bindings (windows starting on either half of a word).
+#[test]
+fn half_pairwise_equals_widened_f32_and_f64() {
+    use kullback::PairwiseOptions;
+    let mut bks = backends_with_cap(64 * 1024);
+    bks.retain(|b| b.name != "cpu");
+    let mut rng = Rng::new(0x4a1f);
+    let measures = [
+        Measure::Kl,
+        Measure::CrossEntropy,
+        Measure::Js,
+        Measure::Hellinger,
+        Measure::TotalVariation,
+    ];
+    for bk in &bks {
+        for (m_rows, n_rows, cols) in [(3usize, 4usize, 7usize), (5, 2, 16), (2, 3, 40_001)] {
+            for form in [Form::Probs, Form::Logits] {
+                let p = rand_form(&mut rng, m_rows, cols, form, 0.1);
+                let q = rand_form(&mut rng, n_rows, cols, form, 0.0);
+                let norm = if form == Form::Probs {
+                    Normalization::Renormalize
+                } else {
+                    Normalization::Validate
+                };
+                let opts = PairwiseOptions::default().normalization(norm);
+                for h in [Half::F16, Half::BF16] {
+                    let (hp, hq) = (round(&p, h), round(&q, h));
+                    let rp: Vec<_> = hp.2.chunks(cols).map(|r| ref_dist(r, form, norm)).collect();
+                    let rq: Vec<_> = hq.2.chunks(cols).map(|r| ref_dist(r, form, norm)).collect();
+                    for m in measures {
+                        let label = format!(
+                            "{m_rows}x{n_rows}x{cols} {form:?} {h:?} {m:?} [{}]",
+                            bk.name
+                        );
+                        let hb = Batch::new(values(h, &hp), m_rows, cols).form(form);
+                        let hqb = Batch::new(values(h, &hq), n_rows, cols).form(form);
+                        let half = bk
+                            .ctx
+                            .pairwise(m, &hb, Some(&hqb), &opts)
+                            .expect("half pairs");
+                        let wb = Batch::new(&hp.2, m_rows, cols).form(form);
+                        let wqb = Batch::new(&hq.2, n_rows, cols).form(form);
+                        let wide = bk
+                            .ctx
+                            .pairwise(m, &wb, Some(&wqb), &opts)
+                            .expect("f32 pairs");
+                        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(
+                            bits(&half.values),
+                            bits(&wide.values),
+                            "{label}: half vs widened"
+                        );
+                        for (i, a) in rp.iter().enumerate() {
+                            for (j, b) in rq.iter().enumerate() {
+                                let want = pair_row(m, (&a.0, &a.1), (&b.0, &b.1));
+                                let g = half.values[i * n_rows + j] as f64;
+                                assert!(
+                                    close_tol(g, want, 2e-6, 2e-5),
+                                    "{label} D[{i}, {j}] = {g:e}, oracle {want:e}"
+                                );
+                            }
+                        }
+                        // p against itself
+                        let s_half = bk.ctx.pairwise(m, &hb, None, &opts).expect("half self");
+                        let s_wide = bk.ctx.pairwise(m, &wb, None, &opts).expect("f32 self");
+                        assert_eq!(bits(&s_half.values), bits(&s_wide.values), "{label}: self");
+                    }
+                    // a bad value at an odd column of the last row: the same error
+                    let label =
+                        format!("{m_rows}x{n_rows}x{cols} {form:?} {h:?} NaN [{}]", bk.name);
+                    let hqb = Batch::new(values(h, &hq), n_rows, cols).form(form);
+                    let wqb = Batch::new(&hq.2, n_rows, cols).form(form);
+                    let mut bad = hp.clone();
+                    let at = (m_rows - 1) * cols + ((cols / 2) | 1);
+                    match h {
+                        Half::F16 => bad.0[at] = f16::NAN,
+                        Half::BF16 => bad.1[at] = bf16::NAN,
+                    }
+                    bad.2[at] = f32::NAN;
+                    let e_half = bk
+                        .ctx
+                        .pairwise(
+                            Measure::Kl,
+                            &Batch::new(values(h, &bad), m_rows, cols).form(form),
+                            Some(&hqb),
+                            &opts,
+                        )
+                        .expect_err("NaN half");
+                    let e_wide = bk
+                        .ctx
+                        .pairwise(
+                            Measure::Kl,
+                            &Batch::new(&bad.2, m_rows, cols).form(form),
+                            Some(&wqb),
+                            &opts,
+                        )
+                        .expect_err("NaN f32");
+                    assert_eq!(e_half.to_string(), e_wide.to_string(), "{label}");
+                }
+            }
+        }
+    }
+}

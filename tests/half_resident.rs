@@ -313,11 +313,10 @@ fn half_buffer_size_is_checked() {
         ),
     );
     assert!(matches!(r, Err(kullback::Error::Buffer { .. })), "{r:?}");
-    // all-pairs takes f32 batches only: a half one is refused, not misread
-    let big = out_buffer(&device, 4096);
+    // all-pairs: the same whole-word size check
     let status = out_buffer(&device, 4096);
     let values = out_buffer(&device, 4096);
-    let p = GpuBatch::new(&big, rows, cols).dtype(Dtype::BF16);
+    let p = GpuBatch::new(&short, rows, cols).dtype(Dtype::BF16);
     let r = ctx.encode_pairwise(
         &mut enc,
         Measure::Js,
@@ -326,5 +325,64 @@ fn half_buffer_size_is_checked() {
         &kullback::PairwiseOptions::default(),
         &kullback::GpuPairwiseOutput::new(&values, &status),
     );
-    assert!(matches!(r, Err(kullback::Error::Unsupported(_))), "{r:?}");
+    assert!(matches!(r, Err(kullback::Error::Buffer { .. })), "{r:?}");
+}
+
+/// All pairs of half batches in the caller's buffers (packed two per u32,
+/// odd column counts: words across rows; a binding cap that splits rows and
+/// columns): the host call's bits on the same device, statuses included.
+#[test]
+fn resident_half_pairwise_equals_host() {
+    use kullback::{ContextOptions, GpuPairwiseOutput, PairwiseOptions, pairwise_status_bytes};
+    let mut rng = Rng::new(0x9a1f);
+    for cap in [None, Some(64 * 1024u64)] {
+        let Some((device, queue)) = common::gpu_device(wgpu::Limits::downlevel_defaults()) else {
+            return;
+        };
+        let mut o = ContextOptions::default();
+        if let Some(c) = cap {
+            o = o.max_binding_bytes(c);
+        }
+        let ctx =
+            Context::from_device_with_options(device.clone(), queue.clone(), o).expect("context");
+        for &(m, n, k) in &[(5usize, 3usize, 7usize), (3, 2, 40_001)] {
+            for dtype in [Dtype::F16, Dtype::BF16] {
+                let p = Stored::new(&rand_probs(&mut rng, m, k, 0.1), dtype);
+                let q = Stored::new(&rand_probs(&mut rng, n, k, 0.0), dtype);
+                let (pb, qb) = (buffer(&device, p.bytes(), 0), buffer(&device, q.bytes(), 0));
+                // renormalised: rounding to halves moves the row sums
+                let opts = PairwiseOptions::default().normalization(Normalization::Renormalize);
+                for measure in [Measure::Kl, Measure::Js, Measure::Hellinger] {
+                    let label = format!("{m}x{n}x{k} {dtype:?} {measure:?} cap {cap:?}");
+                    let host = ctx
+                        .pairwise(
+                            measure,
+                            &Batch::new(p.values(), m, k),
+                            Some(&Batch::new(q.values(), n, k)),
+                            &opts,
+                        )
+                        .expect("host pairs");
+                    let out = out_buffer(&device, (m * n * 4) as u64);
+                    let s_bytes = pairwise_status_bytes(m, Some(n));
+                    let status = out_buffer(&device, s_bytes);
+                    let mut enc = device.create_command_encoder(&Default::default());
+                    ctx.encode_pairwise(
+                        &mut enc,
+                        measure,
+                        &GpuBatch::new(&pb, m, k).dtype(dtype),
+                        Some(&GpuBatch::new(&qb, n, k).dtype(dtype)),
+                        &opts,
+                        &GpuPairwiseOutput::new(&out, &status),
+                    )
+                    .expect("encode");
+                    queue.submit([enc.finish()]);
+                    let got =
+                        common::read_buffer::<u32>(&device, &queue, &out, 0, (m * n * 4) as u64);
+                    assert_eq!(got, bits(&host.values), "{label}");
+                    let st = read_records(&device, &queue, &status, 0, s_bytes);
+                    kullback::decode_pairwise_status(&st, m, &opts, k).expect(&label);
+                }
+            }
+        }
+    }
 }

@@ -156,20 +156,10 @@ impl Gpu {
         self.upload_source(scratch, label, upload::Source::Bytes(bytes))
     }
 
-    /// An operand's values on the device: f32 as they are, f64 narrowed a
-    /// chunk at a time (no f32 copy of the whole input on the host).
-    fn upload_data(
-        &self,
-        scratch: &mut Scratch,
-        label: &'static str,
-        data: Data<'_>,
-    ) -> Result<wgpu::Buffer> {
-        self.upload_source(scratch, label, upload::Source::of(data))
-    }
-
-    /// An operand's values on the device as the rows kernel reads them:
-    /// [`Gpu::upload_data`], but f16 and bf16 as they are (half the bytes;
-    /// the kernel widens them).
+    /// An operand's values on the device as the kernels read them: f32 as
+    /// they are, f64 narrowed a chunk at a time (no f32 copy of the whole
+    /// input on the host), f16 and bf16 as they are (half the bytes; the rows
+    /// kernel and the all-pairs preparation widen them).
     fn upload_stored(
         &self,
         scratch: &mut Scratch,

@@ -35,6 +35,7 @@ use crate::gpu::pool::Scratch;
 use crate::measure::Measure;
 use crate::pairs::{self, PairJob, RowMode, Side, Tile, TileShape};
 use crate::record::{RECORD_SIZE, Record};
+use crate::widen::Dtype;
 
 /// Threads per row of the preparation kernels.
 const PREP_WG: u32 = 64;
@@ -145,6 +146,8 @@ struct PrepParams {
     region_row0: u32,
     nan_bits: u32,
     tpr: u32,
+    /// How the raw values are stored: 0 f32, 1 f16, 2 bf16 (two per u32).
+    dtype: u32,
 }
 
 /// The twin of `struct TileParams`.
@@ -412,6 +415,15 @@ fn window(base: u64, first: u64, count: u64, elem: u64, align: u64) -> (u64, u64
     (offset, (lead + count.max(1)) * elem, lead as u32)
 }
 
+/// The prep kernel's code for how raw values are stored (`PrepParams::dtype`).
+fn dtype_code(d: Dtype) -> u32 {
+    match d {
+        Dtype::F16 => 1,
+        Dtype::BF16 => 2,
+        _ => 0,
+    }
+}
+
 fn lcm(a: u64, b: u64) -> u64 {
     let (mut x, mut y) = (a, b);
     while y != 0 {
@@ -655,6 +667,9 @@ impl Built {
 struct PrepIo<'a> {
     /// The raw values: a buffer and the byte offset of the first.
     raw: (&'a wgpu::Buffer, u64),
+    /// How `raw` stores the values (f16 and bf16: packed two per u32, widened
+    /// in the shader).
+    dtype: Dtype,
     mode: RowMode,
     is_q: bool,
 }
@@ -697,7 +712,10 @@ fn record_prep(
                     let tpr = gm.words.next_power_of_two().min(PREP_WG);
                     let first = a0 as u64 * cols + c0 as u64;
                     let count = (rows as u64 - 1) * cols + kc as u64;
-                    let (r_off, r_size, r_lead) = window(io.raw.1, first, count, 4, plan.align);
+                    // halves: a window of 2-byte values, bound as whole words
+                    let elem = if io.dtype.is_half() { 2 } else { 4 };
+                    let (r_off, r_size, r_lead) = window(io.raw.1, first, count, elem, plan.align);
+                    let r_size = r_size.next_multiple_of(4);
                     let region = &side.regions[(g * plan.chunks + c) as usize];
                     let params = PrepParams {
                         rows,
@@ -721,6 +739,7 @@ fn record_prep(
                         region_row0: a0 - r0,
                         nan_bits: f32::NAN.to_bits(),
                         tpr,
+                        dtype: dtype_code(io.dtype),
                     };
                     rec.push(
                         if write {
@@ -951,9 +970,10 @@ fn prepare_host(gpu: &Gpu, job: &PairJob<'_>) -> Result<Prepared> {
     let bytes = inputs * (1 + fields as u64);
     let (p, q, status) = gpu.scoped("the prepared rows of an all-pairs call", bytes, || {
         let sc = &mut scratch;
-        let p_raw = gpu.upload_data(sc, "kullback.pairwise.p", job.p.data)?;
+        // halves as they are (half the bytes): the prep kernel widens them
+        let p_raw = gpu.upload_stored(sc, "kullback.pairwise.p", job.p.data)?;
         let q_raw = match &job.q {
-            Some(q) => Some(gpu.upload_data(sc, "kullback.pairwise.q", q.data)?),
+            Some(q) => Some(gpu.upload_stored(sc, "kullback.pairwise.q", q.data)?),
             None => None,
         };
         let p = dev_side(gpu, sc, &plan, m, plan.p_rc, None)?;
@@ -978,6 +998,7 @@ fn prepare_host(gpu: &Gpu, job: &PairJob<'_>) -> Result<Prepared> {
         for (dev, raw, side) in &sides {
             let io = PrepIo {
                 raw: (raw, 0),
+                dtype: side.data.dtype(),
                 mode: side.mode,
                 is_q: side.arg == crate::error::Arg::Q,
             };
@@ -1403,6 +1424,8 @@ pub(crate) struct ResidentSide<'a> {
     pub buffer: &'a wgpu::Buffer,
     pub offset: u64,
     pub rows: u32,
+    /// How the buffer stores the values (halves: two per u32).
+    pub dtype: Dtype,
     pub mode: RowMode,
 }
 
@@ -1489,6 +1512,7 @@ pub(crate) fn encode(
             };
             let io = PrepIo {
                 raw: (call.p.buffer, call.p.offset),
+                dtype: call.p.dtype,
                 mode: call.p.mode,
                 is_q: false,
             };
@@ -1504,6 +1528,7 @@ pub(crate) fn encode(
             if let (Some(qs), Some(qd)) = (&call.q, &q) {
                 let io = PrepIo {
                     raw: (qs.buffer, qs.offset),
+                    dtype: qs.dtype,
                     mode: qs.mode,
                     is_q: true,
                 };

@@ -301,6 +301,8 @@ pub(crate) static PAIRWISE: LazyLock<[String; 3]> = LazyLock::new(|| {
         [
             constants().as_str(),
             extra.as_str(),
+            // the prep kernel widens half inputs
+            include_str!("../../shaders/half.wgsl"),
             include_str!("../../shaders/common.wgsl"),
             head,
             "\n// ",
