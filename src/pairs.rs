@@ -153,6 +153,10 @@ pub(crate) struct Side<'a> {
     pub rows: usize,
     pub mode: RowMode,
     pub arg: Arg,
+    /// The row-sum check's tolerance for this argument: the caller's, plus
+    /// what rounding valid rows to a half format moves their sums by (as
+    /// the per-row measures allow, `job::roundoff`).
+    pub tolerance: f32,
 }
 
 /// An all-pairs call, checked: both backends execute this.
@@ -164,7 +168,6 @@ pub(crate) struct PairJob<'a> {
     pub q: Option<Side<'a>>,
     pub cols: usize,
     pub check_sums: bool,
-    pub tolerance: f32,
     /// ln(base): results are divided by it.
     pub ln_base: f64,
 }
@@ -223,11 +226,13 @@ impl<'a> PairJob<'a> {
         let ln_base = check_options(measure, opts)?;
         check_shapes((p.rows, p.cols), q.map(|q| (q.rows, q.cols)))?;
         let side = |b: &Batch<'a>, arg: Arg| -> Result<Side<'a>> {
+            let data = b.checked(arg)?;
             Ok(Side {
-                data: b.checked(arg)?,
+                data,
                 rows: b.rows,
                 mode: RowMode::of(b.form, opts.normalization),
                 arg,
+                tolerance: opts.tolerance + crate::job::roundoff(data.roundoff(), b.form, b.cols),
             })
         };
         Ok(PairJob {
@@ -236,7 +241,6 @@ impl<'a> PairJob<'a> {
             q: q.map(|q| side(q, Arg::Q)).transpose()?,
             cols: p.cols,
             check_sums: opts.normalization == Normalization::Validate,
-            tolerance: opts.tolerance,
             ln_base,
         })
     }
@@ -271,9 +275,10 @@ impl<'a> PairJob<'a> {
         self.q.is_none() && self.measure != Measure::CrossEntropy
     }
 
-    pub(crate) fn decode_ctx(&self) -> DecodeCtx {
+    /// How the statuses of `side`'s rows decode (its tolerance).
+    pub(crate) fn decode_ctx(&self, side: &Side<'_>) -> DecodeCtx {
         DecodeCtx {
-            tolerance: self.tolerance,
+            tolerance: side.tolerance,
             classes: self.cols,
         }
     }

@@ -358,6 +358,7 @@ fn resident_side<'a>(
         rows: b.rows as u32,
         dtype: b.dtype,
         mode: pairs::RowMode::of(b.form, opts.normalization),
+        tolerance: opts.tolerance + crate::resident::roundoff(b),
     })
 }
 
@@ -495,7 +496,6 @@ impl Context {
                 q: qs,
                 cols: p.cols as u32,
                 check_sums: opts.normalization == crate::Normalization::Validate,
-                tolerance: opts.tolerance,
                 ln_base,
                 status,
                 out: crate::gpu::pairwise::ResidentOut::Matrix {

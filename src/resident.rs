@@ -323,7 +323,7 @@ impl<'a> GpuCall<'a> {
 
 /// What the row-sum check of `b` allows on top of the tolerance (as the
 /// host path: see `Values::F16`).
-fn roundoff(b: &GpuBatch<'_>) -> f32 {
+pub(crate) fn roundoff(b: &GpuBatch<'_>) -> f32 {
     crate::job::roundoff(b.dtype.roundoff(), b.form, b.cols)
 }
 

@@ -270,6 +270,45 @@ fn rounded_rows_pass_the_default_check() {
     }
 }
 
+/// The same for all pairs (p against q, and p against itself, under the
+/// default `Validate`): each argument's row-sum check allows its format's
+/// roundoff, as the per-row measures' does (before, the pairwise check took
+/// the f32 tolerance alone and refused these bf16 rows).
+#[test]
+fn rounded_rows_pass_the_pairwise_check() {
+    use kullback::PairwiseOptions;
+    let mut rng = Rng::new(0x4a20);
+    // uniform rows of 1/2024: bf16 rounds every value the same way, so the
+    // widened rows sum to 1 - 3.7e-3, beyond the f32 tolerance (1e-3)
+    let (m, n, cols) = (6, 5, 2024);
+    let p = vec![1.0 / cols as f32; m * cols];
+    let q = rand_probs(&mut rng, n, cols, 0.0);
+    for h in [Half::F16, Half::BF16] {
+        let (hp, hq) = (round(&p, h), round(&q, h));
+        let (pb, qb) = (
+            Batch::new(values(h, &hp), m, cols),
+            Batch::new(values(h, &hq), n, cols),
+        );
+        let opts = PairwiseOptions::default();
+        for bk in backends() {
+            for q in [Some(&qb), None] {
+                let out = bk.ctx.pairwise(Measure::Js, &pb, q, &opts);
+                assert!(out.is_ok(), "{h:?} [{}]: {:?}", bk.name, out.err());
+            }
+            // the same values given as f32 are held to the f32 tolerance
+            if let Half::BF16 = h {
+                let wide = Batch::new(&hp.2, m, cols);
+                let e = bk.ctx.pairwise(Measure::Js, &wide, Some(&qb), &opts);
+                assert!(
+                    e.is_err(),
+                    "[{}]: widened bf16 rows pass the f32 check",
+                    bk.name
+                );
+            }
+        }
+    }
+}
+
 /// Half inputs through bindings capped at 64 KiB (rows split over chunks,
 /// chunks that start inside a u32 of packed halves, scalar and vec4 loads):
 /// the bits of the widened f32 call on the same context, and within the

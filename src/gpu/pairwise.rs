@@ -1009,7 +1009,7 @@ fn prepare_host(gpu: &Gpu, job: &PairJob<'_>) -> Result<Prepared> {
                 dev,
                 &io,
                 job.check_sums,
-                job.tolerance,
+                side.tolerance,
             );
         }
         let built = rec.build(gpu, &pipes, sc)?;
@@ -1034,10 +1034,12 @@ fn prepare_host(gpu: &Gpu, job: &PairJob<'_>) -> Result<Prepared> {
     })?;
     let (staging, s_bytes, index) = status;
     let status: Vec<Record> = read_back(gpu, &staging, s_bytes, index)?;
-    if let Some(e) = pairs::first_error(&status[..m as usize], m as usize, &job.decode_ctx()) {
+    if let Some(e) = pairs::first_error(&status[..m as usize], m as usize, &job.decode_ctx(&job.p))
+    {
         return Err(e);
     }
-    if let Some(e) = pairs::first_error(&status[m as usize..], n as usize, &job.decode_ctx()) {
+    let q_ctx = job.decode_ctx(job.q.as_ref().unwrap_or(&job.p));
+    if let Some(e) = pairs::first_error(&status[m as usize..], n as usize, &q_ctx) {
         return Err(e);
     }
     Ok(Prepared {
@@ -1427,6 +1429,9 @@ pub(crate) struct ResidentSide<'a> {
     /// How the buffer stores the values (halves: two per u32).
     pub dtype: Dtype,
     pub mode: RowMode,
+    /// The row-sum check's tolerance (the caller's plus a half format's
+    /// roundoff, as on the host path).
+    pub tolerance: f32,
 }
 
 /// What a GPU-resident all-pairs call writes.
@@ -1452,7 +1457,6 @@ pub(crate) struct ResidentCall<'a> {
     pub q: Option<ResidentSide<'a>>,
     pub cols: u32,
     pub check_sums: bool,
-    pub tolerance: f32,
     pub ln_base: f64,
     /// Statuses: p's rows, then q's, at byte offset of the buffer.
     pub status: (&'a wgpu::Buffer, u64),
@@ -1523,7 +1527,7 @@ pub(crate) fn encode(
                 &p,
                 &io,
                 call.check_sums,
-                call.tolerance,
+                call.p.tolerance,
             );
             if let (Some(qs), Some(qd)) = (&call.q, &q) {
                 let io = PrepIo {
@@ -1532,15 +1536,7 @@ pub(crate) fn encode(
                     mode: qs.mode,
                     is_q: true,
                 };
-                record_prep(
-                    &mut rec,
-                    gpu,
-                    &plan,
-                    qd,
-                    &io,
-                    call.check_sums,
-                    call.tolerance,
-                );
+                record_prep(&mut rec, gpu, &plan, qd, &io, call.check_sums, qs.tolerance);
             }
             let qd = q.as_ref().unwrap_or(&p);
             match &call.out {

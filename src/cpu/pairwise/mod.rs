@@ -106,16 +106,16 @@ impl Ops<'_> {
 /// Reads, checks and packs p and q; the first bad row (of p, then of q) is
 /// the error.
 fn prepare<'a>(job: &'a PairJob<'a>, threads: usize, isa: Isa) -> Result<Ops<'a>> {
-    let recipe = Recipe {
-        measure: job.measure,
-        check_sums: job.check_sums,
-        tolerance: job.tolerance,
-    };
     let fused = isa != Isa::Base;
     let cols = job.cols;
     let run = |side: &Side<'_>, groups: &[usize]| -> Result<Prepared> {
+        let recipe = Recipe {
+            measure: job.measure,
+            check_sums: job.check_sums,
+            tolerance: side.tolerance,
+        };
         let prepared = prep::prepare(side, &recipe, cols, groups, threads, fused)?;
-        if let Some(e) = pairs::first_error(&prepared.status, side.rows, &job.decode_ctx()) {
+        if let Some(e) = pairs::first_error(&prepared.status, side.rows, &job.decode_ctx(side)) {
             // statuses name the argument by their codes; rows are its own
             return Err(e);
         }
