@@ -480,3 +480,70 @@ fn half_pairwise_equals_widened_f32_and_f64() {
         }
     }
 }
+
+/// The other all-pairs calls from half inputs: nearest-k (p against q, and
+/// p against itself excluding each row's own index) and the tiled matrix
+/// give the bits of the same calls on the widened f32 values, on every
+/// backend (a capped GPU splits the windows inside packed words).
+#[test]
+fn half_top_k_and_tiles_equal_widened_f32() {
+    use kullback::{PairwiseOptions, TileShape};
+    let mut rng = Rng::new(0x70b1);
+    let (m, n, cols, k) = (7usize, 9usize, 33usize, 4usize);
+    let p = rand_probs(&mut rng, m, cols, 0.1);
+    let q = rand_probs(&mut rng, n, cols, 0.0);
+    let opts = PairwiseOptions::default().normalization(Normalization::Renormalize);
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for bk in backends_with_cap(64 * 1024) {
+        for h in [Half::F16, Half::BF16] {
+            let (hp, hq) = (round(&p, h), round(&q, h));
+            let (pb, qb) = (
+                Batch::new(values(h, &hp), m, cols),
+                Batch::new(values(h, &hq), n, cols),
+            );
+            let (wp, wq) = (Batch::new(&hp.2, m, cols), Batch::new(&hq.2, n, cols));
+            for measure in [Measure::Js, Measure::Kl] {
+                let label = format!("{h:?} {measure:?} [{}]", bk.name);
+                let a = bk.ctx.pairwise_top_k(measure, &pb, Some(&qb), k, &opts);
+                let b = bk.ctx.pairwise_top_k(measure, &wp, Some(&wq), k, &opts);
+                let (a, b) = (a.expect("half top-k"), b.expect("f32 top-k"));
+                assert_eq!(bits(&a.values), bits(&b.values), "{label}: top-k values");
+                assert_eq!(a.indices, b.indices, "{label}: top-k indices");
+                let own = opts.exclude_self(true);
+                let a = bk
+                    .ctx
+                    .pairwise_top_k(measure, &pb, None, k, &own)
+                    .expect("half self");
+                let b = bk
+                    .ctx
+                    .pairwise_top_k(measure, &wp, None, k, &own)
+                    .expect("f32 self");
+                assert_eq!(
+                    bits(&a.values),
+                    bits(&b.values),
+                    "{label}: self top-k values"
+                );
+                assert_eq!(a.indices, b.indices, "{label}: self top-k indices");
+                let tiles = |pb: &Batch<'_>, qb: &Batch<'_>| {
+                    let mut got = vec![f32::NAN; m * n];
+                    bk.ctx
+                        .pairwise_tiles(measure, pb, Some(qb), &opts, TileShape::new(3, 4), |t| {
+                            let w = t.cols.len();
+                            for (r, i) in t.rows.clone().enumerate() {
+                                got[i * n + t.cols.start..i * n + t.cols.end]
+                                    .copy_from_slice(&t.values[r * w..(r + 1) * w]);
+                            }
+                            Ok::<(), kullback::Error>(())
+                        })
+                        .expect("tiles");
+                    got
+                };
+                assert_eq!(
+                    bits(&tiles(&pb, &qb)),
+                    bits(&tiles(&wp, &wq)),
+                    "{label}: tiles"
+                );
+            }
+        }
+    }
+}
