@@ -48,6 +48,24 @@ fn ln(x: __m512) -> __m512 {
     _mm512_fmadd_ps(k, _mm512_set1_ps(LN2_HI), lo)
 }
 
+/// The 16 values at `x`, or the lanes of `m` with 1.0 in the others (ln 1
+/// = 0: no term).
+///
+/// # Safety
+/// The lanes of `m` at `x` must be readable (a masked load reads no other).
+#[target_feature(enable = "avx512f,avx512dq,avx2,fma")]
+#[inline]
+unsafe fn load(x: *const f32, m: __mmask16) -> __m512 {
+    // SAFETY: the caller's contract.
+    unsafe {
+        if m == 0xffff {
+            _mm512_loadu_ps(x)
+        } else {
+            _mm512_mask_loadu_ps(_mm512_set1_ps(1.0), m, x)
+        }
+    }
+}
+
 /// Lane vectors of one row: Σ p, Σ q, the terms, and the lanes that were not
 /// ordinary (zero when the row is ordinary).
 struct Row {
@@ -73,7 +91,6 @@ unsafe fn row<const K: u8, const V: usize>(
     last: __mmask16,
 ) -> Row {
     let z = _mm512_setzero_ps();
-    let one = _mm512_set1_ps(1.0);
     let mut r = Row {
         sa: z,
         sb: z,
@@ -83,15 +100,8 @@ unsafe fn row<const K: u8, const V: usize>(
     let n = if V > 0 { V } else { nv };
     for v in 0..n {
         let m = if V == 0 && v + 1 == n { last } else { 0xffff };
-        // SAFETY: vector v of the row is inside it (the caller's contract);
-        // a masked load reads only the lanes of `m`.
-        let pv = unsafe {
-            if m == 0xffff {
-                _mm512_loadu_ps(p.add(16 * v))
-            } else {
-                _mm512_mask_loadu_ps(one, m, p.add(16 * v))
-            }
-        };
+        // SAFETY: vector v of the row is inside it (the caller's contract).
+        let pv = unsafe { load(p.add(16 * v), m) };
         r.special |= _mm512_fpclass_ps_mask::<NOT_POS_NORMAL>(pv);
         r.sa = _mm512_mask_add_ps(r.sa, m, r.sa, pv);
         if K == ROW_ENTROPY {
@@ -99,13 +109,7 @@ unsafe fn row<const K: u8, const V: usize>(
             continue;
         }
         // SAFETY: as for `p`.
-        let qv = unsafe {
-            if m == 0xffff {
-                _mm512_loadu_ps(q.add(16 * v))
-            } else {
-                _mm512_mask_loadu_ps(one, m, q.add(16 * v))
-            }
-        };
+        let qv = unsafe { load(q.add(16 * v), m) };
         r.special |= _mm512_fpclass_ps_mask::<NOT_POS_NORMAL>(qv);
         r.sb = _mm512_mask_add_ps(r.sb, m, r.sb, qv);
         let x = if K == ROW_KL {
