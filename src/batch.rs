@@ -454,8 +454,26 @@ impl<'a> Data<'a> {
     #[inline]
     pub(crate) fn prefetch(&self, range: Range<usize>) {
         #[cfg(target_arch = "x86_64")]
+        self.prefetch_hint::<{ std::arch::x86_64::_MM_HINT_T0 }>(range);
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = range;
+    }
+
+    /// [`Data::prefetch`] into L2 only: for values needed after the work
+    /// in between has passed through L1.
+    #[inline]
+    pub(crate) fn prefetch_l2(&self, range: Range<usize>) {
+        #[cfg(target_arch = "x86_64")]
+        self.prefetch_hint::<{ std::arch::x86_64::_MM_HINT_T1 }>(range);
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = range;
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    fn prefetch_hint<const HINT: i32>(&self, range: Range<usize>) {
         {
-            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+            use std::arch::x86_64::_mm_prefetch;
             let w = self.width();
             let end = range.end.min(self.len());
             let base = match *self {
@@ -467,12 +485,10 @@ impl<'a> Data<'a> {
             let mut b = range.start * w;
             while b < end * w {
                 // SAFETY: a prefetch is a hint; the address is inside the data.
-                unsafe { _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(b)) };
+                unsafe { _mm_prefetch::<HINT>(base.wrapping_add(b)) };
                 b += 64;
             }
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = range;
     }
 
     /// How the GPU holds these values when they are uploaded as stored:

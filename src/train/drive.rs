@@ -41,6 +41,19 @@ struct Slot<'g> {
     loss: f64,
 }
 
+/// Gradients from this many bytes on are written past the caches (see
+/// [`super::lse::stream_copy`]): far more than the caches hold, so their
+/// lines would be evicted unread anyway, and the stores need not read each
+/// line in first. Below it, the caller may well read the gradient from the
+/// caches next.
+const STREAM_BYTES: usize = 64 << 20;
+
+/// Whether a gradient of `rows × cols` f32 values (with the teacher's, where
+/// asked for, as large again) goes out past the caches.
+pub(super) fn streams(rows: usize, cols: usize) -> bool {
+    rows.saturating_mul(cols).saturating_mul(4) >= STREAM_BYTES
+}
+
 /// Rows `r0..` of `part`, stopping at the first error.
 #[inline(always)]
 fn part<K: RowKernel, A: Arith>(
@@ -49,12 +62,18 @@ fn part<K: RowKernel, A: Arith>(
     part: &mut [Slot<'_>],
 ) -> Result<(), (usize, Error)> {
     let mut s = k.scratch().map_err(|e| (r0, e))?;
+    let mut done = Ok(());
     for (i, slot) in part.iter_mut().enumerate() {
-        slot.loss = k
-            .row::<A>(r0 + i, slot.grad, slot.tgrad, &mut s)
-            .map_err(|e| (r0 + i, e))?;
+        match k.row::<A>(r0 + i, slot.grad, slot.tgrad, &mut s) {
+            Ok(v) => slot.loss = v,
+            Err(e) => {
+                done = Err((r0 + i, e));
+                break;
+            }
+        }
     }
-    Ok(())
+    super::lse::store_fence();
+    done
 }
 
 #[cfg(target_arch = "x86_64")]

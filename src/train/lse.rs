@@ -13,6 +13,45 @@ pub(super) const L: usize = 16;
 /// Columns of one block: its maximum and its exponentials are taken while it
 /// sits in L1. Fixed, so results do not depend on how rows are split.
 pub(super) const BLK: usize = 512;
+/// Blocks ahead of pass 1 to prefetch.
+pub(super) const AHEAD_BLOCKS: usize = 1;
+
+/// `dst.copy_from_slice(src)` with stores that go past the caches (the
+/// 16-byte-aligned middle; the edges are copied plainly): for gradients too
+/// large for the caches, whose lines would otherwise be read in before each
+/// is written over. The caller's worker ends with [`store_fence`].
+#[inline(always)]
+pub(super) fn stream_copy(dst: &mut [f32], src: &[f32]) {
+    assert_eq!(dst.len(), src.len());
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_loadu_ps, _mm_stream_ps};
+        let head = dst.as_ptr().align_offset(16).min(dst.len());
+        let end = head + (dst.len() - head) / 4 * 4;
+        dst[..head].copy_from_slice(&src[..head]);
+        for i in (head..end).step_by(4) {
+            // SAFETY: i + 4 ≤ end ≤ len for both slices, and dst + i is 16-byte
+            // aligned (head aligns it, steps are 16 bytes); SSE is part of
+            // x86-64.
+            unsafe { _mm_stream_ps(dst.as_mut_ptr().add(i), _mm_loadu_ps(src.as_ptr().add(i))) };
+        }
+        dst[end..].copy_from_slice(&src[end..]);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    dst.copy_from_slice(src);
+}
+
+/// Orders the streaming stores of [`stream_copy`] before what follows (the
+/// worker's completion, which the caller's thread then reads past): they
+/// are not ordered by the usual release.
+#[inline]
+pub(super) fn store_fence() {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: SSE is part of x86-64; a fence has no other effect.
+    unsafe {
+        std::arch::x86_64::_mm_sfence()
+    };
+}
 
 /// NaN or +inf: a value no row may hold.
 #[inline(always)]
@@ -93,6 +132,42 @@ pub(super) fn sum_exp<A: Arith>(x: &[f32], shift: f32, k: f32) -> f64 {
     s.iter().map(|&v| v as f64).sum()
 }
 
+/// [`sum_exp`] (the same bits), also writing each term exp((x − shift)·k)
+/// into `out` (as long as `x`): the last pass scales these by a factor per
+/// block instead of taking its exponentials again.
+#[inline(always)]
+pub(super) fn sum_exp_store<A: Arith>(x: &[f32], shift: f32, k: f32, out: &mut [f32]) -> f64 {
+    let mut s = [0f32; L];
+    let chunks = x.chunks_exact(L);
+    let rem = chunks.remainder();
+    let n = x.len() - rem.len();
+    for (c, o) in chunks.zip(out[..n].chunks_exact_mut(L)) {
+        let mut e = [0f32; L];
+        for i in 0..L {
+            e[i] = exp::<A>((c[i] - shift) * k);
+        }
+        o.copy_from_slice(&e);
+        for i in 0..L {
+            s[i] += e[i];
+        }
+    }
+    for (i, &v) in rem.iter().enumerate() {
+        let e = exp::<A>((v - shift) * k);
+        out[n + i] = e;
+        s[i] += e;
+    }
+    s.iter().map(|&v| v as f64).sum()
+}
+
+/// `e · f` flushed to 0 below the smallest normal: a stored term scaled by
+/// its block's factor (see [`Soft::factor`]), never subnormal, so the result
+/// is the same whether or not the hardware flushes.
+#[inline(always)]
+pub(super) fn scaled(e: f32, f: f32) -> f32 {
+    let v = e * f;
+    if v < f32::MIN_POSITIVE { 0.0 } else { v }
+}
+
 /// A running log-sum-exp of `x·k`: `sum` = Σ exp((x − max)·k).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Lse {
@@ -132,6 +207,24 @@ impl Lse {
         }
         self.raise(mb, k);
         self.sum += sum_exp::<A>(blk, self.max, k);
+    }
+
+    /// [`Lse::add_block`], writing the block's terms exp((x − max)·k) at the
+    /// maximum after the block into `out` (zeros for a block of −inf).
+    #[inline(always)]
+    pub(super) fn add_block_store<A: Arith>(
+        &mut self,
+        blk: &[f32],
+        mb: f32,
+        k: f32,
+        out: &mut [f32],
+    ) {
+        if mb == f32::NEG_INFINITY {
+            out.fill(0.0);
+            return;
+        }
+        self.raise(mb, k);
+        self.sum += sum_exp_store::<A>(blk, self.max, k, out);
     }
 
     /// Makes `mb` the maximum if it is above the one met so far, rescaling
@@ -204,6 +297,19 @@ impl Soft {
     /// ln softmax of one value, in f64 (for single columns).
     pub(super) fn logp64(&self, v: f32) -> f64 {
         ((v - self.m) as f64) * self.k as f64 - self.ln_s
+    }
+
+    /// The factor that turns a term stored at the running maximum `at`
+    /// (exp((x − at)·k), see [`Lse::add_block_store`]) into the softmax
+    /// exp((x − m)·k − ln_s): exp((at − m)·k − ln_s), 0 where that is below
+    /// the smallest normal f32 or `at` is −inf.
+    pub(super) fn factor(&self, at: f32) -> f32 {
+        let f = ((at as f64 - self.m as f64) * self.k as f64 - self.ln_s).exp();
+        if f < f32::MIN_POSITIVE as f64 {
+            0.0
+        } else {
+            f as f32
+        }
     }
 }
 

@@ -490,6 +490,7 @@ impl Context {
                             t2: tf * tf,
                             g,
                             mask: opts.mask,
+                            stream: drive::streams(rows, cols),
                         };
                         drive::run(&kernel, rows, cols, grad, teacher_grad)?
                     }
