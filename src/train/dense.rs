@@ -29,6 +29,13 @@ use crate::cpu::ln::{Arith, exp_normal as exp};
 use crate::error::{Arg, BadValue, Error, Result, try_vec};
 use crate::measure::Form;
 
+/// `n` zeros, allocated fallibly: a worker's row of terms or factors.
+fn zeros(n: usize) -> Result<Vec<f32>> {
+    let mut v = try_vec(n, "a row's terms")?;
+    v.resize(n, 0.0);
+    Ok(v)
+}
+
 /// A conversion buffer for f64 or half values (empty for f32 ones).
 pub(super) fn row_buf(d: &Data<'_>, cols: usize) -> Result<Vec<MaybeUninit<f32>>> {
     let n = if d.is_converted() { cols } else { 0 };
@@ -38,9 +45,17 @@ pub(super) fn row_buf(d: &Data<'_>, cols: usize) -> Result<Vec<MaybeUninit<f32>>
 }
 
 /// Pass 1 of one row: its log-sum-exp at scale `k` (NaN and +inf are
-/// errors) and whether it holds a −inf.
+/// errors) and whether it holds a −inf; its terms go into `es` and each
+/// block's running maximum into `at` (see [`Lse::add_block_store`]).
 #[inline(always)]
-fn stats<A: Arith>(x: &[f32], k: f32, arg: Arg, row: usize) -> Result<(Lse, bool)> {
+fn stats<A: Arith>(
+    x: &[f32],
+    k: f32,
+    arg: Arg,
+    row: usize,
+    es: &mut [f32],
+    at: &mut [f32],
+) -> Result<(Lse, bool)> {
     let mut l = Lse::EMPTY;
     let mut ninf = false;
     for (b, blk) in x.chunks(BLK).enumerate() {
@@ -49,7 +64,8 @@ fn stats<A: Arith>(x: &[f32], k: f32, arg: Arg, row: usize) -> Result<(Lse, bool
             return Err(bad_value(arg, row, b * BLK, blk));
         }
         ninf |= ni;
-        l.add_block::<A>(blk, mb, k);
+        l.add_block_store::<A>(blk, mb, k, &mut es[b * BLK..b * BLK + blk.len()]);
+        at[b] = l.max;
     }
     if l.empty() {
         return Err(Error::CannotNormalize {
@@ -74,6 +90,16 @@ pub(super) struct Nll<'a> {
     pub(super) sum_w: f64,
     /// The factor of the gradient: 1 / ln(base) · the reduction's scale.
     pub(super) g: f64,
+    /// The gradient goes out past the caches (see [`super::drive::streams`]).
+    pub(super) stream: bool,
+}
+
+/// The scratch of [`Nll`]: a row's conversion buffer, its terms and its
+/// blocks' factors (as [`Bufs`]).
+pub(super) struct NllBufs {
+    z: Vec<MaybeUninit<f32>>,
+    es: Vec<f32>,
+    fz: Vec<f32>,
 }
 
 impl Nll<'_> {
@@ -82,12 +108,11 @@ impl Nll<'_> {
     }
 }
 
-/// One column of the NLL's gradient pass: (gradient without the target's
-/// one-hot part, w·(−ln q)).
+/// One column of the NLL's gradient pass, `q` its softmax: (gradient
+/// without the target's one-hot part, w·(−ln q)).
 #[inline(always)]
-fn nll_elem<A: Arith>(z: f32, w: f32, m: f32, ln_s: f32, a: f32, b: f32) -> (f32, f32) {
+fn nll_elem(z: f32, w: f32, q: f32, m: f32, ln_s: f32, a: f32, b: f32) -> (f32, f32) {
     let x = (z - m) - ln_s;
-    let q = exp::<A>(x);
     let grad = a * q - b * w;
     let term = if z == f32::NEG_INFINITY || w == 0.0 {
         0.0
@@ -98,9 +123,13 @@ fn nll_elem<A: Arith>(z: f32, w: f32, m: f32, ln_s: f32, a: f32, b: f32) -> (f32
 }
 
 impl RowKernel for Nll<'_> {
-    type Scratch = Vec<MaybeUninit<f32>>;
-    fn scratch(&self) -> Result<Self::Scratch> {
-        row_buf(&self.q, self.cols)
+    type Scratch = NllBufs;
+    fn scratch(&self) -> Result<NllBufs> {
+        Ok(NllBufs {
+            z: row_buf(&self.q, self.cols)?,
+            es: zeros(self.cols)?,
+            fz: zeros(self.cols.div_ceil(BLK))?,
+        })
     }
 
     #[inline(always)]
@@ -117,8 +146,9 @@ impl RowKernel for Nll<'_> {
             return Ok(0.0);
         }
         let (cols, t) = (self.cols, t as usize);
-        let z = self.q.f32s(row * cols..(row + 1) * cols, buf);
-        let (lse, ninf) = stats::<A>(z, 1.0, Arg::Q, row)?;
+        let NllBufs { z, es, fz } = buf;
+        let z = self.q.f32s(row * cols..(row + 1) * cols, z);
+        let (lse, ninf) = stats::<A>(z, 1.0, Arg::Q, row, es, fz)?;
         let eps = self.eps;
         let wt = self.w(t);
         let one_hot = (1.0 - eps as f64) * wt as f64;
@@ -144,35 +174,54 @@ impl RowKernel for Nll<'_> {
         let sum_p = one_hot + smooth * self.sum_w;
         let a = (self.g * sum_p) as f32;
         let b = (self.g * smooth) as f32;
+        for f in fz.iter_mut() {
+            *f = soft.factor(*f);
+        }
+        // the target's column exactly, in f64 (put into its block before the
+        // block is written)
+        let xt = soft.logp64(z[t]);
+        let g_t = (self.g * (sum_p * xt.exp() - smooth * wt as f64 - one_hot)) as f32;
         let mut total = 0f64;
         let ones = [1f32; BLK];
-        for (bi, (zb, gb)) in z.chunks(BLK).zip(grad.chunks_mut(BLK)).enumerate() {
+        let mut stage = [0f32; BLK];
+        for (bi, zb) in z.chunks(BLK).enumerate() {
+            let (c0, len) = (bi * BLK, zb.len());
             let wb = match self.weights {
-                Some(w) => &w[bi * BLK..bi * BLK + zb.len()],
-                None => &ones[..zb.len()],
+                Some(w) => &w[c0..c0 + len],
+                None => &ones[..len],
+            };
+            let (eb, f) = (&es[c0..c0 + len], fz[bi]);
+            let gb = if self.stream {
+                &mut stage[..len]
+            } else {
+                &mut grad[c0..c0 + len]
             };
             let mut lanes = [0f32; L];
-            let zc = zb.chunks_exact(L);
-            let (zr, wr) = (zc.remainder(), &wb[zb.len() - zc.remainder().len()..]);
-            let n = zb.len() - zr.len();
-            for ((zc, wc), gc) in zc.zip(wb.chunks_exact(L)).zip(gb[..n].chunks_exact_mut(L)) {
+            let n = len - len % L;
+            let zw = zb[..n].chunks_exact(L).zip(wb[..n].chunks_exact(L));
+            let ge = gb[..n].chunks_exact_mut(L).zip(eb[..n].chunks_exact(L));
+            for ((zc, wc), (gc, ec)) in zw.zip(ge) {
                 for i in 0..L {
-                    let (g, term) = nll_elem::<A>(zc[i], wc[i], m, ln_s, a, b);
+                    let q = scaled(ec[i], f);
+                    let (g, term) = nll_elem(zc[i], wc[i], q, m, ln_s, a, b);
                     gc[i] = g;
                     lanes[i] += term;
                 }
             }
-            for (i, (&zv, &wv)) in zr.iter().zip(wr).enumerate() {
-                let (g, term) = nll_elem::<A>(zv, wv, m, ln_s, a, b);
-                gb[n + i] = g;
-                lanes[i] += term;
+            for i in n..len {
+                let q = scaled(eb[i], f);
+                let (g, term) = nll_elem(zb[i], wb[i], q, m, ln_s, a, b);
+                gb[i] = g;
+                lanes[i - n] += term;
+            }
+            if (c0..c0 + len).contains(&t) {
+                gb[t - c0] = g_t;
+            }
+            if self.stream {
+                stream_copy(&mut grad[c0..c0 + len], &stage[..len]);
             }
             total += lanes.iter().map(|&v| v as f64).sum::<f64>();
         }
-        // the target's column exactly, in f64
-        let xt = soft.logp64(z[t]);
-        let qt = xt.exp();
-        grad[t] = (self.g * (sum_p * qt - smooth * wt as f64 - one_hot)) as f32;
         let nll_t = if one_hot > 0.0 { -xt * one_hot } else { 0.0 };
         Ok(nll_t + smooth * total)
     }
@@ -752,11 +801,6 @@ impl RowKernel for Dense<'_> {
     type Scratch = Bufs;
     fn scratch(&self) -> Result<Bufs> {
         let blocks = self.cols.div_ceil(BLK);
-        let zeros = |n| -> Result<Vec<f32>> {
-            let mut v = try_vec(n, "a row's terms")?;
-            v.resize(n, 0.0);
-            Ok(v)
-        };
         Ok(Bufs {
             s: row_buf(&self.s, self.cols)?,
             t: row_buf(&self.t, self.cols)?,
@@ -966,8 +1010,8 @@ mod tests {
 
     /// The losses and gradients of `drive::run`, the gradients written at
     /// `off` values into their buffers (unaligned for odd `off`).
-    fn run(
-        k: &Dense<'_>,
+    fn run<K: RowKernel>(
+        k: &K,
         rows: usize,
         cols: usize,
         tg: bool,
@@ -1018,6 +1062,39 @@ mod tests {
                     assert_eq!(bits(&got.1), bits(&want.1), "{what}");
                     assert_eq!(bits(&got.2), bits(&want.2), "{what}");
                 }
+            }
+        }
+    }
+
+    /// The NLL's gradient written past the caches has the bits of the one
+    /// written in place, targets in every block (the last, short one too)
+    /// and one row ignored, with and without weights and smoothing.
+    #[test]
+    fn streamed_nll_gradients_have_the_bits_of_cached_ones() {
+        let (r, c) = (4, 2 * BLK + 37);
+        let (mut s, _) = rows(r, c);
+        // finite throughout (−inf logits are errors under smoothing)
+        for (i, v) in s[..BLK].iter_mut().enumerate() {
+            *v = (i % 13) as f32 - 6.0;
+        }
+        let targets = [3u32, (BLK + 5) as u32, IGNORED, (2 * BLK + 30) as u32];
+        let w: Vec<f32> = (0..c).map(|i| 0.5 + (i % 7) as f32 / 7.0).collect();
+        for (weights, eps) in [(None, 0.0), (Some(&w[..]), 0.1)] {
+            let k = |stream| Nll {
+                q: Data::F32(&s),
+                cols: c,
+                targets: &targets,
+                weights,
+                eps,
+                sum_w: weights.map_or(c as f64, |w| w.iter().map(|&v| v as f64).sum()),
+                g: 0.25,
+                stream,
+            };
+            let want = run(&k(false), r, c, false, 0);
+            for off in [0, 1, 3] {
+                let got = run(&k(true), r, c, false, off);
+                assert_eq!(got.0, want.0, "offset {off}");
+                assert_eq!(bits(&got.1), bits(&want.1), "offset {off}");
             }
         }
     }

@@ -286,6 +286,7 @@ impl Context {
                     eps: opts.label_smoothing,
                     sum_w,
                     g,
+                    stream: drive::streams(rows, cols),
                 };
                 let mut losses = drive::run(&kernel, rows, cols, grad, None)?;
                 losses.iter_mut().for_each(|v| *v *= inv_ln);
