@@ -64,7 +64,10 @@
 //! ## Memory and passes
 //!
 //! No temporary of the batch's size besides the caller's gradient: per
-//! worker a row of conversion buffer (f64 inputs only) and k sorted indices.
+//! worker a row of conversion buffer (f64 and half inputs only), k sorted
+//! indices, and on the CPU a row of pass 1's exponentials per input (the
+//! NLL and dense distillation keep them, so the gradient pass scales them
+//! by a factor per block instead of taking them again).
 //! (The GPU host path uploads the inputs and reads the gradient back
 //! through device buffers of their size, as every GPU call does.)
 //! The NLL, the forward KL and sparse teachers read the logits twice (row
@@ -75,7 +78,9 @@
 //! forward KL with the teacher's gradient (the same sum, roles swapped).
 //! The JSD needs its row's KL(q_S ‖ M) before the gradient, and M needs
 //! both rows' normalisers, so it reads the rows three times on both
-//! backends.
+//! backends (on the CPU the later passes find the row in L2). On the CPU,
+//! gradients of 64 MiB and more are written with streaming stores, past the
+//! caches they would not fit.
 //!
 //! ## Backends
 //!
