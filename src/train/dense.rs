@@ -191,11 +191,7 @@ impl RowKernel for Nll<'_> {
                 None => &ones[..len],
             };
             let (eb, f) = (&es[c0..c0 + len], fz[bi]);
-            let gb = if self.stream {
-                &mut stage[..len]
-            } else {
-                &mut grad[c0..c0 + len]
-            };
+            let gb = sink(self.stream, &mut stage, grad, c0, len);
             let mut lanes = [0f32; L];
             let n = len - len % L;
             let zw = zb[..n].chunks_exact(L).zip(wb[..n].chunks_exact(L));
@@ -217,9 +213,7 @@ impl RowKernel for Nll<'_> {
             if (c0..c0 + len).contains(&t) {
                 gb[t - c0] = g_t;
             }
-            if self.stream {
-                stream_copy(&mut grad[c0..c0 + len], &stage[..len]);
-            }
+            flush(self.stream, &stage, grad, c0, len);
             total += lanes.iter().map(|&v| v as f64).sum::<f64>();
         }
         let nll_t = if one_hot > 0.0 { -xt * one_hot } else { 0.0 };
@@ -261,6 +255,44 @@ pub(super) struct Bufs {
     /// factor ([`Soft::factor`]): the student's and the teacher's.
     fs: Vec<f32>,
     ft: Vec<f32>,
+}
+
+impl<'a> Terms<'a> {
+    /// Block `bi` (`len` columns from `bi · BLK`) of both rows' terms and
+    /// its two factors; asks L2 for the next row's block meanwhile.
+    #[inline(always)]
+    fn block(&self, bi: usize, len: usize) -> (&'a [f32], &'a [f32], f32, f32) {
+        self.next.block(bi);
+        let c0 = bi * BLK;
+        let (es, et) = (&self.es[c0..c0 + len], &self.et[c0..c0 + len]);
+        (es, et, self.fs[bi], self.ft[bi])
+    }
+}
+
+/// Where the last pass writes a block of `out` (`len` values from `c0`):
+/// straight into it, or where `stream`, into `stage` (in L1), which
+/// [`flush`] then streams out.
+#[inline(always)]
+fn sink<'b>(
+    stream: bool,
+    stage: &'b mut [f32; BLK],
+    out: &'b mut [f32],
+    c0: usize,
+    len: usize,
+) -> &'b mut [f32] {
+    if stream {
+        &mut stage[..len]
+    } else {
+        &mut out[c0..c0 + len]
+    }
+}
+
+/// Streams a block staged by [`sink`] into `out` (nothing otherwise).
+#[inline(always)]
+fn flush(stream: bool, stage: &[f32; BLK], out: &mut [f32], c0: usize, len: usize) {
+    if stream {
+        stream_copy(&mut out[c0..c0 + len], &stage[..len]);
+    }
 }
 
 /// The student's and teacher's values from index `at` on (the next row).
@@ -531,10 +563,8 @@ fn sum_exp_e<A: Arith>(
 fn row_sum2<A: Arith, F: ColSums>(s: &[f32], t: &[f32], w: &Terms<'_>, f: &F) -> (f64, f64) {
     let (mut ta, mut tb) = (0f64, 0f64);
     for (bi, (sb, tb_)) in s.chunks(BLK).zip(t.chunks(BLK)).enumerate() {
-        let (c0, len) = (bi * BLK, sb.len());
-        w.next.block(bi);
-        let (eq, ep) = (&w.es[c0..c0 + len], &w.et[c0..c0 + len]);
-        let (fs, ft) = (w.fs[bi], w.ft[bi]);
+        let len = sb.len();
+        let (eq, ep, fs, ft) = w.block(bi, len);
         let (mut la, mut lb) = ([0f32; L], [0f32; L]);
         let n = len - len % L;
         let cs = sb[..n].chunks_exact(L).zip(tb_[..n].chunks_exact(L));
@@ -614,14 +644,8 @@ fn row_map<A: Arith, F: Cols>(
     let mut stage = [0f32; BLK];
     for (bi, (sb, tb)) in s.chunks(BLK).zip(t.chunks(BLK)).enumerate() {
         let (c0, len) = (bi * BLK, sb.len());
-        w.next.block(bi);
-        let (eq, ep) = (&w.es[c0..c0 + len], &w.et[c0..c0 + len]);
-        let (fs, ft) = (w.fs[bi], w.ft[bi]);
-        let gb = if stream {
-            &mut stage[..len]
-        } else {
-            &mut grad[c0..c0 + len]
-        };
+        let (eq, ep, fs, ft) = w.block(bi, len);
+        let gb = sink(stream, &mut stage, grad, c0, len);
         let n = len - len % L;
         let cs = sb[..n].chunks_exact(L).zip(tb[..n].chunks_exact(L));
         let es = eq[..n].chunks_exact(L).zip(ep[..n].chunks_exact(L));
@@ -635,9 +659,7 @@ fn row_map<A: Arith, F: Cols>(
             let (q, p) = (scaled(eq[i], fs), scaled(ep[i], ft));
             gb[i] = f.grad::<A>(sb[i], tb[i], q, p);
         }
-        if stream {
-            stream_copy(&mut grad[c0..c0 + len], &stage[..len]);
-        }
+        flush(stream, &stage, grad, c0, len);
     }
 }
 
@@ -656,14 +678,9 @@ fn row_map2<A: Arith, F: Cols>(
     let (mut stage, mut stage_t) = ([0f32; BLK], [0f32; BLK]);
     for (bi, (sb, tb)) in s.chunks(BLK).zip(t.chunks(BLK)).enumerate() {
         let (c0, len) = (bi * BLK, sb.len());
-        w.next.block(bi);
-        let (eq, ep) = (&w.es[c0..c0 + len], &w.et[c0..c0 + len]);
-        let (fs, ft) = (w.fs[bi], w.ft[bi]);
-        let (gb, hb) = if stream {
-            (&mut stage[..len], &mut stage_t[..len])
-        } else {
-            (&mut grad[c0..c0 + len], &mut tgrad[c0..c0 + len])
-        };
+        let (eq, ep, fs, ft) = w.block(bi, len);
+        let gb = sink(stream, &mut stage, grad, c0, len);
+        let hb = sink(stream, &mut stage_t, tgrad, c0, len);
         let n = len - len % L;
         let cs = sb[..n].chunks_exact(L).zip(tb[..n].chunks_exact(L));
         let es = eq[..n].chunks_exact(L).zip(ep[..n].chunks_exact(L));
@@ -678,10 +695,8 @@ fn row_map2<A: Arith, F: Cols>(
             let (q, p) = (scaled(eq[i], fs), scaled(ep[i], ft));
             (gb[i], hb[i]) = f.grads::<A>(sb[i], tb[i], q, p);
         }
-        if stream {
-            stream_copy(&mut grad[c0..c0 + len], &stage[..len]);
-            stream_copy(&mut tgrad[c0..c0 + len], &stage_t[..len]);
-        }
+        flush(stream, &stage, grad, c0, len);
+        flush(stream, &stage_t, tgrad, c0, len);
     }
 }
 
@@ -708,24 +723,14 @@ fn fwd_pass<const TG: bool>(
     let (mut stage, mut stage_t) = ([0f32; BLK], [0f32; BLK]);
     for (bi, (sb, tb)) in s.chunks(BLK).zip(t.chunks(BLK)).enumerate() {
         let (c0, len) = (bi * BLK, sb.len());
-        w.next.block(bi);
-        let (eq, ep) = (&w.es[c0..c0 + len], &w.et[c0..c0 + len]);
-        let (fs, ft) = (w.fs[bi], w.ft[bi]);
-        let gb = if stream {
-            &mut stage[..len]
-        } else {
-            &mut grad[c0..c0 + len]
-        };
+        let (eq, ep, fs, ft) = w.block(bi, len);
+        let gb = sink(stream, &mut stage, grad, c0, len);
         let mut lanes = [0f32; L];
         let n = len - len % L;
         let cs = sb[..n].chunks_exact(L).zip(tb[..n].chunks_exact(L));
         let es = eq[..n].chunks_exact(L).zip(ep[..n].chunks_exact(L));
         if TG {
-            let hb = if stream {
-                &mut stage_t[..len]
-            } else {
-                &mut tgrad[c0..c0 + len]
-            };
+            let hb = sink(stream, &mut stage_t, tgrad, c0, len);
             let outs = gb[..n].chunks_exact_mut(L).zip(hb[..n].chunks_exact_mut(L));
             for (((sc, tc), (qc, pc)), (gc, hc)) in cs.zip(es).zip(outs) {
                 for i in 0..L {
@@ -743,9 +748,7 @@ fn fwd_pass<const TG: bool>(
                 hb[i] = gt;
                 lanes[i - n] += term;
             }
-            if stream {
-                stream_copy(&mut tgrad[c0..c0 + len], &stage_t[..len]);
-            }
+            flush(stream, &stage_t, tgrad, c0, len);
         } else {
             for (((sc, tc), (qc, pc)), gc) in cs.zip(es).zip(gb[..n].chunks_exact_mut(L)) {
                 for i in 0..L {
@@ -762,9 +765,7 @@ fn fwd_pass<const TG: bool>(
                 lanes[i - n] += term;
             }
         }
-        if stream {
-            stream_copy(&mut grad[c0..c0 + len], &stage[..len]);
-        }
+        flush(stream, &stage, grad, c0, len);
         total += lanes.iter().map(|&v| v as f64).sum::<f64>();
     }
     total
