@@ -28,3 +28,9 @@ fn widen_f16(h_in: u32) -> u32 {
 fn widen_bf16(h: u32) -> u32 {
     return (h & 0xffffu) << 16u;
 }
+
+// The f32 bits of the half in the low 16 bits of `h`, stored as `fmt` says
+// (DT_F16 or DT_BF16).
+fn widen_half(h: u32, fmt: u32) -> u32 {
+    return select(widen_bf16(h), widen_f16(h), fmt == DT_F16);
+}

@@ -133,7 +133,7 @@ struct PrepParams {
     region_row0: u32,   // region row of row0
     nan_bits: u32,
     tpr: u32,           // threads per row (a power of two); PREP_WG / tpr rows per workgroup
-    dtype: u32,         // raw values: 0 f32, 1 f16, 2 bf16 (two per u32, value 2k low)
+    dtype: u32,         // raw values: DT_F32, DT_F16 or DT_BF16 (two per u32, value 2k low)
 }
 
 // A row's normaliser while it is read: the first bad column's key, and
@@ -161,11 +161,10 @@ var<workgroup> red: array<Norm, PREP_WG>;
 // Raw value i (of the binding) as f32 bits: halves widened by integer
 // operations (shaders/half.wgsl), the same bits as the CPU's widening.
 fn raw_value(i: u32) -> u32 {
-    if (pp.dtype == 0u) {
+    if (pp.dtype == DT_F32) {
         return raw[i];
     }
-    let h = raw[i >> 1u] >> ((i & 1u) << 4u);
-    return select(widen_bf16(h), widen_f16(h), pp.dtype == 1u);
+    return widen_half(raw[i >> 1u] >> ((i & 1u) << 4u), pp.dtype);
 }
 var<workgroup> row_flags: array<atomic<u32>, PREP_WG>;
 

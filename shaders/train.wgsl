@@ -35,6 +35,10 @@ struct Params {
     ignore: u32,   // the ignore index's bits (with TF_IGNORE)
     mask_at: u32,  // word of row 0's mask word in `rowbuf` (with TF_MASK)
     tg_at: u32,    // word of the teacher's gradient in `grad` (with TF_TGRAD)
+    s_fmt: u32,    // how the student's values are stored: DT_F32, DT_F16 or DT_BF16
+    t_fmt: u32,    // the dense teacher's likewise
+    pad0: u32,
+    pad1: u32,
 }
 
 // src/record.rs `Record`: a row's loss and status (a test there compares the fields).
@@ -47,10 +51,11 @@ struct Record {
     index: u32,
 }
 
-// The student's logits (the NLL's logits), row-major.
+// The student's logits (the NLL's logits), row-major: f32, or f16 / bf16
+// packed two per u32 (`s_word`).
 @group(0) @binding(0) var<storage, read> s_buf: array<u32>;
-// Distillation: the teacher's values, row-major. NLL: one target per row, then
-// (with TF_WEIGHTS) the class weights' bits.
+// Distillation: the teacher's values, row-major, stored as P.t_fmt says.
+// NLL: one target per row, then (with TF_WEIGHTS) the class weights' bits.
 @group(0) @binding(1) var<storage, read> t_buf: array<u32>;
 // The gradient, row-major; with TF_TGRAD the gradient with respect to the
 // teacher follows from word `tg_at` (one binding for both: the downlevel
@@ -78,6 +83,22 @@ var<workgroup> w_head: vec4<u32>;
 const ROW_RUN: u32 = 0u;
 const ROW_SKIP: u32 = 1u;
 const ROW_BAD: u32 = 2u;
+
+// Value i of the student (the teacher) as f32 bits: an f32 word, or a half
+// of word i / 2 (low half first) widened exactly by shaders/half.wgsl.
+fn s_word(i: u32) -> u32 {
+    if (P.s_fmt == DT_F32) {
+        return s_buf[i];
+    }
+    return widen_half(s_buf[i >> 1u] >> ((i & 1u) << 4u), P.s_fmt);
+}
+
+fn t_word(i: u32) -> u32 {
+    if (P.t_fmt == DT_F32) {
+        return t_buf[i];
+    }
+    return widen_half(t_buf[i >> 1u] >> ((i & 1u) << 4u), P.t_fmt);
+}
 
 fn masked(b: u32) -> bool {
     return b == NEG_INF_BITS;
@@ -193,8 +214,8 @@ fn zero_row(base: u32, lid: u32) {
 
 // (primary, other) values at word i: (student, teacher), or swapped with t_arg.
 fn prim(i: u32, t_arg: bool) -> vec2<f32> {
-    let s = bitcast<f32>(s_buf[i]);
-    let t = bitcast<f32>(t_buf[i]);
+    let s = bitcast<f32>(s_word(i));
+    let t = bitcast<f32>(t_word(i));
     return select(vec2<f32>(s, t), vec2<f32>(t, s), t_arg);
 }
 
@@ -260,7 +281,7 @@ fn train_main(
         let ls0 = ls;
         let lt0 = lt;
         let arg0 = arg;
-        let sb = s_buf[base + c];
+        let sb = s_word(base + c);
         let sc = bad_code(sb, ST_Q_NAN, ST_Q_INFINITE, CODE_NONE, false);
         if (sc != CODE_NONE) {
             bad = key_min(bad, vec2<u32>(c, sc));
@@ -276,7 +297,7 @@ fn train_main(
                 inf = key_min(inf, vec2<u32>(c, ST_INF_SMOOTHING));
             }
         } else {
-            let tb = t_buf[base + c];
+            let tb = t_word(base + c);
             let tc = bad_code(tb, ST_P_NAN, ST_P_INFINITE, ST_P_POSITIVE_LOG, logprob);
             if (tc != CODE_NONE) {
                 bad = key_min(bad, vec2<u32>(c, tc));
@@ -373,7 +394,7 @@ fn train_main(
         if (st.y == CODE_NONE && !nll && w_ts[0] == 0.0) {
             st = vec2<u32>(COL_NONE, ST_P_ALL_MASKED);
         }
-        if (st.y == CODE_NONE && nll && masked(s_buf[base + tgt]) && (1.0 - P.eps) * weight(tgt) > 0.0) {
+        if (st.y == CODE_NONE && nll && masked(s_word(base + tgt)) && (1.0 - P.eps) * weight(tgt) > 0.0) {
             st = vec2<u32>(tgt, ST_INF_TARGET);
         }
         if (st.y == CODE_NONE) {
@@ -408,7 +429,7 @@ fn train_main(
         let b = P.g * smth;
         var total = 0.0;
         for (var c = lid; c < cols; c += WG) {
-            let zb = s_buf[base + c];
+            let zb = s_word(base + c);
             let w = weight(c);
             let x = (bitcast<f32>(zb) - ms) - ln_ss;
             let q = select(exp_neg(x), 0.0, masked(zb));
@@ -421,7 +442,7 @@ fn train_main(
         }
         let tot = wg_sum(lid, total);
         if (lid == 0u) {
-            let xt = (bitcast<f32>(s_buf[base + tgt]) - ms) - ln_ss;
+            let xt = (bitcast<f32>(s_word(base + tgt)) - ms) - ln_ss;
             let nll_t = select(0.0, -xt * one_hot, one_hot > 0.0);
             write_record(row, (nll_t + smth * tot) * P.t2, weight(tgt), ST_OK, 0u, 0u);
         }
@@ -433,13 +454,13 @@ fn train_main(
     if (P.mode == TR_FWD) {
         // with the teacher's gradient, T·p ⊙ (e − Σ p e) relative to the
         // teacher's first maximum * (pass 1's rebased sum)
-        let ta = bitcast<f32>(t_buf[base + s0]);
-        let sa = bitcast<f32>(s_buf[base + s0]);
+        let ta = bitcast<f32>(t_word(base + s0));
+        let sa = bitcast<f32>(s_word(base + s0));
         let sum_e = se_tot / w_ts0;
         var total = 0.0;
         for (var c = lid; c < cols; c += WG) {
-            let sb = s_buf[base + c];
-            let tb = t_buf[base + c];
+            let sb = s_word(base + c);
+            let tb = t_word(base + c);
             let s = bitcast<f32>(sb);
             let t = bitcast<f32>(tb);
             let q = select(exp_neg((s - ms) * k - ln_ss), 0.0, masked(sb));
@@ -461,20 +482,20 @@ fn train_main(
     if (P.mode == TR_REV) {
         // relative to the student's first maximum *: e = ((s − s*) − (t − t*))/T,
         // and ln q − ln p − KL = e − Σ q e keeps its digits when the KL is large
-        let sa = bitcast<f32>(s_buf[base + s0]);
-        let ta = bitcast<f32>(t_buf[base + s0]);
+        let sa = bitcast<f32>(s_word(base + s0));
+        let ta = bitcast<f32>(t_word(base + s0));
         // Σ q e from pass 1
         let sum_e = se_tot / w_ss0;
         for (var c = lid; c < cols; c += WG) {
-            let sb = s_buf[base + c];
+            let sb = s_word(base + c);
             let s = bitcast<f32>(sb);
-            let t = bitcast<f32>(t_buf[base + c]);
+            let t = bitcast<f32>(t_word(base + c));
             let q = exp_neg((s - ms) * k - ln_ss);
             let e = ((s - sa) - (t - ta)) * k;
             grad[base + c] = select(P.g * q * (e - sum_e), 0.0, masked(sb));
             if (tgrad) {
                 // T·(p − q)
-                let tb = t_buf[base + c];
+                let tb = t_word(base + c);
                 let p = select(exp_neg((bitcast<f32>(tb) - mt) * k - ln_st), 0.0, masked(tb));
                 grad[P.tg_at + base + c] = P.g * (p - select(q, 0.0, masked(sb)));
             }
@@ -490,8 +511,8 @@ fn train_main(
     var pa = 0.0;
     var pb = 0.0;
     for (var c = lid; c < cols; c += WG) {
-        let sb = s_buf[base + c];
-        let tb = t_buf[base + c];
+        let sb = s_word(base + c);
+        let tb = t_word(base + c);
         let x = (bitcast<f32>(sb) - ms) * k - ln_ss;
         let y = (bitcast<f32>(tb) - mt) * k - ln_st;
         // ln M; a masked side contributes nothing
@@ -503,8 +524,8 @@ fn train_main(
     let kl_qm = sums.y;
     let gj = P.g * (1.0 - P.beta);
     for (var c = lid; c < cols; c += WG) {
-        let sb = s_buf[base + c];
-        let tb = t_buf[base + c];
+        let sb = s_word(base + c);
+        let tb = t_word(base + c);
         let x = (bitcast<f32>(sb) - ms) * k - ln_ss;
         let y = (bitcast<f32>(tb) - mt) * k - ln_st;
         let ln_m = select(log_add(P.ln_b + y, P.ln_1b + x), P.ln_1b + x, masked(tb));

@@ -87,9 +87,10 @@
 //!   and widened by integer operations in the shader, so zeros, subnormals
 //!   and infinities follow the half formats' own bits and the results are
 //!   the f32 path's on the widened values, bit for bit; the all-pairs
-//!   calls' preparation widens them the same way). GPU-resident batches of
-//!   the per-row measures, the NLL and the all-pairs calls may hold f16 or
-//!   bf16 the same way ([`GpuBatch::dtype`], [`Dtype`]).
+//!   calls' preparation and the loss gradients' kernel widen them the same
+//!   way). GPU-resident batches of the per-row measures, the NLL, the
+//!   all-pairs calls and the loss gradients may hold f16 or bf16 the same
+//!   way ([`GpuBatch::dtype`], [`Dtype`]).
 //! * Row sums ([`Normalization`]): `Validate` (default) checks |Σp − 1| ≤
 //!   [`Options::tolerance`] (default [`DEFAULT_TOLERANCE`]; Σ exp(lp) for
 //!   log-probabilities; for half inputs plus the format's unit roundoff u,

@@ -37,7 +37,9 @@ pub struct GpuBatch<'a> {
     pub form: Form,
     /// How the values are stored: f32 (the default), or f16 / bf16 packed
     /// two per u32, widened exactly where the kernels read them (per-row
-    /// measures, the NLL, and the all-pairs calls' preparation).
+    /// measures, the NLL, the all-pairs calls' preparation, and the loss
+    /// gradients of [`Context::encode_distill`](crate::Context::encode_distill)
+    /// and [`Context::encode_nll_grad`](crate::Context::encode_nll_grad)).
     pub dtype: Dtype,
 }
 
@@ -443,7 +445,7 @@ pub(crate) fn check_buffer(
 
 /// Bytes of a batch's values (half ones rounded up to whole u32s).
 fn bytes(b: &GpuBatch<'_>) -> u64 {
-    (b.rows as u64 * b.cols as u64 * b.dtype.bytes()).next_multiple_of(4)
+    b.dtype.stored_bytes(b.rows as u64 * b.cols as u64)
 }
 
 /// Checks the input batches (`p` absent for a negative log-likelihood) and

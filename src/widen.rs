@@ -41,6 +41,20 @@ impl Dtype {
     pub(crate) fn is_half(self) -> bool {
         self != Dtype::F32
     }
+    /// Bytes of `values` values so stored on the device (halves two per
+    /// u32, the last word padded).
+    pub(crate) fn stored_bytes(self, values: u64) -> u64 {
+        (values * self.bytes()).next_multiple_of(4)
+    }
+    /// The number the shaders see for this storage (`DT_*`, written by
+    /// `gpu::wgsl`).
+    pub(crate) fn code(self) -> u32 {
+        match self {
+            Dtype::F32 => 0,
+            Dtype::F16 => 1,
+            Dtype::BF16 => 2,
+        }
+    }
     /// The unit roundoff the row-sum check allows on top of the tolerance
     /// (what rounding a valid row to the format may move its sum by).
     pub(crate) fn roundoff(self) -> f32 {

@@ -20,7 +20,7 @@ mod common;
 
 use common::{
     Input, Rng, cli_backends as backends, close, rand_counts, rand_logits, rand_probs_f64,
-    rand_probs_where, ref_measure, ref_nll,
+    rand_probs_where, ref_measure, ref_nll, save_raw_npy,
 };
 use kullback::Form::{self, LogProbs, Logits, Probs};
 use kullback::{Base, Measure, Normalization, Reduction};
@@ -1151,27 +1151,6 @@ fn usage_errors() {
     for args in cases {
         usage_error(args);
     }
-}
-
-/// An .npy file with a hand-written header: `descr` as NumPy writes it
-/// (e.g. "<V2", ml_dtypes' bfloat16) and `data` as the raw little-endian items.
-fn save_raw_npy(path: &Path, descr: &str, shape: &[u64], data: &[u8]) {
-    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let shape = if dims.len() == 1 {
-        format!("({},)", dims[0])
-    } else {
-        format!("({})", dims.join(", "))
-    };
-    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
-    bytes.extend((header.len() as u16).to_le_bytes());
-    bytes.extend(header.as_bytes());
-    bytes.extend(data);
-    std::fs::write(path, bytes).unwrap();
 }
 
 fn sv(a: &[String]) -> Vec<&str> {

@@ -19,6 +19,8 @@ use kullback::{
 use npyz::WriterBuilder;
 use serde_json::Value;
 
+mod common;
+
 struct Tmp(PathBuf);
 
 impl Tmp {
@@ -567,4 +569,117 @@ fn distill_errors_name_the_file() {
     ]);
     let (ok, stdout, _) = run(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>());
     assert!(!ok && stdout.is_empty());
+}
+
+/// Half files: a bf16 student ('<V2', named by `--bf16 student`), an f16
+/// teacher ('<f2'), f16 NLL logits; the gradient files and values are the
+/// library's on the same half values, bit for bit, on each backend.
+#[test]
+fn distill_and_nll_from_half_files() {
+    use kullback::half::{bf16, f16};
+    let tmp = Tmp::new("half");
+    let (rows, cols) = (3usize, 11usize);
+    let shape = [rows as u64, cols as u64];
+    let s: Vec<bf16> = logits(7, rows * cols)
+        .iter()
+        .map(|&x| bf16::from_f32(x))
+        .collect();
+    let t: Vec<f16> = logits(8, rows * cols)
+        .iter()
+        .map(|&x| f16::from_f32(x))
+        .collect();
+    let sp = tmp.path("s.npy");
+    let tp = tmp.path("t.npy");
+    common::save_raw_npy(sp.as_ref(), "<V2", &shape, bytemuck::cast_slice(&s));
+    common::save_raw_npy(tp.as_ref(), "<f2", &shape, bytemuck::cast_slice(&t));
+    let targets = [3i64, 0, 10];
+    let yp = tmp.save("y.npy", &[rows as u64], &targets);
+    for backend in common::cli_backends() {
+        let ctx = Context::with_backend(if backend == "gpu" {
+            Backend::Gpu
+        } else {
+            Backend::Cpu
+        })
+        .unwrap();
+        let (g, out) = (tmp.path("g.npy"), tmp.path("out.npy"));
+        json(&[
+            "distill",
+            "--student",
+            &sp,
+            "--teacher",
+            &tp,
+            "--bf16",
+            "student",
+            "--divergence",
+            "reverse-kl",
+            "--temperature",
+            "2",
+            "--reduction",
+            "none",
+            "--out-grad",
+            &g,
+            "--out",
+            &out,
+            "--backend",
+            backend,
+        ]);
+        let mut want = vec![0f32; rows * cols];
+        let o = ctx
+            .distill(
+                &Batch::new(&s, rows, cols).form(Form::Logits),
+                &Teacher::Dense(Batch::new(&t, rows, cols).form(Form::Logits)),
+                &DistillOptions::default()
+                    .divergence(Divergence::ReverseKl)
+                    .temperature(2.0)
+                    .reduction(kullback::Reduction::None),
+                &mut want,
+            )
+            .unwrap();
+        assert_eq!(read_grad(&g).0, want, "{backend}: distill gradient");
+        assert_eq!(read_grad(&out).0, o.values, "{backend}: distill values");
+        // without --bf16 the '<V2' student is refused, naming its file
+        fails(
+            &[
+                "distill",
+                "--student",
+                &sp,
+                "--teacher",
+                &tp,
+                "--divergence",
+                "forward-kl",
+                "--temperature",
+                "2",
+                "--backend",
+                backend,
+            ],
+            &["s.npy"],
+        );
+        json(&[
+            "nll",
+            "--q",
+            &tp,
+            "--q-form",
+            "logits",
+            "--targets",
+            &yp,
+            "--reduction",
+            "none",
+            "--out-grad",
+            &g,
+            "--out",
+            &out,
+            "--backend",
+            backend,
+        ]);
+        let o = ctx
+            .nll_grad(
+                &Batch::new(&t, rows, cols).form(Form::Logits),
+                &targets[..],
+                &kullback::NllOptions::default().reduction(kullback::Reduction::None),
+                &mut want,
+            )
+            .unwrap();
+        assert_eq!(read_grad(&g).0, want, "{backend}: nll gradient");
+        assert_eq!(read_grad(&out).0, o.values, "{backend}: nll values");
+    }
 }

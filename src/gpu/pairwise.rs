@@ -146,7 +146,7 @@ struct PrepParams {
     region_row0: u32,
     nan_bits: u32,
     tpr: u32,
-    /// How the raw values are stored: 0 f32, 1 f16, 2 bf16 (two per u32).
+    /// How the raw values are stored ([`Dtype::code`]; halves two per u32).
     dtype: u32,
 }
 
@@ -413,15 +413,6 @@ fn window(base: u64, first: u64, count: u64, elem: u64, align: u64) -> (u64, u64
     }
     let lead = (x - offset) / elem;
     (offset, (lead + count.max(1)) * elem, lead as u32)
-}
-
-/// The prep kernel's code for how raw values are stored (`PrepParams::dtype`).
-fn dtype_code(d: Dtype) -> u32 {
-    match d {
-        Dtype::F16 => 1,
-        Dtype::BF16 => 2,
-        _ => 0,
-    }
 }
 
 fn lcm(a: u64, b: u64) -> u64 {
@@ -739,7 +730,7 @@ fn record_prep(
                         region_row0: a0 - r0,
                         nan_bits: f32::NAN.to_bits(),
                         tpr,
-                        dtype: dtype_code(io.dtype),
+                        dtype: io.dtype.code(),
                     };
                     rec.push(
                         if write {

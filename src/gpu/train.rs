@@ -75,6 +75,11 @@ pub(crate) struct TrainParams {
     pub ignore: u32,
     pub mask_at: u32,
     pub tg_at: u32,
+    /// The student's storage ([`crate::widen::Dtype::code`]).
+    pub s_fmt: u32,
+    /// The dense teacher's storage.
+    pub t_fmt: u32,
+    pub pad: [u32; 2],
 }
 
 /// The train kernel's layout and pipeline, built on first use.
@@ -352,11 +357,15 @@ impl Gpu {
         let vals = range.start * cols..range.end * cols;
         let mut scratch = Scratch::pooled(&self.pool);
         let sc = &mut scratch;
-        let s_buf = self.upload_source(sc, "kullback.student", Source::of(sub(s, vals.clone())))?;
+        // halves as they are: the kernel widens them where it reads them
+        let s_buf =
+            self.upload_source(sc, "kullback.student", Source::stored(sub(s, vals.clone())))?;
+        params.s_fmt = s.dtype().code();
+        let s_bytes = s.dtype().stored_bytes((rows * cols) as u64);
         params.rows = rows as u32;
         let mut row_words: Vec<u32> = Vec::new();
         let grad_bytes = (rows * cols) as u64 * 4;
-        let mut t_bytes = grad_bytes;
+        let t_bytes;
         let t_buf = match aux {
             Aux::Targets(targets, weights) => {
                 let mut words = crate::error::try_vec(rows + cols, "the targets")?;
@@ -375,7 +384,9 @@ impl Gpu {
                     params.flags |= flag::MASK;
                     params.mask_at = (rows * 6) as u32;
                 }
-                self.upload_source(sc, "kullback.teacher", Source::of(sub(*t, vals)))?
+                params.t_fmt = t.dtype().code();
+                t_bytes = t.dtype().stored_bytes((rows * cols) as u64);
+                self.upload_source(sc, "kullback.teacher", Source::stored(sub(*t, vals)))?
             }
         };
         let out_usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
@@ -406,7 +417,7 @@ impl Gpu {
                 label: Some("kullback.train"),
             });
         let b = Bindings {
-            s: Window::whole(&s_buf, grad_bytes),
+            s: Window::whole(&s_buf, s_bytes),
             t: Window::whole(&t_buf, t_bytes),
             grad: Window::whole(&grad_buf, grads_bytes),
             rows: Window::whole(&rows_buf, rows_len),

@@ -69,7 +69,9 @@
 //! NLL and dense distillation keep them, so the gradient pass scales them
 //! by a factor per block instead of taking them again).
 //! (The GPU host path uploads the inputs and reads the gradient back
-//! through device buffers of their size, as every GPU call does.)
+//! through device buffers of their size, as every GPU call does; f16 and
+//! bf16 inputs go up and are read as they are, two per u32, widened in the
+//! kernel to the bits the CPU widens them to.)
 //! The NLL, the forward KL and sparse teachers read the logits twice (row
 //! statistics, then gradient and loss) and write the gradient once; so does
 //! the reverse KL, whose row KL is summed in the first pass relative to the
@@ -466,7 +468,8 @@ impl Context {
                         q_cols: cols,
                     });
                 }
-                let bytes = 4 * 2 * (rows * cols) as u64;
+                let n = (rows * cols) as u64;
+                let bytes = s.dtype().stored_bytes(n) + t.dtype().stored_bytes(n);
                 on = self.train_gpu(bytes, rows as u64);
                 match on {
                     Some(gpu_) => {

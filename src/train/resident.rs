@@ -29,6 +29,12 @@
 //!   window (it stays within the four storage buffers of downlevel devices),
 //!   which must fit one storage binding.
 //!
+//! * student and teacher: [`GpuBatch`]es of logits (the teacher's may be
+//!   log-probabilities) stored as their [`GpuBatch::dtype`] says: f32, or
+//!   f16 / bf16 packed two per u32 (value 2k in the low half of word k),
+//!   widened exactly where the kernel reads them, so that a half input reads
+//!   half the bytes and gives the bits of the same values widened to f32.
+//!
 //! Each input and the gradient must fit one storage binding of the device.
 
 use crate::call::Call;
@@ -277,7 +283,10 @@ fn encode(
     let (rows, cols) = (s.rows, s.cols);
     let limits = gpu.plan_limits();
     let align = limits.align;
+    // the gradient's bytes (f32), and each input's as it is stored
     let bytes = rows as u64 * cols as u64 * 4;
+    let s_bytes = s.dtype.stored_bytes(rows as u64 * cols as u64);
+    params.s_fmt = s.dtype.code();
     if bytes > limits.max_binding {
         return Err(Error::TooLarge {
             what: "bytes of a GPU-resident loss gradient's binding".into(),
@@ -287,7 +296,7 @@ fn encode(
     }
     let storage = wgpu::BufferUsages::STORAGE;
     let copy_src = wgpu::BufferUsages::COPY_SRC;
-    check_buffer("student", s.buffer, s.offset, bytes, storage, align)?;
+    check_buffer("student", s.buffer, s.offset, s_bytes, storage, align)?;
     check_buffer("gradient", grad.buffer, grad.offset, bytes, storage, align)?;
     // the window of the gradient binding: the student's gradient, and the
     // teacher's after it in the same buffer
@@ -324,7 +333,8 @@ fn encode(
     let has_mask = matches!(side, Side::Teacher(_, Some(_)));
     match &side {
         Side::Teacher(t, mask) => {
-            check_buffer("teacher", t.buffer, t.offset, bytes, storage, align)?;
+            let t_bytes = t.dtype.stored_bytes(rows as u64 * cols as u64);
+            check_buffer("teacher", t.buffer, t.offset, t_bytes, storage, align)?;
             reads.push(t.buffer);
             if let Some(m) = mask {
                 check_buffer("mask", m.buffer, m.offset, rows as u64 * 4, copy_src, 4)?;
@@ -365,10 +375,11 @@ fn encode(
                     params.flags |= flag::MASK;
                     params.mask_at = (rows as u64 * RECORD_SIZE / 4) as u32;
                 }
+                params.t_fmt = t.dtype.code();
                 t_win = Window {
                     buffer: t.buffer,
                     offset: t.offset,
-                    size: bytes,
+                    size: t.dtype.stored_bytes(rows as u64 * cols as u64),
                 };
                 holder = None;
             }
@@ -398,7 +409,7 @@ fn encode(
             s: Window {
                 buffer: s.buffer,
                 offset: s.offset,
-                size: bytes,
+                size: s_bytes,
             },
             t: t_win,
             grad: Window {

@@ -29,6 +29,27 @@ use kullback::{
 
 // ------------------------------------------------------------------ .npy
 
+/// An .npy file with a hand-written header: `descr` as NumPy writes it
+/// (e.g. "<V2", ml_dtypes' bfloat16) and `data` as the raw little-endian items.
+pub fn save_raw_npy(path: &std::path::Path, descr: &str, shape: &[u64], data: &[u8]) {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let shape = if dims.len() == 1 {
+        format!("({},)", dims[0])
+    } else {
+        format!("({})", dims.join(", "))
+    };
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend((header.len() as u16).to_le_bytes());
+    bytes.extend(header.as_bytes());
+    bytes.extend(data);
+    std::fs::write(path, bytes).unwrap();
+}
+
 /// `tests/data`, or `$KULLBACK_TEST_DATA` (prebuilt test binaries run from
 /// another checkout: bench/gpu-check.sh).
 pub fn data_dir() -> PathBuf {

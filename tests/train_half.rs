@@ -1,0 +1,399 @@
+//! Loss gradients (`Context::distill`, `distill_with_teacher_grad`,
+//! `nll_grad`, and their GPU-resident forms) from f16 and bf16 inputs.
+//!
+//! The widening is exact and every backend then runs its f32 arithmetic on
+//! the same f32 values, so a half call is asserted equal, bit for bit, to the
+//! same call on the widened values (gradients, teacher gradients, losses),
+//! on the CPU and on the GPU (which reads the halves packed two per u32, half
+//! the bytes); tests/train.rs checks those f32 calls against float64, and
+//! one float64 forward KL here checks the half path directly. The resident
+//! form over packed half buffers gives the host path's bits, and a half
+//! buffer is sized as halves (too short a one is refused, not misread).
+
+mod common;
+
+use kullback::half::{bf16, f16};
+use kullback::wgpu::{self, util::DeviceExt};
+use kullback::{
+    Batch, Context, DistillOptions, Divergence, Dtype, Error, Form, GpuBatch, GpuDistill, GpuGrad,
+    GpuNllGrad, GpuOutput, GpuTargets, NllOptions, Reduction, Teacher, Values,
+};
+
+/// A deterministic stream of uniforms in [0, 1).
+struct Rng(u64);
+impl Rng {
+    fn unif(&mut self) -> f64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Student and teacher logits with −inf columns (the same in both, never a
+/// whole row), and a row of magnitude 10⁴ where `huge`.
+fn logits(rng: &mut Rng, rows: usize, cols: usize, huge: bool) -> (Vec<f32>, Vec<f32>) {
+    let (mut s, mut t) = (Vec::new(), Vec::new());
+    for r in 0..rows {
+        let scale = if huge && r == 1 { 1e4 } else { 4.0 };
+        for c in 0..cols {
+            let a = scale * (2.0 * rng.unif() - 1.0);
+            let b = a + 2.0 * rng.unif() - 1.0;
+            let masked = cols > 2 && c % 7 == 3;
+            s.push(if masked { f32::NEG_INFINITY } else { a as f32 });
+            t.push(if masked { f32::NEG_INFINITY } else { b as f32 });
+        }
+    }
+    (s, t)
+}
+
+/// Values rounded to one half format: the host values and the widened f32s.
+struct Half {
+    dtype: Dtype,
+    f16: Vec<f16>,
+    bf16: Vec<bf16>,
+    wide: Vec<f32>,
+}
+
+impl Half {
+    fn new(v: &[f32], dtype: Dtype) -> Half {
+        let f16: Vec<f16> = v.iter().map(|&x| f16::from_f32(x)).collect();
+        let bf16: Vec<bf16> = v.iter().map(|&x| bf16::from_f32(x)).collect();
+        let wide = match dtype {
+            Dtype::F16 => f16.iter().map(|x| x.to_f32()).collect(),
+            _ => bf16.iter().map(|x| x.to_f32()).collect(),
+        };
+        Half {
+            dtype,
+            f16,
+            bf16,
+            wide,
+        }
+    }
+    fn values(&self) -> Values<'_> {
+        match self.dtype {
+            Dtype::F16 => Values::from(&self.f16),
+            _ => Values::from(&self.bf16),
+        }
+    }
+    /// The packed bytes, padded to whole u32s.
+    fn bytes(&self) -> Vec<u8> {
+        let mut b: Vec<u8> = match self.dtype {
+            Dtype::F16 => bytemuck::cast_slice(&self.f16).to_vec(),
+            _ => bytemuck::cast_slice(&self.bf16).to_vec(),
+        };
+        b.resize(b.len().next_multiple_of(4), 0);
+        b
+    }
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+const DIVS: [Divergence; 3] = [
+    Divergence::ForwardKl,
+    Divergence::ReverseKl,
+    Divergence::Jsd,
+];
+
+/// The contexts to run on: the CPU, and the GPU (a panic without an adapter
+/// under `KULLBACK_REQUIRE_GPU=1`).
+fn contexts() -> Vec<(&'static str, Context)> {
+    let mut v = vec![("cpu", common::cpu())];
+    if let Some(g) = common::gpu() {
+        v.push(("gpu", g));
+    }
+    v
+}
+
+/// Distillation (every divergence, with and without the teacher's
+/// gradient, a row mask, logits and log-probabilities) and the NLL (class
+/// weights, smoothing, an ignored row) from f16 and bf16 inputs: the bits of
+/// the same calls on the widened values, on both backends. Odd column
+/// counts put rows inside a u32 on the GPU.
+#[test]
+fn half_inputs_give_the_widened_values_bits() {
+    let mut rng = Rng(18);
+    for (name, ctx) in contexts() {
+        for &(rows, cols) in &[(4usize, 1usize), (5, 3), (3, 257), (2, 1001)] {
+            let (s, t) = logits(&mut rng, rows, cols, true);
+            let mask: Vec<bool> = (0..rows).map(|r| r != 2).collect();
+            for dtype in [Dtype::F16, Dtype::BF16] {
+                let (hs, ht) = (Half::new(&s, dtype), Half::new(&t, dtype));
+                // the student in the format, the teacher in the other one too
+                let other = if dtype == Dtype::F16 {
+                    Dtype::BF16
+                } else {
+                    Dtype::F16
+                };
+                let ht2 = Half::new(&t, other);
+                for (teacher, t_wide, t_form) in [
+                    (&ht, &ht.wide, Form::Logits),
+                    (&ht2, &ht2.wide, Form::LogProbs),
+                ] {
+                    // log-probabilities: the logits made ≤ 0 before rounding
+                    let (tv, tw);
+                    let (t_vals, t_wide): (Values<'_>, &[f32]) = if t_form == Form::LogProbs {
+                        let lp: Vec<f32> = t
+                            .iter()
+                            .map(|&x| if x.is_finite() { -x.abs() } else { x })
+                            .collect();
+                        tv = Half::new(&lp, other);
+                        tw = tv.wide.clone();
+                        (tv.values(), &tw)
+                    } else {
+                        (teacher.values(), t_wide)
+                    };
+                    for div in DIVS {
+                        for with_t in [false, true] {
+                            let opts = DistillOptions::default()
+                                .divergence(div)
+                                .beta(0.3)
+                                .temperature(2.0)
+                                .reduction(Reduction::Mean)
+                                .mask(&mask);
+                            let what = format!(
+                                "{name} {rows}x{cols} {dtype:?} teacher {t_form:?} {div:?} teacher grad {with_t}"
+                            );
+                            let run = |sv: Values<'_>, tv: Values<'_>| {
+                                let sb = Batch::new(sv, rows, cols).form(Form::Logits);
+                                let tb = Teacher::Dense(Batch::new(tv, rows, cols).form(t_form));
+                                let (mut g, mut gt) =
+                                    (vec![0f32; rows * cols], vec![0f32; rows * cols]);
+                                let out = if with_t {
+                                    ctx.distill_with_teacher_grad(&sb, &tb, &opts, &mut g, &mut gt)
+                                } else {
+                                    ctx.distill(&sb, &tb, &opts, &mut g)
+                                };
+                                let out = out.unwrap_or_else(|e| panic!("{what}: {e}"));
+                                assert_eq!(out.backend, ctx.backend(), "{what}: backend");
+                                (out.values, g, gt)
+                            };
+                            let half = run(hs.values(), t_vals);
+                            let wide = run(Values::from(&hs.wide), Values::from(t_wide));
+                            assert_eq!(bits(&half.0), bits(&wide.0), "{what}: loss");
+                            assert_eq!(bits(&half.1), bits(&wide.1), "{what}: gradient");
+                            assert_eq!(bits(&half.2), bits(&wide.2), "{what}: teacher gradient");
+                            assert!(half.0[0].is_finite(), "{what}: loss {}", half.0[0]);
+                        }
+                    }
+                }
+                // the NLL: targets off the masked columns, one ignored row
+                let targets: Vec<i64> = (0..rows)
+                    .map(|r| {
+                        if r == 1 {
+                            -100
+                        } else {
+                            let mut c = (r * 5) % cols;
+                            while hs.wide[r * cols + c] == f32::NEG_INFINITY {
+                                c = (c + 1) % cols;
+                            }
+                            c as i64
+                        }
+                    })
+                    .collect();
+                // zero weights on the masked columns, where smoothing would
+                // put mass on a −inf logit
+                let w: Vec<f32> = (0..cols)
+                    .map(|c| {
+                        if cols > 2 && c % 7 == 3 {
+                            0.0
+                        } else {
+                            0.5 + (c % 4) as f32 * 0.25
+                        }
+                    })
+                    .collect();
+                for eps in [0.0f32, 0.1] {
+                    let opts = NllOptions::default()
+                        .ignore_index(-100)
+                        .weights(&w)
+                        .label_smoothing(eps);
+                    let what = format!("{name} nll {rows}x{cols} {dtype:?} smoothing {eps}");
+                    let run = |v: Values<'_>| {
+                        let mut g = vec![0f32; rows * cols];
+                        let b = Batch::new(v, rows, cols).form(Form::Logits);
+                        let out = ctx
+                            .nll_grad(&b, &targets, &opts, &mut g)
+                            .unwrap_or_else(|e| panic!("{what}: {e}"));
+                        assert_eq!(out.backend, ctx.backend(), "{what}: backend");
+                        (out.values, g)
+                    };
+                    let (lh, gh) = run(hs.values());
+                    let (lw, gw) = run(Values::from(&hs.wide));
+                    assert_eq!(bits(&lh), bits(&lw), "{what}: loss");
+                    assert_eq!(bits(&gh), bits(&gw), "{what}: gradient");
+                }
+            }
+        }
+    }
+}
+
+/// T² · KL(softmax(t/T) ‖ softmax(s/T)) of one row, in float64.
+fn forward_kl(s: &[f32], t: &[f32], temp: f64) -> f64 {
+    let ls = |x: &[f32]| -> Vec<f64> {
+        let v: Vec<f64> = x.iter().map(|&a| a as f64 / temp).collect();
+        let m = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let z = m + v.iter().map(|a| (a - m).exp()).sum::<f64>().ln();
+        v.iter().map(|a| a - z).collect()
+    };
+    let (lq, lp) = (ls(s), ls(t));
+    let kl: f64 = lp
+        .iter()
+        .zip(&lq)
+        .filter(|(p, _)| p.is_finite())
+        .map(|(p, q)| p.exp() * (p - q))
+        .sum();
+    temp * temp * kl
+}
+
+/// The forward KL of bf16 and f16 logits against float64 from the widened
+/// values (per row, within abs 2e-6·T² + rel 2e-5), on both backends.
+#[test]
+fn half_forward_kl_matches_f64() {
+    let mut rng = Rng(7);
+    let (rows, cols) = (6, 515);
+    let (s, t) = logits(&mut rng, rows, cols, false);
+    for (name, ctx) in contexts() {
+        for dtype in [Dtype::F16, Dtype::BF16] {
+            let (hs, ht) = (Half::new(&s, dtype), Half::new(&t, dtype));
+            let mut g = vec![0f32; rows * cols];
+            let out = ctx
+                .distill(
+                    &Batch::new(hs.values(), rows, cols).form(Form::Logits),
+                    &Teacher::Dense(Batch::new(ht.values(), rows, cols).form(Form::Logits)),
+                    &DistillOptions::default().reduction(Reduction::None),
+                    &mut g,
+                )
+                .expect("distill");
+            for r in 0..rows {
+                let want = forward_kl(
+                    &hs.wide[r * cols..(r + 1) * cols],
+                    &ht.wide[r * cols..(r + 1) * cols],
+                    1.0,
+                );
+                let got = out.values[r] as f64;
+                assert!(
+                    (got - want).abs() <= 2e-6 + 2e-5 * want.abs(),
+                    "{name} {dtype:?} row {r}: {got:e} against float64 {want:e}"
+                );
+            }
+        }
+    }
+}
+
+/// GPU-resident half buffers (student f16 at an offset, teacher bf16; an
+/// odd column count, so rows start inside a u32): the host path's bits for
+/// every divergence and the NLL; a half buffer one value short is refused.
+#[test]
+fn resident_half_inputs_equal_the_host_path() {
+    let Some((device, queue)) = common::gpu_device(wgpu::Limits::downlevel_defaults()) else {
+        return;
+    };
+    let ctx = Context::from_device(device.clone(), queue.clone()).expect("context");
+    let (rows, cols) = (3, 301);
+    let (s, t) = logits(&mut Rng(5), rows, cols, true);
+    let (hs, ht) = (Half::new(&s, Dtype::F16), Half::new(&t, Dtype::BF16));
+    let align = device.limits().min_storage_buffer_offset_alignment as u64;
+    let buffer = |bytes: &[u8], lead: u64| {
+        let mut v = vec![0u8; lead as usize];
+        v.extend_from_slice(bytes);
+        device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("input"),
+            contents: &v,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+        })
+    };
+    let sb = buffer(&hs.bytes(), align);
+    let tb = buffer(&ht.bytes(), 0);
+    let gbytes = (rows * cols * 4) as u64;
+    let gbuf = common::out_buffer(&device, gbytes);
+    let obytes = kullback::grad_output_bytes(rows);
+    let obuf = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("records"),
+        size: obytes,
+        usage: wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    });
+    let student = GpuBatch::new(&sb, rows, cols)
+        .offset(align)
+        .form(Form::Logits)
+        .dtype(Dtype::F16);
+    let teacher = GpuBatch::new(&tb, rows, cols)
+        .form(Form::Logits)
+        .dtype(Dtype::BF16);
+    let run = |enc_fn: &dyn Fn(&mut wgpu::CommandEncoder)| -> (Vec<kullback::Record>, Vec<f32>) {
+        let mut enc = device.create_command_encoder(&Default::default());
+        enc_fn(&mut enc);
+        queue.submit([enc.finish()]);
+        let recs = common::read_records(&device, &queue, &obuf, 0, obytes);
+        let g: Vec<f32> = common::read_buffer(&device, &queue, &gbuf, 0, gbytes);
+        (recs, g)
+    };
+    for div in DIVS {
+        let opts = DistillOptions::default().divergence(div).temperature(0.5);
+        let call = GpuDistill::new(student, teacher, GpuGrad::new(&gbuf), GpuOutput::new(&obuf))
+            .options(opts);
+        let (recs, got) = run(&|enc| ctx.encode_distill(enc, &call).expect("encode"));
+        let losses = call.decode(&recs).expect("decode");
+        let mut want = vec![0f32; rows * cols];
+        let host = ctx
+            .distill(
+                &Batch::new(hs.values(), rows, cols).form(Form::Logits),
+                &Teacher::Dense(Batch::new(ht.values(), rows, cols).form(Form::Logits)),
+                &opts.reduction(Reduction::None),
+                &mut want,
+            )
+            .expect("host");
+        assert_eq!(bits(&got), bits(&want), "{div:?}: gradient");
+        assert_eq!(bits(&losses), bits(&host.values), "{div:?}: losses");
+    }
+    let targets: Vec<i32> = (0..rows as i32).map(|r| r * 2).collect();
+    let tbuf = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some("targets"),
+        contents: bytemuck::cast_slice(&targets),
+        usage: wgpu::BufferUsages::COPY_SRC,
+    });
+    let call = GpuNllGrad::new(
+        student,
+        GpuTargets::i32(&tbuf, rows),
+        GpuGrad::new(&gbuf),
+        GpuOutput::new(&obuf),
+    );
+    let (recs, got) = run(&|enc| ctx.encode_nll_grad(enc, &call).expect("encode"));
+    let losses = call.decode(&recs).expect("decode");
+    let mut want = vec![0f32; rows * cols];
+    let host = ctx
+        .nll_grad(
+            &Batch::new(hs.values(), rows, cols).form(Form::Logits),
+            &targets,
+            &NllOptions::default().reduction(Reduction::None),
+            &mut want,
+        )
+        .expect("host");
+    assert_eq!(bits(&got), bits(&want), "nll gradient");
+    assert_eq!(bits(&losses), bits(&host.values), "nll losses");
+    // a buffer one half short of the batch
+    let short = buffer(&hs.bytes()[..(rows * cols - 1) * 2 / 4 * 4], 0);
+    let call = GpuDistill::new(
+        GpuBatch::new(&short, rows, cols)
+            .form(Form::Logits)
+            .dtype(Dtype::F16),
+        teacher,
+        GpuGrad::new(&gbuf),
+        GpuOutput::new(&obuf),
+    );
+    let mut enc = device.create_command_encoder(&Default::default());
+    let e = ctx.encode_distill(&mut enc, &call).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Buffer {
+                name: "student",
+                ..
+            }
+        ),
+        "{e}"
+    );
+}
