@@ -37,8 +37,8 @@ struct Params {
     tg_at: u32,    // word of the teacher's gradient in `grad` (with TF_TGRAD)
     s_fmt: u32,    // how the student's values are stored: DT_F32, DT_F16 or DT_BF16
     t_fmt: u32,    // the dense teacher's likewise
+    top: u32,      // a sparse teacher's indices per row (sparse_tail)
     pad0: u32,
-    pad1: u32,
 }
 
 // src/record.rs `Record`: a row's loss and status (a test there compares the fields).
@@ -539,5 +539,98 @@ fn train_main(
     }
     if (lid == 0u) {
         write_record(row, P.t2 * (P.beta * sums.x + (1.0 - P.beta) * sums.y), 1.0, ST_OK, 0u, 0u);
+    }
+}
+
+// ---- a sparse (top-k) teacher, host path (src/train/sparse.rs): the host
+// checks the indices, takes the student's values at them and does the
+// k + 1 buckets' arithmetic; the GPU does the two passes over every column.
+
+// Pass 1: the online log-sum-exp of the student's columns outside the row's
+// indices (t_buf: `top` column indices per row, ascending; the tail) and its
+// first NaN or +inf column. rowbuf gets SPARSE_STATS words per row:
+// (max, Σ, bad column or COL_NONE, 0). Each thread walks the sorted indices with a cursor as its columns
+// rise, so a column's membership costs no search.
+@compute @workgroup_size(WG)
+fn sparse_tail(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = wid.x + wid.y * nwg.x;
+    if (row >= P.rows) {
+        return;
+    }
+    let base = row * P.cols;
+    let ib = row * P.top;
+    var cur = 0u;
+    var st = vec2<f32>(NEG_BIG, 0.0);
+    var bad = COL_NONE;
+    for (var c = lid; c < P.cols; c += WG) {
+        while (cur < P.top && t_buf[ib + cur] < c) {
+            cur += 1u;
+        }
+        if (cur < P.top && t_buf[ib + cur] == c) {
+            continue;
+        }
+        let b = s_word(base + c);
+        if (is_nan_bits(b) || b == POS_INF_BITS) {
+            bad = min(bad, c);
+        } else if (!masked(b)) {
+            st = lse_add(st, bitcast<f32>(b), P.k);
+        }
+    }
+    w_sm[lid] = st.x;
+    w_ss[lid] = st.y;
+    w_arg[lid] = bad;
+    workgroupBarrier();
+    for (var h = WG / 2u; h > 0u; h = h >> 1u) {
+        if (lid < h) {
+            let m = lse_merge(vec2<f32>(w_sm[lid], w_ss[lid]), vec2<f32>(w_sm[lid + h], w_ss[lid + h]), P.k);
+            w_sm[lid] = m.x;
+            w_ss[lid] = m.y;
+            w_arg[lid] = min(w_arg[lid], w_arg[lid + h]);
+        }
+        workgroupBarrier();
+    }
+    if (lid == 0u) {
+        let r = SPARSE_STATS * row;
+        rowbuf[r] = bitcast<u32>(w_sm[0]);
+        rowbuf[r + 1u] = bitcast<u32>(w_ss[0]);
+        rowbuf[r + 2u] = w_arg[0];
+        rowbuf[r + 3u] = 0u;
+    }
+}
+
+// Pass 2: the gradient of every column from the row's constants in rowbuf
+// (SPARSE_CONSTS words: m, ln Σ, f, h, mt, j, on, 0): f·q_c − h·exp((s − mt)/T + j) with
+// q_c = exp((s − m)/T − ln Σ), 0 at a −inf logit and in a row that is off
+// (masked, bad, renormalised: no tail). The host then writes the indexed
+// columns' own values over theirs.
+@compute @workgroup_size(WG)
+fn sparse_grad(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = wid.x + wid.y * nwg.x;
+    if (row >= P.rows) {
+        return;
+    }
+    let base = row * P.cols;
+    let r = SPARSE_CONSTS * row;
+    let m = bitcast<f32>(rowbuf[r]);
+    let ln_s = bitcast<f32>(rowbuf[r + 1u]);
+    let f = bitcast<f32>(rowbuf[r + 2u]);
+    let h = bitcast<f32>(rowbuf[r + 3u]);
+    let mt = bitcast<f32>(rowbuf[r + 4u]);
+    let j = bitcast<f32>(rowbuf[r + 5u]);
+    let on = rowbuf[r + 6u] != 0u;
+    for (var c = lid; c < P.cols; c += WG) {
+        let b = s_word(base + c);
+        let s = bitcast<f32>(b);
+        let q = exp_neg((s - m) * P.k - ln_s);
+        let v = f * q - h * exp_neg((s - mt) * P.k + j);
+        grad[base + c] = select(0.0, v, on && !masked(b));
     }
 }

@@ -157,6 +157,10 @@ impl Status {
     }
 }
 
+/// Why a row whose values are all −inf cannot be normalised (the rows
+/// kernel's status, and the loss gradients' on both backends).
+pub(crate) const ALL_MASKED: &str = "every value is -inf (probability 0)";
+
 /// What the decoder needs besides the record.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct DecodeCtx {
@@ -313,7 +317,7 @@ pub(crate) fn decode(row: usize, rec: &Record, ctx: &DecodeCtx) -> Error {
                 Arg::Q
             },
             row,
-            why: "every value is -inf (probability 0)",
+            why: ALL_MASKED,
         },
         c @ (code::INF_TARGET
         | code::INF_SMOOTHING

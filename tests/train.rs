@@ -561,12 +561,8 @@ fn run_checked(
     let out = ctx
         .distill(student, &teacher, opts, &mut grad)
         .unwrap_or_else(|e| panic!("{what}: {e} {:?} {:?}", &refs[..1], &s[..cols]));
-    // a dense teacher runs on the context's backend, a sparse one on the CPU
-    let ran = match teacher {
-        Teacher::Sparse(_) => kullback::Ran::Cpu,
-        _ => ctx.backend(),
-    };
-    assert_eq!(out.backend, ran, "{what}");
+    // dense and sparse teachers run on the context's backend
+    assert_eq!(out.backend, ctx.backend(), "{what}");
     let count = mask.iter().filter(|&&m| m).count() as f64;
     let scale = match c.reduction {
         Reduction::Mean => 1.0 / count,
@@ -842,9 +838,9 @@ fn distill_sparse_grid() {
     }
 }
 
-/// One 256,000-column row: the gradient against the f64 reference in full,
-/// and the reference against finite differences on 64 sampled columns and
-/// along random directions.
+/// One 256,000-column row: the gradient against the f64 reference in full
+/// (on both backends), and the reference against finite differences on 64
+/// sampled columns and along random directions.
 #[test]
 fn distill_256k_columns() {
     let mut rng = Rng(3);
@@ -893,6 +889,21 @@ fn distill_256k_columns() {
         let what = format!("256k {div:?} {sparse:?}");
         check_row(&grad, &gr, &what);
         check_loss(out.values[0], loss, temp * temp, &what);
+        // the GPU backend, one workgroup streaming the row
+        if let Some(gpu) = common::gpu() {
+            let mut gg = vec![0f32; cols];
+            let o = gpu
+                .distill(
+                    &Batch::new(&s, 1, cols).form(Form::Logits),
+                    &teacher,
+                    &opts,
+                    &mut gg,
+                )
+                .unwrap();
+            assert_eq!(o.backend, kullback::Ran::Gpu, "{what}");
+            check_row(&gg, &gr, &format!("{what} gpu"));
+            check_loss(o.values[0], loss, temp * temp, &format!("{what} gpu"));
+        }
         // finite differences: 64 sampled columns and 4 random directions
         let f = |x: &[f64]| distill_ref(x, &teacher_ref, temp, div).0;
         let h = 1e-4;
@@ -1364,15 +1375,22 @@ fn distill_err(
     rows: usize,
     cols: usize,
 ) -> Error {
-    let mut g = vec![0f32; rows * cols];
-    cpu()
-        .distill(
+    let run = |ctx: &Context| {
+        let mut g = vec![0f32; rows * cols];
+        ctx.distill(
             &Batch::new(s, rows, cols).form(Form::Logits),
             &teacher,
             &opts,
             &mut g,
         )
         .expect_err("an error")
+    };
+    let e = run(&cpu());
+    // the GPU backend reports the same error (dense and sparse teachers)
+    if let Some(gpu) = common::gpu() {
+        assert_eq!(run(&gpu).to_string(), e.to_string(), "the GPU's error");
+    }
+    e
 }
 
 #[test]
@@ -1876,7 +1894,8 @@ fn nll_errors() {
 // ------------------------------------------------------------ PyTorch values
 
 /// Stored PyTorch autograd values (tests/data/torch_train: make.py wrote
-/// them with torch in float64 from the same float32 inputs).
+/// them with torch in float64 from the same float32 inputs), on both
+/// backends.
 #[test]
 fn torch_reference() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/torch_train");
@@ -1901,10 +1920,14 @@ fn torch_reference() {
         "sum" => Reduction::Sum,
         _ => Reduction::Mean,
     };
-    let ctx = cpu();
     let cases = manifest["cases"].as_array().unwrap();
     assert!(cases.len() >= 80);
-    for (n, c) in cases.iter().enumerate() {
+    let mut contexts = vec![cpu()];
+    contexts.extend(common::gpu());
+    for (ctx, (n, c)) in contexts
+        .iter()
+        .flat_map(|ctx| cases.iter().enumerate().map(move |nc| (ctx, nc)))
+    {
         let (rows, cols) = (
             c["rows"].as_u64().unwrap() as usize,
             c["cols"].as_u64().unwrap() as usize,
@@ -1986,9 +2009,10 @@ fn torch_reference() {
                 )
             }
         };
-        let what = format!("torch case {n}: {c}");
+        let what = format!("torch case {n} on {:?}: {c}", ctx.backend());
         let what = &what[..what.len().min(400)];
         let out = out.unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(out.backend, ctx.backend(), "{what}");
         for (got, want) in out.values.iter().zip(&want_loss) {
             check_loss(*got, *want, t2 * rows as f64, what);
         }
@@ -2026,6 +2050,42 @@ fn gpu_distill_dense_grid() {
 fn gpu_nll_grid() {
     let Some(gpu) = common::gpu() else { return };
     nll_grid_on(&gpu, false);
+}
+
+/// The sparse-teacher grid on the GPU backend (k ∈ {1, 8, 64}, both tail
+/// policies, every divergence, T ∈ {0.5, 2}, masks, −inf logits, logits of
+/// 10⁴, reductions) against the same f64 references.
+#[test]
+fn gpu_distill_sparse_grid() {
+    let Some(gpu) = common::gpu() else { return };
+    let mut rng = Rng(12);
+    for cols in [1usize, 3, 257] {
+        for k in [1usize, 8, 64].into_iter().filter(|&k| k <= cols) {
+            for &div in &DIVS {
+                for temp in [0.5, 2.0] {
+                    for flavor in [Flavor::Plain, Flavor::Masked, Flavor::Huge] {
+                        for bucket in [true, false] {
+                            for (i, reduction) in REDUCTIONS.into_iter().enumerate() {
+                                let case = Case {
+                                    rows: 4,
+                                    cols,
+                                    temp,
+                                    div,
+                                    flavor,
+                                    sparse: Some(k),
+                                    bucket,
+                                    reduction,
+                                    mask: i > 0,
+                                    fd: false,
+                                };
+                                run_case(&gpu, &mut rng, &case);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Two rows of 100,000 columns (each streamed by one workgroup) on the GPU,
@@ -2363,7 +2423,7 @@ fn gpu_resident_distill_and_nll() {
 
 /// A binding cap of 64 KiB splits 40 rows of 1,000 columns over three
 /// dispatches (the row mask, targets and weights sliced with them): the
-/// same bits as one dispatch.
+/// same bits as one dispatch; a sparse teacher's chunks likewise.
 #[test]
 fn gpu_rows_split_over_dispatches() {
     let (Some(gpu), Some(capped)) = (common::gpu(), common::gpu_capped(64 * 1024)) else {
@@ -2418,6 +2478,34 @@ fn gpu_rows_split_over_dispatches() {
                 &f64s(&et[range]),
                 &format!("{div:?} row {r}"),
             );
+        }
+    }
+    // a sparse teacher (k = 16, both tails): the same bits over several
+    // chunks, and on a rerun
+    let k = 16;
+    let (mut ix, mut l) = (Vec::new(), Vec::new());
+    for r in 0..rows {
+        let (i, v) = top_k(&mut rng, &t[r * cols..(r + 1) * cols], 2.0, k);
+        ix.extend(i.iter().map(|&c| c as u32));
+        l.extend(v);
+    }
+    let sparse = Teacher::Sparse(SparseTeacher::new(&ix, &l, k));
+    for tail in [Tail::Bucket, Tail::Renormalize] {
+        for div in [Divergence::ForwardKl, Divergence::Jsd] {
+            let opts = DistillOptions::default()
+                .divergence(div)
+                .temperature(2.0)
+                .tail(tail)
+                .mask(&mask);
+            let mut runs = Vec::new();
+            for ctx in [&gpu, &capped, &gpu] {
+                let mut g = vec![0f32; rows * cols];
+                let o = ctx.distill(&student, &sparse, &opts, &mut g).unwrap();
+                assert_eq!(o.backend, kullback::Ran::Gpu);
+                runs.push((bits(&g), bits(&o.values)));
+            }
+            assert_eq!(runs[0], runs[1], "sparse {tail:?} {div:?}: capped");
+            assert_eq!(runs[0], runs[2], "sparse {tail:?} {div:?}: rerun");
         }
     }
     let w: Vec<f32> = (0..cols)

@@ -51,6 +51,8 @@ pub(crate) fn wgsl_constants() -> Vec<(&'static str, u32)> {
         ("TF_SIGNED", flag::SIGNED),
         ("TF_IGNORE", flag::IGNORE),
         ("TF_TGRAD", flag::TGRAD),
+        ("SPARSE_STATS", SPARSE_STATS as u32),
+        ("SPARSE_CONSTS", SPARSE_CONSTS as u32),
     ]
 }
 
@@ -79,14 +81,41 @@ pub(crate) struct TrainParams {
     pub s_fmt: u32,
     /// The dense teacher's storage.
     pub t_fmt: u32,
-    pub pad: [u32; 2],
+    /// A sparse teacher's indices per row.
+    pub top: u32,
+    pub pad: u32,
 }
 
-/// The train kernel's layout and pipeline, built on first use.
+/// The train kernel's layout and pipeline, built on first use; the sparse
+/// teacher's two entry points built on their first use.
 #[derive(Debug)]
 pub(crate) struct TrainPipeline {
     bgl: wgpu::BindGroupLayout,
+    layout: wgpu::PipelineLayout,
+    module: wgpu::ShaderModule,
     pipeline: wgpu::ComputePipeline,
+    sparse: OnceLock<[wgpu::ComputePipeline; 2]>,
+}
+
+/// Which entry point of shaders/train.wgsl a dispatch runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Entry {
+    /// `train_main`: the NLL and dense distillation.
+    Train,
+    /// `sparse_tail`: a sparse teacher's pass 1.
+    SparseTail,
+    /// `sparse_grad`: a sparse teacher's pass 2.
+    SparseGrad,
+}
+
+impl Entry {
+    fn name(self) -> &'static str {
+        match self {
+            Entry::Train => "train_main",
+            Entry::SparseTail => "sparse_tail",
+            Entry::SparseGrad => "sparse_grad",
+        }
+    }
 }
 
 pub(crate) type TrainCell = OnceLock<Arc<TrainPipeline>>;
@@ -127,24 +156,62 @@ impl TrainPipeline {
             bind_group_layouts: &[Some(&bgl)],
             immediate_size: 0,
         });
-        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some("kullback.train"),
-            layout: Some(&layout),
-            module: &module,
-            entry_point: Some("train_main"),
-            compilation_options: wgpu::PipelineCompilationOptions {
-                constants: &[],
-                zero_initialize_workgroup_memory: false,
-            },
-            cache: None,
-        });
+        let pipeline = entry_pipeline(device, &layout, &module, Entry::Train);
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::Device(format!(
                 "building kullback's train kernel: {e}"
             )));
         }
-        Ok(TrainPipeline { bgl, pipeline })
+        Ok(TrainPipeline {
+            bgl,
+            layout,
+            module,
+            pipeline,
+            sparse: OnceLock::new(),
+        })
     }
+
+    /// The pipeline of `e`.
+    fn get(&self, device: &wgpu::Device, e: Entry) -> Result<&wgpu::ComputePipeline> {
+        if e == Entry::Train {
+            return Ok(&self.pipeline);
+        }
+        if self.sparse.get().is_none() {
+            let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+            let made = [Entry::SparseTail, Entry::SparseGrad]
+                .map(|e| entry_pipeline(device, &self.layout, &self.module, e));
+            if let Some(err) = pollster::block_on(scope.pop()) {
+                return Err(Error::Device(format!(
+                    "building kullback's sparse-teacher kernels: {err}"
+                )));
+            }
+            let _ = self.sparse.set(made);
+        }
+        let [tail, grad] = self
+            .sparse
+            .get()
+            .ok_or_else(|| Error::Device("the sparse-teacher kernels were not built".into()))?;
+        Ok(if e == Entry::SparseTail { tail } else { grad })
+    }
+}
+
+fn entry_pipeline(
+    device: &wgpu::Device,
+    layout: &wgpu::PipelineLayout,
+    module: &wgpu::ShaderModule,
+    e: Entry,
+) -> wgpu::ComputePipeline {
+    device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(e.name()),
+        layout: Some(layout),
+        module,
+        entry_point: Some(e.name()),
+        compilation_options: wgpu::PipelineCompilationOptions {
+            constants: &[],
+            zero_initialize_workgroup_memory: false,
+        },
+        cache: None,
+    })
 }
 
 fn pipeline(gpu: &Gpu) -> Result<Arc<TrainPipeline>> {
@@ -203,8 +270,10 @@ pub(crate) fn record(
     enc: &mut wgpu::CommandEncoder,
     b: &Bindings<'_>,
     params: &TrainParams,
+    e: Entry,
 ) -> Result<()> {
     let pl = pipeline(gpu)?;
+    let compute = pl.get(&gpu.device, e)?;
     let usage = wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST;
     let size = std::mem::size_of::<TrainParams>() as u64;
     let ubuf = scratch.buffer(&gpu.device, "kullback.train.params", size, usage)?;
@@ -253,11 +322,18 @@ pub(crate) fn record(
         label: Some("kullback.train"),
         timestamp_writes: None,
     });
-    pass.set_pipeline(&pl.pipeline);
+    pass.set_pipeline(compute);
     pass.set_bind_group(0, &bg, &[]);
     pass.dispatch_workgroups(x, y, 1);
     Ok(())
 }
+
+/// Words per row that a sparse teacher's pass 1 writes: the tail's running
+/// maximum and sum (f32 bits), its first NaN or +inf column (`COL_NONE`), 0.
+pub(crate) const SPARSE_STATS: usize = 4;
+/// Words per row of a sparse teacher's pass-2 constants: m, ln Σ, f, h, mt,
+/// j (f32 bits), on (1 or 0), 0.
+pub(crate) const SPARSE_CONSTS: usize = 8;
 
 /// Bytes of the row binding of `rows` rows: their records, and a mask word
 /// each where there is a mask.
@@ -275,7 +351,7 @@ pub(crate) enum Aux<'a> {
 }
 
 /// Values `r` of `d`.
-fn sub<'a>(d: Data<'a>, r: std::ops::Range<usize>) -> Data<'a> {
+pub(crate) fn sub<'a>(d: Data<'a>, r: std::ops::Range<usize>) -> Data<'a> {
     match d {
         Data::F32(v) => Data::F32(&v[r]),
         Data::F64(v) => Data::F64(&v[r]),
@@ -312,6 +388,12 @@ fn copy_f32s(b: &[u8], out: &mut [f32]) {
 }
 
 impl Gpu {
+    /// Rows per chunk of a sparse teacher's passes: each binding (the
+    /// student, the indices, the gradient, a row's constants) fits.
+    pub(crate) fn sparse_chunk_rows(&self, rows: usize, cols: usize) -> Result<usize> {
+        chunk_rows(self, rows, cols.max(SPARSE_CONSTS), 1)
+    }
+
     /// The host path of a loss and gradient: uploads, dispatches and reads
     /// back one record per row, writing the gradient into `grad` (and the
     /// teacher's into `tgrad`, a dense teacher's only); `params` gives
@@ -422,14 +504,43 @@ impl Gpu {
             grad: Window::whole(&grad_buf, grads_bytes),
             rows: Window::whole(&rows_buf, rows_len),
         };
-        record(self, sc, &mut enc, &b, &params)?;
+        record(self, sc, &mut enc, &b, &params, Entry::Train)?;
         // one staging buffer: the records, then the gradient
+        let parts = [(&rows_buf, rec_bytes), (&grad_buf, grads_bytes)];
+        self.read_back(sc, enc, &parts, |view| {
+            let (recs, g) = view.split_at(rec_bytes as usize);
+            let (g, h) = g.split_at(grad_bytes as usize);
+            copy_f32s(g, grad);
+            if let Some(t) = tgrad {
+                copy_f32s(&h[..grad_bytes as usize], t);
+            }
+            let mut out = crate::error::try_vec(rows, "the records read back")?;
+            out.extend(
+                recs.chunks_exact(RECORD_SIZE as usize)
+                    .map(bytemuck::pod_read_unaligned::<Record>),
+            );
+            Ok(out)
+        })
+    }
+
+    /// Submits `enc` with copies of `parts` (buffer, bytes from 0) into one
+    /// staging buffer after it, waits, and gives `f` the bytes, in order.
+    fn read_back<T>(
+        &self,
+        sc: &mut Scratch,
+        mut enc: wgpu::CommandEncoder,
+        parts: &[(&wgpu::Buffer, u64)],
+        f: impl FnOnce(&[u8]) -> Result<T>,
+    ) -> Result<T> {
         let usage = wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST;
-        let total = rec_bytes + grads_bytes;
+        let total: u64 = parts.iter().map(|p| p.1).sum();
         let staging = sc.buffer(&self.device, "kullback.readback", total, usage)?;
         sc.detach(&staging);
-        enc.copy_buffer_to_buffer(&rows_buf, 0, &staging, 0, rec_bytes);
-        enc.copy_buffer_to_buffer(&grad_buf, 0, &staging, rec_bytes, grads_bytes);
+        let mut at = 0;
+        for (b, n) in parts {
+            enc.copy_buffer_to_buffer(b, 0, &staging, at, *n);
+            at += n;
+        }
         let index = self.queue.submit([enc.finish()]);
         let (tx, rx) = std::sync::mpsc::channel();
         staging
@@ -458,21 +569,69 @@ impl Gpu {
                 .slice(..total)
                 .get_mapped_range()
                 .map_err(|e| Error::Device(format!("reading the results: {e}")))?;
-            let (recs, g) = view.split_at(rec_bytes as usize);
-            let (g, h) = g.split_at(grad_bytes as usize);
-            copy_f32s(g, grad);
-            if let Some(t) = tgrad {
-                copy_f32s(&h[..grad_bytes as usize], t);
-            }
-            let mut out = crate::error::try_vec(rows, "the records read back")?;
-            out.extend(
-                recs.chunks_exact(RECORD_SIZE as usize)
-                    .map(bytemuck::pod_read_unaligned::<Record>),
-            );
-            out
+            f(&view)
         };
         staging.unmap();
-        scratch.attach(staging);
-        Ok(out)
+        sc.attach(staging);
+        out
+    }
+
+    /// A sparse teacher's two passes over the rows of `s` (one chunk; see
+    /// the `sparse_*` entry points of shaders/train.wgsl): pass 1 over the
+    /// columns outside `indices` (`params.top` ascending per row) gives
+    /// [`SPARSE_STATS`] words per row to `plan`, which returns
+    /// [`SPARSE_CONSTS`] words per row for pass 2, whose gradient lands in
+    /// `grad`. The student goes up once, as it is stored.
+    pub(crate) fn sparse_rows(
+        &self,
+        s: Data<'_>,
+        mut params: TrainParams,
+        indices: &[u32],
+        grad: &mut [f32],
+        plan: impl FnOnce(&[u32]) -> Result<Vec<u32>>,
+    ) -> Result<()> {
+        let cols = params.cols as usize;
+        let rows = grad.len() / cols.max(1);
+        params.rows = rows as u32;
+        params.s_fmt = s.dtype().code();
+        let mut scratch = Scratch::pooled(&self.pool);
+        let sc = &mut scratch;
+        let s_bytes = s.dtype().stored_bytes((rows * cols) as u64);
+        let s_buf = self.upload_source(sc, "kullback.student", Source::stored(s))?;
+        let ix_buf = self.upload(sc, "kullback.indices", bytemuck::cast_slice(indices))?;
+        let ix_bytes = (indices.len() as u64 * 4).max(4);
+        let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
+        let stats_bytes = rows as u64 * SPARSE_STATS as u64 * 4;
+        let stats = sc.buffer(&self.device, "kullback.sparse.stats", stats_bytes, storage)?;
+        let grad_bytes = (rows * cols) as u64 * 4;
+        let grad_buf = sc.buffer(&self.device, "kullback.grad", grad_bytes, storage)?;
+        let new_enc = || {
+            self.device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("kullback.sparse"),
+                })
+        };
+        let mut enc = new_enc();
+        let b = Bindings {
+            s: Window::whole(&s_buf, s_bytes),
+            t: Window::whole(&ix_buf, ix_bytes),
+            grad: Window::whole(&grad_buf, grad_bytes),
+            rows: Window::whole(&stats, stats_bytes),
+        };
+        record(self, sc, &mut enc, &b, &params, Entry::SparseTail)?;
+        let consts = self.read_back(sc, enc, &[(&stats, stats_bytes)], |v| {
+            plan(bytemuck::cast_slice(v))
+        })?;
+        let c_buf = self.upload(sc, "kullback.sparse.consts", bytemuck::cast_slice(&consts))?;
+        let mut enc = new_enc();
+        let b = Bindings {
+            rows: Window::whole(&c_buf, (consts.len() as u64 * 4).max(4)),
+            ..b
+        };
+        record(self, sc, &mut enc, &b, &params, Entry::SparseGrad)?;
+        self.read_back(sc, enc, &[(&grad_buf, grad_bytes)], |v| {
+            copy_f32s(v, grad);
+            Ok(())
+        })
     }
 }

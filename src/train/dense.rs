@@ -71,7 +71,7 @@ fn stats<A: Arith>(
         return Err(Error::CannotNormalize {
             arg,
             row,
-            why: "every value is -inf",
+            why: crate::record::ALL_MASKED,
         });
     }
     Ok((l, ninf))
@@ -898,7 +898,7 @@ impl RowKernel for Dense<'_> {
                 return Err(Error::CannotNormalize {
                     arg,
                     row,
-                    why: "every value is -inf",
+                    why: crate::record::ALL_MASKED,
                 });
             }
         }

@@ -86,12 +86,12 @@
 //!
 //! ## Backends
 //!
-//! [`Context::nll_grad`] and [`Context::distill`] with a dense teacher run on
-//! the context's backend: the GPU of a GPU context; under `Backend::Auto`
-//! with a hardware GPU, where the cost model places a logits call of the
-//! same input bytes and rows ([`Context::placement`]); else the CPU (all
-//! cores, the kernels built for AVX-512 or AVX2 where the CPU has them: the
-//! same Rust source, so the same bits). A sparse teacher runs on the CPU. The [`Output`]'s `backend` says which ran.
+//! [`Context::nll_grad`] and [`Context::distill`] run on the context's
+//! backend: the GPU of a GPU context; under `Backend::Auto` with a hardware
+//! GPU, where the cost model places a logits call of the same input bytes
+//! and rows ([`Context::placement`]); else the CPU (all cores, the kernels
+//! built for AVX-512 or AVX2 where the CPU has them: the same Rust source,
+//! so the same bits). The [`Output`]'s `backend` says which ran.
 //!
 //! On the GPU (shaders/train.wgsl) one workgroup streams each row: pass 1
 //! takes both online log-sum-exps, the reverse KL's rebased row sum and
@@ -103,7 +103,17 @@
 //! row; within a row the first bad column), and the losses are reduced on
 //! the host in row order, so results are bit-identical from run to run.
 //! Rows are split over several dispatches only where a binding would
-//! exceed the device's limit. [`resident`] records the same kernel over the
+//! exceed the device's limit.
+//!
+//! A sparse teacher on the GPU (host slices): the host checks each row's
+//! indices and log-probabilities, sorts the indices and takes the student's
+//! values at them; the GPU takes the log-sum-exp of the columns outside the
+//! indices (each thread walks the sorted indices with a cursor as its
+//! columns rise), the host does the k + 1 buckets' arithmetic in f64 (the
+//! CPU's own code), and a second GPU pass writes every column's tail
+//! gradient from the row's constants; the host writes the k indexed
+//! columns' values over them as the gradient comes back. The student goes
+//! up once; errors are the CPU's, from the first bad row. [`resident`] records the same kernel over the
 //! caller's buffers.
 //!
 //! **Teacher gradient.** [`Context::distill_with_teacher_grad`] also
@@ -450,7 +460,7 @@ impl Context {
         let tf = opts.temperature as f64;
         let k = 1.0 / opts.temperature;
         let g = tf * reduction_scale(opts.reduction, count);
-        let mut on = None;
+        let on;
         let losses = match teacher {
             Teacher::Dense(tb) => {
                 if !matches!(tb.form, Form::Logits | Form::LogProbs) {
@@ -545,7 +555,12 @@ impl Context {
                     tolerance: opts.tolerance,
                     mask: opts.mask,
                 };
-                drive::run(&kernel, rows, cols, grad, None)?
+                let n = (rows * cols) as u64;
+                on = self.train_gpu(s.dtype().stored_bytes(n), rows as u64);
+                match on {
+                    Some(gpu_) => kernel.on_gpu(gpu_, grad)?,
+                    None => drive::run(&kernel, rows, cols, grad, None)?,
+                }
             }
         };
         Ok(output(&losses, opts.reduction, count, cols, on))

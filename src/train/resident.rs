@@ -40,7 +40,7 @@
 use crate::call::Call;
 use crate::context::Context;
 use crate::error::{Arg, BufferProblem, Error, Result, Setting};
-use crate::gpu::train::{Bindings, TrainParams, Window, flag, record, rows_bytes};
+use crate::gpu::train::{Bindings, Entry, TrainParams, Window, flag, record, rows_bytes};
 use crate::gpu::{Gpu, Scratch};
 use crate::measure::{Form, NllOptions, Reduction};
 use crate::record::{self, DecodeCtx, RECORD_SIZE, Record};
@@ -419,7 +419,7 @@ fn encode(
             },
             rows: Window::whole(&rows_buf, rows_len),
         };
-        record(gpu, sc, enc, &b, &params)?;
+        record(gpu, sc, enc, &b, &params, Entry::Train)?;
         enc.copy_buffer_to_buffer(&rows_buf, 0, out.buffer, out.offset, rec_bytes);
         Ok(())
     })

@@ -22,6 +22,9 @@ use super::options::{Divergence, RowMask, Tail};
 use crate::batch::{Data, Targets};
 use crate::cpu::ln::{Arith, exp_normal as exp};
 use crate::error::{Arg, BadValue, Error, Result, try_vec};
+use crate::gpu::Gpu;
+use crate::gpu::train::{SPARSE_CONSTS, SPARSE_STATS, TrainParams, sub};
+use crate::record::code::COL_NONE;
 
 /// Distillation from a sparse teacher.
 pub(super) struct Sparse<'a> {
@@ -249,159 +252,335 @@ impl RowKernel for Sparse<'_> {
         let cols = self.cols;
         let s = self.s.f32s(row * cols..(row + 1) * cols, buf);
         let k = self.k;
-        let base = row * self.top;
-        // the student's values at the indices
-        let mut li = Lse::EMPTY;
-        for &(c, _) in pairs.iter() {
-            let v = s[c as usize];
-            if bad_f(v) {
-                return Err(bad_value(Arg::Q, row, c as usize, &s[c as usize..]));
-            }
-            li.add_one(v, k);
-        }
+        let li = self.index_lse(row, s, pairs)?;
         let mut buckets: Vec<Bucket> = Vec::with_capacity(self.top + 1);
         let mut factors: Vec<f64> = Vec::with_capacity(self.top + 1);
-        match self.tail {
-            Tail::Renormalize => {
-                if li.empty() {
-                    return Err(Error::CannotNormalize {
-                        arg: Arg::Q,
-                        row,
-                        why: "every student logit at the teacher's indices is -inf",
-                    });
-                }
-                let sq = li.soft(k);
-                let mut lt = Lse::EMPTY;
-                for j in 0..self.top {
-                    lt.add_one(self.logprobs[base + j], 1.0);
-                }
-                if lt.empty() {
-                    return Err(Error::CannotNormalize {
-                        arg: Arg::P,
-                        row,
-                        why: "every teacher log-probability is -inf",
-                    });
-                }
-                let lse_t = lt.max as f64 + lt.sum.ln();
-                for &(c, j) in pairs.iter() {
-                    buckets.push(Bucket {
-                        lq: sq.logp64(s[c as usize]),
-                        lp: self.logprobs[base + j as usize] as f64 - lse_t,
-                        col: c as usize,
-                    });
-                }
-                let div = self.buckets(row, &buckets, &mut factors)?;
-                grad.fill(0.0);
-                self.write_cols(&buckets, &factors, grad);
-                Ok(self.t2 * div)
-            }
+        let (div, tail) = match self.tail {
+            Tail::Renormalize => (
+                self.renormalized(row, s, pairs, &li, &mut buckets, &mut factors)?,
+                None,
+            ),
             Tail::Bucket => {
                 // pass 1: the tail's log-sum-exp over the gaps between indices
                 let mut lt = Lse::EMPTY;
                 let mut prev = 0usize;
-                let mut first_tail = None;
                 let ends = pairs.iter().map(|p| p.0 as usize).chain([cols]);
                 for c in ends {
                     if c > prev {
-                        first_tail.get_or_insert(prev);
                         if let Err(off) = lt.add::<A>(&s[prev..c], k) {
                             return Err(bad_value(Arg::Q, row, prev + off, &s[prev + off..c]));
                         }
                     }
                     prev = c + 1;
                 }
-                let mut all = lt;
-                all.merge(&li, k);
-                if all.empty() {
-                    return Err(Error::CannotNormalize {
-                        arg: Arg::Q,
-                        row,
-                        why: "every value is -inf",
-                    });
+                self.bucketed(row, s, pairs, &li, &lt, &mut buckets, &mut factors)?
+            }
+        };
+        // pass 2: the tail's gradient over the row, then the indices
+        match tail {
+            Some(tr) => {
+                let sc = s.chunks_exact(L);
+                let n = cols - sc.remainder().len();
+                for (sc, gc) in sc.zip(grad[..n].chunks_exact_mut(L)) {
+                    for i in 0..L {
+                        gc[i] = tail_elem::<A>(sc[i], &tr);
+                    }
                 }
-                let soft = all.soft(k);
-                let lq_tail = if lt.empty() {
-                    f64::NEG_INFINITY
+                for i in n..cols {
+                    grad[i] = tail_elem::<A>(s[i], &tr);
+                }
+            }
+            None => grad.fill(0.0),
+        }
+        self.write_cols(&buckets, &factors, grad);
+        Ok(self.t2 * div)
+    }
+}
+
+/// The first column outside the sorted indices `pairs` of a row of `cols`.
+fn first_tail(pairs: &[(u32, u32)], cols: usize) -> Option<usize> {
+    let gap = pairs
+        .iter()
+        .enumerate()
+        .find(|&(i, p)| p.0 as usize != i)
+        .map_or(pairs.len(), |(i, _)| i);
+    (gap < cols).then_some(gap)
+}
+
+impl Sparse<'_> {
+    /// The student's values at the row's indices checked, and their
+    /// log-sum-exp.
+    fn index_lse(&self, row: usize, s: &[f32], pairs: &[(u32, u32)]) -> Result<Lse> {
+        let mut li = Lse::EMPTY;
+        for &(c, _) in pairs.iter() {
+            let v = s[c as usize];
+            if bad_f(v) {
+                return Err(bad_value(Arg::Q, row, c as usize, &s[c as usize..]));
+            }
+            li.add_one(v, self.k);
+        }
+        Ok(li)
+    }
+
+    /// [`Tail::Renormalize`]: the divergence between the conditionals on
+    /// the indices, the buckets and their factors.
+    fn renormalized(
+        &self,
+        row: usize,
+        s: &[f32],
+        pairs: &[(u32, u32)],
+        li: &Lse,
+        buckets: &mut Vec<Bucket>,
+        factors: &mut Vec<f64>,
+    ) -> Result<f64> {
+        if li.empty() {
+            return Err(Error::CannotNormalize {
+                arg: Arg::Q,
+                row,
+                why: "every student logit at the teacher's indices is -inf",
+            });
+        }
+        let base = row * self.top;
+        let sq = li.soft(self.k);
+        let mut lt = Lse::EMPTY;
+        for j in 0..self.top {
+            lt.add_one(self.logprobs[base + j], 1.0);
+        }
+        if lt.empty() {
+            return Err(Error::CannotNormalize {
+                arg: Arg::P,
+                row,
+                why: "every teacher log-probability is -inf",
+            });
+        }
+        let lse_t = lt.max as f64 + lt.sum.ln();
+        for &(c, j) in pairs.iter() {
+            buckets.push(Bucket {
+                lq: sq.logp64(s[c as usize]),
+                lp: self.logprobs[base + j as usize] as f64 - lse_t,
+                col: c as usize,
+            });
+        }
+        self.buckets(row, buckets, factors)
+    }
+
+    /// [`Tail::Bucket`], given the log-sum-exps of the indexed columns (`li`)
+    /// and of the others (`lt`): the divergence of the k + 1 buckets, the
+    /// buckets and their factors, and the tail's gradient constants (none
+    /// where every column is indexed).
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one row's statistics and outputs"
+    )]
+    fn bucketed(
+        &self,
+        row: usize,
+        s: &[f32],
+        pairs: &[(u32, u32)],
+        li: &Lse,
+        lt: &Lse,
+        buckets: &mut Vec<Bucket>,
+        factors: &mut Vec<f64>,
+    ) -> Result<(f64, Option<TailRow>)> {
+        let (k, base) = (self.k, row * self.top);
+        let mut all = *lt;
+        all.merge(li, k);
+        if all.empty() {
+            return Err(Error::CannotNormalize {
+                arg: Arg::Q,
+                row,
+                why: crate::record::ALL_MASKED,
+            });
+        }
+        let soft = all.soft(k);
+        let lq_tail = if lt.empty() {
+            f64::NEG_INFINITY
+        } else {
+            lt.sum.ln() + ((lt.max - all.max) as f64) * k as f64 - soft.ln_s
+        };
+        let sum_p: f64 = (0..self.top)
+            .map(|j| (self.logprobs[base + j] as f64).exp())
+            .sum();
+        let r = 1.0 - sum_p;
+        if r < -(self.tolerance as f64) {
+            return Err(Error::NotNormalized {
+                arg: Arg::P,
+                row,
+                sum: sum_p as f32,
+                tolerance: self.tolerance,
+            });
+        }
+        let ln_r = r.max(0.0).ln();
+        for &(c, j) in pairs.iter() {
+            buckets.push(Bucket {
+                lq: soft.logp64(s[c as usize]),
+                lp: self.logprobs[base + j as usize] as f64,
+                col: c as usize,
+            });
+        }
+        let first = first_tail(pairs, self.cols);
+        match first {
+            Some(tail_col) => buckets.push(Bucket {
+                lq: lq_tail,
+                lp: ln_r,
+                col: tail_col,
+            }),
+            // k = C: a tail mass within the tolerance is rounding, and has no bucket
+            None if r > self.tolerance as f64 => {
+                return Err(Error::InfiniteLoss {
+                    row,
+                    col: 0,
+                    why: "the teacher's tail mass (1 - Σ exp(l)) > 0, but its k indices cover every column",
+                });
+            }
+            None => {}
+        }
+        let div = self.buckets(row, buckets, factors)?;
+        if first.is_none() {
+            return Ok((div, None));
+        }
+        let ft = factors[self.top];
+        let (f, h, j) = match self.div {
+            // q_c ΣP − q_c r / Q_tail: the second term relative to the tail's own max
+            Divergence::ForwardKl if ln_r > f64::NEG_INFINITY && lq_tail > f64::NEG_INFINITY => {
+                let sum_p_all = sum_p + r.max(0.0);
+                (self.g * sum_p_all, self.g, ln_r - lt.sum.ln())
+            }
+            _ => (self.g * ft, 0.0, 0.0),
+        };
+        let mt = if lt.empty() { soft.m } else { lt.max };
+        Ok((
+            div,
+            Some(TailRow {
+                m: soft.m,
+                k,
+                ln_s: soft.ln_s as f32,
+                f: f as f32,
+                h: h as f32,
+                mt,
+                j: j as f32,
+            }),
+        ))
+    }
+
+    /// The host path of a GPU context: the indices checked and the buckets
+    /// made here, the passes over every column (the tail's log-sum-exp, the
+    /// tail's gradient) on `gpu` (shaders/train.wgsl's `sparse_*`), rows in
+    /// chunks that fit its bindings. The same errors as the CPU's, from the
+    /// first bad row.
+    pub(super) fn on_gpu(&self, gpu: &Gpu, grad: &mut [f32]) -> Result<Vec<f64>> {
+        let cols = self.cols;
+        let rows = grad.len() / cols.max(1);
+        let chunk = gpu.sparse_chunk_rows(rows, cols)?;
+        let mut losses = try_vec(rows, "the per-row losses")?;
+        let (mut buf, mut pairs) = self.scratch()?;
+        let params = TrainParams {
+            cols: cols as u32,
+            k: self.k,
+            top: self.top as u32,
+            ..TrainParams::default()
+        };
+        for r0 in (0..rows).step_by(chunk) {
+            let r1 = (r0 + chunk).min(rows);
+            let n = r1 - r0;
+            // the sorted indices of the rows that run (the others' are never
+            // looked at: a masked row is off, a bad one is reported first)
+            let mut indices = try_vec(n * self.top, "the sorted teacher indices")?;
+            let mut bad: Option<(usize, Error)> = None;
+            let mut all_pairs = try_vec(n * self.top, "the sorted teacher indices")?;
+            for row in r0..r1 {
+                let counted = self.mask.is_none_or(|m| m.counts(row));
+                if counted && bad.is_none() {
+                    if let Err(e) = self.gather(row, &mut pairs) {
+                        bad = Some((row, e));
+                    }
+                }
+                if counted && bad.as_ref().is_none_or(|b| b.0 != row) && pairs.len() == self.top {
+                    indices.extend(pairs.iter().map(|p| p.0));
+                    all_pairs.extend_from_slice(&pairs);
                 } else {
-                    lt.sum.ln() + ((lt.max - all.max) as f64) * k as f64 - soft.ln_s
-                };
-                let sum_p: f64 = (0..self.top)
-                    .map(|j| (self.logprobs[base + j] as f64).exp())
-                    .sum();
-                let r = 1.0 - sum_p;
-                if r < -(self.tolerance as f64) {
-                    return Err(Error::NotNormalized {
-                        arg: Arg::P,
-                        row,
-                        sum: sum_p as f32,
-                        tolerance: self.tolerance,
-                    });
+                    indices.extend(std::iter::repeat_n(u32::MAX, self.top));
+                    all_pairs.extend(std::iter::repeat_n((u32::MAX, 0), self.top));
                 }
-                let ln_r = r.max(0.0).ln();
-                for &(c, j) in pairs.iter() {
-                    buckets.push(Bucket {
-                        lq: soft.logp64(s[c as usize]),
-                        lp: self.logprobs[base + j as usize] as f64,
-                        col: c as usize,
-                    });
-                }
-                let tail_col = first_tail.unwrap_or(0);
-                let has_tail = first_tail.is_some();
-                if has_tail {
-                    buckets.push(Bucket {
-                        lq: lq_tail,
-                        lp: ln_r,
-                        col: tail_col,
-                    });
-                } else if r > self.tolerance as f64 {
-                    // k = C: the teacher's tail mass has no column to go to
-                    return Err(Error::InfiniteLoss {
-                        row,
-                        col: 0,
-                        why: "the teacher's tail mass (1 - Σ exp(l)) > 0, but its k indices cover every column",
-                    });
-                }
-                // k = C: a tail mass within the tolerance is rounding, and has no bucket
-                let div = self.buckets(row, &buckets, &mut factors)?;
-                // pass 2: the tail's gradient over the row, then the indices
-                if has_tail {
-                    let ft = factors[self.top];
-                    let (f, h, j) = match self.div {
-                        // q_c ΣP − q_c r / Q_tail: the second term relative to the tail's own max
-                        Divergence::ForwardKl
-                            if ln_r > f64::NEG_INFINITY && lq_tail > f64::NEG_INFINITY =>
-                        {
-                            let sum_p_all = sum_p + r.max(0.0);
-                            (self.g * sum_p_all, self.g, ln_r - lt.sum.ln())
+                pairs.clear();
+            }
+            let vals = r0 * cols..r1 * cols;
+            let mut plans: Vec<(Vec<Bucket>, Vec<f64>)> = Vec::new();
+            let mut consts = try_vec(n * SPARSE_CONSTS, "the tail's constants")?;
+            gpu.sparse_rows(
+                sub(self.s, vals.clone()),
+                params,
+                &indices,
+                &mut grad[vals],
+                |stats| {
+                    for (i, st) in stats.chunks_exact(SPARSE_STATS).enumerate() {
+                        let row = r0 + i;
+                        let mut buckets = Vec::new();
+                        let mut factors = Vec::new();
+                        let mut c = [0u32; SPARSE_CONSTS];
+                        if self.mask.is_none_or(|m| m.counts(row)) {
+                            if let Some((at, _)) = &bad {
+                                if *at == row {
+                                    return Err(bad.take().map(|b| b.1).unwrap_or(Error::Device(
+                                        "a sparse row's error was lost".into(),
+                                    )));
+                                }
+                            }
+                            let p = &all_pairs[i * self.top..(i + 1) * self.top];
+                            let s = self.s.f32s(row * cols..(row + 1) * cols, &mut buf);
+                            let li = self.index_lse(row, s, p)?;
+                            let (div, tail) = match self.tail {
+                                Tail::Renormalize => (
+                                    self.renormalized(row, s, p, &li, &mut buckets, &mut factors)?,
+                                    None,
+                                ),
+                                Tail::Bucket => {
+                                    if st[2] != COL_NONE {
+                                        let at = st[2] as usize;
+                                        return Err(bad_value(Arg::Q, row, at, &s[at..]));
+                                    }
+                                    let (max, sum) = (f32::from_bits(st[0]), f32::from_bits(st[1]));
+                                    let lt = if sum > 0.0 {
+                                        Lse {
+                                            max,
+                                            sum: sum as f64,
+                                        }
+                                    } else {
+                                        Lse::EMPTY
+                                    };
+                                    self.bucketed(row, s, p, &li, &lt, &mut buckets, &mut factors)?
+                                }
+                            };
+                            losses.push(self.t2 * div);
+                            if let Some(t) = tail {
+                                c = [
+                                    t.m.to_bits(),
+                                    t.ln_s.to_bits(),
+                                    t.f.to_bits(),
+                                    t.h.to_bits(),
+                                    t.mt.to_bits(),
+                                    t.j.to_bits(),
+                                    1,
+                                    0,
+                                ];
+                            }
+                        } else {
+                            losses.push(0.0);
                         }
-                        _ => (self.g * ft, 0.0, 0.0),
-                    };
-                    let (f, h, j) = (f as f32, h as f32, j as f32);
-                    let (m, ln_s, mt) = (soft.m, soft.ln_s as f32, lt.max);
-                    let mt = if lt.empty() { m } else { mt };
-                    let tr = TailRow {
-                        m,
-                        k,
-                        ln_s,
-                        f,
-                        h,
-                        mt,
-                        j,
-                    };
-                    let sc = s.chunks_exact(L);
-                    let n = cols - sc.remainder().len();
-                    for (sc, gc) in sc.zip(grad[..n].chunks_exact_mut(L)) {
-                        for i in 0..L {
-                            gc[i] = tail_elem::<A>(sc[i], &tr);
-                        }
+                        consts.extend_from_slice(&c);
+                        plans.push((buckets, factors));
                     }
-                    for i in n..cols {
-                        grad[i] = tail_elem::<A>(s[i], &tr);
-                    }
+                    Ok(consts)
+                },
+            )?;
+            // the indexed columns over pass 2's values (a masked row has none)
+            for (i, (b, f)) in plans.iter().enumerate() {
+                if !b.is_empty() {
+                    let row = r0 + i;
+                    self.write_cols(b, f, &mut grad[row * cols..(row + 1) * cols]);
                 }
-                self.write_cols(&buckets, &factors, grad);
-                Ok(self.t2 * div)
             }
         }
+        Ok(losses)
     }
 }
