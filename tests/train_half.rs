@@ -397,3 +397,78 @@ fn resident_half_inputs_equal_the_host_path() {
         "{e}"
     );
 }
+
+/// Half gradients (`GradMut::F16` / `BF16`, here from `&mut Vec<f16>` and
+/// `&mut [bf16]`): the f32 gradient of the same call rounded to nearest
+/// even, bit for bit, and the same losses, on both backends: dense
+/// distillation with the teacher's gradient in the other format, a sparse
+/// teacher (whose indexed columns are written after the rest) and the NLL.
+#[test]
+fn half_gradients_are_the_f32_ones_rounded() {
+    let mut rng = Rng(9);
+    let (rows, cols) = (5, 203);
+    let (s, t) = logits(&mut rng, rows, cols, true);
+    let f16s = |v: &[f32]| -> Vec<u16> { v.iter().map(|&x| f16::from_f32(x).to_bits()).collect() };
+    let bf16s =
+        |v: &[f32]| -> Vec<u16> { v.iter().map(|&x| bf16::from_f32(x).to_bits()).collect() };
+    let student = Batch::new(&s, rows, cols).form(Form::Logits);
+    let dense = Teacher::Dense(Batch::new(&t, rows, cols).form(Form::Logits));
+    // a sparse teacher: 4 indices per row off the masked columns
+    let (mut ix, mut lp) = (Vec::new(), Vec::new());
+    for r in 0..rows {
+        for j in 0..4u32 {
+            // (2r + 7j) % 7 is never 3: no masked column
+            ix.push(r as u32 * 2 + j * 7);
+            lp.push(-2.0 - j as f32);
+        }
+    }
+    let sparse = Teacher::Sparse(kullback::SparseTeacher::new(&ix, &lp, 4));
+    for (name, ctx) in contexts() {
+        for div in DIVS {
+            let opts = DistillOptions::default()
+                .divergence(div)
+                .temperature(2.0)
+                .reduction(Reduction::Mean);
+            let what = format!("{name} {div:?}");
+            let (mut g, mut gt) = (vec![0f32; rows * cols], vec![0f32; rows * cols]);
+            let o = ctx
+                .distill_with_teacher_grad(&student, &dense, &opts, &mut g, &mut gt)
+                .unwrap();
+            let mut h = vec![f16::ZERO; rows * cols];
+            let mut ht = vec![bf16::ZERO; rows * cols];
+            let oh = ctx
+                .distill_with_teacher_grad(&student, &dense, &opts, &mut h, &mut ht[..])
+                .unwrap();
+            assert_eq!(bits(&o.values), bits(&oh.values), "{what}: loss");
+            let hb: Vec<u16> = h.iter().map(|x| x.to_bits()).collect();
+            let htb: Vec<u16> = ht.iter().map(|x| x.to_bits()).collect();
+            assert_eq!(hb, f16s(&g), "{what}: f16 gradient");
+            assert_eq!(htb, bf16s(&gt), "{what}: bf16 teacher gradient");
+            for tail in [kullback::Tail::Bucket, kullback::Tail::Renormalize] {
+                let opts = opts.tail(tail);
+                let mut g = vec![0f32; rows * cols];
+                let o = ctx.distill(&student, &sparse, &opts, &mut g).unwrap();
+                let mut h = vec![bf16::ZERO; rows * cols];
+                let oh = ctx.distill(&student, &sparse, &opts, &mut h).unwrap();
+                assert_eq!(o.backend, ctx.backend(), "{what}");
+                assert_eq!(bits(&o.values), bits(&oh.values), "{what} {tail:?}: loss");
+                let hb: Vec<u16> = h.iter().map(|x| x.to_bits()).collect();
+                assert_eq!(hb, bf16s(&g), "{what} {tail:?}: sparse bf16 gradient");
+            }
+        }
+        let targets: Vec<i64> = (0..rows as i64).map(|r| r * 2).collect();
+        let opts = NllOptions::default().label_smoothing(0.0);
+        let mut g = vec![0f32; rows * cols];
+        ctx.nll_grad(&student, &targets, &opts, &mut g).unwrap();
+        let mut h = vec![f16::ZERO; rows * cols];
+        ctx.nll_grad(&student, &targets, &opts, &mut h).unwrap();
+        let hb: Vec<u16> = h.iter().map(|x| x.to_bits()).collect();
+        assert_eq!(hb, f16s(&g), "{name} nll: f16 gradient");
+        // a half gradient of the wrong length is refused like an f32 one
+        let mut short = vec![bf16::ZERO; rows * cols - 1];
+        let e = ctx
+            .nll_grad(&student, &targets, &opts, &mut short)
+            .unwrap_err();
+        assert!(matches!(e, Error::Length { .. }), "{e}");
+    }
+}

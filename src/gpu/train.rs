@@ -15,6 +15,7 @@ use crate::gpu::Gpu;
 use crate::gpu::pool::Scratch;
 use crate::gpu::upload::Source;
 use crate::record::{RECORD_SIZE, Record};
+use crate::train::GradMut;
 
 /// The modes of the kernel (`TR_*` in the shader).
 pub(crate) mod mode {
@@ -375,15 +376,21 @@ fn chunk_rows(gpu: &Gpu, rows: usize, cols: usize, grads: u64) -> Result<usize> 
     Ok(n)
 }
 
-/// Little-endian f32 bytes `b` into `out`.
-fn copy_f32s(b: &[u8], out: &mut [f32]) {
-    match bytemuck::try_cast_slice::<u8, f32>(b) {
-        Ok(v) => out.copy_from_slice(v),
-        Err(_) => {
-            for (d, b) in out.iter_mut().zip(b.chunks_exact(4)) {
-                *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-            }
+/// Little-endian f32 bytes `b` into `out` (rounded where it is half).
+fn copy_f32s(b: &[u8], out: &mut GradMut<'_>) {
+    if let (Ok(v), Some(o)) = (bytemuck::try_cast_slice::<u8, f32>(b), out.f32s()) {
+        o.copy_from_slice(v);
+        return;
+    }
+    // a row of values at a time, through a small buffer
+    let mut row = [0f32; 1024];
+    for (k, piece) in b.chunks(4 * row.len()).enumerate() {
+        let n = piece.len() / 4;
+        for (d, x) in row.iter_mut().zip(piece.chunks_exact(4)) {
+            *d = f32::from_le_bytes([x[0], x[1], x[2], x[3]]);
         }
+        let at = k * row.len();
+        out.sub(at..at + n).write(&row[..n]);
     }
 }
 
@@ -404,8 +411,8 @@ impl Gpu {
         s: Data<'_>,
         aux: &Aux<'_>,
         params: TrainParams,
-        grad: &mut [f32],
-        mut tgrad: Option<&mut [f32]>,
+        mut grad: GradMut<'_>,
+        mut tgrad: Option<GradMut<'_>>,
     ) -> Result<Vec<Record>> {
         let cols = params.cols as usize;
         let rows = grad.len() / cols.max(1);
@@ -416,9 +423,9 @@ impl Gpu {
             let r1 = (r0 + n).min(rows);
             let bytes = ((r1 - r0) * cols) as u64 * 4 * (2 + grads);
             let vals = r0 * cols..r1 * cols;
-            let tg = tgrad.as_deref_mut().map(|t| &mut t[vals.clone()]);
+            let tg = tgrad.as_mut().map(|t| t.sub(vals.clone()));
             let part = self.scoped("the inputs and gradient of a loss", bytes, || {
-                self.train_chunk(s, aux, params, r0..r1, &mut grad[vals], tg)
+                self.train_chunk(s, aux, params, r0..r1, grad.sub(vals), tg)
             })?;
             records.extend(part);
         }
@@ -431,8 +438,8 @@ impl Gpu {
         aux: &Aux<'_>,
         mut params: TrainParams,
         range: std::ops::Range<usize>,
-        grad: &mut [f32],
-        tgrad: Option<&mut [f32]>,
+        mut grad: GradMut<'_>,
+        tgrad: Option<GradMut<'_>>,
     ) -> Result<Vec<Record>> {
         let cols = params.cols as usize;
         let rows = range.len();
@@ -510,9 +517,9 @@ impl Gpu {
         self.read_back(sc, enc, &parts, |view| {
             let (recs, g) = view.split_at(rec_bytes as usize);
             let (g, h) = g.split_at(grad_bytes as usize);
-            copy_f32s(g, grad);
-            if let Some(t) = tgrad {
-                copy_f32s(&h[..grad_bytes as usize], t);
+            copy_f32s(g, &mut grad);
+            if let Some(mut t) = tgrad {
+                copy_f32s(&h[..grad_bytes as usize], &mut t);
             }
             let mut out = crate::error::try_vec(rows, "the records read back")?;
             out.extend(
@@ -587,7 +594,7 @@ impl Gpu {
         s: Data<'_>,
         mut params: TrainParams,
         indices: &[u32],
-        grad: &mut [f32],
+        mut grad: GradMut<'_>,
         plan: impl FnOnce(&[u32]) -> Result<Vec<u32>>,
     ) -> Result<()> {
         let cols = params.cols as usize;
@@ -630,7 +637,7 @@ impl Gpu {
         };
         record(self, sc, &mut enc, &b, &params, Entry::SparseGrad)?;
         self.read_back(sc, enc, &[(&grad_buf, grad_bytes)], |v| {
-            copy_f32s(v, grad);
+            copy_f32s(v, &mut grad);
             Ok(())
         })
     }

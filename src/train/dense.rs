@@ -1020,8 +1020,12 @@ mod tests {
     ) -> (Vec<f64>, Vec<f32>, Vec<f32>) {
         let n = rows * cols;
         let (mut g, mut h) = (vec![0f32; n + off], vec![0f32; n + off]);
-        let th = if tg { Some(&mut h[off..]) } else { None };
-        let l = drive::run(k, rows, cols, &mut g[off..], th).unwrap();
+        let th = if tg {
+            Some((&mut h[off..]).into())
+        } else {
+            None
+        };
+        let l = drive::run(k, rows, cols, (&mut g[off..]).into(), th).unwrap();
         (l, g[off..].to_vec(), h[off..].to_vec())
     }
 

@@ -10,6 +10,8 @@ use crate::cpu::ln::{Arith, Plain};
 use crate::cpu::threads;
 use crate::error::{Error, Result, try_vec};
 
+use super::grad::GradMut;
+
 /// Elements per worker below which fewer threads are started (as the
 /// forward measures).
 const MIN_WORK: usize = 1 << 15;
@@ -35,9 +37,9 @@ pub(super) trait RowKernel: Sync {
 }
 
 struct Slot<'g> {
-    grad: &'g mut [f32],
-    /// Empty where no teacher gradient is asked for.
-    tgrad: &'g mut [f32],
+    grad: GradMut<'g>,
+    /// `None` where no teacher gradient is asked for.
+    tgrad: Option<GradMut<'g>>,
     loss: f64,
 }
 
@@ -49,9 +51,10 @@ struct Slot<'g> {
 const STREAM_BYTES: usize = 64 << 20;
 
 /// Whether a gradient of `rows × cols` f32 values (with the teacher's, where
-/// asked for, as large again) goes out past the caches.
-pub(super) fn streams(rows: usize, cols: usize) -> bool {
-    rows.saturating_mul(cols).saturating_mul(4) >= STREAM_BYTES
+/// asked for, as large again) goes out past the caches; never a half one
+/// (the kernel's rows are then a worker's f32 row, rounded as it is done).
+pub(super) fn streams(rows: usize, cols: usize, grad: &GradMut<'_>) -> bool {
+    matches!(grad, GradMut::F32(_)) && rows.saturating_mul(cols).saturating_mul(4) >= STREAM_BYTES
 }
 
 /// Rows `r0..` of `part`, stopping at the first error.
@@ -62,14 +65,43 @@ fn part<K: RowKernel, A: Arith>(
     part: &mut [Slot<'_>],
 ) -> Result<(), (usize, Error)> {
     let mut s = k.scratch().map_err(|e| (r0, e))?;
+    // f32 rows for half gradients, rounded as each row is done
+    let half = |g: Option<&GradMut<'_>>| match g {
+        Some(GradMut::F32(_)) | None => 0,
+        Some(g) => g.len(),
+    };
+    let (gn, tn) = part
+        .first()
+        .map_or((0, 0), |p| (half(Some(&p.grad)), half(p.tgrad.as_ref())));
+    let mut gb = try_vec(gn, "a gradient row").map_err(|e| (r0, e))?;
+    gb.resize(gn, 0f32);
+    let mut tb = try_vec(tn, "a gradient row").map_err(|e| (r0, e))?;
+    tb.resize(tn, 0f32);
     let mut done = Ok(());
     for (i, slot) in part.iter_mut().enumerate() {
-        match k.row::<A>(r0 + i, slot.grad, slot.tgrad, &mut s) {
+        let g = match slot.grad.f32s() {
+            Some(g) => g,
+            None => &mut gb[..],
+        };
+        let t = match slot.tgrad.as_mut() {
+            None => &mut [][..],
+            Some(t) => match t.f32s() {
+                Some(t) => t,
+                None => &mut tb[..],
+            },
+        };
+        match k.row::<A>(r0 + i, g, t, &mut s) {
             Ok(v) => slot.loss = v,
             Err(e) => {
                 done = Err((r0 + i, e));
                 break;
             }
+        }
+        if gn > 0 {
+            slot.grad.write(&gb);
+        }
+        if let (Some(t), true) = (slot.tgrad.as_mut(), tn > 0) {
+            t.write(&tb);
         }
     }
     super::lse::store_fence();
@@ -114,24 +146,16 @@ pub(super) fn run<K: RowKernel>(
     k: &K,
     rows: usize,
     cols: usize,
-    grad: &mut [f32],
-    tgrad: Option<&mut [f32]>,
+    grad: GradMut<'_>,
+    tgrad: Option<GradMut<'_>>,
 ) -> Result<Vec<f64>> {
     let mut slots: Vec<Slot<'_>> = try_vec(rows, "the per-row losses")?;
-    match tgrad {
-        Some(tg) => slots.extend(grad.chunks_mut(cols).zip(tg.chunks_mut(cols)).map(
-            |(grad, tgrad)| Slot {
-                grad,
-                tgrad,
-                loss: 0.0,
-            },
-        )),
-        None => slots.extend(grad.chunks_mut(cols).map(|grad| Slot {
-            grad,
-            tgrad: &mut [],
-            loss: 0.0,
-        })),
-    }
+    let mut tg = tgrad.map(|t| t.rows(cols).into_iter());
+    slots.extend(grad.rows(cols).into_iter().map(|grad| Slot {
+        grad,
+        tgrad: tg.as_mut().and_then(|t| t.next()),
+        loss: 0.0,
+    }));
     let work = rows.saturating_mul(cols);
     let nthreads = threads::available().min(work / MIN_WORK).max(1);
     let first: Mutex<Option<(usize, Error)>> = Mutex::new(None);

@@ -4,6 +4,7 @@
 //! decoded by `record::decode` (the first bad row's error, as on the CPU),
 //! the row losses returned for the host's reduction in row order.
 
+use super::grad::GradMut;
 use super::options::{Divergence, RowMask};
 use crate::batch::Data;
 use crate::error::Result;
@@ -43,7 +44,7 @@ pub(super) struct Nll<'a> {
 }
 
 /// The per-row NLL (in the call's base) and its gradient on `gpu`.
-pub(super) fn nll(gpu: &Gpu, n: &Nll<'_>, grad: &mut [f32]) -> Result<Vec<f64>> {
+pub(super) fn nll(gpu: &Gpu, n: &Nll<'_>, grad: GradMut<'_>) -> Result<Vec<f64>> {
     let params = TrainParams {
         cols: n.cols as u32,
         mode: mode::NLL,
@@ -115,8 +116,8 @@ pub(crate) fn distill_params(
 pub(super) fn dense(
     gpu: &Gpu,
     d: &Dense<'_>,
-    grad: &mut [f32],
-    tgrad: Option<&mut [f32]>,
+    grad: GradMut<'_>,
+    tgrad: Option<GradMut<'_>>,
 ) -> Result<Vec<f64>> {
     let params = distill_params(d.div, d.t_form, d.cols, d.beta, d.k, d.t2, d.g);
     let rows = grad.len() / d.cols.max(1);

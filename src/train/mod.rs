@@ -61,6 +61,16 @@
 //! and +inf inputs are [`Error::BadValue`]. Losses are accumulated in f64 per
 //! row; results are deterministic and independent of the thread count.
 //!
+//! ## Gradient formats
+//!
+//! A host-path gradient ([`GradMut`]) is f32, or f16 / bf16 on request:
+//! pass `&mut [half::f16]` or `&mut [half::bf16]`. The kernels compute in
+//! f32; a half gradient is each value rounded to nearest (ties to even),
+//! a row at a time from a worker's f32 row on the CPU and as the values come
+//! back on the GPU host path, so it is the f32 gradient rounded, bit for
+//! bit, with no f32 copy of the batch's size. GPU-resident gradients
+//! ([`resident`]) are f32.
+//!
 //! ## Memory and passes
 //!
 //! No temporary of the batch's size besides the caller's gradient: per
@@ -138,11 +148,13 @@
 mod dense;
 mod drive;
 mod gpu;
+mod grad;
 mod lse;
 mod options;
 pub mod resident;
 mod sparse;
 
+pub use grad::GradMut;
 pub use options::{DistillOptions, Divergence, RowMask, SparseTeacher, Tail, Teacher};
 pub use resident::{GpuDistill, GpuGrad, GpuNllGrad, GpuRowMask, grad_output_bytes};
 
@@ -156,7 +168,7 @@ use crate::measure::{Form, NllOptions, Reduction};
 use crate::record::{WHY_SMOOTHING, WHY_STUDENT_MASS, WHY_TARGET, WHY_TEACHER_MASS};
 
 /// The gradient slice `arg` must hold rows × cols values.
-fn check_grad(grad: &[f32], arg: Arg, rows: usize, cols: usize) -> Result<()> {
+fn check_grad(grad: &GradMut<'_>, arg: Arg, rows: usize, cols: usize) -> Result<()> {
     if grad.len() != rows * cols {
         return Err(Error::Length {
             arg,
@@ -243,13 +255,14 @@ impl Context {
     /// assert!(grad[..3].iter().sum::<f32>().abs() < 1e-6); // Σ p = 1: the row's gradient sums to 0
     /// # Ok(()) }
     /// ```
-    pub fn nll_grad<'t>(
+    pub fn nll_grad<'t, 'g>(
         &self,
         logits: &Batch<'_>,
         targets: impl Into<Targets<'t>>,
         opts: &NllOptions<'_>,
-        grad: &mut [f32],
+        grad: impl Into<GradMut<'g>>,
     ) -> Result<Output> {
+        let grad = grad.into();
         let job = Job::nll(logits, targets.into(), opts)?;
         check_logits(logits, "logits")?;
         let (rows, cols) = (job.call.rows, job.call.cols);
@@ -259,7 +272,7 @@ impl Context {
                 logits.rows
             )));
         }
-        check_grad(grad, Arg::Gradient, rows, cols)?;
+        check_grad(&grad, Arg::Gradient, rows, cols)?;
         let (Some(q), Some(nll)) = (job.q, job.nll.as_ref()) else {
             return Err(Error::MissingArg {
                 arg: Arg::Q,
@@ -303,7 +316,7 @@ impl Context {
                     eps: opts.label_smoothing,
                     sum_w,
                     g,
-                    stream: drive::streams(rows, cols),
+                    stream: drive::streams(rows, cols, &grad),
                 };
                 let mut losses = drive::run(&kernel, rows, cols, grad, None)?;
                 losses.iter_mut().for_each(|v| *v *= inv_ln);
@@ -349,14 +362,14 @@ impl Context {
     /// assert!(out.values[0] > 0.0);
     /// # Ok(()) }
     /// ```
-    pub fn distill(
+    pub fn distill<'g>(
         &self,
         student: &Batch<'_>,
         teacher: &Teacher<'_>,
         opts: &DistillOptions<'_>,
-        grad: &mut [f32],
+        grad: impl Into<GradMut<'g>>,
     ) -> Result<Output> {
-        self.distill_impl(student, teacher, opts, grad, None)
+        self.distill_impl(student, teacher, opts, grad.into(), None)
     }
 
     /// [`Context::distill`] that also writes the gradient of the same loss
@@ -406,15 +419,21 @@ impl Context {
     /// assert!(gt.iter().zip(&hs).all(|(a, b)| (a - b).abs() < 1e-6));
     /// # Ok(()) }
     /// ```
-    pub fn distill_with_teacher_grad(
+    pub fn distill_with_teacher_grad<'g, 'h>(
         &self,
         student: &Batch<'_>,
         teacher: &Teacher<'_>,
         opts: &DistillOptions<'_>,
-        grad: &mut [f32],
-        teacher_grad: &mut [f32],
+        grad: impl Into<GradMut<'g>>,
+        teacher_grad: impl Into<GradMut<'h>>,
     ) -> Result<Output> {
-        self.distill_impl(student, teacher, opts, grad, Some(teacher_grad))
+        self.distill_impl(
+            student,
+            teacher,
+            opts,
+            grad.into(),
+            Some(teacher_grad.into()),
+        )
     }
 
     fn distill_impl(
@@ -422,8 +441,8 @@ impl Context {
         student: &Batch<'_>,
         teacher: &Teacher<'_>,
         opts: &DistillOptions<'_>,
-        grad: &mut [f32],
-        teacher_grad: Option<&mut [f32]>,
+        grad: GradMut<'_>,
+        teacher_grad: Option<GradMut<'_>>,
     ) -> Result<Output> {
         opts.check()?;
         let s = student.checked(Arg::Q)?;
@@ -441,8 +460,8 @@ impl Context {
                 });
             }
         }
-        check_grad(grad, Arg::Gradient, rows, cols)?;
-        if let Some(tg) = teacher_grad.as_deref() {
+        check_grad(&grad, Arg::Gradient, rows, cols)?;
+        if let Some(tg) = teacher_grad.as_ref() {
             if !matches!(teacher, Teacher::Dense(_)) {
                 return Err(Error::Unsupported(
                     "a gradient with respect to the teacher needs a dense teacher (Teacher::Dense, \
@@ -509,7 +528,7 @@ impl Context {
                             t2: tf * tf,
                             g,
                             mask: opts.mask,
-                            stream: drive::streams(rows, cols),
+                            stream: drive::streams(rows, cols, &grad),
                         };
                         drive::run(&kernel, rows, cols, grad, teacher_grad)?
                     }

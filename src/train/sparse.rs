@@ -17,6 +17,7 @@ use std::mem::MaybeUninit;
 
 use super::dense::row_buf;
 use super::drive::RowKernel;
+use super::grad::GradMut;
 use super::lse::{L, Lse, bad_f, bad_value, log_add64};
 use super::options::{Divergence, RowMask, Tail};
 use crate::batch::{Data, Targets};
@@ -192,14 +193,14 @@ impl Sparse<'_> {
     /// The gradients of the indexed columns (the first `top` buckets), in
     /// f64: the forward KL's as g (ΣP·Q_b − P_b), which has no P/Q ratio to
     /// overflow; the others as g·Q_b·φ.
-    fn write_cols(&self, b: &[Bucket], factors: &[f64], grad: &mut [f32]) {
+    fn write_cols(&self, b: &[Bucket], factors: &[f64], mut grad: GradMut<'_>) {
         let sum_p: f64 = b.iter().map(|x| x.lp.exp()).sum();
         for (x, f) in b[..self.top].iter().zip(factors) {
             let v = match self.div {
                 Divergence::ForwardKl => sum_p * x.lq.exp() - x.lp.exp(),
                 _ => x.lq.exp() * f,
             };
-            grad[x.col] = (self.g * v) as f32;
+            grad.set(x.col, (self.g * v) as f32);
         }
     }
 }
@@ -292,7 +293,7 @@ impl RowKernel for Sparse<'_> {
             }
             None => grad.fill(0.0),
         }
-        self.write_cols(&buckets, &factors, grad);
+        self.write_cols(&buckets, &factors, GradMut::F32(grad));
         Ok(self.t2 * div)
     }
 }
@@ -468,7 +469,7 @@ impl Sparse<'_> {
     /// tail's gradient) on `gpu` (shaders/train.wgsl's `sparse_*`), rows in
     /// chunks that fit its bindings. The same errors as the CPU's, from the
     /// first bad row.
-    pub(super) fn on_gpu(&self, gpu: &Gpu, grad: &mut [f32]) -> Result<Vec<f64>> {
+    pub(super) fn on_gpu(&self, gpu: &Gpu, mut grad: GradMut<'_>) -> Result<Vec<f64>> {
         let cols = self.cols;
         let rows = grad.len() / cols.max(1);
         let chunk = gpu.sparse_chunk_rows(rows, cols)?;
@@ -511,7 +512,7 @@ impl Sparse<'_> {
                 sub(self.s, vals.clone()),
                 params,
                 &indices,
-                &mut grad[vals],
+                grad.sub(vals),
                 |stats| {
                     for (i, st) in stats.chunks_exact(SPARSE_STATS).enumerate() {
                         let row = r0 + i;
@@ -577,7 +578,7 @@ impl Sparse<'_> {
             for (i, (b, f)) in plans.iter().enumerate() {
                 if !b.is_empty() {
                     let row = r0 + i;
-                    self.write_cols(b, f, &mut grad[row * cols..(row + 1) * cols]);
+                    self.write_cols(b, f, grad.sub(row * cols..(row + 1) * cols));
                 }
             }
         }
