@@ -2421,6 +2421,109 @@ fn gpu_resident_distill_and_nll() {
     ));
 }
 
+/// On a device that binds five storage buffers (the adapter's limits), a
+/// GPU-resident teacher gradient in a buffer of its own, or in the
+/// gradient's buffer before the student's, gives the host path's bits;
+/// one over the student's gradient, or in an input, is refused.
+#[test]
+fn gpu_resident_teacher_grad_in_its_own_buffer() {
+    use kullback::wgpu;
+    use kullback::{GpuBatch, GpuDistill, GpuGrad, GpuOutput};
+    let Some((device, queue, _)) = common::gpu_device_with(None, wgpu::Features::empty()) else {
+        return;
+    };
+    assert!(
+        device.limits().max_storage_buffers_per_shader_stage >= 5,
+        "the test needs a device with five storage buffers per stage"
+    );
+    let ctx = Context::from_device(device.clone(), queue.clone()).expect("context");
+    let (rows, cols) = (4, 333);
+    let (s, t) = logits(&mut Rng(21), rows, cols, Flavor::Masked);
+    let (sb, tb) = (common::storage(&device, &s), common::storage(&device, &t));
+    let align = device.limits().min_storage_buffer_offset_alignment as u64;
+    let bytes = (rows * cols * 4) as u64;
+    let gbytes = 2 * bytes.next_multiple_of(align) + align;
+    let gbuf = common::out_buffer(&device, gbytes);
+    let other = common::out_buffer(&device, bytes + align);
+    let obytes = kullback::grad_output_bytes(rows);
+    let obuf = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("records"),
+        size: obytes,
+        usage: wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    });
+    let read = |buf: &wgpu::Buffer, at: u64| -> Vec<u32> {
+        common::read_buffer::<u32>(&device, &queue, buf, at, bytes)
+    };
+    let student = GpuBatch::new(&sb, rows, cols).form(Form::Logits);
+    let teacher = GpuBatch::new(&tb, rows, cols).form(Form::Logits);
+    // the student's gradient after the teacher's, in the same buffer
+    let g_at = bytes.next_multiple_of(align);
+    for div in [
+        Divergence::ForwardKl,
+        Divergence::ReverseKl,
+        Divergence::Jsd,
+    ] {
+        let opts = DistillOptions::default().divergence(div).temperature(2.0);
+        let (mut gs, mut gt) = (vec![0f32; rows * cols], vec![0f32; rows * cols]);
+        let host = ctx
+            .distill_with_teacher_grad(
+                &Batch::new(&s, rows, cols).form(Form::Logits),
+                &Teacher::Dense(Batch::new(&t, rows, cols).form(Form::Logits)),
+                &opts,
+                &mut gs,
+                &mut gt,
+            )
+            .expect("host");
+        let want = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for (tg, tg_at) in [
+            (GpuGrad::new(&other).offset(align), (&other, align)),
+            (GpuGrad::new(&gbuf), (&gbuf, 0)),
+        ] {
+            let call = GpuDistill::new(
+                student,
+                teacher,
+                GpuGrad::new(&gbuf).offset(g_at),
+                GpuOutput::new(&obuf),
+            )
+            .options(opts)
+            .teacher_grad(tg);
+            let mut enc = device.create_command_encoder(&Default::default());
+            ctx.encode_distill(&mut enc, &call).expect("encode");
+            queue.submit([enc.finish()]);
+            let recs = common::read_records(&device, &queue, &obuf, 0, obytes);
+            let losses = call.decode(&recs).expect("decode");
+            assert_eq!(read(&gbuf, g_at), want(&gs), "{div:?}: student gradient");
+            assert_eq!(
+                read(tg_at.0, tg_at.1),
+                want(&gt),
+                "{div:?}: teacher gradient"
+            );
+            // per-row losses (the default reduction is none)
+            assert_eq!(want(&losses), want(&host.values), "{div:?}: losses");
+        }
+    }
+    // over the student's gradient, or in an input buffer: refused
+    for (bad, name) in [
+        (GpuGrad::new(&gbuf).offset(g_at - align), "teacher gradient"),
+        (GpuGrad::new(&sb), "teacher gradient"),
+    ] {
+        let call = GpuDistill::new(
+            student,
+            teacher,
+            GpuGrad::new(&gbuf).offset(g_at),
+            GpuOutput::new(&obuf),
+        )
+        .teacher_grad(bad);
+        let mut enc = device.create_command_encoder(&Default::default());
+        let e = ctx.encode_distill(&mut enc, &call).unwrap_err();
+        assert!(
+            matches!(&e, Error::Buffer { name: n, .. } if *n == name),
+            "{e}"
+        );
+    }
+}
+
 /// A binding cap of 64 KiB splits 40 rows of 1,000 columns over three
 /// dispatches (the row mask, targets and weights sliced with them): the
 /// same bits as one dispatch; a sparse teacher's chunks likewise.

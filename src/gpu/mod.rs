@@ -49,6 +49,8 @@ pub(crate) struct Gpu {
     pub(crate) pairwise: pairwise::PipelinesCell,
     /// The loss-and-gradient pipeline, built on first use.
     pub(crate) train: train::TrainCell,
+    /// The same kernel with the teacher's gradient in a fifth binding.
+    pub(crate) train_separate_tg: train::TrainCell,
 }
 
 impl Gpu {
@@ -120,6 +122,7 @@ impl Gpu {
             pool: Arc::new(Pool::new(pool_bytes)),
             pairwise: Default::default(),
             train: Default::default(),
+            train_separate_tg: Default::default(),
         })
     }
 

@@ -135,22 +135,33 @@ fn entry(binding: u32, ty: wgpu::BufferBindingType) -> wgpu::BindGroupLayoutEntr
 }
 
 impl TrainPipeline {
-    fn new(device: &wgpu::Device) -> Result<TrainPipeline> {
+    /// The kernel with the teacher's gradient after the student's, or in a
+    /// binding of its own (`separate_tg`).
+    fn new(device: &wgpu::Device, separate_tg: bool) -> Result<TrainPipeline> {
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let src = if separate_tg {
+            &crate::gpu::wgsl::TRAIN_SEPARATE_TG
+        } else {
+            &crate::gpu::wgsl::TRAIN
+        };
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some("kullback.train"),
-            source: wgpu::ShaderSource::Wgsl(crate::gpu::wgsl::TRAIN.as_str().into()),
+            source: wgpu::ShaderSource::Wgsl(src.as_str().into()),
         });
         let st = |read_only| wgpu::BufferBindingType::Storage { read_only };
+        let mut entries = vec![
+            entry(0, st(true)),
+            entry(1, st(true)),
+            entry(2, st(false)),
+            entry(3, st(false)),
+            entry(4, wgpu::BufferBindingType::Uniform),
+        ];
+        if separate_tg {
+            entries.push(entry(5, st(false)));
+        }
         let bgl = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
             label: Some("kullback.train"),
-            entries: &[
-                entry(0, st(true)),
-                entry(1, st(true)),
-                entry(2, st(false)),
-                entry(3, st(false)),
-                entry(4, wgpu::BufferBindingType::Uniform),
-            ],
+            entries: &entries,
         });
         let layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
             label: Some("kullback.train"),
@@ -215,12 +226,17 @@ fn entry_pipeline(
     })
 }
 
-fn pipeline(gpu: &Gpu) -> Result<Arc<TrainPipeline>> {
-    if let Some(p) = gpu.train.get() {
+fn pipeline(gpu: &Gpu, separate_tg: bool) -> Result<Arc<TrainPipeline>> {
+    let cell = if separate_tg {
+        &gpu.train_separate_tg
+    } else {
+        &gpu.train
+    };
+    if let Some(p) = cell.get() {
         return Ok(p.clone());
     }
-    let p = Arc::new(TrainPipeline::new(&gpu.device)?);
-    Ok(gpu.train.get_or_init(|| p).clone())
+    let p = Arc::new(TrainPipeline::new(&gpu.device, separate_tg)?);
+    Ok(cell.get_or_init(|| p).clone())
 }
 
 /// A window of a buffer bound to one binding.
@@ -260,6 +276,9 @@ pub(crate) struct Bindings<'a> {
     pub grad: Window<'a>,
     /// The records, then the mask words.
     pub rows: Window<'a>,
+    /// The teacher's gradient in a binding of its own (the five-binding
+    /// kernel); `None`: after the student's, from word `tg_at`.
+    pub tg: Option<Window<'a>>,
 }
 
 /// Records one dispatch of `params.rows` rows into `enc`; its parameter block
@@ -273,41 +292,48 @@ pub(crate) fn record(
     params: &TrainParams,
     e: Entry,
 ) -> Result<()> {
-    let pl = pipeline(gpu)?;
+    let pl = pipeline(gpu, b.tg.is_some())?;
     let compute = pl.get(&gpu.device, e)?;
     let usage = wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST;
     let size = std::mem::size_of::<TrainParams>() as u64;
     let ubuf = scratch.buffer(&gpu.device, "kullback.train.params", size, usage)?;
     gpu.queue.write_buffer(&ubuf, 0, bytemuck::bytes_of(params));
+    let mut entries = vec![
+        wgpu::BindGroupEntry {
+            binding: 0,
+            resource: b.s.binding(),
+        },
+        wgpu::BindGroupEntry {
+            binding: 1,
+            resource: b.t.binding(),
+        },
+        wgpu::BindGroupEntry {
+            binding: 2,
+            resource: b.grad.binding(),
+        },
+        wgpu::BindGroupEntry {
+            binding: 3,
+            resource: b.rows.binding(),
+        },
+        wgpu::BindGroupEntry {
+            binding: 4,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &ubuf,
+                offset: 0,
+                size: NonZeroU64::new(size),
+            }),
+        },
+    ];
+    if let Some(tg) = &b.tg {
+        entries.push(wgpu::BindGroupEntry {
+            binding: 5,
+            resource: tg.binding(),
+        });
+    }
     let bg = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
         label: Some("kullback.train"),
         layout: &pl.bgl,
-        entries: &[
-            wgpu::BindGroupEntry {
-                binding: 0,
-                resource: b.s.binding(),
-            },
-            wgpu::BindGroupEntry {
-                binding: 1,
-                resource: b.t.binding(),
-            },
-            wgpu::BindGroupEntry {
-                binding: 2,
-                resource: b.grad.binding(),
-            },
-            wgpu::BindGroupEntry {
-                binding: 3,
-                resource: b.rows.binding(),
-            },
-            wgpu::BindGroupEntry {
-                binding: 4,
-                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                    buffer: &ubuf,
-                    offset: 0,
-                    size: NonZeroU64::new(size),
-                }),
-            },
-        ],
+        entries: &entries,
     });
     let max_dim = gpu.limits.max_compute_workgroups_per_dimension.max(1);
     let x = params.rows.min(max_dim);
@@ -510,6 +536,7 @@ impl Gpu {
             t: Window::whole(&t_buf, t_bytes),
             grad: Window::whole(&grad_buf, grads_bytes),
             rows: Window::whole(&rows_buf, rows_len),
+            tg: None,
         };
         record(self, sc, &mut enc, &b, &params, Entry::Train)?;
         // one staging buffer: the records, then the gradient
@@ -624,6 +651,7 @@ impl Gpu {
             t: Window::whole(&ix_buf, ix_bytes),
             grad: Window::whole(&grad_buf, grad_bytes),
             rows: Window::whole(&stats, stats_bytes),
+            tg: None,
         };
         record(self, sc, &mut enc, &b, &params, Entry::SparseTail)?;
         let consts = self.read_back(sc, enc, &[(&stats, stats_bytes)], |v| {

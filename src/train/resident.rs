@@ -23,11 +23,17 @@
 //! * row mask (distillation, optional): one u32 per row (0 ignores the row)
 //!   at byte `mask.offset` (usage `COPY_SRC`, offset a multiple of 4).
 //! * teacher gradient (distillation, optional: [`GpuDistill::teacher_grad`]):
-//!   `rows × cols` f32 with the student gradient's scaling, in the
-//!   *gradient's buffer*, at a byte offset (a multiple of 4) at or after the
-//!   end of the student's gradient. The kernel binds both gradients as one
-//!   window (it stays within the four storage buffers of downlevel devices),
-//!   which must fit one storage binding.
+//!   `rows × cols` f32 with the student gradient's scaling. In the
+//!   *gradient's buffer* at a byte offset (a multiple of 4) at or after the
+//!   end of the student's gradient, with both within one storage binding,
+//!   the kernel binds the two gradients as one window (four storage
+//!   buffers: any device). Anywhere else (another buffer, or the same one
+//!   before the student's gradient; offset a multiple of
+//!   `min_storage_buffer_offset_alignment`, usage `STORAGE`, not over the
+//!   student's gradient or an input) it takes a binding of its own, which
+//!   needs a device that binds five storage buffers per shader stage
+//!   (`Limits::max_storage_buffers_per_shader_stage`; downlevel devices
+//!   bind four, and get [`Error::Unsupported`](crate::Error::Unsupported)).
 //!
 //! * student and teacher: [`GpuBatch`]es of logits (the teacher's may be
 //!   log-probabilities) stored as their [`GpuBatch::dtype`] says: f32, or
@@ -300,31 +306,57 @@ fn encode(
     check_buffer("gradient", grad.buffer, grad.offset, bytes, storage, align)?;
     // the window of the gradient binding: the student's gradient, and the
     // teacher's after it in the same buffer
+    // the window of the gradient binding: the student's gradient, and the
+    // teacher's after it in the same buffer, unless the device binds five
+    // storage buffers and the teacher's goes elsewhere (a binding of its own)
     let mut grad_window = bytes;
+    let mut tg_window = None;
     if let Some(tg) = tgrad {
-        check_buffer("teacher gradient", tg.buffer, tg.offset, bytes, storage, 4)?;
-        if tg.buffer != grad.buffer || tg.offset < grad.offset + bytes {
+        params.flags |= flag::TGRAD;
+        let after = tg.buffer == grad.buffer
+            && tg.offset >= grad.offset + bytes
+            && tg.offset + bytes - grad.offset <= limits.max_binding;
+        if after {
+            check_buffer("teacher gradient", tg.buffer, tg.offset, bytes, storage, 4)?;
+            grad_window = tg.offset + bytes - grad.offset;
+            params.tg_at =
+                u32::try_from((tg.offset - grad.offset) / 4).map_err(|_| Error::TooLarge {
+                    what: "words between the student's and the teacher's gradients".into(),
+                    size: (tg.offset - grad.offset) / 4,
+                    limit: u32::MAX as u64,
+                })?;
+        } else if gpu.limits.max_storage_buffers_per_shader_stage >= 5 {
+            check_buffer(
+                "teacher gradient",
+                tg.buffer,
+                tg.offset,
+                bytes,
+                storage,
+                align,
+            )?;
+            let overlaps = tg.buffer == grad.buffer
+                && tg.offset < grad.offset + bytes
+                && grad.offset < tg.offset + bytes;
+            if overlaps {
+                return Err(Error::Buffer {
+                    name: "teacher gradient",
+                    problem: BufferProblem::AliasesOther,
+                });
+            }
+            tg_window = Some(Window {
+                buffer: tg.buffer,
+                offset: tg.offset,
+                size: bytes,
+            });
+        } else {
             return Err(Error::Unsupported(
-                "a GPU-resident teacher gradient goes in the gradient's buffer, at or after the \
-                 end of the student's gradient (both share one storage binding)"
+                "this device binds at most four storage buffers per shader stage: a GPU-resident \
+                 teacher gradient goes in the gradient's buffer, at or after the end of the \
+                 student's gradient and within one storage binding of its start (both share one \
+                 binding)"
                     .into(),
             ));
         }
-        grad_window = tg.offset + bytes - grad.offset;
-        if grad_window > limits.max_binding {
-            return Err(Error::TooLarge {
-                what: "bytes of a GPU-resident gradient binding (student and teacher)".into(),
-                size: grad_window,
-                limit: limits.max_binding,
-            });
-        }
-        params.flags |= flag::TGRAD;
-        params.tg_at =
-            u32::try_from((tg.offset - grad.offset) / 4).map_err(|_| Error::TooLarge {
-                what: "words between the student's and the teacher's gradients".into(),
-                size: (tg.offset - grad.offset) / 4,
-                limit: u32::MAX as u64,
-            })?;
     }
     let rec_bytes = grad_output_bytes(rows);
     let copy_dst = wgpu::BufferUsages::COPY_DST;
@@ -347,6 +379,12 @@ fn encode(
     if reads.contains(&grad.buffer) {
         return Err(Error::Buffer {
             name: "gradient",
+            problem: BufferProblem::AliasesInput,
+        });
+    }
+    if tgrad.is_some_and(|t| reads.contains(&t.buffer)) {
+        return Err(Error::Buffer {
+            name: "teacher gradient",
             problem: BufferProblem::AliasesInput,
         });
     }
@@ -418,6 +456,7 @@ fn encode(
                 size: grad_window,
             },
             rows: Window::whole(&rows_buf, rows_len),
+            tg: tg_window,
         };
         record(gpu, sc, enc, &b, &params, Entry::Train)?;
         enc.copy_buffer_to_buffer(&rows_buf, 0, out.buffer, out.offset, rec_bytes);
@@ -433,10 +472,12 @@ impl Context {
     /// for a host-slice mask, a mean, or forms other than logits (student)
     /// and logits or log-probabilities (teacher); [`Error::ShapeMismatch`];
     /// [`Error::Buffer`] for a buffer that does not fit (usage, offset,
-    /// size, a gradient that is also an input); [`Error::Unsupported`] for a
-    /// teacher gradient outside the gradient's buffer or overlapping the
-    /// student's; [`Error::TooLarge`] past one binding. Bad values and infinite losses are reported per row in the
-    /// records (see [`GpuDistill::decode`]).
+    /// size, a gradient that is also an input, a teacher gradient over the
+    /// student's); [`Error::Unsupported`] for a teacher gradient outside the
+    /// gradient's buffer's window on a device that binds four storage buffers
+    /// (see the [module docs](crate::train::resident)); [`Error::TooLarge`]
+    /// past one binding. Bad values and infinite losses are reported per row
+    /// in the records (see [`GpuDistill::decode`]).
     pub fn encode_distill(
         &self,
         encoder: &mut wgpu::CommandEncoder,
