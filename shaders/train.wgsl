@@ -226,13 +226,18 @@ fn log_add(a: f32, b: f32) -> f32 {
     return hi + log(1.0 + exp_neg(min(a, b) - hi));
 }
 
+// The row of a workgroup of the (x, y) grid.
+fn row_of(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return wid.x + wid.y * nwg.x;
+}
+
 @compute @workgroup_size(WG)
 fn train_main(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let row = wid.x + wid.y * nwg.x;
+    let row = row_of(wid, nwg);
     if (row >= P.rows) {
         return;
     }
@@ -550,15 +555,16 @@ fn train_main(
 // Pass 1: the online log-sum-exp of the student's columns outside the row's
 // indices (t_buf: `top` column indices per row, ascending; the tail) and its
 // first NaN or +inf column. rowbuf gets SPARSE_STATS words per row:
-// (max, Σ, bad column or COL_NONE, 0). Each thread walks the sorted indices with a cursor as its columns
-// rise, so a column's membership costs no search.
+// (max, Σ, bad column or COL_NONE, 0). Each thread walks the sorted indices
+// with a cursor as its columns rise, so a column's membership costs no
+// search.
 @compute @workgroup_size(WG)
 fn sparse_tail(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let row = wid.x + wid.y * nwg.x;
+    let row = row_of(wid, nwg);
     if (row >= P.rows) {
         return;
     }
@@ -604,8 +610,9 @@ fn sparse_tail(
 }
 
 // Pass 2: the gradient of every column from the row's constants in rowbuf
-// (SPARSE_CONSTS words: m, ln Σ, f, h, mt, j, on, 0): f·q_c − h·exp((s − mt)/T + j) with
-// q_c = exp((s − m)/T − ln Σ), 0 at a −inf logit and in a row that is off
+// (SPARSE_CONSTS words: m, ln Σ, f, h, mt, j, on, 0): f·q_c − h·exp((s −
+// mt)/T + j) with q_c = exp((s − m)/T − ln Σ), 0 at a −inf logit and in a
+// row that is off
 // (masked, bad, renormalised: no tail). The host then writes the indexed
 // columns' own values over theirs.
 @compute @workgroup_size(WG)
@@ -614,7 +621,7 @@ fn sparse_grad(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let row = wid.x + wid.y * nwg.x;
+    let row = row_of(wid, nwg);
     if (row >= P.rows) {
         return;
     }

@@ -803,19 +803,18 @@ fn distill_dense_multi_block() {
     }
 }
 
-#[test]
-fn distill_sparse_grid() {
-    let mut rng = Rng(2);
+/// The sparse-teacher grid on `ctx`: k ∈ {1, 8, 64} (k ≤ C), both tail
+/// policies, every divergence, `temps`, plain, masked and 10⁴ logits, each
+/// reduction (with a mask where not none; finite differences with `fd`
+/// there).
+fn sparse_grid(ctx: &Context, rng: &mut Rng, temps: &[f64], fd: bool) {
     for cols in [1usize, 3, 257] {
         for k in [1usize, 8, 64].into_iter().filter(|&k| k <= cols) {
             for &div in &DIVS {
-                for &temp in &TEMPS {
+                for &temp in temps {
                     for flavor in [Flavor::Plain, Flavor::Masked, Flavor::Huge] {
                         for bucket in [true, false] {
-                            for (i, reduction) in [Reduction::None, Reduction::Sum, Reduction::Mean]
-                                .into_iter()
-                                .enumerate()
-                            {
+                            for (i, reduction) in REDUCTIONS.into_iter().enumerate() {
                                 let case = Case {
                                     rows: 4,
                                     cols,
@@ -826,9 +825,9 @@ fn distill_sparse_grid() {
                                     bucket,
                                     reduction,
                                     mask: i > 0,
-                                    fd: i == 0,
+                                    fd: fd && i == 0,
                                 };
-                                run_case(&cpu(), &mut rng, &case);
+                                run_case(ctx, rng, &case);
                             }
                         }
                     }
@@ -836,6 +835,11 @@ fn distill_sparse_grid() {
             }
         }
     }
+}
+
+#[test]
+fn distill_sparse_grid() {
+    sparse_grid(&cpu(), &mut Rng(2), &TEMPS, true);
 }
 
 /// One 256,000-column row: the gradient against the f64 reference in full
@@ -2058,34 +2062,7 @@ fn gpu_nll_grid() {
 #[test]
 fn gpu_distill_sparse_grid() {
     let Some(gpu) = common::gpu() else { return };
-    let mut rng = Rng(12);
-    for cols in [1usize, 3, 257] {
-        for k in [1usize, 8, 64].into_iter().filter(|&k| k <= cols) {
-            for &div in &DIVS {
-                for temp in [0.5, 2.0] {
-                    for flavor in [Flavor::Plain, Flavor::Masked, Flavor::Huge] {
-                        for bucket in [true, false] {
-                            for (i, reduction) in REDUCTIONS.into_iter().enumerate() {
-                                let case = Case {
-                                    rows: 4,
-                                    cols,
-                                    temp,
-                                    div,
-                                    flavor,
-                                    sparse: Some(k),
-                                    bucket,
-                                    reduction,
-                                    mask: i > 0,
-                                    fd: false,
-                                };
-                                run_case(&gpu, &mut rng, &case);
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
+    sparse_grid(&gpu, &mut Rng(12), &[0.5, 2.0], false);
 }
 
 /// Two rows of 100,000 columns (each streamed by one workgroup) on the GPU,
@@ -2242,13 +2219,7 @@ fn gpu_resident_distill_and_nll() {
     let tg_off = align + (rows * cols * 4) as u64 + 12;
     let gbytes = tg_off + (rows * cols * 4) as u64;
     let gbuf = common::out_buffer(&device, gbytes);
-    let obytes = kullback::grad_output_bytes(rows);
-    let obuf = device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("records"),
-        size: obytes,
-        usage: wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
-        mapped_at_creation: false,
-    });
+    let (obuf, obytes) = common::grad_records(&device, rows);
     let read_at = |buf: &wgpu::Buffer, at: u64| -> Vec<f32> {
         let recs = common::read_records(&device, &queue, buf, at, (rows * cols * 4) as u64);
         bytemuck::cast_slice::<kullback::Record, f32>(&recs).to_vec()
@@ -2445,13 +2416,7 @@ fn gpu_resident_teacher_grad_in_its_own_buffer() {
     let gbytes = 2 * bytes.next_multiple_of(align) + align;
     let gbuf = common::out_buffer(&device, gbytes);
     let other = common::out_buffer(&device, bytes + align);
-    let obytes = kullback::grad_output_bytes(rows);
-    let obuf = device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("records"),
-        size: obytes,
-        usage: wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
-        mapped_at_creation: false,
-    });
+    let (obuf, obytes) = common::grad_records(&device, rows);
     let read = |buf: &wgpu::Buffer, at: u64| -> Vec<u32> {
         common::read_buffer::<u32>(&device, &queue, buf, at, bytes)
     };

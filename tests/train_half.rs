@@ -11,6 +11,7 @@
 //! buffer is sized as halves (too short a one is refused, not misread).
 
 mod common;
+use common::Rng;
 
 use kullback::half::{bf16, f16};
 use kullback::wgpu::{self, util::DeviceExt};
@@ -19,18 +20,6 @@ use kullback::{
     GpuNllGrad, GpuOutput, GpuTargets, NllOptions, Reduction, Teacher, Values,
 };
 
-/// A deterministic stream of uniforms in [0, 1).
-struct Rng(u64);
-impl Rng {
-    fn unif(&mut self) -> f64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 /// Student and teacher logits with −inf columns (the same in both, never a
 /// whole row), and a row of magnitude 10⁴ where `huge`.
 fn logits(rng: &mut Rng, rows: usize, cols: usize, huge: bool) -> (Vec<f32>, Vec<f32>) {
@@ -38,8 +27,8 @@ fn logits(rng: &mut Rng, rows: usize, cols: usize, huge: bool) -> (Vec<f32>, Vec
     for r in 0..rows {
         let scale = if huge && r == 1 { 1e4 } else { 4.0 };
         for c in 0..cols {
-            let a = scale * (2.0 * rng.unif() - 1.0);
-            let b = a + 2.0 * rng.unif() - 1.0;
+            let a = scale * (2.0 * rng.uniform() - 1.0);
+            let b = a + 2.0 * rng.uniform() - 1.0;
             let masked = cols > 2 && c % 7 == 3;
             s.push(if masked { f32::NEG_INFINITY } else { a as f32 });
             t.push(if masked { f32::NEG_INFINITY } else { b as f32 });
@@ -115,7 +104,7 @@ fn contexts() -> Vec<(&'static str, Context)> {
 /// counts put rows inside a u32 on the GPU.
 #[test]
 fn half_inputs_give_the_widened_values_bits() {
-    let mut rng = Rng(18);
+    let mut rng = Rng::new(18);
     for (name, ctx) in contexts() {
         for &(rows, cols) in &[(4usize, 1usize), (5, 3), (3, 257), (2, 1001)] {
             let (s, t) = logits(&mut rng, rows, cols, true);
@@ -252,7 +241,7 @@ fn forward_kl(s: &[f32], t: &[f32], temp: f64) -> f64 {
 /// values (per row, within abs 2e-6·T² + rel 2e-5), on both backends.
 #[test]
 fn half_forward_kl_matches_f64() {
-    let mut rng = Rng(7);
+    let mut rng = Rng::new(7);
     let (rows, cols) = (6, 515);
     let (s, t) = logits(&mut rng, rows, cols, false);
     for (name, ctx) in contexts() {
@@ -293,7 +282,7 @@ fn resident_half_inputs_equal_the_host_path() {
     };
     let ctx = Context::from_device(device.clone(), queue.clone()).expect("context");
     let (rows, cols) = (3, 301);
-    let (s, t) = logits(&mut Rng(5), rows, cols, true);
+    let (s, t) = logits(&mut Rng::new(5), rows, cols, true);
     let (hs, ht) = (Half::new(&s, Dtype::F16), Half::new(&t, Dtype::BF16));
     let align = device.limits().min_storage_buffer_offset_alignment as u64;
     let buffer = |bytes: &[u8], lead: u64| {
@@ -309,13 +298,7 @@ fn resident_half_inputs_equal_the_host_path() {
     let tb = buffer(&ht.bytes(), 0);
     let gbytes = (rows * cols * 4) as u64;
     let gbuf = common::out_buffer(&device, gbytes);
-    let obytes = kullback::grad_output_bytes(rows);
-    let obuf = device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("records"),
-        size: obytes,
-        usage: wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
-        mapped_at_creation: false,
-    });
+    let (obuf, obytes) = common::grad_records(&device, rows);
     let student = GpuBatch::new(&sb, rows, cols)
         .offset(align)
         .form(Form::Logits)
@@ -405,7 +388,7 @@ fn resident_half_inputs_equal_the_host_path() {
 /// teacher (whose indexed columns are written after the rest) and the NLL.
 #[test]
 fn half_gradients_are_the_f32_ones_rounded() {
-    let mut rng = Rng(9);
+    let mut rng = Rng::new(9);
     let (rows, cols) = (5, 203);
     let (s, t) = logits(&mut rng, rows, cols, true);
     let f16s = |v: &[f32]| -> Vec<u16> { v.iter().map(|&x| f16::from_f32(x).to_bits()).collect() };

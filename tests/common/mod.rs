@@ -510,6 +510,19 @@ pub fn storage(device: &kullback::wgpu::Device, data: &[f32]) -> kullback::wgpu:
     )
 }
 
+/// The records buffer of a GPU-resident loss gradient over `rows` rows
+/// (COPY_DST, and COPY_SRC to read it back), and its size.
+pub fn grad_records(device: &kullback::wgpu::Device, rows: usize) -> (kullback::wgpu::Buffer, u64) {
+    let bytes = kullback::grad_output_bytes(rows);
+    let buf = device.create_buffer(&kullback::wgpu::BufferDescriptor {
+        label: Some("records"),
+        size: bytes,
+        usage: kullback::wgpu::BufferUsages::COPY_DST | kullback::wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    });
+    (buf, bytes)
+}
+
 pub fn out_buffer(device: &kullback::wgpu::Device, bytes: u64) -> kullback::wgpu::Buffer {
     device.create_buffer(&kullback::wgpu::BufferDescriptor {
         label: Some("output"),
