@@ -571,6 +571,19 @@ fn distill_errors_name_the_file() {
     assert!(!ok && stdout.is_empty());
 }
 
+/// The 2-byte items of a 2-D .npy file whose dtype is `descr`.
+fn raw_u16s(path: &str, descr: &str, rows: usize, cols: usize) -> Vec<u16> {
+    let b = std::fs::read(path).unwrap();
+    let hlen = u16::from_le_bytes([b[8], b[9]]) as usize;
+    let header = std::str::from_utf8(&b[10..10 + hlen]).unwrap();
+    assert!(header.contains(&format!("'descr': '{descr}'")), "{header}");
+    assert!(header.contains(&format!("({rows}, {cols}")), "{header}");
+    b[10 + hlen..]
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect()
+}
+
 /// Half files: a bf16 student ('<V2', named by `--bf16 student`), an f16
 /// teacher ('<f2'), f16 NLL logits; the gradient files and values are the
 /// library's on the same half values, bit for bit, on each backend.
@@ -637,6 +650,45 @@ fn distill_and_nll_from_half_files() {
             .unwrap();
         assert_eq!(read_grad(&g).0, want, "{backend}: distill gradient");
         assert_eq!(read_grad(&out).0, o.values, "{backend}: distill values");
+        // --grad-dtype: the same gradient rounded, as '<f2' and as bf16 bits in '<u2'
+        for (dtype, descr) in [("f16", "<f2"), ("bf16", "<u2")] {
+            json(&[
+                "distill",
+                "--student",
+                &sp,
+                "--teacher",
+                &tp,
+                "--bf16",
+                "student",
+                "--divergence",
+                "reverse-kl",
+                "--temperature",
+                "2",
+                "--reduction",
+                "none",
+                "--out-grad",
+                &g,
+                "--grad-dtype",
+                dtype,
+                "--backend",
+                backend,
+            ]);
+            let rounded: Vec<u16> = want
+                .iter()
+                .map(|&v| {
+                    if dtype == "f16" {
+                        f16::from_f32(v).to_bits()
+                    } else {
+                        bf16::from_f32(v).to_bits()
+                    }
+                })
+                .collect();
+            assert_eq!(
+                raw_u16s(&g, descr, rows, cols),
+                rounded,
+                "{backend}: {dtype} gradient"
+            );
+        }
         // without --bf16 the '<V2' student is refused, naming its file
         fails(
             &[

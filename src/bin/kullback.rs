@@ -11,11 +11,13 @@
 //! kullback total-variation --p P.npy --q Q.npy [--p-form F] [--q-form F] (no --base)
 //! kullback nll           --q Q.npy --targets T.npy [--q-form F] [--ignore-index K]
 //!                        [--weights W.npy] [--label-smoothing E] [--out-grad G.npy]
+//!                        [--grad-dtype f32|f16|bf16]
 //! kullback distill       --student S.npy (--teacher T.npy [--teacher-form logits|log-probs]
 //!                        | --teacher-index I.npy --teacher-logprob L.npy [--tail bucket|renormalize])
 //!                        --divergence forward-kl|reverse-kl|jsd [--beta B] --temperature T
 //!                        [--mask M.npy] [--reduction none|sum|mean] [--backend auto|gpu|cpu]
 //!                        [--out OUT.npy] [--out-grad G.npy] [--out-teacher-grad TG.npy]
+//!                        [--grad-dtype f32|f16|bf16]
 //! common: [--reduction none|sum|mean] [--base e|2|10|B] [--normalize]
 //!         [--backend auto|gpu|cpu] [--out OUT.npy]
 //! kullback pairwise MEASURE --p P.npy [--q Q.npy] [--p-form F] [--q-form F] [--base B]
@@ -39,7 +41,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kullback::{
-    Arg, Backend, Base, Batch, Context, DistillOptions, Divergence, Error, Form, Measure,
+    Arg, Backend, Base, Batch, Context, DistillOptions, Divergence, Error, Form, GradMut, Measure,
     NllOptions, Normalization, Options, Output, PairwiseOptions, Reduction, RowMask, SparseTeacher,
     Tail, Targets, Teacher, TileShape, Values,
 };
@@ -123,7 +125,7 @@ struct DistillArgs {
     #[arg(long, value_enum, default_value_t = ReductionArg::None)]
     reduction: ReductionArg,
     /// Backend; `auto` lets KULLBACK_BACKEND choose, else a hardware GPU or
-    /// the CPU (a sparse teacher runs on the CPU).
+    /// the CPU.
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     backend: BackendArg,
     /// Write the values to OUT.npy (1-D float32) and leave them out of the JSON.
@@ -136,6 +138,10 @@ struct DistillArgs {
     /// --teacher only, logits or log-probs; 2-D float32, the teacher's shape).
     #[arg(long, value_name = "TG.npy")]
     out_teacher_grad: Option<PathBuf>,
+    /// Format of the gradient files: f32, f16 ('<f2'), or bf16 (its bits as
+    /// '<u2', as --bf16 reads them), rounded to nearest even.
+    #[arg(long, value_enum, default_value_t = GradDtypeArg::F32)]
+    grad_dtype: GradDtypeArg,
     /// Float inputs (by flag name: student, teacher, teacher-logprob) holding
     /// bfloat16, read from a '<u2' .npy or an ml_dtypes '<V2' one.
     #[arg(long, value_name = "ARG[,ARG]", value_delimiter = ',')]
@@ -285,8 +291,19 @@ struct NllArgs {
     /// be logits, to G.npy (2-D float32 [rows, classes]).
     #[arg(long, value_name = "G.npy")]
     out_grad: Option<PathBuf>,
+    /// Format of the gradient file: f32, f16 ('<f2'), or bf16 (its bits as
+    /// '<u2', as --bf16 reads them), rounded to nearest even.
+    #[arg(long, value_enum, default_value_t = GradDtypeArg::F32)]
+    grad_dtype: GradDtypeArg,
     #[command(flatten)]
     common: Common,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum GradDtypeArg {
+    F32,
+    F16,
+    Bf16,
 }
 
 #[derive(Args, Debug)]
@@ -579,9 +596,14 @@ fn run(command: &Command) -> Result<String, String> {
             }
             let ctx = a.common.context()?;
             if let Some(path) = &a.out_grad {
-                let mut grad = grad_buffer(q.rows, q.cols)?;
+                let mut grad = grad_buffer(q.rows, q.cols, a.grad_dtype)?;
                 let out = ctx
-                    .nll_grad(&q.batch(a.q_form), targets.as_targets(), &opts, &mut grad)
+                    .nll_grad(
+                        &q.batch(a.q_form),
+                        targets.as_targets(),
+                        &opts,
+                        grad.as_mut(),
+                    )
                     .map_err(|e| files.explain(&e))?;
                 write_grad(path, &grad, q.rows, q.cols)?;
                 return finish("nll", &out, a.common.out.as_deref());
@@ -619,13 +641,38 @@ fn finish(name: &str, output: &Output, out: Option<&Path>) -> Result<String, Str
 }
 
 /// A zeroed gradient of rows × cols, or an error if it does not fit.
-fn grad_buffer(rows: usize, cols: usize) -> Result<Vec<f32>, String> {
-    let n = rows.saturating_mul(cols);
+/// A gradient in the format `--grad-dtype` asks for.
+enum GradBuf {
+    F32(Vec<f32>),
+    F16(Vec<half::f16>),
+    BF16(Vec<half::bf16>),
+}
+
+impl GradBuf {
+    fn as_mut(&mut self) -> GradMut<'_> {
+        match self {
+            GradBuf::F32(v) => v.into(),
+            GradBuf::F16(v) => v.into(),
+            GradBuf::BF16(v) => v.into(),
+        }
+    }
+}
+
+fn zeros<T: Clone>(n: usize, zero: T, rows: usize, cols: usize) -> Result<Vec<T>, String> {
     let mut v = Vec::new();
     v.try_reserve_exact(n)
         .map_err(|_| format!("the gradient of {rows} x {cols} values does not fit in memory"))?;
-    v.resize(n, 0.0);
+    v.resize(n, zero);
     Ok(v)
+}
+
+fn grad_buffer(rows: usize, cols: usize, dtype: GradDtypeArg) -> Result<GradBuf, String> {
+    let n = rows.saturating_mul(cols);
+    Ok(match dtype {
+        GradDtypeArg::F32 => GradBuf::F32(zeros(n, 0.0, rows, cols)?),
+        GradDtypeArg::F16 => GradBuf::F16(zeros(n, half::f16::ZERO, rows, cols)?),
+        GradDtypeArg::Bf16 => GradBuf::BF16(zeros(n, half::bf16::ZERO, rows, cols)?),
+    })
 }
 
 fn distill(a: &DistillArgs) -> Result<String, String> {
@@ -702,15 +749,16 @@ fn distill(a: &DistillArgs) -> Result<String, String> {
         );
     }
     let ctx = context(a.backend)?;
-    let mut grad = grad_buffer(student.rows, student.cols)?;
+    let mut grad = grad_buffer(student.rows, student.cols, a.grad_dtype)?;
     let s = student.batch(FormArg::Logits);
     let (out, tgrad) = match &a.out_teacher_grad {
         Some(_) => {
-            let mut tg = grad_buffer(student.rows, student.cols)?;
-            let out = ctx.distill_with_teacher_grad(&s, &teacher, &opts, &mut grad, &mut tg);
+            let mut tg = grad_buffer(student.rows, student.cols, a.grad_dtype)?;
+            let out =
+                ctx.distill_with_teacher_grad(&s, &teacher, &opts, grad.as_mut(), tg.as_mut());
             (out, Some(tg))
         }
-        None => (ctx.distill(&s, &teacher, &opts, &mut grad), None),
+        None => (ctx.distill(&s, &teacher, &opts, grad.as_mut()), None),
     };
     let out = out.map_err(|e| files.explain(&e))?;
     if let Some(path) = &a.out_grad {
@@ -1299,17 +1347,13 @@ fn to_usize(path: &Path, n: u64) -> Result<usize, String> {
 }
 
 /// The gradient as a 2-D float32 .npy of shape [rows, cols].
-fn write_grad(path: &Path, grad: &[f32], rows: usize, cols: usize) -> Result<(), String> {
-    let fail = |e: std::io::Error| format!("{}: cannot write: {e}", show(path));
-    let file = File::create(path).map_err(fail)?;
-    let mut writer = npyz::WriteOptions::new()
-        .default_dtype()
-        .shape(&[rows as u64, cols as u64])
-        .writer(BufWriter::new(file))
-        .begin_nd()
-        .map_err(fail)?;
-    writer.extend(grad.iter().copied()).map_err(fail)?;
-    writer.finish().map_err(fail)
+fn write_grad(path: &Path, grad: &GradBuf, rows: usize, cols: usize) -> Result<(), String> {
+    match grad {
+        GradBuf::F32(g) => write_2d(path, g, rows, cols),
+        GradBuf::F16(g) => write_2d(path, g, rows, cols),
+        // bfloat16's bits as '<u2' (NumPy has no bfloat16 dtype)
+        GradBuf::BF16(g) => write_2d(path, bytemuck::cast_slice::<half::bf16, u16>(g), rows, cols),
+    }
 }
 
 fn write_values(path: &Path, values: &[f32]) -> Result<(), String> {
