@@ -330,6 +330,7 @@ pub mod cost;
 mod cpu;
 mod error;
 mod gpu;
+mod grad;
 mod job;
 mod measure;
 mod pairs;

@@ -14,8 +14,8 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::gpu::pool::Scratch;
 use crate::gpu::upload::Source;
+use crate::grad::GradMut;
 use crate::record::{RECORD_SIZE, Record};
-use crate::train::GradMut;
 
 /// The modes of the kernel (`TR_*` in the shader).
 pub(crate) mod mode {

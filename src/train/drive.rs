@@ -10,7 +10,7 @@ use crate::cpu::ln::{Arith, Plain};
 use crate::cpu::threads;
 use crate::error::{Error, Result, try_vec};
 
-use super::grad::GradMut;
+use crate::grad::GradMut;
 
 /// Elements per worker below which fewer threads are started (as the
 /// forward measures).

@@ -4,12 +4,12 @@
 //! decoded by `record::decode` (the first bad row's error, as on the CPU),
 //! the row losses returned for the host's reduction in row order.
 
-use super::grad::GradMut;
 use super::options::{Divergence, RowMask};
 use crate::batch::Data;
 use crate::error::Result;
 use crate::gpu::Gpu;
 use crate::gpu::train::{Aux, TrainParams, flag, mode};
+use crate::grad::GradMut;
 use crate::measure::Form;
 use crate::record::{self, DecodeCtx, Record};
 

@@ -148,13 +148,12 @@
 mod dense;
 mod drive;
 mod gpu;
-mod grad;
 mod lse;
 mod options;
 pub mod resident;
 mod sparse;
 
-pub use grad::GradMut;
+pub use crate::grad::GradMut;
 pub use options::{DistillOptions, Divergence, RowMask, SparseTeacher, Tail, Teacher};
 pub use resident::{GpuDistill, GpuGrad, GpuNllGrad, GpuRowMask, grad_output_bytes};
 

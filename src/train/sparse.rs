@@ -17,7 +17,6 @@ use std::mem::MaybeUninit;
 
 use super::dense::row_buf;
 use super::drive::RowKernel;
-use super::grad::GradMut;
 use super::lse::{L, Lse, bad_f, bad_value, log_add64};
 use super::options::{Divergence, RowMask, Tail};
 use crate::batch::{Data, Targets};
@@ -25,6 +24,7 @@ use crate::cpu::ln::{Arith, exp_normal as exp};
 use crate::error::{Arg, BadValue, Error, Result, try_vec};
 use crate::gpu::Gpu;
 use crate::gpu::train::{SPARSE_CONSTS, SPARSE_STATS, TrainParams, sub};
+use crate::grad::GradMut;
 use crate::record::code::COL_NONE;
 
 /// Distillation from a sparse teacher.
