@@ -615,43 +615,7 @@ fn distill_and_nll_from_half_files() {
         })
         .unwrap();
         let (g, out) = (tmp.path("g.npy"), tmp.path("out.npy"));
-        json(&[
-            "distill",
-            "--student",
-            &sp,
-            "--teacher",
-            &tp,
-            "--bf16",
-            "student",
-            "--divergence",
-            "reverse-kl",
-            "--temperature",
-            "2",
-            "--reduction",
-            "none",
-            "--out-grad",
-            &g,
-            "--out",
-            &out,
-            "--backend",
-            backend,
-        ]);
-        let mut want = vec![0f32; rows * cols];
-        let o = ctx
-            .distill(
-                &Batch::new(&s, rows, cols).form(Form::Logits),
-                &Teacher::Dense(Batch::new(&t, rows, cols).form(Form::Logits)),
-                &DistillOptions::default()
-                    .divergence(Divergence::ReverseKl)
-                    .temperature(2.0)
-                    .reduction(kullback::Reduction::None),
-                &mut want,
-            )
-            .unwrap();
-        assert_eq!(read_grad(&g).0, want, "{backend}: distill gradient");
-        assert_eq!(read_grad(&out).0, o.values, "{backend}: distill values");
-        // --grad-dtype: the same gradient rounded, as '<f2' and as bf16 bits in '<u2'
-        for (dtype, descr) in [("f16", "<f2"), ("bf16", "<u2")] {
+        let run_distill = |dtype: &str| {
             json(&[
                 "distill",
                 "--student",
@@ -670,9 +634,30 @@ fn distill_and_nll_from_half_files() {
                 &g,
                 "--grad-dtype",
                 dtype,
+                "--out",
+                &out,
                 "--backend",
                 backend,
-            ]);
+            ])
+        };
+        run_distill("f32");
+        let mut want = vec![0f32; rows * cols];
+        let o = ctx
+            .distill(
+                &Batch::new(&s, rows, cols).form(Form::Logits),
+                &Teacher::Dense(Batch::new(&t, rows, cols).form(Form::Logits)),
+                &DistillOptions::default()
+                    .divergence(Divergence::ReverseKl)
+                    .temperature(2.0)
+                    .reduction(kullback::Reduction::None),
+                &mut want,
+            )
+            .unwrap();
+        assert_eq!(read_grad(&g).0, want, "{backend}: distill gradient");
+        assert_eq!(read_grad(&out).0, o.values, "{backend}: distill values");
+        // --grad-dtype: the same gradient rounded, as '<f2' and as bf16 bits in '<u2'
+        for (dtype, descr) in [("f16", "<f2"), ("bf16", "<u2")] {
+            run_distill(dtype);
             let rounded: Vec<u16> = want
                 .iter()
                 .map(|&v| {
@@ -688,6 +673,7 @@ fn distill_and_nll_from_half_files() {
                 rounded,
                 "{backend}: {dtype} gradient"
             );
+            assert_eq!(read_grad(&out).0, o.values, "{backend}: {dtype} values");
         }
         // without --bf16 the '<V2' student is refused, naming its file
         fails(
