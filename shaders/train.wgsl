@@ -37,8 +37,8 @@ struct Params {
     tg_at: u32,    // word of the teacher's gradient in `grad` (with TF_TGRAD)
     s_fmt: u32,    // how the student's values are stored: DT_F32, DT_F16 or DT_BF16
     t_fmt: u32,    // the dense teacher's likewise
-    top: u32,      // a sparse teacher's indices per row (sparse_tail)
-    pad0: u32,
+    top: u32,      // a sparse teacher's indices per row (sparse_*)
+    lp_at: u32,    // sparse_fused: word of the log-probabilities in t_buf
 }
 
 // src/record.rs `Record`: a row's loss and status (a test there compares the fields).
@@ -640,5 +640,314 @@ fn sparse_grad(
         let q = exp_neg((s - m) * P.k - ln_s);
         let v = f * q - h * exp_neg((s - mt) * P.k + j);
         grad[base + c] = select(0.0, v, on && !masked(b));
+    }
+}
+
+// ---- a sparse (top-k) teacher in one dispatch, renormalised tail (the
+// GPU-resident path, src/train/resident.rs): t_buf holds the rows' P.top
+// indices each (i32 with TF_SIGNED, else u32), then from word P.lp_at their
+// log-probabilities (stored as P.t_fmt says). One workgroup per row: the
+// row's (index, position) pairs are checked, sorted in workgroup memory
+// (bitonic), the k buckets' divergence summed in f32, and every column's
+// gradient written once (0 outside the indices). A row's problem is the host
+// path's first: a position's index or log-probability, a repeated index,
+// the student at the indices, a row of −inf, an infinite bucket. (The tail
+// bucket is not here: its mass 1 − Σ exp(l) needs more digits than f32
+// arithmetic gives where the indices hold nearly all the mass.)
+
+var<workgroup> w_ix: array<u32, SPARSE_KMAX>;
+var<workgroup> w_pos: array<u32, SPARSE_KMAX>;
+var<workgroup> w_lp: array<f32, SPARSE_KMAX>;
+// the smallest key of each check: 0 a position (2j; 2j + 1 for its
+// log-probability), 1 a repeat (sorted slot), 2 the student at a slot,
+// 3 an infinite bucket (slot)
+var<workgroup> w_keys: array<atomic<u32>, 4>;
+
+// Log-probability i of the rows' (i counts from the first row's first).
+fn lp_word(i: u32) -> u32 {
+    if (P.t_fmt == DT_F32) {
+        return t_buf[P.lp_at + i];
+    }
+    return widen_half(t_buf[P.lp_at + (i >> 1u)] >> ((i & 1u) << 4u), P.t_fmt);
+}
+
+// A row's result with status word `h` = (code, column, index, aux_q): a
+// skipped row (ST_OK: loss 0, weight 0) or a bad one (NaN), with a zero
+// gradient.
+fn sparse_stop(row: u32, base: u32, lid: u32, h: vec4<u32>) {
+    zero_row(base, lid);
+    if (lid == 0u) {
+        let r = 6u * row;
+        rowbuf[r] = select(0x7fc00000u, 0u, h.x == ST_OK);
+        rowbuf[r + 1u] = 0u;
+        rowbuf[r + 2u] = h.w;
+        rowbuf[r + 3u] = h.x;
+        rowbuf[r + 4u] = h.y;
+        rowbuf[r + 5u] = h.z;
+    }
+}
+
+// ln(e^a + e^b) where either may be −inf (not both).
+fn log_add_inf(a: f32, b: f32, a_inf: bool, b_inf: bool) -> f32 {
+    return select(select(log_add(a, b), a, b_inf), b, a_inf);
+}
+
+@compute @workgroup_size(WG)
+fn sparse_fused(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = row_of(wid, nwg);
+    if (row >= P.rows) {
+        return;
+    }
+    let cols = P.cols;
+    let top = P.top;
+    let base = row * cols;
+    let ib = row * top;
+    let k = P.k;
+    if (lid == 0u) {
+        for (var i = 0u; i < 4u; i += 1u) {
+            atomicStore(&w_keys[i], CODE_NONE);
+        }
+        var h = vec4<u32>(CODE_NONE, 0u, 0u, 0u);
+        if ((P.flags & TF_MASK) != 0u && rowbuf[P.mask_at + row] == 0u) {
+            h.x = ST_OK;
+        }
+        w_head = h;
+    }
+    let head = workgroupUniformLoad(&w_head);
+    if (head.x != CODE_NONE) {
+        sparse_stop(row, base, lid, head);
+        return;
+    }
+
+    // ---- the positions: an index in [0, cols), a log-probability ≤ 0
+    var n2 = 1u;
+    while (n2 < top) {
+        n2 = n2 << 1u;
+    }
+    for (var j = lid; j < n2; j += WG) {
+        var ix = 0xffffffffu;
+        var pos = 0xffffffffu;
+        if (j < top) {
+            ix = t_buf[ib + j];
+            pos = j;
+            let out = ((P.flags & TF_SIGNED) != 0u && (ix & SIGN_BIT) != 0u) || ix >= cols;
+            let lc = bad_code(lp_word(ib + j), ST_P_NAN, ST_P_INFINITE, ST_P_POSITIVE_LOG, true);
+            if (out) {
+                atomicMin(&w_keys[0], 2u * j);
+            } else if (lc != CODE_NONE) {
+                atomicMin(&w_keys[0], 2u * j + 1u);
+            }
+        }
+        w_ix[j] = ix;
+        w_pos[j] = pos;
+    }
+    workgroupBarrier();
+    if (lid == 0u) {
+        let key = atomicLoad(&w_keys[0]);
+        if (key != CODE_NONE) {
+            let j = key >> 1u;
+            let ix = t_buf[ib + j];
+            if ((key & 1u) == 0u) {
+                let neg = (P.flags & TF_SIGNED) != 0u && (ix & SIGN_BIT) != 0u;
+                w_head = vec4<u32>(select(ST_TEACHER_INDEX, ST_TEACHER_INDEX_NEGATIVE, neg), j, ix, 0u);
+            } else {
+                let lc = bad_code(lp_word(ib + j), ST_P_NAN, ST_P_INFINITE, ST_P_POSITIVE_LOG, true);
+                w_head = vec4<u32>(lc, j, 0u, 0u);
+            }
+        }
+    }
+    let h1 = workgroupUniformLoad(&w_head);
+    if (h1.x != CODE_NONE) {
+        sparse_stop(row, base, lid, h1);
+        return;
+    }
+
+    // ---- sort the (index, position) pairs: bitonic, n2 a power of two
+    for (var size = 2u; size <= n2; size = size << 1u) {
+        for (var stride = size >> 1u; stride > 0u; stride = stride >> 1u) {
+            for (var t = lid; t < n2 / 2u; t += WG) {
+                let lo = 2u * t - (t & (stride - 1u));
+                let hi = lo + stride;
+                let a = vec2<u32>(w_ix[lo], w_pos[lo]);
+                let b = vec2<u32>(w_ix[hi], w_pos[hi]);
+                let gt = a.x > b.x || (a.x == b.x && a.y > b.y);
+                if (gt == ((lo & size) == 0u)) {
+                    w_ix[lo] = b.x;
+                    w_pos[lo] = b.y;
+                    w_ix[hi] = a.x;
+                    w_pos[hi] = a.y;
+                }
+            }
+            workgroupBarrier();
+        }
+    }
+
+    // ---- the slots: repeats, the student at the indices (its log-sum-exp
+    // and the slot of its largest value), the teacher's log-probabilities in
+    // slot order (their log-sum-exp)
+    var li = vec2<f32>(NEG_BIG, 0.0);
+    var tp = vec2<f32>(NEG_BIG, 0.0);
+    var best = CODE_NONE;
+    for (var i = lid; i < top; i += WG) {
+        let c = w_ix[i];
+        if (i + 1u < top && w_ix[i + 1u] == c) {
+            atomicMin(&w_keys[1], i);
+        }
+        let sb = s_word(base + c);
+        if (is_nan_bits(sb) || sb == POS_INF_BITS) {
+            atomicMin(&w_keys[2], i);
+        } else if (!masked(sb)) {
+            if (best == CODE_NONE || bitcast<f32>(sb) > li.x) {
+                best = i;
+            }
+            li = lse_add(li, bitcast<f32>(sb), k);
+        }
+        let lb = lp_word(ib + w_pos[i]);
+        w_lp[i] = bitcast<f32>(lb);
+        if (!masked(lb)) {
+            tp = lse_add(tp, bitcast<f32>(lb), 1.0);
+        }
+    }
+    w_sm[lid] = li.x;
+    w_ss[lid] = li.y;
+    w_tm[lid] = tp.x;
+    w_ts[lid] = tp.y;
+    w_arg[lid] = best;
+    workgroupBarrier();
+    for (var h = WG / 2u; h > 0u; h = h >> 1u) {
+        if (lid < h) {
+            let o = lid + h;
+            // the reference: the larger value, the lower slot of equal ones
+            let bl = w_arg[lid];
+            let bo = w_arg[o];
+            let take = bo != CODE_NONE && (bl == CODE_NONE || w_sm[o] > w_sm[lid] || (w_sm[o] == w_sm[lid] && bo < bl));
+            let a = lse_merge(vec2<f32>(w_sm[lid], w_ss[lid]), vec2<f32>(w_sm[o], w_ss[o]), k);
+            let b = lse_merge(vec2<f32>(w_tm[lid], w_ts[lid]), vec2<f32>(w_tm[o], w_ts[o]), 1.0);
+            w_sm[lid] = a.x;
+            w_ss[lid] = a.y;
+            w_tm[lid] = b.x;
+            w_ts[lid] = b.y;
+            w_arg[lid] = select(bl, bo, take);
+        }
+        workgroupBarrier();
+    }
+    let m = w_sm[0];
+    let ln_s = log(w_ss[0]);
+    let ln_t = w_tm[0] + log(w_ts[0]);
+    let ref_slot = w_arg[0];
+    if (lid == 0u) {
+        var h = vec4<u32>(CODE_NONE, 0u, 0u, 0u);
+        let rep = atomicLoad(&w_keys[1]);
+        let qi = atomicLoad(&w_keys[2]);
+        if (rep != CODE_NONE) {
+            h = vec4<u32>(ST_TEACHER_INDEX_REPEAT, w_pos[rep + 1u], w_ix[rep], w_pos[rep]);
+        } else if (qi != CODE_NONE) {
+            let sb = s_word(base + w_ix[qi]);
+            h = vec4<u32>(select(ST_Q_INFINITE, ST_Q_NAN, is_nan_bits(sb)), w_ix[qi], 0u, 0u);
+        } else if (w_ss[0] == 0.0) {
+            h = vec4<u32>(ST_INDEX_ALL_MASKED, COL_NONE, 0u, 0u);
+        } else if (w_ts[0] == 0.0) {
+            h = vec4<u32>(ST_TEACHER_ALL_MASKED, COL_NONE, 0u, 0u);
+        }
+        w_head = h;
+    }
+    let h2 = workgroupUniformLoad(&w_head);
+    if (h2.x != CODE_NONE) {
+        sparse_stop(row, base, lid, h2);
+        return;
+    }
+    // The reverse KL's factors ln Q − ln P − KL lose their digits in f32
+    // where ln Q and ln P are large and close; as in train_main they are
+    // taken as e = d − d* (d = ln Q − ln P) relative to the slot of the
+    // student's largest value (the reference; one exists: not every value
+    // is −inf), so that e is a difference of nearby inputs where q is large.
+    let s_ref = m;
+    let l_ref = w_lp[ref_slot];
+    let d_ref = -ln_s - (l_ref - ln_t);
+
+    // ---- the buckets' divergence: forward Σ P (ln P − ln Q), reverse
+    // Σ Q e, JSD (Σ P (ln P − ln M), Σ Q (ln Q − ln M)); an infinite
+    // bucket's slot
+    var pa = 0.0;
+    var pb = 0.0;
+    for (var i = lid; i < top; i += WG) {
+        let sb = s_word(base + w_ix[i]);
+        let l = w_lp[i];
+        let q_on = !masked(sb);
+        let p_on = !masked(bitcast<u32>(l));
+        let lq = select(NEG_BIG, (bitcast<f32>(sb) - m) * k - ln_s, q_on);
+        let lp = select(NEG_BIG, l - ln_t, p_on);
+        if (P.mode == TR_FWD) {
+            if (p_on && !q_on) {
+                atomicMin(&w_keys[3], i);
+            }
+            pa += select(0.0, exp(lp) * (lp - lq), p_on && q_on);
+        } else if (P.mode == TR_REV) {
+            if (q_on && !p_on) {
+                atomicMin(&w_keys[3], i);
+            }
+            let e = (bitcast<f32>(sb) - s_ref) * k - (l - l_ref);
+            pa += select(0.0, exp(lq) * e, p_on && q_on);
+        } else {
+            let lm = log_add_inf(P.ln_b + lp, P.ln_1b + lq, !p_on, !q_on);
+            pa += select(0.0, exp(lp) * (lp - lm), p_on);
+            pb += select(0.0, exp(lq) * (lq - lm), q_on);
+        }
+    }
+    let sums = wg_sum2(lid, pa, pb);
+    if (lid == 0u) {
+        let bad = atomicLoad(&w_keys[3]);
+        var h = vec4<u32>(CODE_NONE, 0u, 0u, 0u);
+        if (bad != CODE_NONE) {
+            h = vec4<u32>(select(ST_INF_STUDENT_MASS, ST_INF_TEACHER_MASS, P.mode == TR_FWD), w_ix[bad], 0u, 0u);
+        }
+        w_head = h;
+    }
+    let h3 = workgroupUniformLoad(&w_head);
+    if (h3.x != CODE_NONE) {
+        sparse_stop(row, base, lid, h3);
+        return;
+    }
+    var div = sums.x;
+    if (P.mode == TR_JSD) {
+        div = P.beta * sums.x + (1.0 - P.beta) * sums.y;
+    } else if (P.mode == TR_REV) {
+        div = d_ref + sums.x; // Σ Q e = KL − d*
+    }
+
+    // ---- the gradient of every column: q_c times its bucket's factor at
+    // the indices (forward KL ΣP q_c − P_c, with ΣP = 1), 0 elsewhere
+    let gj = select(P.g, P.g * (1.0 - P.beta), P.mode == TR_JSD);
+    var cur = 0u;
+    for (var c = lid; c < cols; c += WG) {
+        while (cur < top && w_ix[cur] < c) {
+            cur += 1u;
+        }
+        var v = 0.0;
+        let sb = s_word(base + c);
+        if (cur < top && w_ix[cur] == c && !masked(sb)) {
+            let s = bitcast<f32>(sb);
+            let lq = (s - m) * k - ln_s;
+            let q = exp_neg(lq);
+            let l = w_lp[cur];
+            let p_on = !masked(bitcast<u32>(l));
+            let lp = select(NEG_BIG, l - ln_t, p_on);
+            if (P.mode == TR_FWD) {
+                v = q - select(0.0, exp(lp), p_on);
+            } else if (P.mode == TR_REV) {
+                v = q * (((s - s_ref) * k - (l - l_ref)) - sums.x);
+            } else {
+                let lm = log_add_inf(P.ln_b + lp, P.ln_1b + lq, !p_on, false);
+                v = q * (lq - lm - sums.y);
+            }
+        }
+        grad[base + c] = gj * v;
+    }
+    if (lid == 0u) {
+        write_record(row, P.t2 * div, 1.0, ST_OK, 0u, 0u);
     }
 }

@@ -365,7 +365,7 @@ pub use resident::{
     output_bytes,
 };
 pub use train::{
-    DistillOptions, Divergence, GpuDistill, GpuGrad, GpuNllGrad, GpuRowMask, GradMut, RowMask,
-    SparseTeacher, Tail, Teacher, grad_output_bytes,
+    DistillOptions, Divergence, GpuDistill, GpuGrad, GpuNllGrad, GpuRowMask, GpuSparseDistill,
+    GradMut, RowMask, SparseTeacher, Tail, Teacher, grad_output_bytes,
 };
 pub use widen::Dtype;

@@ -103,6 +103,17 @@ pub(crate) mod code {
     pub(crate) const INF_TEACHER_MASS: u32 = 24;
     /// or the student on one the teacher masks (reverse KL).
     pub(crate) const INF_STUDENT_MASS: u32 = 25;
+    /// A sparse teacher (GPU-resident): the index at position `column` is
+    /// outside [0, classes) (its bits in `index`; i32 below 0 for the next),
+    pub(crate) const TEACHER_INDEX: u32 = 26;
+    pub(crate) const TEACHER_INDEX_NEGATIVE: u32 = 27;
+    /// the index at position `column` (in `index`) repeats the one at the
+    /// position whose bits are in `aux_q`,
+    pub(crate) const TEACHER_INDEX_REPEAT: u32 = 28;
+    /// every student logit at the indices is −inf (renormalised tail),
+    pub(crate) const INDEX_ALL_MASKED: u32 = 29;
+    /// every teacher log-probability is −inf (renormalised tail).
+    pub(crate) const TEACHER_ALL_MASKED: u32 = 30;
     /// Column of row-level problems.
     pub(crate) const COL_NONE: u32 = u32::MAX;
 }
@@ -160,6 +171,24 @@ impl Status {
 /// Why a row whose values are all −inf cannot be normalised (the rows
 /// kernel's status, and the loss gradients' on both backends).
 pub(crate) const ALL_MASKED: &str = "every value is -inf (probability 0)";
+
+/// Why a sparse teacher's row cannot be normalised or has an infinite loss
+/// (the CPU's errors and the GPU-resident path's status codes).
+pub(crate) const WHY_INDEX_ALL_MASKED: &str =
+    "every student logit at the teacher's indices is -inf";
+pub(crate) const WHY_TEACHER_ALL_MASKED: &str = "every teacher log-probability is -inf";
+pub(crate) const WHY_TAIL_UNCOVERED: &str =
+    "the teacher's tail mass (1 - Σ exp(l)) > 0, but its k indices cover every column";
+
+/// [`Error::TeacherIndex`]'s reason for an index outside [0, `cols`).
+pub(crate) fn why_index_range(cols: usize) -> String {
+    format!("is outside [0, {cols})")
+}
+
+/// [`Error::TeacherIndex`]'s reason for an index repeated from `position`.
+pub(crate) fn why_index_repeat(position: u32) -> String {
+    format!("repeats the index at position {position}")
+}
 
 /// What the decoder needs besides the record.
 #[derive(Clone, Copy, Debug)]
@@ -326,6 +355,32 @@ pub(crate) fn decode(row: usize, rec: &Record, ctx: &DecodeCtx) -> Error {
             row,
             col: col.unwrap_or(0),
             why: infinite_why(c),
+        },
+        c @ (code::TEACHER_INDEX | code::TEACHER_INDEX_NEGATIVE) => Error::TeacherIndex {
+            row,
+            position: rec.column as usize,
+            index: if c == code::TEACHER_INDEX {
+                rec.index as i64
+            } else {
+                rec.index as i32 as i64
+            },
+            why: why_index_range(ctx.classes),
+        },
+        code::TEACHER_INDEX_REPEAT => Error::TeacherIndex {
+            row,
+            position: rec.column as usize,
+            index: rec.index as i64,
+            why: why_index_repeat(rec.aux_q.to_bits()),
+        },
+        code::INDEX_ALL_MASKED => Error::CannotNormalize {
+            arg: Arg::Q,
+            row,
+            why: WHY_INDEX_ALL_MASKED,
+        },
+        code::TEACHER_ALL_MASKED => Error::CannotNormalize {
+            arg: Arg::P,
+            row,
+            why: WHY_TEACHER_ALL_MASKED,
         },
         other => Error::Device(format!("row {row}: unknown status word {other:#x}")),
     }

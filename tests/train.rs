@@ -437,6 +437,12 @@ struct Case {
 }
 
 fn run_case(ctx: &Context, rng: &mut Rng, c: &Case) {
+    run_case_on(ctx, None, rng, c)
+}
+
+/// [`run_case`], and a sparse teacher's case on the GPU-resident path too
+/// where `res` is given.
+fn run_case_on(ctx: &Context, res: Option<&Resident>, rng: &mut Rng, c: &Case) {
     let (rows, cols) = (c.rows, c.cols);
     let (s, tl) = logits(rng, rows, cols, c.flavor);
     let mask: Vec<bool> = (0..rows).map(|r| !c.mask || r % 3 != 1).collect();
@@ -503,8 +509,20 @@ fn run_case(ctx: &Context, rng: &mut Rng, c: &Case) {
                 _ => Targets::from(&u32s),
             };
             // keep the vectors alive for the call below
-            let t = Teacher::Sparse(SparseTeacher::new(targets, &l_all, k));
-            run_checked(ctx, c, &student, t, &opts, &s, &refs, &mask);
+            let sp = SparseTeacher::new(targets, &l_all, k);
+            run_checked(
+                ctx,
+                c,
+                &student,
+                Teacher::Sparse(sp),
+                &opts,
+                &s,
+                &refs,
+                &mask,
+            );
+            if let Some(res) = res {
+                check_resident(res, c, &s, &sp, &opts, &refs, &mask);
+            }
             return;
         }
         _ => Teacher::Dense(Batch::new(&t_vals, rows, cols).form(form)),
@@ -807,7 +825,7 @@ fn distill_dense_multi_block() {
 /// policies, every divergence, `temps`, plain, masked and 10⁴ logits, each
 /// reduction (with a mask where not none; finite differences with `fd`
 /// there).
-fn sparse_grid(ctx: &Context, rng: &mut Rng, temps: &[f64], fd: bool) {
+fn sparse_grid(ctx: &Context, res: Option<&Resident>, rng: &mut Rng, temps: &[f64], fd: bool) {
     for cols in [1usize, 3, 257] {
         for k in [1usize, 8, 64].into_iter().filter(|&k| k <= cols) {
             for &div in &DIVS {
@@ -827,7 +845,7 @@ fn sparse_grid(ctx: &Context, rng: &mut Rng, temps: &[f64], fd: bool) {
                                     mask: i > 0,
                                     fd: fd && i == 0,
                                 };
-                                run_case(ctx, rng, &case);
+                                run_case_on(ctx, res, rng, &case);
                             }
                         }
                     }
@@ -839,7 +857,7 @@ fn sparse_grid(ctx: &Context, rng: &mut Rng, temps: &[f64], fd: bool) {
 
 #[test]
 fn distill_sparse_grid() {
-    sparse_grid(&cpu(), &mut Rng(2), &TEMPS, true);
+    sparse_grid(&cpu(), None, &mut Rng(2), &TEMPS, true);
 }
 
 /// One 256,000-column row: the gradient against the f64 reference in full
@@ -2062,7 +2080,7 @@ fn gpu_nll_grid() {
 #[test]
 fn gpu_distill_sparse_grid() {
     let Some(gpu) = common::gpu() else { return };
-    sparse_grid(&gpu, &mut Rng(12), &[0.5, 2.0], false);
+    sparse_grid(&gpu, None, &mut Rng(12), &[0.5, 2.0], false);
 }
 
 /// Two rows of 100,000 columns (each streamed by one workgroup) on the GPU,
@@ -2608,4 +2626,375 @@ fn gpu_rows_split_over_dispatches() {
     let mut c = vec![0f32; rows * cols];
     let oc = cpu().nll_grad(&student, &targets, &opts, &mut c).unwrap();
     check_loss(oa.values[0], oc.values[0] as f64, rows as f64, "nll vs cpu");
+}
+
+// ------------------------------------------------------------ GPU-resident sparse teachers
+
+/// A GPU device, and a context on it, for the GPU-resident calls.
+struct Resident {
+    device: kullback::wgpu::Device,
+    queue: kullback::wgpu::Queue,
+    ctx: Context,
+}
+
+fn resident() -> Option<Resident> {
+    let (device, queue) = common::gpu_device(kullback::wgpu::Limits::downlevel_defaults())?;
+    let ctx = Context::from_device(device.clone(), queue.clone()).expect("context");
+    Some(Resident { device, queue, ctx })
+}
+
+/// A GPU-resident call's decoded per-row losses (or its error) and gradient.
+type ResidentRun = (Result<Vec<f32>, Error>, Vec<f32>);
+
+/// [`Context::encode_sparse_distill`] of the host call (`s`, `sp`, `opts`,
+/// whose mask goes into a buffer and whose reduction becomes per-row losses
+/// and the gradient's `scale`): the decoded per-row losses (or the error)
+/// and the gradient. `None` where the call does not fit the resident path
+/// (the tail bucket, refused; k > 512; i64 indices beyond i32).
+fn resident_sparse(
+    res: &Resident,
+    s: &[f32],
+    cols: usize,
+    sp: &SparseTeacher<'_>,
+    opts: &DistillOptions<'_>,
+    scale: f32,
+) -> Option<ResidentRun> {
+    use kullback::wgpu::{self, util::DeviceExt};
+    use kullback::{GpuBatch, GpuGrad, GpuOutput, GpuRowMask, GpuSparseDistill, GpuTargets};
+    let rows = s.len() / cols;
+    let k = sp.k;
+    if k > 512 {
+        return None;
+    }
+    let (words, signed): (Vec<u32>, bool) = match sp.indices {
+        Targets::I32(v) => (v.iter().map(|&x| x as u32).collect(), true),
+        Targets::U32(v) => (v.to_vec(), false),
+        Targets::I64(v) => (
+            v.iter()
+                .map(|&x| i32::try_from(x).ok().map(|x| x as u32))
+                .collect::<Option<_>>()?,
+            true,
+        ),
+    };
+    let d = &res.device;
+    let init = |label, contents: &[u8], usage| {
+        d.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents,
+            usage,
+        })
+    };
+    let copy = wgpu::BufferUsages::COPY_SRC;
+    let sb = common::storage(d, s);
+    // the indices one word in, to exercise an offset
+    let mut ix_words = vec![0u32];
+    ix_words.extend(&words);
+    let ib = init("indices", bytemuck::cast_slice(&ix_words), copy);
+    let lb = init("logprobs", bytemuck::cast_slice(sp.logprobs), copy);
+    let gbuf = common::out_buffer(d, (rows * cols * 4).max(4) as u64);
+    let (obuf, obytes) = common::grad_records(d, rows);
+    let mask_words: Option<Vec<u32>> = opts
+        .mask
+        .map(|m| (0..rows).map(|r| m.counts(r) as u32).collect());
+    let mbuf = mask_words
+        .as_ref()
+        .map(|w| init("mask", bytemuck::cast_slice(w), copy));
+    let indices = if signed {
+        GpuTargets::i32(&ib, words.len())
+    } else {
+        GpuTargets::u32(&ib, words.len())
+    }
+    .offset(4);
+    let mut o = *opts;
+    o.mask = None;
+    o.reduction = Reduction::None;
+    let mut call = GpuSparseDistill::new(
+        GpuBatch::new(&sb, rows, cols).form(Form::Logits),
+        indices,
+        GpuBatch::new(&lb, rows, k).form(Form::LogProbs),
+        GpuGrad::new(&gbuf),
+        GpuOutput::new(&obuf),
+    )
+    .options(o)
+    .grad_scale(scale);
+    if let Some(m) = &mbuf {
+        call = call.mask(GpuRowMask {
+            buffer: m,
+            offset: 0,
+        });
+    }
+    let mut enc = d.create_command_encoder(&Default::default());
+    if opts.tail == Tail::Bucket {
+        // the tail bucket is the host path's (its mass needs more than f32)
+        let e = res.ctx.encode_sparse_distill(&mut enc, &call).unwrap_err();
+        assert!(
+            matches!(&e, Error::Unsupported(m) if m.contains("Tail::Renormalize")),
+            "{e}"
+        );
+        return None;
+    }
+    res.ctx
+        .encode_sparse_distill(&mut enc, &call)
+        .expect("encode");
+    res.queue.submit([enc.finish()]);
+    let recs = common::read_records(d, &res.queue, &obuf, 0, obytes);
+    let grad = common::read_buffer::<f32>(d, &res.queue, &gbuf, 0, (rows * cols * 4) as u64);
+    Some((call.decode(&recs), grad))
+}
+
+/// The GPU-resident sparse call of a case against the host path's f64
+/// references (per-row losses, the gradient with the reduction's scale), an
+/// infinite row reported in its record, and a bit-identical rerun.
+fn check_resident(
+    res: &Resident,
+    c: &Case,
+    s: &[f32],
+    sp: &SparseTeacher<'_>,
+    opts: &DistillOptions<'_>,
+    refs: &[TRef],
+    mask: &[bool],
+) {
+    let (rows, cols) = (c.rows, c.cols);
+    let what = format!(
+        "resident C={cols} T={} {:?} {:?} k={:?} bucket={} {:?} mask={}",
+        c.temp, c.div, c.flavor, c.sparse, c.bucket, c.reduction, c.mask
+    );
+    let count = mask.iter().filter(|&&m| m).count() as f64;
+    let scale = if c.reduction == Reduction::Mean {
+        1.0 / count
+    } else {
+        1.0
+    };
+    let Some((losses, grad)) = resident_sparse(res, s, cols, sp, opts, scale as f32) else {
+        return;
+    };
+    let row_ref =
+        |r: usize| distill_ref(&f64s(&s[r * cols..(r + 1) * cols]), &refs[r], c.temp, c.div);
+    if let Some(r) = (0..rows).find(|&r| mask[r] && row_ref(r).0.is_infinite()) {
+        let e = losses.expect_err(&what);
+        assert!(
+            matches!(e, Error::InfiniteLoss { row, .. } if row == r),
+            "{what}: {e} (reference: row {r})"
+        );
+        return;
+    }
+    let losses = losses.unwrap_or_else(|e| panic!("{what}: {e}"));
+    for r in 0..rows {
+        let g = &grad[r * cols..(r + 1) * cols];
+        if !mask[r] {
+            assert!(g.iter().all(|&v| v == 0.0), "{what}: masked row {r}");
+            assert_eq!(losses[r], 0.0, "{what}: masked row {r}");
+            continue;
+        }
+        let (loss, gr) = row_ref(r);
+        let want: Vec<f64> = gr.iter().map(|v| v * scale).collect();
+        check_row(g, &want, &format!("{what} row {r}"));
+        check_loss(losses[r], loss, c.temp * c.temp, &format!("{what} row {r}"));
+    }
+    let (l2, g2) = resident_sparse(res, s, cols, sp, opts, scale as f32).expect("rerun");
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&grad), bits(&g2), "{what}: rerun");
+    assert_eq!(bits(&losses), bits(&l2.expect("rerun")), "{what}: rerun");
+}
+
+/// The sparse grid on the GPU-resident path (`encode_sparse_distill`):
+/// k ∈ {1, 8, 64}, the renormalised tail (the tail bucket is refused), every
+/// divergence, T ∈ {0.5, 2}, masks, −inf logits, logits of 10⁴, i32 and u32
+/// indices, against the f64 references.
+#[test]
+fn gpu_resident_sparse_grid() {
+    let Some(res) = resident() else { return };
+    sparse_grid(&res.ctx, Some(&res), &mut Rng(21), &[0.5, 2.0], false);
+}
+
+/// Every problem of a sparse row on the GPU-resident path: its record
+/// decodes to the host path's error (the CPU's, the same message), the
+/// first bad row's; a masked row is not read.
+#[test]
+fn gpu_resident_sparse_errors() {
+    let Some(res) = resident() else { return };
+    let (rows, cols) = (2, 4);
+    let ni = f32::NEG_INFINITY;
+    let good_s = [0.5f32, -1.0, 2.0, 0.0, 1.0, 1.0, -0.5, 0.25];
+    let renorm = |d: Divergence| {
+        DistillOptions::default()
+            .divergence(d)
+            .tail(Tail::Renormalize)
+            .temperature(2.0)
+    };
+    let fwd = renorm(Divergence::ForwardKl);
+    let rev = renorm(Divergence::ReverseKl);
+    // (student, i32 indices, log-probabilities, options, mask)
+    type Case<'a> = (Vec<f32>, Vec<i32>, Vec<f32>, DistillOptions<'a>);
+    let cases: Vec<(&str, Case<'_>)> = vec![
+        (
+            "index out of range",
+            (
+                good_s.to_vec(),
+                vec![0, 1, 2, 4],
+                vec![-1.0, -2.0, -1.0, -2.0],
+                fwd,
+            ),
+        ),
+        (
+            "negative index",
+            (
+                good_s.to_vec(),
+                vec![0, 1, -3, 2],
+                vec![-1.0, -2.0, -1.0, -2.0],
+                fwd,
+            ),
+        ),
+        (
+            "NaN log-probability",
+            (
+                good_s.to_vec(),
+                vec![0, 1, 2, 3],
+                vec![-1.0, -2.0, f32::NAN, -2.0],
+                fwd,
+            ),
+        ),
+        (
+            "positive log-probability",
+            (
+                good_s.to_vec(),
+                vec![0, 1, 2, 3],
+                vec![-1.0, 0.5, -1.0, -2.0],
+                rev,
+            ),
+        ),
+        (
+            "an earlier position's problem first",
+            (
+                good_s.to_vec(),
+                vec![0, 1, 9, 3],
+                vec![-1.0, -2.0, -1.0, f32::INFINITY],
+                fwd,
+            ),
+        ),
+        (
+            "repeated index",
+            (
+                good_s.to_vec(),
+                vec![0, 1, 3, 3],
+                vec![-1.0, -2.0, -1.0, -2.0],
+                fwd,
+            ),
+        ),
+        (
+            "NaN student at an index",
+            (
+                vec![0.5, f32::NAN, 2.0, 0.0, 1.0, 1.0, -0.5, f32::NAN],
+                vec![0, 1, 0, 3],
+                vec![-1.0, -2.0, -1.0, -2.0],
+                fwd,
+            ),
+        ),
+        (
+            "+inf student at an index",
+            (
+                vec![0.5, 1.0, 2.0, 0.0, 1.0, f32::INFINITY, -0.5, 0.0],
+                vec![0, 1, 0, 1],
+                vec![-1.0, -2.0, -1.0, -2.0],
+                rev,
+            ),
+        ),
+        (
+            "student -inf at every index",
+            (
+                vec![0.5, 1.0, 2.0, 0.0, ni, 1.0, ni, 0.0],
+                vec![0, 1, 2, 0],
+                vec![-1.0, -2.0, -1.0, -2.0],
+                fwd,
+            ),
+        ),
+        (
+            "teacher -inf everywhere",
+            (
+                good_s.to_vec(),
+                vec![0, 1, 2, 3],
+                vec![-1.0, -2.0, ni, ni],
+                fwd,
+            ),
+        ),
+        (
+            "teacher mass on a masked student column",
+            (
+                vec![0.5, 1.0, 2.0, 0.0, 1.0, ni, -0.5, 0.0],
+                vec![0, 1, 0, 1],
+                vec![-1.0, -2.0, -1.0, -2.0],
+                fwd,
+            ),
+        ),
+        (
+            "student mass where the teacher is -inf",
+            (
+                good_s.to_vec(),
+                vec![0, 1, 2, 3],
+                vec![-1.0, -2.0, -1.0, ni],
+                rev,
+            ),
+        ),
+    ];
+    for (what, (s, ix, l, opts)) in &cases {
+        let sp = SparseTeacher::new(&ix[..], &l[..], 2);
+        let mut g = vec![0f32; rows * cols];
+        let host = cpu()
+            .distill(
+                &Batch::new(s, rows, cols).form(Form::Logits),
+                &Teacher::Sparse(sp),
+                opts,
+                &mut g,
+            )
+            .expect_err(what);
+        let (got, grad) = resident_sparse(&res, s, cols, &sp, opts, 1.0).expect("resident");
+        let e = got.expect_err(what);
+        assert_eq!(e.to_string(), host.to_string(), "{what}");
+
+        // with the bad row masked the call goes through (row 0 is good, or row 1 is)
+        let bad_row = match e {
+            Error::TeacherIndex { row, .. }
+            | Error::BadValue { row, .. }
+            | Error::CannotNormalize { row, .. }
+            | Error::InfiniteLoss { row, .. } => row,
+            other => panic!("{what}: {other}"),
+        };
+        let rg = &grad[bad_row * cols..(bad_row + 1) * cols];
+        assert!(
+            rg.iter().all(|&v| v == 0.0),
+            "{what}: a bad row's gradient is 0"
+        );
+        let keep: Vec<bool> = (0..rows).map(|r| r != bad_row).collect();
+        let masked = opts.mask(&keep).reduction(Reduction::None);
+        if let Ok(want) = cpu().distill(
+            &Batch::new(s, rows, cols).form(Form::Logits),
+            &Teacher::Sparse(sp),
+            &masked,
+            &mut g,
+        ) {
+            let (got, grad) = resident_sparse(&res, s, cols, &sp, &masked, 1.0).expect("resident");
+            let got = got.unwrap_or_else(|e| panic!("{what}, masked: {e}"));
+            assert_eq!(got[bad_row], 0.0, "{what}");
+            for (a, b) in got.iter().zip(&want.values) {
+                assert!(
+                    (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                    "{what}: {a} vs {b}"
+                );
+            }
+            let rg = &grad[bad_row * cols..(bad_row + 1) * cols];
+            assert!(
+                rg.iter().all(|&v| v == 0.0),
+                "{what}: masked row's gradient"
+            );
+        }
+    }
+    // refused before anything is recorded: the tail bucket, k > 512
+    let s = vec![0f32; 600];
+    let ix: Vec<i32> = (0..513).collect();
+    let l = vec![-7.0f32; 513];
+    let sp = SparseTeacher::new(&ix[..], &l[..], 513);
+    let e = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        resident_sparse(&res, &s, 600, &sp, &fwd, 1.0)
+    }));
+    assert!(matches!(e, Ok(None)), "k > 512 is not run here");
 }

@@ -40,6 +40,11 @@ pub(crate) mod flag {
     pub(crate) const TGRAD: u32 = 16;
 }
 
+/// The largest k of a sparse teacher on the GPU-resident path: a row's
+/// (index, position) pairs and log-probabilities are sorted in workgroup
+/// memory (12 bytes each, within the 16 KiB every device offers).
+pub(crate) const SPARSE_KMAX: usize = 512;
+
 /// The constants the shader shares with Rust (written by `gpu::wgsl`).
 pub(crate) fn wgsl_constants() -> Vec<(&'static str, u32)> {
     vec![
@@ -52,6 +57,7 @@ pub(crate) fn wgsl_constants() -> Vec<(&'static str, u32)> {
         ("TF_SIGNED", flag::SIGNED),
         ("TF_IGNORE", flag::IGNORE),
         ("TF_TGRAD", flag::TGRAD),
+        ("SPARSE_KMAX", SPARSE_KMAX as u32),
         ("SPARSE_STATS", SPARSE_STATS as u32),
         ("SPARSE_CONSTS", SPARSE_CONSTS as u32),
     ]
@@ -84,7 +90,9 @@ pub(crate) struct TrainParams {
     pub t_fmt: u32,
     /// A sparse teacher's indices per row.
     pub top: u32,
-    pub pad: u32,
+    /// `sparse_fused`: the word of the log-probabilities in the teacher's
+    /// binding, after the indices.
+    pub lp_at: u32,
 }
 
 /// The train kernel's layout and pipeline, built on first use; the sparse
@@ -95,7 +103,7 @@ pub(crate) struct TrainPipeline {
     layout: wgpu::PipelineLayout,
     module: wgpu::ShaderModule,
     pipeline: wgpu::ComputePipeline,
-    sparse: OnceLock<[wgpu::ComputePipeline; 2]>,
+    sparse: OnceLock<[wgpu::ComputePipeline; 3]>,
 }
 
 /// Which entry point of shaders/train.wgsl a dispatch runs.
@@ -107,6 +115,9 @@ pub(crate) enum Entry {
     SparseTail,
     /// `sparse_grad`: a sparse teacher's pass 2.
     SparseGrad,
+    /// `sparse_fused`: a sparse teacher with a renormalised tail in one
+    /// dispatch (GPU-resident).
+    SparseFused,
 }
 
 impl Entry {
@@ -115,6 +126,7 @@ impl Entry {
             Entry::Train => "train_main",
             Entry::SparseTail => "sparse_tail",
             Entry::SparseGrad => "sparse_grad",
+            Entry::SparseFused => "sparse_fused",
         }
     }
 }
@@ -190,7 +202,7 @@ impl TrainPipeline {
         }
         if self.sparse.get().is_none() {
             let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-            let made = [Entry::SparseTail, Entry::SparseGrad]
+            let made = [Entry::SparseTail, Entry::SparseGrad, Entry::SparseFused]
                 .map(|e| entry_pipeline(device, &self.layout, &self.module, e));
             if let Some(err) = pollster::block_on(scope.pop()) {
                 return Err(Error::Device(format!(
@@ -199,11 +211,15 @@ impl TrainPipeline {
             }
             let _ = self.sparse.set(made);
         }
-        let [tail, grad] = self
+        let [tail, grad, fused] = self
             .sparse
             .get()
             .ok_or_else(|| Error::Device("the sparse-teacher kernels were not built".into()))?;
-        Ok(if e == Entry::SparseTail { tail } else { grad })
+        Ok(match e {
+            Entry::SparseTail => tail,
+            Entry::SparseGrad => grad,
+            _ => fused,
+        })
     }
 }
 

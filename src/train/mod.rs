@@ -123,8 +123,21 @@
 //! CPU's own code), and a second GPU pass writes every column's tail
 //! gradient from the row's constants; the host writes the k indexed
 //! columns' values over them as the gradient comes back. The student goes
-//! up once; errors are the CPU's, from the first bad row. [`resident`] records the same kernel over the
+//! up once; errors are the CPU's, from the first bad row. [`resident`] records the dense kernel over the
 //! caller's buffers.
+//!
+//! A sparse teacher on the GPU-resident path
+//! ([`Context::encode_sparse_distill`], [`Tail::Renormalize`], k ≤ 512):
+//! one dispatch, one workgroup per row, which checks the row's indices and
+//! log-probabilities, sorts the (index, position) pairs in workgroup memory
+//! (bitonic), sums the k buckets in f32 (the reverse KL's factors relative
+//! to the student's largest indexed value, as the dense kernel does) and
+//! writes every column's gradient once; each row's record decodes to the
+//! host path's error. The tail bucket is refused there: its mass
+//! 1 − Σ exp(l) needs more digits than f32 arithmetic gives where the
+//! indices hold nearly all the mass (a float-float sum would need
+//! error-free transformations that WGSL compilers may reassociate away;
+//! lavapipe does).
 //!
 //! **Teacher gradient.** [`Context::distill_with_teacher_grad`] also
 //! writes the gradient with respect to a dense teacher's values t (logits
@@ -155,7 +168,9 @@ mod sparse;
 
 pub use crate::grad::GradMut;
 pub use options::{DistillOptions, Divergence, RowMask, SparseTeacher, Tail, Teacher};
-pub use resident::{GpuDistill, GpuGrad, GpuNllGrad, GpuRowMask, grad_output_bytes};
+pub use resident::{
+    GpuDistill, GpuGrad, GpuNllGrad, GpuRowMask, GpuSparseDistill, grad_output_bytes,
+};
 
 use crate::batch::{Batch, Targets};
 use crate::context::{Context, Output, Ran};

@@ -153,7 +153,7 @@ impl RowMask<'_> {
         self.len() == 0
     }
     /// Whether row `i` counts.
-    pub(crate) fn counts(&self, i: usize) -> bool {
+    pub fn counts(&self, i: usize) -> bool {
         match self {
             RowMask::Bool(v) => v[i],
             RowMask::U8(v) => v[i] != 0,

@@ -33,7 +33,7 @@
 //!   student's gradient or an input) it takes a binding of its own, which
 //!   needs a device that binds five storage buffers per shader stage
 //!   (`Limits::max_storage_buffers_per_shader_stage`; downlevel devices
-//!   bind four, and get [`Error::Unsupported`](crate::Error::Unsupported)).
+//!   bind four, and get [`Error::Unsupported`]).
 //!
 //! * student and teacher: [`GpuBatch`]es of logits (the teacher's may be
 //!   log-probabilities) stored as their [`GpuBatch::dtype`] says: f32, or
@@ -46,13 +46,15 @@
 use crate::call::Call;
 use crate::context::Context;
 use crate::error::{Arg, BufferProblem, Error, Result, Setting};
-use crate::gpu::train::{Bindings, Entry, TrainParams, Window, flag, record, rows_bytes};
+use crate::gpu::train::{
+    Bindings, Entry, SPARSE_KMAX, TrainParams, Window, flag, record, rows_bytes,
+};
 use crate::gpu::{Gpu, Scratch};
 use crate::measure::{Form, NllOptions, Reduction};
 use crate::record::{self, DecodeCtx, RECORD_SIZE, Record};
 use crate::resident::{GpuBatch, GpuOutput, GpuTargets, check_buffer};
 
-use super::options::DistillOptions;
+use super::options::{DistillOptions, Tail};
 
 /// Where a GPU-resident gradient goes: byte `offset` of `buffer` (see the
 /// [module docs](self) for the layout).
@@ -140,6 +142,84 @@ impl<'a> GpuDistill<'a> {
     /// the student gradient's buffer, after it).
     pub fn teacher_grad(mut self, grad: GpuGrad<'a>) -> Self {
         self.teacher_grad = Some(grad);
+        self
+    }
+    /// Sets the row mask.
+    pub fn mask(mut self, mask: GpuRowMask<'a>) -> Self {
+        self.mask = Some(mask);
+        self
+    }
+    /// Sets the gradient's factor (1 / counted rows for a mean).
+    pub fn grad_scale(mut self, scale: f32) -> Self {
+        self.grad_scale = scale;
+        self
+    }
+    /// The per-row losses of the records read back, or the error the host
+    /// path returns for the same input.
+    pub fn decode(&self, records: &[Record]) -> Result<Vec<f32>> {
+        decode_rows(records, self.student.cols)
+    }
+}
+
+/// Distillation from a sparse (top-k) teacher over the caller's buffers:
+/// what [`Context::encode_sparse_distill`] records, under
+/// [`Tail::Renormalize`] (the tail bucket's mass 1 − Σ exp(l) needs more
+/// digits than f32 arithmetic gives where the indices hold nearly all the
+/// mass: [`Context::distill`] takes [`Tail::Bucket`]). The loss and the
+/// errors are [`Context::distill`]'s with a
+/// [`Teacher::Sparse`](super::Teacher::Sparse); the row's k buckets are
+/// summed on the GPU in f32 (the host path sums them in f64), so results
+/// agree with it within the crate's accuracy bound rather than bit for bit.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct GpuSparseDistill<'a> {
+    /// The student's logits ([`Form::Logits`]).
+    pub student: GpuBatch<'a>,
+    /// `rows × k` column indices, row-major, i32 or u32 (usage `COPY_SRC`,
+    /// offset a multiple of 4); k ≤ 512 here (the host path takes any k).
+    pub indices: GpuTargets<'a>,
+    /// The teacher's log-probabilities at those indices, `rows × k`
+    /// ([`Form::LogProbs`], the temperature already applied; f32, f16 or
+    /// bf16; usage `COPY_SRC`, offset a multiple of 4).
+    pub logprobs: GpuBatch<'a>,
+    /// Divergence, β, temperature, tail policy (which must be
+    /// [`Tail::Renormalize`]; `mask` must be `None` and the reduction `None`
+    /// or `Sum`: see `grad_scale`).
+    pub options: DistillOptions<'a>,
+    /// Rows that count (default: all).
+    pub mask: Option<GpuRowMask<'a>>,
+    /// The gradient's factor (default 1: the gradient of the sum of rows).
+    pub grad_scale: f32,
+    /// Where the gradient goes.
+    pub grad: GpuGrad<'a>,
+    /// Where the per-row records go (and the scratch they need).
+    pub output: GpuOutput<'a>,
+}
+
+impl<'a> GpuSparseDistill<'a> {
+    /// Distillation of `student` from the sparse teacher (`indices`,
+    /// `logprobs`) with the default options.
+    pub fn new(
+        student: GpuBatch<'a>,
+        indices: GpuTargets<'a>,
+        logprobs: GpuBatch<'a>,
+        grad: GpuGrad<'a>,
+        output: GpuOutput<'a>,
+    ) -> Self {
+        GpuSparseDistill {
+            student,
+            indices,
+            logprobs,
+            options: DistillOptions::default(),
+            mask: None,
+            grad_scale: 1.0,
+            grad,
+            output,
+        }
+    }
+    /// Sets the options.
+    pub fn options(mut self, options: DistillOptions<'a>) -> Self {
+        self.options = options;
         self
     }
     /// Sets the row mask.
@@ -267,6 +347,13 @@ fn finite_scale(s: f32) -> Result<()> {
 /// What the kernel reads besides the logits.
 enum Side<'a> {
     Teacher(&'a GpuBatch<'a>, Option<&'a GpuRowMask<'a>>),
+    /// A sparse teacher: its indices and log-probabilities, k of each per
+    /// row, and the mask.
+    Sparse(
+        &'a GpuTargets<'a>,
+        &'a GpuBatch<'a>,
+        Option<&'a GpuRowMask<'a>>,
+    ),
     Targets(&'a GpuTargets<'a>, Option<&'a [f32]>),
 }
 
@@ -362,7 +449,10 @@ fn encode(
     let copy_dst = wgpu::BufferUsages::COPY_DST;
     check_buffer("output", out.buffer, out.offset, rec_bytes, copy_dst, 4)?;
     let mut reads = vec![s.buffer];
-    let has_mask = matches!(side, Side::Teacher(_, Some(_)));
+    let has_mask = matches!(
+        side,
+        Side::Teacher(_, Some(_)) | Side::Sparse(_, _, Some(_))
+    );
     match &side {
         Side::Teacher(t, mask) => {
             let t_bytes = t.dtype.stored_bytes(rows as u64 * cols as u64);
@@ -374,6 +464,29 @@ fn encode(
         }
         Side::Targets(t, _) => {
             check_buffer("targets", t.buffer, t.offset, rows as u64 * 4, copy_src, 4)?;
+        }
+        Side::Sparse(ix, lp, mask) => {
+            let n = rows as u64 * lp.cols as u64;
+            check_buffer("indices", ix.buffer, ix.offset, n * 4, copy_src, 4)?;
+            check_buffer(
+                "log-probabilities",
+                lp.buffer,
+                lp.offset,
+                lp.dtype.stored_bytes(n),
+                copy_src,
+                4,
+            )?;
+            if let Some(m) = mask {
+                check_buffer("mask", m.buffer, m.offset, rows as u64 * 4, copy_src, 4)?;
+            }
+            let t_bytes = n * 4 + lp.dtype.stored_bytes(n);
+            if t_bytes > limits.max_binding {
+                return Err(Error::TooLarge {
+                    what: "bytes of a sparse teacher's indices and log-probabilities".into(),
+                    size: t_bytes,
+                    limit: limits.max_binding,
+                });
+            }
         }
     }
     if reads.contains(&grad.buffer) {
@@ -388,6 +501,10 @@ fn encode(
             problem: BufferProblem::AliasesInput,
         });
     }
+    let entry = match side {
+        Side::Sparse(..) => Entry::SparseFused,
+        _ => Entry::Train,
+    };
     let mut sc = match out.workspace {
         Some(w) => Scratch::pooled(&w.pool),
         None => Scratch::fresh(),
@@ -395,24 +512,29 @@ fn encode(
     params.rows = rows as u32;
     let rows_len = rows_bytes(rows, has_mask);
     let what = "the scratch of a GPU-resident loss gradient";
-    gpu.scoped(what, rows_len + (rows + cols) as u64 * 4, || {
+    let side_bytes = match &side {
+        Side::Sparse(_, lp, _) => {
+            let n = rows as u64 * lp.cols as u64;
+            n * 4 + lp.dtype.stored_bytes(n)
+        }
+        _ => (rows + cols) as u64 * 4,
+    };
+    gpu.scoped(what, rows_len + side_bytes, || {
         let sc = &mut sc;
         let usage = storage | copy_src | copy_dst;
         let rows_buf = sc.buffer(&gpu.device, "kullback.train.rows", rows_len, usage)?;
         let (t_win, holder);
+        let mask = match side {
+            Side::Teacher(_, m) | Side::Sparse(_, _, m) => m,
+            Side::Targets(..) => None,
+        };
+        if let Some(m) = mask {
+            enc.copy_buffer_to_buffer(m.buffer, m.offset, &rows_buf, rec_bytes, rows as u64 * 4);
+            params.flags |= flag::MASK;
+            params.mask_at = (rows as u64 * RECORD_SIZE / 4) as u32;
+        }
         match side {
-            Side::Teacher(t, mask) => {
-                if let Some(m) = mask {
-                    enc.copy_buffer_to_buffer(
-                        m.buffer,
-                        m.offset,
-                        &rows_buf,
-                        rec_bytes,
-                        rows as u64 * 4,
-                    );
-                    params.flags |= flag::MASK;
-                    params.mask_at = (rows as u64 * RECORD_SIZE / 4) as u32;
-                }
+            Side::Teacher(t, _) => {
                 params.t_fmt = t.dtype.code();
                 t_win = Window {
                     buffer: t.buffer,
@@ -432,6 +554,30 @@ fn encode(
                 }
                 enc.copy_buffer_to_buffer(t.buffer, t.offset, &h, 0, rows as u64 * 4);
                 holder = Some((h, t_bytes));
+                t_win = Window {
+                    buffer: s.buffer,
+                    offset: 0,
+                    size: 4,
+                };
+            }
+            Side::Sparse(ix, lp, _) => {
+                // indices then log-probabilities, copied into one binding
+                let n = rows as u64 * lp.cols as u64;
+                let (ix_bytes, lp_bytes) = (n * 4, lp.dtype.stored_bytes(n));
+                let h = sc.buffer(
+                    &gpu.device,
+                    "kullback.sparse.teacher",
+                    ix_bytes + lp_bytes,
+                    storage | copy_dst,
+                )?;
+                enc.copy_buffer_to_buffer(ix.buffer, ix.offset, &h, 0, ix_bytes);
+                enc.copy_buffer_to_buffer(lp.buffer, lp.offset, &h, ix_bytes, lp_bytes);
+                params.lp_at = n as u32;
+                params.t_fmt = lp.dtype.code();
+                if ix.signed {
+                    params.flags |= flag::SIGNED;
+                }
+                holder = Some((h, ix_bytes + lp_bytes));
                 t_win = Window {
                     buffer: s.buffer,
                     offset: 0,
@@ -458,7 +604,7 @@ fn encode(
             rows: Window::whole(&rows_buf, rows_len),
             tg: tg_window,
         };
-        record(gpu, sc, enc, &b, &params, Entry::Train)?;
+        record(gpu, sc, enc, &b, &params, entry)?;
         enc.copy_buffer_to_buffer(&rows_buf, 0, out.buffer, out.offset, rec_bytes);
         Ok(())
     })
@@ -523,6 +669,112 @@ impl Context {
         let side = Side::Teacher(t, call.mask.as_ref());
         let tg = call.teacher_grad.as_ref();
         encode(gpu, encoder, s, side, &call.grad, tg, &call.output, params)
+    }
+
+    /// Records a distillation loss from a sparse (top-k) teacher and its
+    /// gradient over the caller's GPU buffers into `encoder` (layout in the
+    /// [module docs](crate::train::resident); the indices and
+    /// log-probabilities are copied into the call's scratch): one dispatch,
+    /// one workgroup per row, which checks and sorts the row's k indices in
+    /// workgroup memory. Errors: those of the options
+    /// ([`Context::distill`]); [`Error::InvalidOption`] for a k of 0 or above
+    /// the columns; [`Error::Unsupported`] for [`Tail::Bucket`], k above 512, a host-slice
+    /// mask, a mean, a student that is not logits or log-probabilities that
+    /// are not [`Form::LogProbs`]; [`Error::ShapeMismatch`] for
+    /// log-probabilities with other rows than the student, [`Error::Length`]
+    /// for indices of another count; [`Error::Buffer`]; [`Error::TooLarge`].
+    /// Bad indices and values, rows of −inf and infinite losses are reported per row
+    /// in the records (see [`GpuSparseDistill::decode`]), as the host path
+    /// reports them.
+    pub fn encode_sparse_distill(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        call: &GpuSparseDistill<'_>,
+    ) -> Result<()> {
+        let gpu = self.gpu_or_err()?;
+        let o = &call.options;
+        o.check()?;
+        if o.mask.is_some() {
+            return Err(Error::Unsupported(
+                "a GPU-resident distillation takes its row mask as a GpuRowMask".into(),
+            ));
+        }
+        per_row_only(o.reduction)?;
+        finite_scale(call.grad_scale)?;
+        let (s, lp) = (&call.student, &call.logprobs);
+        logits_only(s, "student")?;
+        crate::call::Input::check(s, Arg::Q)?;
+        let top = lp.cols;
+        if top == 0 || top > s.cols {
+            return Err(Error::InvalidOption {
+                option: Setting::TopK,
+                message: format!(
+                    "a sparse teacher needs 1 <= k <= {} (the student's columns), got {top}",
+                    s.cols
+                ),
+            });
+        }
+        if o.tail != Tail::Renormalize {
+            return Err(Error::Unsupported(
+                "a GPU-resident sparse teacher takes Tail::Renormalize: the tail bucket's mass \
+                 1 - Σ exp(l) needs more digits than the GPU's f32 arithmetic gives where the \
+                 indices hold nearly all the mass; Context::distill takes Tail::Bucket on either \
+                 backend"
+                    .into(),
+            ));
+        }
+        if top > SPARSE_KMAX {
+            return Err(Error::Unsupported(format!(
+                "a GPU-resident sparse teacher takes k <= {SPARSE_KMAX} (its indices are sorted in \
+                 workgroup memory), got {top}: use Context::distill for more"
+            )));
+        }
+        if lp.form != Form::LogProbs {
+            return Err(Error::Unsupported(format!(
+                "a sparse teacher's values must be log-probabilities (Form::LogProbs), got {:?}",
+                lp.form
+            )));
+        }
+        if lp.rows != s.rows {
+            return Err(Error::ShapeMismatch {
+                p_rows: lp.rows,
+                p_cols: lp.cols,
+                q_rows: s.rows,
+                q_cols: s.cols,
+            });
+        }
+        let expected = s.rows * top;
+        if call.indices.len != expected {
+            return Err(Error::Length {
+                arg: Arg::Indices,
+                len: call.indices.len,
+                rows: s.rows,
+                cols: top,
+                expected,
+            });
+        }
+        let temp = o.temperature as f64;
+        let mut params = super::gpu::distill_params(
+            o.divergence,
+            Form::LogProbs,
+            s.cols,
+            o.beta,
+            1.0 / o.temperature,
+            temp * temp,
+            temp * call.grad_scale as f64,
+        );
+        params.top = top as u32;
+        let side = Side::Sparse(&call.indices, lp, call.mask.as_ref());
+        encode(
+            gpu,
+            encoder,
+            s,
+            side,
+            &call.grad,
+            None,
+            &call.output,
+            params,
+        )
     }
 
     /// Records the NLL of class targets and its gradient over the caller's

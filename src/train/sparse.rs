@@ -25,7 +25,7 @@ use crate::error::{Arg, BadValue, Error, Result, try_vec};
 use crate::gpu::Gpu;
 use crate::gpu::train::{SPARSE_CONSTS, SPARSE_STATS, TrainParams, sub};
 use crate::grad::GradMut;
-use crate::record::code::COL_NONE;
+use crate::record::{self, code::COL_NONE};
 
 /// Distillation from a sparse teacher.
 pub(super) struct Sparse<'a> {
@@ -73,7 +73,7 @@ impl Sparse<'_> {
                     row,
                     position: j,
                     index: ix,
-                    why: format!("is outside [0, {})", self.cols),
+                    why: record::why_index_range(self.cols),
                 });
             }
             let l = self.logprobs[at];
@@ -103,7 +103,7 @@ impl Sparse<'_> {
                 row,
                 position: b as usize,
                 index: w[0].0 as i64,
-                why: format!("repeats the index at position {a}"),
+                why: record::why_index_repeat(a),
             });
         }
         Ok(())
@@ -338,7 +338,7 @@ impl Sparse<'_> {
             return Err(Error::CannotNormalize {
                 arg: Arg::Q,
                 row,
-                why: "every student logit at the teacher's indices is -inf",
+                why: record::WHY_INDEX_ALL_MASKED,
             });
         }
         let base = row * self.top;
@@ -351,7 +351,7 @@ impl Sparse<'_> {
             return Err(Error::CannotNormalize {
                 arg: Arg::P,
                 row,
-                why: "every teacher log-probability is -inf",
+                why: record::WHY_TEACHER_ALL_MASKED,
             });
         }
         let lse_t = lt.max as f64 + lt.sum.ln();
@@ -431,7 +431,7 @@ impl Sparse<'_> {
                 return Err(Error::InfiniteLoss {
                     row,
                     col: 0,
-                    why: "the teacher's tail mass (1 - Σ exp(l)) > 0, but its k indices cover every column",
+                    why: record::WHY_TAIL_UNCOVERED,
                 });
             }
             None => {}
