@@ -2659,6 +2659,20 @@ fn resident_sparse(
     opts: &DistillOptions<'_>,
     scale: f32,
 ) -> Option<ResidentRun> {
+    resident_sparse_as(res, s, cols, sp, opts, scale, kullback::Dtype::F32)
+}
+
+/// [`resident_sparse`] with the log-probabilities stored as `dtype` (each
+/// value rounded to it; f16 and bf16 packed two per word).
+fn resident_sparse_as(
+    res: &Resident,
+    s: &[f32],
+    cols: usize,
+    sp: &SparseTeacher<'_>,
+    opts: &DistillOptions<'_>,
+    scale: f32,
+    dtype: kullback::Dtype,
+) -> Option<ResidentRun> {
     use kullback::wgpu::{self, util::DeviceExt};
     use kullback::{GpuBatch, GpuGrad, GpuOutput, GpuRowMask, GpuSparseDistill, GpuTargets};
     let rows = s.len() / cols;
@@ -2690,7 +2704,25 @@ fn resident_sparse(
     let mut ix_words = vec![0u32];
     ix_words.extend(&words);
     let ib = init("indices", bytemuck::cast_slice(&ix_words), copy);
-    let lb = init("logprobs", bytemuck::cast_slice(sp.logprobs), copy);
+    use kullback::half::{bf16, f16};
+    let mut halves: Vec<u16> = match dtype {
+        kullback::Dtype::F16 => sp
+            .logprobs
+            .iter()
+            .map(|&v| f16::from_f32(v).to_bits())
+            .collect(),
+        kullback::Dtype::BF16 => sp
+            .logprobs
+            .iter()
+            .map(|&v| bf16::from_f32(v).to_bits())
+            .collect(),
+        _ => Vec::new(),
+    };
+    halves.resize(halves.len().next_multiple_of(2), 0);
+    let lb = match dtype {
+        kullback::Dtype::F32 => init("logprobs", bytemuck::cast_slice(sp.logprobs), copy),
+        _ => init("logprobs", bytemuck::cast_slice(&halves), copy),
+    };
     let gbuf = common::out_buffer(d, (rows * cols * 4).max(4) as u64);
     let (obuf, obytes) = common::grad_records(d, rows);
     let mask_words: Option<Vec<u32>> = opts
@@ -2711,7 +2743,9 @@ fn resident_sparse(
     let mut call = GpuSparseDistill::new(
         GpuBatch::new(&sb, rows, cols).form(Form::Logits),
         indices,
-        GpuBatch::new(&lb, rows, k).form(Form::LogProbs),
+        GpuBatch::new(&lb, rows, k)
+            .form(Form::LogProbs)
+            .dtype(dtype),
         GpuGrad::new(&gbuf),
         GpuOutput::new(&obuf),
     )
@@ -2997,4 +3031,49 @@ fn gpu_resident_sparse_errors() {
         resident_sparse(&res, &s, 600, &sp, &fwd, 1.0)
     }));
     assert!(matches!(e, Ok(None)), "k > 512 is not run here");
+}
+
+/// Half log-probabilities on the GPU-resident path: the bits of the same
+/// values widened to f32 (every divergence, an odd count of values).
+#[test]
+fn gpu_resident_sparse_half_logprobs() {
+    use kullback::half::{bf16, f16};
+    let Some(res) = resident() else { return };
+    let mut rng = Rng(23);
+    let (rows, cols, k) = (3, 40, 7);
+    let (s, t) = logits(&mut rng, rows, cols, Flavor::Masked);
+    let (mut ix, mut l) = (Vec::new(), Vec::new());
+    for r in 0..rows {
+        let (i, v) = top_k(&mut rng, &t[r * cols..(r + 1) * cols], 2.0, k);
+        ix.extend(i.iter().map(|&c| c as i32));
+        l.extend(v);
+    }
+    for (dtype, round) in [
+        (
+            kullback::Dtype::F16,
+            (|v: f32| f16::from_f32(v).to_f32()) as fn(f32) -> f32,
+        ),
+        (kullback::Dtype::BF16, |v: f32| bf16::from_f32(v).to_f32()),
+    ] {
+        let widened: Vec<f32> = l.iter().map(|&v| round(v)).collect();
+        for div in [
+            Divergence::ForwardKl,
+            Divergence::ReverseKl,
+            Divergence::Jsd,
+        ] {
+            let opts = DistillOptions::default()
+                .divergence(div)
+                .tail(Tail::Renormalize)
+                .temperature(2.0);
+            let half = SparseTeacher::new(&ix[..], &l[..], k);
+            let wide = SparseTeacher::new(&ix[..], &widened[..], k);
+            let (a, ga) =
+                resident_sparse_as(&res, &s, cols, &half, &opts, 1.0, dtype).expect("half");
+            let (b, gb) = resident_sparse(&res, &s, cols, &wide, &opts, 1.0).expect("f32");
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            let what = format!("{dtype:?} {div:?}");
+            assert_eq!(bits(&a.expect(&what)), bits(&b.expect(&what)), "{what}");
+            assert_eq!(bits(&ga), bits(&gb), "{what}");
+        }
+    }
 }
