@@ -39,6 +39,10 @@ struct Params {
     t_fmt: u32,    // the dense teacher's likewise
     top: u32,      // a sparse teacher's indices per row (sparse_*)
     lp_at: u32,    // sparse_fused: word of the log-probabilities in t_buf
+    tol: f32,      // sparse_fused: the tolerance on Σₖ exp(lₖ) above 1
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
 }
 
 // src/record.rs `Record`: a row's loss and status (a test there compares the fields).
@@ -643,25 +647,150 @@ fn sparse_grad(
     }
 }
 
-// ---- a sparse (top-k) teacher in one dispatch, renormalised tail (the
-// GPU-resident path, src/train/resident.rs): t_buf holds the rows' P.top
-// indices each (i32 with TF_SIGNED, else u32), then from word P.lp_at their
-// log-probabilities (stored as P.t_fmt says). One workgroup per row: the
-// row's (index, position) pairs are checked, sorted in workgroup memory
-// (bitonic), the k buckets' divergence summed in f32, and every column's
-// gradient written once (0 outside the indices). A row's problem is the host
-// path's first: a position's index or log-probability, a repeated index,
-// the student at the indices, a row of −inf, an infinite bucket. (The tail
-// bucket is not here: its mass 1 − Σ exp(l) needs more digits than f32
-// arithmetic gives where the indices hold nearly all the mass.)
+// ---- a sparse (top-k) teacher in one dispatch (the GPU-resident path,
+// src/train/resident.rs): t_buf holds the rows' P.top indices each (i32 with
+// TF_SIGNED, else u32), then from word P.lp_at their log-probabilities
+// (stored as P.t_fmt says). One workgroup per row: the row's (index,
+// position) pairs are checked and sorted in workgroup memory (bitonic), the
+// tail's log-sum-exp taken over the columns between them (a cursor per
+// thread, as in `sparse_tail`), the k + 1 buckets' divergence summed in
+// f32, and every column's gradient written once. A row's problem is the
+// host path's first: a position's index or log-probability, a repeated
+// index, the student at the indices, then in the tail, a row of −inf, the
+// teacher's sum, an uncovered tail, an infinite bucket.
+//
+// The tail bucket's mass r = 1 − Σ exp(l) cancels: where the indices hold
+// nearly all the mass its digits are those of the sum's last ones, so the
+// exponentials are taken and summed in 64-bit fixed point (2⁻⁵⁶) from u32
+// operations, which no compiler may reorder or flush (a float-float sum
+// needs error-free transformations that a WGSL compiler may reassociate
+// away; lavapipe's does).
 
 var<workgroup> w_ix: array<u32, SPARSE_KMAX>;
 var<workgroup> w_pos: array<u32, SPARSE_KMAX>;
 var<workgroup> w_lp: array<f32, SPARSE_KMAX>;
 // the smallest key of each check: 0 a position (2j; 2j + 1 for its
 // log-probability), 1 a repeat (sorted slot), 2 the student at a slot,
-// 3 an infinite bucket (slot)
-var<workgroup> w_keys: array<atomic<u32>, 4>;
+// 3 the student in the tail (column), 4 the first tail column, 5 an
+// infinite bucket (slot; P.top for the tail)
+var<workgroup> w_keys: array<atomic<u32>, 6>;
+// Σ exp(l) in 2⁻⁵⁶ units, in four 20-bit digits (integer sums: any order)
+var<workgroup> w_psum: array<atomic<u32>, 4>;
+// the row's constants for the buckets and pass 2
+var<workgroup> w_row: array<f32, 8>;
+
+const Q56_ONE: vec2<u32> = vec2<u32>(0u, 0x1000000u);
+// ln 2 · 2⁵⁶, rounded
+const Q56_LN2: vec2<u32> = vec2<u32>(0xf7d1cf7au, 0xb17217u);
+
+// a·b as (lo, hi) words.
+fn mul_wide(a: u32, b: u32) -> vec2<u32> {
+    let a0 = a & 0xffffu;
+    let a1 = a >> 16u;
+    let b0 = b & 0xffffu;
+    let b1 = b >> 16u;
+    let p00 = a0 * b0;
+    let p01 = a0 * b1;
+    let p10 = a1 * b0;
+    let mid = (p00 >> 16u) + (p01 & 0xffffu) + (p10 & 0xffffu);
+    return vec2<u32>((p00 & 0xffffu) | (mid << 16u), a1 * b1 + (p01 >> 16u) + (p10 >> 16u) + (mid >> 16u));
+}
+
+fn add64(a: vec2<u32>, b: vec2<u32>) -> vec2<u32> {
+    let lo = a.x + b.x;
+    return vec2<u32>(lo, a.y + b.y + select(0u, 1u, lo < a.x));
+}
+
+fn sub64(a: vec2<u32>, b: vec2<u32>) -> vec2<u32> {
+    return vec2<u32>(a.x - b.x, a.y - b.y - select(0u, 1u, a.x < b.x));
+}
+
+fn lt64(a: vec2<u32>, b: vec2<u32>) -> bool {
+    return a.y < b.y || (a.y == b.y && a.x < b.x);
+}
+
+fn shr64(a: vec2<u32>, n: u32) -> vec2<u32> {
+    if (n == 0u) {
+        return a;
+    }
+    if (n >= 64u) {
+        return vec2<u32>(0u, 0u);
+    }
+    if (n >= 32u) {
+        return vec2<u32>(a.y >> (n - 32u), 0u);
+    }
+    return vec2<u32>((a.x >> n) | (a.y << (32u - n)), a.y >> n);
+}
+
+// (a·b) / 2⁵⁶, truncated, for a, b < 2⁵⁷.
+fn mul_q56(a: vec2<u32>, b: vec2<u32>) -> vec2<u32> {
+    let ll = mul_wide(a.x, b.x);
+    let lh = mul_wide(a.x, b.y);
+    let hl = mul_wide(a.y, b.x);
+    let hh = mul_wide(a.y, b.y);
+    var w1 = ll.y + lh.x;
+    var c = select(0u, 1u, w1 < lh.x);
+    w1 += hl.x;
+    c += select(0u, 1u, w1 < hl.x);
+    var w2 = hh.x + lh.y;
+    var c2 = select(0u, 1u, w2 < lh.y);
+    w2 += hl.y;
+    c2 += select(0u, 1u, w2 < hl.y);
+    w2 += c;
+    c2 += select(0u, 1u, w2 < c);
+    let w3 = hh.y + c2;
+    return vec2<u32>((w1 >> 24u) | (w2 << 8u), (w2 >> 24u) | (w3 << 8u));
+}
+
+// a / d, truncated, for 0 < d < 2¹⁶.
+fn div_small(a: vec2<u32>, d: u32) -> vec2<u32> {
+    let x1 = ((a.y % d) << 16u) | (a.x >> 16u);
+    let x0 = ((x1 % d) << 16u) | (a.x & 0xffffu);
+    return vec2<u32>(((x1 / d) << 16u) | (x0 / d), a.y / d);
+}
+
+// exp(l) in 2⁻⁵⁶ units for the bits lb of an l ≤ 0 (0 at −inf and below
+// −44, where it is under the last unit), within ~20 units: l = −(n ln 2 +
+// f), f ∈ [0, ln 2), e^−f by its series to f¹⁷/17! (Horner), shifted by n.
+fn exp_q56(lb: u32) -> vec2<u32> {
+    let l = bitcast<f32>(lb);
+    if (masked(lb) || l < -44.0) {
+        return vec2<u32>(0u, 0u);
+    }
+    let e = (lb >> 23u) & 0xffu;
+    if (e < 70u) {
+        return Q56_ONE; // |l| < 2⁻⁵⁷: e^l rounds to 1
+    }
+    // −l = m·2^(e − 150) as a multiple of 2⁻⁵⁶: m shifted by e − 94
+    let m = (lb & 0x7fffffu) | 0x800000u;
+    var x = vec2<u32>(0u, 0u);
+    if (e >= 126u) {
+        x = vec2<u32>(0u, m << (e - 126u));
+    } else if (e > 94u) {
+        let sh = e - 94u;
+        x = vec2<u32>(m << sh, m >> (32u - sh));
+    } else if (e == 94u) {
+        x = vec2<u32>(m, 0u);
+    } else {
+        x = vec2<u32>(m >> (94u - e), 0u);
+    }
+    var n = u32(max(-l * 1.442695, 0.0));
+    var nl = vec2<u32>(mul_wide(Q56_LN2.x, n).x, Q56_LN2.y * n + mul_wide(Q56_LN2.x, n).y);
+    if (lt64(x, nl)) {
+        n -= 1u;
+        nl = sub64(nl, Q56_LN2);
+    }
+    var f = sub64(x, nl);
+    if (!lt64(f, Q56_LN2)) {
+        n += 1u;
+        f = sub64(f, Q56_LN2);
+    }
+    var y = Q56_ONE;
+    for (var i = 17u; i > 0u; i -= 1u) {
+        y = sub64(Q56_ONE, div_small(mul_q56(f, y), i));
+    }
+    return shr64(y, n);
+}
 
 // Log-probability i of the rows' (i counts from the first row's first).
 fn lp_word(i: u32) -> u32 {
@@ -671,16 +800,17 @@ fn lp_word(i: u32) -> u32 {
     return widen_half(t_buf[P.lp_at + (i >> 1u)] >> ((i & 1u) << 4u), P.t_fmt);
 }
 
-// A row's result with status word `h` = (code, column, index, aux_q): a
-// skipped row (ST_OK: loss 0, weight 0) or a bad one (NaN), with a zero
-// gradient.
+// A row's result with status word `h` = (code, column, index, aux): a
+// skipped row (ST_OK: loss 0, weight 0) or a bad one (NaN; aux is the sum
+// of ST_P_SUM's `aux_p`, else `aux_q`), with a zero gradient.
 fn sparse_stop(row: u32, base: u32, lid: u32, h: vec4<u32>) {
     zero_row(base, lid);
     if (lid == 0u) {
+        let aux_sum = h.x == ST_P_SUM;
         let r = 6u * row;
         rowbuf[r] = select(0x7fc00000u, 0u, h.x == ST_OK);
-        rowbuf[r + 1u] = 0u;
-        rowbuf[r + 2u] = h.w;
+        rowbuf[r + 1u] = select(0u, h.w, aux_sum);
+        rowbuf[r + 2u] = select(h.w, 0u, aux_sum);
         rowbuf[r + 3u] = h.x;
         rowbuf[r + 4u] = h.y;
         rowbuf[r + 5u] = h.z;
@@ -707,9 +837,13 @@ fn sparse_fused(
     let base = row * cols;
     let ib = row * top;
     let k = P.k;
+    let renorm = (P.flags & TF_RENORM) != 0u;
     if (lid == 0u) {
-        for (var i = 0u; i < 4u; i += 1u) {
+        for (var i = 0u; i < 6u; i += 1u) {
             atomicStore(&w_keys[i], CODE_NONE);
+        }
+        for (var i = 0u; i < 4u; i += 1u) {
+            atomicStore(&w_psum[i], 0u);
         }
         var h = vec4<u32>(CODE_NONE, 0u, 0u, 0u);
         if ((P.flags & TF_MASK) != 0u && rowbuf[P.mask_at + row] == 0u) {
@@ -788,10 +922,11 @@ fn sparse_fused(
 
     // ---- the slots: repeats, the student at the indices (its log-sum-exp
     // and the slot of its largest value), the teacher's log-probabilities in
-    // slot order (their log-sum-exp)
+    // slot order (their log-sum-exp; Σ exp(l) in fixed point)
     var li = vec2<f32>(NEG_BIG, 0.0);
     var tp = vec2<f32>(NEG_BIG, 0.0);
     var best = CODE_NONE;
+    var digits = vec4<u32>(0u);
     for (var i = lid; i < top; i += WG) {
         let c = w_ix[i];
         if (i + 1u < top && w_ix[i + 1u] == c) {
@@ -810,6 +945,40 @@ fn sparse_fused(
         w_lp[i] = bitcast<f32>(lb);
         if (!masked(lb)) {
             tp = lse_add(tp, bitcast<f32>(lb), 1.0);
+        }
+        if (!renorm) {
+            let v = exp_q56(lb);
+            digits += vec4<u32>(v.x & 0xfffffu, (v.x >> 20u) | ((v.y & 0xffu) << 12u), (v.y >> 8u) & 0xfffffu, v.y >> 28u);
+        }
+    }
+    if (!renorm) {
+        for (var d = 0u; d < 4u; d += 1u) {
+            atomicAdd(&w_psum[d], digits[d]);
+        }
+    }
+    // ---- the tail: its log-sum-exp and first bad column, and the first
+    // column outside the indices
+    var lt = vec2<f32>(NEG_BIG, 0.0);
+    var cur = 0u;
+    if (!renorm) {
+        var first = true;
+        for (var c = lid; c < cols; c += WG) {
+            while (cur < top && w_ix[cur] < c) {
+                cur += 1u;
+            }
+            if (cur < top && w_ix[cur] == c) {
+                continue;
+            }
+            if (first) {
+                atomicMin(&w_keys[4], c);
+                first = false;
+            }
+            let b = s_word(base + c);
+            if (is_nan_bits(b) || b == POS_INF_BITS) {
+                atomicMin(&w_keys[3], c);
+            } else if (!masked(b)) {
+                lt = lse_add(lt, bitcast<f32>(b), k);
+            }
         }
     }
     w_sm[lid] = li.x;
@@ -835,62 +1004,152 @@ fn sparse_fused(
         }
         workgroupBarrier();
     }
-    let m = w_sm[0];
-    let ln_s = log(w_ss[0]);
-    let ln_t = w_tm[0] + log(w_ts[0]);
+    let li_r = vec2<f32>(w_sm[0], w_ss[0]);
+    let tp_r = vec2<f32>(w_tm[0], w_ts[0]);
     let ref_slot = w_arg[0];
+    workgroupBarrier();
+    // the tail's log-sum-exp (a second tree, on w_sm/w_ss)
+    w_sm[lid] = lt.x;
+    w_ss[lid] = lt.y;
+    workgroupBarrier();
+    for (var h = WG / 2u; h > 0u; h = h >> 1u) {
+        if (lid < h) {
+            let a = lse_merge(vec2<f32>(w_sm[lid], w_ss[lid]), vec2<f32>(w_sm[lid + h], w_ss[lid + h]), k);
+            w_sm[lid] = a.x;
+            w_ss[lid] = a.y;
+        }
+        workgroupBarrier();
+    }
+    let lt_r = vec2<f32>(w_sm[0], w_ss[0]);
+
+    // ---- the row's status so far, its softmax and tail mass
     if (lid == 0u) {
+        // Σ exp(l) = S·2⁻⁵⁶ from its digits (top word above 2⁶⁴)
+        let d0 = atomicLoad(&w_psum[0]);
+        let d1 = atomicLoad(&w_psum[1]);
+        let d2 = atomicLoad(&w_psum[2]);
+        let d3 = atomicLoad(&w_psum[3]);
+        var sum = add64(vec2<u32>(d0, 0u), vec2<u32>(d1 << 20u, d1 >> 12u));
+        var top_w = select(0u, 1u, lt64(sum, vec2<u32>(d0, 0u)));
+        let s2 = add64(sum, vec2<u32>(0u, d2 << 8u));
+        top_w += (d2 >> 24u) + select(0u, 1u, lt64(s2, sum));
+        let s3 = add64(s2, vec2<u32>(0u, d3 << 28u));
+        top_w += (d3 >> 4u) + select(0u, 1u, lt64(s3, s2));
+        sum = s3;
+        let sum_p = f32(top_w) * 256.0 + f32(sum.y) * 0x1p-24f + f32(sum.x) * 0x1p-56f;
+        var r = 1.0 - sum_p;
+        if (top_w == 0u && !lt64(Q56_ONE, sum)) {
+            let rq = sub64(Q56_ONE, sum);
+            r = f32(rq.y) * 0x1p-24f + f32(rq.x) * 0x1p-56f;
+        }
         var h = vec4<u32>(CODE_NONE, 0u, 0u, 0u);
         let rep = atomicLoad(&w_keys[1]);
         let qi = atomicLoad(&w_keys[2]);
+        let qt = atomicLoad(&w_keys[3]);
+        let ft = atomicLoad(&w_keys[4]);
+        // the softmax: of the indices (renormalised), or of every column
+        var all = li_r;
+        if (!renorm) {
+            all = lse_merge(li_r, lt_r, k);
+        }
         if (rep != CODE_NONE) {
             h = vec4<u32>(ST_TEACHER_INDEX_REPEAT, w_pos[rep + 1u], w_ix[rep], w_pos[rep]);
         } else if (qi != CODE_NONE) {
             let sb = s_word(base + w_ix[qi]);
             h = vec4<u32>(select(ST_Q_INFINITE, ST_Q_NAN, is_nan_bits(sb)), w_ix[qi], 0u, 0u);
-        } else if (w_ss[0] == 0.0) {
+        } else if (renorm && li_r.y == 0.0) {
             h = vec4<u32>(ST_INDEX_ALL_MASKED, COL_NONE, 0u, 0u);
-        } else if (w_ts[0] == 0.0) {
+        } else if (renorm && tp_r.y == 0.0) {
             h = vec4<u32>(ST_TEACHER_ALL_MASKED, COL_NONE, 0u, 0u);
+        } else if (!renorm && qt != CODE_NONE) {
+            let sb = s_word(base + qt);
+            h = vec4<u32>(select(ST_Q_INFINITE, ST_Q_NAN, is_nan_bits(sb)), qt, 0u, 0u);
+        } else if (!renorm && all.y == 0.0) {
+            h = vec4<u32>(ST_Q_ALL_MASKED, COL_NONE, 0u, 0u);
+        } else if (!renorm && r < -P.tol) {
+            h = vec4<u32>(ST_P_SUM, COL_NONE, 0u, bitcast<u32>(sum_p));
+        } else if (!renorm && ft == CODE_NONE && r > P.tol) {
+            h = vec4<u32>(ST_INF_TAIL, 0u, 0u, 0u);
         }
         w_head = h;
+        let ln_s = log(all.y);
+        let has_tail = !renorm && ft != CODE_NONE;
+        w_row[0] = all.x;
+        w_row[1] = ln_s;
+        // ln Q and ln P of the tail bucket (NEG_BIG: none, or mass 0)
+        w_row[2] = select(NEG_BIG, log(lt_r.y) + (lt_r.x - all.x) * k - ln_s, has_tail && lt_r.y > 0.0);
+        w_row[3] = select(NEG_BIG, log(r), has_tail && r > 0.0);
+        // the teacher's log-normaliser: ln Σ exp(l) (renormalised) or 0
+        w_row[4] = select(0.0, tp_r.x + log(tp_r.y), renorm);
+        // Σ P over the buckets (the forward KL's gradient)
+        w_row[5] = select(select(sum_p, sum_p + r, has_tail && r > 0.0), 1.0, renorm);
+        w_row[6] = r;
+        w_row[7] = select(0.0, 1.0, has_tail);
     }
     let h2 = workgroupUniformLoad(&w_head);
     if (h2.x != CODE_NONE) {
         sparse_stop(row, base, lid, h2);
         return;
     }
+    let m = w_row[0];
+    let ln_s = w_row[1];
+    let lq_tail = w_row[2];
+    let lp_tail = w_row[3];
+    let ln_t = w_row[4];
+    let sum_all = w_row[5];
+    let r = w_row[6];
+    let tail_on = w_row[7] != 0.0;
     // The reverse KL's factors ln Q − ln P − KL lose their digits in f32
     // where ln Q and ln P are large and close; as in train_main they are
     // taken as e = d − d* (d = ln Q − ln P) relative to the slot of the
-    // student's largest value (the reference; one exists: not every value
-    // is −inf), so that e is a difference of nearby inputs where q is large.
-    let s_ref = m;
-    let l_ref = w_lp[ref_slot];
-    let d_ref = -ln_s - (l_ref - ln_t);
+    // student's largest indexed value, so that e is a difference of nearby
+    // inputs where q is large, and the tail's e the logarithm of one ratio.
+    // Without a reference (every indexed student value −inf) e = d.
+    let has_ref = ref_slot != CODE_NONE;
+    let s_ref = li_r.x;
+    let l_ref = select(0.0, w_lp[min(ref_slot, SPARSE_KMAX - 1u)], has_ref);
+    var e_tail = lq_tail - lp_tail;
+    var d_ref = 0.0;
+    if (has_ref) {
+        d_ref = ((s_ref - m) * k - ln_s) - (l_ref - ln_t);
+        // Q_tail / Q* · P* / r
+        let arg = (lt_r.x - s_ref) * k + l_ref;
+        e_tail = select(log(lt_r.y) + arg - lp_tail, log(lt_r.y * exp(arg) / r), abs(arg) < 80.0);
+    }
 
-    // ---- the buckets' divergence: forward Σ P (ln P − ln Q), reverse
-    // Σ Q e, JSD (Σ P (ln P − ln M), Σ Q (ln Q − ln M)); an infinite
-    // bucket's slot
+    // ---- the buckets' divergence (slots, then the tail bucket at slot
+    // `top`): forward Σ P (ln P − ln Q), reverse Σ Q e, JSD (Σ P (ln P −
+    // ln M), Σ Q (ln Q − ln M)); an infinite bucket's slot
     var pa = 0.0;
     var pb = 0.0;
-    for (var i = lid; i < top; i += WG) {
-        let sb = s_word(base + w_ix[i]);
-        let l = w_lp[i];
-        let q_on = !masked(sb);
-        let p_on = !masked(bitcast<u32>(l));
-        let lq = select(NEG_BIG, (bitcast<f32>(sb) - m) * k - ln_s, q_on);
-        let lp = select(NEG_BIG, l - ln_t, p_on);
+    for (var i = lid; i <= top; i += WG) {
+        var lq: f32;
+        var lp: f32;
+        var e: f32;
+        if (i < top) {
+            let sb = s_word(base + w_ix[i]);
+            let l = w_lp[i];
+            lq = select((bitcast<f32>(sb) - m) * k - ln_s, NEG_BIG, masked(sb));
+            lp = select(l - ln_t, NEG_BIG, masked(bitcast<u32>(l)));
+            e = select(lq - lp, (bitcast<f32>(sb) - s_ref) * k - (l - l_ref), has_ref);
+        } else if (tail_on) {
+            lq = lq_tail;
+            lp = lp_tail;
+            e = e_tail;
+        } else {
+            break;
+        }
+        let q_on = lq > NEG_BIG;
+        let p_on = lp > NEG_BIG;
         if (P.mode == TR_FWD) {
             if (p_on && !q_on) {
-                atomicMin(&w_keys[3], i);
+                atomicMin(&w_keys[5], i);
             }
             pa += select(0.0, exp(lp) * (lp - lq), p_on && q_on);
         } else if (P.mode == TR_REV) {
             if (q_on && !p_on) {
-                atomicMin(&w_keys[3], i);
+                atomicMin(&w_keys[5], i);
             }
-            let e = (bitcast<f32>(sb) - s_ref) * k - (l - l_ref);
             pa += select(0.0, exp(lq) * e, p_on && q_on);
         } else {
             let lm = log_add_inf(P.ln_b + lp, P.ln_1b + lq, !p_on, !q_on);
@@ -900,10 +1159,11 @@ fn sparse_fused(
     }
     let sums = wg_sum2(lid, pa, pb);
     if (lid == 0u) {
-        let bad = atomicLoad(&w_keys[3]);
+        let bad = atomicLoad(&w_keys[5]);
         var h = vec4<u32>(CODE_NONE, 0u, 0u, 0u);
         if (bad != CODE_NONE) {
-            h = vec4<u32>(select(ST_INF_STUDENT_MASS, ST_INF_TEACHER_MASS, P.mode == TR_FWD), w_ix[bad], 0u, 0u);
+            let col = select(atomicLoad(&w_keys[4]), w_ix[min(bad, SPARSE_KMAX - 1u)], bad < top);
+            h = vec4<u32>(select(ST_INF_STUDENT_MASS, ST_INF_TEACHER_MASS, P.mode == TR_FWD), col, 0u, 0u);
         }
         w_head = h;
     }
@@ -919,33 +1179,50 @@ fn sparse_fused(
         div = d_ref + sums.x; // Σ Q e = KL − d*
     }
 
-    // ---- the gradient of every column: q_c times its bucket's factor at
-    // the indices (forward KL ΣP q_c − P_c, with ΣP = 1), 0 elsewhere
+    // ---- the gradient of every column: q_c times its bucket's factor
+    // (forward KL: ΣP q_c − P_b q_c / Q_b, whose tail term is taken as
+    // exp((s − mt)/T + ln r − ln Σ_tail) so that no ratio overflows)
     let gj = select(P.g, P.g * (1.0 - P.beta), P.mode == TR_JSD);
-    var cur = 0u;
+    // the tail bucket's factor (reverse KL, JSD)
+    var f_tail = 0.0;
+    if (P.mode == TR_REV && lq_tail > NEG_BIG && lp_tail > NEG_BIG) {
+        f_tail = e_tail - sums.x;
+    } else if (P.mode == TR_JSD && lq_tail > NEG_BIG) {
+        let lm = log_add_inf(P.ln_b + lp_tail, P.ln_1b + lq_tail, lp_tail == NEG_BIG, false);
+        f_tail = lq_tail - lm - sums.y;
+    }
+    let fwd_r = P.mode == TR_FWD && lp_tail > NEG_BIG && lq_tail > NEG_BIG;
+    let ln_r_st = select(0.0, lp_tail - log(lt_r.y), fwd_r);
+    cur = 0u;
     for (var c = lid; c < cols; c += WG) {
         while (cur < top && w_ix[cur] < c) {
             cur += 1u;
         }
-        var v = 0.0;
         let sb = s_word(base + c);
-        if (cur < top && w_ix[cur] == c && !masked(sb)) {
-            let s = bitcast<f32>(sb);
-            let lq = (s - m) * k - ln_s;
-            let q = exp_neg(lq);
+        let s = bitcast<f32>(sb);
+        let lq = (s - m) * k - ln_s;
+        let q = exp_neg(lq);
+        var v = 0.0;
+        if (cur < top && w_ix[cur] == c) {
             let l = w_lp[cur];
             let p_on = !masked(bitcast<u32>(l));
             let lp = select(NEG_BIG, l - ln_t, p_on);
             if (P.mode == TR_FWD) {
-                v = q - select(0.0, exp(lp), p_on);
+                v = sum_all * q - select(0.0, exp(lp), p_on);
             } else if (P.mode == TR_REV) {
-                v = q * (((s - s_ref) * k - (l - l_ref)) - sums.x);
+                v = q * (select(lq - lp, (s - s_ref) * k - (l - l_ref), has_ref) - sums.x);
             } else {
                 let lm = log_add_inf(P.ln_b + lp, P.ln_1b + lq, !p_on, false);
                 v = q * (lq - lm - sums.y);
             }
+        } else if (tail_on) {
+            if (P.mode == TR_FWD) {
+                v = sum_all * q - select(0.0, exp_neg((s - lt_r.x) * k + ln_r_st), fwd_r);
+            } else {
+                v = q * f_tail;
+            }
         }
-        grad[base + c] = gj * v;
+        grad[base + c] = select(gj * v, 0.0, masked(sb));
     }
     if (lid == 0u) {
         write_record(row, P.t2 * div, 1.0, ST_OK, 0u, 0u);

@@ -112,8 +112,10 @@ pub(crate) mod code {
     pub(crate) const TEACHER_INDEX_REPEAT: u32 = 28;
     /// every student logit at the indices is −inf (renormalised tail),
     pub(crate) const INDEX_ALL_MASKED: u32 = 29;
-    /// every teacher log-probability is −inf (renormalised tail).
+    /// every teacher log-probability is −inf (renormalised tail),
     pub(crate) const TEACHER_ALL_MASKED: u32 = 30;
+    /// tail mass beyond the tolerance with every column indexed.
+    pub(crate) const INF_TAIL: u32 = 31;
     /// Column of row-level problems.
     pub(crate) const COL_NONE: u32 = u32::MAX;
 }
@@ -381,6 +383,11 @@ pub(crate) fn decode(row: usize, rec: &Record, ctx: &DecodeCtx) -> Error {
             arg: Arg::P,
             row,
             why: WHY_TEACHER_ALL_MASKED,
+        },
+        code::INF_TAIL => Error::InfiniteLoss {
+            row,
+            col: 0,
+            why: WHY_TAIL_UNCOVERED,
         },
         other => Error::Device(format!("row {row}: unknown status word {other:#x}")),
     }

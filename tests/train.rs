@@ -926,6 +926,14 @@ fn distill_256k_columns() {
             check_row(&gg, &gr, &format!("{what} gpu"));
             check_loss(o.values[0], loss, temp * temp, &format!("{what} gpu"));
         }
+        // and the GPU-resident path (a sparse teacher's: the dense one's is
+        // the host path's kernel)
+        if let (Teacher::Sparse(sp), Some(res)) = (&teacher, sparse.and_then(|_| resident())) {
+            let (losses, gg) = resident_sparse(&res, &s, cols, sp, &opts, 1.0).expect("resident");
+            let losses = losses.unwrap_or_else(|e| panic!("{what} resident: {e}"));
+            check_row(&gg, &gr, &format!("{what} resident"));
+            check_loss(losses[0], loss, temp * temp, &format!("{what} resident"));
+        }
         // finite differences: 64 sampled columns and 4 random directions
         let f = |x: &[f64]| distill_ref(x, &teacher_ref, temp, div).0;
         let h = 1e-4;
@@ -2649,8 +2657,8 @@ type ResidentRun = (Result<Vec<f32>, Error>, Vec<f32>);
 /// [`Context::encode_sparse_distill`] of the host call (`s`, `sp`, `opts`,
 /// whose mask goes into a buffer and whose reduction becomes per-row losses
 /// and the gradient's `scale`): the decoded per-row losses (or the error)
-/// and the gradient. `None` where the call does not fit the resident path
-/// (the tail bucket, refused; k > 512; i64 indices beyond i32).
+/// and the gradient (empty where the call is refused). `None` for i64
+/// indices beyond i32.
 fn resident_sparse(
     res: &Resident,
     s: &[f32],
@@ -2677,9 +2685,6 @@ fn resident_sparse_as(
     use kullback::{GpuBatch, GpuGrad, GpuOutput, GpuRowMask, GpuSparseDistill, GpuTargets};
     let rows = s.len() / cols;
     let k = sp.k;
-    if k > 512 {
-        return None;
-    }
     let (words, signed): (Vec<u32>, bool) = match sp.indices {
         Targets::I32(v) => (v.iter().map(|&x| x as u32).collect(), true),
         Targets::U32(v) => (v.to_vec(), false),
@@ -2758,18 +2763,9 @@ fn resident_sparse_as(
         });
     }
     let mut enc = d.create_command_encoder(&Default::default());
-    if opts.tail == Tail::Bucket {
-        // the tail bucket is the host path's (its mass needs more than f32)
-        let e = res.ctx.encode_sparse_distill(&mut enc, &call).unwrap_err();
-        assert!(
-            matches!(&e, Error::Unsupported(m) if m.contains("Tail::Renormalize")),
-            "{e}"
-        );
-        return None;
+    if let Err(e) = res.ctx.encode_sparse_distill(&mut enc, &call) {
+        return Some((Err(e), Vec::new()));
     }
-    res.ctx
-        .encode_sparse_distill(&mut enc, &call)
-        .expect("encode");
     res.queue.submit([enc.finish()]);
     let recs = common::read_records(d, &res.queue, &obuf, 0, obytes);
     let grad = common::read_buffer::<f32>(d, &res.queue, &gbuf, 0, (rows * cols * 4) as u64);
@@ -2832,9 +2828,8 @@ fn check_resident(
 }
 
 /// The sparse grid on the GPU-resident path (`encode_sparse_distill`):
-/// k ∈ {1, 8, 64}, the renormalised tail (the tail bucket is refused), every
-/// divergence, T ∈ {0.5, 2}, masks, −inf logits, logits of 10⁴, i32 and u32
-/// indices, against the f64 references.
+/// k ∈ {1, 8, 64}, both tails, every divergence, T ∈ {0.5, 2}, masks, −inf
+/// logits, logits of 10⁴, i32 and u32 indices, against the f64 references.
 #[test]
 fn gpu_resident_sparse_grid() {
     let Some(res) = resident() else { return };
@@ -2857,6 +2852,7 @@ fn gpu_resident_sparse_errors() {
             .temperature(2.0)
     };
     let fwd = renorm(Divergence::ForwardKl);
+    let bucket = fwd.tail(Tail::Bucket);
     let rev = renorm(Divergence::ReverseKl);
     // (student, i32 indices, log-probabilities, options, mask)
     type Case<'a> = (Vec<f32>, Vec<i32>, Vec<f32>, DistillOptions<'a>);
@@ -2969,6 +2965,43 @@ fn gpu_resident_sparse_errors() {
                 rev,
             ),
         ),
+        // the tail bucket's
+        (
+            "NaN in the tail",
+            (
+                vec![0.5, 1.0, f32::NAN, 0.0, 1.0, 1.0, -0.5, 0.25],
+                vec![0, 1, 0, 1],
+                vec![-1.0, -2.0, -1.0, -2.0],
+                bucket,
+            ),
+        ),
+        (
+            "an index's problem before the tail's",
+            (
+                vec![0.5, 1.0, f32::NAN, f32::INFINITY, 1.0, 1.0, -0.5, 0.25],
+                vec![0, 3, 0, 1],
+                vec![-1.0, -2.0, -1.0, -2.0],
+                bucket,
+            ),
+        ),
+        (
+            "every student value -inf",
+            (
+                vec![0.5, 1.0, 2.0, 0.0, ni, ni, ni, ni],
+                vec![0, 1, 0, 1],
+                vec![-1.0, -2.0, -1.0, -2.0],
+                bucket,
+            ),
+        ),
+        (
+            "teacher mass on a masked tail",
+            (
+                vec![0.5, 1.0, 2.0, 0.0, 1.0, 1.0, ni, ni],
+                vec![0, 1, 0, 1],
+                vec![-1.0, -2.0, -1.0, -2.0],
+                bucket,
+            ),
+        ),
     ];
     for (what, (s, ix, l, opts)) in &cases {
         let sp = SparseTeacher::new(&ix[..], &l[..], 2);
@@ -3022,15 +3055,44 @@ fn gpu_resident_sparse_errors() {
             );
         }
     }
-    // refused before anything is recorded: the tail bucket, k > 512
+    // a teacher's sum above 1 + tolerance (the sum itself is f32 from
+    // another order of additions); tail mass with every column indexed
+    let l = [-0.1f32, -0.1, -1.0, -2.0];
+    let ix = [0i32, 1, 0, 1];
+    let sp = SparseTeacher::new(&ix[..], &l[..], 2);
+    let (got, _) = resident_sparse(&res, &good_s, cols, &sp, &bucket, 1.0).expect("resident");
+    assert!(
+        matches!(got, Err(Error::NotNormalized { row: 0, .. })),
+        "{got:?}"
+    );
+    let s2 = [0.5f32, 1.0, 0.0, 2.0];
+    let l = [0.4f32.ln(); 4];
+    let ix = [0i32, 1, 1, 0];
+    let sp = SparseTeacher::new(&ix[..], &l[..], 2);
+    let mut g = vec![0f32; 4];
+    let host = cpu()
+        .distill(
+            &Batch::new(&s2, 2, 2).form(Form::Logits),
+            &Teacher::Sparse(sp),
+            &bucket,
+            &mut g,
+        )
+        .expect_err("uncovered tail");
+    let (got, _) = resident_sparse(&res, &s2, 2, &sp, &bucket, 1.0).expect("resident");
+    assert_eq!(
+        got.expect_err("uncovered tail").to_string(),
+        host.to_string()
+    );
+    // refused: k > 512 (sorted in workgroup memory)
     let s = vec![0f32; 600];
     let ix: Vec<i32> = (0..513).collect();
     let l = vec![-7.0f32; 513];
     let sp = SparseTeacher::new(&ix[..], &l[..], 513);
-    let e = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        resident_sparse(&res, &s, 600, &sp, &fwd, 1.0)
-    }));
-    assert!(matches!(e, Ok(None)), "k > 512 is not run here");
+    let (got, _) = resident_sparse(&res, &s, 600, &sp, &fwd, 1.0).expect("resident");
+    assert!(
+        matches!(&got, Err(Error::Unsupported(m)) if m.contains("512")),
+        "{got:?}"
+    );
 }
 
 /// Half log-probabilities on the GPU-resident path: the bits of the same

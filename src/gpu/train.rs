@@ -38,6 +38,8 @@ pub(crate) mod flag {
     /// The gradient with respect to the teacher follows the student's in
     /// the gradient binding, from word `tg_at`.
     pub(crate) const TGRAD: u32 = 16;
+    /// A sparse teacher's [`Tail::Renormalize`](crate::Tail::Renormalize).
+    pub(crate) const RENORM: u32 = 32;
 }
 
 /// The largest k of a sparse teacher on the GPU-resident path: a row's
@@ -57,6 +59,7 @@ pub(crate) fn wgsl_constants() -> Vec<(&'static str, u32)> {
         ("TF_SIGNED", flag::SIGNED),
         ("TF_IGNORE", flag::IGNORE),
         ("TF_TGRAD", flag::TGRAD),
+        ("TF_RENORM", flag::RENORM),
         ("SPARSE_KMAX", SPARSE_KMAX as u32),
         ("SPARSE_STATS", SPARSE_STATS as u32),
         ("SPARSE_CONSTS", SPARSE_CONSTS as u32),
@@ -93,6 +96,9 @@ pub(crate) struct TrainParams {
     /// `sparse_fused`: the word of the log-probabilities in the teacher's
     /// binding, after the indices.
     pub lp_at: u32,
+    /// `sparse_fused`: the tolerance on a row's Σₖ exp(lₖ) above 1.
+    pub tol: f32,
+    pub pad: [u32; 3],
 }
 
 /// The train kernel's layout and pipeline, built on first use; the sparse
@@ -115,8 +121,7 @@ pub(crate) enum Entry {
     SparseTail,
     /// `sparse_grad`: a sparse teacher's pass 2.
     SparseGrad,
-    /// `sparse_fused`: a sparse teacher with a renormalised tail in one
-    /// dispatch (GPU-resident).
+    /// `sparse_fused`: a sparse teacher in one dispatch (GPU-resident).
     SparseFused,
 }
 

@@ -72,6 +72,7 @@ fn constants() -> String {
         ("ST_TEACHER_INDEX_REPEAT", code::TEACHER_INDEX_REPEAT),
         ("ST_INDEX_ALL_MASKED", code::INDEX_ALL_MASKED),
         ("ST_TEACHER_ALL_MASKED", code::TEACHER_ALL_MASKED),
+        ("ST_INF_TAIL", code::INF_TAIL),
         ("COL_NONE", code::COL_NONE),
         ("DT_F32", Dtype::F32.code()),
         ("DT_F16", Dtype::F16.code()),

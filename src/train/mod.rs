@@ -127,17 +127,18 @@
 //! caller's buffers.
 //!
 //! A sparse teacher on the GPU-resident path
-//! ([`Context::encode_sparse_distill`], [`Tail::Renormalize`], k ≤ 512):
-//! one dispatch, one workgroup per row, which checks the row's indices and
-//! log-probabilities, sorts the (index, position) pairs in workgroup memory
-//! (bitonic), sums the k buckets in f32 (the reverse KL's factors relative
-//! to the student's largest indexed value, as the dense kernel does) and
-//! writes every column's gradient once; each row's record decodes to the
-//! host path's error. The tail bucket is refused there: its mass
-//! 1 − Σ exp(l) needs more digits than f32 arithmetic gives where the
-//! indices hold nearly all the mass (a float-float sum would need
-//! error-free transformations that WGSL compilers may reassociate away;
-//! lavapipe does).
+//! ([`Context::encode_sparse_distill`], k ≤ 512): one dispatch, one
+//! workgroup per row, which checks the row's indices and log-probabilities,
+//! sorts the (index, position) pairs in workgroup memory (bitonic), takes
+//! the tail's log-sum-exp between them, sums the k + 1 buckets in f32 (the
+//! reverse KL's factors relative to the student's largest indexed value, as
+//! the dense kernel does) and writes every column's gradient once; each
+//! row's record decodes to the host path's error. The tail bucket's mass
+//! r = 1 − Σ exp(l) cancels where the indices hold nearly all the mass, so
+//! its exponentials are taken and summed in 64-bit fixed point (2⁻⁵⁶) with
+//! u32 operations: a float-float sum needs error-free transformations that
+//! a WGSL compiler may reassociate away (lavapipe's does), integers no
+//! compiler may reorder.
 //!
 //! **Teacher gradient.** [`Context::distill_with_teacher_grad`] also
 //! writes the gradient with respect to a dense teacher's values t (logits

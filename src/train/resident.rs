@@ -157,19 +157,17 @@ impl<'a> GpuDistill<'a> {
     /// The per-row losses of the records read back, or the error the host
     /// path returns for the same input.
     pub fn decode(&self, records: &[Record]) -> Result<Vec<f32>> {
-        decode_rows(records, self.student.cols)
+        decode_rows(records, self.student.cols, 0.0)
     }
 }
 
 /// Distillation from a sparse (top-k) teacher over the caller's buffers:
-/// what [`Context::encode_sparse_distill`] records, under
-/// [`Tail::Renormalize`] (the tail bucket's mass 1 − Σ exp(l) needs more
-/// digits than f32 arithmetic gives where the indices hold nearly all the
-/// mass: [`Context::distill`] takes [`Tail::Bucket`]). The loss and the
-/// errors are [`Context::distill`]'s with a
-/// [`Teacher::Sparse`](super::Teacher::Sparse); the row's k buckets are
-/// summed on the GPU in f32 (the host path sums them in f64), so results
-/// agree with it within the crate's accuracy bound rather than bit for bit.
+/// what [`Context::encode_sparse_distill`] records. The loss, both tail
+/// policies and the errors are [`Context::distill`]'s with a
+/// [`Teacher::Sparse`](super::Teacher::Sparse); the buckets are summed on
+/// the GPU in f32 (the tail bucket's mass 1 − Σ exp(l) in 64-bit fixed
+/// point) where the host path sums them in f64, so results agree with it
+/// within the crate's accuracy bound rather than bit for bit.
 #[derive(Clone, Copy, Debug)]
 #[non_exhaustive]
 pub struct GpuSparseDistill<'a> {
@@ -182,9 +180,8 @@ pub struct GpuSparseDistill<'a> {
     /// ([`Form::LogProbs`], the temperature already applied; f32, f16 or
     /// bf16; usage `COPY_SRC`, offset a multiple of 4).
     pub logprobs: GpuBatch<'a>,
-    /// Divergence, β, temperature, tail policy (which must be
-    /// [`Tail::Renormalize`]; `mask` must be `None` and the reduction `None`
-    /// or `Sum`: see `grad_scale`).
+    /// Divergence, β, temperature, tail policy, tolerance (`mask` must be
+    /// `None` and the reduction `None` or `Sum`: see `grad_scale`).
     pub options: DistillOptions<'a>,
     /// Rows that count (default: all).
     pub mask: Option<GpuRowMask<'a>>,
@@ -235,7 +232,7 @@ impl<'a> GpuSparseDistill<'a> {
     /// The per-row losses of the records read back, or the error the host
     /// path returns for the same input.
     pub fn decode(&self, records: &[Record]) -> Result<Vec<f32>> {
-        decode_rows(records, self.student.cols)
+        decode_rows(records, self.student.cols, self.options.tolerance)
     }
 }
 
@@ -289,7 +286,7 @@ impl<'a> GpuNllGrad<'a> {
     /// The per-row losses of the records read back, or the error the host
     /// path returns for the same input.
     pub fn decode(&self, records: &[Record]) -> Result<Vec<f32>> {
-        decode_rows(records, self.logits.cols)
+        decode_rows(records, self.logits.cols, 0.0)
     }
 }
 
@@ -298,9 +295,9 @@ pub fn grad_output_bytes(rows: usize) -> u64 {
     rows as u64 * RECORD_SIZE
 }
 
-fn decode_rows(records: &[Record], cols: usize) -> Result<Vec<f32>> {
+fn decode_rows(records: &[Record], cols: usize, tolerance: f32) -> Result<Vec<f32>> {
     let ctx = DecodeCtx {
-        tolerance: 0.0,
+        tolerance,
         classes: cols,
     };
     let mut out = crate::error::try_vec(records.len(), "the per-row losses")?;
@@ -678,12 +675,12 @@ impl Context {
     /// one workgroup per row, which checks and sorts the row's k indices in
     /// workgroup memory. Errors: those of the options
     /// ([`Context::distill`]); [`Error::InvalidOption`] for a k of 0 or above
-    /// the columns; [`Error::Unsupported`] for [`Tail::Bucket`], k above 512, a host-slice
+    /// the columns; [`Error::Unsupported`] for k above 512, a host-slice
     /// mask, a mean, a student that is not logits or log-probabilities that
     /// are not [`Form::LogProbs`]; [`Error::ShapeMismatch`] for
     /// log-probabilities with other rows than the student, [`Error::Length`]
     /// for indices of another count; [`Error::Buffer`]; [`Error::TooLarge`].
-    /// Bad indices and values, rows of −inf and infinite losses are reported per row
+    /// Bad indices and values, rows of −inf, sums and infinite losses are reported per row
     /// in the records (see [`GpuSparseDistill::decode`]), as the host path
     /// reports them.
     pub fn encode_sparse_distill(
@@ -713,15 +710,6 @@ impl Context {
                     s.cols
                 ),
             });
-        }
-        if o.tail != Tail::Renormalize {
-            return Err(Error::Unsupported(
-                "a GPU-resident sparse teacher takes Tail::Renormalize: the tail bucket's mass \
-                 1 - Σ exp(l) needs more digits than the GPU's f32 arithmetic gives where the \
-                 indices hold nearly all the mass; Context::distill takes Tail::Bucket on either \
-                 backend"
-                    .into(),
-            ));
         }
         if top > SPARSE_KMAX {
             return Err(Error::Unsupported(format!(
@@ -764,6 +752,10 @@ impl Context {
             temp * call.grad_scale as f64,
         );
         params.top = top as u32;
+        params.tol = o.tolerance;
+        if o.tail == Tail::Renormalize {
+            params.flags |= flag::RENORM;
+        }
         let side = Side::Sparse(&call.indices, lp, call.mask.as_ref());
         encode(
             gpu,
