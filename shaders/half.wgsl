@@ -34,3 +34,49 @@ fn widen_bf16(h: u32) -> u32 {
 fn widen_half(h: u32, fmt: u32) -> u32 {
     return select(widen_bf16(h), widen_f16(h), fmt == DT_F16);
 }
+
+// The f16 bits (low 16) of the f32 with bits `b`, rounded to nearest even,
+// by integer operations only (the CPU's `half::f16::from_f32`, bit for bit;
+// no reliance on the device's conversions or its subnormals): overflow to
+// infinity, NaNs made quiet.
+fn narrow_f16(b: u32) -> u32 {
+    let sign = (b >> 16u) & 0x8000u;
+    let a = b & 0x7fffffffu;
+    if (a > 0x7f800000u) {
+        return sign | 0x7e00u | ((a >> 13u) & 0x3ffu);
+    }
+    if (a >= 0x38800000u) {
+        // normal (or overflowing): rebias 127 -> 15, round off 13 bits
+        let r = a - 0x38000000u;
+        let h = (r + 0xfffu + ((r >> 13u) & 1u)) >> 13u;
+        return sign | min(h, 0x7c00u);
+    }
+    if (a < 0x33000000u) {
+        return sign; // below half the smallest subnormal: ±0
+    }
+    // subnormal: m·2^(e − 150) in units of 2^-24, rounded
+    let e = a >> 23u;
+    let m = (a & 0x7fffffu) | 0x800000u;
+    let s = 126u - e;
+    let half_ulp = 1u << (s - 1u);
+    let rem = m & ((1u << s) - 1u);
+    var h = m >> s;
+    if (rem > half_ulp || (rem == half_ulp && (h & 1u) != 0u)) {
+        h += 1u;
+    }
+    return sign | h;
+}
+
+// The bf16 bits (low 16) of the f32 with bits `b`, rounded to nearest even
+// (`half::bf16::from_f32`: NaNs made quiet).
+fn narrow_bf16(b: u32) -> u32 {
+    if ((b & 0x7fffffffu) > 0x7f800000u) {
+        return (b >> 16u) | 0x40u;
+    }
+    return (b + 0x7fffu + ((b >> 16u) & 1u)) >> 16u;
+}
+
+// The half bits (low 16) of the f32 with bits `b`, stored as `fmt` says.
+fn narrow_half(b: u32, fmt: u32) -> u32 {
+    return select(narrow_bf16(b), narrow_f16(b), fmt == DT_F16);
+}

@@ -455,3 +455,190 @@ fn half_gradients_are_the_f32_ones_rounded() {
         assert!(matches!(e, Error::Length { .. }), "{e}");
     }
 }
+
+/// GPU-resident half gradients (`GpuGrad::dtype`): the f32 resident
+/// gradient of the same call rounded to nearest even (the host's
+/// `half` rounding), bit for bit, with the same losses: every divergence
+/// with and without a teacher gradient (f32, after the student's in the same
+/// buffer), a sparse teacher (both tails), the NLL; an odd column count, so
+/// that rows share words, and a buffer filled beforehand, whose odd last
+/// half is left as it was.
+#[test]
+fn resident_half_gradients_are_the_f32_ones_rounded() {
+    use kullback::{GpuSparseDistill, Tail};
+    // the adapter's limits: five storage buffers for a teacher gradient of its own
+    let Some((device, queue, _)) = common::gpu_device_with(None, wgpu::Features::empty()) else {
+        return;
+    };
+    let ctx = Context::from_device(device.clone(), queue.clone()).expect("context");
+    let (rows, cols) = (3, 301);
+    let n = rows * cols;
+    let (s, t) = logits(&mut Rng::new(9), rows, cols, false);
+    let input = |v: &[u8]| {
+        device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("input"),
+            contents: v,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+        })
+    };
+    let sb = input(bytemuck::cast_slice(&s));
+    let tb = input(bytemuck::cast_slice(&t));
+    let student = GpuBatch::new(&sb, rows, cols).form(Form::Logits);
+    let teacher = GpuBatch::new(&tb, rows, cols).form(Form::Logits);
+    // the sparse teacher: 5 columns per row (log-probabilities of a softmax)
+    let k = 5;
+    let ix: Vec<i32> = (0..rows)
+        .flat_map(|r| (0..k).map(move |j| ((j * 37 + r * 11) % cols) as i32))
+        .collect();
+    let lp: Vec<f32> = (0..rows * k).map(|i| -1.7 - 0.3 * (i % k) as f32).collect();
+    let ib = input(bytemuck::cast_slice(&ix));
+    let lb = input(bytemuck::cast_slice(&lp));
+    let (obuf, obytes) = common::grad_records(&device, rows);
+    // f32 gradient, then 4 bytes of gap, then the teacher's (f32) after it
+    let g32 = (n * 4) as u64;
+    let gbuf = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("gradients"),
+        size: (2 * n as u64 + 1) * 4,
+        usage: wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_SRC
+            | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let fill = vec![0x5a5a_5a5au32; 2 * n + 1];
+    let own = common::out_buffer(&device, g32);
+    let run = |enc_fn: &dyn Fn(&mut wgpu::CommandEncoder)| -> (Vec<kullback::Record>, Vec<u32>) {
+        queue.write_buffer(&gbuf, 0, bytemuck::cast_slice(&fill));
+        let mut enc = device.create_command_encoder(&Default::default());
+        enc_fn(&mut enc);
+        queue.submit([enc.finish()]);
+        let recs = common::read_records(&device, &queue, &obuf, 0, obytes);
+        let g: Vec<u32> = common::read_buffer(&device, &queue, &gbuf, 0, (2 * n as u64 + 1) * 4);
+        (recs, g)
+    };
+    let round = |d: Dtype, v: u32| -> u16 {
+        let x = f32::from_bits(v);
+        match d {
+            Dtype::F16 => f16::from_f32(x).to_bits(),
+            _ => bf16::from_f32(x).to_bits(),
+        }
+    };
+    // the call's words with gradient `g` (and the teacher's after it, in the
+    // same buffer, when `tg`), and its records
+    type Enc<'a> = Box<dyn Fn(&mut wgpu::CommandEncoder, GpuGrad<'a>, Option<GpuGrad<'a>>) + 'a>;
+    let (ctx, obuf, ib, lb) = (&ctx, &obuf, &ib, &lb);
+    let calls: Vec<(&str, bool, Enc<'_>)> = DIVS
+        .iter()
+        .flat_map(|&div| {
+            let opts = DistillOptions::default()
+                .divergence(div)
+                .beta(0.3)
+                .temperature(2.0);
+            [false, true].map(|with_tg| {
+                let f: Enc<'_> = Box::new(move |enc, g, tg| {
+                    let mut call =
+                        GpuDistill::new(student, teacher, g, GpuOutput::new(obuf)).options(opts);
+                    if let Some(tg) = tg {
+                        call = call.teacher_grad(tg);
+                    }
+                    ctx.encode_distill(enc, &call).expect("encode");
+                });
+                (
+                    if with_tg {
+                        "dense + teacher gradient"
+                    } else {
+                        "dense"
+                    },
+                    with_tg,
+                    f,
+                )
+            })
+        })
+        .chain([Tail::Bucket, Tail::Renormalize].map(|tail| {
+            let f: Enc<'_> = Box::new(move |enc, g, _| {
+                let call = GpuSparseDistill::new(
+                    student,
+                    GpuTargets::i32(ib, rows * k),
+                    GpuBatch::new(lb, rows, k).form(Form::LogProbs),
+                    g,
+                    GpuOutput::new(obuf),
+                )
+                .options(
+                    DistillOptions::default()
+                        .tail(tail)
+                        .divergence(kullback::Divergence::ReverseKl),
+                );
+                ctx.encode_sparse_distill(enc, &call).expect("encode");
+            });
+            ("sparse", false, f)
+        }))
+        .chain(std::iter::once({
+            // each row's first column with a finite logit
+            let targets: Vec<i32> = (0..rows)
+                .map(|r| (0..cols).find(|&c| s[r * cols + c].is_finite()).unwrap() as i32)
+                .collect();
+            let tbuf = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("targets"),
+                contents: bytemuck::cast_slice(&targets),
+                usage: wgpu::BufferUsages::COPY_SRC,
+            });
+            let f: Enc<'_> = Box::new(move |enc, g, _| {
+                let call = GpuNllGrad::new(
+                    student,
+                    GpuTargets::i32(&tbuf, rows),
+                    g,
+                    GpuOutput::new(obuf),
+                );
+                ctx.encode_nll_grad(enc, &call).expect("encode");
+            });
+            ("nll", false, f)
+        }))
+        .collect();
+    for (what, with_tg, enc_fn) in &calls {
+        let tg32 = with_tg.then(|| GpuGrad::new(&gbuf).offset(g32 + 4));
+        let (r32, w32) = run(&|enc| enc_fn(enc, GpuGrad::new(&gbuf), tg32));
+        for d in [Dtype::F16, Dtype::BF16] {
+            // the halves take n / 2 words (rounded up); the teacher's after them
+            let gh = (n as u64 * 2).next_multiple_of(4);
+            let tgh = with_tg.then(|| GpuGrad::new(&gbuf).offset(gh + 4));
+            let (rh, wh) = run(&|enc| enc_fn(enc, GpuGrad::new(&gbuf).dtype(d), tgh));
+            let what = format!("{what} {d:?}");
+            let words = |r: &[kullback::Record]| bytemuck::cast_slice::<_, u32>(r).to_vec();
+            assert_eq!(words(&r32), words(&rh), "{what}: records");
+            assert!(rh.iter().all(|r| r.is_ok()), "{what}: every row runs");
+            for i in 0..n {
+                let half = (wh[i / 2] >> (16 * (i % 2))) as u16;
+                assert_eq!(half, round(d, w32[i]), "{what}: value {i}");
+            }
+            // the odd count's last word: its upper half untouched
+            assert_eq!(
+                wh[n / 2] >> 16,
+                0x5a5a,
+                "{what}: the last word's other half"
+            );
+            if *with_tg {
+                let at = (g32 / 4 + 1) as usize;
+                let ht = (gh / 4 + 1) as usize;
+                assert_eq!(
+                    &w32[at..at + n],
+                    &wh[ht..ht + n],
+                    "{what}: teacher gradient"
+                );
+                // the teacher's gradient in a binding of its own
+                let (ro, wo) =
+                    run(&|enc| enc_fn(enc, GpuGrad::new(&gbuf).dtype(d), Some(GpuGrad::new(&own))));
+                assert_eq!(words(&ro), words(&rh), "{what}, own buffer: records");
+                assert_eq!(
+                    &wo[..n / 2 + 1],
+                    &wh[..n / 2 + 1],
+                    "{what}, own buffer: gradient"
+                );
+                let tg: Vec<u32> = common::read_buffer(&device, &queue, &own, 0, g32);
+                assert_eq!(
+                    &tg[..],
+                    &w32[at..at + n],
+                    "{what}, own buffer: teacher gradient"
+                );
+            }
+        }
+    }
+}

@@ -47,10 +47,9 @@ pub(crate) struct Gpu {
     pool: Arc<Pool>,
     /// The all-pairs pipelines, built on first use.
     pub(crate) pairwise: pairwise::PipelinesCell,
-    /// The loss-and-gradient pipeline, built on first use.
-    pub(crate) train: train::TrainCell,
-    /// The same kernel with the teacher's gradient in a fifth binding.
-    pub(crate) train_separate_tg: train::TrainCell,
+    /// The loss-and-gradient pipelines, built on first use: one per
+    /// [`train::Variant`].
+    pub(crate) train: [train::TrainCell; 4],
 }
 
 impl Gpu {
@@ -122,7 +121,6 @@ impl Gpu {
             pool: Arc::new(Pool::new(pool_bytes)),
             pairwise: Default::default(),
             train: Default::default(),
-            train_separate_tg: Default::default(),
         })
     }
 

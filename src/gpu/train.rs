@@ -98,7 +98,10 @@ pub(crate) struct TrainParams {
     pub lp_at: u32,
     /// `sparse_fused`: the tolerance on a row's Σₖ exp(lₖ) above 1.
     pub tol: f32,
-    pub pad: [u32; 3],
+    /// The gradient's storage ([`crate::widen::Dtype::code`]; the
+    /// half-gradient variants only).
+    pub g_fmt: u32,
+    pub pad: [u32; 2],
 }
 
 /// The train kernel's layout and pipeline, built on first use; the sparse
@@ -138,6 +141,28 @@ impl Entry {
 
 pub(crate) type TrainCell = OnceLock<Arc<TrainPipeline>>;
 
+/// Which build of shaders/train.wgsl a dispatch needs: the teacher's
+/// gradient in a fifth binding (`separate_tg`), the student's gradient as
+/// packed halves (`half_grad`). Index `separate_tg | half_grad << 1` in
+/// [`crate::gpu::wgsl::TRAIN_VARIANTS`] and [`Gpu::train`](crate::gpu::Gpu).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Variant {
+    pub separate_tg: bool,
+    pub half_grad: bool,
+}
+
+impl Variant {
+    pub(crate) fn of(i: usize) -> Variant {
+        Variant {
+            separate_tg: i & 1 != 0,
+            half_grad: i & 2 != 0,
+        }
+    }
+    pub(crate) fn index(self) -> usize {
+        self.separate_tg as usize | (self.half_grad as usize) << 1
+    }
+}
+
 fn entry(binding: u32, ty: wgpu::BufferBindingType) -> wgpu::BindGroupLayoutEntry {
     wgpu::BindGroupLayoutEntry {
         binding,
@@ -152,15 +177,11 @@ fn entry(binding: u32, ty: wgpu::BufferBindingType) -> wgpu::BindGroupLayoutEntr
 }
 
 impl TrainPipeline {
-    /// The kernel with the teacher's gradient after the student's, or in a
-    /// binding of its own (`separate_tg`).
-    fn new(device: &wgpu::Device, separate_tg: bool) -> Result<TrainPipeline> {
+    /// The kernel of variant `v`.
+    fn new(device: &wgpu::Device, v: Variant) -> Result<TrainPipeline> {
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let src = if separate_tg {
-            &crate::gpu::wgsl::TRAIN_SEPARATE_TG
-        } else {
-            &crate::gpu::wgsl::TRAIN
-        };
+        let separate_tg = v.separate_tg;
+        let src = &crate::gpu::wgsl::TRAIN_VARIANTS[v.index()];
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some("kullback.train"),
             source: wgpu::ShaderSource::Wgsl(src.as_str().into()),
@@ -247,16 +268,12 @@ fn entry_pipeline(
     })
 }
 
-fn pipeline(gpu: &Gpu, separate_tg: bool) -> Result<Arc<TrainPipeline>> {
-    let cell = if separate_tg {
-        &gpu.train_separate_tg
-    } else {
-        &gpu.train
-    };
+fn pipeline(gpu: &Gpu, v: Variant) -> Result<Arc<TrainPipeline>> {
+    let cell = &gpu.train[v.index()];
     if let Some(p) = cell.get() {
         return Ok(p.clone());
     }
-    let p = Arc::new(TrainPipeline::new(&gpu.device, separate_tg)?);
+    let p = Arc::new(TrainPipeline::new(&gpu.device, v)?);
     Ok(cell.get_or_init(|| p).clone())
 }
 
@@ -313,7 +330,11 @@ pub(crate) fn record(
     params: &TrainParams,
     e: Entry,
 ) -> Result<()> {
-    let pl = pipeline(gpu, b.tg.is_some())?;
+    let v = Variant {
+        separate_tg: b.tg.is_some(),
+        half_grad: params.g_fmt != crate::widen::Dtype::F32.code(),
+    };
+    let pl = pipeline(gpu, v)?;
     let compute = pl.get(&gpu.device, e)?;
     let usage = wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST;
     let size = std::mem::size_of::<TrainParams>() as u64;

@@ -6,9 +6,14 @@
 //!
 //! ## Layout
 //!
-//! * gradient: `rows × cols` f32, row-major, at byte `grad.offset` (usage
-//!   `STORAGE`, offset a multiple of `min_storage_buffer_offset_alignment`,
-//!   not a buffer the call reads). It is the gradient of the *sum* of the
+//! * gradient: `rows × cols` values, row-major, at byte `grad.offset`
+//!   (usage `STORAGE`, offset a multiple of
+//!   `min_storage_buffer_offset_alignment`, not a buffer the call reads):
+//!   f32, or with [`GpuGrad::dtype`] f16 / bf16 packed two per u32 (an odd
+//!   count's last word is whole: its upper half is not written, and is left
+//!   as it was). Each half is set by integer atomics on its own 16 bits of
+//!   the word, so rows that share a word never collide and any order gives
+//!   the same bits. It is the gradient of the *sum* of the
 //!   row losses times [`GpuDistill::grad_scale`] (or
 //!   [`GpuNllGrad::grad_scale`]): for a mean, pass 1 / (counted rows). Rows
 //!   that are ignored, masked or bad get a zero gradient.
@@ -53,27 +58,44 @@ use crate::gpu::{Gpu, Scratch};
 use crate::measure::{Form, NllOptions, Reduction};
 use crate::record::{self, DecodeCtx, RECORD_SIZE, Record};
 use crate::resident::{GpuBatch, GpuOutput, GpuTargets, check_buffer};
+use crate::widen::Dtype;
 
 use super::options::{DistillOptions, Tail};
 
-/// Where a GPU-resident gradient goes: byte `offset` of `buffer` (see the
-/// [module docs](self) for the layout).
+/// Where a GPU-resident gradient goes: byte `offset` of `buffer`, stored as
+/// `dtype` says (see the [module docs](self) for the layout).
 #[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
 pub struct GpuGrad<'a> {
     /// The buffer (usage `STORAGE`).
     pub buffer: &'a wgpu::Buffer,
     /// Byte offset of row 0's first value.
     pub offset: u64,
+    /// How the student's gradient is stored: f32 (the default), or f16 /
+    /// bf16 packed two per u32 (value 2k in the low half of word k), each
+    /// rounded to nearest even from the f32 value: the bits of the host
+    /// path's half gradients ([`GradMut`](crate::GradMut)). A teacher
+    /// gradient is f32 whatever this says.
+    pub dtype: Dtype,
 }
 
 impl<'a> GpuGrad<'a> {
-    /// The gradient at offset 0 of `buffer`.
+    /// The gradient at offset 0 of `buffer`, f32.
     pub fn new(buffer: &'a wgpu::Buffer) -> Self {
-        GpuGrad { buffer, offset: 0 }
+        GpuGrad {
+            buffer,
+            offset: 0,
+            dtype: Dtype::F32,
+        }
     }
     /// Sets the byte offset.
     pub fn offset(mut self, offset: u64) -> Self {
         self.offset = offset;
+        self
+    }
+    /// Sets how the gradient is stored.
+    pub fn dtype(mut self, dtype: Dtype) -> Self {
+        self.dtype = dtype;
         self
     }
 }
@@ -374,31 +396,41 @@ fn encode(
     let limits = gpu.plan_limits();
     let align = limits.align;
     // the gradient's bytes (f32), and each input's as it is stored
+    // the teacher's gradient (f32), the student's as its dtype says
     let bytes = rows as u64 * cols as u64 * 4;
+    let g_bytes = grad.dtype.stored_bytes(rows as u64 * cols as u64);
+    params.g_fmt = grad.dtype.code();
     let s_bytes = s.dtype.stored_bytes(rows as u64 * cols as u64);
     params.s_fmt = s.dtype.code();
-    if bytes > limits.max_binding {
+    if g_bytes > limits.max_binding {
         return Err(Error::TooLarge {
             what: "bytes of a GPU-resident loss gradient's binding".into(),
-            size: bytes,
+            size: g_bytes,
             limit: limits.max_binding,
         });
     }
     let storage = wgpu::BufferUsages::STORAGE;
     let copy_src = wgpu::BufferUsages::COPY_SRC;
     check_buffer("student", s.buffer, s.offset, s_bytes, storage, align)?;
-    check_buffer("gradient", grad.buffer, grad.offset, bytes, storage, align)?;
+    check_buffer(
+        "gradient",
+        grad.buffer,
+        grad.offset,
+        g_bytes,
+        storage,
+        align,
+    )?;
     // the window of the gradient binding: the student's gradient, and the
     // teacher's after it in the same buffer
     // the window of the gradient binding: the student's gradient, and the
     // teacher's after it in the same buffer, unless the device binds five
     // storage buffers and the teacher's goes elsewhere (a binding of its own)
-    let mut grad_window = bytes;
+    let mut grad_window = g_bytes;
     let mut tg_window = None;
     if let Some(tg) = tgrad {
         params.flags |= flag::TGRAD;
         let after = tg.buffer == grad.buffer
-            && tg.offset >= grad.offset + bytes
+            && tg.offset >= grad.offset + g_bytes
             && tg.offset + bytes - grad.offset <= limits.max_binding;
         if after {
             check_buffer("teacher gradient", tg.buffer, tg.offset, bytes, storage, 4)?;
@@ -419,7 +451,7 @@ fn encode(
                 align,
             )?;
             let overlaps = tg.buffer == grad.buffer
-                && tg.offset < grad.offset + bytes
+                && tg.offset < grad.offset + g_bytes
                 && grad.offset < tg.offset + bytes;
             if overlaps {
                 return Err(Error::Buffer {
