@@ -31,8 +31,9 @@ Any array-like. A C-contiguous float32 array is read where it lies, without a
 copy; a C-contiguous float64 array too, each value converted to float32 where
 it is read, with a check: a value that would change silently (a non-zero
 probability that underflows to 0, a finite value that overflows) is a
-``ValueError`` naming its row and column. float16 and bfloat16 (``ml_dtypes``)
-are widened to float32 (exact; the library has no half-precision kernels yet);
+``ValueError`` naming its row and column. C-contiguous float16 and bfloat16
+(``ml_dtypes``) arrays are read where they lie too, by the library's half
+kernels (half the bytes; the results of the same values widened to float32);
 non-contiguous arrays, integers and lists are converted once (the table is in
 ``kullback._inputs``). Results are float32 values (Python floats for a single
 value) within abs 2e-6 + rel 2e-5 of float64 computed from the same float32
@@ -96,9 +97,9 @@ from . import _kullback as _native
 Result = Union[float, NDArray[_np.float32]]
 
 #: What a training call returns: the loss (as ``Result``), then the gradient(s),
-#: new float32 arrays of the logits' shape.
-Grads = Union[Tuple[Result, NDArray[_np.float32]],
-              Tuple[Result, NDArray[_np.float32], NDArray[_np.float32]]]
+#: new arrays of the logits' shape (float32, or the call's ``grad_dtype``).
+Grads = Union[Tuple[Result, NDArray[Any]],
+              Tuple[Result, NDArray[Any], NDArray[Any]]]
 
 __version__ = _native.__version__
 
@@ -176,7 +177,7 @@ class Context:
         def total_variation(self, p: ArrayLike, q: ArrayLike, **options: Any) -> "Result": ...
         def nll(self, q: ArrayLike, targets: ArrayLike, **options: Any) -> "Result": ...
         def nll_grad(self, logits: ArrayLike, targets: ArrayLike,
-                     **options: Any) -> Tuple["Result", NDArray[_np.float32]]: ...
+                     **options: Any) -> Tuple["Result", NDArray[Any]]: ...
         def distill(self, student: ArrayLike, teacher: Optional[ArrayLike] = None,
                     **options: Any) -> "Grads": ...
 
@@ -452,13 +453,19 @@ nll.__doc__ = """Negative log-likelihood -ln q[t] of class targets: one per row 
        _PARAMS["backend"], _PARAMS["context"], _RETURNS)
 
 
+_GRAD_DTYPE = """grad_dtype : {'float32', 'float16', 'bfloat16'}, default 'float32'
+        The gradients' dtype: float16 and bfloat16 (``ml_dtypes``, needed for
+        it) are the float32 gradient rounded to nearest even, written by the
+        library as halves (no float32 copy)."""
+
+
 def nll_grad(logits: ArrayLike, targets: ArrayLike, *, reduction: str = "none",
              base: Optional[float] = None, ignore_index: Optional[int] = None,
              weight: Optional[ArrayLike] = None, label_smoothing: float = 0.0,
-             backend: str = "auto",
-             context: Optional["Context"] = None) -> Tuple[Result, NDArray[_np.float32]]:
+             grad_dtype: str = "float32", backend: str = "auto",
+             context: Optional["Context"] = None) -> Tuple[Result, NDArray[Any]]:
     out, grad = _context(backend, context).nll_grad(
-        logits, targets, reduction, base, ignore_index, weight, label_smoothing)
+        logits, targets, reduction, base, ignore_index, weight, label_smoothing, grad_dtype)
     return out.result(), grad
 
 
@@ -484,19 +491,21 @@ nll_grad.__doc__ = """Cross-entropy of class targets from logits, and its gradie
         The target distribution is p_c = (1 - e) w_t [c = t] + e w_c / classes.
     %s
     %s
+    %s
 
     Returns
     -------
     (loss, grad)
         ``loss`` as ``nll`` gives it (a float for a reduction or one target,
-        else float32 per row); ``grad`` a new float32 array of the logits'
-        shape: (sum_c p_c) softmax(z) - p per row, of the per-row losses' sum
-        ('none', 'sum') or of the mean; divided by ln(base).
+        else float32 per row); ``grad`` a new array of the logits' shape
+        (``grad_dtype``): (sum_c p_c) softmax(z) - p per row, of the per-row
+        losses' sum ('none', 'sum') or of the mean; divided by ln(base).
 
     >>> loss, grad = kullback.nll_grad([[2.0, 0.5, -1.0]], [0], reduction="mean")
     >>> round(loss, 4), grad.shape
     (0.2413, (1, 3))
-""" % (_PARAMS["reduction"], _PARAMS["base"], _PARAMS["backend"], _PARAMS["context"])
+""" % (_PARAMS["reduction"], _PARAMS["base"], _GRAD_DTYPE, _PARAMS["backend"],
+       _PARAMS["context"])
 
 
 def distill(student: ArrayLike, teacher: Optional[ArrayLike] = None, *,
@@ -504,11 +513,11 @@ def distill(student: ArrayLike, teacher: Optional[ArrayLike] = None, *,
             teacher_logprobs: Optional[ArrayLike] = None, divergence: str = "forward-kl",
             beta: float = 0.5, temperature: float = 1.0, tail: str = "bucket",
             tolerance: float = DEFAULT_TOLERANCE, mask: Optional[ArrayLike] = None,
-            reduction: str = "none", teacher_grad: bool = False, backend: str = "auto",
-            context: Optional["Context"] = None) -> Grads:
+            reduction: str = "none", teacher_grad: bool = False, grad_dtype: str = "float32",
+            backend: str = "auto", context: Optional["Context"] = None) -> Grads:
     out, grad, tgrad = _context(backend, context).distill(
         student, teacher, teacher_form, teacher_indices, teacher_logprobs, divergence, beta,
-        temperature, tail, tolerance, mask, reduction, bool(teacher_grad))
+        temperature, tail, tolerance, mask, reduction, bool(teacher_grad), grad_dtype)
     if teacher_grad:
         return out.result(), grad, tgrad
     return out.result(), grad
@@ -565,20 +574,21 @@ distill.__doc__ = """Distillation loss of student logits against a teacher, and 
         none (ValueError).
     %s
     %s
+    %s
 
     Returns
     -------
     (loss, grad) or, with ``teacher_grad``, (loss, grad, teacher_grad)
         ``loss``: a float for a reduction or a 1-D student, else float32 per
-        row; the gradients are new float32 arrays of the student's shape, of
-        the per-row losses' sum ('none', 'sum') or of the mean over the rows
-        that count.
+        row; the gradients are new arrays of the student's shape
+        (``grad_dtype``), of the per-row losses' sum ('none', 'sum') or of
+        the mean over the rows that count.
 
     >>> loss, grad = kullback.distill([1.0, 0.0, -1.0], [0.0, 1.0, 0.5],
     ...                               divergence="jsd", temperature=2.0)
     >>> round(loss, 4), grad.shape
     (0.1414, (3,))
-""" % (_PARAMS["reduction"], _PARAMS["backend"], _PARAMS["context"])
+""" % (_PARAMS["reduction"], _GRAD_DTYPE, _PARAMS["backend"], _PARAMS["context"])
 
 
 def _method(fn):

@@ -11,8 +11,9 @@ input                                  converted to
 =====================================  ==========================================
 float32/float64, not C-contiguous      a C-contiguous, aligned copy of the same
 or not aligned                         dtype
-float16, bfloat16 (ml_dtypes)          float32: exact (every such value is one)
-byte-swapped float32                   native float32 (exact)
+float16, bfloat16 (ml_dtypes), not     a C-contiguous, aligned copy of the same
+C-contiguous or not aligned            dtype (read by the library's half kernels)
+byte-swapped float32 (float16)         native float32 (float16; exact)
 longdouble                             float64 (rounded), then as float64
 integers, bools                        float64 (exact below 2**53), then as
                                        float64
@@ -20,8 +21,8 @@ lists, tuples, other sequences         ``numpy.asarray`` first, then as above
 anything else (complex, object, ...)   ``TypeError``
 =====================================  ==========================================
 
-The library itself has no half-precision kernels yet: float16 and bfloat16 are
-widened here, which costs a float32 copy of the input.
+C-contiguous float16 and bfloat16 arrays never come here either: the native
+module reads them where they lie, as halves.
 
 Targets (and a sparse teacher's indices): int32, int64 and uint32 arrays are
 read as they are; other integer arrays are converted to int64; a Python int is
@@ -42,11 +43,11 @@ def floats(obj, arg):
     a = np.asarray(obj)
     dt = a.dtype
     if dt.kind == "f":
-        target = np.float32 if dt.itemsize <= 4 else np.float64
+        target = {2: np.float16, 4: np.float32}.get(dt.itemsize, np.float64)
     elif dt.kind in "iub":
         target = np.float64
     elif dt.name in _NARROW_FLOATS:
-        target = np.float32
+        target = dt
     else:
         raise TypeError(
             "%s: cannot read dtype %s as distributions (use a float or integer array)" % (arg, dt)

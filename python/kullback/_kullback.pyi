@@ -88,9 +88,11 @@ class Context:
         ignore_index: Optional[int],
         weight: Optional[ArrayLike],
         label_smoothing: float,
-    ) -> Tuple[Output, npt.NDArray[np.float32]]:
+        grad_dtype: str,
+    ) -> Tuple[Output, npt.NDArray[Any]]:
         """The NLL of class targets under logits and its gradient with respect to
-        the logits (a new float32 array of their shape); errors name the keyword."""
+        the logits (a new array of their shape, of dtype ``grad_dtype``: 'float32',
+        'float16' or 'bfloat16'); errors name the keyword."""
     def distill(
         self,
         student: ArrayLike,
@@ -106,10 +108,12 @@ class Context:
         mask: Optional[ArrayLike],
         reduction: str,
         teacher_grad: bool,
-    ) -> Tuple[Output, npt.NDArray[np.float32], Optional[npt.NDArray[np.float32]]]:
+        grad_dtype: str,
+    ) -> Tuple[Output, npt.NDArray[Any], Optional[npt.NDArray[Any]]]:
         """A distillation loss, its gradient with respect to the student's logits
         and, with ``teacher_grad``, the dense teacher's (None otherwise): new
-        float32 arrays of the student's shape; errors name the keyword."""
+        arrays of the student's shape and dtype ``grad_dtype``; errors name the
+        keyword."""
 
 def _address(obj: ArrayLike) -> int:
     """The address of the first value the binding hands to the library for ``obj``."""

@@ -4,9 +4,10 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
+use kullback::half::{bf16, f16};
 use kullback::{
-    Arg, Batch, ContextOptions, DistillOptions, Form, Measure, NllOptions, Output, Reduction,
-    SparseTeacher, Teacher, Values,
+    Arg, Batch, ContextOptions, DistillOptions, Form, GradMut, Measure, NllOptions, Output,
+    Reduction, SparseTeacher, Teacher, Values,
 };
 use numpy::ndarray::IxDyn;
 use numpy::{PyArray1, PyArrayDyn, PyArrayMethods};
@@ -72,18 +73,76 @@ where
     }
 }
 
-/// A new float32 array of `like`'s shape (1-D or 2-D), zeroed, for a gradient.
-fn gradient<'py>(py: Python<'py>, like: &Floats<'_>) -> Bound<'py, PyArrayDyn<f32>> {
-    let shape: &[usize] = if like.ndim == 1 {
-        &[like.cols]
-    } else {
-        &[like.rows, like.cols]
-    };
-    PyArrayDyn::zeros(py, IxDyn(shape), false)
+/// A gradient array: float32, float16 or ml_dtypes' bfloat16.
+enum GradArray<'py> {
+    F32(Bound<'py, PyArrayDyn<f32>>),
+    F16(Bound<'py, PyArrayDyn<f16>>),
+    BF16(Bound<'py, PyArrayDyn<bf16>>),
+}
+
+impl<'py> GradArray<'py> {
+    /// A new zeroed array of `like`'s shape (1-D or 2-D) and dtype `dtype`
+    /// ('float32', 'float16', 'bfloat16').
+    fn new(py: Python<'py>, like: &Floats<'_>, dtype: &str) -> PyResult<GradArray<'py>> {
+        let shape: &[usize] = if like.ndim == 1 {
+            &[like.cols]
+        } else {
+            &[like.rows, like.cols]
+        };
+        Ok(match dtype {
+            "float32" => GradArray::F32(PyArrayDyn::zeros(py, IxDyn(shape), false)),
+            "float16" => GradArray::F16(PyArrayDyn::zeros(py, IxDyn(shape), false)),
+            "bfloat16" => {
+                // the dtype is ml_dtypes' (registered on import)
+                py.import("ml_dtypes").map_err(|_| {
+                    PyValueError::new_err("grad_dtype='bfloat16' needs the ml_dtypes package")
+                })?;
+                GradArray::BF16(PyArrayDyn::zeros(py, IxDyn(shape), false))
+            }
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "grad_dtype must be 'float32', 'float16' or 'bfloat16', got {other:?}"
+                )));
+            }
+        })
+    }
+
+    fn unbind(self) -> Py<PyAny> {
+        match self {
+            GradArray::F32(a) => a.into_any().unbind(),
+            GradArray::F16(a) => a.into_any().unbind(),
+            GradArray::BF16(a) => a.into_any().unbind(),
+        }
+    }
+}
+
+/// A gradient array borrowed for writing.
+enum GradWrite<'py> {
+    F32(numpy::PyReadwriteArrayDyn<'py, f32>),
+    F16(numpy::PyReadwriteArrayDyn<'py, f16>),
+    BF16(numpy::PyReadwriteArrayDyn<'py, bf16>),
+}
+
+impl<'py> GradWrite<'py> {
+    fn of(a: &GradArray<'py>) -> GradWrite<'py> {
+        match a {
+            GradArray::F32(a) => GradWrite::F32(a.readwrite()),
+            GradArray::F16(a) => GradWrite::F16(a.readwrite()),
+            GradArray::BF16(a) => GradWrite::BF16(a.readwrite()),
+        }
+    }
+    /// The crate's gradient over the array's values (a new array: C order).
+    fn grad(&mut self) -> PyResult<GradMut<'_>> {
+        Ok(match self {
+            GradWrite::F32(a) => GradMut::F32(a.as_slice_mut()?),
+            GradWrite::F16(a) => GradMut::F16(a.as_slice_mut()?),
+            GradWrite::BF16(a) => GradMut::BF16(a.as_slice_mut()?),
+        })
+    }
 }
 
 /// A gradient (loss, gradient) or (loss, gradient, teacher's gradient).
-type Grads = (PyOutput, Py<PyArrayDyn<f32>>, Option<Py<PyArrayDyn<f32>>>);
+type Grads = (PyOutput, Py<PyAny>, Option<Py<PyAny>>);
 
 /// A device (or the CPU) to run calls on; `Send + Sync`, so one context can
 /// serve several Python threads at once.
@@ -235,7 +294,7 @@ impl PyContext {
 
     /// The NLL of class targets under logits, and its gradient with respect
     /// to the logits (a new float32 array of the logits' shape).
-    #[pyo3(signature = (logits, targets, reduction, base, ignore_index, weight, label_smoothing))]
+    #[pyo3(signature = (logits, targets, reduction, base, ignore_index, weight, label_smoothing, grad_dtype))]
     #[allow(
         clippy::too_many_arguments,
         reason = "the keyword arguments of the Python call"
@@ -250,7 +309,8 @@ impl PyContext {
         ignore_index: Option<i64>,
         weight: Option<&Bound<'_, PyAny>>,
         label_smoothing: f64,
-    ) -> PyResult<(PyOutput, Py<PyArrayDyn<f32>>)> {
+        grad_dtype: &str,
+    ) -> PyResult<(PyOutput, Py<PyAny>)> {
         let reduction = options::reduction(reduction)?;
         let mut opts = NllOptions::default()
             .reduction(reduction)
@@ -268,10 +328,10 @@ impl PyContext {
         let scalar = reduction != Reduction::None || t.scalar;
         let zb = z.batch(Form::Logits)?;
         let tb = t.targets()?;
-        let grad = gradient(py, &z);
+        let grad = GradArray::new(py, &z, grad_dtype)?;
         let out = {
-            let mut g = grad.readwrite();
-            let g = g.as_slice_mut()?;
+            let mut gw = GradWrite::of(&grad);
+            let g = gw.grad()?;
             let ctx = &self.ctx;
             let names = Names {
                 p: "p",
@@ -286,7 +346,7 @@ impl PyContext {
     /// teacher, its gradient with respect to the student's logits and, with
     /// `teacher_grad`, with respect to a dense teacher's values (new float32
     /// arrays of the student's shape).
-    #[pyo3(signature = (student, teacher, teacher_form, teacher_indices, teacher_logprobs, divergence, beta, temperature, tail, tolerance, mask, reduction, teacher_grad))]
+    #[pyo3(signature = (student, teacher, teacher_form, teacher_indices, teacher_logprobs, divergence, beta, temperature, tail, tolerance, mask, reduction, teacher_grad, grad_dtype))]
     #[allow(
         clippy::too_many_arguments,
         reason = "the keyword arguments of the Python call"
@@ -307,6 +367,7 @@ impl PyContext {
         mask: Option<&Bound<'_, PyAny>>,
         reduction: &Bound<'_, PyAny>,
         teacher_grad: bool,
+        grad_dtype: &str,
     ) -> PyResult<Grads> {
         let reduction = options::reduction(reduction)?;
         let mut opts = DistillOptions::default()
@@ -360,10 +421,18 @@ impl PyContext {
                         })?;
                         &converted
                     }
-                    // the binding hands the crate float32 or float64 only
+                    // k values per row: widened here (exactly)
+                    Values::F16(v) => {
+                        converted = v.iter().map(|x| x.to_f32()).collect();
+                        &converted
+                    }
+                    Values::BF16(v) => {
+                        converted = v.iter().map(|x| x.to_f32()).collect();
+                        &converted
+                    }
                     _ => {
                         return Err(PyValueError::new_err(
-                            "teacher_logprobs must be float32 or float64",
+                            "teacher_logprobs must be float16, bfloat16, float32 or float64",
                         ));
                     }
                 };
@@ -389,17 +458,19 @@ impl PyContext {
         };
         let scalar = reduction != Reduction::None || s.ndim == 1;
         let sb: Batch<'_> = s.batch(Form::Logits)?;
-        let grad = gradient(py, &s);
-        let tgrad = teacher_grad.then(|| gradient(py, &s));
+        let grad = GradArray::new(py, &s, grad_dtype)?;
+        let tgrad = teacher_grad
+            .then(|| GradArray::new(py, &s, grad_dtype))
+            .transpose()?;
         let names = Names {
             p: p_name,
             q: "student",
         };
         let out = {
-            let mut g = grad.readwrite();
-            let g = g.as_slice_mut()?;
-            let mut tg = tgrad.as_ref().map(|a| a.readwrite());
-            let tg = tg.as_mut().map(|a| a.as_slice_mut()).transpose()?;
+            let mut gw = GradWrite::of(&grad);
+            let g = gw.grad()?;
+            let mut tw = tgrad.as_ref().map(GradWrite::of);
+            let tg = tw.as_mut().map(|a| a.grad()).transpose()?;
             let ctx = &self.ctx;
             let teacher = &teacher;
             run_named(py, names, || match tg {
@@ -410,7 +481,7 @@ impl PyContext {
         Ok((
             PyOutput::new(py, out, scalar),
             grad.unbind(),
-            tgrad.map(Bound::unbind),
+            tgrad.map(GradArray::unbind),
         ))
     }
 

@@ -2,12 +2,15 @@
 //!
 //! A C-contiguous NumPy array of float32 (float64) is borrowed as it is and
 //! handed to the crate as `Values::F32` (`Values::F64`, whose values the crate
-//! checks and converts where it reads them). Anything else goes once through
+//! checks and converts where it reads them); float16 and ml_dtypes' bfloat16
+//! likewise, as `Values::F16` / `Values::BF16`, which the crate's kernels
+//! read as half (half the bytes). Anything else goes once through
 //! `kullback._inputs` (the conversion table lives there), and the converted
 //! array is borrowed the same way. Targets: int32, int64 and uint32 arrays are
 //! borrowed; class weights are small and taken as f32 (f64 through the crate's
 //! checked conversion).
 
+use kullback::half::{bf16, f16};
 use kullback::{Arg, Batch, Form, Targets, Values};
 use numpy::{
     PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArray, PyUntypedArrayMethods,
@@ -38,6 +41,8 @@ fn dims(a: &Bound<'_, PyUntypedArray>, arg: &str) -> PyResult<(usize, usize, usi
 enum FloatArray<'py> {
     F32(PyReadonlyArrayDyn<'py, f32>),
     F64(PyReadonlyArrayDyn<'py, f64>),
+    F16(PyReadonlyArrayDyn<'py, f16>),
+    BF16(PyReadonlyArrayDyn<'py, bf16>),
 }
 
 /// A borrowed float array of one or two dimensions (1-D: one row).
@@ -66,7 +71,26 @@ fn borrow_floats<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Option<FloatArray<'py
     {
         return Ok(Some(FloatArray::F64(a.try_readonly()?)));
     }
+    if let Ok(a) = obj.cast::<PyArrayDyn<f16>>()
+        && readable(a.as_untyped())
+    {
+        return Ok(Some(FloatArray::F16(a.try_readonly()?)));
+    }
+    // bfloat16 only where the array already holds it: looking its dtype up
+    // needs the package that registers it (ml_dtypes)
+    if let Ok(u) = obj.cast::<PyUntypedArray>()
+        && is_bfloat16(u)?
+        && let Ok(a) = obj.cast::<PyArrayDyn<bf16>>()
+        && readable(a.as_untyped())
+    {
+        return Ok(Some(FloatArray::BF16(a.try_readonly()?)));
+    }
     Ok(None)
+}
+
+/// Whether `a`'s dtype is ml_dtypes' bfloat16.
+fn is_bfloat16(a: &Bound<'_, PyUntypedArray>) -> PyResult<bool> {
+    Ok(a.dtype().getattr("name")?.extract::<String>()? == "bfloat16")
 }
 
 impl<'py> Floats<'py> {
@@ -84,6 +108,8 @@ impl<'py> Floats<'py> {
         let untyped: &Bound<'py, PyUntypedArray> = match &array {
             FloatArray::F32(a) => a.as_untyped(),
             FloatArray::F64(a) => a.as_untyped(),
+            FloatArray::F16(a) => a.as_untyped(),
+            FloatArray::BF16(a) => a.as_untyped(),
         };
         let (ndim, rows, cols) = dims(untyped, arg)?;
         Ok(Floats {
@@ -101,6 +127,8 @@ impl<'py> Floats<'py> {
         Ok(match &self.array {
             FloatArray::F32(a) => Values::F32(a.as_slice().map_err(e)?),
             FloatArray::F64(a) => Values::F64(a.as_slice().map_err(e)?),
+            FloatArray::F16(a) => Values::F16(a.as_slice().map_err(e)?),
+            FloatArray::BF16(a) => Values::BF16(a.as_slice().map_err(e)?),
         })
     }
 
@@ -115,6 +143,8 @@ impl<'py> Floats<'py> {
         match &self.array {
             FloatArray::F32(a) => a.data() as usize,
             FloatArray::F64(a) => a.data() as usize,
+            FloatArray::F16(a) => a.data() as usize,
+            FloatArray::BF16(a) => a.data() as usize,
         }
     }
 }
@@ -202,8 +232,11 @@ pub(crate) fn weights(obj: &Bound<'_, PyAny>) -> PyResult<Vec<f32>> {
         Values::F32(v) => Ok(v.to_vec()),
         Values::F64(v) => kullback::f32_from_f64(v, Arg::Weights)
             .map_err(|e| crate::errors::to_py(e, Default::default())),
-        // the binding hands the crate float32 or float64 only
-        _ => Err(PyValueError::new_err("weight must be float32 or float64")),
+        Values::F16(v) => Ok(v.iter().map(|x| x.to_f32()).collect()),
+        Values::BF16(v) => Ok(v.iter().map(|x| x.to_f32()).collect()),
+        _ => Err(PyValueError::new_err(
+            "weight must be float16, bfloat16, float32 or float64",
+        )),
     }
 }
 

@@ -138,3 +138,16 @@ def test_result_shapes_and_types():
     assert kullback.entropy(p, base=np.e).tolist() == kullback.entropy(p).tolist()
     assert kullback.entropy(p, normalize=True).shape == (4,)
     assert kullback.DEFAULT_TOLERANCE == 1e-3
+
+
+def test_half_arrays_are_read_where_they_lie():
+    p16 = rows(4, 8).astype(np.float16)
+    assert _kullback._address(p16) == p16.ctypes.data
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    pb = rows(4, 8).astype(ml_dtypes.bfloat16)
+    assert _kullback._address(pb) == pb.ctypes.data
+    # not C-contiguous: one copy, of the same dtype (still read as halves)
+    pf = np.asfortranarray(rows(4, 8).astype(np.float16))
+    assert np.array_equal(bits(kullback.entropy(pf, normalize="renormalize", backend="cpu")),
+                          bits(kullback.entropy(np.ascontiguousarray(pf), normalize="renormalize",
+                                                backend="cpu")))

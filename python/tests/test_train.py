@@ -401,14 +401,14 @@ def test_where_it_ran(backend):
     ctx = kullback.Context(backend)._native
     s, t = logits(3, 6), logits(3, 6)
     out, g, tg = ctx.distill(s, t, "logits", None, None, "jsd", 0.3, 2.0, "bucket", 1e-3, None,
-                             "mean", True)
+                             "mean", True, "float32")
     assert out.backend == backend and out.counted == 3 and out.scalar
     assert g.shape == tg.shape == (3, 6) and g is not tg
-    out, g = ctx.nll_grad(s, [0, 1, 2], "mean", None, None, None, 0.0)
+    out, g = ctx.nll_grad(s, [0, 1, 2], "mean", None, None, None, 0.0, "float32")
     assert out.backend == backend and out.perplexity is not None
     idx, lt = top_k(t, 2, 1.0)
     out, g, tg = ctx.distill(s, None, "logits", idx, lt, "forward-kl", 0.5, 1.0, "bucket", 1e-3,
-                             None, "none", False)
+                             None, "none", False, "float32")
     assert out.backend == backend and tg is None and not out.scalar
 
 
@@ -456,3 +456,47 @@ def test_the_gil_is_released_during_distill():
         counter.join()
     inner = [x for x in ticks if t0 + 0.1 * (t1 - t0) < x < t1 - 0.1 * (t1 - t0)]
     assert len(inner) > 100, (len(inner), t1 - t0)
+
+
+@pytest.mark.parametrize("grad_dtype", ["float16", "bfloat16"])
+def test_half_gradients_are_the_float32_ones_rounded(backend, grad_dtype):
+    if grad_dtype == "bfloat16":
+        dt = pytest.importorskip("ml_dtypes").bfloat16
+    else:
+        dt = np.float16
+    bits = lambda a: np.asarray(a).view(np.uint16)  # noqa: E731
+    z = logits()
+    y = rng.integers(0, COLS, ROWS)
+    out32, g32 = kullback.nll_grad(z, y, reduction="mean", label_smoothing=0.1, backend=backend)
+    out, g = kullback.nll_grad(z, y, reduction="mean", label_smoothing=0.1,
+                               grad_dtype=grad_dtype, backend=backend)
+    assert g.dtype == np.dtype(dt) and g.shape == z.shape
+    assert out == out32
+    assert np.array_equal(bits(g), bits(g32.astype(dt)))
+    t = logits()
+    for div in ["forward-kl", "reverse-kl", "jsd"]:
+        loss32, gs32, gt32 = kullback.distill(z, t, divergence=div, temperature=2.0,
+                                              teacher_grad=True, backend=backend)
+        loss, gs, gt = kullback.distill(z, t, divergence=div, temperature=2.0, teacher_grad=True,
+                                        grad_dtype=grad_dtype, backend=backend)
+        assert np.array_equal(loss, loss32)
+        assert np.array_equal(bits(gs), bits(gs32.astype(dt)))
+        assert np.array_equal(bits(gt), bits(gt32.astype(dt)))
+    # a sparse teacher whose log-probabilities are halves too
+    lp = log_softmax(t)
+    idx = np.argsort(-lp, axis=1)[:, :5].astype(np.int32)
+    l16 = np.take_along_axis(lp, idx, 1).astype(dt)
+    loss32, g32 = kullback.distill(z, teacher_indices=idx, teacher_logprobs=l16.astype(np.float32),
+                                   backend=backend)
+    loss, g = kullback.distill(z, teacher_indices=idx, teacher_logprobs=l16,
+                               grad_dtype=grad_dtype, backend=backend)
+    assert np.array_equal(loss, loss32)
+    assert np.array_equal(bits(g), bits(g32.astype(dt)))
+
+
+def test_grad_dtype_errors():
+    z = logits()
+    with pytest.raises(ValueError, match="grad_dtype"):
+        kullback.nll_grad(z, np.zeros(ROWS, np.int64), grad_dtype="float64", backend="cpu")
+    with pytest.raises(ValueError, match="grad_dtype"):
+        kullback.distill(z, z, grad_dtype="half", backend="cpu")
