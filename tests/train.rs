@@ -2854,7 +2854,7 @@ fn gpu_resident_sparse_errors() {
     let fwd = renorm(Divergence::ForwardKl);
     let bucket = fwd.tail(Tail::Bucket);
     let rev = renorm(Divergence::ReverseKl);
-    // (student, i32 indices, log-probabilities, options, mask)
+    // (student, i32 indices, log-probabilities, options)
     type Case<'a> = (Vec<f32>, Vec<i32>, Vec<f32>, DistillOptions<'a>);
     let cases: Vec<(&str, Case<'_>)> = vec![
         (

@@ -250,3 +250,167 @@ for _fn in (entropy, cross_entropy, kl, js, hellinger, total_variation, nll):
         "    float32 for sum and mean. The options are those of the in-memory call:\n"
         % _fn.__name__) + getattr(_k, _fn.__name__).__doc__
 del _fn
+
+
+# ---------------------------------------------------------------------------
+# Training: loss and gradient, block by block (one task per block of rows
+# computes both).
+
+def _train_block(offset, *arrays, call, reduction, options):
+    """One block of rows, on a worker: its per-row losses (or [sum, counted])
+    and gradient(s) of the block's sum of losses."""
+    ctx = _k._default(options["backend"])
+    out, *grads = call(ctx, arrays, "none" if reduction == "none" else "sum", options, offset)
+    if reduction == "none":
+        loss = np.asarray(out.values, np.float32).reshape(-1)
+    else:
+        loss = np.array([float(out.values[0]), out.counted])
+    return (loss,) + tuple(grads)
+
+
+def _row_blocks(x, chunks):
+    """The Delayed blocks of ``x`` (2-D: columns in one chunk; 1-D) in row chunks ``chunks``."""
+    if x.ndim == 2:
+        return list(x.rechunk({0: chunks, 1: -1}).to_delayed()[:, 0])
+    return list(x.rechunk((chunks,)).to_delayed())
+
+
+def _train_graph(call, reduction, options, student, others, n_grads, one, grad_dtype):
+    """(loss, gradient(s)) of ``call`` over the row blocks of the 2-D
+    ``student`` and ``others`` (2-D or 1-D arrays of its rows, or None);
+    ``one``: (a 0-d loss under 'none', 1-D gradients)."""
+    import dask
+    rows, cols = student.shape
+    chunks = student.chunks[0]
+    parts = [_row_blocks(x, chunks) if x is not None else [None] * len(chunks)
+             for x in [student] + others]
+    mean = reduction == "mean"
+    # a mean's gradient is the sum's scaled by 1 / counted: blocks give float32
+    # gradients, rounded to grad_dtype once, after the scale
+    block_opts = dict(options, grad_dtype="float32" if mean else grad_dtype)
+    gdt = np.float32 if mean else _grad_np_dtype(grad_dtype)
+    losses, grads, offset = [], [[] for _ in range(n_grads)], 0
+    for i, n in enumerate(chunks):
+        if n == 0:
+            offset += n
+            continue
+        d = dask.delayed(_train_block, nout=1 + n_grads, pure=True)(
+            offset, *[p[i] for p in parts], call=call, reduction=reduction, options=block_opts)
+        if reduction == "none":
+            losses.append(da.from_delayed(d[0], (n,), np.float32))
+        else:
+            losses.append(da.from_delayed(d[0], (2,), np.float64).reshape(1, 2))
+        for k in range(n_grads):
+            grads[k].append(da.from_delayed(d[1 + k], (n, cols), gdt))
+        offset += n
+    grads = [da.concatenate(g, axis=0) for g in grads]
+    if reduction == "none":
+        loss = da.concatenate(losses)
+        loss = loss.reshape(()) if one[0] else loss
+    else:
+        total = da.concatenate(losses, axis=0).sum(axis=0, dtype=np.float64)
+        loss = total.map_blocks(_finish, reduction, drop_axis=0, dtype=np.float32,
+                                meta=np.empty((), np.float32))
+        if mean:
+            scale = total.map_blocks(_inverse_count, drop_axis=0, dtype=np.float64,
+                                     meta=np.empty((), np.float64))
+            target = _grad_np_dtype(grad_dtype)
+            grads = [(g * scale).astype(np.float32).astype(target) for g in grads]
+    if one[1]:
+        grads = [g.reshape(-1) for g in grads]
+    return (loss,) + tuple(grads)
+
+
+def _inverse_count(total):
+    n = float(total[1])
+    return np.asarray(0.0 if n == 0.0 else 1.0 / n)
+
+
+def _grad_np_dtype(grad_dtype):
+    if grad_dtype == "bfloat16":
+        import ml_dtypes
+        return ml_dtypes.bfloat16
+    return np.dtype(grad_dtype)
+
+
+def nll_grad(logits, targets, *, reduction="none", base=None, ignore_index=None, weight=None,
+             label_smoothing=0.0, grad_dtype="float32", backend="auto"):
+    w = None if weight is None else np.ascontiguousarray(
+        weight.compute() if isinstance(weight, da.Array) else weight)
+    reduction, o = _options(reduction, backend, base=base, ignore_index=ignore_index,
+                            weight=w, label_smoothing=float(label_smoothing), tolerance=0.0)
+    z, one = _floats(logits, "logits")
+    t = _array(targets, "targets", (0, 1))
+    t1 = t.reshape(1) if t.ndim == 0 else t
+    if t1.shape[0] != z.shape[0]:
+        raise ValueError("%d targets, but logits has %d rows (one target per row)"
+                         % (t1.shape[0], z.shape[0]))
+    # the options' own checks, now, with the in-memory call's messages
+    _k.nll_grad(np.zeros((1, z.shape[1]), np.float32), [0], reduction=reduction, base=base,
+                weight=w, label_smoothing=label_smoothing, grad_dtype=grad_dtype,
+                backend="cpu")
+
+    def call(ctx, arrays, red, o, offset):
+        q, tt = arrays
+        return ctx.nll_grad(q, tt, red, o["base"], o["ignore_index"], o["weight"],
+                            o["label_smoothing"], o["grad_dtype"], offset)
+
+    return _train_graph(call, reduction, o, z, [t1], 1, (t.ndim == 0, one), grad_dtype)
+
+
+def distill(student, teacher=None, *, teacher_form="logits", teacher_indices=None,
+            teacher_logprobs=None, divergence="forward-kl", beta=0.5, temperature=1.0,
+            tail="bucket", tolerance=_k.DEFAULT_TOLERANCE, mask=None, reduction="none",
+            teacher_grad=False, grad_dtype="float32", backend="auto"):
+    reduction, o = _options(reduction, backend, teacher_form=teacher_form,
+                            divergence=divergence, beta=float(beta),
+                            temperature=float(temperature), tail=tail, tolerance=tolerance,
+                            teacher_grad=bool(teacher_grad))
+    s, one = _floats(student, "student")
+    rows = s.shape[0]
+    others = []
+    for name, x in (("teacher", teacher), ("teacher_indices", teacher_indices),
+                    ("teacher_logprobs", teacher_logprobs)):
+        if x is None:
+            others.append(None)
+            continue
+        x = _array(x, name, (1, 2))
+        x = x.reshape(1, -1) if x.ndim == 1 else x
+        if x.shape[0] != rows:
+            raise ValueError("%s has %d rows, the student %d (one per row)"
+                             % (name, x.shape[0], rows))
+        others.append(x)
+    if mask is not None:
+        mask = _array(mask, "mask", (1,))
+        if mask.shape[0] != rows:
+            raise ValueError("mask has %d rows, the student %d" % (mask.shape[0], rows))
+    others.append(mask)
+    # the options' own checks, now, with the in-memory call's messages
+    _k.distill(np.zeros(2, np.float32), np.zeros(2, np.float32), teacher_form=teacher_form,
+               divergence=divergence, beta=beta, temperature=temperature, tail=tail,
+               tolerance=tolerance, reduction=reduction, grad_dtype=grad_dtype, backend="cpu")
+
+    def call(ctx, arrays, red, o, offset):
+        st, te, ix, lp, m = arrays
+        return ctx.distill(st, te, o["teacher_form"], ix, lp, o["divergence"], o["beta"],
+                           o["temperature"], o["tail"], o["tolerance"], m, red,
+                           o["teacher_grad"], o["grad_dtype"], offset)
+
+    return _train_graph(call, reduction, o, s, others, 2 if teacher_grad else 1, (one, one),
+                        grad_dtype)
+
+
+nll_grad.__doc__ = (
+    "``kullback.nll_grad`` over Dask arrays chunked along rows (see ``help(kullback.dask)``).\n\n"
+    "    Returns (loss, grad): lazy Dask arrays, the loss as the other calls give it, the\n"
+    "    gradient of the logits' shape, computed with the loss by one task per block. 'none'\n"
+    "    and 'sum' give the in-memory call's bits; a mean's gradient is the sum's times\n"
+    "    1 / counted (float64, then rounded once), within a rounding of the in-memory one.\n"
+    "    The options are those of the in-memory call:\n") + _k.nll_grad.__doc__
+distill.__doc__ = (
+    "``kullback.distill`` over Dask arrays chunked along rows (see ``help(kullback.dask)``).\n\n"
+    "    Returns (loss, grad) or, with ``teacher_grad``, (loss, grad, teacher_grad): lazy Dask\n"
+    "    arrays as in ``nll_grad`` here (the teacher, its indices and log-probabilities and\n"
+    "    the mask are split by the student's rows). The options are those of the in-memory\n"
+    "    call:\n") + _k.distill.__doc__
+__all__ += ["distill", "nll_grad"]

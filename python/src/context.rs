@@ -14,7 +14,7 @@ use numpy::{PyArray1, PyArrayDyn, PyArrayMethods};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
-use crate::errors::{Names, RowOffset, panicked, to_py, to_py_named};
+use crate::errors::{Names, RowOffset, panicked, shift_rows, to_py, to_py_named};
 use crate::inputs::{Floats, IndexArray, MaskArray, TargetArray, weights};
 use crate::options;
 
@@ -61,14 +61,15 @@ where
 }
 
 /// Runs a training call `f` without the GIL; its errors name the Python
-/// keyword arguments `names`.
-fn run_named<F>(py: Python<'_>, names: Names, f: F) -> PyResult<Output>
+/// keyword arguments `names`, and rows `offset` below (a block of a larger
+/// array: kullback.dask).
+fn run_named<F>(py: Python<'_>, names: Names, offset: usize, f: F) -> PyResult<Output>
 where
     F: FnOnce() -> kullback::Result<Output> + Send,
 {
     match py.detach(|| catch_unwind(AssertUnwindSafe(f))) {
         Ok(Ok(out)) => Ok(out),
-        Ok(Err(e)) => Err(to_py_named(e, names)),
+        Ok(Err(e)) => Err(to_py_named(shift_rows(e, offset), names)),
         Err(payload) => Err(panicked(payload)),
     }
 }
@@ -294,7 +295,7 @@ impl PyContext {
 
     /// The NLL of class targets under logits, and its gradient with respect
     /// to the logits (a new float32 array of the logits' shape).
-    #[pyo3(signature = (logits, targets, reduction, base, ignore_index, weight, label_smoothing, grad_dtype))]
+    #[pyo3(signature = (logits, targets, reduction, base, ignore_index, weight, label_smoothing, grad_dtype, offset = 0))]
     #[allow(
         clippy::too_many_arguments,
         reason = "the keyword arguments of the Python call"
@@ -310,6 +311,7 @@ impl PyContext {
         weight: Option<&Bound<'_, PyAny>>,
         label_smoothing: f64,
         grad_dtype: &str,
+        offset: usize,
     ) -> PyResult<(PyOutput, Py<PyAny>)> {
         let reduction = options::reduction(reduction)?;
         let mut opts = NllOptions::default()
@@ -337,7 +339,7 @@ impl PyContext {
                 p: "p",
                 q: "logits",
             };
-            run_named(py, names, || ctx.nll_grad(&zb, tb, &opts, g))?
+            run_named(py, names, offset, || ctx.nll_grad(&zb, tb, &opts, g))?
         };
         Ok((PyOutput::new(py, out, scalar), grad.unbind()))
     }
@@ -346,7 +348,7 @@ impl PyContext {
     /// teacher, its gradient with respect to the student's logits and, with
     /// `teacher_grad`, with respect to a dense teacher's values (new float32
     /// arrays of the student's shape).
-    #[pyo3(signature = (student, teacher, teacher_form, teacher_indices, teacher_logprobs, divergence, beta, temperature, tail, tolerance, mask, reduction, teacher_grad, grad_dtype))]
+    #[pyo3(signature = (student, teacher, teacher_form, teacher_indices, teacher_logprobs, divergence, beta, temperature, tail, tolerance, mask, reduction, teacher_grad, grad_dtype, offset = 0))]
     #[allow(
         clippy::too_many_arguments,
         reason = "the keyword arguments of the Python call"
@@ -368,6 +370,7 @@ impl PyContext {
         reduction: &Bound<'_, PyAny>,
         teacher_grad: bool,
         grad_dtype: &str,
+        offset: usize,
     ) -> PyResult<Grads> {
         let reduction = options::reduction(reduction)?;
         let mut opts = DistillOptions::default()
@@ -412,7 +415,7 @@ impl PyContext {
                     Values::F64(v) => {
                         converted = kullback::f32_from_f64(v, Arg::P).map_err(|e| {
                             to_py_named(
-                                e,
+                                shift_rows(e, offset),
                                 Names {
                                     p: "teacher_logprobs",
                                     q: "student",
@@ -473,7 +476,7 @@ impl PyContext {
             let tg = tw.as_mut().map(|a| a.grad()).transpose()?;
             let ctx = &self.ctx;
             let teacher = &teacher;
-            run_named(py, names, || match tg {
+            run_named(py, names, offset, || match tg {
                 Some(tg) => ctx.distill_with_teacher_grad(&sb, teacher, &opts, g, tg),
                 None => ctx.distill(&sb, teacher, &opts, g),
             })?

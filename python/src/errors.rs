@@ -48,6 +48,21 @@ impl RowOffset {
     }
 }
 
+/// `e` with its row moved down by `offset`: an error of a block of rows of a
+/// training call, whose every argument is split by the same rows.
+pub(crate) fn shift_rows(mut e: Error, offset: usize) -> Error {
+    match &mut e {
+        Error::BadValue { row, .. }
+        | Error::NotNormalized { row, .. }
+        | Error::CannotNormalize { row, .. }
+        | Error::TargetOutOfRange { row, .. }
+        | Error::InfiniteLoss { row, .. }
+        | Error::TeacherIndex { row, .. } => *row += offset,
+        _ => {}
+    }
+    e
+}
+
 /// The crate's hints name its Rust API; in Python the same choice is a keyword.
 const PYTHON_SPELLING: [(&str, &str); 5] = [
     ("Normalization::Renormalize", "normalize='renormalize'"),

@@ -154,3 +154,75 @@ def test_shapes_and_options_fail_when_the_graph_is_built():
         kd.entropy(p[:0])
     with pytest.raises(ValueError, match="q is empty: 4003 rows x 0 columns"):
         kd.kl(p, p[:, :0])
+
+
+# ---------------------------------------------------------------------------
+# Training calls: loss and gradient by blocks of rows.
+
+S = (rng.standard_normal((ROWS, 40)) * 3).astype(np.float32)
+TT = (rng.standard_normal((ROWS, 40)) * 3).astype(np.float32)
+MASK = rng.random(ROWS) < 0.9
+Y = rng.integers(0, 40, ROWS)
+Y[rng.random(ROWS) < 0.1] = -100
+
+
+def test_training_by_blocks(dask_client, backend):
+    import dask
+    s = da.from_array(S, chunks=(UNEVEN, 40))
+    t = da.from_array(TT, chunks=((2000, 2003), (20, 20)))  # other rows, split columns
+    m = da.from_array(MASK, chunks=1000)
+    opts = dict(divergence="jsd", beta=0.3, temperature=2.0, teacher_grad=True, backend=backend)
+    for red in ("none", "sum", "mean"):
+        got = dask.compute(*kd.distill(s, t, mask=m, reduction=red, **opts))
+        want = kullback.distill(S, TT, mask=MASK, reduction=red, **opts)
+        if red == "none":  # rows are independent: the very same bits
+            assert np.array_equal(bits(got[0]), bits(want[0]))
+        else:
+            assert abs(float(got[0]) - want[0]) <= 2e-5 * abs(want[0]) + 2e-6
+        for g, w in zip(got[1:], want[1:]):
+            assert g.shape == w.shape and g.dtype == np.float32
+            if red == "mean":  # the sum's gradient times 1 / counted
+                assert np.allclose(g, w, rtol=1e-6, atol=1e-12)
+            else:
+                assert np.array_equal(bits(g), bits(w)), red
+    # a sparse teacher (indices and log-probabilities split by the same rows), half gradients
+    x = TT.astype(np.float64)
+    lp = x - x.max(1, keepdims=True)
+    lp -= np.log(np.exp(lp).sum(1, keepdims=True))
+    idx = np.argsort(-lp, axis=1)[:, :5].astype(np.int64)
+    lk = np.take_along_axis(lp, idx, 1).astype(np.float32)
+    for gd in ("float32", "float16"):
+        loss, g = dask.compute(*kd.distill(s, teacher_indices=da.from_array(idx, chunks=500),
+                                           teacher_logprobs=lk, grad_dtype=gd,
+                                           backend=backend))
+        wl, wg = kullback.distill(S, teacher_indices=idx, teacher_logprobs=lk, grad_dtype=gd,
+                                  backend=backend)
+        assert np.array_equal(bits(loss), bits(wl))
+        assert g.dtype == wg.dtype and np.array_equal(g.view(np.uint16 if gd == "float16" else
+                                                             np.uint32),
+                                                      wg.view(np.uint16 if gd == "float16" else
+                                                              np.uint32))
+    # the NLL with its options
+    y = da.from_array(Y, chunks=((1000,) * 4 + (3,),))
+    nopts = dict(ignore_index=-100, weight=W[:40], label_smoothing=0.1, backend=backend)
+    for red in ("none", "sum"):
+        loss, g = dask.compute(*kd.nll_grad(s, y, reduction=red, **nopts))
+        wl, wg = kullback.nll_grad(S, Y, reduction=red, **nopts)
+        assert np.array_equal(bits(g), bits(wg))
+        if red == "none":
+            assert np.array_equal(bits(loss), bits(wl))
+
+
+def test_training_errors_name_the_whole_arrays_row(dask_client):
+    bad = S.copy()
+    bad[2500, 3] = np.nan
+    s = da.from_array(bad, chunks=(UNEVEN, 40))
+    with pytest.raises(ValueError, match="row 2500"):
+        kd.distill(s, TT, backend="cpu")[0].compute()
+    with pytest.raises(ValueError, match="row 2500"):
+        kd.nll_grad(s, Y, ignore_index=-100, backend="cpu")[1].compute()
+    # options and shapes fail when the graph is built
+    with pytest.raises(ValueError, match="use forward-kl"):
+        kd.distill(S, TT, divergence="jsd", beta=0.0)
+    with pytest.raises(ValueError, match="rows"):
+        kd.distill(S, TT[:10])
