@@ -23,9 +23,10 @@ dir=.gpu-check
 build() {
     set -e
     rm -rf "$dir" && mkdir -p "$dir/tests"
-    cargo build --release --example bench --example pairwise_bench
+    cargo build --release --example bench --example pairwise_bench --example train-bench
     cp target/release/examples/bench "$dir/bench"
     cp target/release/examples/pairwise_bench "$dir/pairwise_bench"
+    cp target/release/examples/train-bench "$dir/train-bench"
     cargo test --release --all-features --no-run --message-format=json 2>/dev/null |
         python3 -c '
 import json, sys
@@ -110,6 +111,32 @@ PY
     done
     python3 bench/torch_gpu.py "$work/kl" $kl_rows $kl_cols kl >>"$work/bench.jsonl" 2>>"$work/bench.err"
     python3 bench/torch_gpu.py "$work/nll" $nll_rows $nll_cols nll-logits >>"$work/bench.jsonl" 2>>"$work/bench.err"
+    # loss and gradient (issue 18's shapes, B = 4,096, C = 32,768): GPU-resident
+    # (f32 and bf16 gradients) and from host slices, and PyTorch's backward
+    local tr_rows=4096 tr_cols=32768
+    if [ "${GPU_CHECK_SMALL:-0}" = 1 ]; then tr_rows=64; fi
+    mkdir -p "$work/train"
+    python3 - "$work/train" $tr_rows $tr_cols <<'PY'
+import sys
+import numpy as np
+d, r, c = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+rng = np.random.default_rng(20261208)
+np.save(f"{d}/student.npy", (rng.standard_normal((r, c), dtype=np.float32) * 2))
+np.save(f"{d}/teacher.npy", (rng.standard_normal((r, c), dtype=np.float32) * 2))
+np.save(f"{d}/targets.npy", rng.integers(0, c, r, dtype=np.int64))
+PY
+    local tr="$work/train"
+    for b in resident gpu; do
+        for g in f32 bf16; do
+            if [ $b = gpu ] && [ $g = bf16 ]; then continue; fi
+            ./"$dir/train-bench" --backend $b --grad $g --mode distill --student "$tr/student.npy" \
+                --teacher "$tr/teacher.npy" --repeat 5 >>"$work/bench.jsonl" 2>>"$work/bench.err"
+            ./"$dir/train-bench" --backend $b --grad $g --mode nll --student "$tr/student.npy" \
+                --targets "$tr/targets.npy" --repeat 5 >>"$work/bench.jsonl" 2>>"$work/bench.err"
+        done
+    done
+    python3 bench/torch_gpu.py "$tr" $tr_rows $tr_cols nll-grad >>"$work/bench.jsonl" 2>>"$work/bench.err"
+    python3 bench/torch_gpu.py "$tr" $tr_rows $tr_cols distill >>"$work/bench.jsonl" 2>>"$work/bench.err"
     # 3. one file
     python3 - "$work" "$out" <<'PY'
 import json, platform, sys
@@ -143,10 +170,21 @@ for b in doc["bench"]:
     if b.get("measure") == "js" and probe["log_g_per_s"] > 0:
         row["fraction_of_log_rate"] = b["pair_elem_per_s"] / 1e9 / probe["log_g_per_s"]
     doc["pairwise_vs_peaks"].append(row)
+# issue 18's bound: a GPU-resident loss and gradient's bytes (each input read
+# twice, the gradient written once) per second as a fraction of the device's
+# read bandwidth measured by the probe in this run
+doc["train_vs_read_bw"] = []
+for b in doc["bench"]:
+    if b.get("backend") == "resident" and probe is not None and probe.get("read_gbps"):
+        doc["train_vs_read_bw"].append({
+            "mode": b["mode"], "grad": b["grad"], "gbps": b["gbps"],
+            "fraction_of_read_bw": b["gbps"] / probe["read_gbps"]})
 json.dump(doc, open(out, "w"), indent=1)
 print(f"{out}: {doc['tests_passed']} tests passed, {doc['tests_failed']} failed; {len(doc['bench'])} bench lines")
 for r in doc["pairwise_vs_peaks"]:
     print("pairwise", r)
+for r in doc["train_vs_read_bw"]:
+    print("train", r)
 PY
 }
 

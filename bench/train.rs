@@ -1,14 +1,20 @@
 //! Times kullback's loss and gradient (issue 18) on .npy inputs:
 //! `cargo run --release --example train-bench -- --mode distill|nll --student S.npy
 //! [--teacher T.npy] [--divergence forward-kl|reverse-kl|jsd] [--targets Y.npy]
-//! [--temperature 2] [--repeat 3] [--grad f32|f16|bf16]`.
+//! [--temperature 2] [--repeat 3] [--grad f32|f16|bf16] [--backend cpu|gpu|resident]`.
 //!
 //! The distillation at the temperature (forward KL unless `--divergence`
 //! says otherwise; mean over rows) or the
-//! NLL of integer targets (mean), on the CPU backend; the gradient goes into
-//! one buffer allocated once (f32, or f16 / bf16 with `--grad`). Prints one JSON line: the median and minimum of
-//! `repeat` timed calls after one untimed call, the loss, and the gradient's
-//! L1 norm (a checksum the caller compares with its peers).
+//! NLL of integer targets (mean), on the CPU backend (default), the GPU from
+//! host slices (`gpu`), or GPU-resident (`resident`: the inputs uploaded once,
+//! each timed call records `encode_distill` / `encode_nll_grad`, submits and
+//! waits, so the time is the kernel's plus one submission); the gradient goes
+//! into one buffer allocated once (f32, or f16 / bf16 with `--grad`). Prints
+//! one JSON line: the median and minimum of `repeat` timed calls after one
+//! untimed call, the loss, the gradient's L1 norm (a checksum the caller
+//! compares with its peers), and the bytes the passes move (the logits read
+//! twice, a dense teacher twice, three times each for the JSD, the gradient
+//! written once) with the rate they give at the median.
 
 use std::time::Instant;
 
@@ -62,12 +68,20 @@ fn read_f32(path: &str) -> (Vec<f32>, Vec<u64>) {
 }
 
 fn main() {
+    if arg("--backend").as_deref() == Some("resident") {
+        return resident::main();
+    }
     let mode = arg("--mode").unwrap_or_else(|| "distill".into());
     let repeat: usize = arg("--repeat").map_or(3, |v| v.parse().expect("--repeat"));
     let temp: f32 = arg("--temperature").map_or(2.0, |v| v.parse().expect("--temperature"));
     let (s, shape) = read_f32(&arg("--student").expect("--student S.npy"));
     let (rows, cols) = (shape[0] as usize, shape[1] as usize);
-    let ctx = Context::with_backend(Backend::Cpu).expect("cpu");
+    let backend = match arg("--backend").as_deref() {
+        None | Some("cpu") => Backend::Cpu,
+        Some("gpu") => Backend::Gpu,
+        Some(b) => panic!("--backend cpu|gpu|resident, not {b}"),
+    };
+    let ctx = Context::with_backend(backend).expect("context");
     let n = rows * cols;
     let grad_fmt = arg("--grad").unwrap_or_else(|| "f32".into());
     let mut grad = match grad_fmt.as_str() {
@@ -125,9 +139,176 @@ fn main() {
     }
     times.sort_by(f64::total_cmp);
     let l1 = grad.l1();
-    println!(
-        "{{\"impl\": \"kullback\", \"mode\": \"{mode}\", \"grad\": \"{grad_fmt}\", \"rows\": {rows}, \"cols\": {cols}, \"median_s\": {}, \"min_s\": {}, \"loss\": {loss}, \"grad_l1\": {l1}}}",
-        times[times.len() / 2],
-        times[0]
+    let med = times[times.len() / 2];
+    let bytes = moved(
+        &mode,
+        arg("--divergence").as_deref(),
+        rows * cols,
+        &grad_fmt,
     );
+    println!(
+        "{{\"impl\": \"kullback\", \"backend\": \"{}\", \"mode\": \"{mode}\", \"grad\": \"{grad_fmt}\", \"rows\": {rows}, \"cols\": {cols}, \"median_s\": {med}, \"min_s\": {}, \"loss\": {loss}, \"grad_l1\": {l1}, \"bytes_moved\": {bytes}, \"gbps\": {}}}",
+        arg("--backend").unwrap_or_else(|| "cpu".into()),
+        times[0],
+        bytes as f64 / med / 1e9
+    );
+}
+
+/// Bytes the passes move for `n` f32 logits: each input row read twice
+/// (three times for the JSD), the gradient written once.
+fn moved(mode: &str, divergence: Option<&str>, n: usize, grad: &str) -> u64 {
+    let n = n as u64;
+    let g = if grad == "f32" { 4 } else { 2 };
+    match mode {
+        "distill" => {
+            let reads = if divergence == Some("jsd") { 3 } else { 2 };
+            2 * reads * 4 * n + g * n
+        }
+        _ => 2 * 4 * n + g * n,
+    }
+}
+
+/// `--backend resident`: the inputs in GPU buffers of a device made here.
+mod resident {
+    use super::{arg, moved, read_f32};
+    use kullback::wgpu::{self, util::DeviceExt};
+    use kullback::{
+        Context, DistillOptions, Divergence, Dtype, Form, GpuBatch, GpuDistill, GpuGrad,
+        GpuNllGrad, GpuOutput, GpuTargets,
+    };
+    use std::time::Instant;
+
+    pub(super) fn main() {
+        let mode = arg("--mode").unwrap_or_else(|| "distill".into());
+        let repeat: usize = arg("--repeat").map_or(3, |v| v.parse().expect("--repeat"));
+        let temp: f32 = arg("--temperature").map_or(2.0, |v| v.parse().expect("--temperature"));
+        let grad_fmt = arg("--grad").unwrap_or_else(|| "f32".into());
+        let dtype = match grad_fmt.as_str() {
+            "f32" => Dtype::F32,
+            "f16" => Dtype::F16,
+            "bf16" => Dtype::BF16,
+            g => panic!("--grad f32|f16|bf16, not {g}"),
+        };
+        let (s, shape) = read_f32(&arg("--student").expect("--student S.npy"));
+        let (rows, cols) = (shape[0] as usize, shape[1] as usize);
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapter = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::PRIMARY))
+            .into_iter()
+            .next()
+            .expect("no GPU adapter");
+        let info = adapter.get_info();
+        let desc = wgpu::DeviceDescriptor {
+            label: Some("train-bench"),
+            required_limits: adapter.limits(),
+            ..Default::default()
+        };
+        let (device, queue) = pollster::block_on(adapter.request_device(&desc)).expect("device");
+        let ctx = Context::from_device(device.clone(), queue.clone()).expect("context");
+        let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
+        let init = |label, contents: &[u8], usage| {
+            device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents,
+                usage,
+            })
+        };
+        let sb = init("student", bytemuck::cast_slice(&s), storage);
+        let n = (rows * cols) as u64;
+        let gbuf = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("gradient"),
+            size: (n * dtype.bytes()).next_multiple_of(4),
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        let rec_bytes = kullback::grad_output_bytes(rows);
+        let obuf = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("records"),
+            size: rec_bytes,
+            usage: wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let student = GpuBatch::new(&sb, rows, cols).form(Form::Logits);
+        let grad = GpuGrad::new(&gbuf).dtype(dtype);
+        let teacher_buf;
+        let targets_buf;
+        let mut record: Box<dyn FnMut(&mut wgpu::CommandEncoder)> = match mode.as_str() {
+            "distill" => {
+                let t = read_f32(&arg("--teacher").expect("--teacher T.npy")).0;
+                teacher_buf = init("teacher", bytemuck::cast_slice(&t), storage);
+                let divergence = match arg("--divergence").as_deref() {
+                    None | Some("forward-kl") => Divergence::ForwardKl,
+                    Some("reverse-kl") => Divergence::ReverseKl,
+                    Some("jsd") => Divergence::Jsd,
+                    Some(d) => panic!("--divergence forward-kl|reverse-kl|jsd, not {d}"),
+                };
+                let opts = DistillOptions::default()
+                    .temperature(temp)
+                    .divergence(divergence);
+                let teacher = GpuBatch::new(&teacher_buf, rows, cols).form(Form::Logits);
+                let call = GpuDistill::new(student, teacher, grad, GpuOutput::new(&obuf))
+                    .options(opts)
+                    .grad_scale(1.0 / rows as f32);
+                Box::new(move |enc| ctx.encode_distill(enc, &call).expect("encode_distill"))
+            }
+            _ => {
+                let path = arg("--targets").expect("--targets Y.npy");
+                let f = npyz::NpyFile::new(std::io::BufReader::new(
+                    std::fs::File::open(&path).expect("targets"),
+                ))
+                .expect("targets");
+                let y: Vec<i32> = f
+                    .into_vec::<i64>()
+                    .expect("int64 targets")
+                    .iter()
+                    .map(|&v| v as i32)
+                    .collect();
+                targets_buf = init(
+                    "targets",
+                    bytemuck::cast_slice(&y),
+                    wgpu::BufferUsages::COPY_SRC,
+                );
+                let call = GpuNllGrad::new(
+                    student,
+                    GpuTargets::i32(&targets_buf, rows),
+                    grad,
+                    GpuOutput::new(&obuf),
+                )
+                .grad_scale(1.0 / rows as f32);
+                Box::new(move |enc| ctx.encode_nll_grad(enc, &call).expect("encode_nll_grad"))
+            }
+        };
+        let mut once = || {
+            let mut enc = device.create_command_encoder(&Default::default());
+            record(&mut enc);
+            queue.submit([enc.finish()]);
+            device
+                .poll(wgpu::PollType::Wait {
+                    submission_index: None,
+                    timeout: None,
+                })
+                .expect("poll");
+        };
+        once();
+        let mut times = Vec::new();
+        for _ in 0..repeat {
+            let t = Instant::now();
+            once();
+            times.push(t.elapsed().as_secs_f64());
+        }
+        times.sort_by(f64::total_cmp);
+        let med = times[times.len() / 2];
+        let bytes = moved(
+            &mode,
+            arg("--divergence").as_deref(),
+            rows * cols,
+            &grad_fmt,
+        );
+        println!(
+            "{{\"impl\": \"kullback\", \"backend\": \"resident\", \"adapter\": {:?}, \"mode\": \"{mode}\", \"grad\": \"{grad_fmt}\", \"rows\": {rows}, \"cols\": {cols}, \"median_s\": {med}, \"min_s\": {}, \"bytes_moved\": {bytes}, \"gbps\": {}}}",
+            info.name,
+            times[0],
+            bytes as f64 / med / 1e9
+        );
+    }
 }
