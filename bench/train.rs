@@ -67,6 +67,26 @@ fn read_f32(path: &str) -> (Vec<f32>, Vec<u64>) {
     (f.into_vec::<f32>().expect(path), shape)
 }
 
+/// `--divergence` (forward KL by default).
+fn divergence() -> Divergence {
+    match arg("--divergence").as_deref() {
+        None | Some("forward-kl") => Divergence::ForwardKl,
+        Some("reverse-kl") => Divergence::ReverseKl,
+        Some("jsd") => Divergence::Jsd,
+        Some(d) => panic!("--divergence forward-kl|reverse-kl|jsd, not {d}"),
+    }
+}
+
+/// The int64 targets of `--targets`.
+fn read_targets() -> Vec<i64> {
+    let path = arg("--targets").expect("--targets Y.npy");
+    let f = npyz::NpyFile::new(std::io::BufReader::new(
+        std::fs::File::open(&path).expect("targets"),
+    ))
+    .expect("targets");
+    f.into_vec::<i64>().expect("int64 targets")
+}
+
 fn main() {
     if arg("--backend").as_deref() == Some("resident") {
         return resident::main();
@@ -97,15 +117,9 @@ fn main() {
         "distill" => {
             teacher_vals = read_f32(&arg("--teacher").expect("--teacher T.npy")).0;
             let teacher = Teacher::Dense(Batch::new(&teacher_vals, rows, cols).form(Form::Logits));
-            let divergence = match arg("--divergence").as_deref() {
-                None | Some("forward-kl") => Divergence::ForwardKl,
-                Some("reverse-kl") => Divergence::ReverseKl,
-                Some("jsd") => Divergence::Jsd,
-                Some(d) => panic!("--divergence forward-kl|reverse-kl|jsd, not {d}"),
-            };
             let opts = DistillOptions::default()
                 .temperature(temp)
-                .divergence(divergence)
+                .divergence(divergence())
                 .reduction(Reduction::Mean);
             let ctx = ctx.clone();
             Box::new(move |g| {
@@ -115,12 +129,7 @@ fn main() {
             })
         }
         _ => {
-            let path = arg("--targets").expect("--targets Y.npy");
-            let f = npyz::NpyFile::new(std::io::BufReader::new(
-                std::fs::File::open(&path).expect("targets"),
-            ))
-            .expect("targets");
-            targets = f.into_vec::<i64>().expect("int64 targets");
+            targets = read_targets();
             let opts = NllOptions::default().reduction(Reduction::Mean);
             let ctx = ctx.clone();
             Box::new(move |g| {
@@ -170,11 +179,11 @@ fn moved(mode: &str, divergence: Option<&str>, n: usize, grad: &str) -> u64 {
 
 /// `--backend resident`: the inputs in GPU buffers of a device made here.
 mod resident {
-    use super::{arg, moved, read_f32};
+    use super::{arg, divergence, moved, read_f32, read_targets};
     use kullback::wgpu::{self, util::DeviceExt};
     use kullback::{
-        Context, DistillOptions, Divergence, Dtype, Form, GpuBatch, GpuDistill, GpuGrad,
-        GpuNllGrad, GpuOutput, GpuTargets,
+        Context, DistillOptions, Dtype, Form, GpuBatch, GpuDistill, GpuGrad, GpuNllGrad, GpuOutput,
+        GpuTargets,
     };
     use std::time::Instant;
 
@@ -236,15 +245,9 @@ mod resident {
             "distill" => {
                 let t = read_f32(&arg("--teacher").expect("--teacher T.npy")).0;
                 teacher_buf = init("teacher", bytemuck::cast_slice(&t), storage);
-                let divergence = match arg("--divergence").as_deref() {
-                    None | Some("forward-kl") => Divergence::ForwardKl,
-                    Some("reverse-kl") => Divergence::ReverseKl,
-                    Some("jsd") => Divergence::Jsd,
-                    Some(d) => panic!("--divergence forward-kl|reverse-kl|jsd, not {d}"),
-                };
                 let opts = DistillOptions::default()
                     .temperature(temp)
-                    .divergence(divergence);
+                    .divergence(divergence());
                 let teacher = GpuBatch::new(&teacher_buf, rows, cols).form(Form::Logits);
                 let call = GpuDistill::new(student, teacher, grad, GpuOutput::new(&obuf))
                     .options(opts)
@@ -252,17 +255,7 @@ mod resident {
                 Box::new(move |enc| ctx.encode_distill(enc, &call).expect("encode_distill"))
             }
             _ => {
-                let path = arg("--targets").expect("--targets Y.npy");
-                let f = npyz::NpyFile::new(std::io::BufReader::new(
-                    std::fs::File::open(&path).expect("targets"),
-                ))
-                .expect("targets");
-                let y: Vec<i32> = f
-                    .into_vec::<i64>()
-                    .expect("int64 targets")
-                    .iter()
-                    .map(|&v| v as i32)
-                    .collect();
+                let y: Vec<i32> = read_targets().iter().map(|&v| v as i32).collect();
                 targets_buf = init(
                     "targets",
                     bytemuck::cast_slice(&y),
