@@ -45,6 +45,11 @@
 //!   f16 / bf16 packed two per u32 (value 2k in the low half of word k),
 //!   widened exactly where the kernel reads them, so that a half input reads
 //!   half the bytes and gives the bits of the same values widened to f32.
+//! * a sparse teacher ([`GpuSparseDistill`]): `rows × k` indices (i32 or
+//!   u32) and `rows × k` log-probabilities (a [`GpuBatch`] of
+//!   [`Form::LogProbs`], any dtype), row-major, each at an offset that is a
+//!   multiple of 4 of a buffer with usage `COPY_SRC`: both are copied into
+//!   the call's scratch (k ≤ 512; a row's pairs are sorted on the GPU).
 //!
 //! Each input and the gradient must fit one storage binding of the device.
 
