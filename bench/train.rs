@@ -140,21 +140,12 @@ fn main() {
         }
     };
     let loss = call(grad.buf());
-    let mut times = Vec::new();
-    for _ in 0..repeat {
-        let t = Instant::now();
+    let times = timed(repeat, || {
         std::hint::black_box(call(grad.buf()));
-        times.push(t.elapsed().as_secs_f64());
-    }
-    times.sort_by(f64::total_cmp);
+    });
     let l1 = grad.l1();
     let med = times[times.len() / 2];
-    let bytes = moved(
-        &mode,
-        arg("--divergence").as_deref(),
-        rows * cols,
-        &grad_fmt,
-    );
+    let bytes = moved(&mode, rows * cols, &grad_fmt);
     println!(
         "{{\"impl\": \"kullback\", \"backend\": \"{}\", \"mode\": \"{mode}\", \"grad\": \"{grad_fmt}\", \"rows\": {rows}, \"cols\": {cols}, \"median_s\": {med}, \"min_s\": {}, \"loss\": {loss}, \"grad_l1\": {l1}, \"bytes_moved\": {bytes}, \"gbps\": {}}}",
         arg("--backend").unwrap_or_else(|| "cpu".into()),
@@ -163,14 +154,31 @@ fn main() {
     );
 }
 
+/// The seconds of `repeat` calls of `f`, sorted.
+fn timed(repeat: usize, mut f: impl FnMut()) -> Vec<f64> {
+    let mut times: Vec<f64> = (0..repeat)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times
+}
+
 /// Bytes the passes move for `n` f32 logits: each input row read twice
-/// (three times for the JSD), the gradient written once.
-fn moved(mode: &str, divergence: Option<&str>, n: usize, grad: &str) -> u64 {
+/// (three times for the JSD, `--divergence jsd`), the gradient written once.
+fn moved(mode: &str, n: usize, grad: &str) -> u64 {
     let n = n as u64;
     let g = if grad == "f32" { 4 } else { 2 };
     match mode {
         "distill" => {
-            let reads = if divergence == Some("jsd") { 3 } else { 2 };
+            let reads = if matches!(divergence(), Divergence::Jsd) {
+                3
+            } else {
+                2
+            };
             2 * reads * 4 * n + g * n
         }
         _ => 2 * 4 * n + g * n,
@@ -179,13 +187,12 @@ fn moved(mode: &str, divergence: Option<&str>, n: usize, grad: &str) -> u64 {
 
 /// `--backend resident`: the inputs in GPU buffers of a device made here.
 mod resident {
-    use super::{arg, divergence, moved, read_f32, read_targets};
+    use super::{arg, divergence, moved, read_f32, read_targets, timed};
     use kullback::wgpu::{self, util::DeviceExt};
     use kullback::{
         Context, DistillOptions, Dtype, Form, GpuBatch, GpuDistill, GpuGrad, GpuNllGrad, GpuOutput,
         GpuTargets,
     };
-    use std::time::Instant;
 
     pub(super) fn main() {
         let mode = arg("--mode").unwrap_or_else(|| "distill".into());
@@ -283,20 +290,9 @@ mod resident {
                 .expect("poll");
         };
         once();
-        let mut times = Vec::new();
-        for _ in 0..repeat {
-            let t = Instant::now();
-            once();
-            times.push(t.elapsed().as_secs_f64());
-        }
-        times.sort_by(f64::total_cmp);
+        let times = timed(repeat, once);
         let med = times[times.len() / 2];
-        let bytes = moved(
-            &mode,
-            arg("--divergence").as_deref(),
-            rows * cols,
-            &grad_fmt,
-        );
+        let bytes = moved(&mode, rows * cols, &grad_fmt);
         println!(
             "{{\"impl\": \"kullback\", \"backend\": \"resident\", \"adapter\": {:?}, \"mode\": \"{mode}\", \"grad\": \"{grad_fmt}\", \"rows\": {rows}, \"cols\": {cols}, \"median_s\": {med}, \"min_s\": {}, \"bytes_moved\": {bytes}, \"gbps\": {}}}",
             info.name,
