@@ -381,6 +381,13 @@ enum Side<'a> {
     Targets(&'a GpuTargets<'a>, Option<&'a [f32]>),
 }
 
+/// Bytes of a sparse teacher's indices (u32 words) and log-probabilities
+/// (as stored), `lp`'s rows × k values each.
+fn sparse_bytes(lp: &GpuBatch<'_>) -> (u64, u64) {
+    let n = lp.rows as u64 * lp.cols as u64;
+    (n * 4, lp.dtype.stored_bytes(n))
+}
+
 /// Checks the caller's buffers, then records the copies in, the dispatch
 /// and the copy of the records out.
 #[expect(
@@ -500,20 +507,20 @@ fn encode(
             check_buffer("targets", t.buffer, t.offset, rows as u64 * 4, copy_src, 4)?;
         }
         Side::Sparse(ix, lp, mask) => {
-            let n = rows as u64 * lp.cols as u64;
-            check_buffer("indices", ix.buffer, ix.offset, n * 4, copy_src, 4)?;
+            let (ix_bytes, lp_bytes) = sparse_bytes(lp);
+            check_buffer("indices", ix.buffer, ix.offset, ix_bytes, copy_src, 4)?;
             check_buffer(
                 "log-probabilities",
                 lp.buffer,
                 lp.offset,
-                lp.dtype.stored_bytes(n),
+                lp_bytes,
                 copy_src,
                 4,
             )?;
             if let Some(m) = mask {
                 check_buffer("mask", m.buffer, m.offset, rows as u64 * 4, copy_src, 4)?;
             }
-            let t_bytes = n * 4 + lp.dtype.stored_bytes(n);
+            let t_bytes = ix_bytes + lp_bytes;
             if t_bytes > limits.max_binding {
                 return Err(Error::TooLarge {
                     what: "bytes of a sparse teacher's indices and log-probabilities".into(),
@@ -548,8 +555,8 @@ fn encode(
     let what = "the scratch of a GPU-resident loss gradient";
     let side_bytes = match &side {
         Side::Sparse(_, lp, _) => {
-            let n = rows as u64 * lp.cols as u64;
-            n * 4 + lp.dtype.stored_bytes(n)
+            let (ix_bytes, lp_bytes) = sparse_bytes(lp);
+            ix_bytes + lp_bytes
         }
         _ => (rows + cols) as u64 * 4,
     };
@@ -596,8 +603,7 @@ fn encode(
             }
             Side::Sparse(ix, lp, _) => {
                 // indices then log-probabilities, copied into one binding
-                let n = rows as u64 * lp.cols as u64;
-                let (ix_bytes, lp_bytes) = (n * 4, lp.dtype.stored_bytes(n));
+                let (ix_bytes, lp_bytes) = sparse_bytes(lp);
                 let h = sc.buffer(
                     &gpu.device,
                     "kullback.sparse.teacher",
@@ -606,7 +612,7 @@ fn encode(
                 )?;
                 enc.copy_buffer_to_buffer(ix.buffer, ix.offset, &h, 0, ix_bytes);
                 enc.copy_buffer_to_buffer(lp.buffer, lp.offset, &h, ix_bytes, lp_bytes);
-                params.lp_at = n as u32;
+                params.lp_at = (ix_bytes / 4) as u32;
                 params.t_fmt = lp.dtype.code();
                 if ix.signed {
                     params.flags |= flag::SIGNED;
