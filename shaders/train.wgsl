@@ -41,8 +41,8 @@ struct Params {
     lp_at: u32,    // sparse_fused: word of the log-probabilities in t_buf
     tol: f32,      // sparse_fused: the tolerance on Σₖ exp(lₖ) above 1
     g_fmt: u32,    // the gradient's storage: DT_F32, DT_F16 or DT_BF16
-    pad1: u32,
-    pad2: u32,
+    sort_at: u32,  // sparse_fused with SORT_GLOBAL: word of row 0's sort region in rowbuf
+    pad: u32,
 }
 
 // src/record.rs `Record`: a row's loss and status (a test there compares the fields).
@@ -672,6 +672,55 @@ fn sparse_grad(
 var<workgroup> w_ix: array<u32, SPARSE_KMAX>;
 var<workgroup> w_pos: array<u32, SPARSE_KMAX>;
 var<workgroup> w_lp: array<f32, SPARSE_KMAX>;
+// k above SPARSE_KMAX (the pipeline built with SORT_GLOBAL): the row's
+// pairs and log-probabilities live in its region of `rowbuf` instead (3·n2
+// words from `sort_row`: indices, positions, log-probabilities; n2 = k
+// rounded up to a power of two), synchronised by storage barriers.
+override SORT_GLOBAL: bool = false;
+var<private> sort_row: u32;
+var<private> sort_n: u32;
+
+fn slot_ix(i: u32) -> u32 {
+    if (SORT_GLOBAL) {
+        return rowbuf[sort_row + i];
+    }
+    return w_ix[i];
+}
+fn slot_pos(i: u32) -> u32 {
+    if (SORT_GLOBAL) {
+        return rowbuf[sort_row + sort_n + i];
+    }
+    return w_pos[i];
+}
+fn slot_lp(i: u32) -> f32 {
+    if (SORT_GLOBAL) {
+        return bitcast<f32>(rowbuf[sort_row + 2u * sort_n + i]);
+    }
+    return w_lp[i];
+}
+fn set_pair(i: u32, ix: u32, pos: u32) {
+    if (SORT_GLOBAL) {
+        rowbuf[sort_row + i] = ix;
+        rowbuf[sort_row + sort_n + i] = pos;
+    } else {
+        w_ix[i] = ix;
+        w_pos[i] = pos;
+    }
+}
+fn set_lp(i: u32, l: f32) {
+    if (SORT_GLOBAL) {
+        rowbuf[sort_row + 2u * sort_n + i] = bitcast<u32>(l);
+    } else {
+        w_lp[i] = l;
+    }
+}
+// After writes to the sort arrays: every thread sees them.
+fn sort_barrier() {
+    if (SORT_GLOBAL) {
+        storageBarrier();
+    }
+    workgroupBarrier();
+}
 // the smallest key of each check: 0 a position (2j; 2j + 1 for its
 // log-probability), 1 a repeat (sorted slot), 2 the student at a slot,
 // 3 the student in the tail (column), 4 the first tail column, 5 an
@@ -865,6 +914,8 @@ fn sparse_fused(
     while (n2 < top) {
         n2 = n2 << 1u;
     }
+    sort_n = n2;
+    sort_row = P.sort_at + row * 3u * n2;
     for (var j = lid; j < n2; j += WG) {
         var ix = 0xffffffffu;
         var pos = 0xffffffffu;
@@ -879,10 +930,9 @@ fn sparse_fused(
                 atomicMin(&w_keys[0], 2u * j + 1u);
             }
         }
-        w_ix[j] = ix;
-        w_pos[j] = pos;
+        set_pair(j, ix, pos);
     }
-    workgroupBarrier();
+    sort_barrier();
     if (lid == 0u) {
         let key = atomicLoad(&w_keys[0]);
         if (key != CODE_NONE) {
@@ -909,17 +959,15 @@ fn sparse_fused(
             for (var t = lid; t < n2 / 2u; t += WG) {
                 let lo = 2u * t - (t & (stride - 1u));
                 let hi = lo + stride;
-                let a = vec2<u32>(w_ix[lo], w_pos[lo]);
-                let b = vec2<u32>(w_ix[hi], w_pos[hi]);
+                let a = vec2<u32>(slot_ix(lo), slot_pos(lo));
+                let b = vec2<u32>(slot_ix(hi), slot_pos(hi));
                 let gt = a.x > b.x || (a.x == b.x && a.y > b.y);
                 if (gt == ((lo & size) == 0u)) {
-                    w_ix[lo] = b.x;
-                    w_pos[lo] = b.y;
-                    w_ix[hi] = a.x;
-                    w_pos[hi] = a.y;
+                    set_pair(lo, b.x, b.y);
+                    set_pair(hi, a.x, a.y);
                 }
             }
-            workgroupBarrier();
+            sort_barrier();
         }
     }
 
@@ -931,8 +979,8 @@ fn sparse_fused(
     var best = CODE_NONE;
     var digits = vec4<u32>(0u);
     for (var i = lid; i < top; i += WG) {
-        let c = w_ix[i];
-        if (i + 1u < top && w_ix[i + 1u] == c) {
+        let c = slot_ix(i);
+        if (i + 1u < top && slot_ix(i + 1u) == c) {
             atomicMin(&w_keys[1], i);
         }
         let sb = s_word(base + c);
@@ -944,8 +992,8 @@ fn sparse_fused(
             }
             li = lse_add(li, bitcast<f32>(sb), k);
         }
-        let lb = lp_word(ib + w_pos[i]);
-        w_lp[i] = bitcast<f32>(lb);
+        let lb = lp_word(ib + slot_pos(i));
+        set_lp(i, bitcast<f32>(lb));
         if (!masked(lb)) {
             tp = lse_add(tp, bitcast<f32>(lb), 1.0);
         }
@@ -966,10 +1014,10 @@ fn sparse_fused(
     if (!renorm) {
         var first = true;
         for (var c = lid; c < cols; c += WG) {
-            while (cur < top && w_ix[cur] < c) {
+            while (cur < top && slot_ix(cur) < c) {
                 cur += 1u;
             }
-            if (cur < top && w_ix[cur] == c) {
+            if (cur < top && slot_ix(cur) == c) {
                 continue;
             }
             if (first) {
@@ -989,7 +1037,7 @@ fn sparse_fused(
     w_tm[lid] = tp.x;
     w_ts[lid] = tp.y;
     w_arg[lid] = best;
-    workgroupBarrier();
+    sort_barrier(); // and the log-probabilities in slot order
     for (var h = WG / 2u; h > 0u; h = h >> 1u) {
         if (lid < h) {
             let o = lid + h;
@@ -1056,10 +1104,10 @@ fn sparse_fused(
             all = lse_merge(li_r, lt_r, k);
         }
         if (rep != CODE_NONE) {
-            h = vec4<u32>(ST_TEACHER_INDEX_REPEAT, w_pos[rep + 1u], w_ix[rep], w_pos[rep]);
+            h = vec4<u32>(ST_TEACHER_INDEX_REPEAT, slot_pos(rep + 1u), slot_ix(rep), slot_pos(rep));
         } else if (qi != CODE_NONE) {
-            let sb = s_word(base + w_ix[qi]);
-            h = vec4<u32>(select(ST_Q_INFINITE, ST_Q_NAN, is_nan_bits(sb)), w_ix[qi], 0u, 0u);
+            let sb = s_word(base + slot_ix(qi));
+            h = vec4<u32>(select(ST_Q_INFINITE, ST_Q_NAN, is_nan_bits(sb)), slot_ix(qi), 0u, 0u);
         } else if (renorm && li_r.y == 0.0) {
             h = vec4<u32>(ST_INDEX_ALL_MASKED, COL_NONE, 0u, 0u);
         } else if (renorm && tp_r.y == 0.0) {
@@ -1110,7 +1158,7 @@ fn sparse_fused(
     // Without a reference (every indexed student value −inf) e = d.
     let has_ref = ref_slot != CODE_NONE;
     let s_ref = li_r.x;
-    let l_ref = select(0.0, w_lp[min(ref_slot, SPARSE_KMAX - 1u)], has_ref);
+    let l_ref = select(0.0, slot_lp(min(ref_slot, top - 1u)), has_ref);
     var e_tail = lq_tail - lp_tail;
     var d_ref = 0.0;
     if (has_ref) {
@@ -1130,8 +1178,8 @@ fn sparse_fused(
         var lp: f32;
         var e: f32;
         if (i < top) {
-            let sb = s_word(base + w_ix[i]);
-            let l = w_lp[i];
+            let sb = s_word(base + slot_ix(i));
+            let l = slot_lp(i);
             lq = select((bitcast<f32>(sb) - m) * k - ln_s, NEG_BIG, masked(sb));
             lp = select(l - ln_t, NEG_BIG, masked(bitcast<u32>(l)));
             e = select(lq - lp, (bitcast<f32>(sb) - s_ref) * k - (l - l_ref), has_ref);
@@ -1165,7 +1213,7 @@ fn sparse_fused(
         let bad = atomicLoad(&w_keys[5]);
         var h = vec4<u32>(CODE_NONE, 0u, 0u, 0u);
         if (bad != CODE_NONE) {
-            let col = select(atomicLoad(&w_keys[4]), w_ix[min(bad, SPARSE_KMAX - 1u)], bad < top);
+            let col = select(atomicLoad(&w_keys[4]), slot_ix(min(bad, top - 1u)), bad < top);
             h = vec4<u32>(select(ST_INF_STUDENT_MASS, ST_INF_TEACHER_MASS, P.mode == TR_FWD), col, 0u, 0u);
         }
         w_head = h;
@@ -1198,7 +1246,7 @@ fn sparse_fused(
     let ln_r_st = select(0.0, lp_tail - log(lt_r.y), fwd_r);
     cur = 0u;
     for (var c = lid; c < cols; c += WG) {
-        while (cur < top && w_ix[cur] < c) {
+        while (cur < top && slot_ix(cur) < c) {
             cur += 1u;
         }
         let sb = s_word(base + c);
@@ -1206,8 +1254,8 @@ fn sparse_fused(
         let lq = (s - m) * k - ln_s;
         let q = exp_neg(lq);
         var v = 0.0;
-        if (cur < top && w_ix[cur] == c) {
-            let l = w_lp[cur];
+        if (cur < top && slot_ix(cur) == c) {
+            let l = slot_lp(cur);
             let p_on = !masked(bitcast<u32>(l));
             let lp = select(NEG_BIG, l - ln_t, p_on);
             if (P.mode == TR_FWD) {

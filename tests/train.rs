@@ -3083,16 +3083,88 @@ fn gpu_resident_sparse_errors() {
         got.expect_err("uncovered tail").to_string(),
         host.to_string()
     );
-    // refused: k > 512 (sorted in workgroup memory)
-    let s = vec![0f32; 600];
-    let ix: Vec<i32> = (0..513).collect();
-    let l = vec![-7.0f32; 513];
-    let sp = SparseTeacher::new(&ix[..], &l[..], 513);
-    let (got, _) = resident_sparse(&res, &s, 600, &sp, &fwd, 1.0).expect("resident");
-    assert!(
-        matches!(&got, Err(Error::Unsupported(m)) if m.contains("512")),
-        "{got:?}"
-    );
+    // k > 512 (sorted in the call's scratch): problems past slot 512 are
+    // found and named as the host path names them
+    let cols = 700;
+    let s = vec![0f32; 2 * cols];
+    let k = 600;
+    let l = vec![-7.0f32; 2 * k];
+    for (what, at, v) in [
+        ("repeated index", 590, 17i32),
+        ("index out of range", 599, 700),
+        ("negative index", 550, -1),
+    ] {
+        let mut ix: Vec<i32> = (0..k as i32).chain((0..k as i32).rev()).collect();
+        ix[k + at] = v;
+        let sp = SparseTeacher::new(&ix[..], &l[..], k);
+        let host = cpu()
+            .distill(
+                &Batch::new(&s, 2, cols).form(Form::Logits),
+                &Teacher::Sparse(sp),
+                &fwd,
+                &mut vec![0f32; 2 * cols],
+            )
+            .expect_err(what);
+        let (got, _) = resident_sparse(&res, &s, cols, &sp, &fwd, 1.0).expect("resident");
+        assert_eq!(got.expect_err(what).to_string(), host.to_string(), "{what}");
+    }
+}
+
+/// k above 512 on the GPU-resident path (each row's pairs sorted in the
+/// call's scratch instead of workgroup memory): against the f64 references,
+/// k from 513 to every column, both tails, every divergence, masks.
+#[test]
+fn gpu_resident_sparse_large_k() {
+    let Some(res) = resident() else { return };
+    let mut rng = Rng(23);
+    let cols = 1000;
+    for (k, div, flavor, bucket) in [
+        (513, Div::Fwd, Flavor::Plain, true),
+        (700, Div::Rev, Flavor::Masked, true),
+        (1000, Div::Jsd(0.5), Flavor::Plain, false),
+        (1000, Div::Fwd, Flavor::Huge, true),
+        (900, Div::Jsd(0.1), Flavor::Masked, true),
+        (640, Div::Rev, Flavor::Plain, false),
+    ] {
+        let case = Case {
+            rows: 4,
+            cols,
+            temp: 2.0,
+            div,
+            flavor,
+            sparse: Some(k),
+            bucket,
+            reduction: Reduction::None,
+            mask: k % 2 == 0,
+            fd: false,
+        };
+        run_case_on(&res.ctx, Some(&res), &mut rng, &case);
+    }
+    // the sort scratch counts against one binding: a device that binds
+    // 64 KiB takes 4 rows of k = 600 (48 KiB of scratch), not 8
+    let limits = kullback::wgpu::Limits {
+        max_storage_buffer_binding_size: 64 << 10,
+        ..kullback::wgpu::Limits::downlevel_defaults()
+    };
+    let (device, queue) = common::gpu_device(limits).expect("a device of small bindings");
+    let ctx = Context::from_device(device.clone(), queue.clone()).expect("context");
+    let small = Resident { device, queue, ctx };
+    let (k, cols) = (600, 700);
+    let fwd = DistillOptions::default();
+    for rows in [4, 8] {
+        let s = vec![0f32; rows * cols];
+        let ix: Vec<i32> = (0..rows).flat_map(|_| 0..k as i32).collect();
+        let l = vec![-7.0f32; rows * k];
+        let sp = SparseTeacher::new(&ix[..], &l[..], k);
+        let (got, _) = resident_sparse(&small, &s, cols, &sp, &fwd, 1.0).expect("resident");
+        match rows {
+            4 => assert!(got.is_ok(), "{got:?}"),
+            _ => assert!(
+                matches!(&got, Err(Error::TooLarge { what, .. }) if what.contains("sort scratch")),
+                "{got:?}"
+            ),
+        }
+    }
 }
 
 /// Half log-probabilities on the GPU-resident path: the bits of the same

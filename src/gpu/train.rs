@@ -42,9 +42,10 @@ pub(crate) mod flag {
     pub(crate) const RENORM: u32 = 32;
 }
 
-/// The largest k of a sparse teacher on the GPU-resident path: a row's
-/// (index, position) pairs and log-probabilities are sorted in workgroup
-/// memory (12 bytes each, within the 16 KiB every device offers).
+/// The largest k of a sparse teacher whose row is sorted in workgroup
+/// memory on the GPU-resident path ((index, position) pairs and
+/// log-probabilities, 12 bytes each, within the 16 KiB every device offers);
+/// a larger k is sorted in the call's scratch ([`Entry::SparseFusedGlobal`]).
 pub(crate) const SPARSE_KMAX: usize = 512;
 
 /// The constants the shader shares with Rust (written by `gpu::wgsl`).
@@ -101,7 +102,10 @@ pub(crate) struct TrainParams {
     /// The gradient's storage ([`crate::widen::Dtype::code`]; the
     /// half-gradient variants only).
     pub g_fmt: u32,
-    pub pad: [u32; 2],
+    /// `sparse_fused` with `SORT_GLOBAL`: the word of row 0's sort region
+    /// in the rows binding.
+    pub sort_at: u32,
+    pub pad: u32,
 }
 
 /// The train kernel's layout and pipeline, built on first use; the sparse
@@ -112,7 +116,7 @@ pub(crate) struct TrainPipeline {
     layout: wgpu::PipelineLayout,
     module: wgpu::ShaderModule,
     pipeline: wgpu::ComputePipeline,
-    sparse: OnceLock<[wgpu::ComputePipeline; 3]>,
+    sparse: OnceLock<[wgpu::ComputePipeline; 4]>,
 }
 
 /// Which entry point of shaders/train.wgsl a dispatch runs.
@@ -126,6 +130,10 @@ pub(crate) enum Entry {
     SparseGrad,
     /// `sparse_fused`: a sparse teacher in one dispatch (GPU-resident).
     SparseFused,
+    /// `sparse_fused` built with `SORT_GLOBAL`: k above [`SPARSE_KMAX`],
+    /// each row's pairs sorted in its region of the rows binding
+    /// ([`sort_words`] words from [`TrainParams::sort_at`]).
+    SparseFusedGlobal,
 }
 
 impl Entry {
@@ -134,9 +142,24 @@ impl Entry {
             Entry::Train => "train_main",
             Entry::SparseTail => "sparse_tail",
             Entry::SparseGrad => "sparse_grad",
-            Entry::SparseFused => "sparse_fused",
+            Entry::SparseFused | Entry::SparseFusedGlobal => "sparse_fused",
         }
     }
+
+    /// The pipeline's override constants.
+    fn constants(self) -> &'static [(&'static str, f64)] {
+        match self {
+            Entry::SparseFusedGlobal => &[("SORT_GLOBAL", 1.0)],
+            _ => &[],
+        }
+    }
+}
+
+/// Words of one row's sort region for a sparse teacher of k indices
+/// ([`Entry::SparseFusedGlobal`]): indices, positions and log-probabilities,
+/// k rounded up to a power of two each.
+pub(crate) fn sort_words(k: usize) -> u64 {
+    3 * k.next_power_of_two() as u64
 }
 
 pub(crate) type TrainCell = OnceLock<Arc<TrainPipeline>>;
@@ -228,8 +251,13 @@ impl TrainPipeline {
         }
         if self.sparse.get().is_none() {
             let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-            let made = [Entry::SparseTail, Entry::SparseGrad, Entry::SparseFused]
-                .map(|e| entry_pipeline(device, &self.layout, &self.module, e));
+            let made = [
+                Entry::SparseTail,
+                Entry::SparseGrad,
+                Entry::SparseFused,
+                Entry::SparseFusedGlobal,
+            ]
+            .map(|e| entry_pipeline(device, &self.layout, &self.module, e));
             if let Some(err) = pollster::block_on(scope.pop()) {
                 return Err(Error::Device(format!(
                     "building kullback's sparse-teacher kernels: {err}"
@@ -237,13 +265,14 @@ impl TrainPipeline {
             }
             let _ = self.sparse.set(made);
         }
-        let [tail, grad, fused] = self
+        let [tail, grad, fused, global] = self
             .sparse
             .get()
             .ok_or_else(|| Error::Device("the sparse-teacher kernels were not built".into()))?;
         Ok(match e {
             Entry::SparseTail => tail,
             Entry::SparseGrad => grad,
+            Entry::SparseFusedGlobal => global,
             _ => fused,
         })
     }
@@ -261,7 +290,7 @@ fn entry_pipeline(
         module,
         entry_point: Some(e.name()),
         compilation_options: wgpu::PipelineCompilationOptions {
-            constants: &[],
+            constants: e.constants(),
             zero_initialize_workgroup_memory: false,
         },
         cache: None,

@@ -127,9 +127,10 @@
 //! caller's buffers.
 //!
 //! A sparse teacher on the GPU-resident path
-//! ([`Context::encode_sparse_distill`], k ≤ 512): one dispatch, one
+//! ([`Context::encode_sparse_distill`]): one dispatch, one
 //! workgroup per row, which checks the row's indices and log-probabilities,
-//! sorts the (index, position) pairs in workgroup memory (bitonic), takes
+//! sorts the (index, position) pairs (bitonic; in workgroup memory for
+//! k ≤ 512, above that in the call's scratch, 12 bytes per pair), takes
 //! the tail's log-sum-exp between them, sums the k + 1 buckets in f32 (the
 //! reverse KL's factors relative to the student's largest indexed value, as
 //! the dense kernel does) and writes every column's gradient once; each

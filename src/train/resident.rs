@@ -49,7 +49,9 @@
 //!   u32) and `rows × k` log-probabilities (a [`GpuBatch`] of
 //!   [`Form::LogProbs`], any dtype), row-major, each at an offset that is a
 //!   multiple of 4 of a buffer with usage `COPY_SRC`: both are copied into
-//!   the call's scratch (k ≤ 512; a row's pairs are sorted on the GPU).
+//!   the call's scratch (a row's pairs are sorted on the GPU: in workgroup
+//!   memory for k ≤ 512, above that in the call's scratch, which then holds
+//!   12 bytes per pair, k rounded up to a power of two).
 //!
 //! Each input and the gradient must fit one storage binding of the device.
 
@@ -57,7 +59,7 @@ use crate::call::Call;
 use crate::context::Context;
 use crate::error::{Arg, BufferProblem, Error, Result, Setting};
 use crate::gpu::train::{
-    Bindings, Entry, SPARSE_KMAX, TrainParams, Window, flag, record, rows_bytes,
+    Bindings, Entry, SPARSE_KMAX, TrainParams, Window, flag, record, rows_bytes, sort_words,
 };
 use crate::gpu::{Gpu, Scratch};
 use crate::measure::{Form, NllOptions, Reduction};
@@ -201,7 +203,9 @@ pub struct GpuSparseDistill<'a> {
     /// The student's logits ([`Form::Logits`]).
     pub student: GpuBatch<'a>,
     /// `rows × k` column indices, row-major, i32 or u32 (usage `COPY_SRC`,
-    /// offset a multiple of 4); k ≤ 512 here (the host path takes any k).
+    /// offset a multiple of 4). Any k ≤ the columns: above 512 each row's
+    /// pairs are sorted in the call's scratch (12 · k rounded up to a power
+    /// of two bytes per row) rather than in workgroup memory.
     pub indices: GpuTargets<'a>,
     /// The teacher's log-probabilities at those indices, `rows × k`
     /// ([`Form::LogProbs`], the temperature already applied; f32, f16 or
@@ -542,7 +546,8 @@ fn encode(
             problem: BufferProblem::AliasesInput,
         });
     }
-    let entry = match side {
+    let entry = match &side {
+        Side::Sparse(_, lp, _) if lp.cols > SPARSE_KMAX => Entry::SparseFusedGlobal,
         Side::Sparse(..) => Entry::SparseFused,
         _ => Entry::Train,
     };
@@ -551,7 +556,23 @@ fn encode(
         None => Scratch::fresh(),
     };
     params.rows = rows as u32;
-    let rows_len = rows_bytes(rows, has_mask);
+    let mut rows_len = rows_bytes(rows, has_mask);
+    if entry == Entry::SparseFusedGlobal {
+        // each row's pairs are sorted in its region after the records and mask
+        let top = params.top as usize;
+        let sort_bytes = rows as u64 * sort_words(top) * 4;
+        params.sort_at = (rows_len / 4) as u32;
+        rows_len += sort_bytes;
+        if rows_len > limits.max_binding {
+            return Err(Error::TooLarge {
+                what: format!(
+                    "bytes of the records and sort scratch of a GPU-resident sparse teacher with                      k = {top} over {rows} rows (fewer rows per call fit)"
+                ),
+                size: rows_len,
+                limit: limits.max_binding,
+            });
+        }
+    }
     let what = "the scratch of a GPU-resident loss gradient";
     let side_bytes = match &side {
         Side::Sparse(_, lp, _) => {
@@ -715,14 +736,15 @@ impl Context {
     /// gradient over the caller's GPU buffers into `encoder` (layout in the
     /// [module docs](crate::train::resident); the indices and
     /// log-probabilities are copied into the call's scratch): one dispatch,
-    /// one workgroup per row, which checks and sorts the row's k indices in
-    /// workgroup memory. Errors: those of the options
-    /// ([`Context::distill`]); [`Error::InvalidOption`] for a k of 0 or above
-    /// the columns; [`Error::Unsupported`] for k above 512, a host-slice
-    /// mask, a mean, a student that is not logits or log-probabilities that
+    /// one workgroup per row, which checks and sorts the row's k indices (in
+    /// workgroup memory for k ≤ 512, else in the call's scratch). Errors:
+    /// those of the options ([`Context::distill`]); [`Error::InvalidOption`]
+    /// for a k of 0 or above the columns; [`Error::Unsupported`] for a
+    /// host-slice mask, a mean, a student that is not logits or log-probabilities that
     /// are not [`Form::LogProbs`]; [`Error::ShapeMismatch`] for
     /// log-probabilities with other rows than the student, [`Error::Length`]
-    /// for indices of another count; [`Error::Buffer`]; [`Error::TooLarge`].
+    /// for indices of another count; [`Error::Buffer`]; [`Error::TooLarge`]
+    /// (also for records and sort scratch past one binding).
     /// Bad indices and values, rows of −inf, sums and infinite losses are reported per row
     /// in the records (see [`GpuSparseDistill::decode`]), as the host path
     /// reports them.
@@ -753,12 +775,6 @@ impl Context {
                     s.cols
                 ),
             });
-        }
-        if top > SPARSE_KMAX {
-            return Err(Error::Unsupported(format!(
-                "a GPU-resident sparse teacher takes k <= {SPARSE_KMAX} (its indices are sorted in \
-                 workgroup memory), got {top}: use Context::distill for more"
-            )));
         }
         if lp.form != Form::LogProbs {
             return Err(Error::Unsupported(format!(
