@@ -112,7 +112,9 @@ PY
     python3 bench/torch_gpu.py "$work/kl" $kl_rows $kl_cols kl >>"$work/bench.jsonl" 2>>"$work/bench.err"
     python3 bench/torch_gpu.py "$work/nll" $nll_rows $nll_cols nll-logits >>"$work/bench.jsonl" 2>>"$work/bench.err"
     # loss and gradient (issue 18's shapes, B = 4,096, C = 32,768): GPU-resident
-    # (f32 and bf16 gradients) and from host slices, and PyTorch's backward
+    # (f32 and bf16 gradients; timed by encoder timestamps where the adapter
+    # has them) and from host slices, dense and sparse teachers, and
+    # PyTorch's backward
     local tr_rows=4096 tr_cols=32768
     if [ "${GPU_CHECK_SMALL:-0}" = 1 ]; then tr_rows=64; fi
     mkdir -p "$work/train"
@@ -133,6 +135,12 @@ PY
                 --teacher "$tr/teacher.npy" --repeat 5 >>"$work/bench.jsonl" 2>>"$work/bench.err"
             ./"$dir/train-bench" --backend $b --grad $g --mode nll --student "$tr/student.npy" \
                 --targets "$tr/targets.npy" --repeat 5 >>"$work/bench.jsonl" 2>>"$work/bench.err"
+        done
+        # a sparse teacher: its top 64 (sorted in workgroup memory) and top
+        # 1,024 (sorted in the call's scratch) with the tail bucket
+        for k in 64 1024; do
+            ./"$dir/train-bench" --backend $b --mode sparse --top $k --student "$tr/student.npy" \
+                --teacher "$tr/teacher.npy" --repeat 5 >>"$work/bench.jsonl" 2>>"$work/bench.err"
         done
     done
     python3 bench/torch_gpu.py "$tr" $tr_rows $tr_cols nll-grad >>"$work/bench.jsonl" 2>>"$work/bench.err"
@@ -177,7 +185,8 @@ doc["train_vs_read_bw"] = []
 for b in doc["bench"]:
     if b.get("backend") == "resident" and probe is not None and probe.get("read_gbps"):
         doc["train_vs_read_bw"].append({
-            "mode": b["mode"], "grad": b["grad"], "gbps": b["gbps"],
+            "mode": b["mode"], "top": b.get("top"), "grad": b["grad"],
+            "timing": b.get("timing"), "gbps": b["gbps"],
             "fraction_of_read_bw": b["gbps"] / probe["read_gbps"]})
 json.dump(doc, open(out, "w"), indent=1)
 print(f"{out}: {doc['tests_passed']} tests passed, {doc['tests_failed']} failed; {len(doc['bench'])} bench lines")

@@ -1,28 +1,43 @@
 //! Times kullback's loss and gradient (issue 18) on .npy inputs:
-//! `cargo run --release --example train-bench -- --mode distill|nll --student S.npy
-//! [--teacher T.npy] [--divergence forward-kl|reverse-kl|jsd] [--targets Y.npy]
+//! `cargo run --release --example train-bench -- --mode distill|sparse|nll --student S.npy
+//! [--teacher T.npy] [--top K] [--divergence forward-kl|reverse-kl|jsd] [--targets Y.npy]
 //! [--temperature 2] [--repeat 3] [--grad f32|f16|bf16] [--backend cpu|gpu|resident]`.
 //!
 //! The distillation at the temperature (forward KL unless `--divergence`
-//! says otherwise; mean over rows) or the
-//! NLL of integer targets (mean), on the CPU backend (default), the GPU from
-//! host slices (`gpu`), or GPU-resident (`resident`: the inputs uploaded once,
-//! each timed call records `encode_distill` / `encode_nll_grad`, submits and
-//! waits, so the time is the kernel's plus one submission); the gradient goes
-//! into one buffer allocated once (f32, or f16 / bf16 with `--grad`). Prints
-//! one JSON line: the median and minimum of `repeat` timed calls after one
-//! untimed call, the loss, the gradient's L1 norm (a checksum the caller
-//! compares with its peers), and the bytes the passes move (the logits read
-//! twice, a dense teacher twice, three times each for the JSD, the gradient
-//! written once) with the rate they give at the median.
+//! says otherwise; mean over rows) from the dense teacher's logits, or
+//! (`sparse`) from its top `--top` (default 64) log-probabilities at the
+//! temperature with the tail bucket, or the NLL of integer targets (mean), on
+//! the CPU backend (default), the GPU from host slices (`gpu`), or
+//! GPU-resident (`resident`: the inputs uploaded once, each timed call
+//! records `encode_distill` / `encode_sparse_distill` / `encode_nll_grad`
+//! and submits it; its time is the GPU's between encoder timestamps around
+//! the recording where the adapter has TIMESTAMP_QUERY_INSIDE_ENCODERS, else
+//! the wall time of submit and wait, and the line says which); the gradient
+//! goes into one buffer allocated once (f32, or f16 / bf16 with `--grad`).
+//! Prints one JSON line: the median and minimum of `repeat` timed calls
+//! after one untimed call, the loss, the gradient's L1 norm (a checksum the
+//! caller compares with its peers), and the bytes the passes move (the
+//! logits read twice, a dense teacher twice, three times each for the JSD, a
+//! sparse teacher's indices and log-probabilities once, the gradient written
+//! once) with the rate they give at the median.
 
 use std::time::Instant;
 
 use kullback::half::{bf16, f16};
 use kullback::{
     Backend, Batch, Context, DistillOptions, Divergence, Form, GradMut, NllOptions, Reduction,
-    Teacher,
+    SparseTeacher, Teacher,
 };
+
+#[path = "gpu_probe.rs"]
+#[allow(dead_code, reason = "the timestamps only; the probe is bench.rs's")]
+mod gpu_probe;
+
+/// The median of `v` (sorted here).
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
 
 /// One loss-and-gradient call into the given buffer, returning the loss.
 type LossCall<'a> = dyn FnMut(GradMut<'_>) -> f32 + 'a;
@@ -77,6 +92,40 @@ fn divergence() -> Divergence {
     }
 }
 
+/// `--top` (64 by default): a sparse teacher's k.
+fn top() -> usize {
+    arg("--top").map_or(64, |v| v.parse().expect("--top K"))
+}
+
+/// The JSON value of a line's `top`: k for `--mode sparse`, else null.
+fn top_json(mode: &str) -> String {
+    match mode {
+        "sparse" => top().to_string(),
+        _ => "null".into(),
+    }
+}
+
+/// The top `k` of each row of the teacher's logits `t` at temperature
+/// `temp`: their column indices (in selection order, not sorted by column,
+/// as a teacher's stored top-k are not) and log-probabilities (float64
+/// log-softmax, rounded).
+fn top_k(t: &[f32], cols: usize, temp: f32, k: usize) -> (Vec<i32>, Vec<f32>) {
+    let mut ix = Vec::with_capacity(t.len() / cols * k);
+    let mut lp = Vec::with_capacity(t.len() / cols * k);
+    for row in t.chunks(cols) {
+        let z: Vec<f64> = row.iter().map(|&v| v as f64 / temp as f64).collect();
+        let m = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let lse = m + z.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+        let mut order: Vec<usize> = (0..cols).collect();
+        order.select_nth_unstable_by(k - 1, |&a, &b| z[b].total_cmp(&z[a]));
+        for &c in &order[..k] {
+            ix.push(c as i32);
+            lp.push((z[c] - lse) as f32);
+        }
+    }
+    (ix, lp)
+}
+
 /// The int64 targets of `--targets`.
 fn read_targets() -> Vec<i64> {
     let path = arg("--targets").expect("--targets Y.npy");
@@ -114,6 +163,22 @@ fn main() {
     let teacher_vals;
     let targets: Vec<i64>;
     let mut call: Box<LossCall<'_>> = match mode.as_str() {
+        "sparse" => {
+            let t = read_f32(&arg("--teacher").expect("--teacher T.npy")).0;
+            let k = top();
+            let (ix, lp) = top_k(&t, cols, temp, k);
+            let opts = DistillOptions::default()
+                .temperature(temp)
+                .divergence(divergence())
+                .reduction(Reduction::Mean);
+            let ctx = ctx.clone();
+            Box::new(move |g| {
+                let teacher = Teacher::Sparse(SparseTeacher::new(&ix, &lp, k));
+                ctx.distill(&student, &teacher, &opts, g)
+                    .expect("sparse distill")
+                    .values[0]
+            })
+        }
         "distill" => {
             teacher_vals = read_f32(&arg("--teacher").expect("--teacher T.npy")).0;
             let teacher = Teacher::Dense(Batch::new(&teacher_vals, rows, cols).form(Form::Logits));
@@ -145,10 +210,11 @@ fn main() {
     });
     let l1 = grad.l1();
     let med = times[times.len() / 2];
-    let bytes = moved(&mode, rows * cols, &grad_fmt);
+    let bytes = moved(&mode, rows, rows * cols, &grad_fmt);
     println!(
-        "{{\"impl\": \"kullback\", \"backend\": \"{}\", \"mode\": \"{mode}\", \"grad\": \"{grad_fmt}\", \"rows\": {rows}, \"cols\": {cols}, \"median_s\": {med}, \"min_s\": {}, \"loss\": {loss}, \"grad_l1\": {l1}, \"bytes_moved\": {bytes}, \"gbps\": {}}}",
+        "{{\"impl\": \"kullback\", \"backend\": \"{}\", \"mode\": \"{mode}\", \"top\": {}, \"grad\": \"{grad_fmt}\", \"rows\": {rows}, \"cols\": {cols}, \"median_s\": {med}, \"min_s\": {}, \"loss\": {loss}, \"grad_l1\": {l1}, \"bytes_moved\": {bytes}, \"gbps\": {}}}",
         arg("--backend").unwrap_or_else(|| "cpu".into()),
+        top_json(&mode),
         times[0],
         bytes as f64 / med / 1e9
     );
@@ -167,12 +233,14 @@ fn timed(repeat: usize, mut f: impl FnMut()) -> Vec<f64> {
     times
 }
 
-/// Bytes the passes move for `n` f32 logits: each input row read twice
-/// (three times for the JSD, `--divergence jsd`), the gradient written once.
-fn moved(mode: &str, n: usize, grad: &str) -> u64 {
+/// Bytes the passes move for `n` f32 logits in `rows` rows: each input
+/// row read twice (three times for the JSD, `--divergence jsd`), a sparse
+/// teacher's indices and log-probabilities once, the gradient written once.
+fn moved(mode: &str, rows: usize, n: usize, grad: &str) -> u64 {
     let n = n as u64;
     let g = if grad == "f32" { 4 } else { 2 };
     match mode {
+        "sparse" => 2 * 4 * n + rows as u64 * top() as u64 * 8 + g * n,
         "distill" => {
             let reads = if matches!(divergence(), Divergence::Jsd) {
                 3
@@ -187,11 +255,12 @@ fn moved(mode: &str, n: usize, grad: &str) -> u64 {
 
 /// `--backend resident`: the inputs in GPU buffers of a device made here.
 mod resident {
-    use super::{arg, divergence, moved, read_f32, read_targets, timed};
+    use super::gpu_probe::Stamps;
+    use super::{arg, divergence, moved, read_f32, read_targets, top, top_json, top_k};
     use kullback::wgpu::{self, util::DeviceExt};
     use kullback::{
         Context, DistillOptions, Dtype, Form, GpuBatch, GpuDistill, GpuGrad, GpuNllGrad, GpuOutput,
-        GpuTargets,
+        GpuSparseDistill, GpuTargets,
     };
 
     pub(super) fn main() {
@@ -214,8 +283,18 @@ mod resident {
             .next()
             .expect("no GPU adapter");
         let info = adapter.get_info();
+        // the GPU's time between encoder timestamps around the recording,
+        // where the adapter has them
+        let want =
+            wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
+        let stamped = adapter.features().contains(want);
         let desc = wgpu::DeviceDescriptor {
             label: Some("train-bench"),
+            required_features: if stamped {
+                want
+            } else {
+                wgpu::Features::empty()
+            },
             required_limits: adapter.limits(),
             ..Default::default()
         };
@@ -247,8 +326,33 @@ mod resident {
         let student = GpuBatch::new(&sb, rows, cols).form(Form::Logits);
         let grad = GpuGrad::new(&gbuf).dtype(dtype);
         let teacher_buf;
+        let (ix_buf, lp_buf);
         let targets_buf;
         let mut record: Box<dyn FnMut(&mut wgpu::CommandEncoder)> = match mode.as_str() {
+            "sparse" => {
+                let t = read_f32(&arg("--teacher").expect("--teacher T.npy")).0;
+                let k = top();
+                let (ix, lp) = top_k(&t, cols, temp, k);
+                let copy = wgpu::BufferUsages::COPY_SRC;
+                ix_buf = init("indices", bytemuck::cast_slice(&ix), copy);
+                lp_buf = init("log-probabilities", bytemuck::cast_slice(&lp), copy);
+                let opts = DistillOptions::default()
+                    .temperature(temp)
+                    .divergence(divergence());
+                let call = GpuSparseDistill::new(
+                    student,
+                    GpuTargets::i32(&ix_buf, rows * k),
+                    GpuBatch::new(&lp_buf, rows, k).form(Form::LogProbs),
+                    grad,
+                    GpuOutput::new(&obuf),
+                )
+                .options(opts)
+                .grad_scale(1.0 / rows as f32);
+                Box::new(move |enc| {
+                    ctx.encode_sparse_distill(enc, &call)
+                        .expect("encode_sparse_distill")
+                })
+            }
             "distill" => {
                 let t = read_f32(&arg("--teacher").expect("--teacher T.npy")).0;
                 teacher_buf = init("teacher", bytemuck::cast_slice(&t), storage);
@@ -278,24 +382,33 @@ mod resident {
                 Box::new(move |enc| ctx.encode_nll_grad(enc, &call).expect("encode_nll_grad"))
             }
         };
+        let stamps = Stamps::new(&device, stamped);
         let mut once = || {
             let mut enc = device.create_command_encoder(&Default::default());
+            if let Some(qs) = &stamps.set {
+                enc.write_timestamp(qs, 0);
+            }
             record(&mut enc);
-            queue.submit([enc.finish()]);
-            device
-                .poll(wgpu::PollType::Wait {
-                    submission_index: None,
-                    timeout: None,
-                })
-                .expect("poll");
+            if let Some(qs) = &stamps.set {
+                enc.write_timestamp(qs, 1);
+            }
+            stamps.resolve(&mut enc);
+            stamps.time(&device, &queue, enc).expect("a timed call")
         };
         once();
-        let times = timed(repeat, once);
+        let mut times: Vec<f64> = (0..repeat).map(|_| once()).collect();
+        times.sort_by(f64::total_cmp);
         let med = times[times.len() / 2];
-        let bytes = moved(&mode, rows * cols, &grad_fmt);
+        let bytes = moved(&mode, rows, rows * cols, &grad_fmt);
+        let timing = if stamped {
+            "encoder timestamps"
+        } else {
+            "wall time of submit and wait"
+        };
         println!(
-            "{{\"impl\": \"kullback\", \"backend\": \"resident\", \"adapter\": {:?}, \"mode\": \"{mode}\", \"grad\": \"{grad_fmt}\", \"rows\": {rows}, \"cols\": {cols}, \"median_s\": {med}, \"min_s\": {}, \"bytes_moved\": {bytes}, \"gbps\": {}}}",
+            "{{\"impl\": \"kullback\", \"backend\": \"resident\", \"adapter\": {:?}, \"timing\": \"{timing}\", \"mode\": \"{mode}\", \"top\": {}, \"grad\": \"{grad_fmt}\", \"rows\": {rows}, \"cols\": {cols}, \"median_s\": {med}, \"min_s\": {}, \"bytes_moved\": {bytes}, \"gbps\": {}}}",
             info.name,
+            top_json(&mode),
             times[0],
             bytes as f64 / med / 1e9
         );
