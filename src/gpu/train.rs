@@ -487,7 +487,7 @@ fn copy_f32s(b: &[u8], out: &mut GradMut<'_>) {
             *d = f32::from_le_bytes([x[0], x[1], x[2], x[3]]);
         }
         let at = k * row.len();
-        out.sub(at..at + n).write(&row[..n]);
+        out.sub(at..at + n).write(&row[..n], false);
     }
 }
 

@@ -50,11 +50,18 @@ struct Slot<'g> {
 /// caches next.
 const STREAM_BYTES: usize = 64 << 20;
 
-/// Whether a gradient of `rows × cols` f32 values (with the teacher's, where
-/// asked for, as large again) goes out past the caches; never a half one
-/// (the kernel's rows are then a worker's f32 row, rounded as it is done).
+/// Whether the kernels stream a gradient of `rows × cols` f32 values
+/// (with the teacher's, where asked for, as large again) out past the
+/// caches; never a half one (the kernel's rows are then a worker's f32 row:
+/// see [`streams_rounded`]).
 pub(super) fn streams(rows: usize, cols: usize, grad: &GradMut<'_>) -> bool {
     matches!(grad, GradMut::F32(_)) && rows.saturating_mul(cols).saturating_mul(4) >= STREAM_BYTES
+}
+
+/// Whether a half gradient's rows, rounded from a worker's f32 row as each
+/// is done, go out past the caches.
+fn streams_rounded(rows: usize, cols: usize, grad: &GradMut<'_>) -> bool {
+    !matches!(grad, GradMut::F32(_)) && rows.saturating_mul(cols).saturating_mul(2) >= STREAM_BYTES
 }
 
 /// Rows `r0..` of `part`, stopping at the first error.
@@ -63,6 +70,7 @@ fn part<K: RowKernel, A: Arith>(
     k: &K,
     r0: usize,
     part: &mut [Slot<'_>],
+    stream: bool,
 ) -> Result<(), (usize, Error)> {
     let mut s = k.scratch().map_err(|e| (r0, e))?;
     // f32 rows for half gradients, rounded as each row is done
@@ -98,10 +106,10 @@ fn part<K: RowKernel, A: Arith>(
             }
         }
         if gn > 0 {
-            slot.grad.write(&gb);
+            slot.grad.write(&gb, stream);
         }
         if let (Some(t), true) = (slot.tgrad.as_mut(), tn > 0) {
-            t.write(&tb);
+            t.write(&tb, stream);
         }
     }
     super::lse::store_fence();
@@ -110,8 +118,13 @@ fn part<K: RowKernel, A: Arith>(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn part_avx2<K: RowKernel>(k: &K, r0: usize, p: &mut [Slot<'_>]) -> Result<(), (usize, Error)> {
-    part::<K, crate::cpu::ln::Fused>(k, r0, p)
+fn part_avx2<K: RowKernel>(
+    k: &K,
+    r0: usize,
+    p: &mut [Slot<'_>],
+    stream: bool,
+) -> Result<(), (usize, Error)> {
+    part::<K, crate::cpu::ln::Fused>(k, r0, p, stream)
 }
 
 /// The same source built with AVX-512 enabled: its 16-lane loops become one
@@ -120,23 +133,34 @@ fn part_avx2<K: RowKernel>(k: &K, r0: usize, p: &mut [Slot<'_>]) -> Result<(), (
 /// asks for its FMAs explicitly), so the bits are the AVX2 build's.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512dq,avx2,fma")]
-fn part_avx512<K: RowKernel>(k: &K, r0: usize, p: &mut [Slot<'_>]) -> Result<(), (usize, Error)> {
-    part::<K, crate::cpu::ln::Fused>(k, r0, p)
+fn part_avx512<K: RowKernel>(
+    k: &K,
+    r0: usize,
+    p: &mut [Slot<'_>],
+    stream: bool,
+) -> Result<(), (usize, Error)> {
+    part::<K, crate::cpu::ln::Fused>(k, r0, p, stream)
 }
 
-fn dispatch<K: RowKernel>(k: &K, r0: usize, p: &mut [Slot<'_>]) -> Result<(), (usize, Error)> {
+/// [`part`] on the best instruction set; `stream`: [`streams_rounded`].
+fn dispatch<K: RowKernel>(
+    k: &K,
+    r0: usize,
+    p: &mut [Slot<'_>],
+    stream: bool,
+) -> Result<(), (usize, Error)> {
     #[cfg(target_arch = "x86_64")]
     if crate::cpu::avx512_chosen() {
         // SAFETY: `avx512_chosen` is true only where the CPU has AVX-512 F
         // and DQ, AVX2 and FMA.
-        return unsafe { part_avx512(k, r0, p) };
+        return unsafe { part_avx512(k, r0, p, stream) };
     }
     #[cfg(target_arch = "x86_64")]
     if crate::cpu::avx2_chosen() {
         // SAFETY: `avx2_chosen` is true only where the CPU has AVX2 and FMA.
-        return unsafe { part_avx2(k, r0, p) };
+        return unsafe { part_avx2(k, r0, p, stream) };
     }
-    part::<K, Plain>(k, r0, p)
+    part::<K, Plain>(k, r0, p, stream)
 }
 
 /// The losses of `rows` rows of `cols` columns, their gradients written into
@@ -149,6 +173,7 @@ pub(super) fn run<K: RowKernel>(
     grad: GradMut<'_>,
     tgrad: Option<GradMut<'_>>,
 ) -> Result<Vec<f64>> {
+    let stream = streams_rounded(rows, cols, &grad);
     let mut slots: Vec<Slot<'_>> = try_vec(rows, "the per-row losses")?;
     let mut tg = tgrad.map(|t| t.rows(cols).into_iter());
     slots.extend(grad.rows(cols).into_iter().map(|grad| Slot {
@@ -160,7 +185,7 @@ pub(super) fn run<K: RowKernel>(
     let nthreads = threads::available().min(work / MIN_WORK).max(1);
     let first: Mutex<Option<(usize, Error)>> = Mutex::new(None);
     threads::split_mut(&mut slots, nthreads, |r0, p| {
-        if let Err((row, e)) = dispatch(k, r0, p) {
+        if let Err((row, e)) = dispatch(k, r0, p, stream) {
             let mut g = first.lock().unwrap_or_else(|e| e.into_inner());
             if g.as_ref().is_none_or(|(r, _)| row < *r) {
                 *g = Some((row, e));

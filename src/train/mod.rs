@@ -68,8 +68,12 @@
 //! f32; a half gradient is each value rounded to nearest (ties to even),
 //! a row at a time from a worker's f32 row on the CPU and as the values come
 //! back on the GPU host path, so it is the f32 gradient rounded, bit for
-//! bit, with no f32 copy of the batch's size. GPU-resident gradients
-//! ([`resident`]) are f32.
+//! bit, with no f32 copy of the batch's size. On the CPU the rounding is
+//! vectorised (F16C for f16, integer operations for bf16) and a half
+//! gradient of 64 MiB or more goes out with streaming stores, as a large f32
+//! one does, so a half gradient costs no more time than an f32 one.
+//! GPU-resident gradients ([`resident`]) are f32, or halves on request
+//! ([`GpuGrad::dtype`](crate::GpuGrad::dtype)).
 //!
 //! ## Memory and passes
 //!
