@@ -33,13 +33,20 @@ import json, sys
 for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("profile", {}).get("test") and m.get("executable"):
-        # the library's and the CLI's unit tests share the name "kullback"
+        # the unit tests of the library and of the CLI share the name "kullback"
+        # (no apostrophes in here: this program is a single-quoted shell word)
         print(m["target"]["kind"][0] + "-" + m["target"]["name"], m["executable"])
 ' | while read -r name exe; do
         case $name in test-cli*) continue ;; esac
         cp "$exe" "$dir/tests/$name"
     done
-    ls "$dir/tests" | wc -l | xargs echo "test binaries:"
+    local n
+    n=$(ls "$dir/tests" | wc -l)
+    echo "test binaries: $n"
+    if [ "$n" -eq 0 ]; then
+        echo "gpu-check: no test binary was found in cargo's output" >&2
+        exit 1
+    fi
 }
 
 run() {

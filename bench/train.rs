@@ -161,27 +161,17 @@ fn main() {
     };
     let student = Batch::new(&s, rows, cols).form(Form::Logits);
     let teacher_vals;
+    let sparse;
     let targets: Vec<i64>;
     let mut call: Box<LossCall<'_>> = match mode.as_str() {
-        "sparse" => {
-            let t = read_f32(&arg("--teacher").expect("--teacher T.npy")).0;
-            let k = top();
-            let (ix, lp) = top_k(&t, cols, temp, k);
-            let opts = DistillOptions::default()
-                .temperature(temp)
-                .divergence(divergence())
-                .reduction(Reduction::Mean);
-            let ctx = ctx.clone();
-            Box::new(move |g| {
-                let teacher = Teacher::Sparse(SparseTeacher::new(&ix, &lp, k));
-                ctx.distill(&student, &teacher, &opts, g)
-                    .expect("sparse distill")
-                    .values[0]
-            })
-        }
-        "distill" => {
+        "distill" | "sparse" => {
             teacher_vals = read_f32(&arg("--teacher").expect("--teacher T.npy")).0;
-            let teacher = Teacher::Dense(Batch::new(&teacher_vals, rows, cols).form(Form::Logits));
+            let teacher = if mode == "sparse" {
+                sparse = top_k(&teacher_vals, cols, temp, top());
+                Teacher::Sparse(SparseTeacher::new(&sparse.0, &sparse.1, top()))
+            } else {
+                Teacher::Dense(Batch::new(&teacher_vals, rows, cols).form(Form::Logits))
+            };
             let opts = DistillOptions::default()
                 .temperature(temp)
                 .divergence(divergence())
