@@ -291,6 +291,9 @@ pub enum Setting {
     TopK,
     /// [`PairwiseOptions::exclude_self`](crate::PairwiseOptions::exclude_self).
     ExcludeSelf,
+    /// The gradient's factor of a loss-and-gradient call
+    /// ([`DistillOptions::grad_scale`](crate::DistillOptions::grad_scale)).
+    GradScale,
 }
 
 /// What is wrong with a caller's GPU buffer ([`Error::Buffer`]).

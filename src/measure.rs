@@ -335,7 +335,7 @@ impl Options {
 }
 
 /// Options of the negative log-likelihood of class targets.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct NllOptions<'a> {
     /// Reduction, base, normalisation of `q` and tolerance.
@@ -349,6 +349,22 @@ pub struct NllOptions<'a> {
     /// Label smoothing ε in [0, 1]: the target distribution is
     /// (1 − ε)·onehot(t) + ε / C, as PyTorch's `F.cross_entropy`.
     pub label_smoothing: f32,
+    /// [`Context::nll_grad`](crate::Context::nll_grad) only: a factor of the
+    /// gradient (not of the loss), finite, default 1. See
+    /// [`DistillOptions::grad_scale`](crate::DistillOptions::grad_scale).
+    pub grad_scale: f64,
+}
+
+impl Default for NllOptions<'_> {
+    fn default() -> Self {
+        NllOptions {
+            common: Options::default(),
+            ignore_index: None,
+            weights: None,
+            label_smoothing: 0.0,
+            grad_scale: 1.0,
+        }
+    }
 }
 
 impl<'a> NllOptions<'a> {
@@ -390,6 +406,11 @@ impl<'a> NllOptions<'a> {
     /// Sets the label smoothing.
     pub fn label_smoothing(mut self, label_smoothing: f32) -> Self {
         self.label_smoothing = label_smoothing;
+        self
+    }
+    /// Sets the gradient's factor (gradient calls only).
+    pub fn grad_scale(mut self, grad_scale: f64) -> Self {
+        self.grad_scale = grad_scale;
         self
     }
 }

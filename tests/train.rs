@@ -2636,6 +2636,110 @@ fn gpu_rows_split_over_dispatches() {
     check_loss(oa.values[0], oc.values[0] as f64, rows as f64, "nll vs cpu");
 }
 
+/// `grad_scale` multiplies the gradients and not the loss: a sum's gradient
+/// times 1 / N is the mean's over N counted rows bit for bit (how a mean
+/// split over several calls, as kullback.dask's, gives the in-memory bits),
+/// for dense and sparse teachers (with the teacher's gradient) and the
+/// weighted NLL, on both backends; a non-finite scale is refused by name.
+#[test]
+fn grad_scale_turns_a_sum_into_the_mean() {
+    let mut rng = Rng(31);
+    let (rows, cols) = (6, 37);
+    let (s, t) = logits(&mut rng, rows, cols, Flavor::Masked);
+    let mask: Vec<bool> = (0..rows).map(|r| r % 4 != 2).collect();
+    let counted = mask.iter().filter(|&&m| m).count() as f64;
+    let student = Batch::new(&s, rows, cols).form(Form::Logits);
+    let dense = Teacher::Dense(Batch::new(&t, rows, cols).form(Form::Logits));
+    let (ix, lp) = top_k(&mut rng, &t[..cols], 2.0, 5);
+    let ix: Vec<u32> = (0..rows)
+        .flat_map(|_| ix.iter().map(|&c| c as u32))
+        .collect();
+    let lp: Vec<f32> = (0..rows).flat_map(|_| lp.iter().copied()).collect();
+    let sparse = Teacher::Sparse(SparseTeacher::new(&ix, &lp, 5));
+    // targets off the masked columns (c % 5 == 1)
+    let y: Vec<i64> = (0..rows as i64).map(|r| (r * 5) % cols as i64).collect();
+    let w: Vec<f32> = (0..cols).map(|c| 0.25 + (c % 5) as f32 * 0.3).collect();
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let mut ctxs = vec![cpu()];
+    ctxs.extend(common::gpu());
+    for ctx in &ctxs {
+        for div in [
+            Divergence::ForwardKl,
+            Divergence::ReverseKl,
+            Divergence::Jsd,
+        ] {
+            let base = DistillOptions::default()
+                .divergence(div)
+                .temperature(2.0)
+                .mask(&mask[..]);
+            let mean = base.reduction(Reduction::Mean);
+            let sum = base.reduction(Reduction::Sum).grad_scale(1.0 / counted);
+            let n = rows * cols;
+            let (mut g1, mut t1, mut g2, mut t2) =
+                (vec![0f32; n], vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+            ctx.distill_with_teacher_grad(&student, &dense, &mean, &mut g1, &mut t1)
+                .unwrap();
+            let o = ctx
+                .distill_with_teacher_grad(&student, &dense, &sum, &mut g2, &mut t2)
+                .unwrap();
+            assert_eq!(bits(&g1), bits(&g2), "{div:?}");
+            assert_eq!(bits(&t1), bits(&t2), "{div:?} teacher");
+            let plain = ctx
+                .distill(&student, &dense, &base.reduction(Reduction::Sum), &mut g2)
+                .unwrap();
+            assert_eq!(o.values, plain.values, "{div:?}: the loss is not scaled");
+            ctx.distill(&student, &sparse, &mean, &mut g1).unwrap();
+            ctx.distill(&student, &sparse, &sum, &mut g2).unwrap();
+            assert_eq!(bits(&g1), bits(&g2), "{div:?} sparse");
+        }
+        let opts = NllOptions::default().weights(&w).ignore_index(25);
+        let count: f64 = y
+            .iter()
+            .filter(|&&t| t != 25)
+            .map(|&t| w[t as usize] as f64)
+            .sum();
+        let (mut g1, mut g2) = (vec![0f32; rows * cols], vec![0f32; rows * cols]);
+        ctx.nll_grad(&student, &y, &opts.reduction(Reduction::Mean), &mut g1)
+            .unwrap();
+        let sum = opts.reduction(Reduction::Sum).grad_scale(1.0 / count);
+        ctx.nll_grad(&student, &y, &sum, &mut g2).unwrap();
+        assert_eq!(bits(&g1), bits(&g2), "nll");
+        for bad in [f64::NAN, f64::INFINITY] {
+            let e = ctx
+                .nll_grad(&student, &y, &opts.grad_scale(bad), &mut g2)
+                .unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    Error::InvalidOption {
+                        option: Setting::GradScale,
+                        ..
+                    }
+                ),
+                "{e}"
+            );
+            let e = ctx
+                .distill(
+                    &student,
+                    &dense,
+                    &DistillOptions::default().grad_scale(bad),
+                    &mut g2,
+                )
+                .unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    Error::InvalidOption {
+                        option: Setting::GradScale,
+                        ..
+                    }
+                ),
+                "{e}"
+            );
+        }
+    }
+}
+
 // ------------------------------------------------------------ GPU-resident sparse teachers
 
 /// A GPU device, and a context on it, for the GPU-resident calls.
@@ -3108,6 +3212,32 @@ fn gpu_resident_sparse_errors() {
         let (got, _) = resident_sparse(&res, &s, cols, &sp, &fwd, 1.0).expect("resident");
         assert_eq!(got.expect_err(what).to_string(), host.to_string(), "{what}");
     }
+}
+
+/// On the GPU-resident path the options' `grad_scale` multiplies the call's.
+#[test]
+fn gpu_resident_grad_scales_multiply() {
+    let Some(res) = resident() else { return };
+    let mut rng = Rng(29);
+    let (rows, cols) = (3, 40);
+    let (s, t) = logits(&mut rng, rows, cols, Flavor::Plain);
+    let (ix, lp) = top_k(&mut rng, &t[..cols], 2.0, 6);
+    let ix: Vec<u32> = (0..rows)
+        .flat_map(|_| ix.iter().map(|&c| c as u32))
+        .collect();
+    let lp: Vec<f32> = (0..rows).flat_map(|_| lp.iter().copied()).collect();
+    let sp = SparseTeacher::new(&ix[..], &lp[..], 6);
+    let opts = DistillOptions::default().temperature(2.0);
+    let (l1, g1) = resident_sparse(&res, &s, cols, &sp, &opts, 0.25).expect("resident");
+    let (l2, g2) =
+        resident_sparse(&res, &s, cols, &sp, &opts.grad_scale(0.25), 1.0).expect("resident");
+    let (_, g3) =
+        resident_sparse(&res, &s, cols, &sp, &opts.grad_scale(0.5), 0.5).expect("resident");
+    assert_eq!(l1.unwrap(), l2.unwrap(), "the loss is not scaled");
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&g1), bits(&g2));
+    assert_eq!(bits(&g1), bits(&g3));
+    assert!(g1.iter().any(|&v| v != 0.0));
 }
 
 /// k above 512 on the GPU-resident path (each row's pairs sorted in the

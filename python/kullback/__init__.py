@@ -456,16 +456,22 @@ nll.__doc__ = """Negative log-likelihood -ln q[t] of class targets: one per row 
 _GRAD_DTYPE = """grad_dtype : {'float32', 'float16', 'bfloat16'}, default 'float32'
         The gradients' dtype: float16 and bfloat16 (``ml_dtypes``, needed for
         it) are the float32 gradient rounded to nearest even, written by the
-        library as halves (no float32 copy)."""
+        library as halves (no float32 copy).
+    grad_scale : float, default 1
+        A factor of the gradients (not of the loss), finite: with
+        reduction='sum' and 1 / N, the gradient of a mean over N counted rows
+        split over several calls, bit for bit (``kullback.dask`` uses it), or
+        a loss scale."""
 
 
 def nll_grad(logits: ArrayLike, targets: ArrayLike, *, reduction: str = "none",
              base: Optional[float] = None, ignore_index: Optional[int] = None,
              weight: Optional[ArrayLike] = None, label_smoothing: float = 0.0,
-             grad_dtype: str = "float32", backend: str = "auto",
+             grad_dtype: str = "float32", grad_scale: float = 1.0, backend: str = "auto",
              context: Optional["Context"] = None) -> Tuple[Result, NDArray[Any]]:
     out, grad = _context(backend, context).nll_grad(
-        logits, targets, reduction, base, ignore_index, weight, label_smoothing, grad_dtype)
+        logits, targets, reduction, base, ignore_index, weight, label_smoothing, grad_dtype,
+        float(grad_scale))
     return out.result(), grad
 
 
@@ -514,10 +520,12 @@ def distill(student: ArrayLike, teacher: Optional[ArrayLike] = None, *,
             beta: float = 0.5, temperature: float = 1.0, tail: str = "bucket",
             tolerance: float = DEFAULT_TOLERANCE, mask: Optional[ArrayLike] = None,
             reduction: str = "none", teacher_grad: bool = False, grad_dtype: str = "float32",
-            backend: str = "auto", context: Optional["Context"] = None) -> Grads:
+            grad_scale: float = 1.0, backend: str = "auto",
+            context: Optional["Context"] = None) -> Grads:
     out, grad, tgrad = _context(backend, context).distill(
         student, teacher, teacher_form, teacher_indices, teacher_logprobs, divergence, beta,
-        temperature, tail, tolerance, mask, reduction, bool(teacher_grad), grad_dtype)
+        temperature, tail, tolerance, mask, reduction, bool(teacher_grad), grad_dtype,
+        float(grad_scale))
     if teacher_grad:
         return out.result(), grad, tgrad
     return out.result(), grad

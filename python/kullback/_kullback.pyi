@@ -89,6 +89,8 @@ class Context:
         weight: Optional[ArrayLike],
         label_smoothing: float,
         grad_dtype: str,
+        grad_scale: float = 1.0,
+        offset: int = 0,
     ) -> Tuple[Output, npt.NDArray[Any]]:
         """The NLL of class targets under logits and its gradient with respect to
         the logits (a new array of their shape, of dtype ``grad_dtype``: 'float32',
@@ -109,6 +111,8 @@ class Context:
         reduction: str,
         teacher_grad: bool,
         grad_dtype: str,
+        grad_scale: float = 1.0,
+        offset: int = 0,
     ) -> Tuple[Output, npt.NDArray[Any], Optional[npt.NDArray[Any]]]:
         """A distillation loss, its gradient with respect to the student's logits
         and, with ``teacher_grad``, the dense teacher's (None otherwise): new

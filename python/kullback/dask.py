@@ -256,11 +256,12 @@ del _fn
 # Training: loss and gradient, block by block (one task per block of rows
 # computes both).
 
-def _train_block(offset, *arrays, call, reduction, options):
+def _train_block(offset, scale, *arrays, call, reduction, options):
     """One block of rows, on a worker: its per-row losses (or [sum, counted])
-    and gradient(s) of the block's sum of losses."""
+    and gradient(s) of the block's sum of losses times ``scale``."""
     ctx = _k._default(options["backend"])
-    out, *grads = call(ctx, arrays, "none" if reduction == "none" else "sum", options, offset)
+    red = "none" if reduction == "none" else "sum"
+    out, *grads = call(ctx, arrays, red, options, float(scale), offset)
     if reduction == "none":
         loss = np.asarray(out.values, np.float32).reshape(-1)
     else:
@@ -275,27 +276,30 @@ def _row_blocks(x, chunks):
     return list(x.rechunk((chunks,)).to_delayed())
 
 
-def _train_graph(call, reduction, options, student, others, n_grads, one, grad_dtype):
+def _train_graph(call, reduction, options, student, others, n_grads, one, grad_dtype, count):
     """(loss, gradient(s)) of ``call`` over the row blocks of the 2-D
     ``student`` and ``others`` (2-D or 1-D arrays of its rows, or None);
-    ``one``: (a 0-d loss under 'none', 1-D gradients)."""
+    ``one``: (a 0-d loss under 'none', 1-D gradients); ``count``: a Delayed
+    of what the whole call's mean divides by (as the in-memory call counts
+    it), for 'mean'."""
     import dask
     rows, cols = student.shape
     chunks = student.chunks[0]
     parts = [_row_blocks(x, chunks) if x is not None else [None] * len(chunks)
              for x in [student] + others]
-    mean = reduction == "mean"
-    # a mean's gradient is the sum's scaled by 1 / counted: blocks give float32
-    # gradients, rounded to grad_dtype once, after the scale
-    block_opts = dict(options, grad_dtype="float32" if mean else grad_dtype)
-    gdt = np.float32 if mean else _grad_np_dtype(grad_dtype)
+    # a mean's gradient: each block's sum's times 1 / count, the factor the
+    # in-memory mean takes (so the same bits), applied by the library
+    scale = dask.delayed(_inverse, pure=True)(count) if reduction == "mean" else 1.0
+    options = dict(options, grad_dtype=grad_dtype)
+    gdt = _grad_np_dtype(grad_dtype)
     losses, grads, offset = [], [[] for _ in range(n_grads)], 0
     for i, n in enumerate(chunks):
         if n == 0:
             offset += n
             continue
         d = dask.delayed(_train_block, nout=1 + n_grads, pure=True)(
-            offset, *[p[i] for p in parts], call=call, reduction=reduction, options=block_opts)
+            offset, scale, *[p[i] for p in parts], call=call, reduction=reduction,
+            options=options)
         if reduction == "none":
             losses.append(da.from_delayed(d[0], (n,), np.float32))
         else:
@@ -311,19 +315,33 @@ def _train_graph(call, reduction, options, student, others, n_grads, one, grad_d
         total = da.concatenate(losses, axis=0).sum(axis=0, dtype=np.float64)
         loss = total.map_blocks(_finish, reduction, drop_axis=0, dtype=np.float32,
                                 meta=np.empty((), np.float32))
-        if mean:
-            scale = total.map_blocks(_inverse_count, drop_axis=0, dtype=np.float64,
-                                     meta=np.empty((), np.float64))
-            target = _grad_np_dtype(grad_dtype)
-            grads = [(g * scale).astype(np.float32).astype(target) for g in grads]
     if one[1]:
         grads = [g.reshape(-1) for g in grads]
     return (loss,) + tuple(grads)
 
 
-def _inverse_count(total):
-    n = float(total[1])
-    return np.asarray(0.0 if n == 0.0 else 1.0 / n)
+def _inverse(count):
+    """1 / count, 0 for no count (as the in-memory mean's gradient)."""
+    return 0.0 if count == 0.0 else 1.0 / count
+
+
+def _nll_count(targets, ignore_index, weight):
+    """What an in-memory NLL mean divides by: sum of w[t] over the targets
+    not ignored, added in row order in float64 (``cumsum`` adds in order, as
+    the library does; a target out of range counts 0 here, its block fails)."""
+    t = np.asarray(targets).reshape(-1)
+    counted = np.ones(t.shape, bool) if ignore_index is None else t != ignore_index
+    if weight is None:
+        return float(np.count_nonzero(counted))
+    w = np.asarray(weight, np.float32).astype(np.float64)
+    inside = counted & (t >= 0) & (t < w.shape[0])
+    wt = np.where(inside, w[np.clip(t, 0, w.shape[0] - 1)], 0.0)
+    return float(np.cumsum(wt)[-1]) if wt.size else 0.0
+
+
+def _mask_count(mask, rows):
+    """The rows a distillation mean counts: mask nonzero (all without one)."""
+    return float(rows if mask is None else np.count_nonzero(np.asarray(mask)))
 
 
 def _grad_np_dtype(grad_dtype):
@@ -350,12 +368,14 @@ def nll_grad(logits, targets, *, reduction="none", base=None, ignore_index=None,
                 weight=w, label_smoothing=label_smoothing, grad_dtype=grad_dtype,
                 backend="cpu")
 
-    def call(ctx, arrays, red, o, offset):
+    def call(ctx, arrays, red, o, scale, offset):
         q, tt = arrays
         return ctx.nll_grad(q, tt, red, o["base"], o["ignore_index"], o["weight"],
-                            o["label_smoothing"], o["grad_dtype"], offset)
+                            o["label_smoothing"], o["grad_dtype"], scale, offset)
 
-    return _train_graph(call, reduction, o, z, [t1], 1, (t.ndim == 0, one), grad_dtype)
+    import dask
+    count = dask.delayed(_nll_count, pure=True)(t1, ignore_index, w)
+    return _train_graph(call, reduction, o, z, [t1], 1, (t.ndim == 0, one), grad_dtype, count)
 
 
 def distill(student, teacher=None, *, teacher_form="logits", teacher_indices=None,
@@ -390,22 +410,24 @@ def distill(student, teacher=None, *, teacher_form="logits", teacher_indices=Non
                divergence=divergence, beta=beta, temperature=temperature, tail=tail,
                tolerance=tolerance, reduction=reduction, grad_dtype=grad_dtype, backend="cpu")
 
-    def call(ctx, arrays, red, o, offset):
+    def call(ctx, arrays, red, o, scale, offset):
         st, te, ix, lp, m = arrays
         return ctx.distill(st, te, o["teacher_form"], ix, lp, o["divergence"], o["beta"],
                            o["temperature"], o["tail"], o["tolerance"], m, red,
-                           o["teacher_grad"], o["grad_dtype"], offset)
+                           o["teacher_grad"], o["grad_dtype"], scale, offset)
 
+    import dask
+    count = dask.delayed(_mask_count, pure=True)(mask, rows)
     return _train_graph(call, reduction, o, s, others, 2 if teacher_grad else 1, (one, one),
-                        grad_dtype)
+                        grad_dtype, count)
 
 
 nll_grad.__doc__ = (
     "``kullback.nll_grad`` over Dask arrays chunked along rows (see ``help(kullback.dask)``).\n\n"
     "    Returns (loss, grad): lazy Dask arrays, the loss as the other calls give it, the\n"
-    "    gradient of the logits' shape, computed with the loss by one task per block. 'none'\n"
-    "    and 'sum' give the in-memory call's bits; a mean's gradient is the sum's times\n"
-    "    1 / counted (float64, then rounded once), within a rounding of the in-memory one.\n"
+    "    gradient of the logits' shape, computed with the loss by one task per block. The\n"
+    "    gradients are the in-memory call's bits, a mean's too (the blocks take the whole\n"
+    "    call's count first, from the targets or the mask alone, and scale by it).\n"
     "    The options are those of the in-memory call:\n") + _k.nll_grad.__doc__
 distill.__doc__ = (
     "``kullback.distill`` over Dask arrays chunked along rows (see ``help(kullback.dask)``).\n\n"

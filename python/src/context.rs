@@ -295,7 +295,7 @@ impl PyContext {
 
     /// The NLL of class targets under logits, and its gradient with respect
     /// to the logits (a new float32 array of the logits' shape).
-    #[pyo3(signature = (logits, targets, reduction, base, ignore_index, weight, label_smoothing, grad_dtype, offset = 0))]
+    #[pyo3(signature = (logits, targets, reduction, base, ignore_index, weight, label_smoothing, grad_dtype, grad_scale = 1.0, offset = 0))]
     #[allow(
         clippy::too_many_arguments,
         reason = "the keyword arguments of the Python call"
@@ -311,13 +311,15 @@ impl PyContext {
         weight: Option<&Bound<'_, PyAny>>,
         label_smoothing: f64,
         grad_dtype: &str,
+        grad_scale: f64,
         offset: usize,
     ) -> PyResult<(PyOutput, Py<PyAny>)> {
         let reduction = options::reduction(reduction)?;
         let mut opts = NllOptions::default()
             .reduction(reduction)
             .base(options::base(base)?)
-            .label_smoothing(label_smoothing as f32);
+            .label_smoothing(label_smoothing as f32)
+            .grad_scale(grad_scale);
         let z = Floats::new(logits, "logits")?;
         let t = TargetArray::new(targets)?;
         let w = weight.map(weights).transpose()?;
@@ -348,7 +350,7 @@ impl PyContext {
     /// teacher, its gradient with respect to the student's logits and, with
     /// `teacher_grad`, with respect to a dense teacher's values (new float32
     /// arrays of the student's shape).
-    #[pyo3(signature = (student, teacher, teacher_form, teacher_indices, teacher_logprobs, divergence, beta, temperature, tail, tolerance, mask, reduction, teacher_grad, grad_dtype, offset = 0))]
+    #[pyo3(signature = (student, teacher, teacher_form, teacher_indices, teacher_logprobs, divergence, beta, temperature, tail, tolerance, mask, reduction, teacher_grad, grad_dtype, grad_scale = 1.0, offset = 0))]
     #[allow(
         clippy::too_many_arguments,
         reason = "the keyword arguments of the Python call"
@@ -370,10 +372,12 @@ impl PyContext {
         reduction: &Bound<'_, PyAny>,
         teacher_grad: bool,
         grad_dtype: &str,
+        grad_scale: f64,
         offset: usize,
     ) -> PyResult<Grads> {
         let reduction = options::reduction(reduction)?;
         let mut opts = DistillOptions::default()
+            .grad_scale(grad_scale)
             .divergence(options::divergence(divergence)?)
             .beta(beta as f32)
             .temperature(temperature as f32)

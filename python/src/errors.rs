@@ -130,6 +130,7 @@ impl Names {
                     Setting::LabelSmoothing => "label_smoothing",
                     Setting::IgnoreIndex => "ignore_index",
                     Setting::Base => "base",
+                    Setting::GradScale => "grad_scale",
                     _ => return None,
                 }
                 .to_string(),

@@ -500,3 +500,34 @@ def test_grad_dtype_errors():
         kullback.nll_grad(z, np.zeros(ROWS, np.int64), grad_dtype="float64", backend="cpu")
     with pytest.raises(ValueError, match="grad_dtype"):
         kullback.distill(z, z, grad_dtype="half", backend="cpu")
+
+
+def test_grad_scale(backend):
+    """``grad_scale`` multiplies the gradients, not the loss: with 'sum' and
+    1 / N, the gradient of the mean over N rows, bit for bit; NaN names it."""
+    bits = lambda a: np.asarray(a).view(np.uint32)  # noqa: E731
+    z = logits()
+    t = logits()
+    mask = np.arange(ROWS) % 3 != 1
+    for div in ["forward-kl", "reverse-kl", "jsd"]:
+        mean = kullback.distill(z, t, divergence=div, temperature=2.0, mask=mask,
+                                reduction="mean", teacher_grad=True, backend=backend)
+        summed = kullback.distill(z, t, divergence=div, temperature=2.0, mask=mask,
+                                  reduction="sum", teacher_grad=True,
+                                  grad_scale=1.0 / mask.sum(), backend=backend)
+        plain = kullback.distill(z, t, divergence=div, temperature=2.0, mask=mask,
+                                 reduction="sum", backend=backend)
+        assert summed[0] == plain[0]
+        assert np.array_equal(bits(summed[1]), bits(mean[1])), div
+        assert np.array_equal(bits(summed[2]), bits(mean[2])), div
+    y = rng.integers(0, COLS, ROWS)
+    w = rng.random(COLS).astype(np.float32)
+    mean = kullback.nll_grad(z, y, weight=w, reduction="mean", backend=backend)
+    count = np.cumsum(w[y].astype(np.float64))[-1]
+    summed = kullback.nll_grad(z, y, weight=w, reduction="sum", grad_scale=1.0 / count,
+                               backend=backend)
+    assert np.array_equal(bits(summed[1]), bits(mean[1]))
+    with pytest.raises(ValueError, match="grad_scale"):
+        kullback.nll_grad(z, y, grad_scale=float("nan"), backend=backend)
+    with pytest.raises(ValueError, match="grad_scale"):
+        kullback.distill(z, t, grad_scale=float("inf"), backend=backend)

@@ -284,6 +284,7 @@ impl Context {
     ) -> Result<Output> {
         let grad = grad.into();
         let job = Job::nll(logits, targets.into(), opts)?;
+        options::check_grad_scale(opts.grad_scale)?;
         check_logits(logits, "logits")?;
         let (rows, cols) = (job.call.rows, job.call.cols);
         if logits.rows != rows {
@@ -311,7 +312,7 @@ impl Context {
             .weights
             .as_ref()
             .map_or(cols as f64, |w| w.iter().map(|&v| v as f64).sum());
-        let g = inv_ln * reduction_scale(reduction, count);
+        let g = inv_ln * reduction_scale(reduction, count) * opts.grad_scale;
         let on = self.train_gpu(job.input_bytes(), rows as u64);
         let losses = match on {
             Some(gpu_) => {
@@ -498,7 +499,7 @@ impl Context {
         } as f64;
         let tf = opts.temperature as f64;
         let k = 1.0 / opts.temperature;
-        let g = tf * reduction_scale(opts.reduction, count);
+        let g = tf * reduction_scale(opts.reduction, count) * opts.grad_scale;
         let on;
         let losses = match teacher {
             Teacher::Dense(tb) => {

@@ -182,6 +182,12 @@ pub struct DistillOptions<'a> {
     pub tolerance: f32,
     /// Rows that count (default: all).
     pub mask: Option<RowMask<'a>>,
+    /// A factor of the gradient (not of the loss), finite, default 1: the
+    /// gradient is that of the reduced loss times it. With
+    /// [`Reduction::Sum`] and 1 / N it gives, bit for bit, the gradient of
+    /// a mean over N counted rows that are split over several calls (as
+    /// `kullback.dask` does); or a loss scale for mixed precision.
+    pub grad_scale: f64,
 }
 
 impl Default for DistillOptions<'_> {
@@ -194,6 +200,7 @@ impl Default for DistillOptions<'_> {
             tail: Tail::Bucket,
             tolerance: DEFAULT_TOLERANCE,
             mask: None,
+            grad_scale: 1.0,
         }
     }
 }
@@ -234,6 +241,11 @@ impl<'a> DistillOptions<'a> {
         self.mask = Some(mask.into());
         self
     }
+    /// Sets the gradient's factor.
+    pub fn grad_scale(mut self, grad_scale: f64) -> Self {
+        self.grad_scale = grad_scale;
+        self
+    }
 
     /// Checks the temperature, β and the tolerance.
     pub(crate) fn check(&self) -> Result<()> {
@@ -268,6 +280,17 @@ impl<'a> DistillOptions<'a> {
                 message: format!("tolerance must be finite and >= 0, got {}", self.tolerance),
             });
         }
-        Ok(())
+        check_grad_scale(self.grad_scale)
     }
+}
+
+/// A gradient factor must be finite.
+pub(crate) fn check_grad_scale(s: f64) -> Result<()> {
+    if !s.is_finite() {
+        return Err(Error::InvalidOption {
+            option: Setting::GradScale,
+            message: format!("grad_scale must be finite, got {s}"),
+        });
+    }
+    Ok(())
 }

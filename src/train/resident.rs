@@ -130,7 +130,8 @@ pub struct GpuDistill<'a> {
     pub options: DistillOptions<'a>,
     /// Rows that count (default: all).
     pub mask: Option<GpuRowMask<'a>>,
-    /// The gradient's factor (default 1: the gradient of the sum of rows).
+    /// The gradient's factor (default 1: the gradient of the sum of rows),
+    /// times the options' own `grad_scale`.
     pub grad_scale: f32,
     /// Where the gradient goes.
     pub grad: GpuGrad<'a>,
@@ -216,7 +217,8 @@ pub struct GpuSparseDistill<'a> {
     pub options: DistillOptions<'a>,
     /// Rows that count (default: all).
     pub mask: Option<GpuRowMask<'a>>,
-    /// The gradient's factor (default 1: the gradient of the sum of rows).
+    /// The gradient's factor (default 1: the gradient of the sum of rows),
+    /// times the options' own `grad_scale`.
     pub grad_scale: f32,
     /// Where the gradient goes.
     pub grad: GpuGrad<'a>,
@@ -279,7 +281,8 @@ pub struct GpuNllGrad<'a> {
     /// Ignore index, class weights, label smoothing, base (the reduction
     /// `None` or `Sum`: see [`GpuNllGrad::grad_scale`]).
     pub options: NllOptions<'a>,
-    /// The gradient's factor (default 1: the gradient of the sum of rows).
+    /// The gradient's factor (default 1: the gradient of the sum of rows),
+    /// times the options' own `grad_scale`.
     pub grad_scale: f32,
     /// Where the gradient goes.
     pub grad: GpuGrad<'a>,
@@ -725,7 +728,7 @@ impl Context {
             o.beta,
             1.0 / o.temperature,
             temp * temp,
-            temp * call.grad_scale as f64,
+            temp * call.grad_scale as f64 * o.grad_scale,
         );
         let side = Side::Teacher(t, call.mask.as_ref());
         let tg = call.teacher_grad.as_ref();
@@ -808,7 +811,7 @@ impl Context {
             o.beta,
             1.0 / o.temperature,
             temp * temp,
-            temp * call.grad_scale as f64,
+            temp * call.grad_scale as f64 * o.grad_scale,
         );
         params.top = top as u32;
         params.tol = o.tolerance;
@@ -845,6 +848,7 @@ impl Context {
         let opts = &call.options;
         per_row_only(opts.common.reduction)?;
         finite_scale(call.grad_scale)?;
+        super::options::check_grad_scale(opts.grad_scale)?;
         logits_only(&call.logits, "logits")?;
         let t = &call.targets;
         let ignore = || match opts.ignore_index {
@@ -868,7 +872,7 @@ impl Context {
             mode: crate::gpu::train::mode::NLL,
             t_form: Form::Logits.code(),
             k: 1.0,
-            g: (inv_ln * call.grad_scale as f64) as f32,
+            g: (inv_ln * call.grad_scale as f64 * opts.grad_scale) as f32,
             t2: inv_ln as f32,
             eps: opts.label_smoothing,
             sum_w: opts
