@@ -569,7 +569,8 @@ fn encode(
         if rows_len > limits.max_binding {
             return Err(Error::TooLarge {
                 what: format!(
-                    "bytes of the records and sort scratch of a GPU-resident sparse teacher with                      k = {top} over {rows} rows (fewer rows per call fit)"
+                    "bytes of the records and sort scratch of a GPU-resident sparse teacher with \
+                     k = {top} over {rows} rows (fewer rows per call fit)"
                 ),
                 size: rows_len,
                 limit: limits.max_binding,
