@@ -217,6 +217,32 @@ struct TailRow {
     h: f32,
     mt: f32,
     j: f32,
+    /// Where `Some`, h·exp((s − mt)·k + j) = q_c·hc for every column, with
+    /// hc = h·exp((m − mt)·k + ln Σ + j) a normal f32: one exponential per
+    /// column instead of two (none where the ratio would overflow or vanish,
+    /// which is why the second one exists).
+    hc: Option<f32>,
+}
+
+impl TailRow {
+    fn new(m: f32, k: f32, ln_s: f64, f: f64, h: f64, mt: f32, j: f64) -> TailRow {
+        // (0 without the second term: never 0 times an infinite exponential)
+        let hc = match h {
+            0.0 => 0.0,
+            _ => h * (((m - mt) as f64) * k as f64 + ln_s + j).exp(),
+        };
+        let normal = (2f64.powi(-100)..2f64.powi(100)).contains(&hc.abs());
+        TailRow {
+            m,
+            k,
+            ln_s: ln_s as f32,
+            f: f as f32,
+            h: h as f32,
+            mt,
+            j: j as f32,
+            hc: (h == 0.0 || normal).then_some(hc as f32),
+        }
+    }
 }
 
 /// The tail's gradient, one column.
@@ -225,6 +251,44 @@ fn tail_elem<A: Arith>(s: f32, r: &TailRow) -> f32 {
     let q = exp::<A>((s - r.m) * r.k - r.ln_s);
     let v = r.f * q - r.h * exp::<A>((s - r.mt) * r.k + r.j);
     if s == f32::NEG_INFINITY { 0.0 } else { v }
+}
+
+/// [`tail_elem`] with one exponential: q_c·(f − hc).
+#[inline(always)]
+fn tail_elem_one<A: Arith>(s: f32, r: &TailRow, fh: f32) -> f32 {
+    let v = exp::<A>((s - r.m) * r.k - r.ln_s) * fh;
+    if s == f32::NEG_INFINITY { 0.0 } else { v }
+}
+
+/// The tail's gradient over a row (the indexed columns are written after).
+#[inline(always)]
+fn tail_row<A: Arith>(s: &[f32], grad: &mut [f32], r: &TailRow) {
+    let cols = s.len();
+    let sc = s.chunks_exact(L);
+    let n = cols - sc.remainder().len();
+    match r.hc {
+        Some(hc) => {
+            let fh = r.f - hc;
+            for (sc, gc) in sc.zip(grad[..n].chunks_exact_mut(L)) {
+                for i in 0..L {
+                    gc[i] = tail_elem_one::<A>(sc[i], r, fh);
+                }
+            }
+            for i in n..cols {
+                grad[i] = tail_elem_one::<A>(s[i], r, fh);
+            }
+        }
+        None => {
+            for (sc, gc) in sc.zip(grad[..n].chunks_exact_mut(L)) {
+                for i in 0..L {
+                    gc[i] = tail_elem::<A>(sc[i], r);
+                }
+            }
+            for i in n..cols {
+                grad[i] = tail_elem::<A>(s[i], r);
+            }
+        }
+    }
 }
 
 impl RowKernel for Sparse<'_> {
@@ -279,18 +343,7 @@ impl RowKernel for Sparse<'_> {
         };
         // pass 2: the tail's gradient over the row, then the indices
         match tail {
-            Some(tr) => {
-                let sc = s.chunks_exact(L);
-                let n = cols - sc.remainder().len();
-                for (sc, gc) in sc.zip(grad[..n].chunks_exact_mut(L)) {
-                    for i in 0..L {
-                        gc[i] = tail_elem::<A>(sc[i], &tr);
-                    }
-                }
-                for i in n..cols {
-                    grad[i] = tail_elem::<A>(s[i], &tr);
-                }
-            }
+            Some(tr) => tail_row::<A>(s, grad, &tr),
             None => grad.fill(0.0),
         }
         self.write_cols(&buckets, &factors, GradMut::F32(grad));
@@ -450,18 +503,7 @@ impl Sparse<'_> {
             _ => (self.g * ft, 0.0, 0.0),
         };
         let mt = if lt.empty() { soft.m } else { lt.max };
-        Ok((
-            div,
-            Some(TailRow {
-                m: soft.m,
-                k,
-                ln_s: soft.ln_s as f32,
-                f: f as f32,
-                h: h as f32,
-                mt,
-                j: j as f32,
-            }),
-        ))
+        Ok((div, Some(TailRow::new(soft.m, k, soft.ln_s, f, h, mt, j))))
     }
 
     /// The host path of a GPU context: the indices checked and the buckets
