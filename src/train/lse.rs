@@ -115,26 +115,9 @@ pub(super) fn bad_value(arg: crate::Arg, row: usize, col0: usize, x: &[f32]) -> 
 }
 
 /// Σ exp((x − shift)·k) over `x` (every x ≤ shift, shift finite), summed in
-/// f32 lanes of at most `BLK / L` terms each.
-#[inline(always)]
-pub(super) fn sum_exp<A: Arith>(x: &[f32], shift: f32, k: f32) -> f64 {
-    let mut s = [0f32; L];
-    let chunks = x.chunks_exact(L);
-    let rem = chunks.remainder();
-    for c in chunks {
-        for i in 0..L {
-            s[i] += exp::<A>((c[i] - shift) * k);
-        }
-    }
-    for (i, &v) in rem.iter().enumerate() {
-        s[i] += exp::<A>((v - shift) * k);
-    }
-    s.iter().map(|&v| v as f64).sum()
-}
-
-/// [`sum_exp`] (the same bits), also writing each term exp((x − shift)·k)
-/// into `out` (as long as `x`): the last pass scales these by a factor per
-/// block instead of taking its exponentials again.
+/// f32 lanes of at most `BLK / L` terms each, also writing each term into
+/// `out` (as long as `x`): the last pass scales these by a factor per block
+/// instead of taking its exponentials again.
 #[inline(always)]
 pub(super) fn sum_exp_store<A: Arith>(x: &[f32], shift: f32, k: f32, out: &mut [f32]) -> f64 {
     let mut s = [0f32; L];
@@ -184,33 +167,9 @@ impl Lse {
         sum: 0.0,
     };
 
-    /// Adds the values of `x` (any length) block by block. Returns the
-    /// offset of the first block holding a NaN or +inf (the caller finds the
-    /// column), having added nothing from it.
-    #[inline(always)]
-    pub(super) fn add<A: Arith>(&mut self, x: &[f32], k: f32) -> Result<(), usize> {
-        for (b, blk) in x.chunks(BLK).enumerate() {
-            let (mb, bad) = max_bad(blk);
-            if bad {
-                return Err(b * BLK);
-            }
-            self.add_block::<A>(blk, mb, k);
-        }
-        Ok(())
-    }
-
-    /// Adds one block whose maximum is `mb`.
-    #[inline(always)]
-    pub(super) fn add_block<A: Arith>(&mut self, blk: &[f32], mb: f32, k: f32) {
-        if mb == f32::NEG_INFINITY {
-            return;
-        }
-        self.raise(mb, k);
-        self.sum += sum_exp::<A>(blk, self.max, k);
-    }
-
-    /// [`Lse::add_block`], writing the block's terms exp((x − max)·k) at the
-    /// maximum after the block into `out` (zeros for a block of −inf).
+    /// Adds one block whose maximum is `mb`, writing the block's terms
+    /// exp((x − max)·k) at the maximum after the block into `out` (zeros for
+    /// a block of −inf).
     #[inline(always)]
     pub(super) fn add_block_store<A: Arith>(
         &mut self,
@@ -350,6 +309,20 @@ mod tests {
             .ln()
     }
 
+    /// Adds `x` block by block (as the kernels do), the first bad block's
+    /// offset as the error.
+    fn add(l: &mut Lse, x: &[f32], k: f32) -> Result<(), usize> {
+        let mut out = vec![0f32; BLK];
+        for (b, blk) in x.chunks(BLK).enumerate() {
+            let (mb, bad) = max_bad(blk);
+            if bad {
+                return Err(b * BLK);
+            }
+            l.add_block_store::<Plain>(blk, mb, k, &mut out[..blk.len()]);
+        }
+        Ok(())
+    }
+
     #[test]
     fn blocked_lse_matches_f64() {
         for n in [1usize, 3, 15, 16, 17, 511, 512, 513, 2000] {
@@ -360,7 +333,7 @@ mod tests {
                     })
                     .collect();
                 let mut l = Lse::EMPTY;
-                l.add::<Plain>(&x, k).unwrap();
+                add(&mut l, &x, k).unwrap();
                 let got = l.max as f64 * k as f64 + l.sum.ln();
                 let want = lse64(&x, k as f64);
                 assert!(
@@ -375,13 +348,13 @@ mod tests {
     fn bad_values_and_masks() {
         let mut l = Lse::EMPTY;
         let mut x = vec![f32::NEG_INFINITY; 600];
-        assert!(l.add::<Plain>(&x, 1.0).is_ok());
+        assert!(add(&mut l, &x, 1.0).is_ok());
         assert!(l.empty());
         x[550] = f32::NAN;
-        assert_eq!(l.add::<Plain>(&x, 1.0), Err(512));
+        assert_eq!(add(&mut l, &x, 1.0), Err(512));
         x[550] = f32::INFINITY;
         let mut fresh = Lse::EMPTY;
-        assert_eq!(fresh.add::<Plain>(&x, 1.0), Err(512));
+        assert_eq!(add(&mut fresh, &x, 1.0), Err(512));
         assert_eq!(
             log_add::<Plain>(f32::NEG_INFINITY, f32::NEG_INFINITY),
             f32::NEG_INFINITY

@@ -6,7 +6,10 @@
 //! ln Q_tail is a log-sum-exp over the student's columns outside the indices
 //! (pass 1 walks the gaps between the sorted indices), never ln(1 − Σ q),
 //! which cancels in f32. The k + 1 buckets are handled in f64; the tail's
-//! gradient is one vector pass over the row (pass 2).
+//! gradient is one vector pass (pass 2) over pass 1's kept terms (a row of
+//! them per worker, in L2), each scaled by its block's factor, with one
+//! exponential per column instead where the tail's second term needs its own
+//! (see [`TailRow`]).
 //!
 //! With buckets b, Q_b, P_b and φ_b = ∂loss/∂Q_b, the gradient with respect
 //! to the scaled logit of column c in bucket b is q_c (φ_b − Σ Q φ):
@@ -17,7 +20,7 @@ use std::mem::MaybeUninit;
 
 use super::dense::row_buf;
 use super::drive::RowKernel;
-use super::lse::{L, Lse, bad_f, bad_value, log_add64};
+use super::lse::{BLK, L, Lse, bad_f, bad_value, log_add64, max_bad, scaled};
 use super::options::{Divergence, RowMask, Tail};
 use crate::batch::{Data, Targets};
 use crate::cpu::ln::{Arith, exp_normal as exp};
@@ -48,9 +51,20 @@ pub(super) struct Sparse<'a> {
     pub(super) mask: Option<RowMask<'a>>,
 }
 
-/// The scratch of [`Sparse`]: the student's conversion buffer and the
-/// row's (column, position) pairs.
-pub(super) type Scratch = (Vec<MaybeUninit<f32>>, Vec<(u32, u32)>);
+/// The scratch of [`Sparse`]: the student's conversion buffer, the row's
+/// (column, position) pairs, and pass 1's exponentials of the tail's
+/// columns with their blocks (see [`Stored`]).
+pub(super) type Scratch = (Vec<MaybeUninit<f32>>, Vec<(u32, u32)>, Stored);
+
+/// Pass 1's terms exp((s − max)·k) of the tail's columns, each block's
+/// relative to the running maximum after it (`blocks`: start, end, that
+/// maximum), so that pass 2 takes q_c as a term times its block's factor
+/// from L2 instead of reading the row and taking exponentials again (as the
+/// dense kernels keep theirs).
+pub(super) struct Stored {
+    terms: Vec<f32>,
+    blocks: Vec<(u32, u32, f32)>,
+}
 
 /// One bucket: ln Q, ln P, the student column it is reported as.
 #[derive(Clone, Copy)]
@@ -260,6 +274,26 @@ fn tail_elem_one<A: Arith>(s: f32, r: &TailRow, fh: f32) -> f32 {
     if s == f32::NEG_INFINITY { 0.0 } else { v }
 }
 
+/// The tail's gradient q_c·fh over one block of pass 1's terms, q_c = term ×
+/// the block's factor `f` (0 for a masked column, whose term is 0).
+#[inline(always)]
+fn tail_block(terms: &[f32], grad: &mut [f32], f: f32, fh: f32) {
+    let elem = |e: f32| {
+        let q = scaled(e, f);
+        if q == 0.0 { 0.0 } else { q * fh }
+    };
+    let tc = terms.chunks_exact(L);
+    let n = terms.len() - tc.remainder().len();
+    for (tc, gc) in tc.zip(grad[..n].chunks_exact_mut(L)) {
+        for i in 0..L {
+            gc[i] = elem(tc[i]);
+        }
+    }
+    for i in n..terms.len() {
+        grad[i] = elem(terms[i]);
+    }
+}
+
 /// The tail's gradient over a row (the indexed columns are written after).
 #[inline(always)]
 fn tail_row<A: Arith>(s: &[f32], grad: &mut [f32], r: &TailRow) {
@@ -294,9 +328,15 @@ fn tail_row<A: Arith>(s: &[f32], grad: &mut [f32], r: &TailRow) {
 impl RowKernel for Sparse<'_> {
     type Scratch = Scratch;
     fn scratch(&self) -> Result<Scratch> {
+        let mut terms = try_vec(self.cols, "a row of exponentials")?;
+        terms.resize(self.cols, 0f32);
         Ok((
             row_buf(&self.s, self.cols)?,
             try_vec(self.top, "the sorted teacher indices")?,
+            Stored {
+                terms,
+                blocks: Vec::new(),
+            },
         ))
     }
 
@@ -312,7 +352,7 @@ impl RowKernel for Sparse<'_> {
             grad.fill(0.0);
             return Ok(0.0);
         }
-        let (buf, pairs) = sc;
+        let (buf, pairs, stored) = sc;
         self.gather(row, pairs)?;
         let cols = self.cols;
         let s = self.s.f32s(row * cols..(row + 1) * cols, buf);
@@ -326,15 +366,23 @@ impl RowKernel for Sparse<'_> {
                 None,
             ),
             Tail::Bucket => {
-                // pass 1: the tail's log-sum-exp over the gaps between indices
+                // pass 1: the tail's log-sum-exp over the gaps between
+                // indices, its terms kept
                 let mut lt = Lse::EMPTY;
                 let mut prev = 0usize;
                 let ends = pairs.iter().map(|p| p.0 as usize).chain([cols]);
+                stored.blocks.clear();
                 for c in ends {
-                    if c > prev {
-                        if let Err(off) = lt.add::<A>(&s[prev..c], k) {
-                            return Err(bad_value(Arg::Q, row, prev + off, &s[prev + off..c]));
+                    for (b, blk) in s[prev..c.max(prev)].chunks(BLK).enumerate() {
+                        let at = prev + b * BLK;
+                        let (mb, bad) = max_bad(blk);
+                        if bad {
+                            return Err(bad_value(Arg::Q, row, at, &s[at..c]));
                         }
+                        let out = &mut stored.terms[at..at + blk.len()];
+                        lt.add_block_store::<A>(blk, mb, k, out);
+                        let end = (at + blk.len()) as u32;
+                        stored.blocks.push((at as u32, end, lt.max));
                     }
                     prev = c + 1;
                 }
@@ -343,6 +391,22 @@ impl RowKernel for Sparse<'_> {
         };
         // pass 2: the tail's gradient over the row, then the indices
         match tail {
+            // (a tail row comes only with the tail bucket, after pass 1)
+            Some(TailRow {
+                hc: Some(hc),
+                f,
+                m,
+                ln_s,
+                ..
+            }) => {
+                // q_c = term × its block's factor; every column outside the
+                // indices is in a block, the indices are written next
+                for &(a, b, mx) in &stored.blocks {
+                    let fb = ((((mx - m) as f64) * k as f64) - ln_s as f64).exp() as f32;
+                    let (a, b) = (a as usize, b as usize);
+                    tail_block(&stored.terms[a..b], &mut grad[a..b], fb, f - hc);
+                }
+            }
             Some(tr) => tail_row::<A>(s, grad, &tr),
             None => grad.fill(0.0),
         }
@@ -516,7 +580,7 @@ impl Sparse<'_> {
         let rows = grad.len() / cols.max(1);
         let chunk = gpu.sparse_chunk_rows(rows, cols)?;
         let mut losses = try_vec(rows, "the per-row losses")?;
-        let (mut buf, mut pairs) = self.scratch()?;
+        let (mut buf, mut pairs, _) = self.scratch()?;
         let params = TrainParams {
             cols: cols as u32,
             k: self.k,
