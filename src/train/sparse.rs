@@ -580,7 +580,10 @@ impl Sparse<'_> {
         let rows = grad.len() / cols.max(1);
         let chunk = gpu.sparse_chunk_rows(rows, cols)?;
         let mut losses = try_vec(rows, "the per-row losses")?;
-        let (mut buf, mut pairs, _) = self.scratch()?;
+        // the student's conversion buffer and the sorted pairs (no kept
+        // terms: the GPU takes the passes over the columns)
+        let mut buf = row_buf(&self.s, cols)?;
+        let mut pairs = try_vec(self.top, "the sorted teacher indices")?;
         let params = TrainParams {
             cols: cols as u32,
             k: self.k,
